@@ -1,0 +1,622 @@
+//! Ingest configuration.
+//!
+//! Layers, later wins: built-in defaults, the TOML file, then environment
+//! variables prefixed `INGEST_` with `__` between levels
+//! (`INGEST_KAFKA__BROKERS=host:9092`). Secret values are never in the file:
+//! a source names the variable or file that holds each one.
+//!
+//! [`Config::load`] returns every problem it finds at once, each naming the
+//! file, the source and the field, and never panics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::secret::SecretRef;
+
+/// The whole ingest configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Kafka producer settings.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Log output settings.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The webhook sources, by name: `POST /webhooks/{name}`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8080`. Port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Deadline for one webhook request, from its arrival to the broker's
+    /// acknowledgement; past it the answer is 503. Keep it below the
+    /// shortest sender timeout (Slack gives up after 3 s, Shopify after 5 s).
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Webhook requests handled at once; past it the answer is 503 with
+    /// `Retry-After`, so memory stays bounded under any load.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The `Retry-After` sent with 503 answers.
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish
+    /// before the server stops waiting for them.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Kafka producer settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated `host:port`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// The raw topic every verified event is written to.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Client id shown in broker logs.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// How long the producer waits to batch records (librdkafka `linger.ms`).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// Largest record the brokers accept (librdkafka `message.max.bytes`);
+    /// every source's body limit must fit in it.
+    #[serde(default = "default_message_max_bytes")]
+    pub message_max_bytes: usize,
+    /// Extra librdkafka settings (e.g. TLS). Settings that would weaken
+    /// delivery guarantees (`acks`, `enable.idempotence`, timeouts) are
+    /// refused at start-up.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One webhook source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// How the sender signs its requests.
+    pub signature: SignatureConfig,
+    /// Largest body accepted, in bytes; refused with 413 from
+    /// `Content-Length` before reading, or while reading.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Where the event id comes from; when absent from a request, ingest
+    /// generates a UUIDv7.
+    #[serde(default = "default_event_id")]
+    pub event_id: Option<Extract>,
+    /// Where the ordering key comes from (the Kafka record key); without one
+    /// the event id is the key.
+    #[serde(default)]
+    pub ordering_key: Option<Extract>,
+    /// Where the per-key sequence number comes from.
+    #[serde(default)]
+    pub sequence: Option<Extract>,
+    /// Request headers kept in the envelope (case-insensitive). Credentials
+    /// (`Authorization`, cookies) are refused.
+    #[serde(default = "default_forward_headers")]
+    pub forward_headers: Vec<String>,
+}
+
+/// Where a value is taken from in a request.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Extract {
+    /// A JSON pointer into the body, e.g. `/venue/id`.
+    Pointer(String),
+    /// A request header, e.g. `X-GitHub-Delivery`.
+    Header(String),
+}
+
+/// A signature scheme and its secrets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "scheme", rename_all = "lowercase")]
+pub enum SignatureConfig {
+    /// The guest-WiFi platform: `X-Purple-Signature: hex(HMAC-SHA256(secret,
+    /// body))`. A preset of `hmac`.
+    Purple(PresetConfig),
+    /// Generic HMAC of the raw body.
+    Hmac(HmacConfig),
+}
+
+/// A preset scheme: only its secrets are configurable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetConfig {
+    /// Accepted secrets, all at once (rotation): a request signed with any
+    /// of them is genuine.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// Generic HMAC over the raw body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacConfig {
+    /// Header carrying the signature.
+    pub header: String,
+    /// Hash function.
+    #[serde(default)]
+    pub algorithm: HmacAlgorithm,
+    /// How the signature bytes are written in the header.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// Text before the signature in the header, e.g. `sha256=`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Accepted secrets, all at once (rotation).
+    pub secrets: Vec<SecretRef>,
+}
+
+/// HMAC hash function.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA256.
+    #[default]
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// How signature bytes are written.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Hexadecimal, either case.
+    #[default]
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
+}
+
+impl SignatureConfig {
+    /// The secrets of whichever scheme this is.
+    pub fn secrets(&self) -> &[SecretRef] {
+        match self {
+            SignatureConfig::Purple(p) => &p.secrets,
+            SignatureConfig::Hmac(h) => &h.secrets,
+        }
+    }
+}
+
+const fn default_max_in_flight() -> usize {
+    1024
+}
+const fn default_request_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+const fn default_retry_after() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_linger() -> Duration {
+    Duration::from_millis(2)
+}
+const fn default_message_max_bytes() -> usize {
+    1_000_000
+}
+const fn default_max_body_bytes() -> usize {
+    256 * 1024
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_brokers() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_topic() -> String {
+    "webhooks.raw".into()
+}
+fn default_client_id() -> String {
+    "ingest".into()
+}
+fn default_event_id() -> Option<Extract> {
+    Some(Extract::Pointer("/id".into()))
+}
+fn default_forward_headers() -> Vec<String> {
+    vec!["user-agent".into(), "x-request-id".into()]
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            request_timeout: default_request_timeout(),
+            max_in_flight: default_max_in_flight(),
+            retry_after: default_retry_after(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: default_brokers(),
+            topic: default_topic(),
+            client_id: default_client_id(),
+            linger: default_linger(),
+            message_max_bytes: default_message_max_bytes(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Room kept in a Kafka record for the envelope around the body.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Headers that carry credentials: never copied into the envelope.
+pub const FORBIDDEN_FORWARD_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// librdkafka settings ingest owns because they carry its guarantees.
+pub const RESERVED_KAFKA_OPTIONS: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "max.in.flight.requests.per.connection",
+    "max.in.flight",
+    "transactional.id",
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "message.max.bytes",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+];
+
+/// Every problem found in a configuration, each naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {}:\n  - {}", path.display(), problems.join("\n  - "))]
+pub struct ConfigError {
+    /// The file that was loaded.
+    pub path: PathBuf,
+    /// One line per problem, naming source and field.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads the file, applies `INGEST_` environment overrides and checks
+    /// the result. Does not read secret values (see [`crate::source`]).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        if !path.is_file() {
+            return Err(fail(vec![
+                "file not found or not a regular file".to_string(),
+            ]));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed("INGEST_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Parses TOML text with no environment layer (tests, examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: PathBuf::from("<inline>"),
+            problems,
+        };
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Cross-field checks; one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let s = &self.server;
+        if s.request_timeout < Duration::from_millis(100) || s.request_timeout > Duration::from_secs(60)
+        {
+            p.push("server.request_timeout: must be between 100ms and 60s".into());
+        }
+        if s.max_in_flight == 0 {
+            p.push("server.max_in_flight: must be at least 1".into());
+        }
+        if s.retry_after.as_secs() == 0 {
+            p.push("server.retry_after: must be at least 1s".into());
+        }
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            p.push("kafka.brokers: must not be empty".into());
+        }
+        if !valid_topic(&k.topic) {
+            p.push(format!(
+                "kafka.topic: {:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)",
+                k.topic
+            ));
+        }
+        if k.linger >= s.request_timeout {
+            p.push("kafka.linger: must be shorter than server.request_timeout".into());
+        }
+        if k.message_max_bytes < ENVELOPE_OVERHEAD_BYTES * 2 {
+            p.push(format!(
+                "kafka.message_max_bytes: must be at least {}",
+                ENVELOPE_OVERHEAD_BYTES * 2
+            ));
+        }
+        for key in k.options.keys() {
+            if RESERVED_KAFKA_OPTIONS.contains(&key.as_str()) {
+                p.push(format!(
+                    "kafka.options.{key}: set by ingest to keep its delivery guarantees; remove it"
+                ));
+            }
+        }
+        if self.sources.is_empty() {
+            p.push("sources: no source configured; add a [sources.NAME] table".into());
+        }
+        for (name, src) in &self.sources {
+            let at = format!("sources.{name}");
+            if !valid_source_name(name) {
+                p.push(format!(
+                    "{at}: source names are 1-64 of a-z 0-9 _ - and start with a letter or digit"
+                ));
+            }
+            if src.max_body_bytes == 0 {
+                p.push(format!("{at}.max_body_bytes: must be at least 1"));
+            }
+            let max_body = k.message_max_bytes.saturating_sub(ENVELOPE_OVERHEAD_BYTES);
+            if src.max_body_bytes > max_body {
+                p.push(format!(
+                    "{at}.max_body_bytes: {} does not fit in a Kafka record (kafka.message_max_bytes {} less {} for the envelope)",
+                    src.max_body_bytes, k.message_max_bytes, ENVELOPE_OVERHEAD_BYTES
+                ));
+            }
+            for (field, ex) in [
+                ("event_id", &src.event_id),
+                ("ordering_key", &src.ordering_key),
+                ("sequence", &src.sequence),
+            ] {
+                match ex {
+                    Some(Extract::Pointer(ptr)) if !ptr.starts_with('/') => p.push(format!(
+                        "{at}.{field}.pointer: {ptr:?} is not a JSON pointer (it must start with /)"
+                    )),
+                    Some(Extract::Header(h)) if axum::http::HeaderName::try_from(h.as_str()).is_err() => {
+                        p.push(format!("{at}.{field}.header: {h:?} is not a valid header name"))
+                    }
+                    _ => {}
+                }
+            }
+            for h in &src.forward_headers {
+                let lower = h.to_ascii_lowercase();
+                if FORBIDDEN_FORWARD_HEADERS.contains(&lower.as_str()) {
+                    p.push(format!(
+                        "{at}.forward_headers: {h:?} carries credentials and is never stored"
+                    ));
+                } else if axum::http::HeaderName::try_from(h.as_str()).is_err() {
+                    p.push(format!(
+                        "{at}.forward_headers: {h:?} is not a valid header name"
+                    ));
+                }
+            }
+            let secrets = src.signature.secrets();
+            if secrets.is_empty() {
+                p.push(format!(
+                    "{at}.signature.secrets: at least one secret is needed"
+                ));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, sr) in secrets.iter().enumerate() {
+                let sat = format!("{at}.signature.secrets[{i}]");
+                if !valid_secret_id(&sr.id) {
+                    p.push(format!(
+                        "{sat}.id: {:?} must be 1-64 of a-z A-Z 0-9 . _ -",
+                        sr.id
+                    ));
+                }
+                if !seen.insert(sr.id.as_str()) {
+                    p.push(format!("{sat}.id: {:?} is used twice", sr.id));
+                }
+                if sr.env.is_some() == sr.file.is_some() {
+                    p.push(format!("{sat}: name exactly one of `env` or `file`"));
+                }
+            }
+            if let SignatureConfig::Hmac(h) = &src.signature
+                && axum::http::HeaderName::try_from(h.header.as_str()).is_err()
+            {
+                p.push(format!(
+                    "{at}.signature.header: {:?} is not a valid header name",
+                    h.header
+                ));
+            }
+        }
+        p
+    }
+}
+
+fn describe_figment(e: &figment::Error) -> String {
+    let path = e.path.join(".");
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
+    let what = e.kind.to_string();
+    match (path.is_empty(), origin.is_empty()) {
+        (true, true) => what,
+        (true, false) => format!("{what} (from {origin})"),
+        (false, true) => format!("{path}: {what}"),
+        (false, false) => format!("{path}: {what} (from {origin})"),
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Source names appear in URLs, metric labels and Kafka headers.
+pub fn valid_source_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.as_bytes()[0].is_ascii_alphanumeric()
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+fn valid_secret_id(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:0"
+        request_timeout = "1500ms"
+
+        [kafka]
+        brokers = "127.0.0.1:9092"
+
+        [sources.purple]
+        signature = { scheme = "purple", secrets = [{ id = "current", env = "PURPLE_SECRET" }] }
+        ordering_key = { pointer = "/venue/id" }
+        sequence = { pointer = "/sequence" }
+    "#;
+
+    #[test]
+    fn loads_a_good_config_with_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.server.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.server.max_in_flight, 1024);
+        assert_eq!(c.kafka.topic, "webhooks.raw");
+        let s = &c.sources["purple"];
+        assert_eq!(s.event_id, Some(Extract::Pointer("/id".into())));
+        assert_eq!(s.ordering_key, Some(Extract::Pointer("/venue/id".into())));
+        assert_eq!(s.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let text = GOOD.replace("request_timeout", "request_timout");
+        let e = Config::from_toml(&text).unwrap_err();
+        let all = e.problems.join("\n");
+        assert!(all.contains("request_timout"), "{all}");
+    }
+
+    #[test]
+    fn unknown_scheme_is_refused() {
+        let text = GOOD.replace("scheme = \"purple\"", "scheme = \"rot13\"");
+        let e = Config::from_toml(&text).unwrap_err();
+        assert!(e.problems.join("\n").contains("rot13"), "{e}");
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let text = r#"
+            [kafka]
+            topic = "bad topic"
+            options = { "acks" = "1" }
+
+            [sources.BadName]
+            signature = { scheme = "purple", secrets = [] }
+
+            [sources.ok]
+            max_body_bytes = 5000000
+            forward_headers = ["Authorization"]
+            ordering_key = { pointer = "venue" }
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "X", file = "/y" }, { id = "a", env = "Z" }] }
+        "#;
+        let e = Config::from_toml(text).unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in [
+            "kafka.topic",
+            "kafka.options.acks",
+            "sources.BadName:",
+            "sources.BadName.signature.secrets: at least one",
+            "sources.ok.max_body_bytes",
+            "sources.ok.forward_headers",
+            "sources.ok.ordering_key.pointer",
+            "sources.ok.signature.secrets[0]: name exactly one",
+            "sources.ok.signature.secrets[1].id: \"a\" is used twice",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_not_a_panic() {
+        let e = Config::load(Path::new("/nonexistent/ingest.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ingest.toml"));
+    }
+}

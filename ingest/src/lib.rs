@@ -1,0 +1,29 @@
+//! Ingest: the webhook receiver.
+//!
+//! A request is answered 2xx only after its raw event is acknowledged by the
+//! Kafka brokers (`acks=all`, idempotent producer). Everything before that
+//! can refuse it, and a refusal leaves no trace in Kafka.
+//!
+//! - [`config`]: the typed TOML configuration, layered with `INGEST_`
+//!   environment variables, and its start-up checks.
+//! - [`secret`]: secret values read from the environment or files, never
+//!   printable.
+//! - [`signature`]: signature schemes; each verifies the exact bytes
+//!   received, in constant time, against every secret of a rotation.
+//! - [`source`]: a configured source at run time: its scheme, body limit and
+//!   where its event id, ordering key and sequence come from.
+//! - [`producer`]: the Kafka producer: librdkafka settings built in one
+//!   place, delivery with a deadline, recovery from fatal errors, readiness.
+//! - [`metrics`]: the Prometheus registry and every metric ingest exports.
+//! - [`http`]: the axum router, the webhook handler and the error mapping
+//!   to status codes and stable error codes.
+//! - [`server`]: wiring, signals and graceful shutdown.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod producer;
+pub mod secret;
+pub mod server;
+pub mod signature;
+pub mod source;

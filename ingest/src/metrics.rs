@@ -1,0 +1,147 @@
+//! Every metric ingest exports, in one registry per process.
+//!
+//! Labels are low-cardinality only: configured source names (or `_unknown`
+//! for a path that names no source), status codes, reasons and configured
+//! secret ids. Never event ids, addresses or raw paths.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Label used for requests to a source that is not configured.
+pub const UNKNOWN_SOURCE: &str = "_unknown";
+
+/// Ingest's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Webhook requests answered, by source and HTTP status.
+    pub requests: IntCounterVec,
+    /// Signature verification failures, by source and reason code.
+    pub verification_failures: IntCounterVec,
+    /// Successful verifications by source and the rotation secret that matched.
+    pub secret_matches: IntCounterVec,
+    /// Arrival to 2xx answer of accepted requests, by source.
+    pub ack_latency: HistogramVec,
+    /// Hand-over to the producer until the broker's acknowledgement.
+    pub produce_latency: Histogram,
+    /// Body sizes of requests that were read in full, by source.
+    pub body_bytes: HistogramVec,
+    /// Webhook requests being handled now.
+    pub in_flight: IntGauge,
+    /// Records handed to the producer and not yet acknowledged.
+    pub producer_queue_depth: IntGauge,
+    /// Producer failures by kind (`timeout`, `queue_full`, `broker`, `fatal`, ...).
+    pub broker_errors: IntCounterVec,
+    /// 1 when the last broker probe succeeded.
+    pub broker_up: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let latency_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "ingest_requests_total",
+                "Webhook requests answered, by source and HTTP status.",
+            ),
+            &["source", "status"],
+        )?;
+        let verification_failures = IntCounterVec::new(
+            Opts::new(
+                "ingest_verification_failures_total",
+                "Requests refused because their signature did not verify, by source and reason.",
+            ),
+            &["source", "reason"],
+        )?;
+        let secret_matches = IntCounterVec::new(
+            Opts::new(
+                "ingest_signature_secret_matches_total",
+                "Verified requests by the rotation secret that matched: when an old secret stays at zero it can be removed.",
+            ),
+            &["source", "secret"],
+        )?;
+        let ack_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ingest_ack_latency_seconds",
+                "From a request's arrival to its 2xx answer (the event is in Kafka), by source.",
+            )
+            .buckets(latency_buckets.clone()),
+            &["source"],
+        )?;
+        let produce_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingest_produce_latency_seconds",
+                "From handing a record to the producer to the brokers' acknowledgement.",
+            )
+            .buckets(latency_buckets),
+        )?;
+        let body_bytes = HistogramVec::new(
+            HistogramOpts::new(
+                "ingest_body_bytes",
+                "Sizes of request bodies read in full, by source.",
+            )
+            .buckets(prometheus::exponential_buckets(256.0, 4.0, 8)?),
+            &["source"],
+        )?;
+        let in_flight = IntGauge::new(
+            "ingest_in_flight_requests",
+            "Webhook requests being handled now.",
+        )?;
+        let producer_queue_depth = IntGauge::new(
+            "ingest_producer_queue_depth",
+            "Records handed to the producer and not yet acknowledged by the brokers.",
+        )?;
+        let broker_errors = IntCounterVec::new(
+            Opts::new(
+                "ingest_broker_errors_total",
+                "Records the producer could not deliver in time, by kind.",
+            ),
+            &["kind"],
+        )?;
+        let broker_up = IntGauge::new(
+            "ingest_broker_up",
+            "1 when the last metadata request to the brokers for the raw topic succeeded.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(verification_failures.clone()))?;
+        registry.register(Box::new(secret_matches.clone()))?;
+        registry.register(Box::new(ack_latency.clone()))?;
+        registry.register(Box::new(produce_latency.clone()))?;
+        registry.register(Box::new(body_bytes.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(producer_queue_depth.clone()))?;
+        registry.register(Box::new(broker_errors.clone()))?;
+        registry.register(Box::new(broker_up.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            verification_failures,
+            secret_matches,
+            ack_latency,
+            produce_latency,
+            body_bytes,
+            in_flight,
+            producer_queue_depth,
+            broker_errors,
+            broker_up,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        // Encoding into a Vec cannot fail for well-formed families.
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,318 @@
+//! The Kafka producer.
+//!
+//! - [`client_config`] builds every librdkafka setting in one place:
+//!   `acks=all`, idempotence, and a message timeout equal to the request
+//!   deadline, so nothing waits in the producer longer than its request.
+//! - [`KafkaProducer::deliver`] hands one record over and waits for the
+//!   brokers' acknowledgement or the deadline, whichever comes first. Only an
+//!   acknowledgement is success; a full queue is retried until the deadline.
+//! - [`KafkaProducer::supervise`] probes the brokers for `/readyz`, and
+//!   replaces the producer if librdkafka reports a fatal error (an idempotent
+//!   producer that lost its sequence state cannot recover by itself).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::time::Instant;
+
+use crate::config::{KafkaConfig, ServerConfig};
+use crate::metrics::Metrics;
+
+/// How often the brokers are probed and the producer checked.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before re-offering a record to a full producer queue.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// librdkafka callbacks routed to `tracing`.
+pub struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker-down errors repeat while the broker is away; readiness and
+        // the 503 counters carry that signal, so keep this at warn.
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+/// Why a record was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The deadline passed before the brokers acknowledged.
+    #[error("the brokers did not acknowledge before the request deadline")]
+    Timeout,
+    /// The producer queue stayed full until the deadline.
+    #[error("the producer queue stayed full until the request deadline")]
+    QueueFull,
+    /// The record is larger than the brokers accept.
+    #[error("the record is larger than the brokers accept")]
+    TooLarge,
+    /// Any other producer or broker error.
+    #[error("the brokers refused or could not be reached: {0}")]
+    Broker(String),
+}
+
+impl DeliveryError {
+    /// Metric label for `ingest_broker_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeliveryError::Timeout => "timeout",
+            DeliveryError::QueueFull => "queue_full",
+            DeliveryError::TooLarge => "too_large",
+            DeliveryError::Broker(_) => "broker",
+        }
+    }
+}
+
+/// Where an acknowledged record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Partition of the raw topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+}
+
+/// Builds the librdkafka settings: the guarantees first, then the user's
+/// options (config load already refused those that fight a guarantee).
+pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
+    let timeout_ms = server.request_timeout.as_millis().max(1).to_string();
+    // Enough room for every in-flight request plus records whose request
+    // already timed out and that are still waiting out message.timeout.ms.
+    let queue_max = (server.max_in_flight.saturating_mul(2) + 128).to_string();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", &kafka.client_id)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("message.timeout.ms", &timeout_ms)
+        .set("linger.ms", kafka.linger.as_millis().to_string())
+        .set("message.max.bytes", kafka.message_max_bytes.to_string())
+        .set("queue.buffering.max.messages", &queue_max)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
+        .set("socket.keepalive.enable", "true");
+    c
+}
+
+/// The raw-topic producer, replaceable after a fatal error.
+pub struct KafkaProducer {
+    /// Settings to build a replacement producer with.
+    settings: ClientConfig,
+    /// The raw topic.
+    topic: String,
+    /// The live producer.
+    current: ArcSwap<FutureProducer<Context>>,
+    /// Set when the last probe reached the brokers and found the topic.
+    ready: AtomicBool,
+    /// Where delivery outcomes are counted.
+    metrics: Metrics,
+}
+
+impl KafkaProducer {
+    /// Creates the producer. Does not contact the brokers: ingest starts
+    /// (and answers 503) while they are away.
+    pub fn new(
+        kafka: &KafkaConfig,
+        server: &ServerConfig,
+        metrics: Metrics,
+    ) -> Result<KafkaProducer, KafkaError> {
+        let settings = client_config(kafka, server);
+        let producer: FutureProducer<Context> = settings.create_with_context(Context)?;
+        Ok(KafkaProducer {
+            settings,
+            topic: kafka.topic.clone(),
+            current: ArcSwap::from_pointee(producer),
+            ready: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// The raw topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Whether the last probe reached the brokers and found the raw topic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records handed over and not yet acknowledged.
+    pub fn queue_depth(&self) -> i32 {
+        self.current.load().in_flight_count()
+    }
+
+    /// Hands a record to the producer and waits until the brokers
+    /// acknowledged it (`acks=all`) or `deadline` passed.
+    pub async fn deliver(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+        source: &str,
+        event_id: &str,
+        deadline: Instant,
+    ) -> Result<Delivered, DeliveryError> {
+        let started = Instant::now();
+        let producer = self.current.load_full();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "source",
+                value: Some(source),
+            })
+            .insert(Header {
+                key: "event-id",
+                value: Some(event_id),
+            });
+        let mut record = FutureRecord::to(&self.topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        let future = loop {
+            match producer.send_result(record) {
+                Ok(f) => break f,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if Instant::now() + QUEUE_FULL_BACKOFF >= deadline {
+                        return Err(self.failed(DeliveryError::QueueFull));
+                    }
+                    record = r;
+                    tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                }
+                Err((e, _)) => return Err(self.failed(classify(&e))),
+            }
+        };
+        let outcome = match tokio::time::timeout_at(deadline, future).await {
+            // Dropping the future does not withdraw the record: it may still
+            // be delivered. The sender got a non-2xx and retries; the
+            // processors drop the duplicate by event id.
+            Err(_) => Err(DeliveryError::Timeout),
+            Ok(Err(_canceled)) => Err(DeliveryError::Broker("producer was replaced".into())),
+            Ok(Ok(Err((e, _msg)))) => Err(classify(&e)),
+            Ok(Ok(Ok(d))) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+        };
+        match outcome {
+            Ok(d) => {
+                self.metrics
+                    .produce_latency
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(d)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    fn failed(&self, e: DeliveryError) -> DeliveryError {
+        self.metrics.broker_errors.with_label_values(&[e.kind()]).inc();
+        e
+    }
+
+    /// Probes the brokers and replaces a producer that hit a fatal error,
+    /// until `shutdown` resolves.
+    pub async fn supervise(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.check()).await;
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One supervision round (blocking: librdkafka calls).
+    fn check(&self) {
+        let producer = self.current.load_full();
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(%code, %reason, "producer hit a fatal error; replacing it");
+            self.metrics.broker_errors.with_label_values(&["fatal"]).inc();
+            match self.settings.create_with_context::<_, FutureProducer<Context>>(Context) {
+                Ok(fresh) => self.current.store(Arc::new(fresh)),
+                Err(e) => tracing::error!(error = %e, "could not create a replacement producer"),
+            }
+        }
+        let producer = self.current.load_full();
+        let up = match producer
+            .client()
+            .fetch_metadata(Some(&self.topic), Duration::from_millis(1500))
+        {
+            Ok(md) => md
+                .topics()
+                .iter()
+                .any(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()),
+            Err(_) => false,
+        };
+        let was = self.ready.swap(up, Ordering::Relaxed);
+        if was != up {
+            if up {
+                tracing::info!(topic = %self.topic, "brokers reachable, raw topic present");
+            } else {
+                tracing::warn!(topic = %self.topic, "brokers unreachable or raw topic missing");
+            }
+        }
+        self.metrics.broker_up.set(i64::from(up));
+        self.metrics
+            .producer_queue_depth
+            .set(i64::from(producer.in_flight_count()));
+    }
+
+    /// Waits up to `timeout` for every queued record to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.current.load().flush(timeout)
+    }
+}
+
+fn classify(e: &KafkaError) -> DeliveryError {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => DeliveryError::Timeout,
+        Some(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::MessageBatchTooLarge) => {
+            DeliveryError::TooLarge
+        }
+        _ => DeliveryError::Broker(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guarantees_win_over_user_options() {
+        let mut kafka = KafkaConfig::default();
+        kafka.options.insert("compression.type".into(), "lz4".into());
+        let server = ServerConfig::default();
+        let c = client_config(&kafka, &server);
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("message.timeout.ms"), Some("2000"));
+        assert_eq!(c.get("compression.type"), Some("lz4"));
+    }
+}

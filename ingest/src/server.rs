@@ -1,0 +1,105 @@
+//! Wiring: builds sources, producer and router from a [`Config`], serves
+//! until SIGINT/SIGTERM, then shuts down in order: stop accepting, let
+//! in-flight requests finish (their records delivered and answered), flush
+//! the producer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::producer::KafkaProducer;
+use crate::source::Source;
+
+/// Builds the application state: loads secrets, creates the producer.
+pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
+    let sources = Source::build_all(config).map_err(|problems| {
+        anyhow::anyhow!(
+            "cannot start:\n  - {}",
+            problems.join("\n  - ")
+        )
+    })?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let producer = KafkaProducer::new(&config.kafka, &config.server, metrics.clone())
+        .context("creating the Kafka producer")?;
+    Ok(AppState {
+        sources: Arc::new(sources),
+        producer: Arc::new(producer),
+        metrics,
+        in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
+        request_timeout: config.server.request_timeout,
+        retry_after: config.server.retry_after,
+    })
+}
+
+/// Serves until `shutdown` resolves, then drains and flushes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(&config)?;
+    let producer = state.producer.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let supervisor = tokio::spawn(producer.clone().supervise(stop_rx));
+
+    // One signal starts the graceful drain and the clock on it.
+    let (drain_tx, mut drain_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    });
+    let mut graceful_rx = drain_rx.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = graceful_rx.wait_for(|v| *v).await;
+        tracing::info!("shutdown requested: no new connections, draining in-flight requests");
+    });
+    let grace = config.server.shutdown_timeout;
+    tokio::select! {
+        r = server => r.context("serving HTTP")?,
+        _ = async {
+            let _ = drain_rx.wait_for(|v| *v).await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "in-flight requests did not finish within the shutdown timeout");
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = supervisor.await;
+    let flush_for = config.server.request_timeout.max(std::time::Duration::from_secs(1));
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_for)).await;
+    match flushed {
+        Ok(Ok(())) => tracing::info!("producer flushed; bye"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete (no request waiting on it got a 2xx)"),
+        Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT (ctrl-c) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

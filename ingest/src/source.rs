@@ -1,0 +1,220 @@
+//! A configured source at run time: its signature scheme with secrets
+//! loaded, its body limit, and where event id, ordering key and sequence
+//! come from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName};
+use schemas::Header;
+use serde_json::Value;
+
+use crate::config::{Config, Extract, SourceConfig};
+use crate::signature::{self, Scheme};
+
+/// Longest event id or ordering key taken from a request; a longer one is
+/// ignored (the event id is then generated).
+pub const MAX_ID_LEN: usize = 256;
+/// Most bytes of forwarded header values kept per request.
+pub const MAX_FORWARDED_HEADER_BYTES: usize = 8 * 1024;
+
+/// A source ready to serve.
+#[derive(Debug)]
+pub struct Source {
+    /// The configured name, the `{source}` of the URL.
+    pub name: Arc<str>,
+    /// Verifies signatures.
+    pub scheme: Box<dyn Scheme>,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+    /// Where the event id comes from.
+    pub event_id: Option<Extract>,
+    /// Where the ordering key comes from.
+    pub ordering_key: Option<Extract>,
+    /// Where the sequence comes from.
+    pub sequence: Option<Extract>,
+    /// Headers copied into the envelope.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// What was taken out of one request.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    /// Event id, if the request carries a usable one.
+    pub event_id: Option<String>,
+    /// Ordering key, if any.
+    pub ordering_key: Option<String>,
+    /// Sequence number, if any.
+    pub sequence: Option<i64>,
+}
+
+impl Source {
+    /// Builds a source, loading its secrets. Errors name the source.
+    pub fn build(name: &str, config: &SourceConfig) -> Result<Source, String> {
+        let scheme = signature::build(&config.signature)
+            .map_err(|e| format!("sources.{name}.signature.secrets: {e}"))?;
+        let forward_headers = config
+            .forward_headers
+            .iter()
+            .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
+            .collect();
+        Ok(Source {
+            name: Arc::from(name),
+            scheme,
+            max_body_bytes: config.max_body_bytes,
+            event_id: config.event_id.clone(),
+            ordering_key: config.ordering_key.clone(),
+            sequence: config.sequence.clone(),
+            forward_headers,
+        })
+    }
+
+    /// Builds every configured source, reporting every failure at once.
+    pub fn build_all(config: &Config) -> Result<HashMap<String, Arc<Source>>, Vec<String>> {
+        let mut out = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, sc) in &config.sources {
+            match Source::build(name, sc) {
+                Ok(s) => {
+                    out.insert(name.clone(), Arc::new(s));
+                }
+                Err(e) => problems.push(e),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn needs_json(&self) -> bool {
+        [&self.event_id, &self.ordering_key, &self.sequence]
+            .iter()
+            .any(|e| matches!(e, Some(Extract::Pointer(_))))
+    }
+
+    /// Takes event id, ordering key and sequence from the headers and body.
+    /// A body that is not JSON is not an error here: it is stored raw and the
+    /// processors quarantine it with a reason.
+    pub fn extract(&self, headers: &HeaderMap, body: &[u8]) -> Extracted {
+        let json = if self.needs_json() {
+            serde_json::from_slice::<Value>(body).ok()
+        } else {
+            None
+        };
+        let get = |ex: &Option<Extract>| -> Option<Value> {
+            match ex.as_ref()? {
+                Extract::Pointer(p) => json.as_ref()?.pointer(p).cloned(),
+                Extract::Header(h) => headers
+                    .get(h.as_str())?
+                    .to_str()
+                    .ok()
+                    .map(|s| Value::String(s.trim().to_string())),
+            }
+        };
+        let as_id = |v: Value| -> Option<String> {
+            let s = match v {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            (!s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control))
+                .then_some(s)
+        };
+        Extracted {
+            event_id: get(&self.event_id).and_then(as_id),
+            ordering_key: get(&self.ordering_key).and_then(as_id),
+            sequence: get(&self.sequence).and_then(|v| match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.parse().ok(),
+                _ => None,
+            }),
+        }
+    }
+
+    /// The allow-listed headers, in the order received, bounded in size.
+    pub fn forwarded(&self, headers: &HeaderMap) -> Vec<Header> {
+        let mut out = Vec::new();
+        let mut budget = MAX_FORWARDED_HEADER_BYTES;
+        for name in &self.forward_headers {
+            for v in headers.get_all(name) {
+                let Ok(value) = v.to_str() else { continue };
+                let cost = name.as_str().len() + value.len();
+                if cost > budget {
+                    return out;
+                }
+                budget -= cost;
+                out.push(Header {
+                    name: name.as_str().to_string(),
+                    value: value.to_string(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> Source {
+        let config = Config::from_toml(
+            r#"
+            [sources.purple]
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "PATH" }] }
+            ordering_key = { pointer = "/venue/id" }
+            sequence = { pointer = "/sequence" }
+            forward_headers = ["User-Agent", "X-Trace"]
+            "#,
+        )
+        .unwrap();
+        Source::build("purple", &config.sources["purple"]).unwrap()
+    }
+
+    #[test]
+    fn extracts_from_the_documented_payload() {
+        let body = br#"{"id":"evt_01JD5","type":"device_connected","sequence":1042,
+            "venue":{"id":"venue-017","name":"Airport Hotel"}}"#;
+        let e = source().extract(&HeaderMap::new(), body);
+        assert_eq!(
+            e,
+            Extracted {
+                event_id: Some("evt_01JD5".into()),
+                ordering_key: Some("venue-017".into()),
+                sequence: Some(1042),
+            }
+        );
+    }
+
+    #[test]
+    fn unusable_values_are_left_out() {
+        let long = "x".repeat(MAX_ID_LEN + 1);
+        let body = format!(r#"{{"id":"{long}","sequence":"nope","venue":{{"id":["a"]}}}}"#);
+        assert_eq!(
+            source().extract(&HeaderMap::new(), body.as_bytes()),
+            Extracted::default()
+        );
+        assert_eq!(
+            source().extract(&HeaderMap::new(), b"not json at all"),
+            Extracted::default()
+        );
+        let deep = "[".repeat(10_000);
+        assert_eq!(
+            source().extract(&HeaderMap::new(), deep.as_bytes()),
+            Extracted::default()
+        );
+    }
+
+    #[test]
+    fn forwards_only_allow_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("user-agent", "P/1".parse().unwrap());
+        h.insert("authorization", "Bearer x".parse().unwrap());
+        h.insert("x-trace", "t1".parse().unwrap());
+        let f = source().forwarded(&h);
+        let names: Vec<_> = f.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["user-agent", "x-trace"]);
+    }
+}

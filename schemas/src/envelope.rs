@@ -1,0 +1,497 @@
+//! The raw envelope: Rust type and Avro single-object encoding.
+//!
+//! Encoding writes with the current schema. Decoding reads the writer's
+//! fingerprint from the record, finds that version among the committed ones
+//! and resolves it into the current schema, so a processor reads records
+//! written by any earlier ingest.
+
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+use apache_avro::{Schema, from_avro_datum, to_avro_datum};
+
+use crate::ENVELOPE_SCHEMA_VERSIONS;
+
+/// The two marker bytes that open every Avro single-object encoded record.
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// One webhook request as ingest received and verified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Provider's event id, else a UUIDv7 made by ingest; with `source`, the dedupe key.
+    pub event_id: String,
+    /// Configured source name (the `{source}` of the URL).
+    pub source: String,
+    /// When ingest finished reading the body, microseconds since the Unix epoch.
+    pub received_at_micros: i64,
+    /// The body exactly as received: the bytes the signature covers.
+    pub body: Vec<u8>,
+    /// Allow-listed request headers, lower-case names, in received order.
+    pub headers: Vec<Header>,
+    /// The request's Content-Type, if any.
+    pub content_type: Option<String>,
+    /// Client IP address as ingest saw it.
+    pub client_addr: Option<String>,
+    /// Which scheme verified the request and which rotation secret matched.
+    pub verification: Verification,
+    /// Per-source ordering key (the venue id for the guest-WiFi platform).
+    pub ordering_key: Option<String>,
+    /// Per-ordering-key sequence number, when the source defines one.
+    pub sequence: Option<i64>,
+    /// HTTP request id, carried so log lines can be matched across services.
+    pub request_id: String,
+}
+
+/// One allow-listed request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Lower-case header name.
+    pub name: String,
+    /// Header value.
+    pub value: String,
+}
+
+/// How a request was proven genuine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Signature scheme name, e.g. `hmac`.
+    pub scheme: String,
+    /// Configured id (a label, never the value) of the matching secret.
+    pub secret_id: String,
+}
+
+/// Why an envelope could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The value did not fit the schema (a bug in this crate, not bad input).
+    #[error("envelope does not fit the schema: {0}")]
+    Avro(#[from] apache_avro::Error),
+}
+
+/// Why bytes could not be decoded as an envelope.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer bytes than the single-object header.
+    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    TooShort(usize),
+    /// The first two bytes are not `C3 01`.
+    #[error("record does not start with the Avro single-object marker C3 01")]
+    BadMagic,
+    /// The fingerprint names no committed envelope schema version.
+    #[error("unknown writer schema fingerprint {0:016x}")]
+    UnknownSchema(u64),
+    /// The Avro body did not decode with the writer schema.
+    #[error("invalid Avro datum: {0}")]
+    Avro(#[from] apache_avro::Error),
+    /// The datum decoded but a field had an unexpected shape.
+    #[error("field {0} has an unexpected type")]
+    Field(&'static str),
+    /// Bytes left over after the datum.
+    #[error("{0} trailing bytes after the Avro datum")]
+    Trailing(usize),
+}
+
+/// A parsed schema version with its fingerprint.
+pub struct SchemaVersion {
+    /// Version name, e.g. `v1`.
+    pub name: &'static str,
+    /// The parsed schema.
+    pub schema: Schema,
+    /// CRC-64-AVRO (Rabin) fingerprint as a number; written little-endian.
+    pub fingerprint: u64,
+}
+
+/// All committed envelope schema versions, parsed once, oldest first.
+pub fn schema_versions() -> &'static [SchemaVersion] {
+    static VERSIONS: OnceLock<Vec<SchemaVersion>> = OnceLock::new();
+    VERSIONS.get_or_init(|| {
+        ENVELOPE_SCHEMA_VERSIONS
+            .iter()
+            .map(|(name, text)| {
+                // The .avsc files are compiled in and checked by this crate's
+                // tests: failing to parse one is a build defect.
+                #[allow(clippy::expect_used)]
+                let schema = Schema::parse_str(text).expect("committed envelope schema parses");
+                let fingerprint = fingerprint_of(&schema);
+                SchemaVersion {
+                    name,
+                    schema,
+                    fingerprint,
+                }
+            })
+            .collect()
+    })
+}
+
+/// The schema ingest writes with.
+pub fn current_schema() -> &'static SchemaVersion {
+    let versions = schema_versions();
+    &versions[versions.len() - 1]
+}
+
+/// CRC-64-AVRO fingerprint of a schema's canonical form.
+pub fn fingerprint_of(schema: &Schema) -> u64 {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&fp.bytes[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+fn opt_string(v: &Option<String>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+    }
+}
+
+impl Envelope {
+    /// Encodes with the current schema in Avro single-object encoding.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let current = current_schema();
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| {
+                Value::Record(vec![
+                    ("name".into(), Value::String(h.name.clone())),
+                    ("value".into(), Value::String(h.value.clone())),
+                ])
+            })
+            .collect();
+        let value = Value::Record(vec![
+            ("event_id".into(), Value::String(self.event_id.clone())),
+            ("source".into(), Value::String(self.source.clone())),
+            (
+                "received_at".into(),
+                Value::TimestampMicros(self.received_at_micros),
+            ),
+            ("body".into(), Value::Bytes(self.body.clone())),
+            ("headers".into(), Value::Array(headers)),
+            ("content_type".into(), opt_string(&self.content_type)),
+            ("client_addr".into(), opt_string(&self.client_addr)),
+            (
+                "verification".into(),
+                Value::Record(vec![
+                    (
+                        "scheme".into(),
+                        Value::String(self.verification.scheme.clone()),
+                    ),
+                    (
+                        "secret_id".into(),
+                        Value::String(self.verification.secret_id.clone()),
+                    ),
+                ]),
+            ),
+            ("ordering_key".into(), opt_string(&self.ordering_key)),
+            (
+                "sequence".into(),
+                match self.sequence {
+                    None => Value::Union(0, Box::new(Value::Null)),
+                    Some(n) => Value::Union(1, Box::new(Value::Long(n))),
+                },
+            ),
+            ("request_id".into(), Value::String(self.request_id.clone())),
+        ]);
+        let datum = to_avro_datum(&current.schema, value)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+        out.extend_from_slice(&current.fingerprint.to_le_bytes());
+        out.extend_from_slice(&datum);
+        Ok(out)
+    }
+
+    /// Decodes a single-object encoded record written with any committed
+    /// schema version.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(DecodeError::TooShort(bytes.len()));
+        }
+        if bytes[..2] != SINGLE_OBJECT_MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+        let fingerprint = u64::from_le_bytes(fp);
+        let writer = schema_versions()
+            .iter()
+            .find(|v| v.fingerprint == fingerprint)
+            .ok_or(DecodeError::UnknownSchema(fingerprint))?;
+        let current = current_schema();
+        let reader_schema = if writer.fingerprint == current.fingerprint {
+            None
+        } else {
+            Some(&current.schema)
+        };
+        let mut rest = &bytes[HEADER_LEN..];
+        let value = from_avro_datum(&writer.schema, &mut rest, reader_schema)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Trailing(rest.len()));
+        }
+        Envelope::from_value(value)
+    }
+
+    fn from_value(value: Value) -> Result<Envelope, DecodeError> {
+        let Value::Record(fields) = value else {
+            return Err(DecodeError::Field("<root>"));
+        };
+        let mut env = Envelope {
+            event_id: String::new(),
+            source: String::new(),
+            received_at_micros: 0,
+            body: Vec::new(),
+            headers: Vec::new(),
+            content_type: None,
+            client_addr: None,
+            verification: Verification {
+                scheme: String::new(),
+                secret_id: String::new(),
+            },
+            ordering_key: None,
+            sequence: None,
+            request_id: String::new(),
+        };
+        for (name, v) in fields {
+            match name.as_str() {
+                "event_id" => env.event_id = string(v, "event_id")?,
+                "source" => env.source = string(v, "source")?,
+                "received_at" => {
+                    env.received_at_micros = match v {
+                        Value::TimestampMicros(n) | Value::Long(n) => n,
+                        _ => return Err(DecodeError::Field("received_at")),
+                    }
+                }
+                "body" => {
+                    env.body = match v {
+                        Value::Bytes(b) => b,
+                        _ => return Err(DecodeError::Field("body")),
+                    }
+                }
+                "headers" => {
+                    let Value::Array(items) = v else {
+                        return Err(DecodeError::Field("headers"));
+                    };
+                    for item in items {
+                        let Value::Record(hf) = item else {
+                            return Err(DecodeError::Field("headers"));
+                        };
+                        let mut h = Header {
+                            name: String::new(),
+                            value: String::new(),
+                        };
+                        for (n, hv) in hf {
+                            match n.as_str() {
+                                "name" => h.name = string(hv, "headers.name")?,
+                                "value" => h.value = string(hv, "headers.value")?,
+                                _ => {}
+                            }
+                        }
+                        env.headers.push(h);
+                    }
+                }
+                "content_type" => env.content_type = opt(v, "content_type")?,
+                "client_addr" => env.client_addr = opt(v, "client_addr")?,
+                "verification" => {
+                    let Value::Record(vf) = v else {
+                        return Err(DecodeError::Field("verification"));
+                    };
+                    for (n, vv) in vf {
+                        match n.as_str() {
+                            "scheme" => env.verification.scheme = string(vv, "verification.scheme")?,
+                            "secret_id" => {
+                                env.verification.secret_id = string(vv, "verification.secret_id")?
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                "ordering_key" => env.ordering_key = opt(v, "ordering_key")?,
+                "sequence" => {
+                    env.sequence = match unwrap_union(v) {
+                        Value::Null => None,
+                        Value::Long(n) => Some(n),
+                        Value::Int(n) => Some(i64::from(n)),
+                        _ => return Err(DecodeError::Field("sequence")),
+                    }
+                }
+                "request_id" => env.request_id = string(v, "request_id")?,
+                // Fields added by a later schema version that this build does
+                // not know yet are ignored.
+                _ => {}
+            }
+        }
+        Ok(env)
+    }
+}
+
+fn unwrap_union(v: Value) -> Value {
+    match v {
+        Value::Union(_, inner) => *inner,
+        other => other,
+    }
+}
+
+fn string(v: Value, field: &'static str) -> Result<String, DecodeError> {
+    match unwrap_union(v) {
+        Value::String(s) => Ok(s),
+        _ => Err(DecodeError::Field(field)),
+    }
+}
+
+fn opt(v: Value, field: &'static str) -> Result<Option<String>, DecodeError> {
+    match unwrap_union(v) {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        _ => Err(DecodeError::Field(field)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::GenericSingleObjectReader;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample() -> Envelope {
+        Envelope {
+            event_id: "evt_01JD5".into(),
+            source: "purple".into(),
+            received_at_micros: 1_763_834_591_123_456,
+            body: br#"{"id":"evt_01JD5","type":"device_connected"}"#.to_vec(),
+            headers: vec![Header {
+                name: "user-agent".into(),
+                value: "Purple-Webhooks/1.0".into(),
+            }],
+            content_type: Some("application/json".into()),
+            client_addr: Some("203.0.113.7".into()),
+            verification: Verification {
+                scheme: "hmac".into(),
+                secret_id: "2026-11".into(),
+            },
+            ordering_key: Some("venue-017".into()),
+            sequence: Some(1042),
+            request_id: "req-1".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let env = sample();
+        let bytes = env.encode().unwrap();
+        assert_eq!(&bytes[..2], &SINGLE_OBJECT_MAGIC);
+        assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn decodes_with_only_the_avsc_file() {
+        // A consumer in another language has nothing but the .avsc file: read
+        // it from disk and decode with the library's generic reader.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/avro/envelope/");
+        let latest = ENVELOPE_SCHEMA_VERSIONS.last().unwrap().0;
+        let text = std::fs::read_to_string(format!("{path}{latest}.avsc")).unwrap();
+        let schema = Schema::parse_str(&text).unwrap();
+        let reader = GenericSingleObjectReader::new(schema).unwrap();
+        let bytes = sample().encode().unwrap();
+        let value = reader.read_value(&mut &bytes[..]).unwrap();
+        let Value::Record(fields) = value else {
+            panic!("not a record")
+        };
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        assert_eq!(get("event_id"), Value::String("evt_01JD5".into()));
+        assert_eq!(get("body"), Value::Bytes(sample().body));
+        assert_eq!(
+            get("received_at"),
+            Value::TimestampMicros(1_763_834_591_123_456)
+        );
+        assert_eq!(
+            get("sequence"),
+            Value::Union(1, Box::new(Value::Long(1042)))
+        );
+    }
+
+    /// CRC-64-AVRO written from the Avro specification's reference code, to
+    /// check the fingerprint bytes independently of the library.
+    fn spec_fingerprint(canonical: &[u8]) -> u64 {
+        const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+        let mut table = [0u64; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut fp = i as u64;
+            for _ in 0..8 {
+                fp = (fp >> 1) ^ (EMPTY & (0u64.wrapping_sub(fp & 1)));
+            }
+            *slot = fp;
+        }
+        let mut fp = EMPTY;
+        for b in canonical {
+            fp = (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize];
+        }
+        fp
+    }
+
+    #[test]
+    fn fingerprint_matches_the_specification() {
+        // The spec's published vector: fingerprint64("int") = 0x7275d51a3f395c8f.
+        assert_eq!(spec_fingerprint(br#""int""#), 0x7275_d51a_3f39_5c8f);
+        let current = current_schema();
+        let canonical = current.schema.canonical_form();
+        assert_eq!(current.fingerprint, spec_fingerprint(canonical.as_bytes()));
+        let bytes = sample().encode().unwrap();
+        assert_eq!(&bytes[2..10], &current.fingerprint.to_le_bytes());
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        assert!(matches!(
+            Envelope::decode(b"C3"),
+            Err(DecodeError::TooShort(2))
+        ));
+        assert!(matches!(
+            Envelope::decode(b"{\"not\":\"avro\"}"),
+            Err(DecodeError::BadMagic)
+        ));
+        let mut bytes = sample().encode().unwrap();
+        bytes[2] ^= 0xff;
+        assert!(matches!(
+            Envelope::decode(&bytes),
+            Err(DecodeError::UnknownSchema(_))
+        ));
+        let bytes = sample().encode().unwrap();
+        assert!(Envelope::decode(&bytes[..bytes.len() - 3]).is_err());
+        let mut long = sample().encode().unwrap();
+        long.push(0);
+        assert!(matches!(
+            Envelope::decode(&long),
+            Err(DecodeError::Trailing(1))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_envelope_round_trips(
+            event_id in ".{0,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..512),
+            key in proptest::option::of("[a-z0-9-]{1,20}"),
+            sequence in proptest::option::of(any::<i64>()),
+            at in any::<i64>(),
+            headers in proptest::collection::vec(("[a-z-]{1,12}", ".{0,30}"), 0..4),
+        ) {
+            let env = Envelope {
+                event_id,
+                body,
+                ordering_key: key,
+                sequence,
+                received_at_micros: at,
+                headers: headers.into_iter().map(|(name, value)| Header { name, value }).collect(),
+                ..sample()
+            };
+            let bytes = env.encode().unwrap();
+            prop_assert_eq!(Envelope::decode(&bytes).unwrap(), env);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Envelope::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Every change to the envelope schema must stay backward compatible: a
+//! processor built with the newest schema reads every record any earlier
+//! ingest wrote. Old versions are kept in `avro/envelope/` and never edited.
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use schemas::ENVELOPE_SCHEMA_VERSIONS;
+use schemas::envelope::{fingerprint_of, schema_versions};
+
+/// Fingerprints of committed versions. A version, once committed, is frozen:
+/// records written with it sit in Kafka for the retention period. Add a line
+/// here when you add a version; never change one.
+const FROZEN: &[(&str, u64)] = &[("v1", 0x53a2_6c09_147b_2ab5)];
+
+fn folder_versions() -> Vec<(String, String)> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/avro/envelope");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "avsc"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    out.sort_by_key(|(n, _)| n.trim_start_matches('v').parse::<u32>().unwrap());
+    out
+}
+
+#[test]
+fn every_file_in_the_folder_is_a_known_version_in_order() {
+    let on_disk = folder_versions();
+    let compiled: Vec<(String, String)> = ENVELOPE_SCHEMA_VERSIONS
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(on_disk, compiled, "avro/envelope/*.avsc and ENVELOPE_SCHEMA_VERSIONS differ");
+}
+
+#[test]
+fn each_version_reads_every_older_version() {
+    let versions = schema_versions();
+    for (i, newer) in versions.iter().enumerate() {
+        for older in &versions[..i] {
+            SchemaCompatibility::can_read(&older.schema, &newer.schema).unwrap_or_else(|e| {
+                panic!("{} cannot read data written with {}: {e}", newer.name, older.name)
+            });
+        }
+    }
+}
+
+#[test]
+fn committed_versions_are_frozen() {
+    let versions = schema_versions();
+    assert_eq!(versions.len(), FROZEN.len(), "add the new version to FROZEN");
+    for (v, (name, fp)) in versions.iter().zip(FROZEN) {
+        assert_eq!(v.name, *name);
+        let parsed = Schema::parse_str(ENVELOPE_SCHEMA_VERSIONS.iter().find(|(n, _)| n == name).unwrap().1).unwrap();
+        assert_eq!(fingerprint_of(&parsed), v.fingerprint);
+        assert_eq!(v.fingerprint, *fp, "{name} changed: committed versions must not be edited, add a new one");
+    }
+}
