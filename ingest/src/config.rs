@@ -343,7 +343,14 @@ impl Config {
         }
         let figment = Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(Env::prefixed("INGEST_").split("__"));
+            // Only nested keys (`INGEST_KAFKA__BROKERS`): every setting lives in
+            // a section, and this leaves INGEST_CONFIG and INGEST_LOG (the log
+            // filter) to the command line.
+            .merge(
+                Env::prefixed("INGEST_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            );
         let config: Config = figment
             .extract()
             .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
@@ -377,7 +384,8 @@ impl Config {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let s = &self.server;
-        if s.request_timeout < Duration::from_millis(100) || s.request_timeout > Duration::from_secs(60)
+        if s.request_timeout < Duration::from_millis(100)
+            || s.request_timeout > Duration::from_secs(60)
         {
             p.push("server.request_timeout: must be between 100ms and 60s".into());
         }
@@ -442,8 +450,12 @@ impl Config {
                     Some(Extract::Pointer(ptr)) if !ptr.starts_with('/') => p.push(format!(
                         "{at}.{field}.pointer: {ptr:?} is not a JSON pointer (it must start with /)"
                     )),
-                    Some(Extract::Header(h)) if axum::http::HeaderName::try_from(h.as_str()).is_err() => {
-                        p.push(format!("{at}.{field}.header: {h:?} is not a valid header name"))
+                    Some(Extract::Header(h))
+                        if axum::http::HeaderName::try_from(h.as_str()).is_err() =>
+                    {
+                        p.push(format!(
+                            "{at}.{field}.header: {h:?} is not a valid header name"
+                        ))
                     }
                     _ => {}
                 }

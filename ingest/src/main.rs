@@ -9,7 +9,11 @@ use ingest::source::Source;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "ingest", version, about = "Verifies signed webhooks and makes them durable in Kafka before answering.")]
+#[command(
+    name = "ingest",
+    version,
+    about = "Verifies signed webhooks and makes them durable in Kafka before answering."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,10 @@ fn serve(path: &std::path::Path) -> ExitCode {
         }
     };
     init_logs(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

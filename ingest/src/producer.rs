@@ -11,7 +11,7 @@
 //!   producer that lost its sequence state cannot recover by itself).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -20,7 +20,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{KafkaConfig, ServerConfig};
@@ -31,8 +32,23 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause before re-offering a record to a full producer queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 
-/// librdkafka callbacks routed to `tracing`.
-pub struct Context;
+/// What the producers' callbacks tell the supervisor.
+#[derive(Default)]
+struct Signals {
+    /// Generation of the last producer that reported all brokers down.
+    down_generation: AtomicU64,
+    /// Wakes the supervisor at once on such a report.
+    wake: Notify,
+}
+
+/// librdkafka callbacks: logs routed to `tracing`, and "all brokers down"
+/// reported to the supervisor.
+pub struct Context {
+    /// Which producer generation this context belongs to.
+    generation: u64,
+    /// Shared with the supervisor.
+    signals: Arc<Signals>,
+}
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -50,10 +66,24 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.signals
+                .down_generation
+                .store(self.generation, Ordering::SeqCst);
+            self.signals.wake.notify_one();
+        }
         // Broker-down errors repeat while the broker is away; readiness and
         // the 503 counters carry that signal, so keep this at warn.
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
     }
+}
+
+/// One producer instance and its generation number.
+struct Generation {
+    /// Counts up from 1 with each replacement.
+    id: u64,
+    /// The librdkafka producer.
+    producer: FutureProducer<Context>,
 }
 
 /// Why a record was not acknowledged.
@@ -127,7 +157,11 @@ pub struct KafkaProducer {
     /// The raw topic.
     topic: String,
     /// The live producer.
-    current: ArcSwap<FutureProducer<Context>>,
+    current: ArcSwap<Generation>,
+    /// Generation of the last producer that got an acknowledgement.
+    used_generation: AtomicU64,
+    /// Reports from the producers' callbacks.
+    signals: Arc<Signals>,
     /// Set when the last probe reached the brokers and found the topic.
     ready: AtomicBool,
     /// Where delivery outcomes are counted.
@@ -143,11 +177,14 @@ impl KafkaProducer {
         metrics: Metrics,
     ) -> Result<KafkaProducer, KafkaError> {
         let settings = client_config(kafka, server);
-        let producer: FutureProducer<Context> = settings.create_with_context(Context)?;
+        let signals = Arc::new(Signals::default());
+        let first = create(&settings, 1, &signals)?;
         Ok(KafkaProducer {
             settings,
             topic: kafka.topic.clone(),
-            current: ArcSwap::from_pointee(producer),
+            current: ArcSwap::from_pointee(first),
+            used_generation: AtomicU64::new(0),
+            signals,
             ready: AtomicBool::new(false),
             metrics,
         })
@@ -165,7 +202,7 @@ impl KafkaProducer {
 
     /// Records handed over and not yet acknowledged.
     pub fn queue_depth(&self) -> i32 {
-        self.current.load().in_flight_count()
+        self.current.load().producer.in_flight_count()
     }
 
     /// Hands a record to the producer and waits until the brokers
@@ -179,7 +216,8 @@ impl KafkaProducer {
         deadline: Instant,
     ) -> Result<Delivered, DeliveryError> {
         let started = Instant::now();
-        let producer = self.current.load_full();
+        let generation = self.current.load_full();
+        let producer = &generation.producer;
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "source",
@@ -220,6 +258,8 @@ impl KafkaProducer {
         };
         match outcome {
             Ok(d) => {
+                self.used_generation
+                    .fetch_max(generation.id, Ordering::Relaxed);
                 self.metrics
                     .produce_latency
                     .observe(started.elapsed().as_secs_f64());
@@ -230,43 +270,78 @@ impl KafkaProducer {
     }
 
     fn failed(&self, e: DeliveryError) -> DeliveryError {
-        self.metrics.broker_errors.with_label_values(&[e.kind()]).inc();
+        self.metrics
+            .broker_errors
+            .with_label_values(&[e.kind()])
+            .inc();
         e
     }
 
-    /// Probes the brokers and replaces a producer that hit a fatal error,
-    /// until `shutdown` resolves.
+    /// Probes the brokers, and replaces the producer when it hit a fatal
+    /// error or lost every broker, until `shutdown` resolves.
+    ///
+    /// Why replace on "all brokers down": an idempotent producer keeps its
+    /// producer id and sequence numbers across reconnects, and a broker that
+    /// restarted without that state (tansu, see DESIGN.md) refuses or even
+    /// fails on them. A fresh producer registers a new id when the brokers
+    /// return. The records the old one still held are purged, so their
+    /// requests answer 503 and the senders retry: nothing acknowledged is
+    /// touched.
     pub async fn supervise(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.check()).await;
             tokio::select! {
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = self.signals.wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
         }
     }
 
+    fn replace(&self, current: &Generation, why: &str) {
+        let next = current.id + 1;
+        match create(&self.settings, next, &self.signals) {
+            Ok(fresh) => {
+                tracing::warn!(generation = next, "{why}: replacing the producer");
+                self.current.store(Arc::new(fresh));
+                // Its records fail now (their requests answer 503) rather
+                // than reach a broker under the old producer id.
+                current
+                    .producer
+                    .purge(PurgeConfig::default().queue().inflight());
+            }
+            Err(e) => tracing::error!(error = %e, "could not create a replacement producer"),
+        }
+    }
+
     /// One supervision round (blocking: librdkafka calls).
     fn check(&self) {
-        let producer = self.current.load_full();
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            tracing::error!(%code, %reason, "producer hit a fatal error; replacing it");
-            self.metrics.broker_errors.with_label_values(&["fatal"]).inc();
-            match self.settings.create_with_context::<_, FutureProducer<Context>>(Context) {
-                Ok(fresh) => self.current.store(Arc::new(fresh)),
-                Err(e) => tracing::error!(error = %e, "could not create a replacement producer"),
-            }
+        let current = self.current.load_full();
+        if let Some((code, reason)) = current.producer.client().fatal_error() {
+            tracing::error!(%code, %reason, "producer hit a fatal error");
+            self.metrics
+                .broker_errors
+                .with_label_values(&["fatal"])
+                .inc();
+            self.replace(&current, "fatal producer error");
+        } else if self.signals.down_generation.load(Ordering::SeqCst) == current.id
+            && self.used_generation.load(Ordering::Relaxed) == current.id
+        {
+            self.ready.store(false, Ordering::Relaxed);
+            self.metrics.broker_up.set(0);
+            self.replace(&current, "all brokers down");
+            return;
         }
-        let producer = self.current.load_full();
-        let up = match producer
+        let current = self.current.load_full();
+        let up = match current
+            .producer
             .client()
             .fetch_metadata(Some(&self.topic), Duration::from_millis(1500))
         {
-            Ok(md) => md
-                .topics()
-                .iter()
-                .any(|t| t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()),
+            Ok(md) => md.topics().iter().any(|t| {
+                t.name() == self.topic && t.error().is_none() && !t.partitions().is_empty()
+            }),
             Err(_) => false,
         };
         let was = self.ready.swap(up, Ordering::Relaxed);
@@ -280,22 +355,33 @@ impl KafkaProducer {
         self.metrics.broker_up.set(i64::from(up));
         self.metrics
             .producer_queue_depth
-            .set(i64::from(producer.in_flight_count()));
+            .set(i64::from(current.producer.in_flight_count()));
     }
 
     /// Waits up to `timeout` for every queued record to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current.load().flush(timeout)
+        self.current.load().producer.flush(timeout)
     }
+}
+
+fn create(
+    settings: &ClientConfig,
+    id: u64,
+    signals: &Arc<Signals>,
+) -> Result<Generation, KafkaError> {
+    let producer = settings.create_with_context(Context {
+        generation: id,
+        signals: signals.clone(),
+    })?;
+    Ok(Generation { id, producer })
 }
 
 fn classify(e: &KafkaError) -> DeliveryError {
     match e.rdkafka_error_code() {
         Some(RDKafkaErrorCode::MessageTimedOut) => DeliveryError::Timeout,
         Some(RDKafkaErrorCode::QueueFull) => DeliveryError::QueueFull,
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::MessageBatchTooLarge) => {
-            DeliveryError::TooLarge
-        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        | Some(RDKafkaErrorCode::MessageBatchTooLarge) => DeliveryError::TooLarge,
         _ => DeliveryError::Broker(e.to_string()),
     }
 }
@@ -307,7 +393,9 @@ mod tests {
     #[test]
     fn guarantees_win_over_user_options() {
         let mut kafka = KafkaConfig::default();
-        kafka.options.insert("compression.type".into(), "lz4".into());
+        kafka
+            .options
+            .insert("compression.type".into(), "lz4".into());
         let server = ServerConfig::default();
         let c = client_config(&kafka, &server);
         assert_eq!(c.get("acks"), Some("all"));

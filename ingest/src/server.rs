@@ -18,12 +18,8 @@ use crate::source::Source;
 
 /// Builds the application state: loads secrets, creates the producer.
 pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
-    let sources = Source::build_all(config).map_err(|problems| {
-        anyhow::anyhow!(
-            "cannot start:\n  - {}",
-            problems.join("\n  - ")
-        )
-    })?;
+    let sources = Source::build_all(config)
+        .map_err(|problems| anyhow::anyhow!("cannot start:\n  - {}", problems.join("\n  - ")))?;
     let metrics = Metrics::new().context("registering metrics")?;
     let producer = KafkaProducer::new(&config.kafka, &config.server, metrics.clone())
         .context("creating the Kafka producer")?;
@@ -72,11 +68,16 @@ pub async fn serve(
     }
     let _ = stop_tx.send(true);
     let _ = supervisor.await;
-    let flush_for = config.server.request_timeout.max(std::time::Duration::from_secs(1));
+    let flush_for = config
+        .server
+        .request_timeout
+        .max(std::time::Duration::from_secs(1));
     let flushed = tokio::task::spawn_blocking(move || producer.flush(flush_for)).await;
     match flushed {
         Ok(Ok(())) => tracing::info!("producer flushed; bye"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete (no request waiting on it got a 2xx)"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "producer flush incomplete (no request waiting on it got a 2xx)")
+        }
         Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
     }
     Ok(())

@@ -298,7 +298,9 @@ impl Envelope {
                     };
                     for (n, vv) in vf {
                         match n.as_str() {
-                            "scheme" => env.verification.scheme = string(vv, "verification.scheme")?,
+                            "scheme" => {
+                                env.verification.scheme = string(vv, "verification.scheme")?
+                            }
                             "secret_id" => {
                                 env.verification.secret_id = string(vv, "verification.secret_id")?
                             }

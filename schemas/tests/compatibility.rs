@@ -34,7 +34,10 @@ fn every_file_in_the_folder_is_a_known_version_in_order() {
         .iter()
         .map(|(n, t)| (n.to_string(), t.to_string()))
         .collect();
-    assert_eq!(on_disk, compiled, "avro/envelope/*.avsc and ENVELOPE_SCHEMA_VERSIONS differ");
+    assert_eq!(
+        on_disk, compiled,
+        "avro/envelope/*.avsc and ENVELOPE_SCHEMA_VERSIONS differ"
+    );
 }
 
 #[test]
@@ -43,7 +46,10 @@ fn each_version_reads_every_older_version() {
     for (i, newer) in versions.iter().enumerate() {
         for older in &versions[..i] {
             SchemaCompatibility::can_read(&older.schema, &newer.schema).unwrap_or_else(|e| {
-                panic!("{} cannot read data written with {}: {e}", newer.name, older.name)
+                panic!(
+                    "{} cannot read data written with {}: {e}",
+                    newer.name, older.name
+                )
             });
         }
     }
@@ -52,11 +58,25 @@ fn each_version_reads_every_older_version() {
 #[test]
 fn committed_versions_are_frozen() {
     let versions = schema_versions();
-    assert_eq!(versions.len(), FROZEN.len(), "add the new version to FROZEN");
+    assert_eq!(
+        versions.len(),
+        FROZEN.len(),
+        "add the new version to FROZEN"
+    );
     for (v, (name, fp)) in versions.iter().zip(FROZEN) {
         assert_eq!(v.name, *name);
-        let parsed = Schema::parse_str(ENVELOPE_SCHEMA_VERSIONS.iter().find(|(n, _)| n == name).unwrap().1).unwrap();
+        let parsed = Schema::parse_str(
+            ENVELOPE_SCHEMA_VERSIONS
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1,
+        )
+        .unwrap();
         assert_eq!(fingerprint_of(&parsed), v.fingerprint);
-        assert_eq!(v.fingerprint, *fp, "{name} changed: committed versions must not be edited, add a new one");
+        assert_eq!(
+            v.fingerprint, *fp,
+            "{name} changed: committed versions must not be edited, add a new one"
+        );
     }
 }

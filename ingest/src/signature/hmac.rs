@@ -169,16 +169,12 @@ mod tests {
 
     fn headers(name: &str, value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            HeaderName::try_from(name).unwrap(),
-            value.parse().unwrap(),
-        );
+        h.insert(HeaderName::try_from(name).unwrap(), value.parse().unwrap());
         h
     }
 
     // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
-    const RFC4231_SHA256: &str =
-        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+    const RFC4231_SHA256: &str = "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
     const RFC4231_SHA512: &str = "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737";
     const RFC4231_DATA: &[u8] = b"what do ya want for nothing?";
 
@@ -191,7 +187,10 @@ mod tests {
         assert_eq!(&*v.secret_id, "current");
         // Upper-case hex is the same signature.
         let upper = RFC4231_SHA256.to_uppercase();
-        assert!(s.verify(&headers("x-purple-signature", &upper), RFC4231_DATA).is_ok());
+        assert!(
+            s.verify(&headers("x-purple-signature", &upper), RFC4231_DATA)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -214,7 +213,9 @@ mod tests {
         let ok = format!("sha512={b64}");
         assert!(s.verify(&headers("x-sig", &ok), RFC4231_DATA).is_ok());
         assert_eq!(
-            s.verify(&headers("x-sig", &b64), RFC4231_DATA).unwrap_err().code(),
+            s.verify(&headers("x-sig", &b64), RFC4231_DATA)
+                .unwrap_err()
+                .code(),
             "signature_malformed"
         );
     }
@@ -238,15 +239,36 @@ mod tests {
         let s = purple(&[("current", "Jefe")]);
         let code = |h: &HeaderMap, body: &[u8]| s.verify(h, body).unwrap_err().code();
         assert_eq!(code(&HeaderMap::new(), RFC4231_DATA), "signature_missing");
-        assert_eq!(code(&headers("x-purple-signature", ""), RFC4231_DATA), "signature_malformed");
-        assert_eq!(code(&headers("x-purple-signature", "zz"), RFC4231_DATA), "signature_malformed");
-        assert_eq!(code(&headers("x-purple-signature", "abcd"), RFC4231_DATA), "signature_malformed");
+        assert_eq!(
+            code(&headers("x-purple-signature", ""), RFC4231_DATA),
+            "signature_malformed"
+        );
+        assert_eq!(
+            code(&headers("x-purple-signature", "zz"), RFC4231_DATA),
+            "signature_malformed"
+        );
+        assert_eq!(
+            code(&headers("x-purple-signature", "abcd"), RFC4231_DATA),
+            "signature_malformed"
+        );
         let huge = "a".repeat(4096);
-        assert_eq!(code(&headers("x-purple-signature", &huge), RFC4231_DATA), "signature_malformed");
+        assert_eq!(
+            code(&headers("x-purple-signature", &huge), RFC4231_DATA),
+            "signature_malformed"
+        );
         // Tampered body, tampered signature.
-        assert_eq!(code(&headers("x-purple-signature", RFC4231_SHA256), b"what do ya want for nothing!"), "signature_invalid");
+        assert_eq!(
+            code(
+                &headers("x-purple-signature", RFC4231_SHA256),
+                b"what do ya want for nothing!"
+            ),
+            "signature_invalid"
+        );
         let mut flipped = RFC4231_SHA256.to_string();
         flipped.replace_range(0..1, "6");
-        assert_eq!(code(&headers("x-purple-signature", &flipped), RFC4231_DATA), "signature_invalid");
+        assert_eq!(
+            code(&headers("x-purple-signature", &flipped), RFC4231_DATA),
+            "signature_invalid"
+        );
     }
 }

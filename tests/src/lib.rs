@@ -1,0 +1,534 @@
+//! End-to-end test harness.
+//!
+//! Starts real processes on free loopback ports and stops them when dropped
+//! (and, through `PR_SET_PDEATHSIG`, when the test process dies):
+//!
+//! - [`Broker`]: a tansu broker with sqlite storage in a temporary folder;
+//!   can be killed (`SIGKILL`) and restarted on the same port and data.
+//! - [`Ingest`]: the `ingest` binary with a generated config; SIGTERM-able.
+//! - [`read_topic`]: every record of a topic, read back with rdkafka.
+//! - [`purple_signature`] and [`Sender`]: signed requests as the guest-WiFi
+//!   platform sends them.
+//!
+//! Each test makes its own broker and topic so tests run in parallel.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use sha2::Sha256;
+
+/// The workspace's `target/debug` (or `CARGO_TARGET_DIR`), where the test
+/// command builds the binaries before running the tests.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// The tansu binary: `TANSU_BIN`, else `tansu` on PATH, else `~/.cargo/bin`.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let p = dir.join("tansu");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let p = home.join(".cargo/bin/tansu");
+    assert!(
+        p.is_file(),
+        "tansu not found: install it with `cargo install --locked tansu --version 0.6.0 --features libsql`"
+    );
+    p
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// Spawned children die with the test process.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to a child we own.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+/// A tansu broker on a free loopback port with sqlite storage.
+pub struct Broker {
+    /// The port it listens on (kept across restarts).
+    pub port: u16,
+    /// Holds the sqlite file and the log.
+    dir: tempfile::TempDir,
+    /// The running process, if any.
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let mut b = Broker {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        b.spawn();
+        b
+    }
+
+    /// `host:port` for clients.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("broker log file");
+        let mut cmd = Command::new(tansu_binary());
+        cmd.arg("broker")
+            .arg("--storage-engine")
+            // tansu resolves the sqlite path against its working folder.
+            .arg("sqlite://tansu.db")
+            .arg("--listener-url")
+            .arg(&url)
+            .arg("--advertised-listener-url")
+            .arg(&url)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().expect("starting tansu"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The broker's log so far (all runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+
+    /// `kill -9`: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Creates a topic and waits until its metadata shows every partition.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.brokers())
+            .create()
+            .expect("admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = admin
+            .create_topics(&[topic], &AdminOptions::new())
+            .await
+            .expect("create_topics request");
+        for r in res {
+            r.expect("topic created");
+        }
+        let brokers = self.brokers();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("consumer");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(md) = c.fetch_metadata(Some(&name), Duration::from_secs(2))
+                    && md
+                        .topics()
+                        .iter()
+                        .any(|t| t.partitions().len() == partitions as usize)
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "topic {name} did not appear");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("metadata wait");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition it is in.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Record headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value of header `name`, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every record in `topic`, read from the start of each partition up to its
+/// high watermark.
+pub async fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let brokers = brokers.to_string();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic))
+        .await
+        .expect("reader thread")
+}
+
+fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("reader consumer");
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let partitions: Vec<i32> = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+        .unwrap_or_default();
+    let mut ends = std::collections::HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .expect("watermarks");
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))
+                .expect("partition offset");
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return out;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = std::collections::HashSet::new();
+    while done.len() < ends.len() {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} did not reach the high watermarks"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg.expect("consume");
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let p = msg.partition();
+        if msg.offset() + 1 >= ends[&p] {
+            done.insert(p);
+        }
+        out.push(Record {
+            partition: p,
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            value: msg.payload().unwrap_or_default().to_vec(),
+            headers,
+        });
+    }
+    out
+}
+
+/// `hex(HMAC-SHA256(secret, body))`, the guest-WiFi platform's signature.
+pub fn purple_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A running `ingest` process.
+pub struct Ingest {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The process.
+    child: Option<Child>,
+    /// Holds the config file and the log.
+    dir: tempfile::TempDir,
+}
+
+impl Ingest {
+    /// Writes `config` to a file, starts `ingest serve` with `env` added, and
+    /// waits for its "listening on" line.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Ingest {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("ingest.toml");
+        std::fs::write(&path, config).expect("writing config");
+        let log = std::fs::File::create(dir.path().join("ingest.log")).expect("log file");
+        let mut cmd = Command::new(binary("ingest"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("INGEST_LOG", "info,librdkafka=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting ingest");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading ingest stdout");
+        let Some(url) = line.trim().strip_prefix("listening on http://") else {
+            let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default();
+            panic!("ingest did not start: {line:?}\n{log}");
+        };
+        let addr = url.parse().expect("listen address");
+        Ingest {
+            addr,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ingest never became ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            signal(c, libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit (after [`Ingest::terminate`]).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("ingest is running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for ingest") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("ingest did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ingest.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A guest-WiFi platform event body, as the platform documents it.
+pub fn purple_event(id: &str, venue: &str, sequence: u64) -> Vec<u8> {
+    serde_json::json!({
+        "id": id,
+        "type": "device_connected",
+        "sequence": sequence,
+        "occurred_at": "2026-11-22T18:03:11.123Z",
+        "venue": {"id": venue, "name": "Airport Hotel"},
+        "zone": "lobby",
+        "device": {"id": format!("dev_{sequence}")},
+        "guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": sequence % 7 == 0}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// An ingest config for one `purple` source signed with secrets read from
+/// the named environment variables (`id = env`).
+pub fn purple_config(brokers: &str, topic: &str, secrets: &[(&str, &str)], extra: &str) -> String {
+    let secrets = secrets
+        .iter()
+        .map(|(id, env)| format!("{{ id = \"{id}\", env = \"{env}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+{extra}
+
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+
+[sources.purple]
+max_body_bytes = 65536
+ordering_key = {{ pointer = "/venue/id" }}
+sequence = {{ pointer = "/sequence" }}
+signature = {{ scheme = "purple", secrets = [{secrets}] }}
+"#
+    )
+}
+
+/// What one webhook request got back.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// HTTP status, or 0 when there was no response (connection refused or
+    /// reset).
+    pub status: u16,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// How long the request took.
+    pub elapsed: Duration,
+}
+
+/// Sends one signed guest-WiFi request.
+pub async fn send_purple(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: Vec<u8>,
+) -> Outcome {
+    let sig = purple_signature(secret, &body);
+    let started = Instant::now();
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-purple-signature", sig)
+        .body(body)
+        .send()
+        .await;
+    match r {
+        Err(_) => Outcome {
+            status: 0,
+            retry_after: None,
+            body: serde_json::Value::Null,
+            elapsed: started.elapsed(),
+        },
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+            Outcome {
+                status,
+                retry_after,
+                body,
+                elapsed: started.elapsed(),
+            }
+        }
+    }
+}
