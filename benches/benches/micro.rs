@@ -32,6 +32,8 @@ fn verification(c: &mut Criterion) {
             algorithm: HmacAlgorithm::Sha256,
             encoding: SignatureEncoding::Hex,
             prefix: None,
+            timestamp_header: None,
+            tolerance: None,
             secrets: vec![],
         },
         vec![NamedSecret {

@@ -153,8 +153,30 @@ pub enum SignatureConfig {
     /// The guest-WiFi platform: `X-Purple-Signature: hex(HMAC-SHA256(secret,
     /// body))`. A preset of `hmac`.
     Purple(PresetConfig),
-    /// Generic HMAC of the raw body.
+    /// Generic HMAC of the raw body, optionally with a signed timestamp.
     Hmac(HmacConfig),
+    /// GitHub: `X-Hub-Signature-256: sha256=hex(HMAC-SHA256(secret, body))`.
+    /// GitHub's payloads have no top-level `id`: its delivery id is the
+    /// `X-GitHub-Delivery` header, the same on redeliveries, so set
+    /// `event_id = { header = "X-GitHub-Delivery" }` on the source.
+    Github(PresetConfig),
+    /// Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=...]` over
+    /// `{t}.{body}`, with the endpoint's `whsec_...` signing secret as is.
+    /// The event id is the body's `id`, which the default `event_id` takes.
+    Stripe(TimedPresetConfig),
+    /// Shopify: `X-Shopify-Hmac-Sha256: base64(HMAC-SHA256(secret, body))`.
+    /// Set `event_id = { header = "X-Shopify-Webhook-Id" }` on the source.
+    Shopify(PresetConfig),
+    /// Slack: `X-Slack-Signature: v0=hex(HMAC-SHA256(secret,
+    /// "v0:{X-Slack-Request-Timestamp}:{body}"))`. Events API bodies carry
+    /// `/event_id`; slash commands carry no id (one is generated).
+    Slack(TimedPresetConfig),
+    /// Standard Webhooks, what Svix sends: `webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature: v1,<base64> ...` over `{id}.{timestamp}.{body}`
+    /// (the `svix-*` header names are accepted too). Secrets are
+    /// `whsec_<base64>`. Set `event_id = { header = "webhook-id" }` (or
+    /// `svix-id`) on the source.
+    Standard(TimedPresetConfig),
 }
 
 /// A preset scheme: only its secrets are configurable.
@@ -163,6 +185,20 @@ pub enum SignatureConfig {
 pub struct PresetConfig {
     /// Accepted secrets, all at once (rotation): a request signed with any
     /// of them is genuine.
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A preset scheme whose sender signs a timestamp: its secrets and how far
+/// that timestamp may be from now.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimedPresetConfig {
+    /// Replay protection: a signed timestamp older or newer than now by
+    /// more than this is refused (401 `timestamp_out_of_tolerance`), e.g.
+    /// `5m`. Keep the clocks in sync (NTP).
+    #[serde(default = "default_tolerance", with = "humantime_serde")]
+    pub tolerance: Duration,
+    /// Accepted secrets, all at once (rotation).
     pub secrets: Vec<SecretRef>,
 }
 
@@ -181,6 +217,15 @@ pub struct HmacConfig {
     /// Text before the signature in the header, e.g. `sha256=`.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// Header carrying a Unix timestamp (seconds) that the sender signs
+    /// with the body: the signed content is then `{timestamp}.{body}`, and
+    /// a timestamp outside `tolerance` is refused.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+    /// With `timestamp_header`: how far the timestamp may be from now,
+    /// either way (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub tolerance: Option<Duration>,
     /// Accepted secrets, all at once (rotation).
     pub secrets: Vec<SecretRef>,
 }
@@ -211,11 +256,36 @@ impl SignatureConfig {
     /// The secrets of whichever scheme this is.
     pub fn secrets(&self) -> &[SecretRef] {
         match self {
-            SignatureConfig::Purple(p) => &p.secrets,
+            SignatureConfig::Purple(p)
+            | SignatureConfig::Github(p)
+            | SignatureConfig::Shopify(p) => &p.secrets,
             SignatureConfig::Hmac(h) => &h.secrets,
+            SignatureConfig::Stripe(t)
+            | SignatureConfig::Slack(t)
+            | SignatureConfig::Standard(t) => &t.secrets,
+        }
+    }
+
+    /// The replay tolerance, for schemes that sign a timestamp.
+    pub fn tolerance(&self) -> Option<Duration> {
+        match self {
+            SignatureConfig::Purple(_)
+            | SignatureConfig::Github(_)
+            | SignatureConfig::Shopify(_) => None,
+            SignatureConfig::Hmac(h) => h
+                .timestamp_header
+                .as_ref()
+                .map(|_| h.tolerance.unwrap_or(default_tolerance())),
+            SignatureConfig::Stripe(t)
+            | SignatureConfig::Slack(t)
+            | SignatureConfig::Standard(t) => Some(t.tolerance),
         }
     }
 }
+
+/// Smallest and largest accepted replay tolerance.
+pub const TOLERANCE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(60 * 60));
 
 const fn default_max_in_flight() -> usize {
     1024
@@ -234,6 +304,9 @@ const fn default_linger() -> Duration {
 }
 const fn default_message_max_bytes() -> usize {
     1_000_000
+}
+const fn default_tolerance() -> Duration {
+    crate::signature::DEFAULT_TOLERANCE
 }
 const fn default_max_body_bytes() -> usize {
     256 * 1024
@@ -494,13 +567,35 @@ impl Config {
                     p.push(format!("{sat}: name exactly one of `env` or `file`"));
                 }
             }
-            if let SignatureConfig::Hmac(h) = &src.signature
-                && axum::http::HeaderName::try_from(h.header.as_str()).is_err()
-            {
-                p.push(format!(
-                    "{at}.signature.header: {:?} is not a valid header name",
-                    h.header
-                ));
+            if let SignatureConfig::Hmac(h) = &src.signature {
+                if axum::http::HeaderName::try_from(h.header.as_str()).is_err() {
+                    p.push(format!(
+                        "{at}.signature.header: {:?} is not a valid header name",
+                        h.header
+                    ));
+                }
+                match &h.timestamp_header {
+                    Some(t) if axum::http::HeaderName::try_from(t.as_str()).is_err() => {
+                        p.push(format!(
+                            "{at}.signature.timestamp_header: {t:?} is not a valid header name"
+                        ));
+                    }
+                    Some(t) if t.eq_ignore_ascii_case(&h.header) => p.push(format!(
+                        "{at}.signature.timestamp_header: must differ from signature.header"
+                    )),
+                    None if h.tolerance.is_some() => p.push(format!(
+                        "{at}.signature.tolerance: has no effect without timestamp_header"
+                    )),
+                    _ => {}
+                }
+            }
+            if let Some(t) = src.signature.tolerance() {
+                let (min, max) = TOLERANCE_RANGE;
+                if t < min || t > max {
+                    p.push(format!(
+                        "{at}.signature.tolerance: must be between 1s and 1h"
+                    ));
+                }
             }
         }
         p
@@ -623,6 +718,144 @@ mod tests {
             "sources.ok.signature.secrets[1].id: \"a\" is used twice",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    fn with_signature(signature: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!("[sources.s]\nsignature = {{ {signature} }}\n"))
+    }
+
+    #[test]
+    fn every_scheme_parses() {
+        let five = Some(Duration::from_secs(300));
+        for (text, name, tolerance) in [
+            (
+                r#"scheme = "github", secrets = [{ id = "a", env = "GH_SECRET" }]"#,
+                "github",
+                None,
+            ),
+            (
+                r#"scheme = "stripe", tolerance = "5m", secrets = [{ id = "a", env = "STRIPE_SECRET" }]"#,
+                "stripe",
+                five,
+            ),
+            (
+                r#"scheme = "shopify", secrets = [{ id = "a", env = "SHOPIFY_SECRET" }]"#,
+                "shopify",
+                None,
+            ),
+            (
+                r#"scheme = "slack", tolerance = "5m", secrets = [{ id = "a", env = "SLACK_SECRET" }]"#,
+                "slack",
+                five,
+            ),
+            (
+                r#"scheme = "standard", tolerance = "5m", secrets = [{ id = "a", env = "SVIX_SECRET" }]"#,
+                "standard",
+                five,
+            ),
+            (
+                r#"scheme = "hmac", header = "X-Sig", timestamp_header = "X-Sig-Timestamp", tolerance = "5m", secrets = [{ id = "a", env = "SIG_SECRET" }, { id = "b", file = "/run/secrets/sig" }]"#,
+                "hmac",
+                five,
+            ),
+        ] {
+            let c = with_signature(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let sig = &c.sources["s"].signature;
+            let parsed = match sig {
+                SignatureConfig::Purple(_) => "purple",
+                SignatureConfig::Hmac(_) => "hmac",
+                SignatureConfig::Github(_) => "github",
+                SignatureConfig::Stripe(_) => "stripe",
+                SignatureConfig::Shopify(_) => "shopify",
+                SignatureConfig::Slack(_) => "slack",
+                SignatureConfig::Standard(_) => "standard",
+            };
+            assert_eq!(parsed, name);
+            assert_eq!(sig.tolerance(), tolerance, "{name}");
+            assert_eq!(sig.secrets()[0].id, "a");
+        }
+        let SignatureConfig::Hmac(h) = &with_signature(
+            r#"scheme = "hmac", header = "X-Sig", timestamp_header = "X-Sig-Timestamp", tolerance = "90s", secrets = [{ id = "a", env = "S" }]"#,
+        )
+        .unwrap()
+        .sources["s"]
+            .signature
+        else {
+            panic!("not hmac");
+        };
+        assert_eq!(h.timestamp_header.as_deref(), Some("X-Sig-Timestamp"));
+        assert_eq!(h.tolerance, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn tolerance_defaults_to_five_minutes() {
+        for text in [
+            r#"scheme = "stripe", secrets = [{ id = "a", env = "S" }]"#,
+            r#"scheme = "slack", secrets = [{ id = "a", env = "S" }]"#,
+            r#"scheme = "standard", secrets = [{ id = "a", env = "S" }]"#,
+            r#"scheme = "hmac", header = "X-Sig", timestamp_header = "X-Ts", secrets = [{ id = "a", env = "S" }]"#,
+        ] {
+            let c = with_signature(text).unwrap();
+            assert_eq!(
+                c.sources["s"].signature.tolerance(),
+                Some(Duration::from_secs(300)),
+                "{text}"
+            );
+        }
+        let plain = with_signature(
+            r#"scheme = "hmac", header = "X-Sig", secrets = [{ id = "a", env = "S" }]"#,
+        )
+        .unwrap();
+        assert_eq!(plain.sources["s"].signature.tolerance(), None);
+    }
+
+    #[test]
+    fn signature_problems_are_named() {
+        let problem = |text: &str| with_signature(text).unwrap_err().problems.join("\n");
+        for (text, needle) in [
+            (
+                r#"scheme = "stripe", tolerance = "0s", secrets = [{ id = "a", env = "S" }]"#,
+                "sources.s.signature.tolerance: must be between 1s and 1h",
+            ),
+            (
+                r#"scheme = "slack", tolerance = "2h", secrets = [{ id = "a", env = "S" }]"#,
+                "sources.s.signature.tolerance: must be between 1s and 1h",
+            ),
+            (
+                r#"scheme = "standard", tolerance = "soon", secrets = [{ id = "a", env = "S" }]"#,
+                "sources.s.signature: invalid value string \"soon\", expected a duration",
+            ),
+            (
+                r#"scheme = "github", tolerance = "5m", secrets = [{ id = "a", env = "S" }]"#,
+                "tolerance",
+            ),
+            (
+                r#"scheme = "shopify", header = "X-Other", secrets = [{ id = "a", env = "S" }]"#,
+                "header",
+            ),
+            (
+                r#"scheme = "standard", secrets = []"#,
+                "sources.s.signature.secrets: at least one",
+            ),
+            (
+                r#"scheme = "hmac", header = "X-Sig", timestamp_header = "bad header", secrets = [{ id = "a", env = "S" }]"#,
+                "sources.s.signature.timestamp_header",
+            ),
+            (
+                r#"scheme = "hmac", header = "X-Sig", timestamp_header = "x-sig", secrets = [{ id = "a", env = "S" }]"#,
+                "must differ from signature.header",
+            ),
+            (
+                r#"scheme = "hmac", header = "X-Sig", tolerance = "5m", secrets = [{ id = "a", env = "S" }]"#,
+                "sources.s.signature.tolerance: has no effect without timestamp_header",
+            ),
+        ] {
+            let all = problem(text);
+            assert!(
+                all.contains(needle),
+                "{text}: missing {needle:?} in:\n{all}"
+            );
         }
     }
 

@@ -18,6 +18,7 @@
 //! - [`http`]: the axum router, the webhook handler and the error mapping
 //!   to status codes and stable error codes.
 //! - [`server`]: wiring, signals and graceful shutdown.
+//! - [`simulator`]: the provider simulator behind `ingest send`.
 
 pub mod config;
 pub mod http;
@@ -26,4 +27,5 @@ pub mod producer;
 pub mod secret;
 pub mod server;
 pub mod signature;
+pub mod simulator;
 pub mod source;

@@ -27,6 +27,9 @@ enum Command {
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
     },
+    /// Simulate the guest-WiFi platform: send signed, realistic traffic and
+    /// report what was acknowledged and refused.
+    Send(SendArgs),
     /// Load a configuration and its secrets, report every problem, and exit
     /// non-zero if there is any.
     CheckConfig {
@@ -34,6 +37,55 @@ enum Command {
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct SendArgs {
+    /// Target, e.g. http://127.0.0.1:8080/webhooks/purple.
+    #[arg(long)]
+    url: String,
+    /// Signature scheme to sign with.
+    #[arg(long, value_enum, default_value = "purple")]
+    scheme: ingest::simulator::Signer,
+    /// Environment variable holding the signing secret.
+    #[arg(long, default_value = "PURPLE_WEBHOOK_SECRET")]
+    secret_env: String,
+    /// Events to generate (duplicates are sent on top).
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Requests per second; 0 = as fast as the concurrency allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Stop after this long (e.g. 30s), whatever the count.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Number of venues.
+    #[arg(long, default_value_t = 5)]
+    venues: usize,
+    /// Zones per venue (1-6).
+    #[arg(long, default_value_t = 3)]
+    zones: usize,
+    /// Share of events re-sent with the same id (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    duplicates: f64,
+    /// Share of events delivered out of order (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    out_of_order: f64,
+    /// Share of events delivered late, far behind their neighbours (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    late: f64,
+    /// Random seed, to repeat a run exactly.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 fn init_logs(format: LogFormat) {
@@ -53,6 +105,98 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
+        Command::Send(args) => send(args),
+    }
+}
+
+fn send(args: SendArgs) -> ExitCode {
+    let share = |name: &str, v: f64| {
+        if (0.0..=1.0).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("--{name} must be between 0 and 1, got {v}"))
+        }
+    };
+    let faults = match (
+        share("duplicates", args.duplicates),
+        share("out-of-order", args.out_of_order),
+        share("late", args.late),
+    ) {
+        (Ok(duplicates), Ok(out_of_order), Ok(late)) if out_of_order + late <= 1.0 => {
+            ingest::simulator::Faults {
+                duplicates,
+                out_of_order,
+                late,
+            }
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            eprintln!("ingest send: {e}");
+            return ExitCode::from(2);
+        }
+        _ => {
+            eprintln!("ingest send: --out-of-order plus --late must not exceed 1");
+            return ExitCode::from(2);
+        }
+    };
+    if args.rate < 0.0 || !args.rate.is_finite() {
+        eprintln!("ingest send: --rate must be 0 or more");
+        return ExitCode::from(2);
+    }
+    let Some(secret) = std::env::var_os(&args.secret_env) else {
+        eprintln!(
+            "ingest send: environment variable {} (the signing secret) is not set",
+            args.secret_env
+        );
+        return ExitCode::from(2);
+    };
+    let config = ingest::simulator::SendConfig {
+        url: args.url,
+        secret: secret.into_encoded_bytes(),
+        signer: args.scheme,
+        count: args.count,
+        rate: args.rate,
+        concurrency: args.concurrency.max(1),
+        duration: args.duration,
+        generator: ingest::simulator::GeneratorConfig {
+            venues: args.venues.max(1),
+            zones: args.zones,
+            seed: args.seed,
+            ..Default::default()
+        },
+        faults,
+        timeout: args.timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ingest::simulator::run(config)) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                println!(
+                    "sent {} in {:.1}s ({:.0}/s): {} acknowledged ({} distinct events), refused {:?}",
+                    report.sent,
+                    report.seconds,
+                    report.sent as f64 / report.seconds.max(1e-9),
+                    report.acknowledged,
+                    report.distinct_acknowledged,
+                    report.refused
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ingest send: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

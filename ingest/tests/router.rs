@@ -216,3 +216,59 @@ async fn readyz_is_503_without_a_broker_and_metrics_render() {
     ));
     assert!(text.contains("ingest_in_flight_requests 0"));
 }
+
+#[tokio::test]
+async fn past_max_in_flight_requests_get_503_overloaded_not_a_queue() {
+    // SAFETY: see app().
+    unsafe {
+        std::env::set_var(SECRET_ENV, "current-secret");
+    }
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        max_in_flight = 1
+        request_timeout = "5s"
+        retry_after = "2s"
+        [kafka]
+        brokers = "127.0.0.1:1"
+        [sources.purple]
+        signature = {{ scheme = "purple", secrets = [{{ id = "current", env = "{SECRET_ENV}" }}] }}
+        "#
+    ))
+    .unwrap();
+    let app = ingest::http::router(build_state(&config).unwrap());
+    // The first request holds the only slot: its body never finishes.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{".to_vec())).await.unwrap();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let slow = Request::post("/webhooks/purple")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let first = tokio::spawn(app.clone().oneshot(slow));
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let resp = app
+        .clone()
+        .oneshot(post(
+            "/webhooks/purple",
+            BODY,
+            Some(&sign("current-secret", BODY)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let j: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(code(&j), "overloaded");
+    // Once the first request ends, its slot is free again.
+    drop(tx);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), StatusCode::UNAUTHORIZED);
+    let again = app
+        .oneshot(post("/webhooks/purple", BODY, None))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+}
