@@ -28,13 +28,18 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sha2::Sha256;
 
-/// The workspace's `target/debug` (or `CARGO_TARGET_DIR`), where the test
+/// A binary of this workspace, from the same build folder as the running
+/// test (`target/debug/deps/<test>` -> `target/debug/<name>`), where the test
 /// command builds the binaries before running the tests.
 pub fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug").join(name);
+    let from_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(|dir| dir.join(name)));
+    let path = from_exe.filter(|p| p.is_file()).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name)
+    });
     assert!(
         path.is_file(),
         "{} is missing: build the binaries first (cargo build --workspace --bins)",
