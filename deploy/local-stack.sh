@@ -64,9 +64,10 @@ Send a correctly signed example event:
     -H 'x-purple-signature: $sig' \\
     --data-binary @$body
 
-Read the raw topic back (any Kafka client; tansu's own):
-
-  tansu cat consume webhooks.raw --broker $broker --partition 0 --max-wait-time-ms 500
+The record is in topic webhooks.raw at $broker: key = venue id, headers
+source and event-id, value = Avro single-object envelope
+(schemas/avro/envelope/v1.avsc). Read it with any librdkafka-based client
+(librdkafka 2.1 or later: Debian's kcat 2.0.2 cannot talk to tansu).
 
 Health: curl http://127.0.0.1:$ingest_port/readyz   Metrics: curl http://127.0.0.1:$ingest_port/metrics
 Ctrl-C stops everything.
