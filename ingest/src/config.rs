@@ -78,6 +78,15 @@ pub struct KafkaConfig {
     /// How long the producer waits to batch records (librdkafka `linger.ms`).
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
+    /// How long the producer keeps retrying a record (librdkafka
+    /// `message.timeout.ms`). Longer than `server.request_timeout` on
+    /// purpose: a request answers 503 at its deadline, but the record stays
+    /// queued so that a short broker outage never makes the idempotent
+    /// producer time records out and bump its epoch (which tansu 0.6
+    /// cannot handle). A record that lands after its 503 is a duplicate
+    /// the processors drop by event id. Bounded by the producer queue.
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
     /// Largest record the brokers accept (librdkafka `message.max.bytes`);
     /// every source's body limit must fit in it.
     #[serde(default = "default_message_max_bytes")]
@@ -302,6 +311,10 @@ const fn default_shutdown_timeout() -> Duration {
 const fn default_linger() -> Duration {
     Duration::from_millis(2)
 }
+const fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
 const fn default_message_max_bytes() -> usize {
     1_000_000
 }
@@ -349,6 +362,7 @@ impl Default for KafkaConfig {
             topic: default_topic(),
             client_id: default_client_id(),
             linger: default_linger(),
+            delivery_timeout: default_delivery_timeout(),
             message_max_bytes: default_message_max_bytes(),
             options: BTreeMap::new(),
         }
@@ -480,6 +494,9 @@ impl Config {
         }
         if k.linger >= s.request_timeout {
             p.push("kafka.linger: must be shorter than server.request_timeout".into());
+        }
+        if k.delivery_timeout < s.request_timeout || k.delivery_timeout > Duration::from_secs(900) {
+            p.push("kafka.delivery_timeout: must be between server.request_timeout and 15m".into());
         }
         if k.message_max_bytes < ENVELOPE_OVERHEAD_BYTES * 2 {
             p.push(format!(

@@ -153,6 +153,16 @@ impl AppError {
             || self.status() == StatusCode::TOO_MANY_REQUESTS
     }
 
+    /// Whether the refusal leaves part of the body unread on the
+    /// connection: the connection cannot be reused, so say so (RFC 9112
+    /// §9.6) rather than let the sender's next request on it fail.
+    fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            AppError::BodyTooLarge(_) | AppError::BodyRead | AppError::BodyTimeout
+        )
+    }
+
     fn into_response_with(self, retry_after: Duration) -> Response {
         let status = self.status();
         let body = serde_json::json!({
@@ -164,6 +174,10 @@ impl AppError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after.as_secs().max(1)),
             );
+        }
+        if self.leaves_body_unread() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

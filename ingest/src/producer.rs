@@ -1,8 +1,11 @@
 //! The Kafka producer.
 //!
 //! - [`client_config`] builds every librdkafka setting in one place:
-//!   `acks=all`, idempotence, and a message timeout equal to the request
-//!   deadline, so nothing waits in the producer longer than its request.
+//!   `acks=all`, idempotence, and a message timeout (`kafka.delivery_timeout`)
+//!   longer than the request deadline: requests answer 503 at their
+//!   deadline, while the producer never times records out during a short
+//!   outage (a timeout makes an idempotent producer bump its epoch, which
+//!   tansu 0.6 answers by panicking).
 //! - [`KafkaProducer::deliver`] hands one record over and waits for the
 //!   brokers' acknowledgement or the deadline, whichever comes first. Only an
 //!   acknowledgement is success; a full queue is retried until the deadline.
@@ -131,9 +134,15 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
     for (k, v) in &kafka.options {
         c.set(k, v);
     }
-    let timeout_ms = server.request_timeout.as_millis().max(1).to_string();
+    let timeout_ms = kafka
+        .delivery_timeout
+        .max(server.request_timeout)
+        .as_millis()
+        .max(1)
+        .to_string();
     // Enough room for every in-flight request plus records whose request
-    // already timed out and that are still waiting out message.timeout.ms.
+    // already answered 503 and that are still being retried; past it, sends
+    // fail fast with a full queue (503), so memory stays bounded.
     let queue_max = (server.max_in_flight.saturating_mul(2) + 128).to_string();
     c.set("bootstrap.servers", &kafka.brokers)
         .set("client.id", &kafka.client_id)
@@ -400,7 +409,7 @@ mod tests {
         let c = client_config(&kafka, &server);
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
-        assert_eq!(c.get("message.timeout.ms"), Some("2000"));
+        assert_eq!(c.get("message.timeout.ms"), Some("30000"));
         assert_eq!(c.get("compression.type"), Some("lz4"));
     }
 }

@@ -136,8 +136,18 @@ async fn empty_and_oversized_bodies() {
     ))
     .await;
     assert_eq!((s, code(&j)), (StatusCode::BAD_REQUEST, "empty_body"));
-    // Refused from Content-Length before reading.
+    // Refused from Content-Length before reading; the unread body makes
+    // the connection unusable, and the response says so.
     let big = vec![b'a'; 2048];
+    let resp = app()
+        .oneshot(post("/webhooks/purple", &big, None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        resp.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     let (s, _, j) = call(post("/webhooks/purple", &big, None)).await;
     assert_eq!(
         (s, code(&j)),
