@@ -79,14 +79,18 @@ pub struct KafkaConfig {
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
     /// How long the producer keeps retrying a record (librdkafka
-    /// `message.timeout.ms`). Longer than `server.request_timeout` on
-    /// purpose: a request answers 503 at its deadline, but the record stays
-    /// queued so that a short broker outage never makes the idempotent
-    /// producer time records out and bump its epoch (which tansu 0.6
-    /// cannot handle). A record that lands after its 503 is a duplicate
-    /// the processors drop by event id. Bounded by the producer queue.
-    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
-    pub delivery_timeout: Duration,
+    /// `message.timeout.ms`). Unset, it is `server.request_timeout`: the
+    /// Kafka contract bounds delivery by the request deadline, so a record
+    /// whose request answered 503 does not land minutes later.
+    ///
+    /// Set it longer (e.g. 30s) against tansu 0.6: when an in-flight record
+    /// times out, librdkafka bumps the idempotent producer's epoch, and
+    /// tansu 0.6 panics on an epoch it did not hand out. A longer timeout
+    /// rides out a broker restart without any timeout; requests still
+    /// answer 503 at their deadline, and a record that lands after its 503
+    /// is a duplicate the processors drop by event id.
+    #[serde(default, with = "humantime_serde")]
+    pub delivery_timeout: Option<Duration>,
     /// Largest record the brokers accept (librdkafka `message.max.bytes`);
     /// every source's body limit must fit in it.
     #[serde(default = "default_message_max_bytes")]
@@ -311,10 +315,6 @@ const fn default_shutdown_timeout() -> Duration {
 const fn default_linger() -> Duration {
     Duration::from_millis(2)
 }
-const fn default_delivery_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
 const fn default_message_max_bytes() -> usize {
     1_000_000
 }
@@ -362,7 +362,7 @@ impl Default for KafkaConfig {
             topic: default_topic(),
             client_id: default_client_id(),
             linger: default_linger(),
-            delivery_timeout: default_delivery_timeout(),
+            delivery_timeout: None,
             message_max_bytes: default_message_max_bytes(),
             options: BTreeMap::new(),
         }
@@ -495,7 +495,9 @@ impl Config {
         if k.linger >= s.request_timeout {
             p.push("kafka.linger: must be shorter than server.request_timeout".into());
         }
-        if k.delivery_timeout < s.request_timeout || k.delivery_timeout > Duration::from_secs(900) {
+        if let Some(t) = k.delivery_timeout
+            && (t < s.request_timeout || t > Duration::from_secs(900))
+        {
             p.push("kafka.delivery_timeout: must be between server.request_timeout and 15m".into());
         }
         if k.message_max_bytes < ENVELOPE_OVERHEAD_BYTES * 2 {
@@ -736,6 +738,24 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn delivery_timeout_defaults_to_the_deadline_and_never_shorter() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.kafka.delivery_timeout, None);
+        let text = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ndelivery_timeout = \"1s\"",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("kafka.delivery_timeout"), "{all}");
+        let text = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\ndelivery_timeout = \"30s\"",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.kafka.delivery_timeout, Some(Duration::from_secs(30)));
     }
 
     fn with_signature(signature: &str) -> Result<Config, ConfigError> {

@@ -1,11 +1,9 @@
 //! The Kafka producer.
 //!
 //! - [`client_config`] builds every librdkafka setting in one place:
-//!   `acks=all`, idempotence, and a message timeout (`kafka.delivery_timeout`)
-//!   longer than the request deadline: requests answer 503 at their
-//!   deadline, while the producer never times records out during a short
-//!   outage (a timeout makes an idempotent producer bump its epoch, which
-//!   tansu 0.6 answers by panicking).
+//!   `acks=all`, idempotence, and a message timeout equal to the request
+//!   deadline unless `kafka.delivery_timeout` extends it (needed against
+//!   tansu 0.6, see that setting).
 //! - [`KafkaProducer::deliver`] hands one record over and waits for the
 //!   brokers' acknowledgement or the deadline, whichever comes first. Only an
 //!   acknowledgement is success; a full queue is retried until the deadline.
@@ -136,6 +134,7 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
     }
     let timeout_ms = kafka
         .delivery_timeout
+        .unwrap_or(server.request_timeout)
         .max(server.request_timeout)
         .as_millis()
         .max(1)
@@ -409,6 +408,9 @@ mod tests {
         let c = client_config(&kafka, &server);
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("message.timeout.ms"), Some("2000"));
+        kafka.delivery_timeout = Some(Duration::from_secs(30));
+        let c = client_config(&kafka, &server);
         assert_eq!(c.get("message.timeout.ms"), Some("30000"));
         assert_eq!(c.get("compression.type"), Some("lz4"));
     }

@@ -473,6 +473,8 @@ listen = "127.0.0.1:0"
 [kafka]
 brokers = "{brokers}"
 topic = "{topic}"
+# tansu 0.6 cannot take an idempotent epoch bump (see ingest's config).
+delivery_timeout = "30s"
 
 [sources.purple]
 max_body_bytes = 65536

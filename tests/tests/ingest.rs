@@ -307,7 +307,7 @@ async fn steady_load(
     Arc::try_unwrap(results).unwrap().into_inner()
 }
 
-// The outage (4 s) is shorter than kafka.delivery_timeout (30 s default), as
+// The outage (4 s) is shorter than kafka.delivery_timeout (30 s in the harness config), as
 // in a broker restart: the producer must not time records out and bump its
 // epoch, which tansu 0.6 cannot handle (see producer.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

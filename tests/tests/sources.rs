@@ -49,7 +49,7 @@ async fn one_source_of_each_scheme_receives_the_simulator_at_once() {
     let broker = Broker::start();
     broker.create_topic("raw-sources", 3).await;
     let mut config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"raw-sources\"\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{}\"\ntopic = \"raw-sources\"\ndelivery_timeout = \"30s\"\n",
         broker.brokers()
     );
     for (name, scheme, _, event_id) in SOURCES {
