@@ -1,10 +1,14 @@
 //! Processors: consumer runtime, per-source parsers, reorder, dedupe, router
 //! and sinks (see `DESIGN.md`, "Processing semantics").
 //!
-//! This crate holds so far the pure, Kafka-independent core; the consumer
-//! runtime wires it to rdkafka. No module here reads a clock, spawns a task
-//! or touches the network.
-//!
+//! - [`runtime`]: the rdkafka consumer group, one worker per partition,
+//!   offsets stored only as far as everything was handled, hand-over on
+//!   revocation.
+//! - [`pipeline`]: one partition's processing, independent of Kafka: decode,
+//!   parse, reorder, dedupe, route, deliver, quarantine, dead-letter.
+//! - [`event`]: normalized events and the per-source parsers.
+//! - [`route`]: routing rules from the config.
+//! - [`sink`]: the sink trait and the log and JSON-lines sinks.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
 //!   committed": only the prefix of fully handled records, whatever order
 //!   they finish in.
@@ -15,17 +19,25 @@
 //!   at least 72 h. Owns the [`dedupe::DedupeStore`] contract, the persistent
 //!   redb store (one file per instance, memory bounded by its page cache) and
 //!   an in-memory store for tests.
+//! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 //!
-//! The intended order per record: decode, [`reorder::Reorderer::push`],
+//! The order per record: decode, [`reorder::Reorderer::push`],
 //! [`dedupe::DedupeStore::seen`] (drop if seen), route to the sinks,
 //! [`dedupe::DedupeStore::record`] once they accepted,
-//! [`offsets::PartitionOffsets::done`], commit
+//! [`offsets::PartitionOffsets::done`], store
 //! [`offsets::PartitionOffsets::committable`].
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
+pub mod config;
 pub mod dedupe;
+pub mod event;
+pub mod metrics;
 pub mod offsets;
+pub mod pipeline;
 pub mod reorder;
+pub mod route;
+pub mod runtime;
+pub mod sink;
 
 pub use schemas::Envelope;

@@ -1,0 +1,627 @@
+//! The processors' configuration: a TOML file plus `PROCESSORS_SECTION__KEY`
+//! environment overrides, checked as a whole so that every problem is
+//! reported at once, each naming its field.
+//!
+//! ```toml
+//! [kafka]
+//! brokers = "127.0.0.1:9092"
+//! group_id = "processors"
+//! topic = "webhooks.raw"
+//!
+//! [processing]
+//! gap_timeout = "30s"
+//!
+//! [dedupe]
+//! path = "data/dedupe.redb"
+//!
+//! [sources.purple]
+//! parser = "guest_wifi"
+//!
+//! [sinks.log]
+//! kind = "log"
+//!
+//! [[routes]]
+//! name = "everything"
+//! sinks = ["log"]
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::dedupe::DEFAULT_WINDOW;
+use crate::reorder::ReorderConfig;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Broker, group and topics.
+    pub kafka: KafkaConfig,
+    /// Reorder, batching and retry settings.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// The de-duplication store.
+    pub dedupe: DedupeSettings,
+    /// Where `/metrics` is served.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Log output.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How each source's bodies are parsed, by source name. A source not
+    /// listed is parsed as JSON with its type at `/type`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Sinks by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Routing rules; an event goes to the union of the sinks of every rule
+    /// it matches.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Kafka settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated `host:port`.
+    pub brokers: String,
+    /// Consumer group: run more instances with the same group to scale.
+    #[serde(default = "default_group")]
+    pub group_id: String,
+    /// The raw topic ingest writes.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Where bodies that cannot be parsed go, with the reason.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_topic: String,
+    /// Where events a sink refused for good go, with the sink and reason.
+    #[serde(default = "default_dlq")]
+    pub dlq_topic: String,
+    /// Client id shown in broker logs.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// How long the consumer may go without polling before the group
+    /// considers it dead (librdkafka `max.poll.interval.ms`). A partition
+    /// blocked on a failing sink stops polling: keep this above the longest
+    /// sink outage you want to ride out without a rebalance.
+    #[serde(default = "default_max_poll_interval", with = "humantime_serde")]
+    pub max_poll_interval: Duration,
+    /// Extra librdkafka settings (TLS, SASL). Settings the runtime relies on
+    /// (offset storage, commit, group id) are refused.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Reorder, batching and retry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// How long an event waits for a missing predecessor.
+    #[serde(default = "default_gap_timeout", with = "humantime_serde")]
+    pub gap_timeout: Duration,
+    /// Most events waiting per ordering key.
+    #[serde(default = "default_per_key")]
+    pub max_buffered_per_key: usize,
+    /// Most events waiting per partition, across keys.
+    #[serde(default = "default_total")]
+    pub max_buffered_total: usize,
+    /// Most idle ordering keys remembered per partition.
+    #[serde(default = "default_keys")]
+    pub max_keys: usize,
+    /// Most records handled in one batch (one sink call per sink).
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+    /// Records buffered between the consumer and each partition's worker.
+    #[serde(default = "default_channel")]
+    pub channel_capacity: usize,
+    /// On revocation or shutdown, how long a partition may take to finish
+    /// its current batch before its offset is committed as it stands.
+    #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// First pause before retrying a sink or side-topic write.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest pause between retries (backoff doubles up to it).
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+/// The de-duplication store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSettings {
+    /// The redb file; one per instance (it is locked while open).
+    pub path: PathBuf,
+    /// How long an applied event id is remembered (providers retry for
+    /// up to 72 h).
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// redb page cache, the store's memory bound.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+}
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address; port 0 picks a free port (printed at start).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How one source's bodies are parsed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The parser.
+    pub parser: ParserKind,
+    /// Where a `json` source's event type is (default `/type`).
+    #[serde(default)]
+    pub event_type: Option<Locate>,
+}
+
+/// The parsers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParserKind {
+    /// The guest-WiFi platform: strictly validated typed events.
+    GuestWifi,
+    /// Any JSON body: a typed envelope with the event type.
+    Json,
+}
+
+/// Where a value is found: a JSON pointer into the body or a forwarded
+/// request header.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Locate {
+    /// RFC 6901 JSON pointer, e.g. `/type`.
+    Pointer(String),
+    /// Request header (ingest must forward it), e.g. `x-github-event`.
+    Header(String),
+}
+
+/// One sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Logs each event as one line (for a first look, and for demos).
+    Log,
+    /// Appends each event as one JSON line to a file, once per (source,
+    /// event id) even across processes on one host (tests, audits).
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// One routing rule: every condition given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name, for metrics and logs.
+    pub name: String,
+    /// Sources matched (any of them); empty or absent: every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Event types matched (any of them); empty or absent: every type.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Payload fields that must equal the given JSON values, by pointer,
+    /// e.g. `{ "/guest/vip" = true }`.
+    #[serde(default, rename = "where")]
+    pub where_: BTreeMap<String, serde_json::Value>,
+    /// Whether late events (their slot in the sequence already passed) are
+    /// routed too. Analytics wants them (flagged); live state does not.
+    #[serde(default = "default_true")]
+    pub include_late: bool,
+    /// Sinks the matching events go to.
+    pub sinks: Vec<String>,
+}
+
+fn default_group() -> String {
+    "processors".into()
+}
+fn default_topic() -> String {
+    "webhooks.raw".into()
+}
+fn default_quarantine() -> String {
+    "webhooks.quarantine".into()
+}
+fn default_dlq() -> String {
+    "webhooks.dlq".into()
+}
+fn default_client_id() -> String {
+    "processors".into()
+}
+const fn default_max_poll_interval() -> Duration {
+    Duration::from_secs(300)
+}
+const fn default_gap_timeout() -> Duration {
+    ReorderConfig::DEFAULT_GAP_TIMEOUT
+}
+const fn default_per_key() -> usize {
+    ReorderConfig::new().max_buffered_per_key
+}
+const fn default_total() -> usize {
+    ReorderConfig::new().max_buffered_total
+}
+const fn default_keys() -> usize {
+    ReorderConfig::new().max_keys
+}
+const fn default_batch() -> usize {
+    500
+}
+const fn default_channel() -> usize {
+    2_000
+}
+const fn default_revoke_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+const fn default_retry_initial() -> Duration {
+    Duration::from_millis(200)
+}
+const fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_window() -> Duration {
+    DEFAULT_WINDOW
+}
+const fn default_cache_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+const fn default_true() -> bool {
+    true
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            gap_timeout: default_gap_timeout(),
+            max_buffered_per_key: default_per_key(),
+            max_buffered_total: default_total(),
+            max_keys: default_keys(),
+            batch_max: default_batch(),
+            channel_capacity: default_channel(),
+            revoke_timeout: default_revoke_timeout(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// The reorder limits.
+    pub fn reorder(&self) -> ReorderConfig {
+        ReorderConfig {
+            gap_timeout: self.gap_timeout,
+            max_buffered_per_key: self.max_buffered_per_key,
+            max_buffered_total: self.max_buffered_total,
+            max_keys: self.max_keys,
+        }
+    }
+}
+
+/// librdkafka settings the runtime sets itself; a user value would break
+/// "commit only what the sinks accepted".
+pub const RESERVED_KAFKA_OPTIONS: &[&str] = &[
+    "group.id",
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "isolation.level",
+    "max.poll.interval.ms",
+    "acks",
+    "enable.idempotence",
+];
+
+/// Every problem found in a configuration, each naming where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.iter().map(|p| format!("{}: {p}", path.display())).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// The file that was loaded.
+    pub path: PathBuf,
+    /// One line per problem, naming the field.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads the file, applies `PROCESSORS_SECTION__KEY` environment
+    /// overrides and checks the result.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        if !path.is_file() {
+            return Err(fail(vec!["file not found or not a regular file".into()]));
+        }
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+            Env::prefixed("PROCESSORS_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::checked(figment, fail)
+    }
+
+    /// Parses TOML text with no environment layer (tests, examples).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: PathBuf::from("<inline>"),
+            problems,
+        };
+        Self::checked(Figment::new().merge(Toml::string(text)), fail)
+    }
+
+    fn checked(
+        figment: Figment,
+        fail: impl Fn(Vec<String>) -> ConfigError,
+    ) -> Result<Config, ConfigError> {
+        let config: Config = figment
+            .extract()
+            .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Cross-field checks; one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            p.push("kafka.brokers: must not be empty".into());
+        }
+        if k.group_id.trim().is_empty() {
+            p.push("kafka.group_id: must not be empty".into());
+        }
+        for (field, topic) in [
+            ("topic", &k.topic),
+            ("quarantine_topic", &k.quarantine_topic),
+            ("dlq_topic", &k.dlq_topic),
+        ] {
+            if !valid_topic(topic) {
+                p.push(format!(
+                    "kafka.{field}: {topic:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
+                ));
+            }
+        }
+        if k.quarantine_topic == k.topic || k.dlq_topic == k.topic {
+            p.push(
+                "kafka: the quarantine and dead-letter topics must differ from the raw topic"
+                    .into(),
+            );
+        }
+        if k.max_poll_interval < Duration::from_secs(10) {
+            p.push("kafka.max_poll_interval: must be at least 10s".into());
+        }
+        for key in k.options.keys() {
+            if RESERVED_KAFKA_OPTIONS.contains(&key.as_str()) {
+                p.push(format!(
+                    "kafka.options.{key}: set by the processors to keep their guarantees; remove it"
+                ));
+            }
+        }
+        let s = &self.processing;
+        if s.gap_timeout.is_zero() || s.gap_timeout > Duration::from_secs(3600) {
+            p.push("processing.gap_timeout: must be between 1ms and 1h".into());
+        }
+        for (field, v) in [
+            ("max_buffered_per_key", s.max_buffered_per_key),
+            ("max_buffered_total", s.max_buffered_total),
+            ("max_keys", s.max_keys),
+            ("batch_max", s.batch_max),
+            ("channel_capacity", s.channel_capacity),
+        ] {
+            if v == 0 {
+                p.push(format!("processing.{field}: must be at least 1"));
+            }
+        }
+        if s.retry_initial.is_zero() || s.retry_initial > s.retry_max {
+            p.push("processing.retry_initial: must be above 0 and at most retry_max".into());
+        }
+        if self.dedupe.window < Duration::from_secs(60) {
+            p.push("dedupe.window: must be at least 1m (providers retry for up to 72h)".into());
+        }
+        if self.dedupe.path.as_os_str().is_empty() {
+            p.push("dedupe.path: must not be empty".into());
+        }
+        for (name, source) in &self.sources {
+            if let Some(Locate::Pointer(ptr)) = &source.event_type
+                && !ptr.starts_with('/')
+            {
+                p.push(format!(
+                    "sources.{name}.event_type.pointer: {ptr:?} must start with '/'"
+                ));
+            }
+            if source.parser == ParserKind::GuestWifi && source.event_type.is_some() {
+                p.push(format!(
+                    "sources.{name}.event_type: the guest_wifi parser reads /type itself"
+                ));
+            }
+        }
+        if self.routes.is_empty() {
+            p.push("routes: at least one route is needed, or every event is dropped".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", route.name);
+            if route.sinks.is_empty() {
+                p.push(format!("{at}.sinks: must name at least one sink"));
+            }
+            for sink in &route.sinks {
+                if !self.sinks.contains_key(sink) {
+                    p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
+                }
+            }
+            for ptr in route.where_.keys() {
+                if !ptr.starts_with('/') {
+                    p.push(format!(
+                        "{at}.where: {ptr:?} is not a JSON pointer (must start with '/')"
+                    ));
+                }
+            }
+        }
+        p
+    }
+}
+
+fn describe_figment(e: &figment::Error) -> String {
+    let path = e.path.join(".");
+    let what = e.kind.to_string();
+    if path.is_empty() {
+        what
+    } else {
+        format!("{path}: {what}")
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+
+        [dedupe]
+        path = "/tmp/d.redb"
+
+        [sources.purple]
+        parser = "guest_wifi"
+
+        [sources.github]
+        parser = "json"
+        event_type = { header = "x-github-event" }
+
+        [sinks.log]
+        kind = "log"
+
+        [sinks.audit]
+        kind = "jsonl"
+        path = "/tmp/audit.jsonl"
+
+        [[routes]]
+        name = "all"
+        sinks = ["log"]
+
+        [[routes]]
+        name = "vip"
+        sources = ["purple"]
+        types = ["guest_connects"]
+        where = { "/guest/vip" = true }
+        include_late = false
+        sinks = ["audit"]
+    "#;
+
+    #[test]
+    fn loads_a_good_config_with_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.kafka.topic, "webhooks.raw");
+        assert_eq!(c.kafka.group_id, "processors");
+        assert_eq!(c.processing.gap_timeout, Duration::from_secs(30));
+        assert_eq!(c.dedupe.window, Duration::from_secs(72 * 3600));
+        assert_eq!(c.routes.len(), 2);
+        assert!(!c.routes[1].include_late);
+        assert_eq!(
+            c.sources["github"].event_type,
+            Some(Locate::Header("x-github-event".into()))
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once_naming_the_field() {
+        let text = GOOD
+            .replace("sinks = [\"audit\"]", "sinks = [\"nowhere\"]")
+            .replace("\"/guest/vip\"", "\"guest/vip\"")
+            .replace(
+                "brokers = \"127.0.0.1:9092\"",
+                "brokers = \"127.0.0.1:9092\"\nquarantine_topic = \"bad topic\"\noptions = { \"enable.auto.commit\" = \"true\" }",
+            )
+            .replace("[sources.purple]", "[processing]\nbatch_max = 0\n[sources.purple]");
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for needle in [
+            "routes[1] (vip).sinks: no sink named \"nowhere\"",
+            "routes[1] (vip).where: \"guest/vip\"",
+            "kafka.quarantine_topic",
+            "kafka.options.enable.auto.commit",
+            "processing.batch_max",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_kinds_are_named() {
+        let all = Config::from_toml(&GOOD.replace("kind = \"log\"", "kind = \"fax\""))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(all.contains("fax"), "{all}");
+        let all = Config::from_toml(&GOOD.replace("include_late", "include_lat"))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(all.contains("include_lat"), "{all}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let e = Config::load(Path::new("/nonexistent/p.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/p.toml: "), "{e}");
+    }
+}

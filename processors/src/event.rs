@@ -1,0 +1,367 @@
+//! Normalized events and the per-source parsers that make them.
+//!
+//! A parser turns one [`Envelope`] into an [`Event`], or into a
+//! [`Quarantine`] naming why it could not: the processors then write the
+//! original envelope to the quarantine topic with that reason and carry on
+//! with the next record. A parser never panics and never stops a partition.
+//!
+//! - `guest_wifi`: the guest-WiFi platform (DESIGN.md), validated strictly
+//!   into [`GuestWifi`], whose Avro contract is
+//!   `schemas/avro/guest_wifi/v1.avsc`.
+//! - `json`: any JSON body, kept as a typed envelope: the event type comes
+//!   from a configured pointer or forwarded header (default `/type`).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Locate, ParserKind, SourceConfig};
+use schemas::Envelope;
+
+/// Longest event type accepted (it becomes a metric label value only after
+/// routing, never raw; this bounds memory and log lines).
+const MAX_TYPE_LEN: usize = 128;
+
+/// One event, decoded and normalized, ready for reorder, dedupe and routing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// The source (`/webhooks/{source}`).
+    pub source: String,
+    /// The provider's event id (unique per source).
+    pub event_id: String,
+    /// The event type, e.g. `guest_connects`, `push`.
+    pub event_type: String,
+    /// The ordering key (for the guest-WiFi platform, the venue id).
+    pub ordering_key: Option<String>,
+    /// Position in the ordering key's sequence.
+    pub sequence: Option<i64>,
+    /// When ingest received it, Unix microseconds.
+    pub received_at_micros: i64,
+    /// When it happened at the provider, Unix microseconds, when known.
+    pub occurred_at_micros: Option<i64>,
+    /// Its slot in the sequence had already passed when it arrived.
+    pub late: bool,
+    /// Typed fields of a guest-WiFi event.
+    pub guest_wifi: Option<GuestWifi>,
+    /// The parsed body.
+    pub body: Value,
+}
+
+/// The guest-WiFi platform's event, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GuestWifi {
+    /// One of [`GUEST_WIFI_TYPES`].
+    pub event_type: String,
+    /// Increases per venue.
+    pub sequence: i64,
+    /// When it happened, Unix microseconds.
+    pub occurred_at_micros: i64,
+    /// The venue id (the ordering key).
+    pub venue_id: String,
+    /// The venue's display name.
+    pub venue_name: Option<String>,
+    /// The zone, e.g. `lobby`.
+    pub zone: Option<String>,
+    /// The device.
+    pub device_id: Option<String>,
+    /// The guest, when known.
+    pub guest: Option<Guest>,
+}
+
+/// A guest of the guest-WiFi platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Guest {
+    /// The platform's guest id.
+    pub id: String,
+    /// E-mail, when the guest registered.
+    pub email: Option<String>,
+    /// First name, when given.
+    pub first_name: Option<String>,
+    /// A VIP guest (alerting).
+    pub vip: bool,
+}
+
+/// The guest-WiFi platform's event types.
+pub const GUEST_WIFI_TYPES: &[&str] = &[
+    "guest_connects",
+    "guest_registered",
+    "device_connected",
+    "device_disconnected",
+    "zone_entered",
+];
+
+/// Why a record goes to quarantine: a stable `reason` code (a metric label
+/// and a Kafka header) and a detail for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Stable code: `envelope_undecodable`, `not_json`, `invalid`.
+    pub reason: &'static str,
+    /// What exactly is wrong, naming the field.
+    pub detail: String,
+}
+
+impl Quarantine {
+    fn invalid(detail: impl Into<String>) -> Self {
+        Quarantine {
+            reason: "invalid",
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Parses one envelope with its source's parser (`None`: the default `json`
+/// parser with the type at `/type`).
+pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event, Quarantine> {
+    let body: Value = serde_json::from_slice(&envelope.body).map_err(|e| Quarantine {
+        reason: "not_json",
+        detail: format!("body is not JSON: {e}"),
+    })?;
+    let mut event = Event {
+        source: envelope.source.clone(),
+        event_id: envelope.event_id.clone(),
+        event_type: String::new(),
+        ordering_key: envelope.ordering_key.clone(),
+        sequence: envelope.sequence,
+        received_at_micros: envelope.received_at_micros,
+        occurred_at_micros: None,
+        late: false,
+        guest_wifi: None,
+        body: Value::Null,
+    };
+    match source.map_or(ParserKind::Json, |s| s.parser) {
+        ParserKind::GuestWifi => {
+            let wifi = guest_wifi(&body)?;
+            if let Some(id) = body.get("id").and_then(Value::as_str)
+                && id != envelope.event_id
+            {
+                return Err(Quarantine::invalid(format!(
+                    "/id {id:?} differs from the envelope's event id {:?}",
+                    envelope.event_id
+                )));
+            }
+            if let Some(seq) = envelope.sequence
+                && seq != wifi.sequence
+            {
+                return Err(Quarantine::invalid(format!(
+                    "/sequence {} differs from the envelope's sequence {seq}",
+                    wifi.sequence
+                )));
+            }
+            event.event_type = wifi.event_type.clone();
+            event.sequence = Some(wifi.sequence);
+            event.occurred_at_micros = Some(wifi.occurred_at_micros);
+            event
+                .ordering_key
+                .get_or_insert_with(|| wifi.venue_id.clone());
+            event.guest_wifi = Some(wifi);
+        }
+        ParserKind::Json => {
+            let locate = source
+                .and_then(|s| s.event_type.clone())
+                .unwrap_or_else(|| Locate::Pointer("/type".into()));
+            let found = match &locate {
+                Locate::Pointer(p) => body.pointer(p).and_then(Value::as_str).map(str::to_owned),
+                Locate::Header(h) => envelope
+                    .headers
+                    .iter()
+                    .find(|x| x.name.eq_ignore_ascii_case(h))
+                    .map(|x| x.value.clone()),
+            };
+            let Some(t) = found.filter(|t| !t.is_empty()) else {
+                let at = match &locate {
+                    Locate::Pointer(p) => format!("pointer {p}"),
+                    Locate::Header(h) => format!("header {h}"),
+                };
+                return Err(Quarantine::invalid(format!(
+                    "no event type (a non-empty string) at {at}"
+                )));
+            };
+            if t.len() > MAX_TYPE_LEN {
+                return Err(Quarantine::invalid(format!(
+                    "event type is {} bytes, more than {MAX_TYPE_LEN}",
+                    t.len()
+                )));
+            }
+            event.event_type = t;
+        }
+    }
+    event.body = body;
+    Ok(event)
+}
+
+fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
+    let Some(obj) = body.as_object() else {
+        return Err(Quarantine::invalid("body is not a JSON object"));
+    };
+    let string = |ptr: &str| -> Result<Option<String>, Quarantine> {
+        match body.pointer(ptr) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(Quarantine::invalid(format!(
+                "{ptr} must be a non-empty string"
+            ))),
+        }
+    };
+    let required = |ptr: &str| -> Result<String, Quarantine> {
+        string(ptr)?.ok_or_else(|| Quarantine::invalid(format!("{ptr} is missing")))
+    };
+    let event_type = required("/type")?;
+    if !GUEST_WIFI_TYPES.contains(&event_type.as_str()) {
+        return Err(Quarantine::invalid(format!(
+            "/type {event_type:?} is not one of {}",
+            GUEST_WIFI_TYPES.join(", ")
+        )));
+    }
+    let sequence = match obj.get("sequence") {
+        Some(v) => v
+            .as_i64()
+            .filter(|s| *s >= 0)
+            .ok_or_else(|| Quarantine::invalid("/sequence must be a non-negative integer"))?,
+        None => return Err(Quarantine::invalid("/sequence is missing")),
+    };
+    let occurred = required("/occurred_at")?;
+    let occurred_at_micros = humantime::parse_rfc3339_weak(&occurred)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+        .ok_or_else(|| {
+            Quarantine::invalid(format!(
+                "/occurred_at {occurred:?} is not an RFC 3339 time after 1970"
+            ))
+        })?;
+    let venue_id = required("/venue/id")?;
+    let device_id = string("/device/id")?;
+    if event_type.starts_with("device_") && device_id.is_none() {
+        return Err(Quarantine::invalid(format!(
+            "/device/id is missing (required for {event_type})"
+        )));
+    }
+    let guest = match body.get("guest") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(_)) => Some(Guest {
+            id: required("/guest/id")?,
+            email: string("/guest/email")?,
+            first_name: string("/guest/first_name")?,
+            vip: match body.pointer("/guest/vip") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(Quarantine::invalid("/guest/vip must be a boolean")),
+            },
+        }),
+        Some(_) => return Err(Quarantine::invalid("/guest must be an object")),
+    };
+    if event_type.starts_with("guest_") && guest.is_none() {
+        return Err(Quarantine::invalid(format!(
+            "/guest is missing (required for {event_type})"
+        )));
+    }
+    Ok(GuestWifi {
+        event_type,
+        sequence,
+        occurred_at_micros,
+        venue_id,
+        venue_name: string("/venue/name")?,
+        zone: string("/zone")?,
+        device_id,
+        guest,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::{Header, Verification};
+
+    fn envelope(body: &str) -> Envelope {
+        Envelope {
+            event_id: "evt_1".into(),
+            source: "purple".into(),
+            received_at_micros: 1_700_000_000_000_000,
+            body: body.as_bytes().to_vec(),
+            headers: vec![Header {
+                name: "x-github-event".into(),
+                value: "push".into(),
+            }],
+            content_type: Some("application/json".into()),
+            client_addr: None,
+            verification: Verification {
+                scheme: "hmac".into(),
+                secret_id: "current".into(),
+            },
+            ordering_key: Some("venue-017".into()),
+            sequence: Some(1042),
+            request_id: "r1".into(),
+        }
+    }
+
+    fn wifi_cfg() -> SourceConfig {
+        SourceConfig {
+            parser: ParserKind::GuestWifi,
+            event_type: None,
+        }
+    }
+
+    const GOOD: &str = r#"{"id": "evt_1", "type": "guest_connects", "sequence": 1042,
+        "occurred_at": "2026-11-22T18:03:11.123Z",
+        "venue": {"id": "venue-017", "name": "Airport Hotel"}, "zone": "lobby",
+        "device": {"id": "dev_9f2c"},
+        "guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": true}}"#;
+
+    #[test]
+    fn the_design_example_parses_into_typed_fields() {
+        let e = parse(&envelope(GOOD), Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "guest_connects");
+        assert_eq!(e.sequence, Some(1042));
+        assert_eq!(e.ordering_key.as_deref(), Some("venue-017"));
+        assert_eq!(e.occurred_at_micros, Some(1_795_370_591_123_000));
+        let w = e.guest_wifi.unwrap();
+        assert_eq!(w.zone.as_deref(), Some("lobby"));
+        let g = w.guest.unwrap();
+        assert!(g.vip);
+        assert_eq!(g.first_name.as_deref(), Some("Ana"));
+    }
+
+    #[test]
+    fn each_invalid_body_names_its_field() {
+        for (body, needle, reason) in [
+            ("not json", "not JSON", "not_json"),
+            ("[1]", "not a JSON object", "invalid"),
+            (
+                &GOOD.replace("guest_connects", "teleported"),
+                "/type",
+                "invalid",
+            ),
+            (&GOOD.replace("1042", "-3"), "/sequence", "invalid"),
+            (&GOOD.replace("1042", "1043"), "differs", "invalid"),
+            (
+                &GOOD.replace("2026-11-22T18:03:11.123Z", "yesterday"),
+                "/occurred_at",
+                "invalid",
+            ),
+            (&GOOD.replace("\"venue-017\"", "17"), "/venue/id", "invalid"),
+            (
+                &GOOD.replace("\"vip\": true", "\"vip\": \"yes\""),
+                "/guest/vip",
+                "invalid",
+            ),
+            (&GOOD.replace("\"evt_1\"", "\"evt_2\""), "/id", "invalid"),
+        ] {
+            let q = parse(&envelope(body), Some(&wifi_cfg())).unwrap_err();
+            assert_eq!(q.reason, reason, "{body}: {q:?}");
+            assert!(q.detail.contains(needle), "{body}: {q:?}");
+        }
+    }
+
+    #[test]
+    fn json_sources_take_their_type_from_pointer_or_header() {
+        let e = parse(&envelope(r#"{"type": "charge.succeeded"}"#), None).unwrap();
+        assert_eq!(e.event_type, "charge.succeeded");
+        let cfg = SourceConfig {
+            parser: ParserKind::Json,
+            event_type: Some(Locate::Header("X-GitHub-Event".into())),
+        };
+        let e = parse(&envelope(r#"{"zen": "hi"}"#), Some(&cfg)).unwrap();
+        assert_eq!(e.event_type, "push");
+        let q = parse(&envelope(r#"{"kind": 1}"#), None).unwrap_err();
+        assert!(q.detail.contains("/type"), "{q:?}");
+    }
+}

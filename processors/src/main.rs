@@ -1,0 +1,260 @@
+//! `processors`: the consumer group's command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{Parser, Subcommand};
+use processors::config::{Config, LogFormat, SinkConfig};
+use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
+use processors::metrics::Metrics;
+use processors::pipeline::Shared;
+use processors::runtime::{self, KafkaSide};
+use processors::sink::{JsonlSink, LogSink, Sink};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "processors",
+    version,
+    about = "Consumes the raw webhook topic: decodes, reorders, de-duplicates and routes events to sinks."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume until SIGINT/SIGTERM.
+    Run {
+        /// The TOML configuration file.
+        #[arg(short, long, env = "PROCESSORS_CONFIG")]
+        config: PathBuf,
+    },
+    /// Load a configuration, report every problem, exit non-zero if any.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(short, long, env = "PROCESSORS_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PROCESSORS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(config.log.format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("processors: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build_sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    for (name, s) in &config.sinks {
+        let sink: Arc<dyn Sink> = match s {
+            SinkConfig::Log => Arc::new(LogSink::new(name)),
+            SinkConfig::Jsonl { path } => Arc::new(
+                JsonlSink::open(name, path)
+                    .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,
+            ),
+        };
+        sinks.push(sink);
+    }
+    Ok(sinks)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let dedupe_cfg = DedupeConfig {
+        window: config.dedupe.window,
+        cache_bytes: config.dedupe.cache_bytes,
+    };
+    if let Some(dir) = config.dedupe.path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", dir.display()))?;
+    }
+    let dedupe: Arc<dyn DedupeStore> = Arc::new(
+        RedbDedupe::open(&config.dedupe.path, &dedupe_cfg)
+            .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", config.dedupe.path.display()))?,
+    );
+    let side = Arc::new(KafkaSide::new(&config.kafka)?);
+    let sinks = build_sinks(&config)?;
+    let shared = Arc::new(
+        Shared::new(&config, sinks, dedupe.clone(), side, metrics.clone())
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", config.metrics.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = runtime::start(
+        &config.kafka,
+        &config.processing,
+        shared,
+        tokio::runtime::Handle::current(),
+        stop_rx.clone(),
+    )?;
+    let state = HttpState {
+        metrics: metrics.clone(),
+        ready: running.ready.clone(),
+    };
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    println!("metrics on http://{addr}");
+    tracing::info!(%addr, topic = %config.kafka.topic, group = %config.kafka.group_id, "processors started");
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                processors::pipeline::stopped(&mut http_stop).await;
+            })
+            .await
+    });
+    // Expire old dedupe entries every minute.
+    let mut expiry_stop = stop_rx.clone();
+    let expiry_metrics = metrics.clone();
+    let expiry = tokio::spawn(async move {
+        loop {
+            let d = dedupe.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let removed = d.expire(std::time::SystemTime::now())?;
+                Ok::<_, processors::dedupe::DedupeError>((removed, d.len()?))
+            })
+            .await;
+            match res {
+                Ok(Ok((removed, len))) => {
+                    expiry_metrics.dedupe_entries.set(len as i64);
+                    if removed > 0 {
+                        tracing::info!(removed, "dedupe entries expired");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "dedupe expiry failed"),
+                Err(e) => tracing::warn!(error = %e, "dedupe expiry task failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = processors::pipeline::stopped(&mut expiry_stop) => break,
+            }
+        }
+    });
+
+    shutdown_signal().await;
+    tracing::info!("stopping: handing partitions over");
+    let _ = stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || running.join()).await;
+    let _ = http.await;
+    let _ = expiry.await;
+    match joined {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+        Err(e) => Err(anyhow::anyhow!("consumer thread: {e}")),
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Metrics,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet in the consumer group",
+        )
+    }
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,214 @@
+//! Every metric the processors export, in one registry per process.
+//!
+//! Labels are low-cardinality only: partition numbers, source names (ingest
+//! only writes configured ones), sink names and reason codes. Never event
+//! ids, ordering keys or event types.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// The processors' metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Records read from the raw topic, by partition.
+    pub consumed: IntCounterVec,
+    /// Records decoded and parsed into events, by source.
+    pub decoded: IntCounterVec,
+    /// Records sent to the quarantine topic, by source and reason.
+    pub quarantined: IntCounterVec,
+    /// Events waiting in the reorder buffer, by partition.
+    pub reorder_buffered: IntGaugeVec,
+    /// Gap timeouts (missing sequence numbers given up on), by partition.
+    pub gaps: IntCounterVec,
+    /// Sequence numbers skipped by gap timeouts, bounds and hand-overs.
+    pub skipped_sequences: IntCounterVec,
+    /// Releases forced early by a buffer bound, by partition and bound.
+    pub forced: IntCounterVec,
+    /// Late events (their slot had passed), by source.
+    pub late: IntCounterVec,
+    /// Duplicates dropped (same source and event id), by source.
+    pub duplicates: IntCounterVec,
+    /// Events delivered and accepted, by sink.
+    pub routed: IntCounterVec,
+    /// Events no route matched, by source.
+    pub unrouted: IntCounterVec,
+    /// Events a sink asked to retry, by sink.
+    pub sink_retries: IntCounterVec,
+    /// Events a sink refused for good (dead-lettered), by sink.
+    pub dead_lettered: IntCounterVec,
+    /// One sink call, by sink.
+    pub sink_latency: HistogramVec,
+    /// Records read but not yet committable, by partition: held by the
+    /// reorder buffer or a slow sink.
+    pub commit_lag: IntGaugeVec,
+    /// The broker's high watermark minus the consumer's position, by
+    /// partition (from librdkafka statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Offset commits that failed.
+    pub commit_failures: IntCounterVec,
+    /// Partitions assigned to this instance now.
+    pub assigned_partitions: IntGauge,
+    /// Events remembered by the dedupe store.
+    pub dedupe_entries: IntGauge,
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let sink_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "processors_sink_latency_seconds",
+                "One batch offered to a sink until it answered, by sink.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["sink"],
+        )?;
+        r.register(Box::new(sink_latency.clone()))?;
+        let assigned_partitions = IntGauge::new(
+            "processors_assigned_partitions",
+            "Partitions of the raw topic assigned to this instance.",
+        )?;
+        r.register(Box::new(assigned_partitions.clone()))?;
+        let dedupe_entries = IntGauge::new(
+            "processors_dedupe_entries",
+            "Applied (source, event id) pairs remembered by the dedupe store.",
+        )?;
+        r.register(Box::new(dedupe_entries.clone()))?;
+        Ok(Metrics {
+            consumed: counter(
+                &r,
+                "processors_consumed_total",
+                "Records read from the raw topic, by partition.",
+                &["partition"],
+            )?,
+            decoded: counter(
+                &r,
+                "processors_decoded_total",
+                "Records decoded and parsed into events, by source.",
+                &["source"],
+            )?,
+            quarantined: counter(
+                &r,
+                "processors_quarantined_total",
+                "Records written to the quarantine topic, by source and reason.",
+                &["source", "reason"],
+            )?,
+            reorder_buffered: gauge(
+                &r,
+                "processors_reorder_buffered",
+                "Events waiting in the reorder buffer, by partition.",
+                &["partition"],
+            )?,
+            gaps: counter(
+                &r,
+                "processors_reorder_gaps_total",
+                "Gap timeouts: missing sequence numbers given up on, by partition.",
+                &["partition"],
+            )?,
+            skipped_sequences: counter(
+                &r,
+                "processors_reorder_skipped_sequences_total",
+                "Sequence numbers skipped (gap timeout, buffer bound), by partition.",
+                &["partition"],
+            )?,
+            forced: counter(
+                &r,
+                "processors_reorder_forced_total",
+                "Events released early because a buffer bound was hit, by partition and bound.",
+                &["partition", "bound"],
+            )?,
+            late: counter(
+                &r,
+                "processors_late_events_total",
+                "Events that arrived after their sequence slot passed, by source.",
+                &["source"],
+            )?,
+            duplicates: counter(
+                &r,
+                "processors_duplicates_dropped_total",
+                "Duplicates (same source and event id) dropped, by source.",
+                &["source"],
+            )?,
+            routed: counter(
+                &r,
+                "processors_routed_total",
+                "Events accepted by a sink, by sink.",
+                &["sink"],
+            )?,
+            unrouted: counter(
+                &r,
+                "processors_unrouted_total",
+                "Events no route matched, by source.",
+                &["source"],
+            )?,
+            sink_retries: counter(
+                &r,
+                "processors_sink_retries_total",
+                "Events a sink asked to offer again later, by sink.",
+                &["sink"],
+            )?,
+            dead_lettered: counter(
+                &r,
+                "processors_dead_lettered_total",
+                "Events a sink refused for good, written to the dead-letter topic, by sink.",
+                &["sink"],
+            )?,
+            sink_latency,
+            commit_lag: gauge(
+                &r,
+                "processors_commit_lag",
+                "Records read but not yet committable (reorder buffer, sinks), by partition.",
+                &["partition"],
+            )?,
+            consumer_lag: gauge(
+                &r,
+                "processors_consumer_lag",
+                "High watermark minus the consumer position, by partition.",
+                &["partition"],
+            )?,
+            commit_failures: counter(
+                &r,
+                "processors_commit_failures_total",
+                "Offset commits that failed, by kind (store, commit).",
+                &["kind"],
+            )?,
+            assigned_partitions,
+            dedupe_entries,
+            registry: r,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

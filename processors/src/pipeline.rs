@@ -1,0 +1,482 @@
+//! One partition's processing, independent of Kafka: decode, parse,
+//! reorder, dedupe, route, deliver, and the offset that may be committed.
+//!
+//! [`PartitionPipeline::handle`] takes a batch of records in offset order
+//! and returns once everything it released is fully handled: written to the
+//! quarantine topic, dropped as a duplicate, unrouted, or accepted by every
+//! routed sink (events a sink refuses for good are dead-lettered). Only then
+//! are their offsets done, the dedupe store updated, and
+//! [`PartitionPipeline::committable`] may move.
+//!
+//! Sinks and side topics that fail are retried with backoff, in order, for
+//! as long as it takes, unless `stop` is raised (revocation, shutdown): the
+//! batch is then abandoned with its offsets not done, and whoever reads the
+//! partition next applies it (dedupe and idempotent sinks make that safe).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::{Config, SourceConfig};
+use crate::dedupe::{DedupeRecord, DedupeStore};
+use crate::event::{self, Event, Quarantine};
+use crate::metrics::Metrics;
+use crate::offsets::PartitionOffsets;
+use crate::reorder::{Bound, Reason, Released, Reorderer};
+use crate::route::Router;
+use crate::sink::{BoxFuture, Outcome, Sink};
+use schemas::Envelope;
+
+/// One record as read from the raw topic.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The Avro envelope.
+    pub payload: Arc<Vec<u8>>,
+}
+
+/// Writes to the quarantine and dead-letter topics.
+pub trait SideTopics: Send + Sync {
+    /// Writes the original record to the quarantine topic with the reason.
+    fn quarantine<'a>(
+        &'a self,
+        record: &'a RawRecord,
+        source: &'a str,
+        why: &'a Quarantine,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Writes the original record to the dead-letter topic, naming the sink
+    /// that refused it and why.
+    fn dead_letter<'a>(
+        &'a self,
+        record: &'a RawRecord,
+        event: &'a Event,
+        sink: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Everything the partitions of one process share.
+pub struct Shared {
+    /// Per-source parser settings.
+    pub sources: std::collections::BTreeMap<String, SourceConfig>,
+    /// The routing rules.
+    pub router: Router,
+    /// Sinks, indexed as the router numbers them.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    /// The dedupe store.
+    pub dedupe: Arc<dyn DedupeStore>,
+    /// Quarantine and dead-letter topics.
+    pub side: Arc<dyn SideTopics>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Backoff bounds for retries.
+    pub retry_initial: Duration,
+    /// Longest pause between retries.
+    pub retry_max: Duration,
+    /// The reorder limits.
+    pub reorder: crate::reorder::ReorderConfig,
+}
+
+impl Shared {
+    /// Builds the shared parts from a checked config and its dependencies.
+    pub fn new(
+        config: &Config,
+        sinks: Vec<Arc<dyn Sink>>,
+        dedupe: Arc<dyn DedupeStore>,
+        side: Arc<dyn SideTopics>,
+        metrics: Metrics,
+    ) -> Result<Shared, String> {
+        let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
+        Ok(Shared {
+            sources: config.sources.clone(),
+            router: Router::new(&config.routes, &names)?,
+            sinks,
+            dedupe,
+            side,
+            metrics,
+            retry_initial: config.processing.retry_initial,
+            retry_max: config.processing.retry_max,
+            reorder: config.processing.reorder(),
+        })
+    }
+}
+
+/// A parsed event waiting in, or leaving, the reorder buffer.
+#[derive(Debug)]
+struct Pending {
+    record: RawRecord,
+    event: Event,
+}
+
+/// The batch was abandoned because `stop` was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stopped before the batch was fully handled")]
+pub struct Stopped;
+
+/// One partition's state.
+pub struct PartitionPipeline {
+    partition: i32,
+    label: String,
+    shared: Arc<Shared>,
+    offsets: PartitionOffsets,
+    reorder: Reorderer<Pending>,
+    stop: watch::Receiver<bool>,
+}
+
+impl PartitionPipeline {
+    /// A fresh partition (nothing read yet).
+    pub fn new(partition: i32, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
+        let reorder = Reorderer::new(shared.reorder.clone());
+        PartitionPipeline {
+            partition,
+            label: partition.to_string(),
+            shared,
+            offsets: PartitionOffsets::new(),
+            reorder,
+            stop,
+        }
+    }
+
+    /// The offset to commit now: everything below it is fully handled.
+    pub fn position(&self) -> Option<i64> {
+        self.offsets.position()
+    }
+
+    /// [`position`](Self::position) when it moved since last asked.
+    pub fn committable(&mut self) -> Option<i64> {
+        self.offsets.committable()
+    }
+
+    /// When the reorder buffer next needs a [`tick`](Self::tick).
+    pub fn next_deadline(&self) -> Option<std::time::Instant> {
+        self.reorder.next_deadline()
+    }
+
+    /// Records read and not yet fully handled.
+    pub fn outstanding(&self) -> usize {
+        self.offsets.outstanding()
+    }
+
+    /// Handles a batch of records (in offset order).
+    pub async fn handle(&mut self, records: Vec<RawRecord>) -> Result<(), Stopped> {
+        let now = std::time::Instant::now();
+        let mut released = Vec::new();
+        let mut quarantined = Vec::new();
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        for record in records {
+            m.consumed.with_label_values(&[&self.label]).inc();
+            if let Err(e) = self.offsets.track(record.offset) {
+                // A re-delivered offset (e.g. after a seek): already tracked.
+                tracing::warn!(partition = self.partition, error = %e, "record skipped");
+                continue;
+            }
+            let envelope = match Envelope::decode(&record.payload) {
+                Ok(env) => env,
+                Err(e) => {
+                    let q = Quarantine {
+                        reason: "envelope_undecodable",
+                        detail: e.to_string(),
+                    };
+                    quarantined.push((record, "_unknown".to_owned(), q));
+                    continue;
+                }
+            };
+            match event::parse(&envelope, shared.sources.get(&envelope.source)) {
+                Ok(event) => {
+                    m.decoded.with_label_values(&[&event.source]).inc();
+                    let key = event
+                        .ordering_key
+                        .clone()
+                        .unwrap_or_else(|| event.event_id.clone());
+                    let seq = event.sequence;
+                    let out = self.reorder.push(key, seq, Pending { record, event }, now);
+                    self.after_reorder(out, &mut released);
+                }
+                Err(q) => quarantined.push((record, envelope.source, q)),
+            }
+        }
+        let out = self.reorder.tick(now);
+        self.after_reorder(out, &mut released);
+        self.apply(quarantined, released).await
+    }
+
+    /// Releases what waited the gap timeout and handles it.
+    pub async fn tick(&mut self) -> Result<(), Stopped> {
+        let out = self.reorder.tick(std::time::Instant::now());
+        let mut released = Vec::new();
+        self.after_reorder(out, &mut released);
+        self.apply(Vec::new(), released).await
+    }
+
+    /// Marks late events, drops a duplicate-sequence copy of a buffered
+    /// event, and counts.
+    fn after_reorder(&mut self, out: Vec<Released<Pending>>, into: &mut Vec<Pending>) {
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let stats_before = self.reorder_stats_gaps();
+        for r in out {
+            let mut p = r.item;
+            match r.reason {
+                Reason::Late { .. } => {
+                    p.event.late = true;
+                    m.late.with_label_values(&[&p.event.source]).inc();
+                }
+                Reason::DuplicateSeq => {
+                    let same = r
+                        .seq
+                        .and_then(|s| self.reorder.peek(&r.key, s))
+                        .is_some_and(|b| {
+                            b.event.event_id == p.event.event_id && b.event.source == p.event.source
+                        });
+                    if same {
+                        m.duplicates.with_label_values(&[&p.event.source]).inc();
+                        self.offsets.done(p.record.offset);
+                        continue;
+                    }
+                }
+                Reason::Forced { bound, .. } => {
+                    let b = match bound {
+                        Bound::PerKey => "per_key",
+                        Bound::Total => "total",
+                    };
+                    m.forced.with_label_values(&[&self.label, b]).inc();
+                }
+                _ => {}
+            }
+            into.push(p);
+        }
+        let (gaps, skipped) = self.reorder_stats_gaps();
+        m.gaps
+            .with_label_values(&[&self.label])
+            .inc_by(gaps - stats_before.0);
+        m.skipped_sequences
+            .with_label_values(&[&self.label])
+            .inc_by(skipped - stats_before.1);
+        m.reorder_buffered
+            .with_label_values(&[&self.label])
+            .set(self.reorder.buffered() as i64);
+    }
+
+    fn reorder_stats_gaps(&self) -> (u64, u64) {
+        let s = self.reorder.stats();
+        (s.gaps, s.skipped)
+    }
+
+    async fn apply(
+        &mut self,
+        quarantined: Vec<(RawRecord, String, Quarantine)>,
+        released: Vec<Pending>,
+    ) -> Result<(), Stopped> {
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        // 1. Quarantine.
+        for (record, source, why) in &quarantined {
+            self.retry("quarantine", || shared.side.quarantine(record, source, why))
+                .await?;
+            m.quarantined
+                .with_label_values(&[source.as_str(), why.reason])
+                .inc();
+            tracing::warn!(
+                partition = self.partition,
+                offset = record.offset,
+                source = %source,
+                reason = why.reason,
+                detail = %why.detail,
+                "record quarantined"
+            );
+        }
+        for (record, _, _) in &quarantined {
+            self.offsets.done(record.offset);
+        }
+        // 2. Dedupe and route.
+        let mut in_batch: HashSet<(String, String)> = HashSet::new();
+        let mut per_sink: Vec<Vec<(usize, Arc<Event>)>> = vec![Vec::new(); shared.sinks.len()];
+        let mut finished: Vec<i64> = Vec::new();
+        let mut applied: Vec<usize> = Vec::new();
+        let mut items: Vec<Pending> = Vec::with_capacity(released.len());
+        for p in released {
+            let key = (p.event.source.clone(), p.event.event_id.clone());
+            let seen = in_batch.contains(&key)
+                || self
+                    .retry_sync("dedupe", || {
+                        shared
+                            .dedupe
+                            .seen(&key.0, &key.1)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await?;
+            if seen {
+                m.duplicates.with_label_values(&[&p.event.source]).inc();
+                finished.push(p.record.offset);
+                continue;
+            }
+            in_batch.insert(key);
+            let sinks = shared.router.route(&p.event);
+            if sinks.is_empty() {
+                m.unrouted.with_label_values(&[&p.event.source]).inc();
+                finished.push(p.record.offset);
+                continue;
+            }
+            let i = items.len();
+            let event = Arc::new(p.event.clone());
+            for s in sinks {
+                per_sink[s].push((i, event.clone()));
+            }
+            applied.push(i);
+            items.push(p);
+        }
+        // 3. Deliver to every sink concurrently; each retries in order.
+        let deliveries = per_sink
+            .into_iter()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(s, batch)| self.deliver(s, batch, &items));
+        let results = futures::future::join_all(deliveries).await;
+        for r in results {
+            r?;
+        }
+        // 4. Remember what was applied, then let the offsets move.
+        if !applied.is_empty() {
+            let at = SystemTime::now();
+            self.retry_sync("dedupe", || {
+                let batch: Vec<DedupeRecord<'_>> = applied
+                    .iter()
+                    .map(|&i| DedupeRecord {
+                        source: &items[i].event.source,
+                        event_id: &items[i].event.event_id,
+                        at,
+                    })
+                    .collect();
+                shared.dedupe.record(&batch).map_err(|e| e.to_string())
+            })
+            .await?;
+        }
+        for o in finished {
+            self.offsets.done(o);
+        }
+        for p in &items {
+            self.offsets.done(p.record.offset);
+        }
+        Ok(())
+    }
+
+    /// Offers `batch` to sink `s` until every event is accepted or
+    /// dead-lettered.
+    async fn deliver(
+        &self,
+        s: usize,
+        mut batch: Vec<(usize, Arc<Event>)>,
+        items: &[Pending],
+    ) -> Result<(), Stopped> {
+        let sink = &self.shared.sinks[s];
+        let m = &self.shared.metrics;
+        let name = sink.name();
+        let mut backoff = self.shared.retry_initial;
+        loop {
+            let events: Vec<Arc<Event>> = batch.iter().map(|(_, e)| e.clone()).collect();
+            let started = Instant::now();
+            let outcomes = sink.accept(&events).await;
+            m.sink_latency
+                .with_label_values(&[name])
+                .observe(started.elapsed().as_secs_f64());
+            let mut again = Vec::new();
+            let mut last_reason = String::new();
+            for (k, (i, e)) in batch.into_iter().enumerate() {
+                match outcomes.get(k) {
+                    Some(Outcome::Accepted) => m.routed.with_label_values(&[name]).inc(),
+                    Some(Outcome::Reject(reason)) => {
+                        let record = &items[i].record;
+                        self.retry("dead_letter", || {
+                            self.shared.side.dead_letter(record, &e, name, reason)
+                        })
+                        .await?;
+                        m.dead_lettered.with_label_values(&[name]).inc();
+                        tracing::warn!(sink = name, event_id = %e.event_id, %reason, "dead-lettered");
+                    }
+                    Some(Outcome::Retry(reason)) => {
+                        last_reason.clone_from(reason);
+                        again.push((i, e));
+                    }
+                    None => {
+                        last_reason = "the sink answered fewer outcomes than events".into();
+                        again.push((i, e));
+                    }
+                }
+            }
+            if again.is_empty() {
+                return Ok(());
+            }
+            m.sink_retries
+                .with_label_values(&[name])
+                .inc_by(again.len() as u64);
+            tracing::warn!(sink = name, events = again.len(), reason = %last_reason, retry_in = ?backoff, "sink asked to retry");
+            self.pause(backoff).await?;
+            backoff = (backoff * 2).min(self.shared.retry_max);
+            batch = again;
+        }
+    }
+
+    /// Runs `op` until it succeeds, with backoff; gives up on `stop`.
+    async fn retry<'a, F>(&self, what: &str, mut op: F) -> Result<(), Stopped>
+    where
+        F: FnMut() -> BoxFuture<'a, Result<(), String>>,
+    {
+        let mut backoff = self.shared.retry_initial;
+        loop {
+            match op().await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what, error = %e, retry_in = ?backoff, "retrying");
+                    self.pause(backoff).await?;
+                    backoff = (backoff * 2).min(self.shared.retry_max);
+                }
+            }
+        }
+    }
+
+    /// Runs a blocking store call until it succeeds, with backoff.
+    async fn retry_sync<T, F>(&self, what: &str, mut op: F) -> Result<T, Stopped>
+    where
+        F: FnMut() -> Result<T, String>,
+    {
+        let mut backoff = self.shared.retry_initial;
+        loop {
+            // Short blocking calls (a B-tree lookup, one commit per batch):
+            // cheaper inline than a hop to the blocking pool.
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what, error = %e, retry_in = ?backoff, "retrying");
+                    self.pause(backoff).await?;
+                    backoff = (backoff * 2).min(self.shared.retry_max);
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, d: Duration) -> Result<(), Stopped> {
+        let mut stop = self.stop.clone();
+        if *stop.borrow() {
+            return Err(Stopped);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = stopped(&mut stop) => Err(Stopped),
+        }
+    }
+}
+
+/// Resolves once `stop` is raised (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

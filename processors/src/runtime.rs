@@ -1,0 +1,556 @@
+//! The consumer-group runtime: rdkafka's `StreamConsumer` over the raw
+//! topic, one worker task per assigned partition, offsets stored only as far
+//! as each partition's [`PartitionPipeline`] handled everything.
+//!
+//! - The consumer runs on its own thread (its own small tokio runtime), so
+//!   the rebalance callback may block while partitions hand over, without
+//!   stalling the workers, which run on the main runtime.
+//! - Records go to their partition's worker over a bounded channel: a slow
+//!   sink slows the consumer (backpressure), memory stays bounded.
+//! - Offsets: `enable.auto.offset.store=false`; a worker stores its
+//!   partition's committable position after every batch, and librdkafka's
+//!   auto-commit commits stored offsets every second. Nothing read but
+//!   unhandled is ever committed.
+//! - Revocation (rebalance) and shutdown: the partition's worker is told to
+//!   stop, finishes the batch in hand (a sink that keeps failing is given up
+//!   on at its next retry), reports its position, and that position is
+//!   committed synchronously before the partition goes. Events still in the
+//!   reorder buffer are handed over, not drained: the next owner reads them
+//!   again from the committed offset, in order; what was applied past that
+//!   offset is a duplicate the dedupe store (same instance) or the sinks'
+//!   idempotency (another instance) absorbs.
+//!
+//! A partition blocked on a failing sink stops the consumer from polling
+//! once its channel is full; past `kafka.max_poll_interval` the group gives
+//! its partitions to another instance (which applies them idempotently).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::KafkaConfig;
+use crate::event::{Event, Quarantine};
+use crate::metrics::Metrics;
+use crate::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics};
+use crate::sink::BoxFuture;
+
+/// How long a side-topic write may take before it is retried.
+const SIDE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest header value copied from a quarantine reason.
+const MAX_DETAIL: usize = 1024;
+
+/// The librdkafka consumer settings: the guarantees last, so they win.
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("group.id", &kafka.group_id)
+        .set("client.id", &kafka.client_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set(
+            "max.poll.interval.ms",
+            kafka.max_poll_interval.as_millis().to_string(),
+        )
+        .set("statistics.interval.ms", "5000")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000");
+    c
+}
+
+/// The side-topic producer settings: durable like ingest's.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", format!("{}-side", kafka.client_id))
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", SIDE_TIMEOUT.as_millis().to_string());
+    c
+}
+
+/// Quarantine and dead-letter topics on Kafka.
+pub struct KafkaSide {
+    producer: FutureProducer,
+    quarantine_topic: String,
+    dlq_topic: String,
+}
+
+impl KafkaSide {
+    /// Creates the producer (does not contact the brokers yet).
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(KafkaSide {
+            producer: producer_config(kafka).create()?,
+            quarantine_topic: kafka.quarantine_topic.clone(),
+            dlq_topic: kafka.dlq_topic.clone(),
+        })
+    }
+
+    async fn write(
+        &self,
+        topic: &str,
+        record: &RawRecord,
+        headers: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let partition = record.partition.to_string();
+        let offset = record.offset.to_string();
+        let mut h = OwnedHeaders::new()
+            .insert(Header {
+                key: "original-partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "original-offset",
+                value: Some(&offset),
+            });
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut r = FutureRecord::to(topic)
+            .payload(record.payload.as_slice())
+            .headers(h);
+        if let Some(k) = &record.key {
+            r = r.key(k.as_slice());
+        }
+        self.producer
+            .send(r, SIDE_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| format!("{topic}: {e}"))
+    }
+}
+
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_DETAIL {
+        return s;
+    }
+    let mut end = MAX_DETAIL;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl SideTopics for KafkaSide {
+    fn quarantine<'a>(
+        &'a self,
+        record: &'a RawRecord,
+        source: &'a str,
+        why: &'a Quarantine,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let headers = [
+                ("source", source),
+                ("reason", why.reason),
+                ("detail", clip(&why.detail)),
+            ];
+            self.write(&self.quarantine_topic, record, &headers).await
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        record: &'a RawRecord,
+        event: &'a Event,
+        sink: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let headers = [
+                ("source", event.source.as_str()),
+                ("event-id", event.event_id.as_str()),
+                ("sink", sink),
+                ("reason", clip(reason)),
+            ];
+            self.write(&self.dlq_topic, record, &headers).await
+        })
+    }
+}
+
+/// A running partition worker.
+struct Worker {
+    tx: mpsc::Sender<RawRecord>,
+    stop: watch::Sender<bool>,
+    done: std::sync::mpsc::Receiver<Option<i64>>,
+}
+
+/// What the consumer's callbacks share with the consumer loop.
+struct Partitions {
+    workers: HashMap<i32, Worker>,
+    assigned: HashSet<i32>,
+}
+
+/// librdkafka callbacks: logs, statistics (consumer lag), rebalances.
+pub struct Ctx {
+    topic: String,
+    parts: Arc<Mutex<Partitions>>,
+    revoke_timeout: Duration,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[&p.to_string()])
+                        .set(s.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let revoked: Vec<i32> = tpl
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition())
+                .collect();
+            tracing::info!(?revoked, "partitions revoked: handing over");
+            let workers: Vec<(i32, Worker)> = match self.parts.lock() {
+                Ok(mut parts) => revoked
+                    .iter()
+                    .filter_map(|p| {
+                        parts.assigned.remove(p);
+                        parts.workers.remove(p).map(|w| (*p, w))
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            self.metrics.assigned_partitions.sub(revoked.len() as i64);
+            let positions = stop_workers(workers, self.revoke_timeout);
+            commit_positions(consumer, &self.topic, &positions, &self.metrics);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let assigned: Vec<i32> = tpl
+                    .elements()
+                    .iter()
+                    .filter(|e| e.topic() == self.topic)
+                    .map(|e| e.partition())
+                    .collect();
+                tracing::info!(?assigned, "partitions assigned");
+                if let Ok(mut parts) = self.parts.lock() {
+                    parts.assigned.extend(assigned.iter().copied());
+                    self.metrics
+                        .assigned_partitions
+                        .set(parts.assigned.len() as i64);
+                }
+                self.ready.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// Tells each worker to stop and waits (up to `timeout` in all) for the
+/// position it reached.
+fn stop_workers(workers: Vec<(i32, Worker)>, timeout: Duration) -> Vec<(i32, i64)> {
+    for (_, w) in &workers {
+        let _ = w.stop.send(true);
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut positions = Vec::new();
+    for (p, w) in workers {
+        drop(w.tx);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match w.done.recv_timeout(left) {
+            Ok(Some(pos)) => positions.push((p, pos)),
+            Ok(None) => {}
+            Err(_) => tracing::warn!(
+                partition = p,
+                "worker did not finish in time; its last stored offset stands"
+            ),
+        }
+    }
+    positions
+}
+
+fn commit_positions<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    topic: &str,
+    positions: &[(i32, i64)],
+    metrics: &Metrics,
+) {
+    if positions.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (p, pos) in positions {
+        if tpl
+            .add_partition_offset(topic, *p, Offset::Offset(*pos))
+            .is_err()
+        {
+            continue;
+        }
+    }
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => tracing::info!(?positions, "offsets committed"),
+        Err(e) => {
+            metrics.commit_failures.with_label_values(&["commit"]).inc();
+            tracing::error!(error = %e, ?positions, "offset commit failed");
+        }
+    }
+}
+
+/// A handle to the running consumer.
+pub struct Running {
+    /// Set once the consumer joined the group and got an assignment.
+    pub ready: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    /// Waits for the consumer thread to end (after shutdown).
+    pub fn join(self) -> Result<(), String> {
+        self.thread
+            .join()
+            .map_err(|_| "the consumer thread panicked".to_string())?
+    }
+}
+
+/// Starts the consumer thread. Workers are spawned on `workers_rt`.
+pub fn start(
+    kafka: &KafkaConfig,
+    processing: &crate::config::ProcessingConfig,
+    shared: Arc<Shared>,
+    workers_rt: tokio::runtime::Handle,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running, KafkaError> {
+    let parts = Arc::new(Mutex::new(Partitions {
+        workers: HashMap::new(),
+        assigned: HashSet::new(),
+    }));
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Ctx {
+        topic: kafka.topic.clone(),
+        parts: parts.clone(),
+        revoke_timeout: processing.revoke_timeout,
+        metrics: shared.metrics.clone(),
+        ready: ready.clone(),
+    };
+    let consumer: StreamConsumer<Ctx> = consumer_config(kafka).create_with_context(ctx)?;
+    consumer.subscribe(&[&kafka.topic])?;
+    let consumer = Arc::new(consumer);
+    let topic = kafka.topic.clone();
+    let batch_max = processing.batch_max;
+    let capacity = processing.channel_capacity;
+    let revoke_timeout = processing.revoke_timeout;
+    let thread = std::thread::Builder::new()
+        .name("consumer".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(consume(
+                consumer,
+                topic,
+                parts,
+                shared,
+                workers_rt,
+                shutdown,
+                batch_max,
+                capacity,
+                revoke_timeout,
+            ));
+            Ok(())
+        })
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+    Ok(Running { ready, thread })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn consume(
+    consumer: Arc<StreamConsumer<Ctx>>,
+    topic: String,
+    parts: Arc<Mutex<Partitions>>,
+    shared: Arc<Shared>,
+    workers_rt: tokio::runtime::Handle,
+    mut shutdown: watch::Receiver<bool>,
+    batch_max: usize,
+    capacity: usize,
+    revoke_timeout: Duration,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = consumer.recv() => m,
+            _ = crate::pipeline::stopped(&mut shutdown) => break,
+        };
+        let (partition, record) = match msg {
+            Ok(m) => {
+                if m.topic() != topic {
+                    continue;
+                }
+                let record = RawRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: Arc::new(m.payload().unwrap_or_default().to_vec()),
+                };
+                (m.partition(), record)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        let tx = {
+            let Ok(mut p) = parts.lock() else { break };
+            if !p.assigned.contains(&partition) {
+                continue;
+            }
+            let w = p.workers.entry(partition).or_insert_with(|| {
+                spawn_worker(
+                    partition,
+                    &topic,
+                    consumer.clone(),
+                    shared.clone(),
+                    &workers_rt,
+                    batch_max,
+                    capacity,
+                )
+            });
+            w.tx.clone()
+        };
+        if tx.send(record).await.is_err() {
+            tracing::debug!(partition, "worker gone; record left for the next owner");
+        }
+    }
+    // Shutdown: hand every partition over, as on revocation.
+    let workers: Vec<(i32, Worker)> = match parts.lock() {
+        Ok(mut p) => p.workers.drain().collect(),
+        Err(_) => Vec::new(),
+    };
+    // This thread runs only the consumer: blocking it here is fine.
+    let positions = stop_workers(workers, revoke_timeout);
+    commit_positions(consumer.as_ref(), &topic, &positions, &shared.metrics);
+    tracing::info!("consumer stopped");
+}
+
+fn spawn_worker(
+    partition: i32,
+    topic: &str,
+    consumer: Arc<StreamConsumer<Ctx>>,
+    shared: Arc<Shared>,
+    rt: &tokio::runtime::Handle,
+    batch_max: usize,
+    capacity: usize,
+) -> Worker {
+    let (tx, mut rx) = mpsc::channel::<RawRecord>(capacity);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let topic = topic.to_owned();
+    let label = partition.to_string();
+    rt.spawn(async move {
+        let metrics = shared.metrics.clone();
+        let mut pipeline = PartitionPipeline::new(partition, shared, stop_rx.clone());
+        let mut stop = stop_rx;
+        let mut buf = Vec::with_capacity(batch_max);
+        loop {
+            let deadline = pipeline.next_deadline().map(tokio::time::Instant::from_std);
+            let outcome = tokio::select! {
+                biased;
+                _ = crate::pipeline::stopped(&mut stop) => break,
+                n = rx.recv_many(&mut buf, batch_max) => {
+                    if n == 0 {
+                        break;
+                    }
+                    pipeline.handle(std::mem::take(&mut buf)).await
+                }
+                _ = sleep_until_opt(deadline) => pipeline.tick().await,
+            };
+            if outcome.is_err() {
+                break;
+            }
+            if let Some(pos) = pipeline.committable() {
+                store(&consumer, &topic, partition, pos, &metrics);
+            }
+            metrics
+                .commit_lag
+                .with_label_values(&[&label])
+                .set(pipeline.outstanding() as i64);
+        }
+        let _ = done_tx.send(pipeline.position());
+    });
+    Worker {
+        tx,
+        stop: stop_tx,
+        done: done_rx,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, pos: i64, m: &Metrics) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(pos))
+        .is_err()
+    {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Expected right after a revocation; the new owner takes over.
+        m.commit_failures.with_label_values(&["store"]).inc();
+        tracing::debug!(partition, error = %e, "offset not stored");
+    }
+}
