@@ -117,6 +117,17 @@ struct Pending {
     event: Event,
 }
 
+/// What holds a place in a key's sequence.
+#[derive(Debug)]
+enum Slot {
+    /// An event to deliver (boxed: the placeholder is far smaller).
+    Event(Box<Pending>),
+    /// A quarantined record whose envelope named its key and sequence: it
+    /// fills its slot so the key's next events need not wait the gap
+    /// timeout for it. Already handled; released, it is ignored.
+    Quarantined,
+}
+
 /// The batch was abandoned because `stop` was raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stopped before the batch was fully handled")]
@@ -128,7 +139,7 @@ pub struct PartitionPipeline {
     label: String,
     shared: Arc<Shared>,
     offsets: PartitionOffsets,
-    reorder: Reorderer<Pending>,
+    reorder: Reorderer<Slot>,
     stop: watch::Receiver<bool>,
 }
 
@@ -199,10 +210,23 @@ impl PartitionPipeline {
                         .clone()
                         .unwrap_or_else(|| event.event_id.clone());
                     let seq = event.sequence;
-                    let out = self.reorder.push(key, seq, Pending { record, event }, now);
+                    let out = self.reorder.push(
+                        key,
+                        seq,
+                        Slot::Event(Box::new(Pending { record, event })),
+                        now,
+                    );
                     self.after_reorder(out, &mut released);
                 }
-                Err(q) => quarantined.push((record, envelope.source, q)),
+                Err(q) => {
+                    if let (Some(key), Some(seq)) = (&envelope.ordering_key, envelope.sequence) {
+                        let out = self
+                            .reorder
+                            .push(key.clone(), Some(seq), Slot::Quarantined, now);
+                        self.after_reorder(out, &mut released);
+                    }
+                    quarantined.push((record, envelope.source, q));
+                }
             }
         }
         let out = self.reorder.tick(now);
@@ -220,24 +244,25 @@ impl PartitionPipeline {
 
     /// Marks late events, drops a duplicate-sequence copy of a buffered
     /// event, and counts.
-    fn after_reorder(&mut self, out: Vec<Released<Pending>>, into: &mut Vec<Pending>) {
+    fn after_reorder(&mut self, out: Vec<Released<Slot>>, into: &mut Vec<Pending>) {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let stats_before = self.reorder_stats_gaps();
         for r in out {
-            let mut p = r.item;
+            let Slot::Event(p) = r.item else {
+                continue;
+            };
+            let mut p = *p;
             match r.reason {
-                Reason::Late { .. } => {
-                    p.event.late = true;
-                    m.late.with_label_values(&[&p.event.source]).inc();
-                }
+                // Counted once it proves not to be a duplicate (`apply`).
+                Reason::Late { .. } => p.event.late = true,
                 Reason::DuplicateSeq => {
-                    let same = r
-                        .seq
-                        .and_then(|s| self.reorder.peek(&r.key, s))
-                        .is_some_and(|b| {
-                            b.event.event_id == p.event.event_id && b.event.source == p.event.source
-                        });
+                    let same = matches!(
+                        r.seq.and_then(|s| self.reorder.peek(&r.key, s)),
+                        Some(Slot::Event(b))
+                            if b.event.event_id == p.event.event_id
+                                && b.event.source == p.event.source
+                    );
                     if same {
                         m.duplicates.with_label_values(&[&p.event.source]).inc();
                         self.offsets.done(p.record.offset);
@@ -321,6 +346,9 @@ impl PartitionPipeline {
                 continue;
             }
             in_batch.insert(key);
+            if p.event.late {
+                m.late.with_label_values(&[&p.event.source]).inc();
+            }
             let sinks = shared.router.route(&p.event);
             if sinks.is_empty() {
                 m.unrouted.with_label_values(&[&p.event.source]).inc();

@@ -539,3 +539,204 @@ pub async fn send_purple(
         }
     }
 }
+
+/// A running `processors run`, killed when dropped.
+pub struct Processor {
+    /// Where `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Processor {
+    /// Writes `config` to a file, starts `processors run`, and waits for its
+    /// "metrics on" line.
+    pub fn start(config: &str) -> Processor {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("processors.toml");
+        std::fs::write(&path, config).expect("writing config");
+        let log = std::fs::File::create(dir.path().join("processors.log")).expect("log file");
+        let mut cmd = Command::new(binary("processors"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("PROCESSORS_LOG", "info,librdkafka=error,sink=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting processors");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("reading processors stdout");
+        let Some(url) = line.trim().strip_prefix("metrics on http://") else {
+            let log =
+                std::fs::read_to_string(dir.path().join("processors.log")).unwrap_or_default();
+            panic!("processors did not start: {line:?}\n{log}");
+        };
+        Processor {
+            metrics_addr: url.parse().expect("metrics address"),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit.
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("processors is running");
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for processors") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "processors did not exit within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The sum of a metric's samples (all label values), 0 if absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.metrics_addr);
+        let Ok(r) = reqwest::get(&url).await else {
+            return 0.0;
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("processors.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A processors config: the `purple` source parsed as guest-WiFi, every
+/// event routed to a JSON-lines sink at `sink_path`.
+pub fn processors_config(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    dedupe_path: &std::path::Path,
+    sink_path: &std::path::Path,
+    extra_processing: &str,
+) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topic = "{topic}"
+quarantine_topic = "{topic}.quarantine"
+dlq_topic = "{topic}.dlq"
+
+[processing]
+retry_initial = "50ms"
+retry_max = "1s"
+revoke_timeout = "10s"
+{extra_processing}
+
+[dedupe]
+path = "{dedupe}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.test]
+kind = "jsonl"
+path = "{sink}"
+
+[[routes]]
+name = "everything"
+sinks = ["test"]
+"#,
+        dedupe = dedupe_path.display(),
+        sink = sink_path.display(),
+    )
+}
+
+/// The envelope ingest would write for a guest-WiFi event.
+pub fn purple_envelope(id: &str, venue: &str, sequence: u64, body: Option<Vec<u8>>) -> Vec<u8> {
+    schemas::Envelope {
+        event_id: id.into(),
+        source: "purple".into(),
+        received_at_micros: 1_795_370_591_000_000,
+        body: body.unwrap_or_else(|| purple_event(id, venue, sequence)),
+        headers: vec![],
+        content_type: Some("application/json".into()),
+        client_addr: Some("127.0.0.1".into()),
+        verification: schemas::Verification {
+            scheme: "hmac".into(),
+            secret_id: "current".into(),
+        },
+        ordering_key: Some(venue.into()),
+        sequence: Some(sequence as i64),
+        request_id: format!("req-{id}"),
+    }
+    .encode()
+    .expect("encoding an envelope")
+}
+
+/// Produces `(key, value)` records in order (acks=all), as ingest would.
+pub async fn produce(brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    let sends = records.iter().map(|(k, v)| {
+        producer.send(
+            FutureRecord::to(topic)
+                .key(k.as_slice())
+                .payload(v.as_slice()),
+            Duration::from_secs(30),
+        )
+    });
+    for r in futures::future::join_all(sends).await {
+        r.expect("producing a test record");
+    }
+}
+
+/// The events in a JSON-lines sink file, in file order.
+pub fn sink_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with('}'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

@@ -1,0 +1,278 @@
+//! The processors against a real broker: reorder, dedupe, quarantine,
+//! crashes and a second instance taking over.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use e2e::{Broker, Processor, processors_config, produce, purple_envelope, read_topic, sink_lines};
+
+/// Waits (bounded) until the sink holds `n` lines.
+async fn wait_for_lines(path: &std::path::Path, n: usize, within: Duration, logs: &[&Processor]) {
+    let deadline = Instant::now() + within;
+    loop {
+        let have = sink_lines(path).len();
+        if have >= n {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
+            panic!(
+                "the sink has {have} of {n} events after {within:?}:\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts each id appears once, the set is `expected`, and per venue the
+/// sequences increase in file order.
+fn assert_once_in_order(lines: &[serde_json::Value], expected: &HashSet<String>, ordered: bool) {
+    let mut seen = HashSet::new();
+    for l in lines {
+        let id = l["event_id"].as_str().unwrap().to_string();
+        assert!(seen.insert(id.clone()), "{id} applied twice");
+    }
+    let missing: Vec<_> = expected.difference(&seen).collect();
+    let extra: Vec<_> = seen.difference(expected).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+    if ordered {
+        let mut last: HashMap<String, i64> = HashMap::new();
+        for l in lines {
+            assert_eq!(l["late"], false, "late event: {l}");
+            let venue = l["ordering_key"].as_str().unwrap().to_string();
+            let seq = l["sequence"].as_i64().unwrap();
+            if let Some(prev) = last.insert(venue.clone(), seq) {
+                assert!(seq > prev, "{venue}: {seq} applied after {prev}");
+            }
+        }
+    }
+}
+
+/// Records to produce, the distinct event ids, how many duplicates.
+type Stream = (Vec<(Vec<u8>, Vec<u8>)>, HashSet<String>, usize);
+
+/// A deterministic shuffle (xorshift), so a failure can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() % 10_000) as f64 / 10_000.0 < p
+    }
+}
+
+/// `venues` × `per_venue` events; each venue's first event goes first (a
+/// key's first event sets where its sequence starts), then the rest with
+/// `ooo` of them swapped with their successor and `dups` re-sent later.
+fn stream(venues: usize, per_venue: u64, ooo: f64, dups: f64, seed: u64, prefix: &str) -> Stream {
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    let id = |v: usize, s: u64| format!("{prefix}-v{v}-{s}");
+    let rec = |v: usize, s: u64| {
+        let venue = format!("{prefix}-venue-{v}");
+        (
+            venue.clone().into_bytes(),
+            purple_envelope(&id(v, s), &venue, s, None),
+        )
+    };
+    for v in 0..venues {
+        out.push(rec(v, 1));
+        ids.insert(id(v, 1));
+    }
+    let mut rest = Vec::new();
+    for s in 2..=per_venue {
+        for v in 0..venues {
+            rest.push((v, s));
+            ids.insert(id(v, s));
+        }
+    }
+    // Out of order: swap with the same venue's next event.
+    let mut i = 0;
+    let mut swapped = 0;
+    while i + venues < rest.len() {
+        if rng.chance(ooo) {
+            rest.swap(i, i + venues);
+            swapped += 1;
+            i += 2 * venues;
+        } else {
+            i += 1;
+        }
+    }
+    let mut duplicates = 0;
+    let mut delayed: Vec<(usize, u64)> = Vec::new();
+    for (v, s) in rest {
+        out.push(rec(v, s));
+        if rng.chance(dups) {
+            delayed.push((v, s));
+        }
+        // Re-send a pending duplicate a little later.
+        if delayed.len() > 3 {
+            let (dv, ds) = delayed.remove(0);
+            out.push(rec(dv, ds));
+            duplicates += 1;
+        }
+    }
+    for (v, s) in delayed {
+        out.push(rec(v, s));
+        duplicates += 1;
+    }
+    assert!(duplicates > 0 && (ooo == 0.0 || swapped > 0));
+    (out, ids, duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_reordering_reach_the_sink_once_in_order() {
+    let broker = Broker::start();
+    broker.create_topic("p-order", 3).await;
+    broker.create_topic("p-order.quarantine", 1).await;
+    broker.create_topic("p-order.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let (records, ids, duplicates) = stream(6, 50, 0.2, 0.1, 0x5eed, "o");
+    let processor = Processor::start(&processors_config(
+        &broker.brokers(),
+        "p-order",
+        "g-order",
+        &dir.path().join("dedupe.redb"),
+        &sink,
+        "gap_timeout = \"20s\"",
+    ));
+    produce(&broker.brokers(), "p-order", &records).await;
+    wait_for_lines(&sink, ids.len(), Duration::from_secs(60), &[&processor]).await;
+    // Let any wrongly released duplicate show up before judging.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_once_in_order(&sink_lines(&sink), &ids, true);
+    // The processors dropped every duplicate themselves (the sink's own
+    // idempotency was not needed).
+    assert_eq!(
+        processor
+            .metric("processors_duplicates_dropped_total")
+            .await,
+        duplicates as f64
+    );
+    assert_eq!(processor.metric("processors_late_events_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_go_to_quarantine_and_the_rest_flows() {
+    let broker = Broker::start();
+    broker.create_topic("p-q", 1).await;
+    broker.create_topic("p-q.quarantine", 1).await;
+    broker.create_topic("p-q.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let processor = Processor::start(&processors_config(
+        &broker.brokers(),
+        "p-q",
+        "g-q",
+        &dir.path().join("dedupe.redb"),
+        &sink,
+        "gap_timeout = \"60s\"",
+    ));
+    let v = b"q-venue".to_vec();
+    let records = vec![
+        (v.clone(), purple_envelope("q1", "q-venue", 1, None)),
+        (
+            v.clone(),
+            purple_envelope("q2", "q-venue", 2, Some(b"{\"id\": \"q2\", trunc".to_vec())),
+        ),
+        (v.clone(), b"not an envelope at all".to_vec()),
+        (
+            v.clone(),
+            purple_envelope(
+                "q4",
+                "q-venue",
+                3,
+                Some(br#"{"id":"q4","type":"teleported","sequence":3}"#.to_vec()),
+            ),
+        ),
+        (v.clone(), purple_envelope("q5", "q-venue", 4, None)),
+    ];
+    produce(&broker.brokers(), "p-q", &records).await;
+    // Quarantined records fill their sequence slots: q5 (sequence 4) does
+    // not wait the 60 s gap timeout for 2 and 3.
+    wait_for_lines(&sink, 2, Duration::from_secs(30), &[&processor]).await;
+    let got: Vec<String> = sink_lines(&sink)
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, ["q1", "q5"]);
+    let quarantined = read_topic(&broker.brokers(), "p-q.quarantine").await;
+    let reasons: Vec<(Option<String>, Option<String>)> = quarantined
+        .iter()
+        .map(|r| (r.header("reason"), r.header("original-offset")))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (Some("not_json".into()), Some("1".into())),
+            (Some("envelope_undecodable".into()), Some("2".into())),
+            (Some("invalid".into()), Some("3".into())),
+        ]
+    );
+    // The original envelope, byte for byte.
+    assert_eq!(quarantined[0].value, records[1].1);
+    assert!(
+        quarantined[2]
+            .header("detail")
+            .is_some_and(|d| d.contains("/type")),
+        "{:?}",
+        quarantined[2].header("detail")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_then_restart_and_a_second_instance_apply_every_event_once() {
+    let broker = Broker::start();
+    broker.create_topic("p-kill", 4).await;
+    broker.create_topic("p-kill.quarantine", 1).await;
+    broker.create_topic("p-kill.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let config = |instance: &str| {
+        processors_config(
+            &broker.brokers(),
+            "p-kill",
+            "g-kill",
+            &dir.path().join(format!("dedupe-{instance}.redb")),
+            &sink,
+            "gap_timeout = \"5s\"\nbatch_max = 50",
+        )
+    };
+    let (first, mut ids, _) = stream(8, 150, 0.0, 0.1, 0xdead, "k1");
+    let (second, more, _) = stream(8, 100, 0.0, 0.1, 0xbeef, "k2");
+    ids.extend(more);
+
+    let mut a = Processor::start(&config("a"));
+    produce(&broker.brokers(), "p-kill", &first).await;
+    // Kill it in the middle of the stream.
+    wait_for_lines(&sink, 300, Duration::from_secs(60), &[&a]).await;
+    a.kill();
+    let applied_at_kill = sink_lines(&sink).len();
+    assert!(
+        applied_at_kill < first.len(),
+        "the stream was over before the kill"
+    );
+
+    // A second instance and the restarted first share the partitions.
+    let b = Processor::start(&config("b"));
+    let a2 = Processor::start(&config("a"));
+    produce(&broker.brokers(), "p-kill", &second).await;
+    wait_for_lines(&sink, ids.len(), Duration::from_secs(120), &[&a2, &b]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_once_in_order(&sink_lines(&sink), &ids, false);
+    eprintln!(
+        "kill -9 after {applied_at_kill} of {} events; {} applied once each",
+        ids.len(),
+        sink_lines(&sink).len()
+    );
+}
