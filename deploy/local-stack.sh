@@ -17,8 +17,8 @@ export PURPLE_WEBHOOK_SECRET=${PURPLE_WEBHOOK_SECRET:-local-demo-secret}
 mkdir -p "$data/tansu"
 
 "$root/deploy/install-tansu.sh"
-echo "building ingest (release)..." >&2
-cargo build --release --locked -p ingest --bin ingest
+echo "building ingest and processors (release)..." >&2
+cargo build --release --locked -p ingest --bin ingest -p processors --bin processors
 
 pids=()
 cleanup() {
@@ -52,6 +52,20 @@ for _ in $(seq 1 100); do
 done
 grep -q "listening on" "$data/ingest.out" || { echo "ingest did not start; see $data/ingest.log" >&2; exit 1; }
 
+metrics_port=${PROCESSORS_METRICS_PORT:-9100}
+export PROCESSORS_KAFKA__BROKERS="127.0.0.1:$kafka_port"
+export PROCESSORS_METRICS__LISTEN="127.0.0.1:$metrics_port"
+export PROCESSORS_DEDUPE__PATH="$data/processors/dedupe.redb"
+export PROCESSORS_SINKS__EVENTS__PATH="$data/processors/events.jsonl"
+"$root/target/release/processors" run --config "$root/deploy/config/processors.local.toml" \
+  > "$data/processors.out" 2> >(tee "$data/processors.log" >&2) &
+pids+=($!)
+for _ in $(seq 1 100); do
+  grep -q "metrics on" "$data/processors.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "metrics on" "$data/processors.out" || { echo "processors did not start; see $data/processors.log" >&2; exit 1; }
+
 body="$root/deploy/examples/purple-event.json"
 sig=$(python3 -c 'import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), open(sys.argv[2],"rb").read(), hashlib.sha256).hexdigest())' "$PURPLE_WEBHOOK_SECRET" "$body")
 cat <<MSG
@@ -69,7 +83,11 @@ source and event-id, value = Avro single-object envelope
 (schemas/avro/envelope/v1.avsc). Read it with any librdkafka-based client
 (librdkafka 2.1 or later: Debian's kcat 2.0.2 cannot talk to tansu).
 
+The processors consume it and append each event once, in order per venue,
+to $data/processors/events.jsonl (VIP arrivals are also logged).
+
 Health: curl http://127.0.0.1:$ingest_port/readyz   Metrics: curl http://127.0.0.1:$ingest_port/metrics
+Processors: curl http://127.0.0.1:$metrics_port/metrics
 Ctrl-C stops everything.
 MSG
 wait

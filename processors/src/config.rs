@@ -216,6 +216,8 @@ pub enum Locate {
 pub enum SinkConfig {
     /// Logs each event as one line (for a first look, and for demos).
     Log,
+    /// Accepts and discards (benchmarks).
+    Null,
     /// Appends each event as one JSON line to a file, once per (source,
     /// event id) even across processes on one host (tests, audits).
     Jsonl {

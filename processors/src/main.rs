@@ -16,7 +16,7 @@ use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::metrics::Metrics;
 use processors::pipeline::Shared;
 use processors::runtime::{self, KafkaSide};
-use processors::sink::{JsonlSink, LogSink, Sink};
+use processors::sink::{JsonlSink, LogSink, NullSink, Sink};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -105,6 +105,7 @@ fn build_sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     for (name, s) in &config.sinks {
         let sink: Arc<dyn Sink> = match s {
             SinkConfig::Log => Arc::new(LogSink::new(name)),
+            SinkConfig::Null => Arc::new(NullSink::new(name)),
             SinkConfig::Jsonl { path } => Arc::new(
                 JsonlSink::open(name, path)
                     .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,

@@ -84,6 +84,29 @@ impl Sink for LogSink {
     }
 }
 
+/// Accepts every event and does nothing: for benchmarks, and to measure
+/// the pipeline without a destination.
+pub struct NullSink {
+    name: String,
+}
+
+impl NullSink {
+    /// A null sink.
+    pub fn new(name: &str) -> Self {
+        NullSink { name: name.into() }
+    }
+}
+
+impl Sink for NullSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move { vec![Outcome::Accepted; batch.len()] })
+    }
+}
+
 /// Appends each event as one JSON line (`{"source", "event_id", ...}`) to a
 /// file, once per (source, event id), also across processes on one host:
 /// each batch holds an exclusive `flock` on the file, first reads what other
