@@ -89,6 +89,69 @@ pub const GUEST_WIFI_TYPES: &[&str] = &[
     "zone_entered",
 ];
 
+/// The current guest-WiFi event schema (`schemas/avro/guest_wifi`), parsed
+/// once.
+pub fn guest_wifi_schema() -> &'static apache_avro::Schema {
+    static SCHEMA: std::sync::OnceLock<apache_avro::Schema> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let (_, text) =
+            schemas::GUEST_WIFI_SCHEMA_VERSIONS[schemas::GUEST_WIFI_SCHEMA_VERSIONS.len() - 1];
+        // Compiled in and round-tripped by this module's tests.
+        #[allow(clippy::expect_used)]
+        apache_avro::Schema::parse_str(text).expect("committed guest-WiFi schema parses")
+    })
+}
+
+impl Event {
+    /// The event as a guest-WiFi Avro record (Avro binary, current
+    /// schema); `None` for events of other parsers.
+    pub fn guest_wifi_avro(&self) -> Option<Result<Vec<u8>, apache_avro::Error>> {
+        use apache_avro::types::Value as A;
+        let w = self.guest_wifi.as_ref()?;
+        let opt = |v: &Option<String>| match v {
+            None => A::Union(0, Box::new(A::Null)),
+            Some(s) => A::Union(1, Box::new(A::String(s.clone()))),
+        };
+        let symbol = GUEST_WIFI_TYPES
+            .iter()
+            .position(|t| *t == w.event_type)
+            .unwrap_or(0);
+        let guest = match &w.guest {
+            None => A::Union(0, Box::new(A::Null)),
+            Some(g) => A::Union(
+                1,
+                Box::new(A::Record(vec![
+                    ("id".into(), A::String(g.id.clone())),
+                    ("email".into(), opt(&g.email)),
+                    ("first_name".into(), opt(&g.first_name)),
+                    ("vip".into(), A::Boolean(g.vip)),
+                ])),
+            ),
+        };
+        let record = A::Record(vec![
+            ("event_id".into(), A::String(self.event_id.clone())),
+            ("source".into(), A::String(self.source.clone())),
+            ("type".into(), A::Enum(symbol as u32, w.event_type.clone())),
+            ("sequence".into(), A::Long(w.sequence)),
+            (
+                "occurred_at".into(),
+                A::TimestampMicros(w.occurred_at_micros),
+            ),
+            (
+                "received_at".into(),
+                A::TimestampMicros(self.received_at_micros),
+            ),
+            ("late".into(), A::Boolean(self.late)),
+            ("venue_id".into(), A::String(w.venue_id.clone())),
+            ("venue_name".into(), opt(&w.venue_name)),
+            ("zone".into(), opt(&w.zone)),
+            ("device_id".into(), opt(&w.device_id)),
+            ("guest".into(), guest),
+        ]);
+        Some(apache_avro::to_avro_datum(guest_wifi_schema(), record))
+    }
+}
+
 /// Why a record goes to quarantine: a stable `reason` code (a metric label
 /// and a Kafka header) and a detail for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -349,6 +412,48 @@ mod tests {
             assert_eq!(q.reason, reason, "{body}: {q:?}");
             assert!(q.detail.contains(needle), "{body}: {q:?}");
         }
+    }
+
+    #[test]
+    fn a_guest_wifi_event_encodes_with_the_committed_schema_and_reads_back() {
+        let e = parse(&envelope(GOOD), Some(&wifi_cfg())).unwrap();
+        let bytes = e.guest_wifi_avro().unwrap().unwrap();
+        // Read with only the .avsc text, as any Avro library would.
+        let schema =
+            apache_avro::Schema::parse_str(schemas::GUEST_WIFI_SCHEMA_VERSIONS[0].1).unwrap();
+        let value = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("not a record: {value:?}");
+        };
+        let get = |n: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        use apache_avro::types::Value as A;
+        assert_eq!(get("type"), A::Enum(0, "guest_connects".into()));
+        assert_eq!(get("sequence"), A::Long(1042));
+        assert_eq!(get("venue_id"), A::String("venue-017".into()));
+        assert_eq!(
+            get("occurred_at"),
+            A::TimestampMicros(1_795_370_591_123_000)
+        );
+        let A::Union(1, guest) = get("guest") else {
+            panic!("no guest")
+        };
+        let A::Record(g) = *guest else {
+            panic!("guest not a record")
+        };
+        assert!(g.contains(&("vip".to_string(), A::Boolean(true))));
+        // Events of other parsers have no guest-WiFi form.
+        assert!(
+            parse(&envelope(r#"{"type": "x"}"#), None)
+                .unwrap()
+                .guest_wifi_avro()
+                .is_none()
+        );
     }
 
     #[test]

@@ -14,6 +14,12 @@ pub mod envelope;
 
 pub use envelope::{DecodeError, EncodeError, Envelope, Header, Verification};
 
+/// Every committed version of the normalized guest-WiFi event schema, oldest
+/// first (`avro/guest_wifi/vN.avsc`): what the processors hand to sinks and
+/// replay tools that want typed guest-WiFi events.
+pub const GUEST_WIFI_SCHEMA_VERSIONS: &[(&str, &str)] =
+    &[("v1", include_str!("../avro/guest_wifi/v1.avsc"))];
+
 /// Every committed version of the envelope schema, oldest first. The last
 /// one is the schema ingest writes with and the processors read into.
 pub const ENVELOPE_SCHEMA_VERSIONS: &[(&str, &str)] =

@@ -80,3 +80,35 @@ fn committed_versions_are_frozen() {
         );
     }
 }
+
+#[test]
+fn guest_wifi_versions_match_the_folder_and_stay_readable() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/avro/guest_wifi");
+    let mut on_disk: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "avsc"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    on_disk.sort_by_key(|(n, _)| n.trim_start_matches('v').parse::<u32>().unwrap());
+    let compiled: Vec<(String, String)> = schemas::GUEST_WIFI_SCHEMA_VERSIONS
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(
+        on_disk, compiled,
+        "avro/guest_wifi/*.avsc and GUEST_WIFI_SCHEMA_VERSIONS differ"
+    );
+    let parsed: Vec<Schema> = compiled
+        .iter()
+        .map(|(n, t)| Schema::parse_str(t).unwrap_or_else(|e| panic!("{n}: {e}")))
+        .collect();
+    for (i, newer) in parsed.iter().enumerate() {
+        for older in &parsed[..i] {
+            SchemaCompatibility::can_read(older, newer).unwrap();
+        }
+    }
+}
