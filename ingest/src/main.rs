@@ -200,29 +200,32 @@ fn send(args: SendArgs) -> ExitCode {
     }
 }
 
+/// Every problem of the file at once, one line each naming the file, then
+/// the source and field: parse errors section by section, cross-field
+/// checks, and every secret (read, never printed). Exit 1 on any problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let mut problems = match Config::load(path) {
-        Ok(config) => match Source::build_all(&config) {
-            Ok(_) => Vec::new(),
-            Err(p) => p,
-        },
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let (config, mut problems) = Config::check(path);
+    if let Some(config) = config
+        && let Err(p) = Source::build_all(&config)
+    {
+        problems.extend(p);
+    }
     if problems.is_empty() {
         println!("{}: ok", path.display());
-        ExitCode::SUCCESS
-    } else {
-        problems.sort();
-        eprintln!(
-            "invalid configuration {}:\n  - {}",
-            path.display(),
-            problems.join("\n  - ")
-        );
-        ExitCode::FAILURE
+        return ExitCode::SUCCESS;
     }
+    problems.sort();
+    problems.dedup();
+    for p in &problems {
+        eprintln!("{}: {p}", path.display());
+    }
+    eprintln!(
+        "{}: {} problem{}",
+        path.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    ExitCode::FAILURE
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
