@@ -77,6 +77,13 @@ struct SendArgs {
     /// Share of events delivered late, far behind their neighbours (0-1).
     #[arg(long, default_value_t = 0.0)]
     late: f64,
+    /// Share of requests sent in bursts (0-1): runs of --burst-size requests
+    /// back to back, ignoring --rate, as a provider flushing a backlog.
+    #[arg(long, default_value_t = 0.0)]
+    bursts: f64,
+    /// Requests per burst (1-10000).
+    #[arg(long, default_value_t = 20)]
+    burst_size: usize,
     /// Random seed, to repeat a run exactly.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -138,6 +145,14 @@ fn send(args: SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = share("bursts", args.bursts) {
+        eprintln!("ingest send: {e}");
+        return ExitCode::from(2);
+    }
+    if !(1..=10_000).contains(&args.burst_size) {
+        eprintln!("ingest send: --burst-size must be between 1 and 10000");
+        return ExitCode::from(2);
+    }
     if args.rate < 0.0 || !args.rate.is_finite() {
         eprintln!("ingest send: --rate must be 0 or more");
         return ExitCode::from(2);
@@ -164,6 +179,8 @@ fn send(args: SendArgs) -> ExitCode {
             ..Default::default()
         },
         faults,
+        bursts: args.bursts,
+        burst_size: args.burst_size,
         timeout: args.timeout,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -181,8 +198,16 @@ fn send(args: SendArgs) -> ExitCode {
             if args.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
+                let bursts = if report.bursts > 0 {
+                    format!(
+                        " ({} of them in {} bursts)",
+                        report.burst_requests, report.bursts
+                    )
+                } else {
+                    String::new()
+                };
                 println!(
-                    "sent {} in {:.1}s ({:.0}/s): {} acknowledged ({} distinct events), refused {:?}",
+                    "sent {}{bursts} in {:.1}s ({:.0}/s): {} acknowledged ({} distinct events), refused {:?}",
                     report.sent,
                     report.seconds,
                     report.sent as f64 / report.seconds.max(1e-9),
