@@ -17,6 +17,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::address::Cidrs;
+use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::SecretRef;
 
 /// The whole ingest configuration.
@@ -60,6 +62,13 @@ pub struct ServerConfig {
     /// before the server stops waiting for them.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Proxies in front of ingest (CIDR blocks, e.g. `10.0.0.0/8`). Only a
+    /// request whose TCP peer is one of them has its `X-Forwarded-For`
+    /// read, right to left, skipping these; the first other address is the
+    /// client. Empty (the default): the peer is the client and the header is
+    /// ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Kafka producer settings.
@@ -147,6 +156,51 @@ pub struct SourceConfig {
     /// (`Authorization`, cookies) are refused.
     #[serde(default = "default_forward_headers")]
     pub forward_headers: Vec<String>,
+    /// Client addresses accepted (CIDR blocks or single addresses, IPv4 and
+    /// IPv6), e.g. the provider's published ranges; any other is refused
+    /// with 403 before the body is read. Absent: every address.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Requests accepted per second, with bursts; past it 429 with
+    /// `Retry-After`, before the body is read. Absent: no limit.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Answer Slack's `url_verification` handshake (a signed POST whose body
+    /// is `{"type": "url_verification", "challenge": ...}`) with its
+    /// challenge, after verifying it, instead of storing it as an event.
+    #[serde(default)]
+    pub url_verification: bool,
+    /// Answer a GET subscription check (`?hub.mode=subscribe&hub.challenge=
+    /// ...&hub.verify_token=...`) with its challenge. Absent: GET is 405.
+    #[serde(default)]
+    pub subscription: Option<SubscriptionConfig>,
+}
+
+/// A token bucket: `burst` requests at once, refilled at `per_second`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second (0.001 to 1000000), e.g. `50.0`.
+    pub per_second: f64,
+    /// Requests accepted at once after a quiet spell (1 to 1000000).
+    pub burst: u32,
+}
+
+/// The GET subscription check (WebSub-style `hub.challenge`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// Query parameter whose value is echoed back.
+    #[serde(default = "default_challenge_param")]
+    pub challenge_param: String,
+    /// Query parameter carrying the verify token.
+    #[serde(default = "default_token_param")]
+    pub token_param: String,
+    /// The token the provider was given (from env or a file, like every
+    /// secret); a check without it is refused with 401. Absent: any caller
+    /// gets the challenge echoed (nothing is stored either way).
+    #[serde(default)]
+    pub verify_token: Option<SecretRef>,
 }
 
 /// Where a value is taken from in a request.
@@ -339,6 +393,12 @@ fn default_client_id() -> String {
 fn default_event_id() -> Option<Extract> {
     Some(Extract::Pointer("/id".into()))
 }
+fn default_challenge_param() -> String {
+    "hub.challenge".into()
+}
+fn default_token_param() -> String {
+    "hub.verify_token".into()
+}
 fn default_forward_headers() -> Vec<String> {
     vec!["user-agent".into(), "x-request-id".into()]
 }
@@ -351,6 +411,7 @@ impl Default for ServerConfig {
             max_in_flight: default_max_in_flight(),
             retry_after: default_retry_after(),
             shutdown_timeout: default_shutdown_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -428,17 +489,7 @@ impl Config {
                 "file not found or not a regular file".to_string(),
             ]));
         }
-        let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            // Only nested keys (`INGEST_KAFKA__BROKERS`): every setting lives in
-            // a section, and this leaves INGEST_CONFIG and INGEST_LOG (the log
-            // filter) to the command line.
-            .merge(
-                Env::prefixed("INGEST_")
-                    .filter(|k| k.as_str().contains("__"))
-                    .split("__"),
-            );
-        let config: Config = figment
+        let config: Config = Self::figment(path)
             .extract()
             .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
         let problems = config.problems();
@@ -447,6 +498,105 @@ impl Config {
         } else {
             Err(fail(problems))
         }
+    }
+
+    /// The file and the environment, layered.
+    fn figment(path: &Path) -> Figment {
+        Figment::new()
+            .merge(Toml::file_exact(path))
+            // Only nested keys (`INGEST_KAFKA__BROKERS`): every setting lives in
+            // a section, and this leaves INGEST_CONFIG and INGEST_LOG (the log
+            // filter) to the command line.
+            .merge(
+                Env::prefixed("INGEST_")
+                    .filter(|k| k.as_str().contains("__"))
+                    .split("__"),
+            )
+    }
+
+    /// For `ingest check-config`: loads like [`Config::load`] but does not
+    /// stop at the first section that fails to parse. Each section and each
+    /// source is parsed on its own, so one unknown field does not hide the
+    /// problems of the others. Returns what parsed (failed sections take
+    /// their defaults, failed sources are left out) and every problem found;
+    /// secrets are not read here (see [`crate::source::Source::build_all`]).
+    pub fn check(path: &Path) -> (Option<Config>, Vec<String>) {
+        if !path.is_file() {
+            return (
+                None,
+                vec!["file not found or not a regular file".to_string()],
+            );
+        }
+        let figment = Self::figment(path);
+        let whole = match figment.extract::<Config>() {
+            Ok(config) => {
+                let problems = config.problems();
+                return (Some(config), problems);
+            }
+            Err(e) => e,
+        };
+        let root: BTreeMap<String, figment::value::Value> = match figment.extract() {
+            Ok(r) => r,
+            Err(e) => return (None, e.into_iter().map(|e| describe_figment(&e)).collect()),
+        };
+        let mut p = Vec::new();
+        let mut config = Config {
+            server: ServerConfig::default(),
+            kafka: KafkaConfig::default(),
+            log: LogConfig::default(),
+            sources: BTreeMap::new(),
+        };
+        fn section<T: serde::de::DeserializeOwned>(
+            at: &str,
+            v: &figment::value::Value,
+            p: &mut Vec<String>,
+        ) -> Option<T> {
+            v.deserialize::<T>()
+                .map_err(|e| {
+                    p.extend(e.into_iter().map(|e| {
+                        let path = e.path.join(".");
+                        let at = if path.is_empty() {
+                            at.to_string()
+                        } else {
+                            format!("{at}.{path}")
+                        };
+                        format!("{at}: {}", e.kind)
+                    }))
+                })
+                .ok()
+        }
+        let mut failed_sources = false;
+        for (key, value) in &root {
+            match key.as_str() {
+                "server" => config.server = section(key, value, &mut p).unwrap_or_default(),
+                "kafka" => config.kafka = section(key, value, &mut p).unwrap_or_default(),
+                "log" => config.log = section(key, value, &mut p).unwrap_or_default(),
+                "sources" => {
+                    let all: BTreeMap<String, figment::value::Value> =
+                        section(key, value, &mut p).unwrap_or_default();
+                    for (name, v) in &all {
+                        match section::<SourceConfig>(&format!("sources.{name}"), v, &mut p) {
+                            Some(src) => {
+                                config.sources.insert(name.clone(), src);
+                            }
+                            None => failed_sources = true,
+                        }
+                    }
+                }
+                other => p.push(format!(
+                    "{other}: unknown field `{other}`, expected one of `server`, `kafka`, `log`, `sources`"
+                )),
+            }
+        }
+        if p.is_empty() {
+            // Parsed section by section after all: say what the whole did.
+            p.extend(whole.into_iter().map(|e| describe_figment(&e)));
+        }
+        p.extend(config.problems().into_iter().filter(|line| {
+            // Sources that did not parse are reported already.
+            !(failed_sources && line.starts_with("sources: no source configured"))
+        }));
+        (Some(config), p)
     }
 
     /// Parses TOML text with no environment layer (tests, examples).
@@ -481,6 +631,11 @@ impl Config {
         }
         if s.retry_after.as_secs() == 0 {
             p.push("server.retry_after: must be at least 1s".into());
+        }
+        if let Err(bad) = Cidrs::parse(&s.trusted_proxies) {
+            for (i, why) in bad {
+                p.push(format!("server.trusted_proxies[{i}]: {why}"));
+            }
         }
         let k = &self.kafka;
         if k.brokers.trim().is_empty() {
@@ -616,9 +771,78 @@ impl Config {
                     ));
                 }
             }
+            access_problems(&at, src, &mut p);
         }
         p
     }
+}
+
+/// The checks of a source's allow-list, rate limit and handshakes.
+fn access_problems(at: &str, src: &SourceConfig, p: &mut Vec<String>) {
+    match &src.allow {
+        Some(list) if list.is_empty() => p.push(format!(
+            "{at}.allow: an empty list refuses every address; remove `allow` to accept any"
+        )),
+        Some(list) => {
+            if let Err(bad) = Cidrs::parse(list) {
+                for (i, why) in bad {
+                    p.push(format!("{at}.allow[{i}]: {why}"));
+                }
+            }
+        }
+        None => {}
+    }
+    if let Some(r) = &src.rate_limit {
+        let (min, max) = RATE_RANGE;
+        if !(r.per_second.is_finite() && r.per_second >= min && r.per_second <= max) {
+            p.push(format!(
+                "{at}.rate_limit.per_second: {} must be between {min} and {max}",
+                r.per_second
+            ));
+        }
+        if r.burst == 0 || r.burst > MAX_BURST {
+            p.push(format!(
+                "{at}.rate_limit.burst: {} must be between 1 and {MAX_BURST}",
+                r.burst
+            ));
+        }
+    }
+    if let Some(sub) = &src.subscription {
+        for (field, param) in [
+            ("challenge_param", &sub.challenge_param),
+            ("token_param", &sub.token_param),
+        ] {
+            if !valid_query_param(param) {
+                p.push(format!(
+                    "{at}.subscription.{field}: {param:?} must be 1-64 visible ASCII characters, none of & = # ? + %"
+                ));
+            }
+        }
+        if sub.challenge_param == sub.token_param {
+            p.push(format!(
+                "{at}.subscription.token_param: must differ from challenge_param"
+            ));
+        }
+        if let Some(t) = &sub.verify_token {
+            let tat = format!("{at}.subscription.verify_token");
+            if !valid_secret_id(&t.id) {
+                p.push(format!(
+                    "{tat}.id: {:?} must be 1-64 of a-z A-Z 0-9 . _ -",
+                    t.id
+                ));
+            }
+            if t.env.is_some() == t.file.is_some() {
+                p.push(format!("{tat}: name exactly one of `env` or `file`"));
+            }
+        }
+    }
+}
+
+fn valid_query_param(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#' | b'?' | b'+' | b'%'))
 }
 
 fn describe_figment(e: &figment::Error) -> String {
@@ -894,6 +1118,158 @@ mod tests {
                 "{text}: missing {needle:?} in:\n{all}"
             );
         }
+    }
+
+    #[test]
+    fn access_and_handshake_keys_parse_with_defaults() {
+        let text = GOOD.replace(
+            "request_timeout = \"1500ms\"",
+            "request_timeout = \"1500ms\"\ntrusted_proxies = [\"10.0.0.0/8\", \"fd00::/8\"]",
+        ) + r#"
+            allow = ["203.0.113.0/24", "2001:db8::/32", "192.0.2.7"]
+            rate_limit = { per_second = 50.0, burst = 100 }
+            url_verification = true
+            subscription = { verify_token = { id = "t1", env = "HUB_TOKEN" } }
+        "#;
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!(c.server.trusted_proxies, ["10.0.0.0/8", "fd00::/8"]);
+        let s = &c.sources["purple"];
+        assert_eq!(s.allow.as_ref().map(Vec::len), Some(3));
+        assert_eq!(
+            s.rate_limit,
+            Some(RateLimitConfig {
+                per_second: 50.0,
+                burst: 100
+            })
+        );
+        assert!(s.url_verification);
+        let sub = s.subscription.as_ref().unwrap();
+        assert_eq!(sub.challenge_param, "hub.challenge");
+        assert_eq!(sub.token_param, "hub.verify_token");
+        assert_eq!(sub.verify_token.as_ref().unwrap().id, "t1");
+        // Off by default.
+        let plain = &Config::from_toml(GOOD).unwrap().sources["purple"];
+        assert!(plain.allow.is_none() && plain.rate_limit.is_none());
+        assert!(!plain.url_verification && plain.subscription.is_none());
+    }
+
+    #[test]
+    fn access_and_handshake_problems_are_named() {
+        let with = |extra: &str| {
+            Config::from_toml(&format!("{GOOD}\n{extra}\n"))
+                .unwrap_err()
+                .problems
+                .join("\n")
+        };
+        for (extra, needle) in [
+            (
+                r#"allow = ["10.0.0.0/8", "10.0.0/8"]"#,
+                "sources.purple.allow[1]: \"10.0.0/8\" is not a CIDR",
+            ),
+            (
+                r#"allow = ["10.0.0.1/8"]"#,
+                "sources.purple.allow[0]: \"10.0.0.1/8\" has bits set past its prefix",
+            ),
+            (
+                "allow = []",
+                "sources.purple.allow: an empty list refuses every address",
+            ),
+            (
+                "rate_limit = { per_second = 0.0, burst = 10 }",
+                "sources.purple.rate_limit.per_second: 0 must be between",
+            ),
+            (
+                "rate_limit = { per_second = 5.0, burst = 0 }",
+                "sources.purple.rate_limit.burst: 0 must be between 1 and 1000000",
+            ),
+            (
+                "rate_limit = { per_second = 5.0 }",
+                "sources.purple.rate_limit: missing field `burst`",
+            ),
+            (
+                "rate_limit = { per_second = 5.0, burst = 1, window = \"1s\" }",
+                "window",
+            ),
+            (
+                r#"subscription = { challenge_param = "a&b" }"#,
+                "sources.purple.subscription.challenge_param: \"a&b\" must be",
+            ),
+            (
+                r#"subscription = { token_param = "hub.challenge" }"#,
+                "sources.purple.subscription.token_param: must differ from challenge_param",
+            ),
+            (
+                r#"subscription = { verify_token = { id = "t", env = "A", file = "/b" } }"#,
+                "sources.purple.subscription.verify_token: name exactly one of `env` or `file`",
+            ),
+            (
+                r#"subscription = { verify_token = { id = "", env = "A" } }"#,
+                "sources.purple.subscription.verify_token.id",
+            ),
+            ("url_verification = \"yes\"", "url_verification"),
+        ] {
+            let all = with(extra);
+            assert!(
+                all.contains(needle),
+                "{extra}: missing {needle:?} in:\n{all}"
+            );
+        }
+        let text = GOOD.replace(
+            "[kafka]",
+            "trusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]\n[kafka]",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("server.trusted_proxies[1]: \"proxy.internal\" is not a CIDR"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn check_reports_the_problems_of_every_section_at_once() {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(
+            br#"
+            [server]
+            listen = "not an address"
+            [sources.typo]
+            alow = ["10.0.0.0/8"]
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "X" }] }
+            [sources.rot]
+            signature = { scheme = "rot13", secrets = [{ id = "a", env = "X" }] }
+            [sources.ok]
+            allow = ["10.0.0/8"]
+            event_id = { pointer = "id" }
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "X" }] }
+            [extra]
+            "#,
+        )
+        .unwrap();
+        let (config, problems) = Config::check(f.path());
+        let all = problems.join("\n");
+        for needle in [
+            "server.listen:",
+            "sources.typo.alow: unknown field",
+            "sources.rot.signature",
+            "rot13",
+            "sources.ok.allow[0]: \"10.0.0/8\" is not a CIDR",
+            "sources.ok.event_id.pointer",
+            "extra: unknown field `extra`",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        // What parsed is returned, so its secrets can be checked too.
+        let config = config.unwrap();
+        assert_eq!(config.sources.keys().collect::<Vec<_>>(), ["ok"]);
+        // A good file: no problems, and the same config as `load`.
+        let mut g = tempfile::NamedTempFile::new().unwrap();
+        g.write_all(GOOD.as_bytes()).unwrap();
+        let (config, problems) = Config::check(g.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(config.unwrap().sources.contains_key("purple"));
+        let (none, problems) = Config::check(Path::new("/nonexistent/ingest.toml"));
+        assert!(none.is_none() && problems.len() == 1);
     }
 
     #[test]

@@ -1,15 +1,23 @@
 //! The HTTP surface: `POST /webhooks/{source}`, `/healthz`, `/readyz`,
 //! `/metrics`.
 //!
-//! The webhook handler's order is the contract: find the source, take an
-//! in-flight slot, refuse an oversized `Content-Length`, read the body under
-//! its cap and the deadline, verify the signature on those exact bytes,
-//! build the envelope, and answer 200 only once the brokers acknowledged the
-//! record. Every refusal goes through [`AppError`], which logs and counts it
-//! in one place and answers `{"error": {"code", "detail"}}`.
+//! The webhook handler's order is the contract: find the source, resolve
+//! the client address and check it against the source's allow-list, take a
+//! token from its rate limit, take an in-flight slot, refuse an oversized
+//! `Content-Length`, read the body under its cap and the deadline, verify
+//! the signature on those exact bytes, answer a configured `url_verification`
+//! handshake, else build the envelope, and answer 200 only once the brokers
+//! acknowledged the record. Everything up to the in-flight slot happens
+//! before a byte of the body is read, so a refused sender costs next to
+//! nothing. `GET /webhooks/{source}` is the subscription check where one is
+//! configured (after the same address and rate checks), else 405.
+//!
+//! Every refusal goes through [`AppError`] and one function that logs and
+//! counts it (`ingest_refusals_total{source,code}`) and answers
+//! `{"error": {"code", "detail"}}`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,8 +33,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::address::{Cidrs, client_addr};
+use crate::handshake::{self, HandshakeError};
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
 use crate::producer::{DeliveryError, KafkaProducer};
+use crate::rate_limit::retry_after_secs;
 use crate::signature::VerifyError;
 use crate::source::Source;
 
@@ -46,6 +57,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `Retry-After` for 503 answers.
     pub retry_after: Duration,
+    /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<Cidrs>,
 }
 
 /// The router. Tested without a socket through `tower::ServiceExt::oneshot`.
@@ -53,7 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/webhooks/{source}",
-            post(receive).fallback(method_not_allowed),
+            post(receive).get(subscribe).fallback(method_not_allowed),
         )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/readyz", get(readyz).fallback(method_not_allowed))
@@ -79,6 +92,12 @@ pub enum AppError {
     BodyTimeout,
     /// An empty body is never an event.
     EmptyBody,
+    /// The client address is not in the source's allow-list.
+    AddressNotAllowed,
+    /// The source's rate limit is exhausted; retry after this many seconds.
+    RateLimited(u64),
+    /// A challenge handshake that cannot be answered.
+    Handshake(HandshakeError),
     /// The signature did not verify.
     Signature(VerifyError),
     /// Too many requests in flight.
@@ -98,6 +117,12 @@ impl AppError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             AppError::BodyRead | AppError::EmptyBody => StatusCode::BAD_REQUEST,
+            AppError::AddressNotAllowed => StatusCode::FORBIDDEN,
+            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Handshake(
+                HandshakeError::ChallengeMissing(_) | HandshakeError::ChallengeInvalid(_),
+            ) => StatusCode::BAD_REQUEST,
+            AppError::Handshake(_) => StatusCode::UNAUTHORIZED,
             AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::Signature(_) => StatusCode::UNAUTHORIZED,
             AppError::Overloaded | AppError::Delivery(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +142,9 @@ impl AppError {
             AppError::BodyRead => "body_read_failed",
             AppError::BodyTimeout => "body_timeout",
             AppError::EmptyBody => "empty_body",
+            AppError::AddressNotAllowed => "address_not_allowed",
+            AppError::RateLimited(_) => "rate_limited",
+            AppError::Handshake(e) => e.code(),
             AppError::Signature(e) => e.code(),
             AppError::Overloaded => "overloaded",
             AppError::Delivery(DeliveryError::Timeout) => "delivery_timeout",
@@ -136,6 +164,13 @@ impl AppError {
             AppError::BodyRead => "the request body could not be read in full".into(),
             AppError::BodyTimeout => "the request body did not arrive before the deadline".into(),
             AppError::EmptyBody => "the request body is empty".into(),
+            AppError::AddressNotAllowed => {
+                "this source does not accept requests from this client address".into()
+            }
+            AppError::RateLimited(secs) => {
+                format!("this source's rate limit is exhausted; retry in {secs} s")
+            }
+            AppError::Handshake(e) => e.to_string(),
             AppError::Signature(e) => e.to_string(),
             AppError::Overloaded => "too many requests in flight; retry later".into(),
             AppError::Delivery(DeliveryError::TooLarge) => {
@@ -148,9 +183,16 @@ impl AppError {
         }
     }
 
-    fn retry_after(&self) -> bool {
-        self.status() == StatusCode::SERVICE_UNAVAILABLE
-            || self.status() == StatusCode::TOO_MANY_REQUESTS
+    /// The `Retry-After` to send, if any: the rate limit's own wait for
+    /// 429, the configured one for 503.
+    fn retry_after(&self, configured: Duration) -> Option<u64> {
+        match self {
+            AppError::RateLimited(secs) => Some((*secs).max(1)),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                Some(configured.as_secs().max(1))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the refusal leaves part of the body unread on the
@@ -159,7 +201,11 @@ impl AppError {
     fn leaves_body_unread(&self) -> bool {
         matches!(
             self,
-            AppError::BodyTooLarge(_) | AppError::BodyRead | AppError::BodyTimeout
+            AppError::BodyTooLarge(_)
+                | AppError::BodyRead
+                | AppError::BodyTimeout
+                | AppError::AddressNotAllowed
+                | AppError::RateLimited(_)
         )
     }
 
@@ -169,11 +215,9 @@ impl AppError {
             "error": { "code": self.code(), "detail": self.detail() }
         });
         let mut resp = (status, axum::Json(body)).into_response();
-        if self.retry_after() {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(retry_after.as_secs().max(1)),
-            );
+        if let Some(secs) = self.retry_after(retry_after) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if self.leaves_body_unread() {
             resp.headers_mut()
@@ -287,18 +331,21 @@ async fn respond(
 ) -> Response {
     let result = match source {
         None => Err(AppError::UnknownSource),
-        Some(source) => match state.in_flight.clone().try_acquire_owned() {
-            Err(_) => Err(AppError::Overloaded),
-            Ok(_permit) => {
-                state.metrics.in_flight.inc();
-                let _guard = InFlight(state.metrics.clone());
-                accept(&state, &source, req, &rid, deadline).await
-            }
+        Some(source) => match admit(&state, &source, &req) {
+            Err(e) => Err(e),
+            Ok(client) => match state.in_flight.clone().try_acquire_owned() {
+                Err(_) => Err(AppError::Overloaded),
+                Ok(_permit) => {
+                    state.metrics.in_flight.inc();
+                    let _guard = InFlight(state.metrics.clone());
+                    accept(&state, &source, req, client, &rid, deadline).await
+                }
+            },
         },
     };
 
-    let mut resp = match result {
-        Ok(accepted) => {
+    let resp = match result {
+        Ok(Outcome::Delivered(accepted)) => {
             state
                 .metrics
                 .ack_latency
@@ -311,32 +358,141 @@ async fn respond(
             }))
             .into_response()
         }
-        Err(e) => {
-            if let AppError::Signature(v) = &e {
-                state
-                    .metrics
-                    .verification_failures
-                    .with_label_values(&[&label, v.code()])
-                    .inc();
-            }
-            let status = e.status();
-            if status.is_server_error() {
-                tracing::warn!(status = status.as_u16(), code = e.code(), reason = ?e, "refused");
-            } else {
-                tracing::info!(status = status.as_u16(), code = e.code(), "refused");
-            }
-            e.into_response_with(state.retry_after)
+        Ok(Outcome::Challenge(challenge)) => {
+            handshake_answered(&state, &label, "url_verification");
+            challenge_response(
+                HeaderValue::from_static("application/json"),
+                serde_json::json!({ "challenge": challenge }).to_string(),
+            )
         }
+        Err(e) => refuse(&state, &label, e),
     };
+    finish(&state, &label, &rid, resp)
+}
+
+/// `GET /webhooks/{source}`: the subscription check, where configured.
+async fn subscribe(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    let rid = request_id(req.headers());
+    let source = state.sources.get(&name).cloned();
+    let label = source
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| Arc::from(UNKNOWN_SOURCE));
+    let span = tracing::info_span!("subscription", source = %label, request_id = %rid);
+    let _entered = span.enter();
+    let result = match &source {
+        None => Err(AppError::UnknownSource),
+        Some(source) => match &source.subscription {
+            None => Err(AppError::MethodNotAllowed),
+            Some(sub) => admit(&state, source, &req)
+                .and_then(|_| sub.answer(req.uri()).map_err(AppError::Handshake)),
+        },
+    };
+    let resp = match result {
+        Ok(challenge) => {
+            handshake_answered(&state, &label, "subscription");
+            challenge_response(
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+                challenge,
+            )
+        }
+        Err(e) => refuse(&state, &label, e),
+    };
+    finish(&state, &label, &rid, resp)
+}
+
+/// The checks made before the body is read: the client address against
+/// the source's allow-list, then a token of its rate limit. Returns the
+/// client address (`None` when the connection's peer is unknown, which an
+/// allow-list refuses).
+fn admit(state: &AppState, source: &Source, req: &Request) -> Result<Option<IpAddr>, AppError> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let client = peer.map(|p| client_addr(p, req.headers(), &state.trusted_proxies));
+    if let Some(allow) = &source.allow
+        && !client.is_some_and(|c| allow.contains(c))
+    {
+        tracing::info!(client = ?client, "client address not in the allow-list");
+        return Err(AppError::AddressNotAllowed);
+    }
+    if let Some(bucket) = &source.rate_limit
+        && let Err(wait) = bucket.try_acquire()
+    {
+        return Err(AppError::RateLimited(retry_after_secs(wait)));
+    }
+    Ok(client)
+}
+
+fn handshake_answered(state: &AppState, label: &str, kind: &str) {
+    state
+        .metrics
+        .handshakes
+        .with_label_values(&[label, kind])
+        .inc();
+    tracing::info!(kind, "challenge handshake answered");
+}
+
+/// A challenge echoed back: never sniffed as HTML, never cached.
+fn challenge_response(content_type: HeaderValue, body: String) -> Response {
+    let mut resp = (StatusCode::OK, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Logs and counts a refusal, and answers it.
+fn refuse(state: &AppState, label: &str, e: AppError) -> Response {
+    if let AppError::Signature(v) = &e {
+        state
+            .metrics
+            .verification_failures
+            .with_label_values(&[label, v.code()])
+            .inc();
+    }
+    state
+        .metrics
+        .refusals
+        .with_label_values(&[label, e.code()])
+        .inc();
+    let status = e.status();
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), code = e.code(), reason = ?e, "refused");
+    } else {
+        tracing::info!(status = status.as_u16(), code = e.code(), "refused");
+    }
+    e.into_response_with(state.retry_after)
+}
+
+/// Counts the answer and adds the request id.
+fn finish(state: &AppState, label: &str, rid: &str, mut resp: Response) -> Response {
     state
         .metrics
         .requests
-        .with_label_values(&[&label, resp.status().as_str()])
+        .with_label_values(&[label, resp.status().as_str()])
         .inc();
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    if let Ok(v) = HeaderValue::from_str(rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// How an accepted request ends.
+enum Outcome {
+    /// Stored in Kafka.
+    Delivered(Accepted),
+    /// A `url_verification` handshake: its challenge, nothing stored.
+    Challenge(String),
 }
 
 struct Accepted {
@@ -349,13 +505,10 @@ async fn accept(
     state: &AppState,
     source: &Source,
     req: Request,
+    client: Option<IpAddr>,
     rid: &str,
     deadline: Instant,
-) -> Result<Accepted, AppError> {
-    let client_addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+) -> Result<Outcome, AppError> {
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, source.max_body_bytes, deadline).await?;
     state
@@ -375,6 +528,11 @@ async fn accept(
         .secret_matches
         .with_label_values(&[&source.name, &verified.secret_id])
         .inc();
+    if source.url_verification
+        && let Some(answer) = handshake::slack_url_verification(&body)
+    {
+        return answer.map(Outcome::Challenge).map_err(AppError::Handshake);
+    }
     let extracted = source.extract(&parts.headers, &body);
     let event_id = extracted
         .event_id
@@ -393,7 +551,7 @@ async fn accept(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
-        client_addr,
+        client_addr: client.map(|c| c.to_string()),
         verification: Verification {
             scheme: verified.scheme.to_string(),
             secret_id: verified.secret_id.to_string(),
@@ -422,11 +580,11 @@ async fn accept(
         )
         .await
         .map_err(AppError::Delivery)?;
-    Ok(Accepted {
+    Ok(Outcome::Delivered(Accepted {
         event_id: envelope.event_id,
         partition: delivered.partition,
         offset: delivered.offset,
-    })
+    }))
 }
 
 /// Reads the body under the cap and the deadline: an oversized

@@ -10,8 +10,14 @@
 //!   printable.
 //! - [`signature`]: signature schemes; each verifies the exact bytes
 //!   received, in constant time, against every secret of a rotation.
-//! - [`source`]: a configured source at run time: its scheme, body limit and
-//!   where its event id, ordering key and sequence come from.
+//! - [`source`]: a configured source at run time: its scheme, body limit,
+//!   where its event id, ordering key and sequence come from, its
+//!   allow-list, rate limit and handshakes.
+//! - [`address`]: CIDR blocks, and the client address of a request behind
+//!   trusted proxies (`X-Forwarded-For`).
+//! - [`rate_limit`]: the per-source token bucket.
+//! - [`handshake`]: challenge handshakes (Slack's `url_verification`, GET
+//!   subscription checks) answered without writing to Kafka.
 //! - [`producer`]: the Kafka producer: librdkafka settings built in one
 //!   place, delivery with a deadline, recovery from fatal errors, readiness.
 //! - [`metrics`]: the Prometheus registry and every metric ingest exports.
@@ -20,10 +26,13 @@
 //! - [`server`]: wiring, signals and graceful shutdown.
 //! - [`simulator`]: the provider simulator behind `ingest send`.
 
+pub mod address;
 pub mod config;
+pub mod handshake;
 pub mod http;
 pub mod metrics;
 pub mod producer;
+pub mod rate_limit;
 pub mod secret;
 pub mod server;
 pub mod signature;

@@ -21,6 +21,12 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Signature verification failures, by source and reason code.
     pub verification_failures: IntCounterVec,
+    /// Every refused webhook request, by source and error code
+    /// (`address_not_allowed`, `rate_limited`, `signature_invalid`, ...).
+    pub refusals: IntCounterVec,
+    /// Challenge handshakes answered, by source and kind
+    /// (`url_verification`, `subscription`).
+    pub handshakes: IntCounterVec,
     /// Successful verifications by source and the rotation secret that matched.
     pub secret_matches: IntCounterVec,
     /// Arrival to 2xx answer of accepted requests, by source.
@@ -59,6 +65,20 @@ impl Metrics {
                 "Requests refused because their signature did not verify, by source and reason.",
             ),
             &["source", "reason"],
+        )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "ingest_refusals_total",
+                "Webhook requests refused, by source and error code.",
+            ),
+            &["source", "code"],
+        )?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "ingest_handshakes_total",
+                "Challenge handshakes answered (nothing written to Kafka), by source and kind.",
+            ),
+            &["source", "kind"],
         )?;
         let secret_matches = IntCounterVec::new(
             Opts::new(
@@ -111,6 +131,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(verification_failures.clone()))?;
+        registry.register(Box::new(refusals.clone()))?;
+        registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(secret_matches.clone()))?;
         registry.register(Box::new(ack_latency.clone()))?;
         registry.register(Box::new(produce_latency.clone()))?;
@@ -123,6 +145,8 @@ impl Metrics {
             registry,
             requests,
             verification_failures,
+            refusals,
+            handshakes,
             secret_matches,
             ack_latency,
             produce_latency,

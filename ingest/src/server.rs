@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::address::Cidrs;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
@@ -30,6 +31,10 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
         in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
         request_timeout: config.server.request_timeout,
         retry_after: config.server.retry_after,
+        trusted_proxies: Arc::new(
+            Cidrs::parse(&config.server.trusted_proxies)
+                .map_err(|bad| anyhow::anyhow!("server.trusted_proxies: {bad:?}"))?,
+        ),
     })
 }
 

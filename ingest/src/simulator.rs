@@ -9,6 +9,8 @@
 //! - [`Schedule`] turns that stream into a delivery order with the
 //!   requested share of duplicates (the same id re-sent), swaps (out of
 //!   order) and late deliveries.
+//! - [`Bursts`] picks the deliveries sent in bursts: runs of back-to-back
+//!   requests that ignore the rate, as a provider flushing a backlog does.
 //! - [`run`] sends at a rate and concurrency, and counts what was
 //!   acknowledged and what was refused, by status.
 
@@ -295,6 +297,63 @@ impl Schedule {
     }
 }
 
+/// Decides which deliveries go out in bursts: a share of all deliveries,
+/// in runs of `size` sent back to back without pacing.
+pub struct Bursts {
+    /// Randomness for the burst starts.
+    rng: StdRng,
+    /// Chance that a paced delivery starts a burst, chosen so that about
+    /// `share` of all deliveries are in bursts.
+    start: f64,
+    /// Deliveries per burst.
+    size: usize,
+    /// Deliveries left in the current burst.
+    remaining: usize,
+    /// Bursts started so far.
+    pub started: u64,
+    /// Deliveries sent in bursts so far.
+    pub delivered: u64,
+}
+
+impl Bursts {
+    /// About `share` (0-1) of deliveries in bursts of `size`, seeded.
+    pub fn new(share: f64, size: usize, seed: u64) -> Bursts {
+        let share = if share.is_finite() {
+            share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let size = size.max(1);
+        // A burst starts at a paced delivery with chance p and covers
+        // `size` deliveries, so the share in bursts is
+        // p*size / (p*size + 1 - p); solved for p:
+        let start = share / (size as f64 * (1.0 - share) + share);
+        Bursts {
+            rng: StdRng::seed_from_u64(seed ^ 0xb0257),
+            start,
+            size,
+            remaining: 0,
+            started: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Whether the next delivery is part of a burst (sent without pacing).
+    pub fn next_in_burst(&mut self) -> bool {
+        if self.remaining == 0 && self.start > 0.0 && self.rng.random::<f64>() < self.start {
+            self.remaining = self.size;
+            self.started += 1;
+        }
+        if self.remaining > 0 {
+            self.remaining -= 1;
+            self.delivered += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 fn hmac_sha256(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     // HMAC accepts keys of any length; this cannot fail.
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
@@ -412,6 +471,10 @@ pub struct SendConfig {
     pub generator: GeneratorConfig,
     /// Delivery faults.
     pub faults: Faults,
+    /// Share of deliveries sent in bursts (0-1), ignoring `rate`.
+    pub bursts: f64,
+    /// Deliveries per burst.
+    pub burst_size: usize,
     /// Per-request timeout.
     pub timeout: Duration,
 }
@@ -427,6 +490,10 @@ pub struct Report {
     pub refused: BTreeMap<String, u64>,
     /// Distinct event ids acknowledged at least once.
     pub distinct_acknowledged: u64,
+    /// Bursts sent.
+    pub bursts: u64,
+    /// Requests sent inside bursts (counted in `sent` too).
+    pub burst_requests: u64,
     /// Wall time of the run in seconds.
     pub seconds: f64,
 }
@@ -439,6 +506,7 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
         .build()?;
     let mut generator = Generator::new(config.generator.clone());
     let mut schedule = Schedule::new(config.faults, config.generator.seed);
+    let mut bursts = Bursts::new(config.bursts, config.burst_size, config.generator.seed);
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, u16)>(1024);
     let started = std::time::Instant::now();
@@ -464,7 +532,11 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
             if config.duration.is_some_and(|d| started.elapsed() >= d) {
                 break 'outer;
             }
-            if let Some(iv) = interval {
+            if bursts.next_in_burst() {
+                // Back to back; pacing resumes from the end of the burst
+                // rather than catching up with a second burst.
+                next_at = tokio::time::Instant::now();
+            } else if let Some(iv) = interval {
                 tokio::time::sleep_until(next_at).await;
                 next_at += iv;
             }
@@ -504,6 +576,8 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
         tally(&mut report, &mut acked, id, status);
     }
     report.distinct_acknowledged = acked.len() as u64;
+    report.bursts = bursts.started;
+    report.burst_requests = bursts.delivered;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -601,6 +675,41 @@ mod tests {
             }
         }
         assert!(inversions > 500, "{inversions} inversions");
+    }
+
+    #[test]
+    fn bursts_cover_the_asked_share_in_runs_of_the_asked_size() {
+        let mut b = Bursts::new(0.3, 10, 7);
+        let flags: Vec<bool> = (0..20_000).map(|_| b.next_in_burst()).collect();
+        let in_bursts = flags.iter().filter(|f| **f).count();
+        assert_eq!(in_bursts as u64, b.delivered);
+        assert!(
+            (5_000..7_000).contains(&in_bursts),
+            "{in_bursts} of 20000 for 30%"
+        );
+        // Runs are whole bursts (back-to-back bursts join into longer runs).
+        let mut run = 0;
+        let mut runs = Vec::new();
+        for f in flags.iter().chain([&false]) {
+            if *f {
+                run += 1;
+            } else if run > 0 {
+                runs.push(run);
+                run = 0;
+            }
+        }
+        assert!(
+            runs[..runs.len() - 1].iter().all(|r| r % 10 == 0),
+            "{runs:?}"
+        );
+        assert!(b.started >= runs.len() as u64);
+        // The edges: none, and everything.
+        let mut none = Bursts::new(0.0, 10, 7);
+        assert!((0..1000).all(|_| !none.next_in_burst()));
+        assert_eq!(none.started, 0);
+        let mut all = Bursts::new(1.0, 4, 7);
+        assert!((0..1000).all(|_| all.next_in_burst()));
+        assert_eq!(all.started, 250);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! A configured source at run time: its signature scheme with secrets
-//! loaded, its body limit, and where event id, ordering key and sequence
-//! come from.
+//! loaded, its body limit, where event id, ordering key and sequence come
+//! from, and who may call it how often (allow-list, rate limit) and which
+//! challenge handshakes it answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,7 +10,10 @@ use axum::http::{HeaderMap, HeaderName};
 use schemas::Header;
 use serde_json::Value;
 
+use crate::address::Cidrs;
 use crate::config::{Config, Extract, SourceConfig};
+use crate::handshake::Subscription;
+use crate::rate_limit::TokenBucket;
 use crate::signature::{self, Scheme};
 
 /// Longest event id or ordering key taken from a request; a longer one is
@@ -35,6 +39,14 @@ pub struct Source {
     pub sequence: Option<Extract>,
     /// Headers copied into the envelope.
     pub forward_headers: Vec<HeaderName>,
+    /// Client addresses accepted; `None` accepts every address.
+    pub allow: Option<Cidrs>,
+    /// The request rate limit, if any.
+    pub rate_limit: Option<TokenBucket>,
+    /// Whether Slack's `url_verification` is answered.
+    pub url_verification: bool,
+    /// The GET subscription check, if configured.
+    pub subscription: Option<Subscription>,
 }
 
 /// What was taken out of one request.
@@ -49,10 +61,52 @@ pub struct Extracted {
 }
 
 impl Source {
-    /// Builds a source, loading its secrets. Errors name the source.
-    pub fn build(name: &str, config: &SourceConfig) -> Result<Source, String> {
+    /// Builds a source, loading its secrets. Every problem is reported,
+    /// each naming the source and the field (never a secret value).
+    pub fn build(name: &str, config: &SourceConfig) -> Result<Source, Vec<String>> {
+        let at = format!("sources.{name}");
+        let mut problems = Vec::new();
+        // Each secret on its own first, so every unset variable or unreadable
+        // file is named, not just the first.
+        for (i, r) in config.signature.secrets().iter().enumerate() {
+            if let Err(e) = r.load() {
+                problems.push(format!("{at}.signature.secrets[{i}]: {e}"));
+            }
+        }
+        let subscription = match &config.subscription {
+            None => None,
+            Some(sub) => {
+                let verify_token = match sub.verify_token.as_ref().map(|r| r.load()) {
+                    None => None,
+                    Some(Ok(token)) => Some(token),
+                    Some(Err(e)) => {
+                        problems.push(format!("{at}.subscription.verify_token: {e}"));
+                        None
+                    }
+                };
+                Some(Subscription {
+                    challenge_param: signature::leak_label(&sub.challenge_param),
+                    token_param: signature::leak_label(&sub.token_param),
+                    verify_token,
+                })
+            }
+        };
+        let allow = match config.allow.as_deref().map(Cidrs::parse) {
+            None => None,
+            Some(Ok(c)) => Some(c),
+            Some(Err(bad)) => {
+                problems.extend(
+                    bad.into_iter()
+                        .map(|(i, why)| format!("{at}.allow[{i}]: {why}")),
+                );
+                None
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let scheme = signature::build(&config.signature)
-            .map_err(|e| format!("sources.{name}.signature.secrets: {e}"))?;
+            .map_err(|e| vec![format!("{at}.signature.secrets: {e}")])?;
         let forward_headers = config
             .forward_headers
             .iter()
@@ -66,6 +120,13 @@ impl Source {
             ordering_key: config.ordering_key.clone(),
             sequence: config.sequence.clone(),
             forward_headers,
+            allow,
+            rate_limit: config
+                .rate_limit
+                .as_ref()
+                .map(|r| TokenBucket::new(r.per_second, r.burst, std::time::Instant::now())),
+            url_verification: config.url_verification,
+            subscription,
         })
     }
 
@@ -78,7 +139,7 @@ impl Source {
                 Ok(s) => {
                     out.insert(name.clone(), Arc::new(s));
                 }
-                Err(e) => problems.push(e),
+                Err(e) => problems.extend(e),
             }
         }
         if problems.is_empty() {
@@ -205,6 +266,55 @@ mod tests {
             source().extract(&HeaderMap::new(), deep.as_bytes()),
             Extracted::default()
         );
+    }
+
+    #[test]
+    fn build_names_every_unreadable_secret_and_bad_block() {
+        let config = Config::from_toml(
+            r#"
+            [sources.hub]
+            subscription = { verify_token = { id = "t", env = "SOURCE_TEST_UNSET_TOKEN" } }
+            signature = { scheme = "purple", secrets = [
+                { id = "a", env = "SOURCE_TEST_UNSET_A" },
+                { id = "b", env = "PATH" },
+                { id = "c", file = "/nonexistent/secret" },
+            ] }
+            "#,
+        )
+        .unwrap();
+        let problems = Source::build("hub", &config.sources["hub"]).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("sources.hub.signature.secrets[0]: "));
+        assert!(problems[0].contains("SOURCE_TEST_UNSET_A is not set"));
+        assert!(problems[1].starts_with("sources.hub.signature.secrets[2]: "));
+        assert!(problems[2].starts_with("sources.hub.subscription.verify_token: "));
+        assert!(problems[2].contains("SOURCE_TEST_UNSET_TOKEN is not set"));
+    }
+
+    #[test]
+    fn build_wires_allow_list_rate_limit_and_handshakes() {
+        let config = Config::from_toml(
+            r#"
+            [sources.s]
+            allow = ["203.0.113.0/24"]
+            rate_limit = { per_second = 1.0, burst = 2 }
+            url_verification = true
+            subscription = { challenge_param = "challenge" }
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "PATH" }] }
+            "#,
+        )
+        .unwrap();
+        let s = Source::build("s", &config.sources["s"]).unwrap();
+        let allow = s.allow.as_ref().unwrap();
+        assert!(allow.contains("203.0.113.9".parse().unwrap()));
+        assert!(!allow.contains("127.0.0.1".parse().unwrap()));
+        let bucket = s.rate_limit.as_ref().unwrap();
+        assert!(bucket.try_acquire().is_ok() && bucket.try_acquire().is_ok());
+        assert!(bucket.try_acquire().is_err());
+        assert!(s.url_verification);
+        let sub = s.subscription.as_ref().unwrap();
+        assert_eq!(sub.challenge_param, "challenge");
+        assert!(sub.verify_token.is_none());
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! reachable broker: every refusal path answers its documented status and
 //! code before anything is produced, and a request that verifies but cannot
 //! be delivered gets 503 with `Retry-After` once the deadline passes.
+//! Allow-list, rate-limit and handshake tests give each request its TCP
+//! peer as `serve` does (`ConnectInfo`); without a broker, a 200 proves a
+//! handshake was answered without any attempt to store it.
 //! Delivery to a real broker is tested end to end in the `tests` crate.
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
@@ -281,4 +285,464 @@ async fn past_max_in_flight_requests_get_503_overloaded_not_a_queue() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+}
+
+// --- Allow-list, rate limit and handshakes -------------------------------
+
+const SLACK_SECRET_ENV: &str = "ROUTER_TEST_SLACK_SECRET";
+const HUB_TOKEN_ENV: &str = "ROUTER_TEST_HUB_TOKEN";
+
+/// One ingest with a source per feature; `trusted_proxies` is 10.0.0.0/8.
+fn access_app() -> axum::Router {
+    // SAFETY: see app(); every test sets the same values.
+    unsafe {
+        std::env::set_var(SECRET_ENV, "current-secret");
+        std::env::set_var(SLACK_SECRET_ENV, "slack-secret");
+        std::env::set_var(HUB_TOKEN_ENV, "hub-token-value");
+    }
+    let purple = format!(
+        r#"signature = {{ scheme = "purple", secrets = [{{ id = "current", env = "{SECRET_ENV}" }}] }}"#
+    );
+    let slack = format!(
+        r#"signature = {{ scheme = "slack", secrets = [{{ id = "k", env = "{SLACK_SECRET_ENV}" }}] }}"#
+    );
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        request_timeout = "300ms"
+        trusted_proxies = ["10.0.0.0/8", "fd00::/8"]
+        [kafka]
+        brokers = "127.0.0.1:1"
+        [sources.guarded]
+        allow = ["203.0.113.0/24", "2001:db8::/32"]
+        {purple}
+        [sources.limited]
+        rate_limit = {{ per_second = 0.01, burst = 2 }}
+        {purple}
+        [sources.both]
+        allow = ["203.0.113.0/24"]
+        rate_limit = {{ per_second = 0.01, burst = 1 }}
+        {purple}
+        [sources.chat]
+        url_verification = true
+        {slack}
+        [sources.plainchat]
+        {slack}
+        [sources.hub]
+        subscription = {{ verify_token = {{ id = "t", env = "{HUB_TOKEN_ENV}" }} }}
+        allow = ["203.0.113.0/24"]
+        {purple}
+        [sources.open]
+        subscription = {{ challenge_param = "challenge" }}
+        {purple}
+        "#
+    ))
+    .unwrap();
+    ingest::http::router(build_state(&config).unwrap())
+}
+
+/// `req` as if it came from `peer` over TCP (what `serve` provides).
+fn from(peer: &str, mut req: Request<Body>) -> Request<Body> {
+    let ip: std::net::IpAddr = peer.parse().unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(std::net::SocketAddr::new(ip, 40000)));
+    req
+}
+
+/// A POST whose body never ends: an answer proves the body was not read.
+fn endless_post(path: &str) -> (Request<Body>, tokio::sync::mpsc::Sender<Vec<u8>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|item| (Ok::<_, std::io::Error>(item), rx))
+    });
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    (req, tx)
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    fn code(&self) -> String {
+        code(&self.json()).to_string()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn answer(app: &axum::Router, req: Request<Body>) -> Answer {
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(5), app.clone().oneshot(req))
+        .await
+        .expect("answered without reading the body")
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn metrics_text(app: &axum::Router) -> String {
+    let a = answer(app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    String::from_utf8(a.body).unwrap()
+}
+
+#[tokio::test]
+async fn addresses_outside_the_allow_list_get_403_before_the_body_is_read() {
+    let app = access_app();
+    for peer in [
+        "198.51.100.1",
+        "127.0.0.1",
+        "::1",
+        "2001:db9::1",
+        "10.0.0.1",
+    ] {
+        let (req, _tx) = endless_post("/webhooks/guarded");
+        let a = answer(&app, from(peer, req)).await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::FORBIDDEN, "address_not_allowed"),
+            "{peer}"
+        );
+        assert_eq!(a.header("connection"), Some("close"), "{peer}");
+        assert!(
+            !a.json().to_string().contains(peer),
+            "the detail names no address"
+        );
+    }
+    // No known peer at all: refused, not waved through.
+    let (req, _tx) = endless_post("/webhooks/guarded");
+    assert_eq!(answer(&app, req).await.status, StatusCode::FORBIDDEN);
+    // Inside the list (IPv4, IPv6, IPv4-mapped): on to the signature check.
+    for peer in ["203.0.113.5", "2001:db8::1", "::ffff:203.0.113.5"] {
+        let a = answer(&app, from(peer, post("/webhooks/guarded", BODY, None))).await;
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::UNAUTHORIZED, "signature_missing"),
+            "{peer}"
+        );
+    }
+    // A source without a list takes any address.
+    let a = answer(
+        &app,
+        from("198.51.100.1", post("/webhooks/limited", BODY, None)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(r#"ingest_refusals_total{code="address_not_allowed",source="guarded"} 6"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"ingest_requests_total{source="guarded",status="403"} 6"#));
+}
+
+#[tokio::test]
+async fn x_forwarded_for_counts_only_from_trusted_proxies() {
+    let app = access_app();
+    let via = |peer: &str, xff: &str| {
+        let mut req = post("/webhooks/guarded", BODY, None);
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        from(peer, req)
+    };
+    // Through our proxies (right to left, skipping trusted hops): allowed.
+    for (peer, xff) in [
+        ("10.0.0.1", "203.0.113.5"),
+        ("10.0.0.1", "198.51.100.1, 203.0.113.5, 10.2.2.2"),
+        ("fd00::1", "2001:db8::7"),
+    ] {
+        let a = answer(&app, via(peer, xff)).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{peer} {xff}");
+    }
+    // The real client is outside the list, whatever it wrote to the left.
+    let a = answer(&app, via("10.0.0.1", "203.0.113.5, 198.51.100.1")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // A spoofed header from an untrusted peer is ignored.
+    let a = answer(&app, via("198.51.100.1", "203.0.113.5")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // A malformed chain stops at our proxy, which is not in the list.
+    let a = answer(&app, via("10.0.0.1", "203.0.113.5, not-an-ip")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn past_the_burst_requests_get_429_with_retry_after_before_the_body_is_read() {
+    let app = access_app();
+    // The burst of 2: these reach the signature check.
+    for _ in 0..2 {
+        let a = answer(
+            &app,
+            from("198.51.100.1", post("/webhooks/limited", BODY, None)),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    // The third waits for a token: at 0.01/s that is up to 100 s.
+    let (req, _tx) = endless_post("/webhooks/limited");
+    let a = answer(&app, from("198.51.100.1", req)).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((90..=100).contains(&retry), "Retry-After {retry}");
+    assert_eq!(a.header("connection"), Some("close"));
+    // A correctly signed request is limited all the same.
+    let signed = post(
+        "/webhooks/limited",
+        BODY,
+        Some(&sign("current-secret", BODY)),
+    );
+    let a = answer(&app, from("198.51.100.1", signed)).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(r#"ingest_refusals_total{code="rate_limited",source="limited"} 2"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn refused_addresses_do_not_use_up_the_rate_limit() {
+    let app = access_app();
+    for _ in 0..5 {
+        let a = answer(
+            &app,
+            from("198.51.100.1", post("/webhooks/both", BODY, None)),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN);
+    }
+    let a = answer(
+        &app,
+        from("203.0.113.5", post("/webhooks/both", BODY, None)),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::UNAUTHORIZED,
+        "the one token is still there"
+    );
+    let a = answer(
+        &app,
+        from("203.0.113.5", post("/webhooks/both", BODY, None)),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+fn slack_post(path: &str, body: &[u8], secret: Option<&str>) -> Request<Body> {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let mut b = Request::post(path).header("content-type", "application/json");
+    if let Some(secret) = secret {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("v0:{ts}:").as_bytes());
+        mac.update(body);
+        let sig = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        b = b
+            .header("x-slack-request-timestamp", ts)
+            .header("x-slack-signature", sig);
+    }
+    b.body(Body::from(body.to_vec())).unwrap()
+}
+
+const URL_VERIFICATION: &[u8] =
+    br#"{"token":"Jhj5dZrVaK7ZwHHjRyZWjbDl","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+
+#[tokio::test]
+async fn slack_url_verification_is_answered_after_verification_without_kafka() {
+    let app = access_app();
+    // Verified: the challenge comes back at once. There is no broker here,
+    // so any attempt to store it would end in 503 at the deadline.
+    let a = answer(
+        &app,
+        slack_post("/webhooks/chat", URL_VERIFICATION, Some("slack-secret")),
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+    assert_eq!(a.header("content-type"), Some("application/json"));
+    assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    // Unsigned or signed with another secret: refused like any request.
+    let a = answer(&app, slack_post("/webhooks/chat", URL_VERIFICATION, None)).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "signature_missing")
+    );
+    let a = answer(
+        &app,
+        slack_post("/webhooks/chat", URL_VERIFICATION, Some("forged")),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "signature_invalid")
+    );
+    assert!(!String::from_utf8_lossy(&a.body).contains("3eZbrw1a"));
+    // A verified handshake whose challenge cannot be echoed.
+    let bad = br#"{"type":"url_verification","challenge":"<b>hi</b> there"}"#;
+    let a = answer(
+        &app,
+        slack_post("/webhooks/chat", bad, Some("slack-secret")),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "challenge_invalid")
+    );
+    let none = br#"{"type":"url_verification"}"#;
+    let a = answer(
+        &app,
+        slack_post("/webhooks/chat", none, Some("slack-secret")),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::BAD_REQUEST, "challenge_missing")
+    );
+    // Ordinary events of the same source still go to Kafka (here: 503).
+    let event = br#"{"type":"event_callback","event_id":"Ev1"}"#;
+    let a = answer(
+        &app,
+        slack_post("/webhooks/chat", event, Some("slack-secret")),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Off by default: the handshake is an ordinary event.
+    let a = answer(
+        &app,
+        slack_post(
+            "/webhooks/plainchat",
+            URL_VERIFICATION,
+            Some("slack-secret"),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(r#"ingest_handshakes_total{kind="url_verification",source="chat"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn get_subscription_checks_echo_the_challenge_as_plain_text() {
+    let app = access_app();
+    let get = |peer: &str, query: &str| {
+        from(
+            peer,
+            Request::get(format!("/webhooks/hub?{query}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+    };
+    let ok = "hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=hub-token-value";
+    let a = answer(&app, get("203.0.113.5", ok)).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body, b"1158201444");
+    assert_eq!(a.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(a.header("cache-control"), Some("no-store"));
+    for (query, status, code) in [
+        (
+            "hub.challenge=1&hub.verify_token=wrong",
+            StatusCode::UNAUTHORIZED,
+            "verify_token_invalid",
+        ),
+        (
+            "hub.challenge=1",
+            StatusCode::UNAUTHORIZED,
+            "verify_token_missing",
+        ),
+        (
+            "hub.verify_token=hub-token-value",
+            StatusCode::BAD_REQUEST,
+            "challenge_missing",
+        ),
+        (
+            "hub.verify_token=hub-token-value&hub.challenge=%3Cscript%3E%20x",
+            StatusCode::BAD_REQUEST,
+            "challenge_invalid",
+        ),
+    ] {
+        let a = answer(&app, get("203.0.113.5", query)).await;
+        assert_eq!((a.status, a.code().as_str()), (status, code), "{query}");
+        assert!(!String::from_utf8_lossy(&a.body).contains("hub-token-value"));
+    }
+    // The allow-list applies to the check too.
+    let a = answer(&app, get("198.51.100.1", ok)).await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::FORBIDDEN, "address_not_allowed")
+    );
+    // Without a verify token, with another parameter name.
+    let open = Request::get("/webhooks/open?challenge=abc")
+        .body(Body::empty())
+        .unwrap();
+    let a = answer(&app, open).await;
+    assert_eq!((a.status, a.body.as_slice()), (StatusCode::OK, &b"abc"[..]));
+    // Not configured: GET stays 405; unknown source: 404.
+    let a = answer(
+        &app,
+        Request::get("/webhooks/guarded?hub.challenge=1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let a = answer(
+        &app,
+        Request::get("/webhooks/nope?hub.challenge=1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::NOT_FOUND, "unknown_source")
+    );
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(r#"ingest_handshakes_total{kind="subscription",source="hub"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("hub-token-value"));
 }
