@@ -224,6 +224,10 @@ pub enum SinkConfig {
         /// The file.
         path: PathBuf,
     },
+    /// Posts each event to a CRM (contact upsert, journey entry) through a
+    /// JSON template, idempotently, with retries, a circuit breaker and a
+    /// rate limit (see [`crate::crm`]).
+    Crm(Box<crate::crm::CrmConfig>),
 }
 
 /// One routing rule: every condition given must hold.
@@ -486,6 +490,11 @@ impl Config {
                 p.push(format!(
                     "sources.{name}.event_type: the guest_wifi parser reads /type itself"
                 ));
+            }
+        }
+        for (name, sink) in &self.sinks {
+            if let SinkConfig::Crm(crm) = sink {
+                p.extend(crm.problems(&format!("sinks.{name}")));
             }
         }
         if self.routes.is_empty() {

@@ -9,6 +9,8 @@
 //! - [`event`]: normalized events and the per-source parsers.
 //! - [`route`]: routing rules from the config.
 //! - [`sink`]: the sink trait and the log and JSON-lines sinks.
+//! - [`crm`]: the CRM sink: templated JSON over HTTP, idempotency keys,
+//!   retries with backoff, a circuit breaker and a rate limit per sink.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
 //!   committed": only the prefix of fully handled records, whatever order
 //!   they finish in.
@@ -30,6 +32,7 @@
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
 pub mod config;
+pub mod crm;
 pub mod dedupe;
 pub mod event;
 pub mod metrics;

@@ -100,7 +100,7 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn build_sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     for (name, s) in &config.sinks {
         let sink: Arc<dyn Sink> = match s {
@@ -109,6 +109,10 @@ fn build_sinks(config: &Config) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
             SinkConfig::Jsonl { path } => Arc::new(
                 JsonlSink::open(name, path)
                     .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,
+            ),
+            SinkConfig::Crm(crm) => Arc::new(
+                processors::crm::CrmSink::new(name, crm, metrics)
+                    .map_err(|e| anyhow::anyhow!(e))?,
             ),
         };
         sinks.push(sink);
@@ -133,7 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", config.dedupe.path.display()))?,
     );
     let side = Arc::new(KafkaSide::new(&config.kafka)?);
-    let sinks = build_sinks(&config)?;
+    let sinks = build_sinks(&config, &metrics)?;
     let shared = Arc::new(
         Shared::new(&config, sinks, dedupe.clone(), side, metrics.clone())
             .map_err(|e| anyhow::anyhow!(e))?,

@@ -54,6 +54,11 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// Events remembered by the dedupe store.
     pub dedupe_entries: IntGauge,
+    /// CRM requests by sink and status (HTTP code, `timeout`, `connect`,
+    /// `error`).
+    pub crm_requests: IntCounterVec,
+    /// 1 while a CRM sink's circuit is open (or half-open), by sink.
+    pub crm_breaker_open: IntGaugeVec,
 }
 
 fn counter(
@@ -195,6 +200,18 @@ impl Metrics {
                 "processors_commit_failures_total",
                 "Offset commits that failed, by kind (store, commit).",
                 &["kind"],
+            )?,
+            crm_requests: counter(
+                &r,
+                "processors_crm_requests_total",
+                "CRM requests by sink and status (HTTP code, timeout, connect, error).",
+                &["sink", "status"],
+            )?,
+            crm_breaker_open: gauge(
+                &r,
+                "processors_crm_breaker_open",
+                "1 while a CRM sink's circuit breaker is open or half-open, by sink.",
+                &["sink"],
             )?,
             assigned_partitions,
             dedupe_entries,

@@ -1,0 +1,1020 @@
+//! The CRM sink: each routed event becomes one HTTP `POST` of a JSON
+//! document built from a template (a contact upsert, a journey entry
+//! event), the marketing-automation trigger of `DESIGN.md`.
+//!
+//! Decisions, in the order a request meets them:
+//!
+//! - **Template** ([`Template`]): a JSON document whose string values may hold
+//!   `{{path}}` placeholders. A string that is exactly one placeholder
+//!   becomes the field's JSON value (number, bool, object, or `null` when
+//!   missing); placeholders inside longer text are interpolated as text
+//!   (missing: empty). Paths are dotted names into the event's [view]
+//!   (`event_id`, `venue_id`, `guest.email`, `body.venue.name`, ...); the
+//!   root name is checked when the template is loaded, so a typo fails
+//!   `check-config`. Nothing is evaluated. Fields named in `required` must be
+//!   present and not null, else the event is rejected at once (dead-letter
+//!   reason `template: ...`): a contact without an e-mail is not worth a
+//!   request.
+//! - **Idempotency**: every attempt carries `Idempotency-Key:
+//!   <source>:<event_id>`, the same across retries, restarts and instances,
+//!   so the CRM applies an event once however often it is offered.
+//! - **Auth**: `auth_header` gets the value of the environment variable
+//!   `auth_env`, read once at start. The value is marked sensitive, never
+//!   logged, never in metrics, and redacted from response bodies quoted in
+//!   reasons.
+//! - **Concurrency and rate**: per sink (one destination), a semaphore of
+//!   `max_concurrency` requests in flight across every partition, and a
+//!   pacer spacing request starts `1/rate_per_second` apart. Events of one
+//!   batch are sent concurrently; their outcomes come back in order.
+//! - **Answers**: `2xx` accepted. `408`, `409` (idempotent request still in
+//!   flight), `425`, `429`, `401`, `403` (credentials are destination-wide: a
+//!   rotation must not dead-letter every event), `3xx` (redirects are not
+//!   followed), `5xx`, timeouts and connection errors are transient; every
+//!   other `4xx` is permanent: the event is rejected at once with the status
+//!   and the clipped body, so the pipeline dead-letters it and moves on.
+//! - **Retries**: a transient answer is retried within the same call up to
+//!   `attempts_per_call` with exponential backoff (`backoff_initial`,
+//!   doubling to `backoff_max`) and full jitter; `Retry-After` (seconds) is
+//!   honoured, capped at `retry_after_max`, and also pauses the whole
+//!   destination for that long. Still failing: the sink answers `Retry`
+//!   and the pipeline offers the event again later (the partition waits).
+//!   Attempts are counted per idempotency key across calls (a bounded map;
+//!   if it fills up it is cleared, which only grants more retries); once
+//!   an event used `max_attempts`, it is rejected with the last answer, is
+//!   dead-lettered and the partition moves on.
+//! - **Circuit breaker** ([`Breaker`]): `breaker_failures` transient
+//!   failures in a row open it for `breaker_cooldown`. While open, events
+//!   are answered `Retry("circuit open")` without a request and without
+//!   spending their attempts; after the cooldown one probe goes through
+//!   (half-open): success closes it, failure opens it again. A permanent
+//!   `4xx` counts as the destination being up.
+//!
+//! Without a TLS feature in this build, only `http://` URLs are accepted
+//! (put a TLS-terminating proxy in front, or enable reqwest's `rustls-tls`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::sink::{BoxFuture, Outcome, Sink};
+
+/// Most characters of a response body quoted in a reason.
+const BODY_CLIP: usize = 300;
+/// Most idempotency keys whose attempts are remembered.
+const MAX_TRACKED: usize = 100_000;
+
+/// A CRM sink's settings (`[sinks.NAME]` with `kind = "crm"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrmConfig {
+    /// Where each event is `POST`ed, `http://host:port/path`.
+    pub url: String,
+    /// Request header carrying the credential, e.g. `Authorization`.
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    /// Environment variable holding that header's value (e.g.
+    /// `Bearer ...`), read at start; never in the config text.
+    #[serde(default)]
+    pub auth_env: Option<String>,
+    /// Path to the JSON template file (give this or `template_json`).
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// The JSON template inline (give this or `template`).
+    #[serde(default)]
+    pub template_json: Option<String>,
+    /// Template paths that must be present and not null, else the event is
+    /// dead-lettered without a request, e.g. `["guest.email"]`.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// One request, connect to last byte.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Most requests in flight to this destination.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Most request starts per second to this destination.
+    #[serde(default = "default_rate")]
+    pub rate_per_second: f64,
+    /// Attempts within one offer of a batch before answering `Retry`.
+    #[serde(default = "default_attempts_per_call")]
+    pub attempts_per_call: u32,
+    /// Attempts per event over all offers before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First pause between attempts (full jitter, doubling).
+    #[serde(default = "default_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Longest pause between attempts.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Longest `Retry-After` honoured.
+    #[serde(default = "default_retry_after_max", with = "humantime_serde")]
+    pub retry_after_max: Duration,
+    /// Transient failures in a row that open the circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe.
+    #[serde(default = "default_breaker_cooldown", with = "humantime_serde")]
+    pub breaker_cooldown: Duration,
+}
+
+const fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_concurrency() -> usize {
+    8
+}
+const fn default_rate() -> f64 {
+    50.0
+}
+const fn default_attempts_per_call() -> u32 {
+    3
+}
+const fn default_max_attempts() -> u32 {
+    10
+}
+const fn default_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+const fn default_backoff_max() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_retry_after_max() -> Duration {
+    Duration::from_secs(30)
+}
+const fn default_breaker_failures() -> u32 {
+    5
+}
+const fn default_breaker_cooldown() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl CrmConfig {
+    /// Every problem, each naming its field under `at` (`sinks.NAME`).
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+            Ok(u) if u.scheme() == "https" => p.push(format!(
+                "{at}.url: https is not built into this binary; use http to a TLS-terminating proxy"
+            )),
+            _ => p.push(format!("{at}.url: must be an http:// URL with a host")),
+        }
+        match (&self.auth_header, &self.auth_env) {
+            (Some(h), Some(e)) => {
+                if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    p.push(format!("{at}.auth_header: {h:?} is not a valid header name"));
+                }
+                if e.is_empty() {
+                    p.push(format!("{at}.auth_env: must name an environment variable"));
+                }
+            }
+            (None, None) => {}
+            _ => p.push(format!(
+                "{at}.auth_header, {at}.auth_env: give both (header name, variable holding its value) or neither"
+            )),
+        }
+        match self.load_template() {
+            Ok(t) => {
+                for r in &self.required {
+                    if let Err(e) = check_path(r) {
+                        p.push(format!("{at}.required: {e}"));
+                    }
+                }
+                let _ = t;
+            }
+            Err(e) => p.push(format!("{at}.{e}")),
+        }
+        if self.timeout.is_zero() {
+            p.push(format!("{at}.timeout: must be above 0"));
+        }
+        if self.max_concurrency == 0 {
+            p.push(format!("{at}.max_concurrency: must be at least 1"));
+        }
+        if !(self.rate_per_second.is_finite() && self.rate_per_second > 0.0) {
+            p.push(format!("{at}.rate_per_second: must be above 0"));
+        }
+        if self.attempts_per_call == 0 {
+            p.push(format!("{at}.attempts_per_call: must be at least 1"));
+        }
+        if self.max_attempts < self.attempts_per_call {
+            p.push(format!(
+                "{at}.max_attempts: must be at least attempts_per_call ({})",
+                self.attempts_per_call
+            ));
+        }
+        if self.backoff_initial.is_zero() || self.backoff_initial > self.backoff_max {
+            p.push(format!(
+                "{at}.backoff_initial: must be above 0 and at most backoff_max"
+            ));
+        }
+        if self.breaker_failures == 0 {
+            p.push(format!("{at}.breaker_failures: must be at least 1"));
+        }
+        if self.breaker_cooldown.is_zero() {
+            p.push(format!("{at}.breaker_cooldown: must be above 0"));
+        }
+        p
+    }
+
+    /// Reads and checks the template; the error names the field.
+    pub fn load_template(&self) -> Result<Template, String> {
+        let text = match (&self.template, &self.template_json) {
+            (Some(path), None) => std::fs::read_to_string(path)
+                .map_err(|e| format!("template: {}: {e}", path.display()))?,
+            (None, Some(text)) => text.clone(),
+            _ => return Err("template, template_json: give exactly one".into()),
+        };
+        let field = if self.template.is_some() {
+            "template"
+        } else {
+            "template_json"
+        };
+        Template::parse(&text).map_err(|e| format!("{field}: {e}"))
+    }
+}
+
+/// The names a template path may start with (see [`view`]).
+pub const VIEW_FIELDS: &[&str] = &[
+    "event_id",
+    "idempotency_key",
+    "source",
+    "event_type",
+    "ordering_key",
+    "sequence",
+    "occurred_at",
+    "occurred_at_micros",
+    "received_at",
+    "received_at_micros",
+    "late",
+    "venue_id",
+    "venue_name",
+    "zone",
+    "device_id",
+    "guest",
+    "body",
+];
+
+/// What a template sees of an event: the normalized fields, the guest-WiFi
+/// fields at the top level (`venue_id`, `guest.email`, ...), times as
+/// RFC 3339 (`occurred_at`, `received_at`) and the parsed `body`.
+pub fn view(e: &Event) -> Value {
+    let rfc3339 = |micros: i64| {
+        u64::try_from(micros).ok().map(|m| {
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_micros(m))
+                .to_string()
+        })
+    };
+    let mut v = serde_json::json!({
+        "event_id": e.event_id,
+        "idempotency_key": idempotency_key(e),
+        "source": e.source,
+        "event_type": e.event_type,
+        "ordering_key": e.ordering_key,
+        "sequence": e.sequence,
+        "occurred_at": e.occurred_at_micros.and_then(rfc3339),
+        "occurred_at_micros": e.occurred_at_micros,
+        "received_at": rfc3339(e.received_at_micros),
+        "received_at_micros": e.received_at_micros,
+        "late": e.late,
+        "body": e.body,
+    });
+    if let (Some(w), Some(obj)) = (&e.guest_wifi, v.as_object_mut()) {
+        obj.insert("venue_id".into(), w.venue_id.clone().into());
+        obj.insert("venue_name".into(), w.venue_name.clone().into());
+        obj.insert("zone".into(), w.zone.clone().into());
+        obj.insert("device_id".into(), w.device_id.clone().into());
+        obj.insert(
+            "guest".into(),
+            serde_json::to_value(&w.guest).unwrap_or(Value::Null),
+        );
+    }
+    v
+}
+
+/// `<source>:<event_id>`, sent as `Idempotency-Key` on every attempt.
+pub fn idempotency_key(e: &Event) -> String {
+    format!("{}:{}", e.source, e.event_id)
+}
+
+fn check_path(path: &str) -> Result<(), String> {
+    let root = path.split('.').next().unwrap_or("");
+    if path.is_empty()
+        || path.split('.').any(str::is_empty)
+        || !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    {
+        return Err(format!(
+            "{path:?} is not a dotted path of names (a-z A-Z 0-9 _ -)"
+        ));
+    }
+    if !VIEW_FIELDS.contains(&root) {
+        return Err(format!(
+            "{path:?}: unknown field {root:?} (one of {})",
+            VIEW_FIELDS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn lookup<'v>(view: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut at = view;
+    for seg in path.split('.') {
+        at = match at {
+            Value::Object(m) => m.get(seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+/// A parsed template (see the module header).
+#[derive(Debug, Clone)]
+pub struct Template {
+    doc: Value,
+}
+
+/// One piece of a template string.
+enum Piece<'a> {
+    Text(&'a str),
+    Field(&'a str),
+}
+
+fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        if start > 0 {
+            out.push(Piece::Text(&rest[..start]));
+        }
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("{s:?}: \"{{{{\" without \"}}}}\""))?;
+        out.push(Piece::Field(after[..end].trim()));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+impl Template {
+    /// Parses a JSON template and checks every placeholder's path.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        fn walk(v: &Value) -> Result<(), String> {
+            match v {
+                Value::String(s) => {
+                    for p in pieces(s)? {
+                        if let Piece::Field(path) = p {
+                            check_path(path)?;
+                        }
+                    }
+                    Ok(())
+                }
+                Value::Array(a) => a.iter().try_for_each(walk),
+                Value::Object(m) => m.values().try_for_each(walk),
+                _ => Ok(()),
+            }
+        }
+        walk(&doc)?;
+        Ok(Template { doc })
+    }
+
+    /// The document for one event's [view].
+    pub fn render(&self, view: &Value) -> Value {
+        fn go(t: &Value, view: &Value) -> Value {
+            match t {
+                Value::String(s) => {
+                    let Ok(ps) = pieces(s) else {
+                        return t.clone();
+                    };
+                    if let [Piece::Field(path)] = ps.as_slice() {
+                        return lookup(view, path).cloned().unwrap_or(Value::Null);
+                    }
+                    let mut out = String::new();
+                    for p in ps {
+                        match p {
+                            Piece::Text(x) => out.push_str(x),
+                            Piece::Field(path) => match lookup(view, path) {
+                                None | Some(Value::Null) => {}
+                                Some(Value::String(x)) => out.push_str(x),
+                                Some(other) => out.push_str(&other.to_string()),
+                            },
+                        }
+                    }
+                    Value::String(out)
+                }
+                Value::Array(a) => Value::Array(a.iter().map(|x| go(x, view)).collect()),
+                Value::Object(m) => {
+                    Value::Object(m.iter().map(|(k, x)| (k.clone(), go(x, view))).collect())
+                }
+                other => other.clone(),
+            }
+        }
+        go(&self.doc, view)
+    }
+}
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests flow; counts transient failures in a row.
+    Closed {
+        /// Transient failures since the last success.
+        failures: u32,
+    },
+    /// No requests until `until`.
+    Open {
+        /// When one probe may go.
+        until: Instant,
+    },
+    /// One probe is out (sent at `since`); everything else waits for it.
+    HalfOpen {
+        /// When the probe went; a probe whose answer never came (its
+        /// caller was cancelled) is replaced after one cooldown.
+        since: Instant,
+    },
+}
+
+/// A circuit breaker for one destination, with time passed in (tests).
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    /// Where it is.
+    pub state: BreakerState,
+    /// Failures in a row that open it.
+    threshold: u32,
+    /// How long it stays open.
+    cooldown: Duration,
+    /// A `Retry-After` asked every request to wait until then.
+    paused_until: Option<Instant>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            state: BreakerState::Closed { failures: 0 },
+            threshold: threshold.max(1),
+            cooldown,
+            paused_until: None,
+        }
+    }
+
+    /// Whether a request may go now (in half-open, only the probe).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.paused_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        match self.state {
+            BreakerState::Closed { .. } => true,
+            BreakerState::Open { until } | BreakerState::HalfOpen { since: until }
+                if now < until =>
+            {
+                false
+            }
+            BreakerState::Open { .. } => {
+                self.state = BreakerState::HalfOpen {
+                    since: now + self.cooldown,
+                };
+                true
+            }
+            BreakerState::HalfOpen { .. } => {
+                // The previous probe never answered: send another.
+                self.state = BreakerState::HalfOpen {
+                    since: now + self.cooldown,
+                };
+                true
+            }
+        }
+    }
+
+    /// The destination answered (2xx or a permanent 4xx).
+    pub fn success(&mut self) {
+        self.state = BreakerState::Closed { failures: 0 };
+    }
+
+    /// A transient failure; answers whether this opened the circuit.
+    pub fn failure(&mut self, now: Instant) -> bool {
+        match self.state {
+            BreakerState::Closed { failures } if failures + 1 < self.threshold => {
+                self.state = BreakerState::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            BreakerState::Closed { .. } | BreakerState::HalfOpen { .. } => {
+                self.state = BreakerState::Open {
+                    until: now + self.cooldown,
+                };
+                true
+            }
+            // An answer to a request sent before it opened.
+            BreakerState::Open { .. } => false,
+        }
+    }
+
+    /// `Retry-After`: nothing goes to the destination before `until`.
+    pub fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Open or half-open.
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, BreakerState::Closed { .. })
+    }
+}
+
+/// Spaces request starts at least `interval` apart.
+struct Pacer {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    async fn wait(&self) {
+        let slot = {
+            let Ok(mut next) = self.next.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Answer {
+    Ok,
+    Permanent(String),
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The CRM sink (see the module header).
+pub struct CrmSink {
+    name: String,
+    config: CrmConfig,
+    template: Template,
+    client: reqwest::Client,
+    /// Header name and (sensitive) value, when configured.
+    auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// The raw credential, only to redact it from quoted bodies.
+    secret: Option<String>,
+    breaker: Mutex<Breaker>,
+    in_flight: tokio::sync::Semaphore,
+    pacer: Pacer,
+    /// Attempts spent per idempotency key over all offers.
+    attempts: Mutex<HashMap<String, u32>>,
+    metrics: Metrics,
+}
+
+impl CrmSink {
+    /// Builds the sink from checked settings; reads the template and the
+    /// credential (`auth_env`) now. Errors name the field, never the value.
+    pub fn new(name: &str, config: &CrmConfig, metrics: &Metrics) -> Result<CrmSink, String> {
+        let at = format!("sinks.{name}");
+        let template = config.load_template().map_err(|e| format!("{at}.{e}"))?;
+        let (auth, secret) = match (&config.auth_header, &config.auth_env) {
+            (Some(h), Some(var)) => {
+                let value = std::env::var(var)
+                    .map_err(|_| format!("{at}.auth_env: environment variable {var} is not set"))?;
+                let hn = reqwest::header::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("{at}.auth_header: {h:?} is not a valid header name"))?;
+                let mut hv = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                    format!("{at}.auth_env: the value of {var} is not a valid header value")
+                })?;
+                hv.set_sensitive(true);
+                (Some((hn, hv)), Some(value).filter(|v| !v.is_empty()))
+            }
+            _ => (None, None),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("{at}: HTTP client: {e}"))?;
+        let interval = Duration::from_secs_f64(1.0 / config.rate_per_second.max(1e-3));
+        metrics.crm_breaker_open.with_label_values(&[name]).set(0);
+        Ok(CrmSink {
+            name: name.into(),
+            template,
+            client,
+            auth,
+            secret,
+            breaker: Mutex::new(Breaker::new(
+                config.breaker_failures,
+                config.breaker_cooldown,
+            )),
+            in_flight: tokio::sync::Semaphore::new(config.max_concurrency.max(1)),
+            pacer: Pacer {
+                interval,
+                next: Mutex::new(Instant::now()),
+            },
+            attempts: Mutex::new(HashMap::new()),
+            metrics: metrics.clone(),
+            config: config.clone(),
+        })
+    }
+
+    fn with_breaker<T>(&self, f: impl FnOnce(&mut Breaker) -> T) -> Option<T> {
+        let mut b = self.breaker.lock().ok()?;
+        let was_open = b.is_open();
+        let out = f(&mut b);
+        let open = b.is_open();
+        if open != was_open {
+            self.metrics
+                .crm_breaker_open
+                .with_label_values(&[&self.name])
+                .set(i64::from(open));
+            if open {
+                tracing::warn!(sink = %self.name, cooldown = ?self.config.breaker_cooldown, "CRM circuit opened");
+            } else {
+                tracing::info!(sink = %self.name, "CRM circuit closed");
+            }
+        }
+        Some(out)
+    }
+
+    /// Adds one attempt for `key`; answers the total.
+    fn count_attempt(&self, key: &str) -> u32 {
+        let Ok(mut m) = self.attempts.lock() else {
+            return 1;
+        };
+        if m.len() >= MAX_TRACKED && !m.contains_key(key) {
+            m.clear();
+        }
+        let n = m.entry(key.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget(&self, key: &str) {
+        if let Ok(mut m) = self.attempts.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// A response body fit for a reason: clipped, one line, no credential.
+    fn quote(&self, body: &str) -> String {
+        let mut s: String = body
+            .chars()
+            .take(BODY_CLIP)
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if let Some(secret) = &self.secret {
+            s = s.replace(secret.as_str(), "[redacted]");
+        }
+        s
+    }
+
+    async fn attempt(&self, key: &str, body: &[u8]) -> Answer {
+        let mut req = self
+            .client
+            .post(&self.config.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(body.to_vec());
+        if let Some((h, v)) = &self.auth {
+            req = req.header(h.clone(), v.clone());
+        }
+        let (label, answer) = match req.send().await {
+            Err(e) => {
+                let label = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "error"
+                };
+                let reason = format!("{label}: {}", e.without_url());
+                (
+                    label.to_string(),
+                    Answer::Transient {
+                        reason,
+                        retry_after: None,
+                    },
+                )
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let text = match resp.text().await {
+                    Ok(t) => t,
+                    Err(e) if e.is_timeout() => {
+                        return Answer::Transient {
+                            reason: format!("timeout reading the answer to {status}"),
+                            retry_after: None,
+                        };
+                    }
+                    Err(_) => String::new(),
+                };
+                let reason = format!("HTTP {}: {}", status.as_u16(), self.quote(&text));
+                let answer = match status.as_u16() {
+                    200..=299 => Answer::Ok,
+                    401 | 403 | 408 | 409 | 425 | 429 => Answer::Transient {
+                        reason,
+                        retry_after,
+                    },
+                    400..=499 => Answer::Permanent(reason),
+                    _ => Answer::Transient {
+                        reason,
+                        retry_after,
+                    },
+                };
+                (status.as_u16().to_string(), answer)
+            }
+        };
+        self.metrics
+            .crm_requests
+            .with_label_values(&[self.name.as_str(), label.as_str()])
+            .inc();
+        answer
+    }
+
+    async fn deliver(&self, e: &Event) -> Outcome {
+        let key = idempotency_key(e);
+        let view = view(e);
+        for r in &self.config.required {
+            if lookup(&view, r).is_none_or(Value::is_null) {
+                return Outcome::Reject(format!("template: required field {r} is missing"));
+            }
+        }
+        let body = match serde_json::to_vec(&self.template.render(&view)) {
+            Ok(b) => b,
+            Err(err) => return Outcome::Reject(format!("template: {err}")),
+        };
+        let mut backoff = self.config.backoff_initial;
+        for attempt in 1..=self.config.attempts_per_call {
+            if !self
+                .with_breaker(|b| b.allow(Instant::now()))
+                .unwrap_or(true)
+            {
+                return Outcome::Retry("circuit open: the CRM is failing; waiting".into());
+            }
+            self.pacer.wait().await;
+            let answer = {
+                let Ok(_permit) = self.in_flight.acquire().await else {
+                    return Outcome::Retry("sink closed".into());
+                };
+                self.attempt(&key, &body).await
+            };
+            match answer {
+                Answer::Ok => {
+                    self.with_breaker(Breaker::success);
+                    self.forget(&key);
+                    return Outcome::Accepted;
+                }
+                Answer::Permanent(reason) => {
+                    self.with_breaker(Breaker::success);
+                    self.forget(&key);
+                    return Outcome::Reject(reason);
+                }
+                Answer::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    let now = Instant::now();
+                    let retry_after = retry_after.map(|d| d.min(self.config.retry_after_max));
+                    self.with_breaker(|b| {
+                        b.failure(now);
+                        if let Some(d) = retry_after {
+                            b.pause(now + d);
+                        }
+                    });
+                    let total = self.count_attempt(&key);
+                    if total >= self.config.max_attempts {
+                        self.forget(&key);
+                        return Outcome::Reject(format!(
+                            "gave up after {total} attempts; last: {reason}"
+                        ));
+                    }
+                    if attempt == self.config.attempts_per_call {
+                        return Outcome::Retry(reason);
+                    }
+                    let wait = retry_after
+                        .unwrap_or_else(|| backoff.mul_f64(rand::random_range(0.0..=1.0)));
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        Outcome::Retry("no attempt left in this call".into())
+    }
+}
+
+impl Sink for CrmSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let sends: Vec<_> = batch.iter().map(|e| self.deliver(e.as_ref())).collect();
+            futures::stream::iter(sends)
+                .buffered(self.config.max_concurrency.max(1))
+                .collect()
+                .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Guest, GuestWifi};
+
+    fn event(id: &str, guest: Option<Guest>) -> Event {
+        Event {
+            source: "purple".into(),
+            event_id: id.into(),
+            event_type: "guest_connects".into(),
+            ordering_key: Some("venue-1".into()),
+            sequence: Some(7),
+            received_at_micros: 1_000_000,
+            occurred_at_micros: Some(0),
+            late: false,
+            guest_wifi: Some(GuestWifi {
+                event_type: "guest_connects".into(),
+                sequence: 7,
+                occurred_at_micros: 0,
+                venue_id: "venue-1".into(),
+                venue_name: Some("Airport".into()),
+                zone: None,
+                device_id: Some("dev".into()),
+                guest,
+            }),
+            body: serde_json::json!({"venue": {"name": "Airport"}, "tags": ["a", "b"]}),
+        }
+    }
+
+    fn ana() -> Option<Guest> {
+        Some(Guest {
+            id: "g_1".into(),
+            email: Some("ana@example.com".into()),
+            first_name: Some("Ana".into()),
+            vip: true,
+        })
+    }
+
+    #[test]
+    fn template_replaces_whole_values_and_interpolates_text() {
+        let t = Template::parse(
+            r#"{"key": "{{idempotency_key}}", "email": "{{ guest.email }}", "vip": "{{guest.vip}}",
+                "seq": "{{sequence}}", "zone": "{{zone}}", "hello": "Hi {{guest.first_name}} at {{body.venue.name}}{{zone}}",
+                "tag": "{{body.tags.1}}", "when": "{{occurred_at}}", "list": [1, "{{venue_id}}"], "fixed": true}"#,
+        )
+        .unwrap();
+        let out = t.render(&view(&event("e1", ana())));
+        assert_eq!(
+            out,
+            serde_json::json!({"key": "purple:e1", "email": "ana@example.com", "vip": true,
+                "seq": 7, "zone": null, "hello": "Hi Ana at Airport", "tag": "b",
+                "when": "1970-01-01T00:00:00.000Z", "list": [1, "venue-1"], "fixed": true})
+        );
+        let out = t.render(&view(&event("e2", None)));
+        assert_eq!(out["email"], Value::Null);
+        assert_eq!(out["hello"], "Hi  at Airport");
+    }
+
+    #[test]
+    fn template_errors_name_the_problem() {
+        assert!(Template::parse("{").unwrap_err().contains("not JSON"));
+        let e = Template::parse(r#"{"a": "{{gest.email}}"}"#).unwrap_err();
+        assert!(e.contains("unknown field \"gest\""), "{e}");
+        let e = Template::parse(r#"{"a": "{{guest.email"}"#).unwrap_err();
+        assert!(e.contains("without"), "{e}");
+        let e = Template::parse(r#"{"a": "{{guest..email}}"}"#).unwrap_err();
+        assert!(e.contains("dotted path"), "{e}");
+    }
+
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/crm");
+        for f in ["salesforce-journey.json", "hubspot-contact.json"] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            let t = Template::parse(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+            let out = t.render(&view(&event("e1", ana())));
+            assert!(out.to_string().contains("ana@example.com"), "{f}: {out}");
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_failures_in_a_row_and_probes_once() {
+        let t0 = Instant::now();
+        let cool = Duration::from_secs(10);
+        let mut b = Breaker::new(3, cool);
+        assert!(b.allow(t0));
+        assert!(!b.failure(t0));
+        assert!(!b.failure(t0));
+        b.success();
+        assert!(!b.failure(t0));
+        assert!(!b.failure(t0));
+        assert!(b.failure(t0), "third failure in a row opens");
+        assert!(b.is_open());
+        assert!(!b.allow(t0 + Duration::from_secs(9)));
+        // After the cooldown: one probe, the others wait for it.
+        let t1 = t0 + cool;
+        assert!(b.allow(t1));
+        assert!(!b.allow(t1));
+        assert!(!b.allow(t1 + Duration::from_secs(1)));
+        // The probe fails: open again for a full cooldown.
+        assert!(b.failure(t1 + Duration::from_secs(1)));
+        assert!(!b.allow(t1 + Duration::from_secs(10)));
+        let t2 = t1 + Duration::from_secs(11);
+        assert!(b.allow(t2));
+        b.success();
+        assert!(!b.is_open());
+        assert!(b.allow(t2) && b.allow(t2));
+    }
+
+    #[test]
+    fn breaker_replaces_a_lost_probe_and_honours_pauses() {
+        let t0 = Instant::now();
+        let cool = Duration::from_secs(5);
+        let mut b = Breaker::new(1, cool);
+        assert!(b.failure(t0));
+        assert!(b.allow(t0 + cool));
+        // The probe's caller vanished: after another cooldown, a new probe.
+        assert!(!b.allow(t0 + cool + Duration::from_secs(4)));
+        assert!(b.allow(t0 + cool * 2));
+        b.success();
+        b.pause(t0 + Duration::from_secs(100));
+        assert!(!b.allow(t0 + Duration::from_secs(99)));
+        assert!(b.allow(t0 + Duration::from_secs(100)));
+    }
+
+    fn config(extra: &str) -> CrmConfig {
+        let text = format!(
+            "url = \"http://127.0.0.1:1/x\"\ntemplate_json = '{{\"id\": \"{{{{event_id}}}}\"}}'\n{extra}"
+        );
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::string(&text))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
+    fn config_problems_name_their_fields() {
+        assert!(config("").problems("sinks.crm").is_empty());
+        let mut c = config(
+            "auth_header = \"Authorization\"\nmax_concurrency = 0\nrequired = [\"guest.mail\", \"nope\"]",
+        );
+        c.url = "https://crm.example.com".into();
+        c.max_attempts = 1;
+        let all = c.problems("sinks.crm").join("\n");
+        for needle in [
+            "sinks.crm.url: https",
+            "sinks.crm.auth_header, sinks.crm.auth_env",
+            "sinks.crm.max_concurrency",
+            "sinks.crm.required: \"nope\"",
+            "sinks.crm.max_attempts",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let mut c = config("");
+        c.template = Some("/nonexistent/t.json".into());
+        let all = c.problems("sinks.crm").join("\n");
+        assert!(
+            all.contains("template, template_json: give exactly one"),
+            "{all}"
+        );
+        c.template_json = None;
+        let all = c.problems("sinks.crm").join("\n");
+        assert!(
+            all.contains("sinks.crm.template: /nonexistent/t.json"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_missing_credential_is_named_without_its_value() {
+        let c = config("auth_header = \"Authorization\"\nauth_env = \"CRM_TEST_UNSET_VAR_1\"");
+        let m = Metrics::new().unwrap();
+        let e = CrmSink::new("crm", &c, &m).err().unwrap();
+        assert!(e.contains("CRM_TEST_UNSET_VAR_1 is not set"), "{e}");
+    }
+}
