@@ -10,7 +10,12 @@
 //! - [`purple_signature`] and [`Sender`]: signed requests as the guest-WiFi
 //!   platform sends them.
 //!
+//! - [`fake_crm::FakeCrm`]: a scripted CRM that records what it applied,
+//!   by idempotency key.
+//!
 //! Each test makes its own broker and topic so tests run in parallel.
+
+pub mod fake_crm;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,195 @@
+//! A fake CRM: an HTTP server on a free loopback port that records what it
+//! was sent and answers from a script, per idempotency key.
+//!
+//! It applies an event the first time a request with its `Idempotency-Key`
+//! succeeds and counts later ones with the same key as repeats (answered
+//! `200`, as a real idempotent API does), so "applied exactly once" is
+//! `applied` holding each key once. A scripted `Hang` applies the event and
+//! then answers late (past the client's timeout): the answer is lost, the
+//! client retries, and the retry must carry the same key.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answer this status (not applied).
+    Status(u16),
+    /// `429` with `Retry-After: secs` (not applied).
+    TooMany(u64),
+    /// Apply, then answer `200` only after this long.
+    Hang(Duration),
+    /// Answer this status to every request for the key, for ever.
+    Always(u16),
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The `Idempotency-Key` header (empty if missing).
+    pub key: String,
+    /// The `Authorization` header (empty if missing).
+    pub auth: String,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// When it arrived.
+    pub at: Instant,
+    /// The status answered.
+    pub status: u16,
+}
+
+/// What the fake knows.
+#[derive(Debug, Default)]
+pub struct CrmState {
+    /// First application per key, in order.
+    pub applied: Vec<(String, serde_json::Value)>,
+    /// Requests for an already applied key, by key.
+    pub repeats: HashMap<String, u32>,
+    /// Every request, in arrival order.
+    pub requests: Vec<Seen>,
+    /// Answers still to give, by key; when none is left: apply, `200`.
+    pub script: HashMap<String, VecDeque<Reply>>,
+    /// While set, every request is answered `503` (an outage).
+    pub down: bool,
+}
+
+impl CrmState {
+    /// How many times `key` was applied (0 or 1 unless the fake is broken).
+    pub fn applied_count(&self, key: &str) -> usize {
+        self.applied.iter().filter(|(k, _)| k == key).count()
+    }
+}
+
+/// The running fake; stops when dropped.
+pub struct FakeCrm {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its record and script.
+    pub state: Arc<Mutex<CrmState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeCrm {
+    /// Starts it on `127.0.0.1:0` (inside a tokio runtime).
+    pub async fn start() -> FakeCrm {
+        let state = Arc::new(Mutex::new(CrmState::default()));
+        let app = Router::new()
+            .route("/crm", post(handle))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake CRM listener");
+        let addr = listener.local_addr().expect("fake CRM address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeCrm { addr, state, task }
+    }
+
+    /// The URL to configure.
+    pub fn url(&self) -> String {
+        format!("http://{}/crm", self.addr)
+    }
+
+    /// Scripts the answers for `key`.
+    pub fn script(&self, key: &str, replies: &[Reply]) {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .insert(key.into(), replies.iter().cloned().collect());
+    }
+
+    /// Starts or ends an outage.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+}
+
+impl Drop for FakeCrm {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<CrmState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let key = header("idempotency-key");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (reply, status) = {
+        let mut s = state.lock().unwrap();
+        let reply = if s.down {
+            Some(Reply::Status(503))
+        } else {
+            match s.script.get_mut(&key) {
+                Some(q) => match q.front() {
+                    Some(Reply::Always(c)) => Some(Reply::Status(*c)),
+                    Some(_) => q.pop_front(),
+                    None => None,
+                },
+                None => None,
+            }
+        };
+        let status = match &reply {
+            Some(Reply::Status(c)) | Some(Reply::Always(c)) => *c,
+            Some(Reply::TooMany(_)) => 429,
+            Some(Reply::Hang(_)) | None => {
+                if s.applied.iter().any(|(k, _)| *k == key) {
+                    *s.repeats.entry(key.clone()).or_insert(0) += 1;
+                } else {
+                    s.applied.push((key.clone(), body.clone()));
+                }
+                200
+            }
+        };
+        s.requests.push(Seen {
+            key,
+            auth: header("authorization"),
+            body,
+            at: Instant::now(),
+            status,
+        });
+        (reply, status)
+    };
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match reply {
+        Some(Reply::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            (code, "{\"ok\":true}").into_response()
+        }
+        Some(Reply::TooMany(secs)) => (
+            code,
+            [("retry-after", secs.to_string())],
+            "{\"error\":\"slow down\"}",
+        )
+            .into_response(),
+        Some(_) if status == 400 => (code, "{\"error\":\"invalid email address\"}").into_response(),
+        Some(_) => (code, "{\"error\":\"internal\"}").into_response(),
+        None => (code, "{\"ok\":true}").into_response(),
+    }
+}

@@ -1,0 +1,432 @@
+//! The CRM sink against a fake CRM that fails with 500, 429 + Retry-After,
+//! timeouts, a permanent 400 and a full outage: first the sink alone
+//! (offered batches the way the pipeline does), then end to end through
+//! tansu and the `processors` binary, with the dead-letter topic.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::fake_crm::{FakeCrm, Reply};
+use e2e::{Broker, Processor, produce, purple_envelope, read_topic};
+use processors::config::{Config, SinkConfig};
+use processors::crm::CrmSink;
+use processors::event::{Event, Guest, GuestWifi};
+use processors::metrics::Metrics;
+use processors::sink::{Outcome, Sink};
+
+const SECRET: &str = "Bearer s3cr3t-token-value";
+
+fn event(id: &str) -> Arc<Event> {
+    Arc::new(Event {
+        source: "purple".into(),
+        event_id: id.into(),
+        event_type: "guest_connects".into(),
+        ordering_key: Some("v1".into()),
+        sequence: Some(1),
+        received_at_micros: 1_795_370_591_000_000,
+        occurred_at_micros: Some(1_795_370_591_000_000),
+        late: false,
+        guest_wifi: Some(GuestWifi {
+            event_type: "guest_connects".into(),
+            sequence: 1,
+            occurred_at_micros: 1_795_370_591_000_000,
+            venue_id: "v1".into(),
+            venue_name: Some("Airport Hotel".into()),
+            zone: Some("lobby".into()),
+            device_id: Some("dev".into()),
+            guest: Some(Guest {
+                id: format!("g-{id}"),
+                email: Some(format!("{id}@example.com")),
+                first_name: Some("Ana".into()),
+                vip: false,
+            }),
+        }),
+        body: serde_json::json!({"id": id}),
+    })
+}
+
+/// A CRM sink to `url` with the given extra settings, its credential in
+/// the environment variable `var`.
+fn sink(url: &str, var: &str, extra: &str) -> (CrmSink, Metrics) {
+    let text = format!(
+        r#"
+[kafka]
+brokers = "unused:9092"
+[dedupe]
+path = "/tmp/unused.redb"
+[sinks.crm]
+kind = "crm"
+url = "{url}"
+auth_header = "Authorization"
+auth_env = "{var}"
+template = "{template}"
+required = ["guest.email"]
+rate_per_second = 1000
+{extra}
+[[routes]]
+name = "all"
+sinks = ["crm"]
+"#,
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/hubspot-contact.json"
+        ),
+    );
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+    let SinkConfig::Crm(crm) = &config.sinks["crm"] else {
+        panic!("not a crm sink");
+    };
+    // SAFETY: each test sets its own variable, once, before any thread of
+    // its own reads it; nothing else in this binary reads these names.
+    unsafe { std::env::set_var(var, SECRET) };
+    let metrics = Metrics::new().unwrap();
+    (CrmSink::new("crm", crm, &metrics).unwrap(), metrics)
+}
+
+/// Offers `batch` the way the pipeline does: `Retry` events again (in
+/// order) until each is accepted or rejected; bounded.
+async fn offer_until_settled(
+    sink: &CrmSink,
+    batch: Vec<Arc<Event>>,
+    pause: Duration,
+    within: Duration,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let deadline = Instant::now() + within;
+    let (mut accepted, mut rejected) = (Vec::new(), Vec::new());
+    let mut pending = batch;
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "still pending after {within:?}: {:?}",
+            pending.iter().map(|e| &e.event_id).collect::<Vec<_>>()
+        );
+        let outcomes = sink.accept(&pending).await;
+        assert_eq!(outcomes.len(), pending.len());
+        let mut again = Vec::new();
+        for (e, o) in pending.into_iter().zip(outcomes) {
+            match o {
+                Outcome::Accepted => accepted.push(e.event_id.clone()),
+                Outcome::Reject(r) => rejected.push((e.event_id.clone(), r)),
+                Outcome::Retry(_) => again.push(e),
+            }
+        }
+        pending = again;
+        if !pending.is_empty() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    (accepted, rejected)
+}
+
+fn metric(m: &Metrics, name: &str) -> f64 {
+    m.render()
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn each_event_is_applied_once_through_500_429_and_timeouts_and_a_400_is_rejected() {
+    let crm = FakeCrm::start().await;
+    crm.script("purple:e500", &[Reply::Status(500), Reply::Status(502)]);
+    crm.script("purple:e429", &[Reply::TooMany(1)]);
+    crm.script(
+        "purple:ehang",
+        &[Reply::Hang(Duration::from_secs(3)), Reply::Status(500)],
+    );
+    crm.script("purple:e400", &[Reply::Always(400)]);
+    let (sink, metrics) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_1",
+        r#"timeout = "500ms"
+attempts_per_call = 2
+max_attempts = 8
+backoff_initial = "20ms"
+backoff_max = "100ms"
+breaker_failures = 50"#,
+    );
+    let ids = ["ok1", "e500", "e429", "ehang", "e400", "ok2"];
+    let batch: Vec<_> = ids.iter().map(|i| event(i)).collect();
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch,
+        Duration::from_millis(50),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let accepted: HashSet<_> = accepted.into_iter().collect();
+    let want: HashSet<String> = ["ok1", "e500", "e429", "ehang", "ok2"]
+        .map(String::from)
+        .into();
+    assert_eq!(accepted, want);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "e400");
+    assert!(
+        rejected[0].1.starts_with("HTTP 400: ") && rejected[0].1.contains("invalid email"),
+        "{}",
+        rejected[0].1
+    );
+
+    let s = crm.state.lock().unwrap();
+    for id in ["ok1", "e500", "e429", "ehang", "ok2"] {
+        assert_eq!(s.applied_count(&format!("purple:{id}")), 1, "{id}");
+    }
+    assert_eq!(s.applied_count("purple:e400"), 0);
+    assert_eq!(s.applied.len(), 5);
+    // The template's output arrived, keyed and authenticated on every try.
+    let (_, body) = s.applied.iter().find(|(k, _)| k == "purple:ok1").unwrap();
+    assert_eq!(body["inputs"][0]["id"], "ok1@example.com");
+    assert_eq!(
+        body["inputs"][0]["properties"]["last_wifi_venue"],
+        "Airport Hotel"
+    );
+    for r in &s.requests {
+        assert_eq!(r.auth, SECRET);
+        assert!(r.key.starts_with("purple:"), "{r:?}");
+    }
+    // The 400 was not retried; the 500s were, until they succeeded.
+    let tries = |k: &str| s.requests.iter().filter(|r| r.key == k).count();
+    assert_eq!(tries("purple:e400"), 1);
+    assert_eq!(tries("purple:e500"), 3);
+    // The hung request was applied but its answer lost: the retry carried
+    // the same key and was recognised as a repeat.
+    assert!(s.repeats.get("purple:ehang").copied().unwrap_or(0) >= 1);
+    // Retry-After: 1 was honoured.
+    let at: Vec<Instant> = s
+        .requests
+        .iter()
+        .filter(|r| r.key == "purple:e429")
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(at.len(), 2);
+    assert!(
+        at[1] - at[0] >= Duration::from_millis(900),
+        "{:?}",
+        at[1] - at[0]
+    );
+    drop(s);
+    assert!(metric(&metrics, "processors_crm_requests_total") >= 10.0);
+    assert!(!metrics.render().contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn after_the_retry_budget_the_event_is_rejected_with_the_last_answer() {
+    let crm = FakeCrm::start().await;
+    crm.script("purple:dead", &[Reply::Always(503)]);
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_2",
+        r#"attempts_per_call = 2
+max_attempts = 5
+backoff_initial = "10ms"
+backoff_max = "20ms"
+breaker_failures = 50"#,
+    );
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        vec![event("dead"), event("fine")],
+        Duration::from_millis(10),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(accepted, ["fine"]);
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0]
+            .1
+            .starts_with("gave up after 5 attempts; last: HTTP 503"),
+        "{}",
+        rejected[0].1
+    );
+    assert!(!rejected[0].1.contains("s3cr3t"));
+    let s = crm.state.lock().unwrap();
+    assert_eq!(
+        s.requests.iter().filter(|r| r.key == "purple:dead").count(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn an_open_breaker_spares_a_dead_crm_and_closes_when_it_returns() {
+    let crm = FakeCrm::start().await;
+    crm.set_down(true);
+    let (sink, metrics) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_3",
+        r#"attempts_per_call = 1
+max_attempts = 1000
+max_concurrency = 4
+breaker_failures = 3
+breaker_cooldown = "500ms""#,
+    );
+    let batch: Vec<_> = (0..20).map(|i| event(&format!("b{i}"))).collect();
+    // Two seconds of outage, offered as fast as a pipeline with a 10ms
+    // backoff would: without a breaker that is thousands of requests.
+    let outage = Instant::now() + Duration::from_secs(2);
+    let mut offers = 0;
+    while Instant::now() < outage {
+        let outcomes = sink.accept(&batch).await;
+        assert!(outcomes.iter().all(|o| matches!(o, Outcome::Retry(_))));
+        offers += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = crm.requests();
+    assert!(offers > 20, "only {offers} offers");
+    // Up to 4 in flight before it opened, then one probe per 500ms.
+    assert!(
+        (3..=12).contains(&during),
+        "{during} requests during the outage"
+    );
+    assert_eq!(metric(&metrics, "processors_crm_breaker_open"), 1.0);
+
+    crm.set_down(false);
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch,
+        Duration::from_millis(50),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(accepted.len(), 20);
+    assert!(rejected.is_empty());
+    assert_eq!(metric(&metrics, "processors_crm_breaker_open"), 0.0);
+    let s = crm.state.lock().unwrap();
+    assert_eq!(s.applied.len(), 20);
+    let keys: HashSet<_> = s.applied.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), 20);
+}
+
+/// End to end: raw topic → processors (guest_connects routed to the CRM)
+/// → fake CRM; the 400 one lands in the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_through_tansu_each_event_once_or_dead_lettered() {
+    let broker = Broker::start();
+    broker.create_topic("c-raw", 1).await;
+    broker.create_topic("c-raw.quarantine", 1).await;
+    broker.create_topic("c-raw.dlq", 1).await;
+    let crm = FakeCrm::start().await;
+    crm.script("purple:c2", &[Reply::Status(500), Reply::Status(503)]);
+    crm.script("purple:c3", &[Reply::TooMany(1)]);
+    crm.script("purple:c4", &[Reply::Hang(Duration::from_secs(3))]);
+    crm.script("purple:c5", &[Reply::Always(400)]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-crm"
+topic = "c-raw"
+quarantine_topic = "c-raw.quarantine"
+dlq_topic = "c-raw.dlq"
+
+[processing]
+gap_timeout = "2s"
+retry_initial = "50ms"
+retry_max = "500ms"
+
+[dedupe]
+path = "{dedupe}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.crm]
+kind = "crm"
+url = "{url}"
+auth_header = "Authorization"
+auth_env = "CRM_E2E_TOKEN"
+template = "{template}"
+timeout = "500ms"
+attempts_per_call = 2
+max_attempts = 8
+backoff_initial = "20ms"
+backoff_max = "100ms"
+
+[[routes]]
+name = "crm"
+types = ["guest_connects", "guest_registered"]
+sinks = ["crm"]
+"#,
+        brokers = broker.brokers(),
+        dedupe = dir.path().join("dedupe.redb").display(),
+        url = crm.url(),
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/salesforce-journey.json"
+        ),
+    );
+    // SAFETY: set before the child starts; only the child reads it.
+    unsafe { std::env::set_var("CRM_E2E_TOKEN", SECRET) };
+    let processor = Processor::start(&config);
+    let venue = b"v-crm".to_vec();
+    // c1-c5 are guest_connects (routed to the CRM); c6 a device event
+    // (not routed: it must never reach the CRM).
+    let records: Vec<_> = (1..=6)
+        .map(|s| {
+            let id = format!("c{s}");
+            let mut body = e2e::purple_event(&id, "v-crm", s);
+            if s <= 5 {
+                let text = String::from_utf8(body).unwrap();
+                body = text
+                    .replace("device_connected", "guest_connects")
+                    .into_bytes();
+            }
+            (venue.clone(), purple_envelope(&id, "v-crm", s, Some(body)))
+        })
+        .collect();
+    produce(&broker.brokers(), "c-raw", &records).await;
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let applied = crm.state.lock().unwrap().applied.len();
+        let dead = processor.metric("processors_dead_lettered_total").await;
+        let unrouted = processor.metric("processors_unrouted_total").await;
+        if applied >= 4 && dead >= 1.0 && unrouted >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "applied {applied}, dead-lettered {dead}:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let s = crm.state.lock().unwrap();
+        for id in ["c1", "c2", "c3", "c4"] {
+            assert_eq!(s.applied_count(&format!("purple:{id}")), 1, "{id}");
+        }
+        assert_eq!(s.applied.len(), 4, "c5 refused, c6 not routed");
+        assert!(s.requests.iter().all(|r| r.key != "purple:c6"));
+        assert_eq!(
+            s.repeats.get("purple:c4"),
+            Some(&1),
+            "the hung one, retried with its key"
+        );
+        let (_, body) = s.applied.iter().find(|(k, _)| k == "purple:c1").unwrap();
+        assert_eq!(body["ContactKey"], "g_77");
+        assert_eq!(body["Data"]["VenueId"], "v-crm");
+        assert!(s.requests.iter().all(|r| r.auth == SECRET));
+    }
+    let dlq = read_topic(&broker.brokers(), "c-raw.dlq").await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].header("event-id").as_deref(), Some("c5"));
+    assert_eq!(dlq[0].header("sink").as_deref(), Some("crm"));
+    let reason = dlq[0].header("reason").unwrap_or_default();
+    assert!(reason.starts_with("HTTP 400"), "{reason}");
+    assert!(!processor.log().contains("s3cr3t"));
+    for r in &dlq {
+        for n in ["reason", "sink", "source", "event-id"] {
+            assert!(!r.header(n).unwrap_or_default().contains("s3cr3t"));
+        }
+    }
+}
