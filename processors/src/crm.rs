@@ -440,11 +440,11 @@ pub enum BreakerState {
         /// When one probe may go.
         until: Instant,
     },
-    /// One probe is out (sent at `since`); everything else waits for it.
+    /// One probe is out; everything else waits for its answer.
     HalfOpen {
-        /// When the probe went; a probe whose answer never came (its
-        /// caller was cancelled) is replaced after one cooldown.
-        since: Instant,
+        /// One cooldown after the probe went: if its answer has not come
+        /// by then (its caller was cancelled), another probe may go.
+        reprobe_at: Instant,
     },
 }
 
@@ -479,21 +479,21 @@ impl Breaker {
         }
         match self.state {
             BreakerState::Closed { .. } => true,
-            BreakerState::Open { until } | BreakerState::HalfOpen { since: until }
+            BreakerState::Open { until } | BreakerState::HalfOpen { reprobe_at: until }
                 if now < until =>
             {
                 false
             }
             BreakerState::Open { .. } => {
                 self.state = BreakerState::HalfOpen {
-                    since: now + self.cooldown,
+                    reprobe_at: now + self.cooldown,
                 };
                 true
             }
             BreakerState::HalfOpen { .. } => {
                 // The previous probe never answered: send another.
                 self.state = BreakerState::HalfOpen {
-                    since: now + self.cooldown,
+                    reprobe_at: now + self.cooldown,
                 };
                 true
             }
@@ -773,7 +773,9 @@ impl CrmSink {
                 .with_breaker(|b| b.allow(Instant::now()))
                 .unwrap_or(true)
             {
-                return Outcome::Retry("circuit open: the CRM is failing; waiting".into());
+                return Outcome::Retry(
+                    "circuit open (or Retry-After pause): not sending to the CRM now".into(),
+                );
             }
             self.pacer.wait().await;
             let answer = {
