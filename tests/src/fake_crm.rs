@@ -61,6 +61,10 @@ pub struct CrmState {
     pub script: HashMap<String, VecDeque<Reply>>,
     /// While set, every request is answered `503` (an outage).
     pub down: bool,
+    /// Requests being handled now.
+    pub in_flight: usize,
+    /// The most requests ever handled at once.
+    pub max_in_flight: usize,
 }
 
 impl CrmState {
@@ -143,6 +147,8 @@ async fn handle(
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let (reply, status) = {
         let mut s = state.lock().unwrap();
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         let reply = if s.down {
             Some(Reply::Status(503))
         } else {
@@ -177,7 +183,7 @@ async fn handle(
         (reply, status)
     };
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    match reply {
+    let response = match reply {
         Some(Reply::Hang(d)) => {
             tokio::time::sleep(d).await;
             (code, "{\"ok\":true}").into_response()
@@ -191,5 +197,7 @@ async fn handle(
         Some(_) if status == 400 => (code, "{\"error\":\"invalid email address\"}").into_response(),
         Some(_) => (code, "{\"error\":\"internal\"}").into_response(),
         None => (code, "{\"ok\":true}").into_response(),
-    }
+    };
+    state.lock().unwrap().in_flight -= 1;
+    response
 }

@@ -62,7 +62,7 @@ auth_header = "Authorization"
 auth_env = "{var}"
 template = "{template}"
 required = ["guest.email"]
-rate_per_second = 1000
+{rate}
 {extra}
 [[routes]]
 name = "all"
@@ -72,6 +72,11 @@ sinks = ["crm"]
             env!("CARGO_MANIFEST_DIR"),
             "/../deploy/crm/hubspot-contact.json"
         ),
+        rate = if extra.contains("rate_per_second") {
+            ""
+        } else {
+            "rate_per_second = 1000"
+        },
     );
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
     let SinkConfig::Crm(crm) = &config.sinks["crm"] else {
@@ -300,6 +305,48 @@ breaker_cooldown = "500ms""#,
     assert_eq!(s.applied.len(), 20);
     let keys: HashSet<_> = s.applied.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys.len(), 20);
+}
+
+#[tokio::test]
+async fn concurrency_and_rate_are_limited_per_destination() {
+    let crm = FakeCrm::start().await;
+    for i in 0..8 {
+        crm.script(
+            &format!("purple:s{i}"),
+            &[Reply::Hang(Duration::from_millis(200))],
+        );
+    }
+    let (slow, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_4",
+        "timeout = \"2s\"\nmax_concurrency = 2",
+    );
+    let batch: Vec<_> = (0..8).map(|i| event(&format!("s{i}"))).collect();
+    let (accepted, _) = offer_until_settled(
+        &slow,
+        batch,
+        Duration::from_millis(10),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(accepted.len(), 8);
+    assert_eq!(crm.state.lock().unwrap().max_in_flight, 2);
+
+    let crm = FakeCrm::start().await;
+    let (paced, _) = sink(&crm.url(), "CRM_TEST_SECRET_5", "rate_per_second = 20");
+    let batch: Vec<_> = (0..11).map(|i| event(&format!("r{i}"))).collect();
+    let (accepted, _) = offer_until_settled(
+        &paced,
+        batch,
+        Duration::from_millis(10),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(accepted.len(), 11);
+    let s = crm.state.lock().unwrap();
+    let span = s.requests[10].at - s.requests[0].at;
+    // 11 starts at most 20 per second apart: at least 10 × 50 ms.
+    assert!(span >= Duration::from_millis(480), "{span:?}");
 }
 
 /// End to end: raw topic → processors (guest_connects routed to the CRM)
