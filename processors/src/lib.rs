@@ -8,7 +8,8 @@
 //!   parse, reorder, dedupe, route, deliver, quarantine, dead-letter.
 //! - [`event`]: normalized events and the per-source parsers.
 //! - [`route`]: routing rules from the config.
-//! - [`sink`]: the sink trait and the log and JSON-lines sinks.
+//! - [`sink`]: the sink trait and the log, JSON-lines and null sinks.
+//! - [`analytics`]: the analytics store on PostgreSQL.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
 //!   committed": only the prefix of fully handled records, whatever order
 //!   they finish in.
@@ -29,6 +30,7 @@
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
+pub mod analytics;
 pub mod config;
 pub mod dedupe;
 pub mod event;
