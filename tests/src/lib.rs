@@ -771,6 +771,34 @@ pub struct Postgres {
     bin: PathBuf,
 }
 
+/// Starts `postgres` on the cluster in `dir/data`, logging to
+/// `dir/postgres.log`.
+fn spawn_postgres(bin: &Path, dir: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("postgres.log"))
+        .expect("log file");
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        // A test server: durability is not what is under test here.
+        .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    if let Some((uid, gid)) = postgres_user() {
+        cmd.uid(uid).gid(gid);
+    }
+    die_with_parent(&mut cmd);
+    cmd.spawn().expect("starting postgres")
+}
+
 /// The uid and gid of `postgres` when we are root, so the server can run.
 fn postgres_user() -> Option<(u32, u32)> {
     // SAFETY: getuid has no preconditions.
@@ -790,6 +818,48 @@ fn postgres_user() -> Option<(u32, u32)> {
 }
 
 impl Postgres {
+    /// Stops the server (fast shutdown) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the stopped server again, same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "postgres is still running");
+        self.child = Some(spawn_postgres(&self.bin, self.dir.path(), self.port));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = Command::new(self.bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// initdb in a temporary folder, start the server, wait until it
     /// accepts connections.
     pub fn start() -> Postgres {
@@ -819,45 +889,15 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
-        let mut cmd = Command::new(bin.join("postgres"));
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .arg("-c")
-            .arg(format!("unix_socket_directories={}", dir.path().display()))
-            // A test server: durability is not what is under test here.
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        as_user(&mut cmd);
-        die_with_parent(&mut cmd);
-        let child = cmd.spawn().expect("starting postgres");
+        let child = spawn_postgres(&bin, dir.path(), port);
         let pg = Postgres {
             port,
             child: Some(child),
             dir,
             bin,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = Command::new(pg.bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ready {
-                return pg;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postgres did not start:\n{}",
-                pg.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        pg.wait_ready();
+        pg
     }
 
     /// A connection URL for the `postgres` database.

@@ -161,23 +161,21 @@ async fn wait_until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_day_with_duplicates_and_reordering_gives_the_straight_tables_and_a_replay_changes_nothing()
- {
-    let pg = Postgres::start();
-    let broker = Broker::start();
-    broker.create_topic("an", 3).await;
-    broker.create_topic("an.quarantine", 1).await;
-    broker.create_topic("an.dlq", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
+fn analytics_config(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    dir: &tempfile::TempDir,
+    url: &str,
+) -> String {
+    format!(
         r#"
 [kafka]
 brokers = "{brokers}"
-group_id = "g-an"
-topic = "an"
-quarantine_topic = "an.quarantine"
-dlq_topic = "an.dlq"
+group_id = "{group}"
+topic = "{topic}"
+quarantine_topic = "{topic}.quarantine"
+dlq_topic = "{topic}.dlq"
 [processing]
 gap_timeout = "20s"
 retry_initial = "50ms"
@@ -195,10 +193,20 @@ url = "{url}"
 name = "everything"
 sinks = ["analytics"]
 "#,
-        brokers = broker.brokers(),
-        dedupe = dir.path().join("dedupe.redb").display(),
-        url = pg.url(),
-    );
+        dedupe = dir.path().join(format!("{group}.redb")).display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_with_duplicates_and_reordering_gives_the_straight_tables_and_a_replay_changes_nothing()
+ {
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("an", 3).await;
+    broker.create_topic("an.quarantine", 1).await;
+    broker.create_topic("an.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = analytics_config(&broker.brokers(), "an", "g-an", &dir, &pg.url());
     let events = day(3, 8);
     let records = deliveries(&events, 3);
     assert!(records.len() > events.len(), "no duplicates were generated");
@@ -221,11 +229,13 @@ sinks = ["analytics"]
     // The same stream again (a provider retrying everything, or a replay):
     // nothing changes. A second consumer group re-reads it all, with its
     // own empty dedupe store, so only the sink's idempotency protects.
-    let second = Processor::start(
-        &config
-            .replace("g-an", "g-an-again")
-            .replace("dedupe.redb", "dedupe-again.redb"),
-    );
+    let second = Processor::start(&analytics_config(
+        &broker.brokers(),
+        "an",
+        "g-an-again",
+        &dir,
+        &pg.url(),
+    ));
     produce(&broker.brokers(), "an", &records).await;
     let all = (2 * records.len()) as f64;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -256,4 +266,62 @@ sinks = ["analytics"]
     assert_eq!(pg.psql("select count(*) from events"), total);
     assert_eq!(pg.psql(FOOTFALL_SQL), footfall);
     assert_eq!(pg.psql(SESSIONS_SQL), sessions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains() {
+    let mut pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("an-down", 2).await;
+    broker.create_topic("an-down.quarantine", 1).await;
+    broker.create_topic("an-down.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let processor = Processor::start(&analytics_config(
+        &broker.brokers(),
+        "an-down",
+        "g-down",
+        &dir,
+        &pg.url(),
+    ));
+    let events = day(2, 6);
+    let records = deliveries(&events, 2);
+    let (before, after) = records.split_at(records.len() / 3);
+    produce(&broker.brokers(), "an-down", before).await;
+    wait_until(
+        "the first part stored",
+        Duration::from_secs(60),
+        || {
+            pg.psql("select count(*) from events")
+                .parse::<usize>()
+                .unwrap_or(0)
+                > 0
+        },
+        &|| processor.log(),
+    )
+    .await;
+    pg.stop();
+    produce(&broker.brokers(), "an-down", after).await;
+    // The sink is retried while the database is away; nothing is lost.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metric("processors_sink_retries_total").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no retry while the database was down:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(processor.metric("processors_commit_lag").await > 0.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.restart();
+    let total = events.len().to_string();
+    wait_until(
+        "the backlog drained",
+        Duration::from_secs(60),
+        || pg.psql("select count(*) from events") == total,
+        &|| processor.log(),
+    )
+    .await;
+    assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
+    assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
 }
