@@ -8,6 +8,7 @@ cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 "$root/deploy/install-tansu.sh"
+"$root/deploy/install-debian-packages.sh"
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

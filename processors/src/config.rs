@@ -218,6 +218,18 @@ pub enum SinkConfig {
     Log,
     /// Accepts and discards (benchmarks).
     Null,
+    /// The analytics store on PostgreSQL (`events`, `device_sessions`,
+    /// `footfall_hourly`; see the README).
+    Postgres {
+        /// Connection URL without a password, e.g.
+        /// `postgres://analytics@db:5432/analytics`.
+        #[serde(default)]
+        url: Option<String>,
+        /// Environment variable holding the URL (use this when it has a
+        /// password: secrets never live in the config text).
+        #[serde(default)]
+        url_env: Option<String>,
+    },
     /// Appends each event as one JSON line to a file, once per (source,
     /// event id) even across processes on one host (tests, audits).
     Jsonl {
@@ -496,6 +508,23 @@ impl Config {
             if let SinkConfig::Crm(crm) = sink {
                 p.extend(crm.problems(&format!("sinks.{name}")));
             }
+            if let SinkConfig::Postgres { url, url_env } = sink {
+                match (url, url_env) {
+                    (Some(_), Some(_)) | (None, None) => p.push(format!(
+                        "sinks.{name}: give exactly one of url and url_env"
+                    )),
+                    (Some(u), None) if url_has_password(u) => p.push(format!(
+                        "sinks.{name}.url: has a password; put the URL in an environment variable and name it in url_env"
+                    )),
+                    (Some(u), None) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+                        p.push(format!("sinks.{name}.url: must start with postgres://"))
+                    }
+                    (None, Some(var)) if std::env::var_os(var).is_none() => p.push(format!(
+                        "sinks.{name}.url_env: environment variable {var} is not set"
+                    )),
+                    _ => {}
+                }
+            }
         }
         if self.routes.is_empty() {
             p.push("routes: at least one route is needed, or every event is dropped".into());
@@ -520,6 +549,15 @@ impl Config {
         }
         p
     }
+}
+
+/// Whether a URL's user-info part carries a password (`user:pw@`).
+fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
 fn describe_figment(e: &figment::Error) -> String {
@@ -628,6 +666,28 @@ mod tests {
             .problems
             .join("\n");
         assert!(all.contains("include_lat"), "{all}");
+    }
+
+    #[test]
+    fn postgres_sinks_keep_passwords_out_of_the_config() {
+        let with = |sink: &str| {
+            GOOD.replace(
+                "[sinks.log]\n        kind = \"log\"",
+                &format!("[sinks.log]\n        kind = \"log\"\n        [sinks.db]\n        {sink}"),
+            )
+        };
+        let ok = with("kind = \"postgres\"\nurl = \"postgres://analytics@db:5432/a\"");
+        assert!(Config::from_toml(&ok).is_ok());
+        let pw = with("kind = \"postgres\"\nurl = \"postgres://analytics:hunter2@db/a\"");
+        let all = Config::from_toml(&pw).unwrap_err().problems.join("\n");
+        assert!(all.contains("sinks.db.url: has a password"), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
+        let unset = with("kind = \"postgres\"\nurl_env = \"NO_SUCH_VARIABLE_FOR_TESTS\"");
+        let all = Config::from_toml(&unset).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("NO_SUCH_VARIABLE_FOR_TESTS is not set"),
+            "{all}"
+        );
     }
 
     #[test]

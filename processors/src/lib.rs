@@ -8,7 +8,8 @@
 //!   parse, reorder, dedupe, route, deliver, quarantine, dead-letter.
 //! - [`event`]: normalized events and the per-source parsers.
 //! - [`route`]: routing rules from the config.
-//! - [`sink`]: the sink trait and the log and JSON-lines sinks.
+//! - [`sink`]: the sink trait and the log, JSON-lines and null sinks.
+//! - [`analytics`]: the analytics store on PostgreSQL.
 //! - [`crm`]: the CRM sink: templated JSON over HTTP, idempotency keys,
 //!   retries with backoff, a circuit breaker and a rate limit per sink.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
@@ -31,6 +32,7 @@
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
+pub mod analytics;
 pub mod config;
 pub mod crm;
 pub mod dedupe;

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
+use processors::analytics::PostgresSink;
 use processors::config::{Config, LogFormat, SinkConfig};
 use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::metrics::Metrics;
@@ -100,12 +101,25 @@ fn run(path: &Path) -> ExitCode {
     }
 }
 
-fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+async fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     for (name, s) in &config.sinks {
         let sink: Arc<dyn Sink> = match s {
             SinkConfig::Log => Arc::new(LogSink::new(name)),
             SinkConfig::Null => Arc::new(NullSink::new(name)),
+            SinkConfig::Postgres { url, url_env } => {
+                let url = match (url, url_env) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(var)) => std::env::var(var)
+                        .map_err(|_| anyhow::anyhow!("sinks.{name}.url_env: {var} is not set"))?,
+                    (None, None) => anyhow::bail!("sinks.{name}: no url"),
+                };
+                Arc::new(
+                    PostgresSink::connect(name, &url)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
+                )
+            }
             SinkConfig::Jsonl { path } => Arc::new(
                 JsonlSink::open(name, path)
                     .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,
@@ -137,7 +151,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", config.dedupe.path.display()))?,
     );
     let side = Arc::new(KafkaSide::new(&config.kafka)?);
-    let sinks = build_sinks(&config, &metrics)?;
+    let sinks = build_sinks(&config, &metrics).await?;
     let shared = Arc::new(
         Shared::new(&config, sinks, dedupe.clone(), side, metrics.clone())
             .map_err(|e| anyhow::anyhow!(e))?,

@@ -231,6 +231,10 @@ impl PartitionPipeline {
         }
         let out = self.reorder.tick(now);
         self.after_reorder(out, &mut released);
+        // Read but not yet handled: stays up while a sink is retried.
+        m.commit_lag
+            .with_label_values(&[&self.label])
+            .set(self.offsets.outstanding() as i64);
         self.apply(quarantined, released).await
     }
 

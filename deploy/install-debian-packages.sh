@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests start from Debian's packages, if it is
+# missing: PostgreSQL 15 (the analytics sink's real server). Needs root (CI
+# and these machines run as root); elsewhere, install them yourself.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing Debian packages: ${need[*]} (run as root, or apt-get install them)" >&2
+  exit 1
+fi
+echo "installing from Debian: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package may start a cluster of its own; the tests start their own
+# servers on free ports, so stop it.
+if command -v pg_ctlcluster >/dev/null 2>&1; then
+  for c in /etc/postgresql/*/*; do
+    [ -d "$c" ] || continue
+    pg_ctlcluster "$(basename "$(dirname "$c")")" "$(basename "$c")" stop 2>/dev/null || true
+  done
+fi

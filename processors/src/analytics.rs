@@ -1,0 +1,341 @@
+//! The analytics sink on PostgreSQL: one row per unique event, device
+//! sessions with dwell, hourly footfall per venue.
+//!
+//! # Tables (created and migrated at start-up; `schema_migrations` records
+//! the applied versions)
+//!
+//! - `events`: one row per (source, event id), any source: type, ordering
+//!   key, sequence, occurred/received times, the late flag, the guest-WiFi
+//!   fields (venue, zone, device, guest, vip) and the parsed body (`jsonb`).
+//! - `device_sessions`: per venue and device, each `device_connected` paired
+//!   with the next `device_disconnected` in occurrence order: connected and
+//!   disconnected times, dwell in seconds (null while still connected).
+//! - `footfall_hourly`: per venue and hour (UTC, of occurrence):
+//!   `connections` (device_connected events) and `unique_devices`.
+//!
+//! # Idempotent and order-proof
+//!
+//! A batch is one transaction. Events are inserted with `ON CONFLICT DO
+//! NOTHING`, so a re-delivered or replayed event changes nothing. The
+//! rollups are not incremented: for every (venue, hour) and (venue, device)
+//! the batch touched with a new row, they are recomputed from `events` in
+//! the same transaction. A late event, or one that arrives out of order,
+//! therefore leaves the same rows as if it had come in order, and a replay
+//! into an empty store yields the same tables as the live path.
+//!
+//! A failure (database down, connection lost) answers `Retry` for the whole
+//! batch: the pipeline offers it again with backoff, the partition waits,
+//! nothing past it is committed. The connection is re-opened on the next
+//! attempt.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use crate::event::Event;
+use crate::sink::{BoxFuture, Outcome, Sink};
+
+/// Schema migrations, applied in order, each once.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+    create table if not exists events (
+        source text not null,
+        event_id text not null,
+        event_type text not null,
+        ordering_key text,
+        sequence bigint,
+        occurred_at timestamptz,
+        received_at timestamptz not null,
+        late boolean not null,
+        venue_id text,
+        zone text,
+        device_id text,
+        guest_id text,
+        vip boolean,
+        body jsonb not null,
+        primary key (source, event_id)
+    );
+    create index if not exists events_venue_time on events (venue_id, occurred_at);
+    create index if not exists events_venue_device on events (venue_id, device_id, occurred_at);
+    create table if not exists device_sessions (
+        venue_id text not null,
+        device_id text not null,
+        connected_at timestamptz not null,
+        disconnected_at timestamptz,
+        dwell_seconds double precision,
+        connect_event_id text not null,
+        disconnect_event_id text,
+        primary key (venue_id, device_id, connect_event_id)
+    );
+    create table if not exists footfall_hourly (
+        venue_id text not null,
+        hour timestamptz not null,
+        connections bigint not null,
+        unique_devices bigint not null,
+        primary key (venue_id, hour)
+    );
+    "#,
+)];
+
+const INSERT_EVENTS: &str = r#"
+    insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
+                        received_at, late, venue_id, zone, device_id, guest_id, vip, body)
+    select source, event_id, event_type, ordering_key, sequence,
+           to_timestamp(occurred / 1e6), to_timestamp(received / 1e6),
+           late, venue_id, zone, device_id, guest_id, vip, body::jsonb
+    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
+                $7::int8[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
+                $13::bool[], $14::text[])
+         as t(source, event_id, event_type, ordering_key, sequence, occurred,
+              received, late, venue_id, zone, device_id, guest_id, vip, body)
+    on conflict (source, event_id) do nothing
+    returning venue_id, device_id, date_trunc('hour', occurred_at)::text
+"#;
+
+const FOOTFALL: &str = r#"
+    insert into footfall_hourly (venue_id, hour, connections, unique_devices)
+    select e.venue_id, date_trunc('hour', e.occurred_at), count(*), count(distinct e.device_id)
+    from events e
+    join unnest($1::text[], $2::text[]) as k(venue_id, hour)
+      on e.venue_id = k.venue_id and date_trunc('hour', e.occurred_at) = k.hour::timestamptz
+    where e.event_type = 'device_connected'
+    group by 1, 2
+    on conflict (venue_id, hour) do update
+      set connections = excluded.connections, unique_devices = excluded.unique_devices
+"#;
+
+const SESSIONS_DELETE: &str = r#"
+    delete from device_sessions s
+    using unnest($1::text[], $2::text[]) as k(venue_id, device_id)
+    where s.venue_id = k.venue_id and s.device_id = k.device_id
+"#;
+
+const SESSIONS_INSERT: &str = r#"
+    insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
+                                 dwell_seconds, connect_event_id, disconnect_event_id)
+    select venue_id, device_id, occurred_at,
+           case when next_type = 'device_disconnected' then next_at end,
+           case when next_type = 'device_disconnected'
+                then extract(epoch from next_at - occurred_at)::float8 end,
+           event_id,
+           case when next_type = 'device_disconnected' then next_id end
+    from (
+        select e.venue_id, e.device_id, e.event_type, e.occurred_at, e.event_id,
+               lead(e.event_type) over w as next_type,
+               lead(e.occurred_at) over w as next_at,
+               lead(e.event_id) over w as next_id
+        from events e
+        join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
+          on e.venue_id = k.venue_id and e.device_id = k.device_id
+        where e.event_type in ('device_connected', 'device_disconnected')
+        window w as (partition by e.venue_id, e.device_id
+                     order by e.occurred_at, e.sequence, e.event_id)
+    ) x
+    where event_type = 'device_connected'
+"#;
+
+/// The PostgreSQL analytics sink.
+pub struct PostgresSink {
+    name: String,
+    url: String,
+    client: Arc<Mutex<Option<Client>>>,
+}
+
+impl PostgresSink {
+    /// Connects and applies migrations. Fails if the database cannot be
+    /// reached at start-up (a misconfiguration should stop the process).
+    pub async fn connect(name: &str, url: &str) -> Result<Self, String> {
+        let sink = PostgresSink {
+            name: name.into(),
+            url: url.into(),
+            client: Arc::new(Mutex::new(None)),
+        };
+        let mut guard = sink.client.lock().await;
+        let client = open(url).await?;
+        *guard = Some(client);
+        drop(guard);
+        Ok(sink)
+    }
+
+    async fn write(&self, batch: &[Arc<Event>]) -> Result<(), String> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(open(&self.url).await?);
+        }
+        let Some(client) = guard.as_mut() else {
+            return Err("no connection".into());
+        };
+        let result = write_batch(client, batch).await;
+        if result.is_err() && client.is_closed() {
+            *guard = None;
+        }
+        result
+    }
+}
+
+async fn open(url: &str) -> Result<Client, String> {
+    let (mut client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| format!("connect: {}", describe(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "analytics database connection ended");
+        }
+    });
+    migrate(&mut client).await?;
+    Ok(client)
+}
+
+/// The server's message and SQLSTATE where there is one (the plain
+/// `Display` says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<(), String> {
+    let e = |e: tokio_postgres::Error| format!("migrate: {}", describe(&e));
+    let tx = client.transaction().await.map_err(e)?;
+    // One migrator at a time across instances.
+    tx.execute("select pg_advisory_xact_lock(7461626)", &[])
+        .await
+        .map_err(e)?;
+    tx.batch_execute(
+        "create table if not exists schema_migrations (
+            version int primary key, applied_at timestamptz not null default now())",
+    )
+    .await
+    .map_err(e)?;
+    for (version, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt(
+                "select 1 from schema_migrations where version = $1",
+                &[version],
+            )
+            .await
+            .map_err(e)?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql).await.map_err(e)?;
+            tx.execute(
+                "insert into schema_migrations (version) values ($1)",
+                &[version],
+            )
+            .await
+            .map_err(e)?;
+            tracing::info!(version, "analytics schema migrated");
+        }
+    }
+    tx.commit().await.map_err(e)
+}
+
+async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), String> {
+    let n = batch.len();
+    let mut source = Vec::with_capacity(n);
+    let mut event_id = Vec::with_capacity(n);
+    let mut event_type = Vec::with_capacity(n);
+    let mut ordering_key: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut sequence: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut occurred: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut received = Vec::with_capacity(n);
+    let mut late = Vec::with_capacity(n);
+    let mut venue: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut zone: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut device: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut guest: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut vip: Vec<Option<bool>> = Vec::with_capacity(n);
+    let mut body = Vec::with_capacity(n);
+    for e in batch {
+        source.push(e.source.clone());
+        event_id.push(e.event_id.clone());
+        event_type.push(e.event_type.clone());
+        ordering_key.push(e.ordering_key.clone());
+        sequence.push(e.sequence);
+        occurred.push(e.occurred_at_micros);
+        received.push(e.received_at_micros);
+        late.push(e.late);
+        let w = e.guest_wifi.as_ref();
+        venue.push(w.map(|w| w.venue_id.clone()));
+        zone.push(w.and_then(|w| w.zone.clone()));
+        device.push(w.and_then(|w| w.device_id.clone()));
+        guest.push(w.and_then(|w| w.guest.as_ref().map(|g| g.id.clone())));
+        vip.push(w.and_then(|w| w.guest.as_ref().map(|g| g.vip)));
+        body.push(e.body.to_string());
+    }
+    let err =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
+    let tx = client.transaction().await.map_err(err("begin"))?;
+    let rows = tx
+        .query(
+            INSERT_EVENTS,
+            &[
+                &source,
+                &event_id,
+                &event_type,
+                &ordering_key,
+                &sequence,
+                &occurred,
+                &received,
+                &late,
+                &venue,
+                &zone,
+                &device,
+                &guest,
+                &vip,
+                &body,
+            ],
+        )
+        .await
+        .map_err(err("insert events"))?;
+    let mut hours: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut devices: BTreeSet<(String, String)> = BTreeSet::new();
+    for row in &rows {
+        let venue: Option<String> = row.get(0);
+        let device: Option<String> = row.get(1);
+        let hour: Option<String> = row.get(2);
+        if let Some(v) = venue {
+            if let Some(h) = hour {
+                hours.insert((v.clone(), h));
+            }
+            if let Some(d) = device {
+                devices.insert((v, d));
+            }
+        }
+    }
+    if !hours.is_empty() {
+        let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
+        tx.execute(FOOTFALL, &[&v, &h])
+            .await
+            .map_err(err("footfall"))?;
+    }
+    if !devices.is_empty() {
+        let (v, d): (Vec<String>, Vec<String>) = devices.into_iter().unzip();
+        tx.execute(SESSIONS_DELETE, &[&v, &d])
+            .await
+            .map_err(err("sessions"))?;
+        tx.execute(SESSIONS_INSERT, &[&v, &d])
+            .await
+            .map_err(err("sessions"))?;
+    }
+    tx.commit().await.map_err(err("commit"))
+}
+
+impl Sink for PostgresSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            match self.write(batch).await {
+                Ok(()) => vec![Outcome::Accepted; batch.len()],
+                Err(e) => vec![Outcome::Retry(e); batch.len()],
+            }
+        })
+    }
+}
