@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use plumbing::{describe_figment, valid_topic};
 use serde::Deserialize;
 
 use crate::address::Cidrs;
@@ -120,16 +121,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use plumbing::LogFormat;
 
 /// One webhook source.
 #[derive(Debug, Clone, Deserialize)]
@@ -843,31 +835,6 @@ fn valid_query_param(n: &str) -> bool {
         && n.len() <= 64
         && n.bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'&' | b'=' | b'#' | b'?' | b'+' | b'%'))
-}
-
-fn describe_figment(e: &figment::Error) -> String {
-    let path = e.path.join(".");
-    let origin = e
-        .metadata
-        .as_ref()
-        .map(|m| m.name.to_string())
-        .unwrap_or_default();
-    let what = e.kind.to_string();
-    match (path.is_empty(), origin.is_empty()) {
-        (true, true) => what,
-        (true, false) => format!("{what} (from {origin})"),
-        (false, true) => format!("{path}: {what}"),
-        (false, false) => format!("{path}: {what} (from {origin})"),
-    }
-}
-
-fn valid_topic(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Source names appear in URLs, metric labels and Kafka headers.

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ingest::config::{Config, LogFormat};
+use ingest::config::Config;
 use ingest::source::Source;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -93,18 +92,6 @@ struct SendArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-}
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("INGEST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 fn main() -> ExitCode {
@@ -261,7 +248,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logs(config.log.format);
+    plumbing::init_logs(config.log.format, "INGEST_LOG");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use plumbing::{describe_figment, valid_topic};
 use serde::Deserialize;
 
 use crate::dedupe::DEFAULT_WINDOW;
@@ -167,16 +168,7 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use plumbing::LogFormat;
 
 /// How one source's bodies are parsed.
 #[derive(Debug, Clone, Deserialize)]
@@ -558,25 +550,6 @@ fn url_has_password(url: &str) -> bool {
     authority
         .rsplit_once('@')
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-}
-
-fn describe_figment(e: &figment::Error) -> String {
-    let path = e.path.join(".");
-    let what = e.kind.to_string();
-    if path.is_empty() {
-        what
-    } else {
-        format!("{path}: {what}")
-    }
-}
-
-fn valid_topic(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 249
-        && t != "."
-        && t != ".."
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

@@ -12,13 +12,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
 use processors::analytics::PostgresSink;
-use processors::config::{Config, LogFormat, SinkConfig};
+use processors::config::{Config, SinkConfig};
 use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::metrics::Metrics;
 use processors::pipeline::Shared;
 use processors::runtime::{self, KafkaSide};
 use processors::sink::{JsonlSink, LogSink, NullSink, Sink};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -63,18 +62,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PROCESSORS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 fn run(path: &Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -83,7 +70,7 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log.format);
+    plumbing::init_logs(config.log.format, "PROCESSORS_LOG");
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -216,7 +203,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
 
-    shutdown_signal().await;
+    plumbing::shutdown_signal().await;
     tracing::info!("stopping: handing partitions over");
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || running.join()).await;
@@ -256,24 +243,5 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
             StatusCode::SERVICE_UNAVAILABLE,
             "not yet in the consumer group",
         )
-    }
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
     }
 }

@@ -1,0 +1,135 @@
+//! Plumbing shared by the `ingest` and `processors` binaries, kept in one
+//! place so they log, stop and report configuration problems alike:
+//!
+//! - [`LogFormat`] and [`init_logs`]: `text` or `json` lines on stderr,
+//!   filtered by an environment variable;
+//! - [`shutdown_signal`]: SIGINT or SIGTERM;
+//! - [`describe_figment`]: one line per configuration error, naming the
+//!   field;
+//! - [`valid_topic`]: Kafka's topic-name rule;
+//! - [`route_librdkafka_log`]: librdkafka's log lines into `tracing`.
+//!
+//! It holds no business logic and depends on no other crate of ours.
+
+use rdkafka::config::RDKafkaLogLevel;
+use serde::Deserialize;
+use tracing_subscriber::EnvFilter;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber: `format` lines on stderr, filtered by
+/// the environment variable `filter_env` (default `info,librdkafka=warn`).
+pub fn init_logs(format: LogFormat, filter_env: &str) {
+    let filter = EnvFilter::try_from_env(filter_env)
+        .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// One configuration error as a line: `field.path: what (from origin)`.
+pub fn describe_figment(e: &figment::Error) -> String {
+    let path = e.path.join(".");
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
+    let what = e.kind.to_string();
+    match (path.is_empty(), origin.is_empty()) {
+        (true, true) => what,
+        (true, false) => format!("{what} (from {origin})"),
+        (false, true) => format!("{path}: {what}"),
+        (false, false) => format!("{path}: {what} (from {origin})"),
+    }
+}
+
+/// Kafka's rule for topic names: 1-249 of `a-z A-Z 0-9 . _ -`, not `.` or
+/// `..`.
+pub fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Routes one librdkafka log line to `tracing` (target `librdkafka`) at the
+/// matching level; call it from a `ClientContext::log`.
+pub fn route_librdkafka_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{log_message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names_follow_kafkas_rule() {
+        for ok in ["webhooks.raw", "a", "A-b_c.9", &"x".repeat(249)] {
+            assert!(valid_topic(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "with space", "é", &"x".repeat(250)] {
+            assert!(!valid_topic(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_config_error_names_its_field() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct C {
+            n: u32,
+        }
+        use figment::providers::{Format, Toml};
+        let e = figment::Figment::new()
+            .merge(Toml::string("n = \"x\""))
+            .extract::<C>()
+            .unwrap_err();
+        let line = e.into_iter().map(|e| describe_figment(&e)).next().unwrap();
+        assert!(line.starts_with("n: "), "{line}");
+    }
+}
