@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests start from Debian's packages, if it is
-# missing: PostgreSQL 15 (the analytics sink's real server). Needs root (CI
+# missing: PostgreSQL 15 (the analytics sink's real server), Prometheus
+# Alertmanager (the alerting sink's real receiver) and Prometheus (`promtool`
+# checks the alert rules). Needs root (CI
 # and these machines run as root); elsewhere, install them yourself.
 set -euo pipefail
 
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -26,3 +30,7 @@ if command -v pg_ctlcluster >/dev/null 2>&1; then
     pg_ctlcluster "$(basename "$(dirname "$c")")" "$(basename "$c")" stop 2>/dev/null || true
   done
 fi
+# Likewise for the Prometheus services, where an init system started them.
+for svc in prometheus prometheus-alertmanager prometheus-node-exporter; do
+  if command -v service >/dev/null 2>&1; then service "$svc" stop >/dev/null 2>&1 || true; fi
+done
