@@ -4,8 +4,14 @@
 # deploy/config/ingest.local.toml. Prints a curl line that sends a correctly
 # signed example event. Ctrl-C stops everything.
 #
+# Unless DEMO_EVENTS=0, it then plays a short demo stream through ingest
+# (the provider simulator: several venues, duplicates, out-of-order
+# deliveries) and prints what the analytics store holds.
+#
 # Settings (environment): KAFKA_PORT (9092), INGEST_PORT (8080),
-# DATA_DIR (.local), PURPLE_WEBHOOK_SECRET (local-demo-secret).
+# DATA_DIR (.local), PURPLE_WEBHOOK_SECRET (local-demo-secret),
+# DEMO_EVENTS (300), ANALYTICS_DATABASE_URL (unset: the embedded analytics
+# store in $DATA_DIR/analytics.db; set to a postgres:// URL to use PostgreSQL).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -57,6 +63,14 @@ export PROCESSORS_KAFKA__BROKERS="127.0.0.1:$kafka_port"
 export PROCESSORS_METRICS__LISTEN="127.0.0.1:$metrics_port"
 export PROCESSORS_DEDUPE__PATH="$data/processors/dedupe.redb"
 export PROCESSORS_SINKS__EVENTS__PATH="$data/processors/events.jsonl"
+export PROCESSORS_SINKS__ANALYTICS__PATH="$data/analytics.db"
+if [ -n "${ANALYTICS_DATABASE_URL:-}" ]; then
+  export ANALYTICS_DATABASE_URL
+  export PROCESSORS_SINKS__ANALYTICS__URL_ENV=ANALYTICS_DATABASE_URL
+  analytics_where="PostgreSQL (ANALYTICS_DATABASE_URL)"
+else
+  analytics_where="the embedded store $data/analytics.db"
+fi
 "$root/target/release/processors" run --config "$root/deploy/config/processors.local.toml" \
   > "$data/processors.out" 2> >(tee "$data/processors.log" >&2) &
 pids+=($!)
@@ -84,10 +98,32 @@ source and event-id, value = Avro single-object envelope
 (librdkafka 2.1 or later: Debian's kcat 2.0.2 cannot talk to tansu).
 
 The processors consume it and append each event once, in order per venue,
-to $data/processors/events.jsonl (VIP arrivals are also logged).
+to $data/processors/events.jsonl, write it to the analytics tables in
+$analytics_where, and log VIP arrivals.
 
 Health: curl http://127.0.0.1:$ingest_port/readyz   Metrics: curl http://127.0.0.1:$ingest_port/metrics
 Processors: curl http://127.0.0.1:$metrics_port/metrics
 Ctrl-C stops everything.
 MSG
+
+demo_events=${DEMO_EVENTS:-300}
+if [ "$demo_events" -gt 0 ]; then
+  echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order)..."
+  "$root/target/release/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
+    --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 \
+    --duplicates 0.1 --out-of-order 0.2 || echo "demo: the simulator failed" >&2
+  if [ -z "${ANALYTICS_DATABASE_URL:-}" ]; then
+    sleep 3
+    python3 - "$data/analytics.db" <<'PY' || true
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+n, = db.execute("select count(*) from events").fetchone()
+s, open_, = db.execute("select count(*), count(*) - count(disconnected_at) from device_sessions").fetchone()
+print(f"analytics ({sys.argv[1]}): {n} events, {s} device sessions ({open_} still connected)")
+print("footfall_hourly (venue, hour, connections, unique devices):")
+for row in db.execute("select venue_id, hour, connections, unique_devices from footfall_hourly order by 1, 2 limit 12"):
+    print("  " + " | ".join(map(str, row)))
+PY
+  fi
+fi
 wait

@@ -222,6 +222,21 @@ pub enum SinkConfig {
         #[serde(default)]
         url_env: Option<String>,
     },
+    /// The analytics store (the same tables on either engine): PostgreSQL
+    /// when `url` or `url_env` is given, else the embedded store in the
+    /// file at `path`. So one config serves both: the local stack keeps
+    /// `path` and switches to PostgreSQL by setting only `url_env`.
+    Analytics {
+        /// PostgreSQL connection URL without a password.
+        #[serde(default)]
+        url: Option<String>,
+        /// Environment variable holding the PostgreSQL URL.
+        #[serde(default)]
+        url_env: Option<String>,
+        /// The embedded store's file (SQLite), used when no URL is given.
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
     /// Appends each event as one JSON line to a file, once per (source,
     /// event id) even across processes on one host (tests, audits).
     Jsonl {
@@ -500,22 +515,20 @@ impl Config {
             if let SinkConfig::Crm(crm) = sink {
                 p.extend(crm.problems(&format!("sinks.{name}")));
             }
-            if let SinkConfig::Postgres { url, url_env } = sink {
-                match (url, url_env) {
-                    (Some(_), Some(_)) | (None, None) => p.push(format!(
-                        "sinks.{name}: give exactly one of url and url_env"
-                    )),
-                    (Some(u), None) if url_has_password(u) => p.push(format!(
-                        "sinks.{name}.url: has a password; put the URL in an environment variable and name it in url_env"
-                    )),
-                    (Some(u), None) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
-                        p.push(format!("sinks.{name}.url: must start with postgres://"))
-                    }
-                    (None, Some(var)) if std::env::var_os(var).is_none() => p.push(format!(
-                        "sinks.{name}.url_env: environment variable {var} is not set"
-                    )),
-                    _ => {}
+            match sink {
+                SinkConfig::Postgres { url, url_env } => {
+                    p.extend(postgres_url_problems(name, url, url_env));
                 }
+                SinkConfig::Analytics { url, url_env, path } => {
+                    if url.is_some() || url_env.is_some() {
+                        p.extend(postgres_url_problems(name, url, url_env));
+                    } else if path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                        p.push(format!(
+                            "sinks.{name}: give path (the embedded store's file) or url/url_env (PostgreSQL)"
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
         if self.routes.is_empty() {
@@ -541,6 +554,31 @@ impl Config {
         }
         p
     }
+}
+
+/// What is wrong with a PostgreSQL sink's `url` / `url_env`.
+fn postgres_url_problems(
+    name: &str,
+    url: &Option<String>,
+    url_env: &Option<String>,
+) -> Vec<String> {
+    let mut p = Vec::new();
+    match (url, url_env) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.push(format!("sinks.{name}: give exactly one of url and url_env"))
+        }
+        (Some(u), None) if url_has_password(u) => p.push(format!(
+            "sinks.{name}.url: has a password; put the URL in an environment variable and name it in url_env"
+        )),
+        (Some(u), None) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+            p.push(format!("sinks.{name}.url: must start with postgres://"))
+        }
+        (None, Some(var)) if std::env::var_os(var).is_none() => p.push(format!(
+            "sinks.{name}.url_env: environment variable {var} is not set"
+        )),
+        _ => {}
+    }
+    p
 }
 
 /// Whether a URL's user-info part carries a password (`user:pw@`).
@@ -661,6 +699,32 @@ mod tests {
             all.contains("NO_SUCH_VARIABLE_FOR_TESTS is not set"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_analytics_sink_is_embedded_unless_a_url_is_given() {
+        let with = |sink: &str| {
+            GOOD.replace(
+                "[sinks.log]\n        kind = \"log\"",
+                &format!("[sinks.log]\n        kind = \"log\"\n        [sinks.db]\n        {sink}"),
+            )
+        };
+        let embedded = with("kind = \"analytics\"\npath = \"/var/lib/p/analytics.db\"");
+        assert!(Config::from_toml(&embedded).is_ok());
+        let pg = with("kind = \"analytics\"\npath = \"a.db\"\nurl = \"postgres://a@db/a\"");
+        assert!(Config::from_toml(&pg).is_ok());
+        let neither = Config::from_toml(&with("kind = \"analytics\""))
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            neither.contains("sinks.db: give path (the embedded store's file) or url/url_env"),
+            "{neither}"
+        );
+        let pw = with("kind = \"analytics\"\nurl = \"postgres://a:hunter2@db/a\"");
+        let all = Config::from_toml(&pw).unwrap_err().problems.join("\n");
+        assert!(all.contains("sinks.db.url: has a password"), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`event`]: normalized events and the per-source parsers.
 //! - [`route`]: routing rules from the config.
 //! - [`sink`]: the sink trait and the log, JSON-lines and null sinks.
-//! - [`analytics`]: the analytics store on PostgreSQL.
+//! - [`analytics`]: the analytics store, on PostgreSQL or embedded (SQLite).
 //! - [`crm`]: the CRM sink: templated JSON over HTTP, idempotency keys,
 //!   retries with backoff, a circuit breaker and a rate limit per sink.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be

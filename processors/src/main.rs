@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use processors::analytics::PostgresSink;
+use processors::analytics::{PostgresSink, SqliteSink};
 use processors::config::{Config, SinkConfig};
 use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::metrics::Metrics;
@@ -95,18 +95,22 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<A
             SinkConfig::Log => Arc::new(LogSink::new(name)),
             SinkConfig::Null => Arc::new(NullSink::new(name)),
             SinkConfig::Postgres { url, url_env } => {
-                let url = match (url, url_env) {
-                    (Some(u), _) => u.clone(),
-                    (None, Some(var)) => std::env::var(var)
-                        .map_err(|_| anyhow::anyhow!("sinks.{name}.url_env: {var} is not set"))?,
-                    (None, None) => anyhow::bail!("sinks.{name}: no url"),
-                };
-                Arc::new(
-                    PostgresSink::connect(name, &url)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
-                )
+                postgres_sink(name, url.as_deref(), url_env.as_deref()).await?
             }
+            SinkConfig::Analytics { url, url_env, path } => match (url, url_env, path) {
+                (None, None, Some(path)) => {
+                    tracing::info!(sink = %name, path = %path.display(), "analytics: embedded store");
+                    Arc::new(
+                        SqliteSink::open(name, path)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
+                    )
+                }
+                _ => {
+                    tracing::info!(sink = %name, "analytics: PostgreSQL");
+                    postgres_sink(name, url.as_deref(), url_env.as_deref()).await?
+                }
+            },
             SinkConfig::Jsonl { path } => Arc::new(
                 JsonlSink::open(name, path)
                     .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,
@@ -119,6 +123,26 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<A
         sinks.push(sink);
     }
     Ok(sinks)
+}
+
+/// The PostgreSQL analytics sink, its URL given or read from the
+/// environment (never logged: it may hold a password).
+async fn postgres_sink(
+    name: &str,
+    url: Option<&str>,
+    url_env: Option<&str>,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let url = match (url, url_env) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("sinks.{name}.url_env: {var} is not set"))?,
+        (None, None) => anyhow::bail!("sinks.{name}: no url"),
+    };
+    Ok(Arc::new(
+        PostgresSink::connect(name, &url)
+            .await
+            .map_err(|e| anyhow::anyhow!("sinks.{name}: {e}"))?,
+    ))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,7 +1,9 @@
-//! The analytics sink on a real PostgreSQL, fed by the processors from a
-//! real broker: a simulated day with duplicates and out-of-order deliveries
-//! gives the same tables as a straight computation over the de-duplicated
-//! input, and the same stream delivered again changes nothing.
+//! The analytics sink on a real PostgreSQL and on the embedded store,
+//! fed by the processors from a real broker: a simulated day with
+//! duplicates and out-of-order deliveries gives the same tables as a
+//! straight computation over the de-duplicated input, the same stream
+//! delivered again changes nothing, both engines hold the same rows, and
+//! `kill -9` in the middle of the writes loses and duplicates nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -161,12 +163,15 @@ async fn wait_until(
     }
 }
 
+/// A processors config for the `purple` source routing everything to
+/// `sinks` (TOML `[sinks.NAME]` tables, named in `names`).
 fn analytics_config(
     brokers: &str,
     topic: &str,
     group: &str,
     dir: &tempfile::TempDir,
-    url: &str,
+    sinks: &str,
+    names: &[&str],
 ) -> String {
     format!(
         r#"
@@ -176,6 +181,8 @@ group_id = "{group}"
 topic = "{topic}"
 quarantine_topic = "{topic}.quarantine"
 dlq_topic = "{topic}.dlq"
+# A killed instance's partitions move on after 6 s, not librdkafka's 45 s.
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
 [processing]
 gap_timeout = "20s"
 retry_initial = "50ms"
@@ -186,16 +193,123 @@ path = "{dedupe}"
 listen = "127.0.0.1:0"
 [sources.purple]
 parser = "guest_wifi"
-[sinks.analytics]
-kind = "postgres"
-url = "{url}"
+{sinks}
 [[routes]]
 name = "everything"
-sinks = ["analytics"]
+sinks = {names:?}
 "#,
         dedupe = dir.path().join(format!("{group}.redb")).display(),
     )
 }
+
+/// The PostgreSQL sink, named `analytics`.
+fn pg_sink(url: &str) -> String {
+    format!("[sinks.analytics]\nkind = \"postgres\"\nurl = \"{url}\"\n")
+}
+
+/// The embedded store in `path`, named `embedded`.
+fn embedded_sink(path: &std::path::Path) -> String {
+    format!(
+        "[sinks.embedded]\nkind = \"analytics\"\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
+/// Rows of the embedded store, one line per row, fields joined by `|`.
+fn sqlite(path: &std::path::Path, sql: &str) -> String {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the embedded store");
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |row| {
+            let mut fields = Vec::with_capacity(n);
+            for i in 0..n {
+                let v: rusqlite::types::Value = row.get(i)?;
+                fields.push(match v {
+                    rusqlite::types::Value::Null => String::new(),
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Real(r) => r.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    rusqlite::types::Value::Blob(b) => format!("{b:?}"),
+                });
+            }
+            Ok(fields.join("|"))
+        })
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    rows.join("\n")
+}
+
+fn sqlite_count(path: &std::path::Path) -> usize {
+    if !path.exists() {
+        return 0;
+    }
+    sqlite(path, "select count(*) from events")
+        .parse()
+        .unwrap_or(0)
+}
+
+const SQLITE_FOOTFALL: &str = "select venue_id, substr(hour, 12, 2), connections, unique_devices \
+     from footfall_hourly order by 1, 2";
+const SQLITE_SESSIONS: &str = "select venue_id || '|' || device_id || '|' || substr(connected_at, 12, 5) \
+     || '|' || coalesce(cast(cast(dwell_seconds as integer) as text), '') from device_sessions order by 1";
+
+/// Both engines hold the same rows; on a difference, shows the first.
+fn same_rows(postgres: &str, embedded: &str) {
+    let (p, e): (Vec<&str>, Vec<&str>) = (postgres.lines().collect(), embedded.lines().collect());
+    if let Some(i) = (0..p.len().max(e.len())).find(|&i| p.get(i) != e.get(i)) {
+        panic!(
+            "the two engines hold different rows ({} vs {}); first difference at row {i}:\n postgres: {:?}\n embedded: {:?}",
+            p.len(),
+            e.len(),
+            p.get(i),
+            e.get(i)
+        );
+    }
+}
+
+/// Every column of the three tables but the body, in one text shape on
+/// both engines (times as `YYYY-MM-DDTHH:MM:SS.ffffffZ`, booleans as 0/1,
+/// dwell in microseconds).
+const PG_ALL: &str = r#"
+select * from (
+  select 'e|' || source || '|' || event_id || '|' || event_type || '|' || coalesce(ordering_key, '')
+     || '|' || coalesce(sequence::text, '')
+     || '|' || coalesce(to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '')
+     || '|' || to_char(received_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+     || '|' || (case when late then 1 else 0 end) || '|' || coalesce(venue_id, '') || '|' || coalesce(zone, '')
+     || '|' || coalesce(device_id, '') || '|' || coalesce(guest_id, '')
+     || '|' || (case when vip is null then '' when vip then '1' else '0' end) as r from events
+  union all
+  select 's|' || venue_id || '|' || device_id
+     || '|' || to_char(connected_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+     || '|' || coalesce(to_char(disconnected_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), '')
+     || '|' || coalesce(round(dwell_seconds * 1000000)::bigint::text, '')
+     || '|' || connect_event_id || '|' || coalesce(disconnect_event_id, '') from device_sessions
+  union all
+  select 'f|' || venue_id || '|' || to_char(hour at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+     || '|' || connections || '|' || unique_devices from footfall_hourly
+) x order by r collate "C"
+"#;
+const SQLITE_ALL: &str = r#"
+select r from (
+  select 'e|' || source || '|' || event_id || '|' || event_type || '|' || coalesce(ordering_key, '')
+     || '|' || coalesce(sequence, '') || '|' || coalesce(occurred_at, '') || '|' || received_at
+     || '|' || late || '|' || coalesce(venue_id, '') || '|' || coalesce(zone, '')
+     || '|' || coalesce(device_id, '') || '|' || coalesce(guest_id, '') || '|' || coalesce(vip, '') as r
+  from events
+  union all
+  select 's|' || venue_id || '|' || device_id || '|' || connected_at || '|' || coalesce(disconnected_at, '')
+     || '|' || coalesce(cast(round(dwell_seconds * 1000000) as integer), '')
+     || '|' || connect_event_id || '|' || coalesce(disconnect_event_id, '') from device_sessions
+  union all
+  select 'f|' || venue_id || '|' || hour || '|' || connections || '|' || unique_devices from footfall_hourly
+) order by r
+"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_with_duplicates_and_reordering_gives_the_straight_tables_and_a_replay_changes_nothing()
@@ -206,7 +320,14 @@ async fn a_day_with_duplicates_and_reordering_gives_the_straight_tables_and_a_re
     broker.create_topic("an.quarantine", 1).await;
     broker.create_topic("an.dlq", 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = analytics_config(&broker.brokers(), "an", "g-an", &dir, &pg.url());
+    let config = analytics_config(
+        &broker.brokers(),
+        "an",
+        "g-an",
+        &dir,
+        &pg_sink(&pg.url()),
+        &["analytics"],
+    );
     let events = day(3, 8);
     let records = deliveries(&events, 3);
     assert!(records.len() > events.len(), "no duplicates were generated");
@@ -234,7 +355,8 @@ async fn a_day_with_duplicates_and_reordering_gives_the_straight_tables_and_a_re
         "an",
         "g-an-again",
         &dir,
-        &pg.url(),
+        &pg_sink(&pg.url()),
+        &["analytics"],
     ));
     produce(&broker.brokers(), "an", &records).await;
     let all = (2 * records.len()) as f64;
@@ -281,7 +403,8 @@ async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains
         "an-down",
         "g-down",
         &dir,
-        &pg.url(),
+        &pg_sink(&pg.url()),
+        &["analytics"],
     ));
     let events = day(2, 6);
     let records = deliveries(&events, 2);
@@ -324,4 +447,156 @@ async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains
     .await;
     assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
     assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_store_gives_the_straight_tables_and_the_same_rows_as_postgresql() {
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("emb", 3).await;
+    broker.create_topic("emb.quarantine", 1).await;
+    broker.create_topic("emb.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("store/analytics.db");
+    let sinks = format!("{}{}", pg_sink(&pg.url()), embedded_sink(&db));
+    let config = analytics_config(
+        &broker.brokers(),
+        "emb",
+        "g-emb",
+        &dir,
+        &sinks,
+        &["analytics", "embedded"],
+    );
+    let events = day(3, 8);
+    let records = deliveries(&events, 3);
+    let processor = Processor::start(&config);
+    produce(&broker.brokers(), "emb", &records).await;
+    let total = events.len().to_string();
+    wait_until(
+        "every event stored in both engines",
+        Duration::from_secs(60),
+        || pg.psql("select count(*) from events") == total && sqlite_count(&db) == events.len(),
+        &|| processor.log(),
+    )
+    .await;
+    // Rollups are written in the batch's transaction, but the two sinks
+    // are separate transactions: wait until both processed everything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metric("processors_commit_lag").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "not committed:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let footfall = sqlite(&db, SQLITE_FOOTFALL);
+    assert_eq!(footfall, expected_footfall(&events));
+    let sessions = sqlite(&db, SQLITE_SESSIONS);
+    assert_eq!(sessions, expected_sessions(&events));
+    let rows = sqlite(&db, SQLITE_ALL);
+    assert_eq!(
+        rows.lines().count(),
+        events.len()
+            + events
+                .iter()
+                .filter(|e| e.kind == "device_connected")
+                .count()
+            + footfall.lines().count()
+    );
+    same_rows(&pg.psql(PG_ALL), &rows);
+
+    // Everything again through another group: the embedded store does not
+    // change either.
+    let second = Processor::start(&analytics_config(
+        &broker.brokers(),
+        "emb",
+        "g-emb-again",
+        &dir,
+        &embedded_sink(&db),
+        &["embedded"],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second.metric("processors_routed_total").await < events.len() as f64
+        || second.metric("processors_commit_lag").await > 0.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "second delivery not handled:\n{}",
+            second.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sqlite(&db, SQLITE_ALL), rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_analytics_writes_loses_nothing_and_duplicates_nothing() {
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("an-kill", 3).await;
+    broker.create_topic("an-kill.quarantine", 1).await;
+    broker.create_topic("an-kill.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("analytics.db");
+    let sinks = format!("{}{}", pg_sink(&pg.url()), embedded_sink(&db));
+    let config = analytics_config(
+        &broker.brokers(),
+        "an-kill",
+        "g-an-kill",
+        &dir,
+        &sinks,
+        &["analytics", "embedded"],
+    );
+    let events = day(4, 20);
+    let records = deliveries(&events, 4);
+    produce(&broker.brokers(), "an-kill", &records).await;
+    // Kill the processor three times while it writes: each time some but
+    // not all of the events are in.
+    let mut partial_kills = 0;
+    for round in 0..3 {
+        let mut p = Processor::start(&config);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let before = sqlite_count(&db);
+        loop {
+            let now = sqlite_count(&db);
+            if now > before || now == events.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no progress in round {round}:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.kill();
+        let stored = sqlite_count(&db);
+        if stored < events.len() {
+            partial_kills += 1;
+        }
+    }
+    assert!(
+        partial_kills >= 1,
+        "every kill came after the work was done"
+    );
+    let last = Processor::start(&config);
+    let total = events.len().to_string();
+    wait_until(
+        "every event stored after the kills",
+        Duration::from_secs(90),
+        || pg.psql("select count(*) from events") == total && sqlite_count(&db) == events.len(),
+        &|| last.log(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while last.metric("processors_commit_lag").await > 0.0 {
+        assert!(Instant::now() < deadline, "not committed:\n{}", last.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sqlite(&db, SQLITE_FOOTFALL), expected_footfall(&events));
+    assert_eq!(sqlite(&db, SQLITE_SESSIONS), expected_sessions(&events));
+    assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
+    assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
+    same_rows(&pg.psql(PG_ALL), &sqlite(&db, SQLITE_ALL));
 }

@@ -477,3 +477,137 @@ sinks = ["crm"]
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_crm_writes_loses_nothing_and_applies_each_event_once() {
+    let broker = Broker::start();
+    broker.create_topic("c-kill", 2).await;
+    broker.create_topic("c-kill.quarantine", 1).await;
+    broker.create_topic("c-kill.dlq", 1).await;
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A slow CRM (20 calls a second, a few failing first) so the kills land
+    // while calls are in flight.
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-crm-kill"
+topic = "c-kill"
+quarantine_topic = "c-kill.quarantine"
+dlq_topic = "c-kill.dlq"
+options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+
+[processing]
+gap_timeout = "2s"
+retry_initial = "50ms"
+retry_max = "500ms"
+
+[dedupe]
+path = "{dedupe}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.crm]
+kind = "crm"
+url = "{url}"
+auth_header = "Authorization"
+auth_env = "CRM_KILL_TOKEN"
+template = "{template}"
+timeout = "500ms"
+rate_per_second = 20
+backoff_initial = "20ms"
+backoff_max = "100ms"
+
+[[routes]]
+name = "crm"
+types = ["guest_connects"]
+sinks = ["crm"]
+"#,
+        brokers = broker.brokers(),
+        dedupe = dir.path().join("dedupe.redb").display(),
+        url = crm.url(),
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/salesforce-journey.json"
+        ),
+    );
+    // SAFETY: set before the children start; only they read it.
+    unsafe { std::env::set_var("CRM_KILL_TOKEN", SECRET) };
+    let total = 120u64;
+    let mut keys = HashSet::new();
+    let records: Vec<_> = (1..=total)
+        .map(|s| {
+            let venue = format!("v-kill-{}", s % 4);
+            let seq = s.div_ceil(4);
+            let id = format!("k{s}");
+            keys.insert(format!("purple:{id}"));
+            if s % 10 == 0 {
+                crm.script(&format!("purple:{id}"), &[Reply::Status(503)]);
+            }
+            let body = String::from_utf8(e2e::purple_event(&id, &venue, seq))
+                .unwrap()
+                .replace("device_connected", "guest_connects")
+                .into_bytes();
+            (
+                venue.clone().into_bytes(),
+                purple_envelope(&id, &venue, seq, Some(body)),
+            )
+        })
+        .collect();
+    produce(&broker.brokers(), "c-kill", &records).await;
+
+    let applied = || crm.state.lock().unwrap().applied.len();
+    let mut partial_kills = 0;
+    for round in 0..3 {
+        let mut p = Processor::start(&config);
+        let before = applied();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while applied() < before + 10 && applied() < keys.len() {
+            assert!(
+                Instant::now() < deadline,
+                "no progress in round {round}:\n{}",
+                p.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        p.kill();
+        if applied() < keys.len() {
+            partial_kills += 1;
+        }
+    }
+    assert!(
+        partial_kills >= 1,
+        "every kill came after the work was done"
+    );
+    let last = Processor::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while applied() < keys.len() {
+        assert!(
+            Instant::now() < deadline,
+            "applied {} of {}:\n{}",
+            applied(),
+            keys.len(),
+            last.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    {
+        let s = crm.state.lock().unwrap();
+        let applied: HashSet<String> = s.applied.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(applied, keys, "every event, and nothing else");
+        assert!(s.requests.iter().all(|r| keys.contains(&r.key)));
+        let repeats: u32 = s.repeats.values().sum();
+        eprintln!(
+            "{} events applied once each over {} requests; {repeats} re-sent after a kill, absorbed by their idempotency key",
+            keys.len(),
+            s.requests.len()
+        );
+    }
+    assert_eq!(last.metric("processors_dead_lettered_total").await, 0.0);
+}

@@ -1,32 +1,6 @@
-//! The analytics sink on PostgreSQL: one row per unique event, device
-//! sessions with dwell, hourly footfall per venue.
-//!
-//! # Tables (created and migrated at start-up; `schema_migrations` records
-//! the applied versions)
-//!
-//! - `events`: one row per (source, event id), any source: type, ordering
-//!   key, sequence, occurred/received times, the late flag, the guest-WiFi
-//!   fields (venue, zone, device, guest, vip) and the parsed body (`jsonb`).
-//! - `device_sessions`: per venue and device, each `device_connected` paired
-//!   with the next `device_disconnected` in occurrence order: connected and
-//!   disconnected times, dwell in seconds (null while still connected).
-//! - `footfall_hourly`: per venue and hour (UTC, of occurrence):
-//!   `connections` (device_connected events) and `unique_devices`.
-//!
-//! # Idempotent and order-proof
-//!
-//! A batch is one transaction. Events are inserted with `ON CONFLICT DO
-//! NOTHING`, so a re-delivered or replayed event changes nothing. The
-//! rollups are not incremented: for every (venue, hour) and (venue, device)
-//! the batch touched with a new row, they are recomputed from `events` in
-//! the same transaction. A late event, or one that arrives out of order,
-//! therefore leaves the same rows as if it had come in order, and a replay
-//! into an empty store yields the same tables as the live path.
-//!
-//! A failure (database down, connection lost) answers `Retry` for the whole
-//! batch: the pipeline offers it again with backoff, the partition waits,
-//! nothing past it is committed. The connection is re-opened on the next
-//! attempt.
+//! The analytics store on PostgreSQL (see [`super`] for the tables and
+//! the semantics both engines share). Batches go in as arrays through
+//! `UNNEST`, one round trip for all the events of a batch.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,6 +8,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
+use super::Row;
 use crate::event::Event;
 use crate::sink::{BoxFuture, Outcome, Sink};
 
@@ -84,7 +59,8 @@ const INSERT_EVENTS: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
                         received_at, late, venue_id, zone, device_id, guest_id, vip, body)
     select source, event_id, event_type, ordering_key, sequence,
-           to_timestamp(occurred / 1e6), to_timestamp(received / 1e6),
+           timestamptz 'epoch' + occurred * interval '1 microsecond',
+           timestamptz 'epoch' + received * interval '1 microsecond',
            late, venue_id, zone, device_id, guest_id, vip, body::jsonb
     from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
                 $7::int8[], $8::bool[], $9::text[], $10::text[], $11::text[], $12::text[],
@@ -239,33 +215,33 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
     let mut source = Vec::with_capacity(n);
     let mut event_id = Vec::with_capacity(n);
     let mut event_type = Vec::with_capacity(n);
-    let mut ordering_key: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut ordering_key: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut sequence: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut occurred: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut received = Vec::with_capacity(n);
     let mut late = Vec::with_capacity(n);
-    let mut venue: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut zone: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut device: Vec<Option<String>> = Vec::with_capacity(n);
-    let mut guest: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut venue: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut zone: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut device: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut guest: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut vip: Vec<Option<bool>> = Vec::with_capacity(n);
     let mut body = Vec::with_capacity(n);
     for e in batch {
-        source.push(e.source.clone());
-        event_id.push(e.event_id.clone());
-        event_type.push(e.event_type.clone());
-        ordering_key.push(e.ordering_key.clone());
-        sequence.push(e.sequence);
-        occurred.push(e.occurred_at_micros);
-        received.push(e.received_at_micros);
-        late.push(e.late);
-        let w = e.guest_wifi.as_ref();
-        venue.push(w.map(|w| w.venue_id.clone()));
-        zone.push(w.and_then(|w| w.zone.clone()));
-        device.push(w.and_then(|w| w.device_id.clone()));
-        guest.push(w.and_then(|w| w.guest.as_ref().map(|g| g.id.clone())));
-        vip.push(w.and_then(|w| w.guest.as_ref().map(|g| g.vip)));
-        body.push(e.body.to_string());
+        let r = Row::of(e);
+        source.push(r.source);
+        event_id.push(r.event_id);
+        event_type.push(r.event_type);
+        ordering_key.push(r.ordering_key);
+        sequence.push(r.sequence);
+        occurred.push(r.occurred_micros);
+        received.push(r.received_micros);
+        late.push(r.late);
+        venue.push(r.venue);
+        zone.push(r.zone);
+        device.push(r.device);
+        guest.push(r.guest);
+        vip.push(r.vip);
+        body.push(r.body);
     }
     let err =
         |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));

@@ -1,0 +1,173 @@
+//! The analytics store: one row per unique event, device sessions with
+//! dwell, hourly footfall per venue. Two engines with the same tables and
+//! the same semantics:
+//!
+//! - [`PostgresSink`] for production (a server shared by every instance);
+//! - [`SqliteSink`], the embedded store: one file, no server, for the
+//!   zero-setup default (the local stack) and small deployments.
+//!
+//! # Tables (created and migrated at start-up; `schema_migrations` records
+//! the applied versions)
+//!
+//! - `events`: one row per (source, event id), any source: type, ordering
+//!   key, sequence, occurred/received times, the late flag, the guest-WiFi
+//!   fields (venue, zone, device, guest, vip) and the parsed body.
+//! - `device_sessions`: per venue and device, each `device_connected` paired
+//!   with the next `device_disconnected` in occurrence order: connected and
+//!   disconnected times, dwell in seconds (null while still connected).
+//! - `footfall_hourly`: per venue and hour (UTC, of occurrence):
+//!   `connections` (device_connected events) and `unique_devices`.
+//!
+//! Times are `timestamptz` on PostgreSQL and, on the embedded store, UTC
+//! text of one fixed shape (`2026-11-22T18:03:11.123000Z`, hours as
+//! `2026-11-22T18:00:00.000000Z`), which sorts and compares like the time
+//! it names: `where occurred_at >= '2026-11-22T00:00:00Z'` works on both.
+//!
+//! # Idempotent and order-proof
+//!
+//! A batch is one transaction. Events are inserted with `ON CONFLICT DO
+//! NOTHING`, so a re-delivered or replayed event changes nothing. The
+//! rollups are not incremented: for every (venue, hour) and (venue, device)
+//! the batch touched with a new row, they are recomputed from `events` in
+//! the same transaction. A late event, or one that arrives out of order,
+//! therefore leaves the same rows as if it had come in order, and a replay
+//! into an empty store yields the same tables as the live path.
+//!
+//! A failure (database down or locked, connection lost, disk full) answers
+//! `Retry` for the whole batch: the pipeline offers it again with backoff,
+//! the partition waits, nothing past it is committed.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PostgresSink;
+pub use sqlite::SqliteSink;
+
+use crate::event::Event;
+
+/// The `events` columns of one event, as both engines store them.
+struct Row<'a> {
+    source: &'a str,
+    event_id: &'a str,
+    event_type: &'a str,
+    ordering_key: Option<&'a str>,
+    sequence: Option<i64>,
+    occurred_micros: Option<i64>,
+    received_micros: i64,
+    late: bool,
+    venue: Option<&'a str>,
+    zone: Option<&'a str>,
+    device: Option<&'a str>,
+    guest: Option<&'a str>,
+    vip: Option<bool>,
+    body: String,
+}
+
+impl<'a> Row<'a> {
+    fn of(e: &'a Event) -> Self {
+        let w = e.guest_wifi.as_ref();
+        Row {
+            source: &e.source,
+            event_id: &e.event_id,
+            event_type: &e.event_type,
+            ordering_key: e.ordering_key.as_deref(),
+            sequence: e.sequence,
+            occurred_micros: e.occurred_at_micros,
+            received_micros: e.received_at_micros,
+            late: e.late,
+            venue: w.map(|w| w.venue_id.as_str()),
+            zone: w.and_then(|w| w.zone.as_deref()),
+            device: w.and_then(|w| w.device_id.as_deref()),
+            guest: w.and_then(|w| w.guest.as_ref().map(|g| g.id.as_str())),
+            vip: w.and_then(|w| w.guest.as_ref().map(|g| g.vip)),
+            body: e.body.to_string(),
+        }
+    }
+}
+
+/// `micros` since the Unix epoch as UTC text of one fixed shape,
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, for any year 0000 to 9999 (outside
+/// that, the year is clamped: such times are nonsense and must not break
+/// a batch).
+pub(crate) fn utc_text(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let y = y.clamp(0, 9999);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+/// The hour `micros` falls in, as [`utc_text`].
+pub(crate) fn utc_hour_text(micros: i64) -> String {
+    utc_text(micros - micros.rem_euclid(3_600_000_000))
+}
+
+/// Proleptic Gregorian date of a day number (days since 1970-01-01);
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_text_matches_known_instants() {
+        assert_eq!(utc_text(0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-22T18:03:11.123456Z
+        assert_eq!(
+            utc_text(1_795_370_591_123_456),
+            "2026-11-22T18:03:11.123456Z"
+        );
+        assert_eq!(utc_text(-1), "1969-12-31T23:59:59.999999Z");
+        // 2024-02-29 (leap day) 12:00:00
+        assert_eq!(
+            utc_text(1_709_208_000_000_000),
+            "2024-02-29T12:00:00.000000Z"
+        );
+        assert_eq!(utc_text(i64::MAX).len(), 27);
+        assert_eq!(utc_text(i64::MIN).len(), 27);
+    }
+
+    #[test]
+    fn utc_hour_text_truncates_to_the_hour() {
+        assert_eq!(
+            utc_hour_text(1_795_370_591_123_456),
+            "2026-11-22T18:00:00.000000Z"
+        );
+        assert_eq!(utc_hour_text(-1), "1969-12-31T23:00:00.000000Z");
+    }
+
+    #[test]
+    fn text_order_is_time_order() {
+        let times = [
+            -86_400_000_000i64,
+            -1,
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_795_370_591_123_456,
+        ];
+        for w in times.windows(2) {
+            assert!(utc_text(w[0]) < utc_text(w[1]), "{} vs {}", w[0], w[1]);
+        }
+    }
+}
