@@ -74,8 +74,14 @@ const MAX_TRACKED: usize = 100_000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrmConfig {
-    /// Where each event is `POST`ed, `http://host:port/path`.
+    /// Where each event is `POST`ed: `https://host/path` (TLS, rustls,
+    /// verified against the Mozilla roots, plus `ca_file` if given) or
+    /// `http://host:port/path` (a proxy on the same network).
     pub url: String,
+    /// Extra trusted certificate authorities (PEM), e.g. a corporate CA
+    /// in front of the CRM.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Request header carrying the credential, e.g. `Authorization`.
     #[serde(default)]
     pub auth_header: Option<String>,
@@ -156,16 +162,31 @@ const fn default_breaker_cooldown() -> Duration {
     Duration::from_secs(10)
 }
 
+/// The certificates of a PEM file (at least one).
+fn load_ca(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
 impl CrmConfig {
     /// Every problem, each naming its field under `at` (`sinks.NAME`).
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = Vec::new();
         match reqwest::Url::parse(&self.url) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-            Ok(u) if u.scheme() == "https" => p.push(format!(
-                "{at}.url: https is not built into this binary; use http to a TLS-terminating proxy"
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => p.push(format!(
+                "{at}.url: must be an https:// or http:// URL with a host"
             )),
-            _ => p.push(format!("{at}.url: must be an http:// URL with a host")),
+        }
+        if let Some(f) = &self.ca_file {
+            if let Err(e) = load_ca(f) {
+                p.push(format!("{at}.ca_file: {e}"));
+            }
         }
         match (&self.auth_header, &self.auth_env) {
             (Some(h), Some(e)) => {
@@ -606,10 +627,17 @@ impl CrmSink {
             }
             _ => (None, None),
         };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .https_only(config.url.starts_with("https:"));
+        if let Some(f) = &config.ca_file {
+            for ca in load_ca(f).map_err(|e| format!("{at}.ca_file: {e}"))? {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("{at}: HTTP client: {e}"))?;
         let interval = Duration::from_secs_f64(1.0 / config.rate_per_second.max(1e-3));
@@ -985,11 +1013,13 @@ mod tests {
         let mut c = config(
             "auth_header = \"Authorization\"\nmax_concurrency = 0\nrequired = [\"guest.mail\", \"nope\"]",
         );
-        c.url = "https://crm.example.com".into();
+        c.url = "ftp://crm.example.com".into();
+        c.ca_file = Some("/nonexistent/ca.pem".into());
         c.max_attempts = 1;
         let all = c.problems("sinks.crm").join("\n");
         for needle in [
-            "sinks.crm.url: https",
+            "sinks.crm.url: must be an https:// or http:// URL",
+            "sinks.crm.ca_file: /nonexistent/ca.pem",
             "sinks.crm.auth_header, sinks.crm.auth_env",
             "sinks.crm.max_concurrency",
             "sinks.crm.required: \"nope\"",

@@ -76,6 +76,8 @@ impl CrmState {
 
 /// The running fake; stops when dropped.
 pub struct FakeCrm {
+    /// `https` when started with [`FakeCrm::start_tls`].
+    scheme: &'static str,
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its record and script.
@@ -97,12 +99,55 @@ impl FakeCrm {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeCrm { addr, state, task }
+        FakeCrm {
+            scheme: "http",
+            addr,
+            state,
+            task,
+        }
+    }
+
+    /// The same fake behind TLS, with a certificate for `127.0.0.1`
+    /// issued by a throw-away CA; answers the CA's PEM path with it (in
+    /// `dir`), for the client to trust.
+    pub async fn start_tls(dir: &std::path::Path) -> (FakeCrm, std::path::PathBuf) {
+        let (ca, chain, key) = test_pki(dir);
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+        let state = Arc::new(Mutex::new(CrmState::default()));
+        let app = Router::new()
+            .route("/crm", post(handle))
+            .with_state(state.clone());
+        let listener = TlsListener {
+            tcp: tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("fake CRM listener"),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        };
+        let addr = listener.tcp.local_addr().expect("fake CRM address");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (
+            FakeCrm {
+                scheme: "https",
+                addr,
+                state,
+                task,
+            },
+            ca,
+        )
     }
 
     /// The URL to configure.
     pub fn url(&self) -> String {
-        format!("http://{}/crm", self.addr)
+        format!("{}://{}/crm", self.scheme, self.addr)
     }
 
     /// Scripts the answers for `key`.
@@ -200,4 +245,112 @@ async fn handle(
     };
     state.lock().unwrap().in_flight -= 1;
     response
+}
+
+/// A TCP listener that completes a TLS handshake before handing the
+/// connection to axum; failed handshakes (an untrusting client) are
+/// dropped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await
+            {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+type Chain = Vec<rustls::pki_types::CertificateDer<'static>>;
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with the
+/// `openssl` command in `dir`: (CA PEM path, server chain, server key).
+fn test_pki(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    Chain,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=fake-crm-test-ca",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("server certificate PEM");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("server.key"))
+        .expect("server key PEM");
+    (dir.join("ca.pem"), chain, key)
 }

@@ -611,3 +611,31 @@ sinks = ["crm"]
     }
     assert_eq!(last.metric("processors_dead_lettered_total").await, 0.0);
 }
+
+#[tokio::test]
+async fn https_crm_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (crm, ca) = FakeCrm::start_tls(dir.path()).await;
+    assert!(crm.url().starts_with("https://"));
+
+    // Trusting the CA: delivered, once, over TLS.
+    let extra = format!("ca_file = \"{}\"", ca.display());
+    let (trusting, _) = sink(&crm.url(), "CRM_TLS_TOKEN", &extra);
+    let (accepted, rejected) = offer_until_settled(
+        &trusting,
+        vec![event("tls1")],
+        Duration::from_millis(50),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(accepted, ["tls1"]);
+    assert!(rejected.is_empty());
+    assert_eq!(crm.state.lock().unwrap().applied_count("purple:tls1"), 1);
+
+    // Not trusting it (Mozilla roots only): the handshake fails, nothing
+    // reaches the CRM, and the event is not accepted.
+    let (untrusting, _) = sink(&crm.url(), "CRM_TLS_TOKEN_2", "");
+    let outcomes = untrusting.accept(&[event("tls2")]).await;
+    assert!(matches!(&outcomes[..], [Outcome::Retry(_)]), "{outcomes:?}");
+    assert_eq!(crm.state.lock().unwrap().requests.len(), 1);
+}
