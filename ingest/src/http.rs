@@ -365,7 +365,7 @@ async fn respond(
                 serde_json::json!({ "challenge": challenge }).to_string(),
             )
         }
-        Err(e) => refuse(&state, &label, e),
+        Err(e) => refuse(&state, &label, &rid, e),
     };
     finish(&state, &label, &rid, resp)
 }
@@ -400,7 +400,7 @@ async fn subscribe(
                 challenge,
             )
         }
-        Err(e) => refuse(&state, &label, e),
+        Err(e) => refuse(&state, &label, &rid, e),
     };
     finish(&state, &label, &rid, resp)
 }
@@ -451,8 +451,10 @@ fn challenge_response(content_type: HeaderValue, body: String) -> Response {
     resp
 }
 
-/// Logs and counts a refusal, and answers it.
-fn refuse(state: &AppState, label: &str, e: AppError) -> Response {
+/// Logs and counts a refusal, and answers it: one log line per refused
+/// request, with its source, status, reason code and request id (never the
+/// body, a header value or a secret).
+fn refuse(state: &AppState, label: &str, rid: &str, e: AppError) -> Response {
     if let AppError::Signature(v) = &e {
         state
             .metrics
@@ -466,10 +468,17 @@ fn refuse(state: &AppState, label: &str, e: AppError) -> Response {
         .with_label_values(&[label, e.code()])
         .inc();
     let status = e.status();
+    let (status_code, reason) = (status.as_u16(), e.code());
     if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), code = e.code(), reason = ?e, "refused");
+        tracing::warn!(source = label, status = status_code, reason, request_id = rid, cause = ?e, "refused");
     } else {
-        tracing::info!(status = status.as_u16(), code = e.code(), "refused");
+        tracing::info!(
+            source = label,
+            status = status_code,
+            reason,
+            request_id = rid,
+            "refused"
+        );
     }
     e.into_response_with(state.retry_after)
 }
