@@ -246,6 +246,16 @@ impl Metrics {
         })
     }
 
+    /// Drops the per-partition gauges of a partition this instance no
+    /// longer owns (counters stay: they only add up).
+    pub fn forget_partition(&self, partition: i32) {
+        let p = partition.to_string();
+        for g in [&self.consumer_lag, &self.commit_lag, &self.reorder_buffered] {
+            // Absent when the partition never reported: nothing to drop.
+            let _ = g.remove_label_values(&[&p]);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.catalogue.render()

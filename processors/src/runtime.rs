@@ -233,8 +233,14 @@ impl ClientContext for Ctx {
 
     fn stats(&self, statistics: Statistics) {
         if let Some(t) = statistics.topics.get(&self.topic) {
+            // Only partitions this instance owns: another one reports the
+            // rest (see `Metrics::forget_partition`).
+            let assigned = match self.parts.lock() {
+                Ok(p) => p.assigned.clone(),
+                Err(_) => return,
+            };
             for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
+                if assigned.contains(p) && s.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[&p.to_string()])
@@ -294,6 +300,11 @@ impl ConsumerContext for Ctx {
             self.metrics.assigned_partitions.sub(revoked.len() as i64);
             let positions = stop_workers(workers, self.revoke_timeout);
             commit_positions(consumer, &self.topic, &positions, &self.metrics);
+            // Another instance reports these partitions now: a gauge left
+            // here would keep its last value (a lag alert that never ends).
+            for p in &revoked {
+                self.metrics.forget_partition(*p);
+            }
         }
     }
 
