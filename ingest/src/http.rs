@@ -61,18 +61,40 @@ pub struct AppState {
     pub trusted_proxies: Arc<Cidrs>,
 }
 
-/// The router. Tested without a socket through `tower::ServiceExt::oneshot`.
+/// The router, `/metrics` included. Tested without a socket through
+/// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    routes(state, true)
+}
+
+/// The webhook port's router when an admin port serves `/metrics`
+/// (`server.admin_listen`): the same without `/metrics`.
+pub fn public_router(state: AppState) -> Router {
+    routes(state, false)
+}
+
+/// The admin port's router: `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/webhooks/{source}",
-            post(receive).get(subscribe).fallback(method_not_allowed),
-        )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/readyz", get(readyz).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(state)
+}
+
+fn routes(state: AppState, with_metrics: bool) -> Router {
+    let mut r = Router::new()
+        .route(
+            "/webhooks/{source}",
+            post(receive).get(subscribe).fallback(method_not_allowed),
+        )
+        .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .route("/readyz", get(readyz).fallback(method_not_allowed));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics).fallback(method_not_allowed));
+    }
+    r.fallback(not_found).with_state(state)
 }
 
 /// A refusal: status, stable code, a detail safe to show the sender.

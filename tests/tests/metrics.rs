@@ -117,12 +117,14 @@ async fn every_metric_follows_the_rules_counts_the_traffic_and_logs_carry_the_re
     crm.script("purple:m-dead", &[Reply::Always(400)]);
     crm.script("purple:m-retry", &[Reply::Status(500)]);
 
+    // Ingest serves /metrics on an admin port, apart from the webhooks.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", e2e::free_port()).parse().unwrap();
     let ingest = Ingest::start(
         &purple_config(
             &broker.brokers(),
             "m-raw",
             &[("current", "METRICS_E2E_SECRET")],
-            "[log]\nformat = \"json\"",
+            &format!("admin_listen = \"{admin}\"\n[log]\nformat = \"json\""),
         ),
         &[("METRICS_E2E_SECRET", SECRET)],
     );
@@ -262,7 +264,13 @@ async fn every_metric_follows_the_rules_counts_the_traffic_and_logs_carry_the_re
     }
 
     // The scrapes follow the rules, and hold no id, address or secret.
-    let ingest_text = scrape(ingest.addr).await;
+    let on_webhook_port = client.get(ingest.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        on_webhook_port.status(),
+        404,
+        "/metrics is on the admin port only"
+    );
+    let ingest_text = scrape(admin).await;
     let processors_text = scrape(processor.metrics_addr).await;
     let declared = exposition::declared();
     let declared_names: std::collections::BTreeMap<_, _> =
