@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need,
 # checks formatting and lints, builds the binaries the end-to-end tests
-# start, and runs every test with cargo-nextest.
+# start, and runs every test with cargo-nextest. Among them,
+# tests/tests/monitoring.rs runs promtool (check config, check rules, test
+# rules) on deploy/prometheus and checks the Grafana dashboard, and
+# tests/tests/metrics.rs scrapes both binaries after real traffic.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

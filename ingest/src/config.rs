@@ -70,6 +70,12 @@ pub struct ServerConfig {
     /// ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// An admin address (e.g. `10.0.0.5:9090`) for `/metrics`, `/healthz`
+    /// and `/readyz`, apart from the webhook port that faces the
+    /// providers. Set, `/metrics` is served there only; unset (the
+    /// default), on `listen`.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Kafka producer settings.
@@ -404,6 +410,7 @@ impl Default for ServerConfig {
             retry_after: default_retry_after(),
             shutdown_timeout: default_shutdown_timeout(),
             trusted_proxies: Vec::new(),
+            admin_listen: None,
         }
     }
 }
@@ -623,6 +630,12 @@ impl Config {
         }
         if s.retry_after.as_secs() == 0 {
             p.push("server.retry_after: must be at least 1s".into());
+        }
+        if let Some(admin) = self.server.admin_listen
+            && admin.port() != 0
+            && admin == self.server.listen
+        {
+            p.push("server.admin_listen: must differ from server.listen".into());
         }
         if let Err(bad) = Cidrs::parse(&s.trusted_proxies) {
             for (i, why) in bad {

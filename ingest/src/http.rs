@@ -61,18 +61,40 @@ pub struct AppState {
     pub trusted_proxies: Arc<Cidrs>,
 }
 
-/// The router. Tested without a socket through `tower::ServiceExt::oneshot`.
+/// The router, `/metrics` included. Tested without a socket through
+/// `tower::ServiceExt::oneshot`.
 pub fn router(state: AppState) -> Router {
+    routes(state, true)
+}
+
+/// The webhook port's router when an admin port serves `/metrics`
+/// (`server.admin_listen`): the same without `/metrics`.
+pub fn public_router(state: AppState) -> Router {
+    routes(state, false)
+}
+
+/// The admin port's router: `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/webhooks/{source}",
-            post(receive).get(subscribe).fallback(method_not_allowed),
-        )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
         .route("/readyz", get(readyz).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .with_state(state)
+}
+
+fn routes(state: AppState, with_metrics: bool) -> Router {
+    let mut r = Router::new()
+        .route(
+            "/webhooks/{source}",
+            post(receive).get(subscribe).fallback(method_not_allowed),
+        )
+        .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .route("/readyz", get(readyz).fallback(method_not_allowed));
+    if with_metrics {
+        r = r.route("/metrics", get(metrics).fallback(method_not_allowed));
+    }
+    r.fallback(not_found).with_state(state)
 }
 
 /// A refusal: status, stable code, a detail safe to show the sender.
@@ -365,7 +387,7 @@ async fn respond(
                 serde_json::json!({ "challenge": challenge }).to_string(),
             )
         }
-        Err(e) => refuse(&state, &label, e),
+        Err(e) => refuse(&state, &label, &rid, e),
     };
     finish(&state, &label, &rid, resp)
 }
@@ -400,7 +422,7 @@ async fn subscribe(
                 challenge,
             )
         }
-        Err(e) => refuse(&state, &label, e),
+        Err(e) => refuse(&state, &label, &rid, e),
     };
     finish(&state, &label, &rid, resp)
 }
@@ -451,8 +473,10 @@ fn challenge_response(content_type: HeaderValue, body: String) -> Response {
     resp
 }
 
-/// Logs and counts a refusal, and answers it.
-fn refuse(state: &AppState, label: &str, e: AppError) -> Response {
+/// Logs and counts a refusal, and answers it: one log line per refused
+/// request, with its source, status, reason code and request id (never the
+/// body, a header value or a secret).
+fn refuse(state: &AppState, label: &str, rid: &str, e: AppError) -> Response {
     if let AppError::Signature(v) = &e {
         state
             .metrics
@@ -466,10 +490,17 @@ fn refuse(state: &AppState, label: &str, e: AppError) -> Response {
         .with_label_values(&[label, e.code()])
         .inc();
     let status = e.status();
+    let (status_code, reason) = (status.as_u16(), e.code());
     if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), code = e.code(), reason = ?e, "refused");
+        tracing::warn!(source = label, status = status_code, reason, request_id = rid, cause = ?e, "refused");
     } else {
-        tracing::info!(status = status.as_u16(), code = e.code(), "refused");
+        tracing::info!(
+            source = label,
+            status = status_code,
+            reason,
+            request_id = rid,
+            "refused"
+        );
     }
     e.into_response_with(state.retry_after)
 }

@@ -3,11 +3,14 @@
 //! Labels are low-cardinality only: configured source names (or `_unknown`
 //! for a path that names no source), status codes, reasons and configured
 //! secret ids. Never event ids, addresses or raw paths.
+//!
+//! Every metric is registered through a [`Catalogue`], which lists it even
+//! before it has a series: `tests/tests/metrics.rs` checks the names, types
+//! and labels, and that the alert rules and the Grafana dashboard only use
+//! names declared here.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use plumbing::metrics::{Catalogue, Family};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Label used for requests to a source that is not configured.
 pub const UNKNOWN_SOURCE: &str = "_unknown";
@@ -17,6 +20,8 @@ pub const UNKNOWN_SOURCE: &str = "_unknown";
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// The same registry, with the list of declared families.
+    pub catalogue: Catalogue,
     /// Webhook requests answered, by source and HTTP status.
     pub requests: IntCounterVec,
     /// Signature verification failures, by source and reason code.
@@ -48,7 +53,7 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
+        let catalogue = Catalogue::new();
         let latency_buckets = vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
@@ -129,20 +134,21 @@ impl Metrics {
             "ingest_broker_up",
             "1 when the last metadata request to the brokers for the raw topic succeeded.",
         )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(verification_failures.clone()))?;
-        registry.register(Box::new(refusals.clone()))?;
-        registry.register(Box::new(handshakes.clone()))?;
-        registry.register(Box::new(secret_matches.clone()))?;
-        registry.register(Box::new(ack_latency.clone()))?;
-        registry.register(Box::new(produce_latency.clone()))?;
-        registry.register(Box::new(body_bytes.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(producer_queue_depth.clone()))?;
-        registry.register(Box::new(broker_errors.clone()))?;
-        registry.register(Box::new(broker_up.clone()))?;
+        catalogue.add(&requests)?;
+        catalogue.add(&verification_failures)?;
+        catalogue.add(&refusals)?;
+        catalogue.add(&handshakes)?;
+        catalogue.add(&secret_matches)?;
+        catalogue.add(&ack_latency)?;
+        catalogue.add(&produce_latency)?;
+        catalogue.add(&body_bytes)?;
+        catalogue.add(&in_flight)?;
+        catalogue.add(&producer_queue_depth)?;
+        catalogue.add(&broker_errors)?;
+        catalogue.add(&broker_up)?;
         Ok(Metrics {
-            registry,
+            registry: catalogue.registry().clone(),
+            catalogue,
             requests,
             verification_failures,
             refusals,
@@ -160,12 +166,12 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let families = self.registry.gather();
-        // Encoding into a Vec cannot fail for well-formed families.
-        if TextEncoder::new().encode(&families, &mut buf).is_err() {
-            return String::new();
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        self.catalogue.render()
+    }
+
+    /// Every metric family ingest declares (whether or not it has a series
+    /// yet).
+    pub fn families(&self) -> Vec<Family> {
+        self.catalogue.families()
     }
 }

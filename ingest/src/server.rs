@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::address::Cidrs;
 use crate::config::Config;
-use crate::http::{AppState, router};
+use crate::http::{AppState, admin_router, public_router, router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
 use crate::source::Source;
@@ -56,7 +56,24 @@ pub async fn serve(
         let _ = drain_tx.send(true);
     });
     let mut graceful_rx = drain_rx.clone();
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = match config.server.admin_listen {
+        None => router(state),
+        Some(at) => {
+            let admin = TcpListener::bind(at)
+                .await
+                .with_context(|| format!("server.admin_listen: cannot listen on {at}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin port: /metrics, /healthz, /readyz");
+            let admin_app = admin_router(state.clone());
+            // Scrapes go on while webhooks drain; it ends with the process.
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, admin_app).await {
+                    tracing::warn!(error = %e, "admin port stopped");
+                }
+            });
+            public_router(state)
+        }
+    }
+    .into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = graceful_rx.wait_for(|v| *v).await;
         tracing::info!("shutdown requested: no new connections, draining in-flight requests");

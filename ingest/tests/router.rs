@@ -746,3 +746,58 @@ async fn get_subscription_checks_echo_the_challenge_as_plain_text() {
     );
     assert!(!text.contains("hub-token-value"));
 }
+
+#[tokio::test]
+async fn with_an_admin_port_metrics_leave_the_webhook_port() {
+    let _ = app(); // sets the secrets' variables
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        [kafka]
+        brokers = "127.0.0.1:1"
+        [sources.purple]
+        signature = {{ scheme = "purple", secrets = [{{ id = "current", env = "{SECRET_ENV}" }}] }}
+        "#
+    ))
+    .unwrap();
+    let state = build_state(&config).unwrap();
+    let public = ingest::http::public_router(state.clone());
+    let admin = ingest::http::admin_router(state);
+    let a = answer(&public, post("/webhooks/purple", BODY, None)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let a = answer(
+        &public,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    let text = metrics_text(&admin).await;
+    assert!(
+        text.contains(r#"ingest_requests_total{source="purple",status="401"} 1"#),
+        "{text}"
+    );
+    let a = answer(&admin, post("/webhooks/purple", BODY, None)).await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "no webhooks on the admin port"
+    );
+
+    let same = Config::from_toml(
+        r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        admin_listen = "127.0.0.1:8080"
+        "#,
+    )
+    .unwrap_err();
+    assert!(
+        same.problems
+            .iter()
+            .any(|p| p == "server.admin_listen: must differ from server.listen"),
+        "{:?}",
+        same.problems
+    );
+}

@@ -7,9 +7,13 @@
 //! - [`describe_figment`]: one line per configuration error, naming the
 //!   field;
 //! - [`valid_topic`]: Kafka's topic-name rule;
-//! - [`route_librdkafka_log`]: librdkafka's log lines into `tracing`.
+//! - [`route_librdkafka_log`]: librdkafka's log lines into `tracing`;
+//! - [`metrics::Catalogue`]: one Prometheus registry per process that also
+//!   lists what was declared in it (for the naming and dashboard checks).
 //!
 //! It holds no business logic and depends on no other crate of ours.
+
+pub mod metrics;
 
 use rdkafka::config::RDKafkaLogLevel;
 use serde::Deserialize;

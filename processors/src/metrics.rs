@@ -3,10 +3,16 @@
 //! Labels are low-cardinality only: partition numbers, source names (ingest
 //! only writes configured ones), sink names and reason codes. Never event
 //! ids, ordering keys or event types.
+//!
+//! Register every metric through the [`Catalogue`] (the `counter` and
+//! `gauge` helpers, or `r.add(&metric)`): it lists each family even before
+//! it has a series, and `tests/tests/metrics.rs` checks the names, types and
+//! labels, and that the alert rules and the Grafana dashboard only use
+//! names declared here.
 
+use plumbing::metrics::{Catalogue, Family};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// The processors' metrics.
@@ -14,6 +20,8 @@ use prometheus::{
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
+    /// The same registry, with the list of declared families.
+    pub catalogue: Catalogue,
     /// Records read from the raw topic, by partition.
     pub consumed: IntCounterVec,
     /// Records decoded and parsed into events, by source.
@@ -48,8 +56,12 @@ pub struct Metrics {
     /// The broker's high watermark minus the consumer's position, by
     /// partition (from librdkafka statistics).
     pub consumer_lag: IntGaugeVec,
-    /// Offset commits that failed.
+    /// Offset stores and commits that failed, by kind (`store`, `commit`,
+    /// `broker`).
     pub commit_failures: IntCounterVec,
+    /// From an offset stored as committable to the brokers confirming its
+    /// commit.
+    pub commit_latency: Histogram,
     /// Partitions assigned to this instance now.
     pub assigned_partitions: IntGauge,
     /// Events remembered by the dedupe store.
@@ -62,26 +74,31 @@ pub struct Metrics {
 }
 
 fn counter(
-    r: &Registry,
+    r: &Catalogue,
     name: &str,
     help: &str,
     labels: &[&str],
 ) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
+    r.add(&c)?;
     Ok(c)
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+fn gauge(
+    r: &Catalogue,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
+    r.add(&g)?;
     Ok(g)
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Metrics> {
-        let r = Registry::new();
+        let r = Catalogue::new();
         let sink_latency = HistogramVec::new(
             HistogramOpts::new(
                 "processors_sink_latency_seconds",
@@ -92,17 +109,25 @@ impl Metrics {
             ]),
             &["sink"],
         )?;
-        r.register(Box::new(sink_latency.clone()))?;
+        r.add(&sink_latency)?;
+        let commit_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "processors_commit_latency_seconds",
+                "From an offset stored as committable to the brokers confirming its commit.",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        r.add(&commit_latency)?;
         let assigned_partitions = IntGauge::new(
             "processors_assigned_partitions",
             "Partitions of the raw topic assigned to this instance.",
         )?;
-        r.register(Box::new(assigned_partitions.clone()))?;
+        r.add(&assigned_partitions)?;
         let dedupe_entries = IntGauge::new(
             "processors_dedupe_entries",
             "Applied (source, event id) pairs remembered by the dedupe store.",
         )?;
-        r.register(Box::new(dedupe_entries.clone()))?;
+        r.add(&dedupe_entries)?;
         Ok(Metrics {
             consumed: counter(
                 &r,
@@ -183,6 +208,7 @@ impl Metrics {
                 &["sink"],
             )?,
             sink_latency,
+            commit_latency,
             commit_lag: gauge(
                 &r,
                 "processors_commit_lag",
@@ -198,7 +224,7 @@ impl Metrics {
             commit_failures: counter(
                 &r,
                 "processors_commit_failures_total",
-                "Offset commits that failed, by kind (store, commit).",
+                "Offset stores and commits that failed, by kind: store (offset not stored, expected right after a revocation), commit (the hand-over commit), broker (a commit the brokers refused).",
                 &["kind"],
             )?,
             crm_requests: counter(
@@ -215,17 +241,29 @@ impl Metrics {
             )?,
             assigned_partitions,
             dedupe_entries,
-            registry: r,
+            registry: r.registry().clone(),
+            catalogue: r,
         })
+    }
+
+    /// Drops the per-partition gauges of a partition this instance no
+    /// longer owns (counters stay: they only add up).
+    pub fn forget_partition(&self, partition: i32) {
+        let p = partition.to_string();
+        for g in [&self.consumer_lag, &self.commit_lag, &self.reorder_buffered] {
+            // Absent when the partition never reported: nothing to drop.
+            let _ = g.remove_label_values(&[&p]);
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let encoder = TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
-            return String::new();
-        }
-        String::from_utf8(buf).unwrap_or_default()
+        self.catalogue.render()
+    }
+
+    /// Every metric family the processors declare (whether or not it has a
+    /// series yet).
+    pub fn families(&self) -> Vec<Family> {
+        self.catalogue.families()
     }
 }

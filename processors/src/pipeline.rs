@@ -115,7 +115,23 @@ impl Shared {
 struct Pending {
     record: RawRecord,
     event: Event,
+    /// Ingest's request id (from the envelope), on every log line about
+    /// this event, so it can be followed from the HTTP request on.
+    request_id: String,
 }
+
+/// A record on its way to the quarantine topic.
+struct ToQuarantine {
+    record: RawRecord,
+    /// The envelope's source, `_unknown` when it did not decode.
+    source: String,
+    /// Ingest's request id, when the envelope decoded.
+    request_id: Option<String>,
+    why: Quarantine,
+}
+
+/// Most request ids named on one "sink asked to retry" line.
+const MAX_IDS_LOGGED: usize = 10;
 
 /// What holds a place in a key's sequence.
 #[derive(Debug)]
@@ -198,7 +214,12 @@ impl PartitionPipeline {
                         reason: "envelope_undecodable",
                         detail: e.to_string(),
                     };
-                    quarantined.push((record, "_unknown".to_owned(), q));
+                    quarantined.push(ToQuarantine {
+                        record,
+                        source: "_unknown".to_owned(),
+                        request_id: None,
+                        why: q,
+                    });
                     continue;
                 }
             };
@@ -213,7 +234,11 @@ impl PartitionPipeline {
                     let out = self.reorder.push(
                         key,
                         seq,
-                        Slot::Event(Box::new(Pending { record, event })),
+                        Slot::Event(Box::new(Pending {
+                            record,
+                            event,
+                            request_id: envelope.request_id.clone(),
+                        })),
                         now,
                     );
                     self.after_reorder(out, &mut released);
@@ -225,7 +250,12 @@ impl PartitionPipeline {
                             .push(key.clone(), Some(seq), Slot::Quarantined, now);
                         self.after_reorder(out, &mut released);
                     }
-                    quarantined.push((record, envelope.source, q));
+                    quarantined.push(ToQuarantine {
+                        record,
+                        source: envelope.source,
+                        request_id: Some(envelope.request_id),
+                        why: q,
+                    });
                 }
             }
         }
@@ -303,29 +333,32 @@ impl PartitionPipeline {
 
     async fn apply(
         &mut self,
-        quarantined: Vec<(RawRecord, String, Quarantine)>,
+        quarantined: Vec<ToQuarantine>,
         released: Vec<Pending>,
     ) -> Result<(), Stopped> {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         // 1. Quarantine.
-        for (record, source, why) in &quarantined {
-            self.retry("quarantine", || shared.side.quarantine(record, source, why))
-                .await?;
+        for q in &quarantined {
+            self.retry("quarantine", || {
+                shared.side.quarantine(&q.record, &q.source, &q.why)
+            })
+            .await?;
             m.quarantined
-                .with_label_values(&[source.as_str(), why.reason])
+                .with_label_values(&[q.source.as_str(), q.why.reason])
                 .inc();
             tracing::warn!(
                 partition = self.partition,
-                offset = record.offset,
-                source = %source,
-                reason = why.reason,
-                detail = %why.detail,
+                offset = q.record.offset,
+                source = %q.source,
+                reason = q.why.reason,
+                detail = %q.why.detail,
+                request_id = q.request_id.as_deref().unwrap_or(""),
                 "record quarantined"
             );
         }
-        for (record, _, _) in &quarantined {
-            self.offsets.done(record.offset);
+        for q in &quarantined {
+            self.offsets.done(q.record.offset);
         }
         // 2. Dedupe and route.
         let mut in_batch: HashSet<(String, String)> = HashSet::new();
@@ -433,7 +466,14 @@ impl PartitionPipeline {
                         })
                         .await?;
                         m.dead_lettered.with_label_values(&[name]).inc();
-                        tracing::warn!(sink = name, event_id = %e.event_id, %reason, "dead-lettered");
+                        tracing::warn!(
+                            sink = name,
+                            source = %e.source,
+                            event_id = %e.event_id,
+                            request_id = %items[i].request_id,
+                            %reason,
+                            "dead-lettered"
+                        );
                     }
                     Some(Outcome::Retry(reason)) => {
                         last_reason.clone_from(reason);
@@ -451,7 +491,20 @@ impl PartitionPipeline {
             m.sink_retries
                 .with_label_values(&[name])
                 .inc_by(again.len() as u64);
-            tracing::warn!(sink = name, events = again.len(), reason = %last_reason, retry_in = ?backoff, "sink asked to retry");
+            let request_ids = again
+                .iter()
+                .take(MAX_IDS_LOGGED)
+                .map(|(i, _)| items[*i].request_id.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            tracing::warn!(
+                sink = name,
+                events = again.len(),
+                reason = %last_reason,
+                retry_in = ?backoff,
+                request_ids,
+                "sink asked to retry"
+            );
             self.pause(backoff).await?;
             backoff = (backoff * 2).min(self.shared.retry_max);
             batch = again;

@@ -34,7 +34,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -211,6 +211,19 @@ pub struct Ctx {
     revoke_timeout: Duration,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    /// When the oldest offset stored since the last confirmed commit was
+    /// stored: the start of `processors_commit_latency_seconds`.
+    stored_since: Mutex<Option<std::time::Instant>>,
+}
+
+impl Ctx {
+    /// An offset was stored: the commit latency clock starts, unless it
+    /// runs already.
+    fn offset_stored(&self) {
+        if let Ok(mut t) = self.stored_since.lock() {
+            t.get_or_insert_with(std::time::Instant::now);
+        }
+    }
 }
 
 impl ClientContext for Ctx {
@@ -220,8 +233,14 @@ impl ClientContext for Ctx {
 
     fn stats(&self, statistics: Statistics) {
         if let Some(t) = statistics.topics.get(&self.topic) {
+            // Only partitions this instance owns: another one reports the
+            // rest (see `Metrics::forget_partition`).
+            let assigned = match self.parts.lock() {
+                Ok(p) => p.assigned.clone(),
+                Err(_) => return,
+            };
             for (p, s) in &t.partitions {
-                if *p >= 0 && s.consumer_lag >= 0 {
+                if assigned.contains(p) && s.consumer_lag >= 0 {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[&p.to_string()])
@@ -237,6 +256,28 @@ impl ClientContext for Ctx {
 }
 
 impl ConsumerContext for Ctx {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let since = self.stored_since.lock().ok().and_then(|mut t| t.take());
+                if let Some(t) = since {
+                    self.metrics
+                        .commit_latency
+                        .observe(t.elapsed().as_secs_f64());
+                }
+            }
+            // Nothing was stored since the last commit: not a failure.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                self.metrics
+                    .commit_failures
+                    .with_label_values(&["broker"])
+                    .inc();
+                tracing::warn!(error = %e, "offset commit refused by the brokers");
+            }
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let revoked: Vec<i32> = tpl
@@ -259,6 +300,11 @@ impl ConsumerContext for Ctx {
             self.metrics.assigned_partitions.sub(revoked.len() as i64);
             let positions = stop_workers(workers, self.revoke_timeout);
             commit_positions(consumer, &self.topic, &positions, &self.metrics);
+            // Another instance reports these partitions now: a gauge left
+            // here would keep its last value (a lag alert that never ends).
+            for p in &revoked {
+                self.metrics.forget_partition(*p);
+            }
         }
     }
 
@@ -371,6 +417,7 @@ pub fn start(
         revoke_timeout: processing.revoke_timeout,
         metrics: shared.metrics.clone(),
         ready: ready.clone(),
+        stored_since: Mutex::new(None),
     };
     let consumer: StreamConsumer<Ctx> = consumer_config(kafka).create_with_context(ctx)?;
     consumer.subscribe(&[&kafka.topic])?;
@@ -542,5 +589,7 @@ fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, pos: i64, 
         // Expected right after a revocation; the new owner takes over.
         m.commit_failures.with_label_values(&["store"]).inc();
         tracing::debug!(partition, error = %e, "offset not stored");
+    } else {
+        consumer.context().offset_stored();
     }
 }

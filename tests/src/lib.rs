@@ -12,9 +12,13 @@
 //!
 //! - [`fake_crm::FakeCrm`]: a scripted CRM that records what it applied,
 //!   by idempotency key.
+//! - [`exposition`]: parses a `/metrics` scrape and judges it against the
+//!   naming rules; the metric names in a PromQL expression.
+//! - [`json_log_lines`]: a binary's JSON log, line by line.
 //!
 //! Each test makes its own broker and topic so tests run in parallel.
 
+pub mod exposition;
 pub mod fake_crm;
 
 use std::io::{BufRead, BufReader};
@@ -956,4 +960,23 @@ impl Drop for Postgres {
             let _ = c.wait();
         }
     }
+}
+
+/// The JSON objects of a log written with `[log] format = "json"` (other
+/// lines are skipped).
+pub fn json_log_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(serde_json::Value::is_object)
+        .collect()
+}
+
+/// Scrapes `http://addr/metrics`.
+pub async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("scraping /metrics")
+        .text()
+        .await
+        .expect("reading /metrics")
 }
