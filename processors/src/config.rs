@@ -232,6 +232,10 @@ pub enum SinkConfig {
     /// JSON template, idempotently, with retries, a circuit breaker and a
     /// rate limit (see [`crate::crm`]).
     Crm(Box<crate::crm::CrmConfig>),
+    /// Live occupancy, VIP arrivals and dwell times raising alerts to
+    /// Slack, Alertmanager or the log, once across crashes (see
+    /// [`crate::alerting`]).
+    Alerts(Box<crate::alerting::AlertsConfig>),
 }
 
 /// One routing rule: every condition given must hold.
@@ -499,6 +503,9 @@ impl Config {
         for (name, sink) in &self.sinks {
             if let SinkConfig::Crm(crm) = sink {
                 p.extend(crm.problems(&format!("sinks.{name}")));
+            }
+            if let SinkConfig::Alerts(alerts) = sink {
+                p.extend(alerts.problems(&format!("sinks.{name}")));
             }
             if let SinkConfig::Postgres { url, url_env } = sink {
                 match (url, url_env) {
