@@ -117,10 +117,10 @@ pub struct AlertsConfig {
     /// The SQLite state file (applied ids, devices, alerts, outbox).
     pub path: PathBuf,
     /// The rules.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "rules_each")]
     pub rules: Vec<RuleConfig>,
     /// Where notifications go.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "receivers_each")]
     pub receivers: Vec<ReceiverConfig>,
     /// Events that happened longer ago than this (wall clock when applied)
     /// do not touch live state: replays and old backlogs page nobody.
@@ -252,6 +252,33 @@ pub enum ReceiverConfig {
         #[serde(default)]
         name: Option<String>,
     },
+}
+
+/// Parses a list item by item, so an error names its index (`rules[1]:
+/// unknown field ...`): serde alone loses the position inside tagged enums.
+fn each_named<'de, D, T>(d: D, field: &str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let items = Vec::<figment::value::Value>::deserialize(d)?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.deserialize::<T>()
+                .map_err(|e| D::Error::custom(format!("{field}[{i}]: {e}")))
+        })
+        .collect()
+}
+
+fn rules_each<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RuleConfig>, D::Error> {
+    each_named(d, "rules")
+}
+
+fn receivers_each<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ReceiverConfig>, D::Error> {
+    each_named(d, "receivers")
 }
 
 fn default_max_event_age() -> Duration {
@@ -2150,7 +2177,11 @@ mod tests {
         assert!(!all.contains("s3cr3t"), "{all}");
         let bad: Result<AlertsConfig, _> =
             toml::from_str("path = \"x\"\n[[rules]]\nkind = \"zone_temperature\"\n");
-        assert!(bad.unwrap_err().to_string().contains("zone_temperature"));
+        let bad = bad.unwrap_err().to_string();
+        assert!(
+            bad.contains("rules[0]") && bad.contains("zone_temperature"),
+            "{bad}"
+        );
     }
 
     #[test]

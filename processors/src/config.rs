@@ -671,6 +671,21 @@ mod tests {
     }
 
     #[test]
+    fn alerting_sinks_are_checked_with_the_rest() {
+        let text = GOOD.replace(
+            "[sinks.log]\n        kind = \"log\"",
+            "[sinks.log]\n        kind = \"log\"\n        [sinks.al]\n        kind = \"alerts\"\n        path = \"/tmp/al.sqlite\"\n        rules = [{ kind = \"zone_occupancy\", threshold = 0 }]\n        receivers = [{ kind = \"log\" }]",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("sinks.al.rules[0] (zone_occupancy).threshold: must be at least 1"),
+            "{all}"
+        );
+        let ok = text.replace("threshold = 0", "threshold = 40");
+        assert!(Config::from_toml(&ok).is_ok());
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_it() {
         let e = Config::load(Path::new("/nonexistent/p.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/p.toml: "), "{e}");
