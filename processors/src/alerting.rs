@@ -75,6 +75,9 @@
 //!   timeout, sends it again). Each request carries `Idempotency-Key:
 //!   alert-<fingerprint hash>-<raise number>-<firing|resolved>`, the same on
 //!   every attempt, so a proxy can drop such repeats.
+//! - Receivers are served one after another by one task: a receiver whose
+//!   requests time out delays the others' deliveries by up to `timeout`
+//!   per round (it then backs off and is skipped until its pause ends).
 //! - Two processes on one host may share the file: SQLite's own locks
 //!   serialise the batch transactions (`busy_timeout`), and only the process
 //!   holding an exclusive `flock` on `<path>.deliver.lock` delivers, so one
@@ -109,6 +112,8 @@ use crate::sink::{BoxFuture, Outcome, Sink};
 
 /// Rows read from one receiver's outbox per round.
 const DELIVER_CHUNK: usize = 50;
+/// Firing alerts per re-post request to Alertmanager.
+const REFRESH_CHUNK: usize = 500;
 
 /// An alerting sink's settings (`[sinks.NAME]` with `kind = "alerts"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -1549,24 +1554,27 @@ impl Deliverer {
             return;
         }
         let refs: Vec<&Notification> = notes.iter().collect();
-        for (name, receiver) in &self.receivers {
+        'receivers: for (name, receiver) in &self.receivers {
             let Receiver::Alertmanager { url } = receiver else {
                 continue;
             };
-            let body = alertmanager_body(&refs, now_micros(), self.config.alert_ttl);
-            match post(&self.client, url, None, to_json(&body).into_bytes()).await {
-                Sent::Ok => {
-                    self.metrics
-                        .alert_refreshes
-                        .with_label_values(&[&self.sink, name])
-                        .inc_by(refs.len() as u64);
-                }
-                Sent::Transient(why, after) => {
-                    self.fail(backoff, name, after);
-                    tracing::warn!(sink = %self.sink, receiver = %name, reason = %why, "re-posting firing alerts failed");
-                }
-                Sent::Permanent(why) => {
-                    tracing::error!(sink = %self.sink, receiver = %name, reason = %why, "Alertmanager refused the firing alerts");
+            for chunk in refs.chunks(REFRESH_CHUNK) {
+                let body = alertmanager_body(chunk, now_micros(), self.config.alert_ttl);
+                match post(&self.client, url, None, to_json(&body).into_bytes()).await {
+                    Sent::Ok => {
+                        self.metrics
+                            .alert_refreshes
+                            .with_label_values(&[&self.sink, name])
+                            .inc_by(chunk.len() as u64);
+                    }
+                    Sent::Transient(why, after) => {
+                        self.fail(backoff, name, after);
+                        tracing::warn!(sink = %self.sink, receiver = %name, reason = %why, "re-posting firing alerts failed");
+                        continue 'receivers;
+                    }
+                    Sent::Permanent(why) => {
+                        tracing::error!(sink = %self.sink, receiver = %name, reason = %why, "Alertmanager refused the firing alerts");
+                    }
                 }
             }
         }
