@@ -247,6 +247,10 @@ pub enum SinkConfig {
     /// JSON template, idempotently, with retries, a circuit breaker and a
     /// rate limit (see [`crate::crm`]).
     Crm(Box<crate::crm::CrmConfig>),
+    /// Live occupancy, VIP arrivals and dwell times raising alerts to
+    /// Slack, Alertmanager or the log, once across crashes (see
+    /// [`crate::alerting`]).
+    Alerts(Box<crate::alerting::AlertsConfig>),
 }
 
 /// One routing rule: every condition given must hold.
@@ -516,6 +520,9 @@ impl Config {
                 p.extend(crm.problems(&format!("sinks.{name}")));
             }
             match sink {
+                SinkConfig::Alerts(alerts) => {
+                    p.extend(alerts.problems(&format!("sinks.{name}")));
+                }
                 SinkConfig::Postgres { url, url_env } => {
                     p.extend(postgres_url_problems(name, url, url_env));
                 }
@@ -725,6 +732,21 @@ mod tests {
         let all = Config::from_toml(&pw).unwrap_err().problems.join("\n");
         assert!(all.contains("sinks.db.url: has a password"), "{all}");
         assert!(!all.contains("hunter2"), "{all}");
+    }
+
+    #[test]
+    fn alerting_sinks_are_checked_with_the_rest() {
+        let text = GOOD.replace(
+            "[sinks.log]\n        kind = \"log\"",
+            "[sinks.log]\n        kind = \"log\"\n        [sinks.al]\n        kind = \"alerts\"\n        path = \"/tmp/al.sqlite\"\n        rules = [{ kind = \"zone_occupancy\", threshold = 0 }]\n        receivers = [{ kind = \"log\" }]",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("sinks.al.rules[0] (zone_occupancy).threshold: must be at least 1"),
+            "{all}"
+        );
+        let ok = text.replace("threshold = 0", "threshold = 40");
+        assert!(Config::from_toml(&ok).is_ok());
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //! - [`analytics`]: the analytics store, on PostgreSQL or embedded (SQLite).
 //! - [`crm`]: the CRM sink: templated JSON over HTTP, idempotency keys,
 //!   retries with backoff, a circuit breaker and a rate limit per sink.
+//! - [`alerting`]: the alerting sink: live occupancy, VIP arrivals and
+//!   dwell rules on a SQLite state file, with an outbox delivered to Slack,
+//!   Alertmanager and the log; effect once across kill -9.
 //! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
 //!   committed": only the prefix of fully handled records, whatever order
 //!   they finish in.
@@ -32,6 +35,7 @@
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
+pub mod alerting;
 pub mod analytics;
 pub mod config;
 pub mod crm;

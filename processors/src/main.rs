@@ -119,6 +119,10 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<A
                 processors::crm::CrmSink::new(name, crm, metrics)
                     .map_err(|e| anyhow::anyhow!(e))?,
             ),
+            SinkConfig::Alerts(alerts) => Arc::new(
+                processors::alerting::AlertsSink::start(name, alerts, metrics)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            ),
         };
         sinks.push(sink);
     }

@@ -71,6 +71,22 @@ pub struct Metrics {
     pub crm_requests: IntCounterVec,
     /// 1 while a CRM sink's circuit is open (or half-open), by sink.
     pub crm_breaker_open: IntGaugeVec,
+    /// Alerts raised, by sink and rule.
+    pub alerts_raised: IntCounterVec,
+    /// Alerts resolved, by sink and rule.
+    pub alerts_resolved: IntCounterVec,
+    /// Raises held back by a rule's cooldown, by sink and rule.
+    pub alerts_suppressed: IntCounterVec,
+    /// Events that did not drive live alert state, by sink and reason
+    /// (`duplicate`, `late`, `stale`, `not_guest_wifi`).
+    pub alerting_ignored: IntCounterVec,
+    /// Alert notifications by sink, receiver and status (`sent`, `failed`
+    /// attempts, `dropped` for good).
+    pub alert_notifications: IntCounterVec,
+    /// Firing alerts re-posted to Alertmanager, by sink and receiver.
+    pub alert_refreshes: IntCounterVec,
+    /// Notifications waiting in the outbox, by sink and receiver.
+    pub alert_outbox_depth: IntGaugeVec,
 }
 
 fn counter(
@@ -238,6 +254,48 @@ impl Metrics {
                 "processors_crm_breaker_open",
                 "1 while a CRM sink's circuit breaker is open or half-open, by sink.",
                 &["sink"],
+            )?,
+            alerts_raised: counter(
+                &r,
+                "processors_alerts_raised_total",
+                "Alerts raised, by sink and rule.",
+                &["sink", "rule"],
+            )?,
+            alerts_resolved: counter(
+                &r,
+                "processors_alerts_resolved_total",
+                "Alerts resolved, by sink and rule.",
+                &["sink", "rule"],
+            )?,
+            alerts_suppressed: counter(
+                &r,
+                "processors_alerts_suppressed_total",
+                "Alert raises held back by the rule's cooldown, by sink and rule.",
+                &["sink", "rule"],
+            )?,
+            alerting_ignored: counter(
+                &r,
+                "processors_alerting_events_ignored_total",
+                "Events that did not drive live alert state, by sink and reason (duplicate, late, stale, not_guest_wifi).",
+                &["sink", "reason"],
+            )?,
+            alert_notifications: counter(
+                &r,
+                "processors_alert_notifications_total",
+                "Alert notifications by sink, receiver and status (sent, failed attempt, dropped).",
+                &["sink", "receiver", "status"],
+            )?,
+            alert_refreshes: counter(
+                &r,
+                "processors_alert_refreshes_total",
+                "Firing alerts re-posted to Alertmanager, by sink and receiver.",
+                &["sink", "receiver"],
+            )?,
+            alert_outbox_depth: gauge(
+                &r,
+                "processors_alert_outbox_depth",
+                "Alert notifications waiting to be delivered, by sink and receiver.",
+                &["sink", "receiver"],
             )?,
             assigned_partitions,
             dedupe_entries,
