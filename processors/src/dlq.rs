@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounterVec, Opts};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,7 +48,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
-use crate::replay::{ReplayError, now_ms, reader_config};
+use crate::replay::{QuietCtx, Reader, ReplayError, now_ms, reader_config};
 use crate::sink::{Outcome, Sink};
 
 /// The consumer group whose committed offsets are the dead-letter queue's
@@ -124,9 +124,10 @@ struct Pending {
 async fn pending(
     config: &Config,
     timeout: Duration,
-) -> Result<Option<(StreamConsumer, Vec<Pending>)>, ReplayError> {
+) -> Result<Option<(Reader, Vec<Pending>)>, ReplayError> {
     let kafka = &config.kafka;
-    let consumer: StreamConsumer = reader_config(kafka, &redrive_group(config), "dlq").create()?;
+    let consumer: Reader =
+        reader_config(kafka, &redrive_group(config), "dlq").create_with_context(QuietCtx)?;
     let consumer = Arc::new(consumer);
     let c = consumer.clone();
     let topic = kafka.dlq_topic.clone();
@@ -182,7 +183,7 @@ async fn pending(
 /// letters to `chunk` in runs of at most `batch` (and at the partition's
 /// end). Stops between chunks when `stop` is raised.
 async fn read_pending<F, Fut>(
-    consumer: &StreamConsumer,
+    consumer: &Reader,
     topic: &str,
     parts: &[Pending],
     batch: usize,

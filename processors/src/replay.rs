@@ -46,8 +46,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use prometheus::{GaugeVec, IntCounterVec, Opts};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -218,6 +219,27 @@ impl ReplayOptions {
         Ok(())
     }
 }
+
+/// librdkafka callbacks for the one-shot commands: its log lines go through
+/// `tracing` like the live path's, and its errors (every failed connection
+/// attempt) at debug, so an unreachable broker ends in one line naming the
+/// problem rather than a screen of retries.
+pub struct QuietCtx;
+
+impl ClientContext for QuietCtx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        plumbing::route_librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+impl ConsumerContext for QuietCtx {}
+
+/// A consumer of the one-shot commands.
+pub type Reader = StreamConsumer<QuietCtx>;
 
 /// The librdkafka settings of a reader that assigns partitions itself and
 /// never commits (replay, `dlq list`); `group` is only its name.
@@ -499,14 +521,42 @@ impl Progress {
     }
 }
 
+/// Checks, within `timeout`, that the brokers answer and know `topic`:
+/// run it before setting up sinks and producers, so a wrong address fails
+/// fast with one line.
+pub async fn probe(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<(), ReplayError> {
+    let c: BaseConsumer<QuietCtx> =
+        reader_config(kafka, &format!("{}-replay", kafka.group_id), "probe")
+            .create_with_context(QuietCtx)?;
+    let topic = topic.to_owned();
+    let brokers = kafka.brokers.clone();
+    tokio::task::spawn_blocking(move || {
+        let md = c
+            .fetch_metadata(Some(&topic), timeout)
+            .map_err(|e| ReplayError::Unreachable {
+                brokers,
+                timeout,
+                detail: e.to_string(),
+            })?;
+        md.topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+            .then_some(())
+            .ok_or(ReplayError::NoTopic(topic))
+    })
+    .await
+    .map_err(|e| ReplayError::Kafka(format!("probe task: {e}")))?
+}
+
 /// Finds where the range lies in each partition, with bounded waits.
 async fn spans(
     kafka: &KafkaConfig,
     opts: &ReplayOptions,
-) -> Result<(Vec<Span>, StreamConsumer), ReplayError> {
+) -> Result<(Vec<Span>, Reader), ReplayError> {
     let group = format!("{}-replay", kafka.group_id);
-    let consumer: StreamConsumer = reader_config(kafka, &group, "replay").create()?;
-    let probe: BaseConsumer = reader_config(kafka, &group, "replay").create()?;
+    let consumer: Reader = reader_config(kafka, &group, "replay").create_with_context(QuietCtx)?;
+    let probe: BaseConsumer<QuietCtx> =
+        reader_config(kafka, &group, "replay").create_with_context(QuietCtx)?;
     let topic = kafka.topic.clone();
     let (from, to, timeout) = (opts.from_ms, opts.to_ms, opts.timeout);
     let brokers = kafka.brokers.clone();

@@ -152,6 +152,7 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
     };
     let result = rt.block_on(async {
         let metrics = Metrics::new().map_err(|e| ReplayError::Kafka(e.to_string()))?;
+        replay::probe(&config.kafka, &config.kafka.topic, opts.timeout).await?;
         let (sinks, dlq) = if opts.dry_run {
             (Vec::new(), None)
         } else {
@@ -232,6 +233,11 @@ pub fn dlq(command: DlqCommand) -> ExitCode {
             };
             let result = rt.block_on(async {
                 let metrics = Metrics::new().map_err(|e| ReplayError::Kafka(e.to_string()))?;
+                if let Err(e @ ReplayError::Unreachable { .. }) =
+                    replay::probe(&config.kafka, &config.kafka.dlq_topic, opts.timeout).await
+                {
+                    return Err(e);
+                }
                 let sinks = crate::build_sinks(&restricted, &metrics)
                     .await
                     .map_err(|e| ReplayError::Setup(format!("{e:#}")))?;
