@@ -109,14 +109,17 @@ impl From<KafkaError> for ReplayError {
 }
 
 /// Parses an RFC 3339 instant (`2026-11-22T18:00:00Z`, fractions and
-/// numeric offsets allowed) into Unix milliseconds.
+/// numeric offsets allowed), or `now`, into Unix milliseconds.
 pub fn parse_time(flag: &str, text: &str) -> Result<i64, ReplayError> {
     let bad = || {
         ReplayError::Usage(format!(
-            "{flag}: {text:?} is not an RFC 3339 time (like 2026-11-22T18:00:00Z)"
+            "{flag}: {text:?} is not an RFC 3339 time (like 2026-11-22T18:00:00Z) or now"
         ))
     };
     let t = text.trim();
+    if t == "now" {
+        return Ok(now_ms());
+    }
     // humantime reads UTC ("Z") only: move a numeric offset into the value.
     let (base, offset_secs) = split_offset(t).ok_or_else(bad)?;
     let at = humantime::parse_rfc3339(&base).map_err(|_| bad())?;
@@ -931,6 +934,7 @@ mod tests {
             parse_time("--from", "2026-11-22T18:00:00.250Z").unwrap() % 1000,
             250
         );
+        assert!(parse_time("--to", "now").unwrap() > 1_700_000_000_000);
         for bad in ["yesterday", "2026-11-22", "2026-13-01T00:00:00Z", ""] {
             let e = parse_time("--from", bad).unwrap_err().to_string();
             assert!(e.starts_with("--from: ") && e.contains("RFC 3339"), "{e}");

@@ -26,7 +26,7 @@ pub struct ReplayArgs {
     /// Kafka record timestamp (= the envelope's received_at).
     #[arg(long)]
     from: String,
-    /// Range end, exclusive: RFC 3339.
+    /// Range end, exclusive: RFC 3339, or `now`.
     #[arg(long)]
     to: String,
     /// Only events of this source (repeatable); default all.
