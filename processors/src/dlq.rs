@@ -51,6 +51,9 @@ use crate::metrics::Metrics;
 use crate::replay::{QuietCtx, Reader, ReplayError, now_ms, reader_config};
 use crate::sink::{Outcome, Sink};
 
+/// Letters read at a time by `list`.
+const LIST_CHUNK: usize = 1000;
+
 /// The consumer group whose committed offsets are the dead-letter queue's
 /// head.
 pub fn redrive_group(config: &Config) -> String {
@@ -274,29 +277,38 @@ pub async fn list(config: &Config, timeout: Duration) -> Result<ListReport, Repl
     report.exists = true;
     report.behind = parts.iter().map(|p| (p.head - p.low).max(0) as u64).sum();
     let now = now_ms();
-    let mut letters = Vec::new();
     let (_tx, mut stop) = watch::channel(false);
-    read_pending(&consumer, &topic, &parts, usize::MAX, &mut stop, |_, l| {
-        letters.extend(l.into_iter().map(|l| {
-            (
-                l.header("sink").unwrap_or_else(|| "?".into()),
-                l.header("reason").unwrap_or_default(),
-                l.age(now),
-            )
-        }));
-        async { Ok(()) }
-    })
+    // Aggregated chunk by chunk: memory grows with the distinct (sink,
+    // reason) pairs, not with the letters.
+    let mut groups: BTreeMap<(String, String), (u64, Duration, Duration)> = BTreeMap::new();
+    let mut pending_count = 0;
+    read_pending(
+        &consumer,
+        &topic,
+        &parts,
+        LIST_CHUNK,
+        &mut stop,
+        |_, letters| {
+            for l in letters {
+                pending_count += 1;
+                let key = (
+                    l.header("sink").unwrap_or_else(|| "?".into()),
+                    l.header("reason").unwrap_or_default(),
+                );
+                let age = l.age(now);
+                let g = groups
+                    .entry(key)
+                    .or_insert((0, Duration::ZERO, Duration::MAX));
+                g.0 += 1;
+                g.1 = g.1.max(age);
+                g.2 = g.2.min(age);
+            }
+            async { Ok(()) }
+        },
+    )
     .await?;
-    for (sink, reason, age) in letters {
-        report.pending += 1;
-        let g = report
-            .groups
-            .entry((sink, reason))
-            .or_insert((0, Duration::ZERO, Duration::MAX));
-        g.0 += 1;
-        g.1 = g.1.max(age);
-        g.2 = g.2.min(age);
-    }
+    report.groups = groups;
+    report.pending = pending_count;
     Ok(report)
 }
 

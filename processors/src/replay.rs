@@ -428,9 +428,15 @@ impl Progress {
         let bars = bars.then(|| {
             let multi = MultiProgress::new();
             let style = ProgressStyle::with_template(
-                "partition {prefix:>3} [{bar:30}] {pos}/{len} records {per_sec} ETA {eta}",
+                "partition {prefix:>3} [{bar:30}] {pos}/{len} records {rate} ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", s.per_sec());
+                },
+            )
             .progress_chars("=> ");
             let map = spans
                 .iter()
