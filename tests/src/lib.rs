@@ -238,6 +238,8 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Record headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Record timestamp, Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -323,6 +325,7 @@ fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<Record> {
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().unwrap_or_default().to_vec(),
             headers,
+            timestamp_ms: msg.timestamp().to_millis(),
         });
     }
     out
