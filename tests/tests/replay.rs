@@ -360,6 +360,20 @@ async fn a_sub_range_touches_only_its_events_and_a_dry_run_nothing() {
         dry.stdout
     );
 
+    // --source picks by source: none of these records is from github.
+    let other = run_processors(
+        &[
+            "replay", "--config", &config, "--from", &from, "--to", &to, "--source", "github",
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(other.status.code(), Some(3), "{other:?}");
+    assert!(
+        sink_lines(&sink).is_empty(),
+        "a replay of another source wrote"
+    );
+
     let done = run_processors(
         &["replay", "--config", &config, "--from", &from, "--to", &to],
         &[],
@@ -517,6 +531,25 @@ sinks = ["crm"]
         )),
         "{}",
         other.stdout
+    );
+    assert_eq!(
+        crm.requests(),
+        2 * n as usize,
+        "a filtered re-drive reached the CRM"
+    );
+
+    // Nor does one on letters older than they are.
+    let young = run_processors(
+        &["dlq", "redrive", "--config", &config, "--older-than", "1h"],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(
+        young.stdout.contains(&format!(
+            "0 accepted, 0 still failing (re-queued with their new reason), {n} left"
+        )),
+        "{}",
+        young.stdout
     );
     assert_eq!(
         crm.requests(),
