@@ -607,6 +607,7 @@ async fn accept(
             &payload,
             &envelope.source,
             &envelope.event_id,
+            received_at_micros / 1000,
             deadline,
         )
         .await

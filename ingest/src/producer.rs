@@ -204,13 +204,17 @@ impl KafkaProducer {
     }
 
     /// Hands a record to the producer and waits until the brokers
-    /// acknowledged it (`acks=all`) or `deadline` passed.
+    /// acknowledged it (`acks=all`) or `deadline` passed. `timestamp_ms` is
+    /// the record timestamp: the envelope's received-at, so that the time
+    /// ranges of `processors replay` (which go by record timestamp) and the
+    /// envelope agree.
     pub async fn deliver(
         &self,
         key: &[u8],
         payload: &[u8],
         source: &str,
         event_id: &str,
+        timestamp_ms: i64,
         deadline: Instant,
     ) -> Result<Delivered, DeliveryError> {
         let started = Instant::now();
@@ -228,7 +232,8 @@ impl KafkaProducer {
         let mut record = FutureRecord::to(&self.topic)
             .key(key)
             .payload(payload)
-            .headers(headers);
+            .headers(headers)
+            .timestamp(timestamp_ms);
         let future = loop {
             match producer.send_result(record) {
                 Ok(f) => break f,

@@ -67,7 +67,9 @@
 //! ~26 million events, a few GB. Space freed by `expire` is reused by later
 //! writes.
 //!
-//! [`MemoryDedupe`] implements the same trait in memory for tests.
+//! [`MemoryDedupe`] implements the same trait in memory for tests;
+//! [`BoundedDedupe`] keeps the last N ids in memory for a replay, which must
+//! not touch the live store.
 //!
 //! [`Reason::DuplicateSeq`]: crate::reorder::Reason::DuplicateSeq
 //! [`Reorderer::peek`]: crate::reorder::Reorderer::peek
@@ -377,8 +379,100 @@ impl DedupeStore for MemoryDedupe {
     }
 }
 
+/// An in-memory [`DedupeStore`] holding at most `capacity` ids, forgetting
+/// the oldest recorded first: replay's store. A replay must neither consult
+/// nor fill the live store (it would drop every event as already seen), and
+/// needs only to catch the duplicates close to each other in the range (a
+/// provider's retries); one it forgot is absorbed by the sinks, which are
+/// idempotent by (source, event id).
+#[derive(Debug)]
+pub struct BoundedDedupe {
+    /// The ids and their recording order, behind a lock (the trait takes
+    /// `&self`).
+    inner: Mutex<BoundedEntries>,
+    /// Most ids remembered: the memory bound (about 100 bytes per id).
+    capacity: usize,
+}
+
+/// The two views of [`BoundedDedupe`].
+#[derive(Debug, Default)]
+struct BoundedEntries {
+    /// The lookup.
+    ids: std::collections::HashSet<(String, String)>,
+    /// Recording order, oldest first: what is forgotten first.
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl BoundedDedupe {
+    /// An empty store remembering at most `capacity` ids (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(BoundedEntries::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, BoundedEntries>, DedupeError> {
+        self.inner.lock().map_err(|_| DedupeError::Poisoned)
+    }
+}
+
+impl DedupeStore for BoundedDedupe {
+    fn seen(&self, source: &str, event_id: &str) -> Result<bool, DedupeError> {
+        Ok(self
+            .lock()?
+            .ids
+            .contains(&(source.to_owned(), event_id.to_owned())))
+    }
+
+    fn record(&self, batch: &[DedupeRecord<'_>]) -> Result<(), DedupeError> {
+        let mut inner = self.lock()?;
+        for r in batch {
+            let id = (r.source.to_owned(), r.event_id.to_owned());
+            if inner.ids.insert(id.clone()) {
+                inner.order.push_back(id);
+            }
+            while inner.order.len() > self.capacity {
+                if let Some(old) = inner.order.pop_front() {
+                    inner.ids.remove(&old);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&self, _now: SystemTime) -> Result<u64, DedupeError> {
+        Ok(0)
+    }
+
+    fn len(&self) -> Result<u64, DedupeError> {
+        Ok(self.lock()?.ids.len() as u64)
+    }
+
+    fn window(&self) -> Duration {
+        Duration::MAX
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bounded_store_forgets_the_oldest_beyond_its_capacity() {
+        let d = BoundedDedupe::new(2);
+        let at = SystemTime::now();
+        let rec = |id: &'static str| DedupeRecord {
+            source: "s",
+            event_id: id,
+            at,
+        };
+        d.record(&[rec("a"), rec("b"), rec("a")]).unwrap();
+        assert!(d.seen("s", "a").unwrap() && d.seen("s", "b").unwrap());
+        d.record(&[rec("c")]).unwrap();
+        assert!(!d.seen("s", "a").unwrap(), "the oldest is forgotten");
+        assert!(d.seen("s", "b").unwrap() && d.seen("s", "c").unwrap());
+        assert_eq!(d.len().unwrap(), 2);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

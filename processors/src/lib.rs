@@ -25,6 +25,13 @@
 //!   at least 72 h. Owns the [`dedupe::DedupeStore`] contract, the persistent
 //!   redb store (one file per instance, memory bounded by its page cache) and
 //!   an in-memory store for tests.
+//! - [`replay`]: `processors replay`: a time range of the raw topic read
+//!   again with its own consumer (no group offsets, no live dedupe store)
+//!   through the same pipeline, routes and sinks; start and end offsets by
+//!   timestamp, progress, dry run.
+//! - [`dlq`]: `processors dlq list|redrive`: the dead-letter topic as a
+//!   queue whose head is a dedicated group's committed offset; letters leave
+//!   it only once their sink accepted them.
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 //!
 //! The order per record: decode, [`reorder::Reorderer::push`],
@@ -40,11 +47,13 @@ pub mod analytics;
 pub mod config;
 pub mod crm;
 pub mod dedupe;
+pub mod dlq;
 pub mod event;
 pub mod metrics;
 pub mod offsets;
 pub mod pipeline;
 pub mod reorder;
+pub mod replay;
 pub mod route;
 pub mod runtime;
 pub mod sink;

@@ -1,4 +1,7 @@
-//! `processors`: the consumer group's command line.
+//! `processors`: the consumer group's command line: `run`, `check-config`,
+//! `replay` and `dlq list|redrive` (those two in `replay_cli.rs`).
+
+mod replay_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +47,16 @@ enum Command {
         #[arg(short, long, env = "PROCESSORS_CONFIG")]
         config: PathBuf,
     },
+    /// Read a time range of the raw topic again and offer its events to
+    /// sinks (backfill), without touching the live group's offsets or its
+    /// de-duplication store. Exit 0 done, 1 failure, 2 bad input, 3 no
+    /// records in the range.
+    Replay(replay_cli::ReplayArgs),
+    /// Dead letters: list them, re-drive them.
+    Dlq {
+        #[command(subcommand)]
+        command: replay_cli::DlqCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +72,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&config),
+        Command::Replay(args) => replay_cli::replay(args),
+        Command::Dlq { command } => replay_cli::dlq(command),
     }
 }
 

@@ -196,11 +196,26 @@ impl PartitionPipeline {
     /// Handles a batch of records (in offset order).
     pub async fn handle(&mut self, records: Vec<RawRecord>) -> Result<(), Stopped> {
         let now = std::time::Instant::now();
+        self.handle_timed(records.into_iter().map(|r| (r, now)).collect())
+            .await
+    }
+
+    /// Handles a batch of records (in offset order), each pushed into the
+    /// reorder buffer at the instant given with it. The live path passes the
+    /// wall clock; replay passes the record timestamps, so the gap timeout
+    /// runs on the time the records were written and a replay makes the
+    /// same in-order and late decisions whatever its speed.
+    pub async fn handle_timed(
+        &mut self,
+        records: Vec<(RawRecord, std::time::Instant)>,
+    ) -> Result<(), Stopped> {
+        let mut now = std::time::Instant::now();
         let mut released = Vec::new();
         let mut quarantined = Vec::new();
         let shared = self.shared.clone();
         let m = &shared.metrics;
-        for record in records {
+        for (record, at) in records {
+            now = at;
             m.consumed.with_label_values(&[&self.label]).inc();
             if let Err(e) = self.offsets.track(record.offset) {
                 // A re-delivered offset (e.g. after a seek): already tracked.
@@ -266,6 +281,16 @@ impl PartitionPipeline {
             .with_label_values(&[&self.label])
             .set(self.offsets.outstanding() as i64);
         self.apply(quarantined, released).await
+    }
+
+    /// Releases everything still waiting in the reorder buffer, per key in
+    /// sequence order, and handles it: the end of a replayed range, where no
+    /// missing predecessor can still come.
+    pub async fn finish(&mut self) -> Result<(), Stopped> {
+        let out = self.reorder.drain();
+        let mut released = Vec::new();
+        self.after_reorder(out, &mut released);
+        self.apply(Vec::new(), released).await
     }
 
     /// Releases what waited the gap timeout and handles it.

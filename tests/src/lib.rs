@@ -248,6 +248,8 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Record headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// Record timestamp, Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -333,6 +335,7 @@ fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<Record> {
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().unwrap_or_default().to_vec(),
             headers,
+            timestamp_ms: msg.timestamp().to_millis(),
         });
     }
     out
@@ -1100,5 +1103,52 @@ impl Drop for Alertmanager {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// What a finished one-shot command printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs `processors ARGS...` to completion (killed, and the test failed, if
+/// it takes longer than `timeout`: a hang is a bug).
+pub fn run_processors(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Finished {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = Command::new(binary("processors"));
+    cmd.args(args)
+        .env("PROCESSORS_LOG", "warn,librdkafka=off")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("stdout file"))
+        .stderr(std::fs::File::create(&err).expect("stderr file"));
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().expect("starting processors");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for processors") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "processors {args:?} did not finish within {timeout:?}:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        status,
+        stdout: std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     }
 }

@@ -91,6 +91,8 @@ async fn a_thousand_signed_requests_land_byte_for_byte_with_their_keys() {
         assert_eq!(env.sequence, Some((n / 10) as i64));
         assert_eq!(env.content_type.as_deref(), Some("application/json"));
         assert_eq!(env.client_addr.as_deref(), Some("127.0.0.1"));
+        // The record timestamp is the received-at: replay ranges use it.
+        assert_eq!(r.timestamp_ms, Some(env.received_at_micros / 1000));
     }
     // One venue's events share a partition, so their order is kept.
     let mut partition_of: HashMap<String, i32> = HashMap::new();
