@@ -64,6 +64,7 @@ export PROCESSORS_METRICS__LISTEN="127.0.0.1:$metrics_port"
 export PROCESSORS_DEDUPE__PATH="$data/processors/dedupe.redb"
 export PROCESSORS_SINKS__EVENTS__PATH="$data/processors/events.jsonl"
 export PROCESSORS_SINKS__ANALYTICS__PATH="$data/analytics.db"
+export PROCESSORS_SINKS__ALERTS__PATH="$data/processors/alerts.sqlite"
 if [ -n "${ANALYTICS_DATABASE_URL:-}" ]; then
   export ANALYTICS_DATABASE_URL
   export PROCESSORS_SINKS__ANALYTICS__URL_ENV=ANALYTICS_DATABASE_URL
@@ -110,12 +111,12 @@ demo_events=${DEMO_EVENTS:-300}
 if [ "$demo_events" -gt 0 ]; then
   echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order)..."
   "$root/target/release/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
-    --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 \
+    --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 --start now \
     --duplicates 0.1 --out-of-order 0.2 || echo "demo: the simulator failed" >&2
   if [ -z "${ANALYTICS_DATABASE_URL:-}" ]; then
     sleep 3
-    python3 - "$data/analytics.db" <<'PY' || true
-import sqlite3, sys
+    python3 - "$data/analytics.db" "$metrics_port" <<'PY' || true
+import sqlite3, sys, urllib.request
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 n, = db.execute("select count(*) from events").fetchone()
 s, open_, = db.execute("select count(*), count(*) - count(disconnected_at) from device_sessions").fetchone()
@@ -123,6 +124,12 @@ print(f"analytics ({sys.argv[1]}): {n} events, {s} device sessions ({open_} stil
 print("footfall_hourly (venue, hour, connections, unique devices):")
 for row in db.execute("select venue_id, hour, connections, unique_devices from footfall_hourly order by 1, 2 limit 12"):
     print("  " + " | ".join(map(str, row)))
+raised = {}
+for line in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").read().decode().splitlines():
+    if line.startswith("processors_alerts_raised_total{"):
+        rule = line.split('rule="')[1].split('"')[0]
+        raised[rule] = raised.get(rule, 0) + int(float(line.rsplit(" ", 1)[1]))
+print("alerts raised (printed above, log target `alerts`): " + (", ".join(f"{r} {n}" for r, n in sorted(raised.items())) or "none"))
 PY
   fi
 fi

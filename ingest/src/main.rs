@@ -86,6 +86,11 @@ struct SendArgs {
     /// Random seed, to repeat a run exactly.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Simulated time of the first event: RFC 3339 (e.g.
+    /// 2026-11-22T18:00:00Z) or `now` (live-looking traffic, e.g. for
+    /// alerts). Default: a fixed instant, so runs repeat exactly.
+    #[arg(long)]
+    start: Option<String>,
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
@@ -144,6 +149,25 @@ fn send(args: SendArgs) -> ExitCode {
         eprintln!("ingest send: --rate must be 0 or more");
         return ExitCode::from(2);
     }
+    let start_ms = match args.start.as_deref() {
+        None => ingest::simulator::GeneratorConfig::default().start_ms,
+        Some(text) => {
+            let at = if text == "now" {
+                Ok(std::time::SystemTime::now())
+            } else {
+                humantime::parse_rfc3339_weak(text)
+            };
+            match at.map(|t| t.duration_since(std::time::UNIX_EPOCH)) {
+                Ok(Ok(d)) => d.as_millis() as i64,
+                _ => {
+                    eprintln!(
+                        "ingest send: --start {text:?} is neither RFC 3339 (2026-11-22T18:00:00Z) nor now"
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
     let Some(secret) = std::env::var_os(&args.secret_env) else {
         eprintln!(
             "ingest send: environment variable {} (the signing secret) is not set",
@@ -163,7 +187,7 @@ fn send(args: SendArgs) -> ExitCode {
             venues: args.venues.max(1),
             zones: args.zones,
             seed: args.seed,
-            ..Default::default()
+            start_ms,
         },
         faults,
         bursts: args.bursts,
