@@ -91,8 +91,9 @@ pub struct KafkaConfig {
     pub client_id: String,
     /// How long the consumer may go without polling before the group
     /// considers it dead (librdkafka `max.poll.interval.ms`). A partition
-    /// blocked on a failing sink stops polling: keep this above the longest
-    /// sink outage you want to ride out without a rebalance.
+    /// blocked on a failing sink is paused and the consumer keeps polling,
+    /// so a sink outage of any length causes no rebalance; this only
+    /// catches a consumer that is really stuck.
     #[serde(default = "default_max_poll_interval", with = "humantime_serde")]
     pub max_poll_interval: Duration,
     /// Extra librdkafka settings (TLS, SASL). Settings the runtime relies on

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub commit_latency: Histogram,
     /// Partitions assigned to this instance now.
     pub assigned_partitions: IntGauge,
+    /// Partitions paused now because their worker stopped taking records.
+    pub paused_partitions: IntGauge,
     /// Events remembered by the dedupe store.
     pub dedupe_entries: IntGauge,
     /// CRM requests by sink and status (HTTP code, `timeout`, `connect`,
@@ -139,6 +141,11 @@ impl Metrics {
             "Partitions of the raw topic assigned to this instance.",
         )?;
         r.add(&assigned_partitions)?;
+        let paused_partitions = IntGauge::new(
+            "processors_paused_partitions",
+            "Partitions paused because their worker stopped taking records (a sink failing); the consumer keeps polling.",
+        )?;
+        r.add(&paused_partitions)?;
         let dedupe_entries = IntGauge::new(
             "processors_dedupe_entries",
             "Applied (source, event id) pairs remembered by the dedupe store.",
@@ -298,6 +305,7 @@ impl Metrics {
                 &["sink", "receiver"],
             )?,
             assigned_partitions,
+            paused_partitions,
             dedupe_entries,
             registry: r.registry().clone(),
             catalogue: r,

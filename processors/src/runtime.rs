@@ -20,11 +20,15 @@
 //!   offset is a duplicate the dedupe store (same instance) or the sinks'
 //!   idempotency (another instance) absorbs.
 //!
-//! A partition blocked on a failing sink stops the consumer from polling
-//! once its channel is full; past `kafka.max_poll_interval` the group gives
-//! its partitions to another instance (which applies them idempotently).
+//! - A partition whose worker does not take a record within
+//!   [`STALL_AFTER`] (a sink that keeps failing, a full channel) is paused
+//!   at that record: the consumer keeps polling, so the other partitions
+//!   keep flowing and the group keeps this instance (no rebalance however
+//!   long the sink is down); the held records go in as soon as the worker
+//!   takes them again, and the partition is resumed. Short waits (ordinary
+//!   backpressure) never pause.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -202,6 +206,20 @@ struct Worker {
 struct Partitions {
     workers: HashMap<i32, Worker>,
     assigned: HashSet<i32>,
+    /// Bumped on every revocation and assignment: records held for a
+    /// paused partition belong to the generation that read them.
+    generation: u64,
+}
+
+/// How long the consumer waits for a partition's worker to take a record
+/// before it pauses that partition and holds the record.
+pub const STALL_AFTER: Duration = Duration::from_millis(500);
+
+/// Records read for a paused partition, not yet taken by its worker.
+struct Held {
+    generation: u64,
+    tx: mpsc::Sender<RawRecord>,
+    records: VecDeque<RawRecord>,
 }
 
 /// librdkafka callbacks: logs, statistics (consumer lag), rebalances.
@@ -288,13 +306,16 @@ impl ConsumerContext for Ctx {
                 .collect();
             tracing::info!(?revoked, "partitions revoked: handing over");
             let workers: Vec<(i32, Worker)> = match self.parts.lock() {
-                Ok(mut parts) => revoked
-                    .iter()
-                    .filter_map(|p| {
-                        parts.assigned.remove(p);
-                        parts.workers.remove(p).map(|w| (*p, w))
-                    })
-                    .collect(),
+                Ok(mut parts) => {
+                    parts.generation += 1;
+                    revoked
+                        .iter()
+                        .filter_map(|p| {
+                            parts.assigned.remove(p);
+                            parts.workers.remove(p).map(|w| (*p, w))
+                        })
+                        .collect()
+                }
                 Err(_) => Vec::new(),
             };
             self.metrics.assigned_partitions.sub(revoked.len() as i64);
@@ -319,6 +340,7 @@ impl ConsumerContext for Ctx {
                     .collect();
                 tracing::info!(?assigned, "partitions assigned");
                 if let Ok(mut parts) = self.parts.lock() {
+                    parts.generation += 1;
                     parts.assigned.extend(assigned.iter().copied());
                     self.metrics
                         .assigned_partitions
@@ -407,6 +429,7 @@ pub fn start(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running, KafkaError> {
     let parts = Arc::new(Mutex::new(Partitions {
+        generation: 0,
         workers: HashMap::new(),
         assigned: HashSet::new(),
     }));
@@ -462,11 +485,19 @@ async fn consume(
     capacity: usize,
     revoke_timeout: Duration,
 ) {
+    let mut held: HashMap<i32, Held> = HashMap::new();
+    let mut retry = tokio::time::interval(Duration::from_millis(20));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let msg = tokio::select! {
-            m = consumer.recv() => m,
+            m = consumer.recv() => Some(m),
+            _ = retry.tick(), if !held.is_empty() => None,
             _ = crate::pipeline::stopped(&mut shutdown) => break,
         };
+        if !held.is_empty() {
+            hand_held(&mut held, &parts, consumer.as_ref(), &topic);
+        }
+        let Some(msg) = msg else { continue };
         let (partition, record) = match msg {
             Ok(m) => {
                 if m.topic() != topic {
@@ -485,11 +516,12 @@ async fn consume(
                 continue;
             }
         };
-        let tx = {
+        let (tx, generation) = {
             let Ok(mut p) = parts.lock() else { break };
             if !p.assigned.contains(&partition) {
                 continue;
             }
+            let generation = p.generation;
             let w = p.workers.entry(partition).or_insert_with(|| {
                 spawn_worker(
                     partition,
@@ -501,10 +533,41 @@ async fn consume(
                     capacity,
                 )
             });
-            w.tx.clone()
+            (w.tx.clone(), generation)
         };
-        if tx.send(record).await.is_err() {
-            tracing::debug!(partition, "worker gone; record left for the next owner");
+        // Behind records already held for this partition (read before the
+        // pause took effect), in offset order.
+        if let Some(h) = held.get_mut(&partition) {
+            if h.generation == generation {
+                h.records.push_back(record);
+                continue;
+            }
+            held.remove(&partition);
+        }
+        match tokio::time::timeout(STALL_AFTER, tx.reserve()).await {
+            Ok(Ok(permit)) => permit.send(record),
+            Ok(Err(_)) => {
+                tracing::debug!(partition, "worker gone; record left for the next owner");
+            }
+            Err(_) => {
+                // The worker is stuck (a sink down): stop fetching this
+                // partition, keep polling for the rest and the group.
+                set_paused(consumer.as_ref(), &topic, partition, true);
+                tracing::info!(
+                    partition,
+                    offset = record.offset,
+                    "partition paused: its worker is not taking records (a sink is failing?)"
+                );
+                shared.metrics.paused_partitions.inc();
+                held.insert(
+                    partition,
+                    Held {
+                        generation,
+                        tx: tx.clone(),
+                        records: VecDeque::from([record]),
+                    },
+                );
+            }
         }
     }
     // Shutdown: hand every partition over, as on revocation.
@@ -516,6 +579,62 @@ async fn consume(
     let positions = stop_workers(workers, revoke_timeout);
     commit_positions(consumer.as_ref(), &topic, &positions, &shared.metrics);
     tracing::info!("consumer stopped");
+}
+
+/// Offers held records to their workers; resumes a partition whose records
+/// were all taken. Records of an older assignment are dropped (the new
+/// owner, maybe this instance again, reads them from the committed offset).
+fn hand_held(
+    held: &mut HashMap<i32, Held>,
+    parts: &Mutex<Partitions>,
+    consumer: &StreamConsumer<Ctx>,
+    topic: &str,
+) {
+    let (generation, assigned) = match parts.lock() {
+        Ok(p) => (p.generation, p.assigned.clone()),
+        Err(_) => return,
+    };
+    held.retain(|&partition, h| {
+        if h.generation != generation || !assigned.contains(&partition) {
+            // A rebalance came between: the fetch position was reset. If
+            // the partition is ours again, make sure it is not left paused.
+            if assigned.contains(&partition) {
+                set_paused(consumer, topic, partition, false);
+            }
+            consumer.context().metrics.paused_partitions.dec();
+            return false;
+        }
+        while let Some(record) = h.records.pop_front() {
+            match h.tx.try_send(record) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(record)) => {
+                    h.records.push_front(record);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    h.records.clear();
+                    break;
+                }
+            }
+        }
+        set_paused(consumer, topic, partition, false);
+        tracing::info!(partition, "partition resumed");
+        consumer.context().metrics.paused_partitions.dec();
+        false
+    });
+}
+
+fn set_paused(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, paused: bool) {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::warn!(partition, paused, error = %e, "pause/resume refused");
+    }
 }
 
 fn spawn_worker(

@@ -600,3 +600,88 @@ async fn kill_9_during_the_analytics_writes_loses_nothing_and_duplicates_nothing
     assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
     same_rows(&pg.psql(PG_ALL), &sqlite(&db, SQLITE_ALL));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_longer_than_max_poll_interval_pauses_the_partitions_without_a_rebalance() {
+    let mut pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("an-pause", 2).await;
+    broker.create_topic("an-pause.quarantine", 1).await;
+    broker.create_topic("an-pause.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Small channels and a 10 s poll limit: without pausing, the blocked
+    // workers would stop the consumer from polling and the group would
+    // take the partitions away after 10 s.
+    let config = analytics_config(
+        &broker.brokers(),
+        "an-pause",
+        "g-pause",
+        &dir,
+        &pg_sink(&pg.url()),
+        &["analytics"],
+    )
+    .replace(
+        "dlq_topic = \"an-pause.dlq\"",
+        "dlq_topic = \"an-pause.dlq\"\nmax_poll_interval = \"10s\"",
+    )
+    .replace(
+        "[processing]",
+        "[processing]\nchannel_capacity = 10\nbatch_max = 10",
+    );
+    let processor = Processor::start(&config);
+    let events = day(2, 10);
+    let records = deliveries(&events, 2);
+    let (before, after) = records.split_at(records.len() / 4);
+    produce(&broker.brokers(), "an-pause", before).await;
+    wait_until(
+        "the first part stored",
+        Duration::from_secs(60),
+        || {
+            pg.psql("select count(*) from events")
+                .parse::<usize>()
+                .unwrap_or(0)
+                > 0
+        },
+        &|| processor.log(),
+    )
+    .await;
+    pg.stop();
+    produce(&broker.brokers(), "an-pause", after).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metric("processors_paused_partitions").await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no partition paused while the database was down:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Twice the poll limit with the database away.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        !processor.log().contains("partitions revoked"),
+        "the group rebalanced while the sink was down:\n{}",
+        processor.log()
+    );
+    pg.restart();
+    let total = events.len().to_string();
+    wait_until(
+        "the backlog drained",
+        Duration::from_secs(60),
+        || pg.psql("select count(*) from events") == total,
+        &|| processor.log(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metric("processors_paused_partitions").await > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "partitions still paused:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!processor.log().contains("partitions revoked"));
+    assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
+    assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
+}
