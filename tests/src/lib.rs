@@ -7,8 +7,10 @@
 //!   can be killed (`SIGKILL`) and restarted on the same port and data.
 //! - [`Ingest`]: the `ingest` binary with a generated config; SIGTERM-able.
 //! - [`read_topic`]: every record of a topic, read back with rdkafka.
-//! - [`purple_signature`] and [`Sender`]: signed requests as the guest-WiFi
-//!   platform sends them.
+//! - [`purple_signature`] and [`send_purple`]: signed requests as the
+//!   guest-WiFi platform sends them.
+//! - [`simulate`]: the real provider simulator (`ingest send --json`),
+//!   its report parsed; [`rss_kib`]: a process's resident memory.
 //!
 //! - [`fake_crm::FakeCrm`]: a scripted CRM that records what it applied,
 //!   by idempotency key.

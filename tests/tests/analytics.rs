@@ -463,9 +463,11 @@ async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains
     );
     let retries = processor.metric("processors_sink_retries_total").await;
     eprintln!(
-        "postgres stopped mid-stream: {} events ({} before the stop, {} while it was down), \
-         {retries} sink retries, then {total} rows, one per event id",
+        "postgres stopped mid-stream: {} events in {} deliveries (re-sends and swaps included; \
+         {} before the stop, {} while it was down), {retries} sink retries, then {total} rows, \
+         one per event id",
         events.len(),
+        records.len(),
         before.len(),
         after.len()
     );
