@@ -78,6 +78,25 @@ async fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
         .collect()
 }
 
+/// Ingest's `[server]` settings for the streams that feed the processors'
+/// tests: a deadline long enough that a loaded machine does not turn a
+/// slow acknowledgement into a refusal (what those tests judge is
+/// downstream of Kafka).
+const STREAM_INGEST: &str = "request_timeout = \"10s\"";
+
+/// The simulator's run was acknowledged, and every distinct event it got a
+/// 200 for is among the events in Kafka (which may hold more: a refused
+/// request's record can still land, and it must then be processed too).
+fn stream_in_kafka(report: &e2e::SimulatorReport, in_kafka: &BTreeMap<String, String>) {
+    assert!(report.acknowledged > 0, "nothing acknowledged: {report:?}");
+    assert!(
+        in_kafka.len() as u64 >= report.distinct_acknowledged,
+        "{} distinct events acknowledged, {} in Kafka: {report:?}",
+        report.distinct_acknowledged,
+        in_kafka.len()
+    );
+}
+
 /// Runs the simulator in the background.
 fn simulator(
     url: String,
@@ -219,7 +238,7 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
     let pg = Postgres::start();
     let broker = Broker::start();
     topics(&broker, "f-kill", 3).await;
-    let ingest = ingest(&broker, "f-kill", "");
+    let ingest = ingest(&broker, "f-kill", STREAM_INGEST);
     ingest.wait_ready().await;
     let crm = FakeCrm::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -280,18 +299,14 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
     }
     let last = start_processor(&config);
     let report = sim.await.unwrap();
-    assert_eq!(
-        report.acknowledged, report.sent,
-        "ingest refused: {report:?}"
-    );
 
     let in_kafka = events_in_kafka(&broker.brokers(), "f-kill").await;
+    stream_in_kafka(&report, &in_kafka);
     let crm_keys: HashSet<String> = in_kafka
         .iter()
         .filter(|(_, t)| CRM_TYPES.contains(&t.as_str()))
         .map(|(id, _)| format!("purple:{id}"))
         .collect();
-    assert_eq!(in_kafka.len() as u64, report.distinct_acknowledged);
     assert!(
         kills
             .iter()
@@ -341,11 +356,12 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
     let repeats: u32 = s.repeats.values().sum();
     drop(s);
     eprintln!(
-        "processors kill -9 x5: simulator sent {} ({} distinct, all 200); rows at each kill {kills:?}; \
+        "processors kill -9 x5: simulator sent {} ({} distinct acknowledged, refused {:?}); rows at each kill {kills:?}; \
          PostgreSQL {} rows for {} events, 0 duplicates; CRM {} applied once each, \
          {repeats} re-sends absorbed by the idempotency key",
         report.sent,
         report.distinct_acknowledged,
+        report.refused,
         counts.values().sum::<u64>(),
         in_kafka.len(),
         applied_keys.len(),
@@ -360,7 +376,7 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
 async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_or_dead_lettered() {
     let broker = Broker::start();
     topics(&broker, "f-crm", 2).await;
-    let ingest = ingest(&broker, "f-crm", "");
+    let ingest = ingest(&broker, "f-crm", STREAM_INGEST);
     ingest.wait_ready().await;
     let crm = FakeCrm::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -441,11 +457,8 @@ async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_
     );
 
     let report = sim.await.unwrap();
-    assert_eq!(
-        report.acknowledged, report.sent,
-        "ingest refused: {report:?}"
-    );
     let in_kafka = events_in_kafka(&broker.brokers(), "f-crm").await;
+    stream_in_kafka(&report, &in_kafka);
     let routed: HashSet<String> = in_kafka
         .iter()
         .filter(|(_, t)| CRM_TYPES.contains(&t.as_str()))
@@ -631,6 +644,7 @@ async fn overload_refuses_with_retry_after_keeps_memory_bounded_and_every_200_in
     // connections (hyper's read buffer grows to at most ~400 KiB each) come
     // to well under 48 MiB above the idle process; an unbounded queue of
     // requests or records at this rate would pass it within seconds.
+    assert!(!ingest.log().contains("panicked"), "{}", ingest.log());
     let grown = peak.saturating_sub(baseline);
     eprintln!(
         "overload: {} requests from {connections} connections in 8 s: by status {by_status:?}, \
@@ -652,7 +666,7 @@ async fn overload_refuses_with_retry_after_keeps_memory_bounded_and_every_200_in
 async fn processors_sigterm_mid_stream_exits_0_in_time_and_loses_and_repeats_nothing() {
     let broker = Broker::start();
     topics(&broker, "f-term", 3).await;
-    let ingest = ingest(&broker, "f-term", "");
+    let ingest = ingest(&broker, "f-term", STREAM_INGEST);
     ingest.wait_ready().await;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("events.jsonl");
@@ -705,11 +719,8 @@ async fn processors_sigterm_mid_stream_exits_0_in_time_and_loses_and_repeats_not
     }
     let last = start_processor(&config);
     let report = sim.await.unwrap();
-    assert_eq!(
-        report.acknowledged, report.sent,
-        "ingest refused: {report:?}"
-    );
     let in_kafka = events_in_kafka(&broker.brokers(), "f-term").await;
+    stream_in_kafka(&report, &in_kafka);
     assert!(
         stops.iter().all(|(n, _)| *n < in_kafka.len()),
         "a stop came after the stream: {stops:?}"
