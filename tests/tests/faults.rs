@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::fake_crm::FakeCrm;
+use e2e::fake_crm::{FakeCrm, Reply};
 use e2e::{
     Broker, Ingest, Outcome, Postgres, Processor, purple_config, purple_event, read_topic, rss_kib,
     send_purple, simulate, sink_lines,
@@ -66,15 +66,6 @@ async fn events_in_kafka(brokers: &str, topic: &str) -> BTreeMap<String, String>
                 body["type"].as_str().unwrap_or("").to_string(),
             )
         })
-        .collect()
-}
-
-/// Event ids read back from the dead-letter topic.
-async fn dead_letters(brokers: &str, topic: &str) -> Vec<String> {
-    read_topic(brokers, topic)
-        .await
-        .iter()
-        .filter_map(|r| r.header("event-id"))
         .collect()
 }
 
@@ -371,7 +362,8 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
 /// The CRM goes down (every request `503`) for a while during a stream:
 /// the sink retries with backoff, its breaker opens (and the CRM is
 /// spared), the partitions wait; once it is back, every routed event is
-/// applied exactly once or dead-lettered, never both, never neither.
+/// applied exactly once or dead-lettered, never both, never neither; the
+/// dead letters are exactly the events the CRM refuses for good (400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_or_dead_lettered() {
     let broker = Broker::start();
@@ -379,10 +371,34 @@ async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_
     let ingest = ingest(&broker, "f-crm", STREAM_INGEST);
     ingest.wait_ready().await;
     let crm = FakeCrm::start().await;
+    // The simulator's events are known from its seed: five guest events of
+    // the second half (sent during or after the outage) are refused for
+    // good (400), the dead-letter branch; the rest must all be applied.
+    let mut generator = ingest::simulator::Generator::new(ingest::simulator::GeneratorConfig {
+        venues: 3,
+        zones: 3,
+        seed: 11,
+        ..Default::default()
+    });
+    let refused: HashSet<String> = (0..400)
+        .map(|_| generator.next_event())
+        .skip(200)
+        .filter(|e| CRM_TYPES.contains(&e.kind))
+        .step_by(15)
+        .take(5)
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(refused.len(), 5);
+    for id in &refused {
+        crm.script(&format!("purple:{id}"), &[Reply::Always(400)]);
+    }
     let dir = tempfile::tempdir().unwrap();
+    // max_attempts is well above what the outage can use up (3 attempts
+    // before the breaker opens, then one probe per cooldown): an outage
+    // must not dead-letter anything.
     let sinks = crm_sink(
         &crm,
-        "timeout = \"1s\"\nattempts_per_call = 3\nmax_attempts = 10\nbackoff_initial = \"50ms\"\n\
+        "timeout = \"1s\"\nattempts_per_call = 3\nmax_attempts = 20\nbackoff_initial = \"50ms\"\n\
          backoff_max = \"400ms\"\nbreaker_failures = 3\nbreaker_cooldown = \"1s\"",
     );
     let processor = start_processor(&processors_config(
@@ -483,7 +499,16 @@ async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_
     )
     .await;
 
-    let dead: Vec<String> = dead_letters(&broker.brokers(), "f-crm.dlq").await;
+    let letters = read_topic(&broker.brokers(), "f-crm.dlq").await;
+    for l in &letters {
+        let reason = l.header("reason").unwrap_or_default();
+        assert!(reason.starts_with("HTTP 400"), "dead-lettered for {reason}");
+        assert_eq!(l.header("sink").as_deref(), Some("crm"));
+    }
+    let dead: Vec<String> = letters
+        .iter()
+        .filter_map(|r| r.header("event-id"))
+        .collect();
     let s = crm.state.lock().unwrap();
     let applied_ids: Vec<String> = s
         .applied
@@ -503,6 +528,10 @@ async fn crm_down_for_a_while_opens_the_breaker_and_every_event_is_applied_once_
     assert_eq!(
         settled, routed,
         "each routed event applied or dead-lettered"
+    );
+    assert_eq!(
+        dead_set, refused,
+        "only the refused ones dead-lettered, none for the outage"
     );
     let repeats: u32 = s.repeats.values().sum();
     let refused_503 = s.requests.iter().filter(|r| r.status == 503).count();
