@@ -7,8 +7,10 @@
 //!   can be killed (`SIGKILL`) and restarted on the same port and data.
 //! - [`Ingest`]: the `ingest` binary with a generated config; SIGTERM-able.
 //! - [`read_topic`]: every record of a topic, read back with rdkafka.
-//! - [`purple_signature`] and [`Sender`]: signed requests as the guest-WiFi
-//!   platform sends them.
+//! - [`purple_signature`] and [`send_purple`]: signed requests as the
+//!   guest-WiFi platform sends them.
+//! - [`simulate`]: the real provider simulator (`ingest send --json`),
+//!   its report parsed; [`rss_kib`]: a process's resident memory.
 //!
 //! - [`fake_crm::FakeCrm`]: a scripted CRM that records what it applied,
 //!   by idempotency key.
@@ -420,6 +422,11 @@ impl Ingest {
         }
     }
 
+    /// Its process id, while it runs (to read `/proc/PID/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         if let Some(c) = &self.child {
@@ -455,6 +462,86 @@ impl Drop for Ingest {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The resident set size of a process in KiB (`VmRSS` in
+/// `/proc/PID/status`), `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// What one run of the provider simulator reported (`ingest send --json`).
+#[derive(Debug, Clone)]
+pub struct SimulatorReport {
+    /// Requests sent, duplicates included.
+    pub sent: u64,
+    /// Requests answered 2xx.
+    pub acknowledged: u64,
+    /// Distinct event ids answered 2xx at least once.
+    pub distinct_acknowledged: u64,
+    /// Requests answered otherwise, by status (`"0"`: no answer).
+    pub refused: std::collections::BTreeMap<String, u64>,
+}
+
+/// Runs the real provider simulator, `ingest send --json ARGS...`, signing
+/// with `secret`, to completion (the test fails if it takes longer than
+/// `timeout`). Blocking: call it from `spawn_blocking`.
+pub fn simulate(url: &str, secret: &str, args: &[&str], timeout: Duration) -> SimulatorReport {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = Command::new(binary("ingest"));
+    cmd.args([
+        "send",
+        "--json",
+        "--url",
+        url,
+        "--secret-env",
+        "E2E_SIMULATOR_SECRET",
+    ])
+    .args(args)
+    .env("E2E_SIMULATOR_SECRET", secret)
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&out).expect("stdout file"))
+    .stderr(std::fs::File::create(&err).expect("stderr file"));
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().expect("starting ingest send");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waiting for ingest send") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ingest send {args:?} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        status.success(),
+        "ingest send {args:?} failed ({status}): {stdout}{}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("the JSON report");
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    SimulatorReport {
+        sent: n("sent"),
+        acknowledged: n("acknowledged"),
+        distinct_acknowledged: n("distinct_acknowledged"),
+        refused: v["refused"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, c)| (k.clone(), c.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

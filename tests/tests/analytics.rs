@@ -447,6 +447,30 @@ async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains
     .await;
     assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
     assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
+    // No duplicates: one row per event id, and every event id sent.
+    assert_eq!(
+        pg.psql("select event_id from events group by event_id having count(*) > 1"),
+        "",
+        "an event stored twice"
+    );
+    let mut ids: Vec<String> = events.iter().map(Ev::id).collect();
+    ids.sort();
+    assert_eq!(
+        pg.psql("select event_id from events order by event_id collate \"C\"")
+            .lines()
+            .collect::<Vec<_>>(),
+        ids
+    );
+    let retries = processor.metric("processors_sink_retries_total").await;
+    eprintln!(
+        "postgres stopped mid-stream: {} events in {} deliveries (re-sends and swaps included; \
+         {} before the stop, {} while it was down), {retries} sink retries, then {total} rows, \
+         one per event id",
+        events.len(),
+        records.len(),
+        before.len(),
+        after.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

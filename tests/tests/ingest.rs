@@ -481,4 +481,13 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
         "{}",
         ingest.log()
     );
+    let count = |s: u16| outcomes.iter().filter(|(_, o)| o.status == s).count();
+    eprintln!(
+        "sigterm under load: {} requests, {} answered 200 (all stored), {} answered 503, \
+         {} got no answer (refused or closed once it stopped listening); exit 0",
+        outcomes.len(),
+        ok.len(),
+        count(503),
+        count(0)
+    );
 }
