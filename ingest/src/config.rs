@@ -942,6 +942,23 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_have_defaults_and_bounds() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_header_bytes, 16 * 1024);
+        assert_eq!(c.server.max_headers, 64);
+        // Below hyper's smallest read buffer would panic at start-up.
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\nheader_read_timeout = \"0s\"\nmax_header_bytes = 100\nmax_headers = 0",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for field in ["header_read_timeout", "max_header_bytes", "max_headers"] {
+            assert!(all.contains(&format!("server.{field}")), "{all}");
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_named() {
         let text = GOOD.replace("request_timeout", "request_timout");
         let e = Config::from_toml(&text).unwrap_err();
