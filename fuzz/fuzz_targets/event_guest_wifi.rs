@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         sequence: data.first().map(|&b| i64::from(b)),
         request_id: "req".into(),
     };
-    for event_type in [None, Some(Locate::Pointer("/a/0".into())), Some(Locate::Header("x-event-type".into()))] {
+    for event_type in [
+        None,
+        Some(Locate::Pointer("/a/0".into())),
+        Some(Locate::Header("x-event-type".into())),
+    ] {
         let config = SourceConfig {
             parser: ParserKind::GuestWifi,
             event_type,

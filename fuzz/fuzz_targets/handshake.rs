@@ -7,6 +7,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     if let Some(Ok(challenge)) = ingest::handshake::slack_url_verification(data) {
         assert!((1..=512).contains(&challenge.len()), "{challenge:?}");
-        assert!(challenge.bytes().all(|b| b.is_ascii_graphic()), "{challenge:?}");
+        assert!(
+            challenge.bytes().all(|b| b.is_ascii_graphic()),
+            "{challenge:?}"
+        );
     }
 });

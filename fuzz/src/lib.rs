@@ -28,7 +28,7 @@ pub fn secrets(values: &[&str]) -> Vec<NamedSecret> {
 /// with more lines than names repeat headers, as a hostile sender may.
 /// Lines that are not valid header values (hyper refuses those before any
 /// handler sees them) are skipped.
-pub fn request<'a>(data: &'a [u8], names: &[&str]) -> (HeaderMap, &'a [u8]) {
+pub fn request<'a>(data: &'a [u8], names: &[&'static str]) -> (HeaderMap, &'a [u8]) {
     let (head, body) = match data.iter().position(|&b| b == 0xFF) {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
