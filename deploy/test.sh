@@ -20,3 +20,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --no-fail-fast "$@"
+# Bounded fuzzing of every parser of sender-controlled bytes (fuzz/).
+"$root/deploy/fuzz.sh"

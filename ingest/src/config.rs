@@ -76,6 +76,21 @@ pub struct ServerConfig {
     /// default), on `listen`.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// How long a client may take to send a request's line and headers,
+    /// from the first byte (or, on a kept-alive connection, from the end of
+    /// the previous answer); past it the connection is closed without an
+    /// answer, so a slowloris sender cannot pin it. The body is bounded by
+    /// `request_timeout` (408 `body_timeout`, connection closed).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) in bytes, at least
+    /// 8192; a larger one is answered 431 and the connection closed.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header fields in one request; more is answered 431 and the
+    /// connection closed.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
 }
 
 /// Kafka producer settings.
@@ -355,6 +370,15 @@ pub const TOLERANCE_RANGE: (Duration, Duration) =
 const fn default_max_in_flight() -> usize {
     1024
 }
+const fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+const fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+const fn default_max_headers() -> usize {
+    64
+}
 const fn default_request_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -411,6 +435,9 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             trusted_proxies: Vec::new(),
             admin_listen: None,
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
         }
     }
 }
@@ -437,6 +464,11 @@ impl Default for LogConfig {
     }
 }
 
+/// Smallest `server.max_header_bytes`: hyper's read buffer cannot be
+/// smaller.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// Largest `server.max_header_bytes`.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 /// Room kept in a Kafka record for the envelope around the body.
 pub const ENVELOPE_OVERHEAD_BYTES: usize = 64 * 1024;
 
@@ -627,6 +659,19 @@ impl Config {
         }
         if s.max_in_flight == 0 {
             p.push("server.max_in_flight: must be at least 1".into());
+        }
+        if s.header_read_timeout < Duration::from_millis(100)
+            || s.header_read_timeout > Duration::from_secs(300)
+        {
+            p.push("server.header_read_timeout: must be between 100ms and 5m".into());
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&s.max_header_bytes) {
+            p.push(format!(
+                "server.max_header_bytes: must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"
+            ));
+        }
+        if !(8..=1000).contains(&s.max_headers) {
+            p.push("server.max_headers: must be between 8 and 1000".into());
         }
         if s.retry_after.as_secs() == 0 {
             p.push("server.retry_after: must be at least 1s".into());
@@ -894,6 +939,23 @@ mod tests {
         assert_eq!(s.event_id, Some(Extract::Pointer("/id".into())));
         assert_eq!(s.ordering_key, Some(Extract::Pointer("/venue/id".into())));
         assert_eq!(s.max_body_bytes, 256 * 1024);
+    }
+
+    #[test]
+    fn client_limits_have_defaults_and_bounds() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_header_bytes, 16 * 1024);
+        assert_eq!(c.server.max_headers, 64);
+        // Below hyper's smallest read buffer would panic at start-up.
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\nheader_read_timeout = \"0s\"\nmax_header_bytes = 100\nmax_headers = 0",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for field in ["header_read_timeout", "max_header_bytes", "max_headers"] {
+            assert!(all.contains(&format!("server.{field}")), "{all}");
+        }
     }
 
     #[test]

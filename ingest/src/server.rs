@@ -2,13 +2,28 @@
 //! until SIGINT/SIGTERM, then shuts down in order: stop accepting, let
 //! in-flight requests finish (their records delivered and answered), flush
 //! the producer.
+//!
+//! The webhook port is served by [`serve_connections`], not
+//! `axum::serve`, because the limits on what a client may send before a
+//! handler sees its request live in hyper's connection builder:
+//! `server.header_read_timeout` (a slowloris sender is disconnected),
+//! `server.max_header_bytes` and `server.max_headers` (431, connection
+//! closed). The body is bounded by the handler (`request_timeout`: 408).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt as _;
 
 use crate::address::Cidrs;
 use crate::config::Config;
@@ -72,9 +87,9 @@ pub async fn serve(
             });
             public_router(state)
         }
-    }
-    .into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    };
+    let limits = ConnLimits::from(&config.server);
+    let server = serve_connections(listener, app, limits, async move {
         let _ = graceful_rx.wait_for(|v| *v).await;
         tracing::info!("shutdown requested: no new connections, draining in-flight requests");
     });
@@ -103,6 +118,126 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
     }
     Ok(())
+}
+
+/// What a client may send before the handler sees its request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Longest wait for a complete request head (`server.header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// Largest request head in bytes (`server.max_header_bytes`, >= 8192).
+    pub max_header_bytes: usize,
+    /// Most header fields (`server.max_headers`).
+    pub max_headers: usize,
+}
+
+impl From<&crate::config::ServerConfig> for ConnLimits {
+    fn from(s: &crate::config::ServerConfig) -> Self {
+        ConnLimits {
+            header_read_timeout: s.header_read_timeout,
+            max_header_bytes: s.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
+            max_headers: s.max_headers,
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge)
+/// under `limits`, each request carrying its peer as
+/// `ConnectInfo<SocketAddr>`, until `stop` resolves; then stops accepting
+/// and waits for open connections to finish their requests and close.
+///
+/// HTTP/1.1: a request head not complete within the header timeout (on a
+/// kept-alive connection, counted from the end of the previous answer)
+/// closes the connection without an answer; a head over `max_header_bytes`
+/// or with more than `max_headers` fields is answered 431 and the
+/// connection closed, by hyper, before any handler runs. HTTP/2: header
+/// lists are capped at `max_header_bytes`.
+pub async fn serve_connections(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather
+                    // than spin; the connections already open go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let header_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            // hyper's header timeout starts once the protocol is known;
+            // until then, bound the wait for the first bytes here.
+            if !protocol_known_within(&stream, header_timeout).await {
+                return;
+            }
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req.map(Body::new))
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, at most `timeout`, until the first bytes of `stream` tell
+/// HTTP/1 from HTTP/2 (a byte off the HTTP/2 preface, or all of it), so a
+/// connection that sends nothing, or the preface a byte at a time, is
+/// closed like a slow request head. Only peeks: hyper reads the bytes.
+async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    let wait = async {
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut seen = 0;
+        loop {
+            let n = match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => n,
+            };
+            if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+                return true;
+            }
+            if n == seen {
+                // A prefix of the preface and nothing new: peek would
+                // answer at once again, so pause instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            seen = n;
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

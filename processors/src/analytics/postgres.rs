@@ -308,10 +308,92 @@ impl Sink for PostgresSink {
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
-            match self.write(batch).await {
-                Ok(()) => vec![Outcome::Accepted; batch.len()],
-                Err(e) => vec![Outcome::Retry(e); batch.len()],
-            }
+            // PostgreSQL text and jsonb cannot hold U+0000, which JSON
+            // allows (`\u0000`): such an event would fail its batch on
+            // every retry and stall the partition. It is refused on its
+            // own (dead-lettered with this reason); the rest is written.
+            let storable: Vec<Arc<Event>> =
+                batch.iter().filter(|e| !holds_nul(e)).cloned().collect();
+            let written = if storable.is_empty() {
+                Ok(())
+            } else {
+                self.write(&storable).await
+            };
+            batch
+                .iter()
+                .map(|e| match (&written, holds_nul(e)) {
+                    (_, true) => Outcome::Reject(NUL_REFUSED.into()),
+                    (Ok(()), false) => Outcome::Accepted,
+                    (Err(why), false) => Outcome::Retry(why.clone()),
+                })
+                .collect()
         })
+    }
+}
+
+/// Why an event holding U+0000 is refused by this sink.
+pub const NUL_REFUSED: &str = "a string holds U+0000, which PostgreSQL text and jsonb cannot store";
+
+/// Whether any string of the event (typed fields, body values or keys)
+/// holds U+0000.
+pub fn holds_nul(event: &Event) -> bool {
+    fn in_value(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(in_value),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || in_value(v)),
+            _ => false,
+        }
+    }
+    [
+        Some(event.source.as_str()),
+        Some(event.event_id.as_str()),
+        Some(event.event_type.as_str()),
+        event.ordering_key.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s| s.contains('\0'))
+        || in_value(&event.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(body: serde_json::Value) -> Event {
+        Event {
+            source: "purple".into(),
+            event_id: "evt_1".into(),
+            event_type: "t".into(),
+            ordering_key: None,
+            sequence: None,
+            received_at_micros: 0,
+            occurred_at_micros: None,
+            late: false,
+            guest_wifi: None,
+            body,
+        }
+    }
+
+    #[test]
+    fn nul_anywhere_in_a_string_is_found_and_nothing_else_is() {
+        // Regression: one `\u0000` failed the whole batch on every retry.
+        for body in [
+            serde_json::json!({"zone": "lob\u{0}by"}),
+            serde_json::json!({"a": [1, {"b": ["\u{0}"]}]}),
+            serde_json::json!({"k\u{0}ey": 1}),
+        ] {
+            assert!(holds_nul(&event(body.clone())), "{body}");
+        }
+        for body in [
+            serde_json::json!({"zone": "\\u0000 is text here", "n": 0, "s": "'; drop table events; --"}),
+            serde_json::json!({"ansi": "\u{1b}[31m", "sep": "\u{2028}", "t": "{{guest.email}}"}),
+        ] {
+            assert!(!holds_nul(&event(body.clone())), "{body}");
+        }
+        let mut e = event(serde_json::json!({}));
+        e.event_type = "a\u{0}".into();
+        assert!(holds_nul(&e));
     }
 }

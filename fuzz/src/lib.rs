@@ -1,0 +1,47 @@
+//! Helpers shared by the fuzz targets: turning one fuzz input into the
+//! header values and body a sender controls, and the fixed secrets and
+//! clock the schemes are checked with.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ingest::secret::Secret;
+use ingest::signature::NamedSecret;
+use std::sync::Arc;
+
+/// The clock every target verifies at (2023-11-14T22:13:20Z).
+pub const NOW: i64 = 1_700_000_000;
+
+/// A rotation of two secrets, as a source would have.
+pub fn secrets(values: &[&str]) -> Vec<NamedSecret> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| NamedSecret {
+            id: Arc::from(format!("s{i}").as_str()),
+            secret: Secret::new(v.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+/// Splits a fuzz input into header values and a body: everything before
+/// the first `0xFF` byte is header lines (split on `\n`), the rest the
+/// body. Line `i` becomes a value of `names[i % names.len()]`, so inputs
+/// with more lines than names repeat headers, as a hostile sender may.
+/// Lines that are not valid header values (hyper refuses those before any
+/// handler sees them) are skipped.
+pub fn request<'a>(data: &'a [u8], names: &[&'static str]) -> (HeaderMap, &'a [u8]) {
+    let (head, body) = match data.iter().position(|&b| b == 0xFF) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let mut headers = HeaderMap::new();
+    if head.is_empty() {
+        return (headers, body);
+    }
+    for (i, line) in head.split(|&b| b == b'\n').enumerate() {
+        let name = HeaderName::from_static(names[i % names.len()]);
+        if let Ok(value) = HeaderValue::from_bytes(line) {
+            headers.append(name, value);
+        }
+    }
+    (headers, body)
+}
