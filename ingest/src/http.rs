@@ -373,7 +373,12 @@ async fn respond(
                 .ack_latency
                 .with_label_values(&[&label])
                 .observe(started.elapsed().as_secs_f64());
-            tracing::debug!(event_id = %accepted.event_id, partition = accepted.partition, offset = accepted.offset, "accepted");
+            tracing::debug!(
+                event_id = accepted.event_id.as_str(),
+                partition = accepted.partition,
+                offset = accepted.offset,
+                "accepted"
+            );
             axum::Json(serde_json::json!({
                 "event_id": accepted.event_id,
                 "request_id": rid,

@@ -1287,7 +1287,7 @@ impl Receiver {
                     venue = a.labels.get("venue").map_or("", String::as_str),
                     zone = a.labels.get("zone").map_or("", String::as_str),
                     severity = a.labels.get("severity").map_or("", String::as_str),
-                    key = %n.key,
+                    key = n.key.as_str(),
                     "{}",
                     a.annotations.get("summary").map_or("", String::as_str)
                 );
@@ -1476,7 +1476,7 @@ impl Deliverer {
                     }
                     Sent::Permanent(why) => {
                         counter("dropped").inc();
-                        tracing::error!(sink = %self.sink, receiver = %name, reason = %why, "alert notification refused for good; dropped");
+                        tracing::error!(sink = %self.sink, receiver = %name, reason = why.as_str(), "alert notification refused for good; dropped");
                     }
                     Sent::Transient(why, after) => {
                         counter("failed").inc();
@@ -1488,7 +1488,7 @@ impl Deliverer {
                         })
                         .await;
                         self.fail(backoff, name, after);
-                        tracing::warn!(sink = %self.sink, receiver = %name, reason = %why, "alert notification failed; will retry");
+                        tracing::warn!(sink = %self.sink, receiver = %name, reason = why.as_str(), "alert notification failed; will retry");
                         self.set_depth(conn, name).await;
                         return;
                     }
@@ -1566,11 +1566,11 @@ impl Deliverer {
                     }
                     Sent::Transient(why, after) => {
                         self.fail(backoff, name, after);
-                        tracing::warn!(sink = %self.sink, receiver = %name, reason = %why, "re-posting firing alerts failed");
+                        tracing::warn!(sink = %self.sink, receiver = %name, reason = why.as_str(), "re-posting firing alerts failed");
                         continue 'receivers;
                     }
                     Sent::Permanent(why) => {
-                        tracing::error!(sink = %self.sink, receiver = %name, reason = %why, "Alertmanager refused the firing alerts");
+                        tracing::error!(sink = %self.sink, receiver = %name, reason = why.as_str(), "Alertmanager refused the firing alerts");
                     }
                 }
             }

@@ -377,7 +377,7 @@ impl PartitionPipeline {
                 offset = q.record.offset,
                 source = %q.source,
                 reason = q.why.reason,
-                detail = %q.why.detail,
+                detail = q.why.detail.as_str(),
                 request_id = q.request_id.as_deref().unwrap_or(""),
                 "record quarantined"
             );
@@ -494,7 +494,7 @@ impl PartitionPipeline {
                         tracing::warn!(
                             sink = name,
                             source = %e.source,
-                            event_id = %e.event_id,
+                            event_id = e.event_id.as_str(),
                             request_id = %items[i].request_id,
                             %reason,
                             "dead-lettered"
@@ -525,7 +525,7 @@ impl PartitionPipeline {
             tracing::warn!(
                 sink = name,
                 events = again.len(),
-                reason = %last_reason,
+                reason = last_reason.as_str(),
                 retry_in = ?backoff,
                 request_ids,
                 "sink asked to retry"
