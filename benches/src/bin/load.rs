@@ -11,14 +11,22 @@
 //!    settings (`ingest::producer::client_config`: `acks=all`, idempotence,
 //!    same linger and queue), up to `max_in_flight` records outstanding;
 //! 3. saturation: closed loop, `--connections` keep-alive connections each
-//!    sending the next request when the previous one is answered;
+//!    sending the next request when the previous one is answered, one step
+//!    per connection count (128, 512, 1000): ingest waits for the broker's
+//!    acknowledgement, so its rate is concurrency / ack latency, and the
+//!    ceiling has up to `max_in_flight` records outstanding; the best step
+//!    is the maximum rate;
 //! 4. ceiling again (the mean of 2 and 4 is the ceiling: the broker's
 //!    sqlite file grows during the run, so one side alone would favour one);
-//! 5. half load: open loop at 50 % of the saturation rate for `--sustain`,
+//! 5. the producer alone, open loop at 50 % of the saturation rate: the
+//!    broker's own ack latency at that rate;
+//! 6. half load: open loop at 50 % of the saturation rate for `--sustain`,
 //!    latency counted from each request's scheduled time (no coordinated
 //!    omission); ingest's RSS sampled every second to judge it flat.
 //!
-//! Ingest's `VmRSS` and `VmHWM` are read from `/proc/PID/status` every
+//! The CPU time of the three processes (this one, ingest, tansu) is read
+//! from `/proc/PID/stat` around each phase: cores used and CPU µs per record
+//! say who takes the two cores. Ingest's `VmRSS` and `VmHWM` are read from `/proc/PID/status` every
 //! second through all phases. Results go to `target/bench-results/load.json`
 //! and a table on stdout. Every child process (tansu, ingest) dies with this
 //! one (`PR_SET_PDEATHSIG`) and is killed on drop; every phase is bounded in
@@ -50,8 +58,8 @@ const VENUES: u64 = 100;
 #[derive(Parser, Debug)]
 #[command(name = "load")]
 struct Args {
-    /// Length of the saturation phase.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    /// Length of each step of the saturation phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Length of each producer-ceiling phase (there are two).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -60,9 +68,11 @@ struct Args {
     /// for the five-minute check.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     sustain: Duration,
-    /// Keep-alive connections of the closed-loop load.
-    #[arg(long, default_value_t = 128)]
-    connections: usize,
+    /// Keep-alive connections of the closed-loop load, one saturation step
+    /// each (comma separated); the best step is the maximum rate. Keep them
+    /// within ingest's `max_in_flight` (1024), past which it answers 503.
+    #[arg(long, value_delimiter = ',', default_value = "128,512,1000")]
+    connections: Vec<usize>,
     /// Partitions of the raw topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -171,6 +181,110 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
         })
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system, all threads) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is 3rd,
+    // utime the 14th and stime the 15th of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// The pid of our child process named `name` (the broker the harness
+/// started), found through /proc.
+fn child_named(name: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+        let ppid = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?;
+        (comm == name && ppid == me).then_some(pid)
+    })
+}
+
+/// CPU used by the three processes on the machine's cores during a phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// The load generator (this process, also the ceiling producer).
+    load: f64,
+    /// Ingest.
+    ingest: f64,
+    /// The tansu broker.
+    broker: f64,
+    /// Wall time of the phase.
+    wall: f64,
+}
+
+/// Samples the three processes' CPU time; `since` turns two samples into
+/// a phase's use.
+#[derive(Debug, Clone, Copy)]
+struct CpuMeter {
+    /// Pids: this process, ingest, tansu.
+    pids: (u32, u32, Option<u32>),
+}
+
+impl CpuMeter {
+    fn now(&self) -> (Cpu, Instant) {
+        let get = |p: Option<u32>| p.and_then(cpu_seconds).unwrap_or(0.0);
+        (
+            Cpu {
+                load: get(Some(self.pids.0)),
+                ingest: get(Some(self.pids.1)),
+                broker: get(self.pids.2),
+                wall: 0.0,
+            },
+            Instant::now(),
+        )
+    }
+
+    fn since(&self, start: (Cpu, Instant)) -> Cpu {
+        let (end, t) = self.now();
+        Cpu {
+            load: end.load - start.0.load,
+            ingest: end.ingest - start.0.ingest,
+            broker: end.broker - start.0.broker,
+            wall: (t - start.1).as_secs_f64(),
+        }
+    }
+}
+
+impl Cpu {
+    fn json(&self, records: u64) -> serde_json::Value {
+        let per = |s: f64| s * 1e6 / records.max(1) as f64;
+        serde_json::json!({
+            "wall_seconds": self.wall,
+            "cores_used": {
+                "load_generator": self.load / self.wall,
+                "ingest": self.ingest / self.wall,
+                "broker": self.broker / self.wall,
+            },
+            "cpu_us_per_record": {
+                "load_generator": per(self.load),
+                "ingest": per(self.ingest),
+                "broker": per(self.broker),
+            },
+        })
+    }
+
+    fn line(&self, records: u64) -> String {
+        let per = |s: f64| s * 1e6 / records.max(1) as f64;
+        format!(
+            "cores: load {:.2}, ingest {:.2}, broker {:.2}; CPU µs per record: load {:.0}, ingest {:.0}, broker {:.0}",
+            self.load / self.wall,
+            self.ingest / self.wall,
+            self.broker / self.wall,
+            per(self.load),
+            per(self.ingest),
+            per(self.broker)
+        )
+    }
 }
 
 /// One memory sample.
@@ -451,6 +565,76 @@ async fn ceiling(
     Ok(r)
 }
 
+/// rdkafka alone at a fixed rate (open loop, as [`open_loop`]): the
+/// broker's own ack latency at the rate ingest is measured at.
+async fn producer_open_loop(
+    producer: &FutureProducer,
+    records: &[(String, String, Vec<u8>)],
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<PhaseResult> {
+    let shared = Arc::new(Mutex::new(PhaseResult::default()));
+    let started = Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0u64;
+    while i < total {
+        let now = Instant::now();
+        while i < total {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if due > now {
+                break;
+            }
+            let (key, id, value) = &records[i as usize % records.len()];
+            i += 1;
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "source",
+                    value: Some("purple"),
+                })
+                .insert(Header {
+                    key: "event-id",
+                    value: Some(id.as_str()),
+                });
+            let rec = FutureRecord::to(TOPIC)
+                .key(key.as_str())
+                .payload(value.as_slice())
+                .headers(headers);
+            let shared = shared.clone();
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    tasks.spawn(async move {
+                        let ok = matches!(f.await, Ok(Ok(_)));
+                        let latency = due.elapsed();
+                        let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        if ok {
+                            r.accepted += 1;
+                            r.latency.record(latency);
+                        } else {
+                            *r.refused.entry(0).or_default() += 1;
+                        }
+                    });
+                }
+                Err(_) => {
+                    *shared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .refused
+                        .entry(0)
+                        .or_default() += 1
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let mut r = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+    r.elapsed = elapsed.max(duration);
+    Ok(r)
+}
+
 /// Least-squares slope of RSS over time, KiB per minute.
 fn slope_kib_per_min(samples: &[&MemSample]) -> f64 {
     let n = samples.len() as f64;
@@ -547,9 +731,10 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
 
     let counter = Arc::new(AtomicU64::new(0));
     set_phase("warm-up");
+    let most = args.connections.iter().copied().max().unwrap_or(128);
     closed_loop(
         &url,
-        args.connections,
+        most,
         Duration::from_secs(3),
         args.body_bytes,
         &counter,
@@ -557,25 +742,44 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     .await?;
     ceiling(&producer, &records, window, Duration::from_secs(2)).await?;
 
+    let meter = CpuMeter {
+        pids: (std::process::id(), pid, child_named("tansu")),
+    };
     set_phase("ceiling-1");
+    let m = meter.now();
     let mut c1 = ceiling(&producer, &records, window, args.ceiling_duration).await?;
+    let c1_cpu = meter.since(m);
     set_phase("saturation");
-    let mut sat = closed_loop(
-        &url,
-        args.connections,
-        args.duration,
-        args.body_bytes,
-        &counter,
-    )
-    .await?;
+    let mut steps = Vec::new();
+    for &c in &args.connections {
+        let m = meter.now();
+        let r = closed_loop(&url, c, args.duration, args.body_bytes, &counter).await?;
+        let cpu = meter.since(m);
+        eprintln!("  {c} connections: {:.0}/s", r.rate());
+        steps.push((c, r, cpu));
+    }
+    let best = steps
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.1.rate().total_cmp(&b.1.1.rate()))
+        .map_or(0, |(i, _)| i);
     set_phase("ceiling-2");
+    let m = meter.now();
     let mut c2 = ceiling(&producer, &records, window, args.ceiling_duration).await?;
-    producer.flush(Duration::from_secs(30))?;
+    let c2_cpu = meter.since(m);
     let ceiling_rate = (c1.rate() + c2.rate()) / 2.0;
-    let max_rate = sat.rate();
+    let max_rate = steps[best].1.rate();
     let half_rate = max_rate / 2.0;
 
+    set_phase("producer-half");
+    let m = meter.now();
+    let mut phalf =
+        producer_open_loop(&producer, &records, half_rate, args.ceiling_duration).await?;
+    let phalf_cpu = meter.since(m);
+    producer.flush(Duration::from_secs(30))?;
+
     set_phase("half-load");
+    let m = meter.now();
     let mut half = open_loop(
         &url,
         half_rate,
@@ -585,6 +789,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         ingest_config.server.max_in_flight,
     )
     .await?;
+    let half_cpu = meter.since(m);
     set_phase("done");
     stop_sampling.store(true, Ordering::Relaxed);
     let _ = sampler.await;
@@ -615,13 +820,12 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
 
     let ratio = max_rate / ceiling_rate.max(1e-9);
     let half_summary = half.latency.summary();
-    let sat_summary = sat.latency.summary();
     let c1s = c1.latency.summary();
     let c2s = c2.latency.summary();
 
     println!();
     println!(
-        "load benchmark: {} B guest-WiFi webhooks, {} partitions, {} connections (closed loop), tansu+sqlite on loopback",
+        "load benchmark: {} B guest-WiFi webhooks, {} partitions, closed loop at {:?} connections, tansu+sqlite on loopback",
         args.body_bytes, args.partitions, args.connections
     );
     println!(
@@ -631,20 +835,40 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     let row = |name: &str, rate: f64, s: &Summary, other: String| {
         println!("{name:<34} {rate:>10.0} {}  {other}", fmt_summary(s));
     };
+    let phalf_summary = phalf.latency.summary();
     row("producer ceiling (before)", c1.rate(), &c1s, String::new());
-    row(
-        "ingest, saturation",
-        max_rate,
-        &sat_summary,
-        format!("refused {:?}", sat.refused),
-    );
+    for (i, (c, r, _)) in steps.iter_mut().enumerate() {
+        let s = r.latency.summary();
+        let mark = if i == best { " (max)" } else { "" };
+        row(
+            &format!("ingest, {c} connections{mark}"),
+            r.rate(),
+            &s,
+            format!("refused {:?}", r.refused),
+        );
+    }
     row("producer ceiling (after)", c2.rate(), &c2s, String::new());
+    row(
+        &format!("producer alone at {half_rate:.0}/s"),
+        phalf.rate(),
+        &phalf_summary,
+        String::new(),
+    );
     row(
         &format!("ingest, open loop at {half_rate:.0}/s"),
         half.rate(),
         &half_summary,
         format!("refused {:?}, not sent {}", half.refused, half.not_sent),
     );
+    println!();
+    println!("CPU (2 cores shared by all three):");
+    println!("  ceiling (before):   {}", c1_cpu.line(c1.accepted));
+    for (c, r, cpu) in &steps {
+        println!("  ingest {c:>4} conns:  {}", cpu.line(r.accepted));
+    }
+    println!("  ceiling (after):    {}", c2_cpu.line(c2.accepted));
+    println!("  producer half rate: {}", phalf_cpu.line(phalf.accepted));
+    println!("  ingest half load:   {}", half_cpu.line(half.accepted));
     println!();
     println!(
         "ingest / ceiling: {ratio:.2} (target >= 0.80: {})",
@@ -684,12 +908,15 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
             "kafka_extra": args.kafka_extra,
             "ingest_config": config,
         },
-        "ceiling_before": c1.json(serde_json::json!({})),
-        "saturation": sat.json(serde_json::json!({})),
-        "ceiling_after": c2.json(serde_json::json!({})),
+        "ceiling_before": c1.json(serde_json::json!({"cpu": c1_cpu.json(c1.accepted)})),
+        "saturation_steps": steps.iter_mut().map(|(c, r, cpu)| r.json(serde_json::json!({"connections": c, "cpu": cpu.json(r.accepted)}))).collect::<Vec<_>>(),
+        "max_rate_connections": steps[best].0,
+        "max_accepted_per_second": max_rate,
+        "ceiling_after": c2.json(serde_json::json!({"cpu": c2_cpu.json(c2.accepted)})),
         "ceiling_per_second": ceiling_rate,
         "ingest_over_ceiling": ratio,
-        "half_load": half.json(serde_json::json!({"offered_per_second": half_rate})),
+        "producer_half_rate": phalf.json(serde_json::json!({"offered_per_second": half_rate, "cpu": phalf_cpu.json(phalf.accepted)})),
+        "half_load": half.json(serde_json::json!({"offered_per_second": half_rate, "cpu": half_cpu.json(half.accepted)})),
         "memory": {
             "peak_vmhwm_mib": peak_hwm as f64 / 1024.0,
             "half_load_first_quarter_rss_mib": first_q / 1024.0,
