@@ -1,24 +1,33 @@
 //! Processor throughput with the broker real: tansu (sqlite) on loopback,
-//! the processors' runtime in this process, decode → parse → reorder →
-//! dedupe (redb on disk) → route → a no-op sink, offsets stored and
-//! committed as in production.
+//! the processors' runtime in this process, decode → guest-WiFi parse →
+//! reorder → dedupe (redb on disk) → route → sink, offsets stored and
+//! committed as in production; against the same run's ceiling, a bare
+//! rdkafka consumer (the runtime's own consumer settings) that reads the
+//! same records and does nothing with them.
 //!
 //! `cargo bench -p pipeline-benches --bench processors` (release build).
-//! Prints records per second from the first record consumed to the last
-//! one handled, median of three runs, each with a fresh consumer group and
-//! dedupe store over the same topic. Throughput is measured here and
-//! written to BENCHMARKS.md, never asserted.
+//! Runs, each with a fresh consumer group and dedupe store over the same
+//! topic: bare consumer and null sink alternated three times (medians), then
+//! the embedded analytics store (SQLite, `kind = "analytics"` with `path`)
+//! and the PostgreSQL analytics store (a real PostgreSQL 15 started on a
+//! free port, a fresh database per run). Records per second from the first
+//! record consumed to the last one handled; a table on stdout and
+//! `target/bench-results/processors.json`. Measured, never asserted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::{Broker, produce, purple_envelope};
+use e2e::{Broker, Postgres, produce, purple_envelope};
+use pipeline_benches::guest_wifi_body;
+use processors::analytics::{PostgresSink, SqliteSink};
 use processors::config::Config;
 use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::metrics::Metrics;
 use processors::pipeline::{Shared, SideTopics};
 use processors::runtime::{self, KafkaSide};
 use processors::sink::{NullSink, Sink};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 
 const VENUES: usize = 100;
 const PER_VENUE: u64 = 200;
@@ -37,37 +46,97 @@ fn total(m: &Metrics, name: &str) -> u64 {
         .sum()
 }
 
-async fn run_once(brokers: &str, topic: &str, run: usize, records: u64) -> (Duration, Duration) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::from_toml(&format!(
+/// Which sink a run routes every event to.
+#[derive(Debug, Clone)]
+enum SinkKind {
+    /// Accepts and discards.
+    Null,
+    /// The embedded analytics store in a fresh SQLite file.
+    Sqlite,
+    /// The PostgreSQL analytics store at this URL (a fresh database).
+    Postgres(String),
+}
+
+impl SinkKind {
+    fn label(&self) -> &'static str {
+        match self {
+            SinkKind::Null => "null sink",
+            SinkKind::Sqlite => "analytics, embedded SQLite",
+            SinkKind::Postgres(_) => "analytics, PostgreSQL",
+        }
+    }
+}
+
+fn config(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    dir: &std::path::Path,
+    sink: &SinkKind,
+) -> Config {
+    let sink_toml = match sink {
+        SinkKind::Null => "kind = \"null\"".to_string(),
+        SinkKind::Sqlite => format!(
+            "kind = \"analytics\"\npath = \"{}\"",
+            dir.join("analytics.db").display()
+        ),
+        SinkKind::Postgres(url) => format!("kind = \"analytics\"\nurl = \"{url}\""),
+    };
+    Config::from_toml(&format!(
         r#"
         [kafka]
         brokers = "{brokers}"
         topic = "{topic}"
-        group_id = "bench-{run}"
+        group_id = "{group}"
         quarantine_topic = "{topic}.q"
         dlq_topic = "{topic}.dlq"
         [processing]
         batch_max = 500
         [dedupe]
         path = "{}"
-        [sinks.none]
-        kind = "null"
+        [sources.purple]
+        parser = "guest_wifi"
+        [sinks.bench]
+        {sink_toml}
         [[routes]]
         name = "all"
-        sinks = ["none"]
+        sinks = ["bench"]
         "#,
-        dir.path().join("dedupe.redb").display()
+        dir.join("dedupe.redb").display()
     ))
-    .expect("bench config");
+    .expect("bench config")
+}
+
+/// One run of the processors' runtime: (from first record, with group join).
+async fn run_once(
+    brokers: &str,
+    topic: &str,
+    run: usize,
+    records: u64,
+    sink: &SinkKind,
+) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(brokers, topic, &format!("bench-{run}"), dir.path(), sink);
     let metrics = Metrics::new().expect("metrics");
     let dedupe: Arc<dyn DedupeStore> = Arc::new(
         RedbDedupe::open(dir.path().join("dedupe.redb"), &DedupeConfig::new()).expect("dedupe"),
     );
     let side: Arc<dyn SideTopics> = Arc::new(KafkaSide::new(&config.kafka).expect("side"));
-    let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(NullSink::new("none"))];
+    let built: Arc<dyn Sink> = match sink {
+        SinkKind::Null => Arc::new(NullSink::new("bench")),
+        SinkKind::Sqlite => Arc::new(
+            SqliteSink::open("bench", &dir.path().join("analytics.db"))
+                .await
+                .expect("sqlite analytics"),
+        ),
+        SinkKind::Postgres(url) => Arc::new(
+            PostgresSink::connect("bench", url)
+                .await
+                .expect("postgres analytics"),
+        ),
+    };
     let shared =
-        Arc::new(Shared::new(&config, sinks, dedupe, side, metrics.clone()).expect("shared"));
+        Arc::new(Shared::new(&config, vec![built], dedupe, side, metrics.clone()).expect("shared"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let running = runtime::start(
@@ -105,12 +174,61 @@ async fn run_once(brokers: &str, topic: &str, run: usize, records: u64) -> (Dura
     (end - first.unwrap_or(started), end - started)
 }
 
+/// The ceiling: the runtime's consumer settings, a fresh group, every
+/// record received and its payload touched, nothing else.
+async fn bare_consumer(
+    brokers: &str,
+    topic: &str,
+    run: usize,
+    records: u64,
+) -> (Duration, Duration) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(
+        brokers,
+        topic,
+        &format!("bare-{run}"),
+        dir.path(),
+        &SinkKind::Null,
+    );
+    let consumer: StreamConsumer = runtime::consumer_config(&config.kafka)
+        .create()
+        .expect("bare consumer");
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut first: Option<Instant> = None;
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    while seen < records {
+        let m = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("records within a minute")
+            .expect("consume");
+        first.get_or_insert_with(Instant::now);
+        bytes += m.payload().map_or(0, <[u8]>::len);
+        seen += 1;
+    }
+    let end = Instant::now();
+    std::hint::black_box(bytes);
+    (end - first.unwrap_or(started), end - started)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let m = xs.len() / 2;
+    if xs.len() % 2 == 0 {
+        (xs[m - 1] + xs[m]) / 2.0
+    } else {
+        xs[m]
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` runs it too: only
     // run for real under `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    let machine = pipeline_benches::machine();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let broker = Broker::start();
@@ -123,7 +241,8 @@ fn main() {
             for v in 0..VENUES {
                 let venue = format!("venue-{v}");
                 let id = format!("evt-{v}-{s}");
-                let env = purple_envelope(&id, &venue, s, None);
+                let body = guest_wifi_body(&id, &venue, s, 1024);
+                let env = purple_envelope(&id, &venue, s, Some(body));
                 records.push((venue.clone().into_bytes(), env.clone()));
                 // 10% duplicates, re-sent right away (a provider retry).
                 if (s as usize + v) % 10 == 0 {
@@ -135,20 +254,78 @@ fn main() {
         for chunk in records.chunks(5_000) {
             produce(&broker.brokers(), topic, chunk).await;
         }
-        let mut rates = Vec::new();
-        for run in 0..3 {
-            let (busy, wall) = run_once(&broker.brokers(), topic, run, n).await;
+        println!(
+            "{n} records of about 1 KiB ({} events, {} duplicates) on {PARTITIONS} partitions",
+            VENUES as u64 * PER_VENUE,
+            n - VENUES as u64 * PER_VENUE,
+        );
+        let mut runs = Vec::new();
+        let mut report = |what: &str, run: usize, (busy, wall): (Duration, Duration)| {
             let rate = n as f64 / busy.as_secs_f64();
             println!(
-                "run {run}: {n} records ({} events, {} duplicates, {PARTITIONS} partitions) in {:.2}s from first record ({:.2}s with group join): {rate:.0} records/s",
-                VENUES as u64 * PER_VENUE,
-                n - VENUES as u64 * PER_VENUE,
+                "{what:<28} run {run}: {:.2}s from first record ({:.2}s with group join): {rate:>8.0} records/s",
                 busy.as_secs_f64(),
                 wall.as_secs_f64()
             );
-            rates.push(rate);
+            runs.push(serde_json::json!({
+                "what": what, "run": run, "seconds": busy.as_secs_f64(),
+                "seconds_with_join": wall.as_secs_f64(), "records_per_second": rate,
+            }));
+            rate
+        };
+        let (mut bare, mut null) = (Vec::new(), Vec::new());
+        let mut run = 0;
+        for _ in 0..3 {
+            bare.push(report("bare consumer", run, bare_consumer(&broker.brokers(), topic, run, n).await));
+            run += 1;
+            null.push(report(SinkKind::Null.label(), run, run_once(&broker.brokers(), topic, run, n, &SinkKind::Null).await));
+            run += 1;
         }
-        rates.sort_by(|a, b| a.total_cmp(b));
-        println!("processors throughput (median of 3): {:.0} records/s", rates[1]);
+        let mut sqlite = Vec::new();
+        for _ in 0..2 {
+            sqlite.push(report(SinkKind::Sqlite.label(), run, run_once(&broker.brokers(), topic, run, n, &SinkKind::Sqlite).await));
+            run += 1;
+        }
+        let pg = Postgres::start();
+        let mut postgres = Vec::new();
+        for i in 0..2 {
+            pg.psql(&format!("CREATE DATABASE bench_{i}"));
+            let url = format!("postgres://postgres@127.0.0.1:{}/bench_{i}", pg.port);
+            let sink = SinkKind::Postgres(url);
+            postgres.push(report(sink.label(), run, run_once(&broker.brokers(), topic, run, n, &sink).await));
+            run += 1;
+        }
+        let ceiling = median(bare);
+        let rows = [
+            ("null sink", median(null)),
+            ("analytics, embedded SQLite", median(sqlite)),
+            ("analytics, PostgreSQL", median(postgres)),
+        ];
+        println!();
+        println!("{:<28} {:>12} {:>10}", "processors (median)", "records/s", "/ ceiling");
+        println!("{:<28} {:>12.0} {:>10}", "bare consumer (ceiling)", ceiling, "1.00");
+        for (what, rate) in rows {
+            println!("{what:<28} {rate:>12.0} {:>10.2}", rate / ceiling);
+        }
+        let null_ratio = rows[0].1 / ceiling;
+        println!(
+            "null sink / bare consumer: {null_ratio:.2} (target >= 0.80: {})",
+            if null_ratio >= 0.8 { "met" } else { "MISSED" }
+        );
+        let result = serde_json::json!({
+            "benchmark": "processors",
+            "unix_time": pipeline_benches::unix_now(),
+            "machine": machine,
+            "records": n,
+            "events": VENUES as u64 * PER_VENUE,
+            "partitions": PARTITIONS,
+            "body_bytes": 1024,
+            "bare_consumer_per_second": ceiling,
+            "median_per_second": rows.iter().map(|(w, r)| ((*w).to_string(), serde_json::json!({"records_per_second": r, "over_ceiling": r / ceiling}))).collect::<serde_json::Map<_, _>>(),
+            "targets": {"null_sink_at_least_0_8_of_ceiling": null_ratio >= 0.8},
+            "runs": runs,
+        });
+        let path = pipeline_benches::write_results("processors", &result).expect("results file");
+        println!("results: {}", path.display());
     });
 }

@@ -1,4 +1,182 @@
-//! Benchmarks for the pipeline. `benches/micro.rs` holds the criterion
-//! micro-benchmarks (signature verification, envelope encoding); the
-//! end-to-end load benchmark comes with its own issue. Run with
-//! `cargo bench -p pipeline-benches`; figures go to BENCHMARKS.md.
+//! Benchmarks for the pipeline. Speed is measured here, never asserted in
+//! tests; the figures and the method are in BENCHMARKS.md.
+//!
+//! - `benches/micro.rs` (criterion): every signature scheme on 1 KiB and
+//!   16 KiB bodies, envelope encode/decode, guest-WiFi normalisation,
+//!   reorder, dedupe lookups and inserts, offset tracking.
+//! - `benches/processors.rs`: records per second through the processors'
+//!   runtime (broker real) with the null sink and the analytics sinks
+//!   (embedded SQLite, PostgreSQL), against a bare consumer's ceiling.
+//! - `src/bin/load.rs`: the end-to-end load benchmark
+//!   (`cargo run --release -p pipeline-benches --bin load`): ingest on a
+//!   real broker, against the raw producer's ceiling of the same run.
+//!
+//! This library holds what they share: the benchmark's guest-WiFi body,
+//! latency percentiles, the machine description and the JSON results.
+
+use std::path::PathBuf;
+
+/// A guest-WiFi platform event (`device_connected`) of about `len` bytes:
+/// the documented fields, padded with a device user agent.
+pub fn guest_wifi_body(id: &str, venue: &str, sequence: u64, len: usize) -> Vec<u8> {
+    let mut v = serde_json::json!({
+        "id": id,
+        "type": "device_connected",
+        "sequence": sequence,
+        "occurred_at": "2026-11-22T18:03:11.123Z",
+        "venue": {"id": venue, "name": "Airport Hotel"},
+        "zone": "lobby",
+        "device": {"id": format!("dev_{sequence}"), "user_agent": ""},
+        "guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": false}
+    });
+    let short = v.to_string().len();
+    v["device"]["user_agent"] = "x".repeat(len.saturating_sub(short)).into();
+    v.to_string().into_bytes()
+}
+
+/// Latency samples in microseconds, summarised as percentiles.
+#[derive(Debug, Default, Clone)]
+pub struct Latencies {
+    /// Every sample, unsorted until [`Latencies::summary`].
+    pub micros: Vec<u32>,
+}
+
+/// Percentiles of a [`Latencies`], in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    /// How many samples.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest sample.
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    /// Adds a sample.
+    pub fn record(&mut self, d: std::time::Duration) {
+        self.micros
+            .push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+    }
+
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: Latencies) {
+        self.micros.extend(other.micros);
+    }
+
+    /// Sorts the samples and reads the percentiles (nearest rank).
+    pub fn summary(&mut self) -> Summary {
+        self.micros.sort_unstable();
+        let n = self.micros.len();
+        if n == 0 {
+            return Summary::default();
+        }
+        let at = |q: f64| {
+            let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+            f64::from(self.micros[rank - 1]) / 1000.0
+        };
+        Summary {
+            count: n,
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: f64::from(self.micros[n - 1]) / 1000.0,
+        }
+    }
+}
+
+impl Summary {
+    /// As a JSON object.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "p999_ms": self.p999_ms,
+            "max_ms": self.max_ms,
+        })
+    }
+}
+
+/// The machine the figures come from: CPU model, cores, memory, kernel.
+pub fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string();
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    serde_json::json!({
+        "cpu": model,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        "kernel": kernel.trim(),
+        "loadavg_at_start": loadavg.trim(),
+    })
+}
+
+/// `target/bench-results` of this workspace (created).
+pub fn results_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Writes `value` to `target/bench-results/NAME.json` and returns the path.
+pub fn write_results(name: &str, value: &serde_json::Value) -> std::io::Result<PathBuf> {
+    let path = results_dir().join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text + "\n")?;
+    Ok(path)
+}
+
+/// Seconds since the Unix epoch, for the results' timestamp.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut l = Latencies {
+            micros: (1..=1000).rev().collect(),
+        };
+        let s = l.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.p50_ms, 0.5);
+        assert_eq!(s.p99_ms, 0.99);
+        assert_eq!(s.p999_ms, 0.999);
+        assert_eq!(s.max_ms, 1.0);
+    }
+
+    #[test]
+    fn the_body_is_padded_to_the_size_asked_and_stays_json() {
+        let b = guest_wifi_body("evt-1", "venue-1", 7, 1024);
+        assert_eq!(b.len(), 1024);
+        let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
+        assert_eq!(v["venue"]["id"], "venue-1");
+    }
+}

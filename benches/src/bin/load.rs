@@ -1,0 +1,937 @@
+//! End-to-end load benchmark: signed 1 KiB guest-WiFi webhooks over
+//! loopback into `ingest` (release build) on a real tansu broker (sqlite),
+//! against the raw producer ceiling measured in the same run.
+//!
+//! `cargo run --release -p pipeline-benches --bin load` (about 2-3 min;
+//! `--sustain 5m` for the five-minute memory check). Phases, in order, on
+//! one broker and one topic:
+//!
+//! 1. warm-up: closed loop, not recorded;
+//! 2. ceiling: rdkafka alone, the same records with ingest's own producer
+//!    settings (`ingest::producer::client_config`: `acks=all`, idempotence,
+//!    same linger and queue), up to `max_in_flight` records outstanding;
+//! 3. saturation: closed loop, `--connections` keep-alive connections each
+//!    sending the next request when the previous one is answered, one step
+//!    per connection count (128, 512, 1000): ingest waits for the broker's
+//!    acknowledgement, so its rate is concurrency / ack latency, and the
+//!    ceiling has up to `max_in_flight` records outstanding; the best step
+//!    is the maximum rate;
+//! 4. ceiling again (the mean of 2 and 4 is the ceiling: the broker's
+//!    sqlite file grows during the run, so one side alone would favour one);
+//! 5. the producer alone, open loop at 50 % of the saturation rate: the
+//!    broker's own ack latency at that rate;
+//! 6. half load: open loop at 50 % of the saturation rate for `--sustain`,
+//!    latency counted from each request's scheduled time (no coordinated
+//!    omission); ingest's RSS sampled every second to judge it flat.
+//!
+//! The CPU time of the three processes (this one, ingest, tansu) is read
+//! from `/proc/PID/stat` around each phase: cores used and CPU µs per record
+//! say who takes the two cores. Ingest's `VmRSS` and `VmHWM` are read from `/proc/PID/status` every
+//! second through all phases. Results go to `target/bench-results/load.json`
+//! and a table on stdout. Every child process (tansu, ingest) dies with this
+//! one (`PR_SET_PDEATHSIG`) and is killed on drop; every phase is bounded in
+//! time, so the run ends by itself.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use pipeline_benches::{Latencies, Summary, guest_wifi_body};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+const SECRET_ENV: &str = "BENCH_PURPLE_SECRET";
+const SECRET: &str = "bench-secret-not-for-production";
+const TOPIC: &str = "bench.raw";
+const VENUES: u64 = 100;
+
+/// The end-to-end load benchmark (see the module docs).
+#[derive(Parser, Debug)]
+#[command(name = "load")]
+struct Args {
+    /// Length of each step of the saturation phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Length of each producer-ceiling phase (there are two).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    ceiling_duration: Duration,
+    /// Length of the half-load phase, where memory is judged flat: `5m`
+    /// for the five-minute check.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    sustain: Duration,
+    /// Keep-alive connections of the closed-loop load, one saturation step
+    /// each (comma separated); the best step is the maximum rate. Keep them
+    /// within ingest's `max_in_flight` (1024), past which it answers 503.
+    #[arg(long, value_delimiter = ',', default_value = "128,512,1000")]
+    connections: Vec<usize>,
+    /// Partitions of the raw topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// The ingest binary; by default `cargo build --release -p ingest`
+    /// builds it and `target/release/ingest` is used.
+    #[arg(long)]
+    ingest_bin: Option<PathBuf>,
+    /// Extra lines for ingest's `[kafka]` section (e.g. `linger = "5ms"`),
+    /// applied to the ceiling producer too.
+    #[arg(long, default_value = "")]
+    kafka_extra: String,
+    /// Name of the results file in target/bench-results (without .json).
+    #[arg(long, default_value = "load")]
+    name: String,
+}
+
+/// Kills and reaps the child when dropped, whatever happened.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// `target/release/ingest`, built first unless `--ingest-bin` names one.
+fn ingest_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.ingest_bin {
+        return Ok(p.clone());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    eprintln!("building ingest (release)...");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "ingest",
+            "--bin",
+            "ingest",
+        ])
+        .current_dir(&root)
+        .status()
+        .context("running cargo build for ingest")?;
+    if !status.success() {
+        bail!("cargo build --release -p ingest failed");
+    }
+    Ok(root.join("target/release/ingest"))
+}
+
+/// Starts `ingest serve` and waits for its "listening on" line.
+fn start_ingest(bin: &Path, dir: &Path, config: &str) -> anyhow::Result<(Killed, SocketAddr)> {
+    let path = dir.join("ingest.toml");
+    std::fs::write(&path, config)?;
+    let log = std::fs::File::create(dir.join("ingest.log"))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("INGEST_LOG", "warn,librdkafka=error")
+        .env(SECRET_ENV, SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    die_with_parent(&mut cmd);
+    let mut child = Killed(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    let stdout = child.0.stdout.take().context("piped stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(url) = line.trim().strip_prefix("listening on http://") else {
+        let log = std::fs::read_to_string(dir.join("ingest.log")).unwrap_or_default();
+        bail!("ingest did not start: {line:?}\n{log}");
+    };
+    Ok((child, url.parse()?))
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system, all threads) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is 3rd,
+    // utime the 14th and stime the 15th of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
+/// The pid of our child process named `name` (the broker the harness
+/// started), found through /proc.
+fn child_named(name: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+        let ppid = stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?;
+        (comm == name && ppid == me).then_some(pid)
+    })
+}
+
+/// CPU used by the three processes on the machine's cores during a phase.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    /// The load generator (this process, also the ceiling producer).
+    load: f64,
+    /// Ingest.
+    ingest: f64,
+    /// The tansu broker.
+    broker: f64,
+    /// Wall time of the phase.
+    wall: f64,
+}
+
+/// Samples the three processes' CPU time; `since` turns two samples into
+/// a phase's use.
+#[derive(Debug, Clone, Copy)]
+struct CpuMeter {
+    /// Pids: this process, ingest, tansu.
+    pids: (u32, u32, Option<u32>),
+}
+
+impl CpuMeter {
+    fn now(&self) -> (Cpu, Instant) {
+        let get = |p: Option<u32>| p.and_then(cpu_seconds).unwrap_or(0.0);
+        (
+            Cpu {
+                load: get(Some(self.pids.0)),
+                ingest: get(Some(self.pids.1)),
+                broker: get(self.pids.2),
+                wall: 0.0,
+            },
+            Instant::now(),
+        )
+    }
+
+    fn since(&self, start: (Cpu, Instant)) -> Cpu {
+        let (end, t) = self.now();
+        Cpu {
+            load: end.load - start.0.load,
+            ingest: end.ingest - start.0.ingest,
+            broker: end.broker - start.0.broker,
+            wall: (t - start.1).as_secs_f64(),
+        }
+    }
+}
+
+impl Cpu {
+    fn json(&self, records: u64) -> serde_json::Value {
+        let per = |s: f64| s * 1e6 / records.max(1) as f64;
+        serde_json::json!({
+            "wall_seconds": self.wall,
+            "cores_used": {
+                "load_generator": self.load / self.wall,
+                "ingest": self.ingest / self.wall,
+                "broker": self.broker / self.wall,
+            },
+            "cpu_us_per_record": {
+                "load_generator": per(self.load),
+                "ingest": per(self.ingest),
+                "broker": per(self.broker),
+            },
+        })
+    }
+
+    fn line(&self, records: u64) -> String {
+        let per = |s: f64| s * 1e6 / records.max(1) as f64;
+        format!(
+            "cores: load {:.2}, ingest {:.2}, broker {:.2}; CPU µs per record: load {:.0}, ingest {:.0}, broker {:.0}",
+            self.load / self.wall,
+            self.ingest / self.wall,
+            self.broker / self.wall,
+            per(self.load),
+            per(self.ingest),
+            per(self.broker)
+        )
+    }
+}
+
+/// One memory sample.
+#[derive(Debug, Clone)]
+struct MemSample {
+    /// Seconds since the run started.
+    t: f64,
+    /// The phase running then.
+    phase: &'static str,
+    /// Resident set, KiB.
+    rss_kib: u64,
+    /// Peak resident set so far, KiB.
+    hwm_kib: u64,
+}
+
+/// What one load phase measured.
+#[derive(Debug, Default)]
+struct PhaseResult {
+    /// 2xx answers.
+    accepted: u64,
+    /// Non-2xx answers and failed requests, by status (0: no answer).
+    refused: std::collections::BTreeMap<u16, u64>,
+    /// Requests the open-loop generator could not start in time (more
+    /// than its outstanding cap): the load it failed to offer.
+    not_sent: u64,
+    /// From the first request to the last answer.
+    elapsed: Duration,
+    /// Latency of the accepted requests.
+    latency: Latencies,
+}
+
+impl PhaseResult {
+    fn rate(&self) -> f64 {
+        self.accepted as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn json(&mut self, extra: serde_json::Value) -> serde_json::Value {
+        let s = self.latency.summary();
+        let mut v = serde_json::json!({
+            "accepted": self.accepted,
+            "refused_by_status": self.refused.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect::<serde_json::Map<_, _>>(),
+            "not_sent": self.not_sent,
+            "seconds": self.elapsed.as_secs_f64(),
+            "accepted_per_second": self.rate(),
+            "latency": s.json(),
+        });
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v
+    }
+}
+
+/// Builds one signed request's body and signature; `n` makes it unique.
+fn request(n: u64, body_bytes: usize) -> (Vec<u8>, String) {
+    let venue = format!("venue-{:03}", n % VENUES);
+    let body = guest_wifi_body(&format!("evt-{n}"), &venue, n / VENUES, body_bytes);
+    let sig = e2e::purple_signature(SECRET, &body);
+    (body, sig)
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    n: u64,
+    body_bytes: usize,
+) -> Result<u16, reqwest::Error> {
+    let (body, sig) = request(n, body_bytes);
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-purple-signature", sig)
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    // Read the (small) answer so the connection goes back to the pool.
+    let _ = r.bytes().await;
+    Ok(status)
+}
+
+fn http_client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+/// Closed loop: `connections` tasks, each sending its next request when the
+/// previous one is answered, for `duration`.
+async fn closed_loop(
+    url: &str,
+    connections: usize,
+    duration: Duration,
+    body_bytes: usize,
+    counter: &Arc<AtomicU64>,
+) -> anyhow::Result<PhaseResult> {
+    let client = http_client(connections)?;
+    let started = Instant::now();
+    let end = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let client = client.clone();
+        let url = url.to_string();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = PhaseResult::default();
+            while Instant::now() < end {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match send(&client, &url, n, body_bytes).await {
+                    Ok(s) if (200..300).contains(&s) => {
+                        r.accepted += 1;
+                        r.latency.record(t.elapsed());
+                    }
+                    Ok(s) => *r.refused.entry(s).or_default() += 1,
+                    Err(_) => *r.refused.entry(0).or_default() += 1,
+                }
+            }
+            r
+        }));
+    }
+    let mut total = PhaseResult::default();
+    for t in tasks {
+        let r = t.await?;
+        total.accepted += r.accepted;
+        for (k, v) in r.refused {
+            *total.refused.entry(k).or_default() += v;
+        }
+        total.latency.merge(r.latency);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Open loop: request `i` is due at `start + i / rate`, sent then whatever
+/// the answers before it do; its latency counts from when it was due. At
+/// most `cap` outstanding: a request due beyond that is counted not sent.
+async fn open_loop(
+    url: &str,
+    rate: f64,
+    duration: Duration,
+    body_bytes: usize,
+    counter: &Arc<AtomicU64>,
+    cap: usize,
+) -> anyhow::Result<PhaseResult> {
+    let client = http_client(cap)?;
+    let limit = Arc::new(tokio::sync::Semaphore::new(cap));
+    let shared = Arc::new(Mutex::new(PhaseResult::default()));
+    let started = Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut not_sent = 0;
+    let mut i = 0u64;
+    while i < total {
+        let now = Instant::now();
+        while i < total {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if due > now {
+                break;
+            }
+            i += 1;
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                not_sent += 1;
+                continue;
+            };
+            let client = client.clone();
+            let url = url.to_string();
+            let shared = shared.clone();
+            let n = counter.fetch_add(1, Ordering::Relaxed);
+            tasks.spawn(async move {
+                let outcome = send(&client, &url, n, body_bytes).await;
+                let latency = due.elapsed();
+                drop(permit);
+                let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match outcome {
+                    Ok(s) if (200..300).contains(&s) => {
+                        r.accepted += 1;
+                        r.latency.record(latency);
+                    }
+                    Ok(s) => *r.refused.entry(s).or_default() += 1,
+                    Err(_) => *r.refused.entry(0).or_default() += 1,
+                }
+            });
+        }
+        // Reap finished tasks so the set does not grow with the run.
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let mut r = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+    r.not_sent = not_sent;
+    // The offered duration, not the tail of the last answers.
+    r.elapsed = elapsed.max(duration);
+    Ok(r)
+}
+
+/// The records ingest would write for `n` requests: envelope, key, headers.
+fn envelopes(count: u64, body_bytes: usize) -> anyhow::Result<Vec<(String, String, Vec<u8>)>> {
+    (0..count)
+        .map(|n| {
+            let venue = format!("venue-{:03}", n % VENUES);
+            let id = format!("ceiling-{n}");
+            let body = guest_wifi_body(&id, &venue, n / VENUES, body_bytes);
+            let env = schemas::Envelope {
+                event_id: id.clone(),
+                source: "purple".into(),
+                received_at_micros: 1_795_370_591_000_000,
+                body,
+                headers: vec![schemas::Header {
+                    name: "user-agent".into(),
+                    value: "load/1".into(),
+                }],
+                content_type: Some("application/json".into()),
+                client_addr: Some("127.0.0.1".into()),
+                verification: schemas::Verification {
+                    scheme: "hmac".into(),
+                    secret_id: "current".into(),
+                },
+                ordering_key: Some(venue.clone()),
+                sequence: Some((n / VENUES) as i64),
+                request_id: format!("01a20d85-9679-7304-b865-{n:012}"),
+            };
+            Ok((venue, id, env.encode()?))
+        })
+        .collect()
+}
+
+/// rdkafka alone, ingest's producer settings, up to `window` records
+/// outstanding, for `duration`: records acknowledged per second.
+async fn ceiling(
+    producer: &FutureProducer,
+    records: &[(String, String, Vec<u8>)],
+    window: usize,
+    duration: Duration,
+) -> anyhow::Result<PhaseResult> {
+    let mut r = PhaseResult::default();
+    let started = Instant::now();
+    let end = started + duration;
+    let mut pending = FuturesUnordered::new();
+    let mut i = 0usize;
+    loop {
+        while pending.len() < window && Instant::now() < end {
+            let (key, id, value) = &records[i % records.len()];
+            i += 1;
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "source",
+                    value: Some("purple"),
+                })
+                .insert(Header {
+                    key: "event-id",
+                    value: Some(id.as_str()),
+                });
+            let rec = FutureRecord::to(TOPIC)
+                .key(key.as_str())
+                .payload(value.as_slice())
+                .headers(headers);
+            let t = Instant::now();
+            let f = producer.send(rec, Duration::from_secs(30));
+            pending.push(async move { (f.await, t.elapsed()) });
+        }
+        let Some((outcome, latency)) = pending.next().await else {
+            break;
+        };
+        match outcome {
+            Ok(_) => {
+                r.accepted += 1;
+                r.latency.record(latency);
+            }
+            Err(_) => *r.refused.entry(0).or_default() += 1,
+        }
+    }
+    r.elapsed = started.elapsed();
+    Ok(r)
+}
+
+/// rdkafka alone at a fixed rate (open loop, as [`open_loop`]): the
+/// broker's own ack latency at the rate ingest is measured at.
+async fn producer_open_loop(
+    producer: &FutureProducer,
+    records: &[(String, String, Vec<u8>)],
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<PhaseResult> {
+    let shared = Arc::new(Mutex::new(PhaseResult::default()));
+    let started = Instant::now();
+    let total = (rate * duration.as_secs_f64()) as u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut i = 0u64;
+    while i < total {
+        let now = Instant::now();
+        while i < total {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if due > now {
+                break;
+            }
+            let (key, id, value) = &records[i as usize % records.len()];
+            i += 1;
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "source",
+                    value: Some("purple"),
+                })
+                .insert(Header {
+                    key: "event-id",
+                    value: Some(id.as_str()),
+                });
+            let rec = FutureRecord::to(TOPIC)
+                .key(key.as_str())
+                .payload(value.as_slice())
+                .headers(headers);
+            let shared = shared.clone();
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    tasks.spawn(async move {
+                        let ok = matches!(f.await, Ok(Ok(_)));
+                        let latency = due.elapsed();
+                        let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        if ok {
+                            r.accepted += 1;
+                            r.latency.record(latency);
+                        } else {
+                            *r.refused.entry(0).or_default() += 1;
+                        }
+                    });
+                }
+                Err(_) => {
+                    *shared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .refused
+                        .entry(0)
+                        .or_default() += 1
+                }
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let mut r = std::mem::take(&mut *shared.lock().unwrap_or_else(|p| p.into_inner()));
+    r.elapsed = elapsed.max(duration);
+    Ok(r)
+}
+
+/// Least-squares slope of RSS over time, KiB per minute.
+fn slope_kib_per_min(samples: &[&MemSample]) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mt = samples.iter().map(|s| s.t).sum::<f64>() / n;
+    let mr = samples.iter().map(|s| s.rss_kib as f64).sum::<f64>() / n;
+    let cov: f64 = samples
+        .iter()
+        .map(|s| (s.t - mt) * (s.rss_kib as f64 - mr))
+        .sum();
+    let var: f64 = samples.iter().map(|s| (s.t - mt).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var * 60.0 }
+}
+
+fn fmt_summary(s: &Summary) -> String {
+    format!(
+        "{:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        s.p50_ms, s.p99_ms, s.p999_ms, s.max_ms
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin = ingest_binary(&args)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(run(args, bin))
+}
+
+async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
+    let machine = pipeline_benches::machine();
+    let run_started = Instant::now();
+    let broker = e2e::Broker::start();
+    broker.create_topic(TOPIC, args.partitions).await;
+    let config = e2e::purple_config(&broker.brokers(), TOPIC, &[("current", SECRET_ENV)], "")
+        .replacen("[kafka]\n", &format!("[kafka]\n{}\n", args.kafka_extra), 1);
+    let dir = tempfile::tempdir()?;
+    let (ingest, addr) = start_ingest(&bin, dir.path(), &config)?;
+    let pid = ingest.0.id();
+    let url = format!("http://{addr}/webhooks/purple");
+
+    // Ready: /readyz answers 200 once the producer reached the topic.
+    let probe = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = probe.get(format!("http://{addr}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("ingest never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Memory, every second, through every phase.
+    let phase: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("warm-up"));
+    let samples: Arc<Mutex<Vec<MemSample>>> = Arc::default();
+    let stop_sampling = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (phase, samples, stop) = (phase.clone(), samples.clone(), stop_sampling.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if let Some((rss_kib, hwm_kib)) = memory_kib(pid) {
+                    let p = *phase.lock().unwrap_or_else(|p| p.into_inner());
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(MemSample {
+                            t: run_started.elapsed().as_secs_f64(),
+                            phase: p,
+                            rss_kib,
+                            hwm_kib,
+                        });
+                }
+            }
+        })
+    };
+    let set_phase = |p: &'static str| {
+        *phase.lock().unwrap_or_else(|p| p.into_inner()) = p;
+        eprintln!("[{:>6.1}s] {p}", run_started.elapsed().as_secs_f64());
+    };
+
+    // The ceiling producer: ingest's own settings from the same config.
+    let ingest_config = ingest::config::Config::from_toml(&config)?;
+    let settings = ingest::producer::client_config(&ingest_config.kafka, &ingest_config.server);
+    let producer: FutureProducer = settings.create()?;
+    let window = ingest_config.server.max_in_flight;
+    let records = envelopes(20_000, args.body_bytes)?;
+
+    let counter = Arc::new(AtomicU64::new(0));
+    set_phase("warm-up");
+    let most = args.connections.iter().copied().max().unwrap_or(128);
+    closed_loop(
+        &url,
+        most,
+        Duration::from_secs(3),
+        args.body_bytes,
+        &counter,
+    )
+    .await?;
+    ceiling(&producer, &records, window, Duration::from_secs(2)).await?;
+
+    let meter = CpuMeter {
+        pids: (std::process::id(), pid, child_named("tansu")),
+    };
+    set_phase("ceiling-1");
+    let m = meter.now();
+    let mut c1 = ceiling(&producer, &records, window, args.ceiling_duration).await?;
+    let c1_cpu = meter.since(m);
+    set_phase("saturation");
+    let mut steps = Vec::new();
+    for &c in &args.connections {
+        let m = meter.now();
+        let r = closed_loop(&url, c, args.duration, args.body_bytes, &counter).await?;
+        let cpu = meter.since(m);
+        eprintln!("  {c} connections: {:.0}/s", r.rate());
+        steps.push((c, r, cpu));
+    }
+    let best = steps
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.1.rate().total_cmp(&b.1.1.rate()))
+        .map_or(0, |(i, _)| i);
+    set_phase("ceiling-2");
+    let m = meter.now();
+    let mut c2 = ceiling(&producer, &records, window, args.ceiling_duration).await?;
+    let c2_cpu = meter.since(m);
+    let ceiling_rate = (c1.rate() + c2.rate()) / 2.0;
+    let max_rate = steps[best].1.rate();
+    let half_rate = max_rate / 2.0;
+
+    set_phase("producer-half");
+    let m = meter.now();
+    let mut phalf =
+        producer_open_loop(&producer, &records, half_rate, args.ceiling_duration).await?;
+    let phalf_cpu = meter.since(m);
+    producer.flush(Duration::from_secs(30))?;
+
+    set_phase("half-load");
+    let m = meter.now();
+    let mut half = open_loop(
+        &url,
+        half_rate,
+        args.sustain,
+        args.body_bytes,
+        &counter,
+        ingest_config.server.max_in_flight,
+    )
+    .await?;
+    let half_cpu = meter.since(m);
+    set_phase("done");
+    stop_sampling.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    drop(ingest);
+    drop(broker);
+
+    // Memory: peak over the run; flat if the half-load phase, past its
+    // first fifth (connections and buffers warming), neither trends up nor
+    // ends higher than it settled.
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
+    let peak_hwm = samples.iter().map(|s| s.hwm_kib).max().unwrap_or(0);
+    let half_samples: Vec<&MemSample> = samples.iter().filter(|s| s.phase == "half-load").collect();
+    let settled: Vec<&MemSample> = half_samples
+        .iter()
+        .skip(half_samples.len() / 5)
+        .copied()
+        .collect();
+    let quarter = (settled.len() / 4).max(1);
+    let mean = |xs: &[&MemSample]| {
+        xs.iter().map(|s| s.rss_kib as f64).sum::<f64>() / xs.len().max(1) as f64
+    };
+    let first_q = mean(&settled[..quarter.min(settled.len())]);
+    let last_q = mean(&settled[settled.len().saturating_sub(quarter)..]);
+    let growth_kib = last_q - first_q;
+    let slope = slope_kib_per_min(&settled);
+    // Flat: the last quarter within 2 MiB (or 2 %) of the first.
+    let flat = growth_kib <= (2048.0f64).max(first_q * 0.02);
+
+    let ratio = max_rate / ceiling_rate.max(1e-9);
+    let half_summary = half.latency.summary();
+    let c1s = c1.latency.summary();
+    let c2s = c2.latency.summary();
+
+    println!();
+    println!(
+        "load benchmark: {} B guest-WiFi webhooks, {} partitions, closed loop at {:?} connections, tansu+sqlite on loopback",
+        args.body_bytes, args.partitions, args.connections
+    );
+    println!(
+        "{:<34} {:>10} {:>8} {:>8} {:>8} {:>8}  other",
+        "phase", "per sec", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    let row = |name: &str, rate: f64, s: &Summary, other: String| {
+        println!("{name:<34} {rate:>10.0} {}  {other}", fmt_summary(s));
+    };
+    let phalf_summary = phalf.latency.summary();
+    row("producer ceiling (before)", c1.rate(), &c1s, String::new());
+    for (i, (c, r, _)) in steps.iter_mut().enumerate() {
+        let s = r.latency.summary();
+        let mark = if i == best { " (max)" } else { "" };
+        row(
+            &format!("ingest, {c} connections{mark}"),
+            r.rate(),
+            &s,
+            format!("refused {:?}", r.refused),
+        );
+    }
+    row("producer ceiling (after)", c2.rate(), &c2s, String::new());
+    row(
+        &format!("producer alone at {half_rate:.0}/s"),
+        phalf.rate(),
+        &phalf_summary,
+        String::new(),
+    );
+    row(
+        &format!("ingest, open loop at {half_rate:.0}/s"),
+        half.rate(),
+        &half_summary,
+        format!("refused {:?}, not sent {}", half.refused, half.not_sent),
+    );
+    println!();
+    println!("CPU (2 cores shared by all three):");
+    println!("  ceiling (before):   {}", c1_cpu.line(c1.accepted));
+    for (c, r, cpu) in &steps {
+        println!("  ingest {c:>4} conns:  {}", cpu.line(r.accepted));
+    }
+    println!("  ceiling (after):    {}", c2_cpu.line(c2.accepted));
+    println!("  producer half rate: {}", phalf_cpu.line(phalf.accepted));
+    println!("  ingest half load:   {}", half_cpu.line(half.accepted));
+    println!();
+    println!(
+        "ingest / ceiling: {ratio:.2} (target >= 0.80: {})",
+        if ratio >= 0.8 { "met" } else { "MISSED" }
+    );
+    println!(
+        "p99 at 50% load: {:.2} ms (target < 25 ms: {})",
+        half_summary.p99_ms,
+        if half_summary.p99_ms < 25.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "ingest memory: peak {:.1} MiB (VmHWM); half-load RSS {:.1} -> {:.1} MiB over {:.0} s, slope {:+.2} MiB/min: {}",
+        peak_hwm as f64 / 1024.0,
+        first_q / 1024.0,
+        last_q / 1024.0,
+        settled.last().map_or(0.0, |l| l.t) - settled.first().map_or(0.0, |f| f.t),
+        slope / 1024.0,
+        if flat { "flat" } else { "GROWING" }
+    );
+
+    let result = serde_json::json!({
+        "benchmark": "load",
+        "unix_time": pipeline_benches::unix_now(),
+        "machine": machine,
+        "settings": {
+            "body_bytes": args.body_bytes,
+            "partitions": args.partitions,
+            "connections": args.connections,
+            "saturation_seconds": args.duration.as_secs_f64(),
+            "ceiling_seconds": args.ceiling_duration.as_secs_f64(),
+            "sustain_seconds": args.sustain.as_secs_f64(),
+            "ceiling_window": window,
+            "kafka_extra": args.kafka_extra,
+            "ingest_config": config,
+        },
+        "ceiling_before": c1.json(serde_json::json!({"cpu": c1_cpu.json(c1.accepted)})),
+        "saturation_steps": steps.iter_mut().map(|(c, r, cpu)| r.json(serde_json::json!({"connections": c, "cpu": cpu.json(r.accepted)}))).collect::<Vec<_>>(),
+        "max_rate_connections": steps[best].0,
+        "max_accepted_per_second": max_rate,
+        "ceiling_after": c2.json(serde_json::json!({"cpu": c2_cpu.json(c2.accepted)})),
+        "ceiling_per_second": ceiling_rate,
+        "ingest_over_ceiling": ratio,
+        "producer_half_rate": phalf.json(serde_json::json!({"offered_per_second": half_rate, "cpu": phalf_cpu.json(phalf.accepted)})),
+        "half_load": half.json(serde_json::json!({"offered_per_second": half_rate, "cpu": half_cpu.json(half.accepted)})),
+        "memory": {
+            "peak_vmhwm_mib": peak_hwm as f64 / 1024.0,
+            "half_load_first_quarter_rss_mib": first_q / 1024.0,
+            "half_load_last_quarter_rss_mib": last_q / 1024.0,
+            "half_load_slope_mib_per_min": slope / 1024.0,
+            "flat": flat,
+            "samples": samples.iter().map(|s| serde_json::json!([s.t, s.phase, s.rss_kib, s.hwm_kib])).collect::<Vec<_>>(),
+        },
+        "targets": {
+            "ingest_over_ceiling_at_least_0_8": ratio >= 0.8,
+            "p99_under_25ms_at_half_load": half_summary.p99_ms < 25.0,
+            "memory_flat": flat,
+        },
+    });
+    let path = pipeline_benches::write_results(&args.name, &result)?;
+    println!("results: {}", path.display());
+    Ok(())
+}
