@@ -360,36 +360,62 @@ pub struct Ingest {
     dir: tempfile::TempDir,
 }
 
+/// Writes `config` to `NAME.toml` in a new temporary folder, starts
+/// `NAME SUBCOMMAND --config FILE` with `log` and `env` added and its stderr
+/// in `NAME.log` there, and waits for its first stdout line, which must
+/// start with `ready`: answers the child, the folder and the rest of that
+/// line (the address it serves).
+fn start_service(
+    name: &str,
+    subcommand: &str,
+    log: (&str, &str),
+    config: &str,
+    env: &[(&str, &str)],
+    ready: &str,
+) -> (Child, tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, config).expect("writing config");
+    let log_path = dir.path().join(format!("{name}.log"));
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut cmd = Command::new(binary(name));
+    cmd.arg(subcommand)
+        .arg("--config")
+        .arg(&path)
+        .env(log.0, log.1)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| panic!("reading {name} stdout: {e}"));
+    let Some(rest) = line.trim().strip_prefix(ready) else {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("{name} did not start: {line:?}\n{log}");
+    };
+    let rest = rest.to_string();
+    (child, dir, rest)
+}
+
 impl Ingest {
     /// Writes `config` to a file, starts `ingest serve` with `env` added, and
     /// waits for its "listening on" line.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Ingest {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let path = dir.path().join("ingest.toml");
-        std::fs::write(&path, config).expect("writing config");
-        let log = std::fs::File::create(dir.path().join("ingest.log")).expect("log file");
-        let mut cmd = Command::new(binary("ingest"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .env("INGEST_LOG", "info,librdkafka=error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("starting ingest");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading ingest stdout");
-        let Some(url) = line.trim().strip_prefix("listening on http://") else {
-            let log = std::fs::read_to_string(dir.path().join("ingest.log")).unwrap_or_default();
-            panic!("ingest did not start: {line:?}\n{log}");
-        };
+        let (child, dir, url) = start_service(
+            "ingest",
+            "serve",
+            ("INGEST_LOG", "info,librdkafka=error"),
+            config,
+            env,
+            "listening on http://",
+        );
         let addr = url.parse().expect("listen address");
         Ingest {
             addr,
@@ -662,33 +688,14 @@ impl Processor {
 
     /// [`Processor::start`] with environment variables added.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Processor {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let path = dir.path().join("processors.toml");
-        std::fs::write(&path, config).expect("writing config");
-        let log = std::fs::File::create(dir.path().join("processors.log")).expect("log file");
-        let mut cmd = Command::new(binary("processors"));
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env("PROCESSORS_LOG", "info,librdkafka=error,sink=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().expect("starting processors");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading processors stdout");
-        let Some(url) = line.trim().strip_prefix("metrics on http://") else {
-            let log =
-                std::fs::read_to_string(dir.path().join("processors.log")).unwrap_or_default();
-            panic!("processors did not start: {line:?}\n{log}");
-        };
+        let (child, dir, url) = start_service(
+            "processors",
+            "run",
+            ("PROCESSORS_LOG", "info,librdkafka=error,sink=warn"),
+            config,
+            env,
+            "metrics on http://",
+        );
         Processor {
             metrics_addr: url.parse().expect("metrics address"),
             child: Some(child),

@@ -163,6 +163,22 @@ async fn wait_until(
     }
 }
 
+/// Waits until `metric` of `p` satisfies `done`; fails with `what` and the
+/// processor's log after `within`.
+async fn wait_metric(
+    p: &Processor,
+    metric: &str,
+    done: impl Fn(f64) -> bool,
+    what: &str,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while !done(p.metric(metric).await) {
+        assert!(Instant::now() < deadline, "{what}:\n{}", p.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A processors config for the `purple` source routing everything to
 /// `sinks` (TOML `[sinks.NAME]` tables, named in `names`).
 fn analytics_config(
@@ -425,15 +441,14 @@ async fn the_database_going_away_makes_the_partition_wait_and_the_backlog_drains
     pg.stop();
     produce(&broker.brokers(), "an-down", after).await;
     // The sink is retried while the database is away; nothing is lost.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processor.metric("processors_sink_retries_total").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no retry while the database was down:\n{}",
-            processor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_metric(
+        &processor,
+        "processors_sink_retries_total",
+        |v| v >= 1.0,
+        "no retry while the database was down",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(processor.metric("processors_commit_lag").await > 0.0);
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.restart();
@@ -505,15 +520,14 @@ async fn the_embedded_store_gives_the_straight_tables_and_the_same_rows_as_postg
     .await;
     // Rollups are written in the batch's transaction, but the two sinks
     // are separate transactions: wait until both processed everything.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processor.metric("processors_commit_lag").await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "not committed:\n{}",
-            processor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_metric(
+        &processor,
+        "processors_commit_lag",
+        |v| v <= 0.0,
+        "not committed",
+        Duration::from_secs(30),
+    )
+    .await;
     let footfall = sqlite(&db, SQLITE_FOOTFALL);
     assert_eq!(footfall, expected_footfall(&events));
     let sessions = sqlite(&db, SQLITE_SESSIONS);
@@ -613,11 +627,14 @@ async fn kill_9_during_the_analytics_writes_loses_nothing_and_duplicates_nothing
         &|| last.log(),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while last.metric("processors_commit_lag").await > 0.0 {
-        assert!(Instant::now() < deadline, "not committed:\n{}", last.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_metric(
+        &last,
+        "processors_commit_lag",
+        |v| v <= 0.0,
+        "not committed",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(sqlite(&db, SQLITE_FOOTFALL), expected_footfall(&events));
     assert_eq!(sqlite(&db, SQLITE_SESSIONS), expected_sessions(&events));
     assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
@@ -671,15 +688,14 @@ async fn a_database_down_longer_than_max_poll_interval_pauses_the_partitions_wit
     .await;
     pg.stop();
     produce(&broker.brokers(), "an-pause", after).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processor.metric("processors_paused_partitions").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "no partition paused while the database was down:\n{}",
-            processor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_metric(
+        &processor,
+        "processors_paused_partitions",
+        |v| v >= 1.0,
+        "no partition paused while the database was down",
+        Duration::from_secs(30),
+    )
+    .await;
     // Twice the poll limit with the database away.
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert!(
@@ -696,15 +712,14 @@ async fn a_database_down_longer_than_max_poll_interval_pauses_the_partitions_wit
         &|| processor.log(),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processor.metric("processors_paused_partitions").await > 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "partitions still paused:\n{}",
-            processor.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_metric(
+        &processor,
+        "processors_paused_partitions",
+        |v| v <= 0.0,
+        "partitions still paused",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(!processor.log().contains("partitions revoked"));
     assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
     assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
