@@ -103,14 +103,19 @@ async fn a_thousand_signed_requests_land_byte_for_byte_with_their_keys() {
 }
 
 /// A raw HTTP/1.1 exchange, for requests a well-behaved client won't send.
+///
+/// The server may answer and close before it has read everything (a body
+/// refused while streaming is the point of some of these requests), so a
+/// failed write or half-close is expected; what counts is the answer read
+/// back, kept even when the read ends in a reset.
 fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(bytes).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
