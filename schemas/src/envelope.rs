@@ -377,6 +377,46 @@ mod tests {
         }
     }
 
+    /// An envelope with every optional field empty.
+    fn bare_sample() -> Envelope {
+        Envelope {
+            event_id: "0193a4e2-7c1d-7000-8000-000000000001".into(),
+            source: "generic".into(),
+            received_at_micros: 0,
+            body: Vec::new(),
+            headers: Vec::new(),
+            content_type: None,
+            client_addr: None,
+            verification: Verification {
+                scheme: "standard".into(),
+                secret_id: "current".into(),
+            },
+            ordering_key: None,
+            sequence: None,
+            request_id: String::new(),
+        }
+    }
+
+    /// `fuzz/corpus/envelope_decode` holds real envelopes for the fuzz
+    /// target to start from; were they stale, the fuzzer would only explore
+    /// the decoder's rejections. `WRITE_FUZZ_SEEDS=1` rewrites them after a
+    /// schema change.
+    #[test]
+    fn the_fuzz_seeds_are_envelopes_the_decoder_accepts() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/envelope_decode/"
+        );
+        for (name, envelope) in [("seed-full", sample()), ("seed-bare", bare_sample())] {
+            let path = format!("{dir}{name}");
+            if std::env::var_os("WRITE_FUZZ_SEEDS").is_some() {
+                std::fs::write(&path, envelope.encode().unwrap()).unwrap();
+            }
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(Envelope::decode(&bytes).unwrap(), envelope, "{name}");
+        }
+    }
+
     #[test]
     fn round_trips() {
         let env = sample();
