@@ -85,6 +85,11 @@ pub enum DecodeError {
     /// The Avro body did not decode with the writer schema.
     #[error("invalid Avro datum: {0}")]
     Avro(#[from] apache_avro::Error),
+    /// A declared length or item count does not fit in the record (checked
+    /// before decoding, so a crafted count cannot make the decoder reserve
+    /// gigabytes).
+    #[error("invalid Avro datum: {0}")]
+    Bounds(#[from] crate::bounds::BoundsError),
     /// The datum decoded but a field had an unexpected shape.
     #[error("field {0} has an unexpected type")]
     Field(&'static str),
@@ -225,6 +230,8 @@ impl Envelope {
             Some(&current.schema)
         };
         let mut rest = &bytes[HEADER_LEN..];
+        // Before the library reserves memory for what the data declares.
+        crate::bounds::check(&writer.schema, rest)?;
         let value = from_avro_datum(&writer.schema, &mut rest, reader_schema)?;
         if !rest.is_empty() {
             return Err(DecodeError::Trailing(rest.len()));
@@ -415,6 +422,21 @@ mod tests {
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(Envelope::decode(&bytes).unwrap(), envelope, "{name}");
         }
+    }
+
+    /// Found by the `envelope_decode` fuzz target: 106 bytes whose header
+    /// array declares tens of millions of items. apache-avro reserved 2.7 GB
+    /// for them before reading one; the bounds check refuses the record.
+    #[test]
+    fn a_crafted_item_count_is_refused_before_the_decoder_reserves_memory() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/envelope_decode/regression-oom-array-count"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(bytes.len(), 106);
+        let err = Envelope::decode(&bytes).unwrap_err();
+        assert!(matches!(err, DecodeError::Bounds(_)), "{err:?}");
     }
 
     #[test]
