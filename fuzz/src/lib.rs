@@ -45,3 +45,45 @@ pub fn request<'a>(data: &'a [u8], names: &[&'static str]) -> (HeaderMap, &'a [u
     }
     (headers, body)
 }
+
+/// One arbitrary body from a verified sender through a processors parser,
+/// with each way of locating the event type: an event (whose guest-WiFi
+/// record, if any, encodes) or a quarantine with a reason, never a panic.
+pub fn check_parser(parser: processors::config::ParserKind, data: &[u8]) {
+    use processors::config::{Locate, SourceConfig};
+    use schemas::{Envelope, Header, Verification};
+    let envelope = Envelope {
+        event_id: "evt_1".into(),
+        source: "fuzz".into(),
+        received_at_micros: 1_700_000_000_000_000,
+        body: data.to_vec(),
+        headers: vec![Header {
+            name: "x-event-type".into(),
+            value: "t".into(),
+        }],
+        content_type: Some("application/json".into()),
+        client_addr: None,
+        verification: Verification {
+            scheme: "hmac".into(),
+            secret_id: "a".into(),
+        },
+        ordering_key: None,
+        sequence: data.first().map(|&b| i64::from(b)),
+        request_id: "req".into(),
+    };
+    for event_type in [
+        None,
+        Some(Locate::Pointer("/a/0".into())),
+        Some(Locate::Header("x-event-type".into())),
+    ] {
+        let config = SourceConfig { parser, event_type };
+        match processors::event::parse(&envelope, Some(&config)) {
+            Ok(event) => {
+                if let Some(avro) = event.guest_wifi_avro() {
+                    avro.expect("a parsed guest-WiFi event encodes");
+                }
+            }
+            Err(q) => assert!(!q.reason.is_empty() && !q.detail.is_empty()),
+        }
+    }
+}
