@@ -1,0 +1,613 @@
+//! State and rule evaluation, synchronous, on one SQLite connection: the
+//! schema, the applied ids, devices, venue clocks, alerts and the outbox
+//! rows each batch's transaction appends.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+use super::config::*;
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS applied (
+    source TEXT NOT NULL, event_id TEXT NOT NULL, applied_at INTEGER NOT NULL,
+    PRIMARY KEY (source, event_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS applied_by_time ON applied (applied_at);
+CREATE TABLE IF NOT EXISTS devices (
+    venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
+    connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    PRIMARY KEY (venue, device)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS devices_by_zone ON devices (venue, zone);
+CREATE TABLE IF NOT EXISTS venues (
+    venue TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL,
+    generation INTEGER NOT NULL, last_raised_at INTEGER NOT NULL,
+    alert TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, receiver TEXT NOT NULL,
+    notification TEXT NOT NULL, created_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS outbox_by_receiver ON outbox (receiver, id);
+PRAGMA user_version = 1;
+";
+
+/// Opens (creating) the state file with the settings every connection
+/// needs.
+pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(Duration::from_secs(30))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.execute_batch(SCHEMA)?;
+    Ok(c)
+}
+
+/// An alert as stored and as sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertDoc {
+    /// `ZoneOverCapacity`, `VipArrival`, `DwellOverThreshold`.
+    pub alertname: String,
+    /// Alertmanager labels (identity): alertname, severity, rule, venue, ...
+    pub labels: BTreeMap<String, String>,
+    /// `summary` (with the counts).
+    pub annotations: BTreeMap<String, String>,
+    /// When it started (event time, Unix µs).
+    pub starts_at: i64,
+    /// When it cleared (event time, Unix µs), once resolved.
+    pub ends_at: Option<i64>,
+    /// One notification, no resolve (VIP arrivals).
+    pub one_shot: bool,
+}
+
+/// One notification in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    /// Stable across attempts: `alert-<hash>-<raise>-<status>`.
+    pub key: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The alert.
+    pub alert: AlertDoc,
+}
+
+/// What one batch did, for the metrics (counted after the commit).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Raises by rule name.
+    pub raised: BTreeMap<String, u64>,
+    /// Resolves by rule name.
+    pub resolved: BTreeMap<String, u64>,
+    /// Raises held back by a cooldown, by rule name.
+    pub suppressed: BTreeMap<String, u64>,
+    /// Events that did not touch live state, by reason (`duplicate`,
+    /// `late`, `stale`, `not_guest_wifi`).
+    pub ignored: BTreeMap<&'static str, u64>,
+    /// Notifications added to the outbox.
+    pub enqueued: u64,
+}
+
+/// The rules and receivers, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// The rules, in config order.
+    pub rules: Vec<RuleConfig>,
+    /// Receiver names (one outbox row per receiver per notification).
+    pub receivers: Vec<String>,
+    /// See [`AlertsConfig::max_event_age`].
+    pub max_event_age: Duration,
+    /// See [`AlertsConfig::session_timeout`].
+    pub session_timeout: Duration,
+}
+
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Wall clock, Unix µs.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(micros)
+        .unwrap_or(0)
+}
+
+/// FNV-1a, 64 bits: a short stable hash of a fingerprint for keys.
+pub(super) fn fnv(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub(super) fn fingerprint(parts: &[&str]) -> String {
+    serde_json::to_string(parts).unwrap_or_default()
+}
+
+pub(super) fn human(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+}
+
+pub(super) struct Tx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    engine: &'a Engine,
+    stats: &'a mut BatchStats,
+    now: i64,
+}
+
+impl Engine {
+    /// Builds the engine of a checked config.
+    pub fn new(config: &AlertsConfig) -> Engine {
+        Engine {
+            rules: config.rules.clone(),
+            receivers: config
+                .receivers
+                .iter()
+                .map(|r| r.name().to_owned())
+                .collect(),
+            max_event_age: config.max_event_age,
+            session_timeout: config.session_timeout,
+        }
+    }
+
+    /// Applies a batch in one transaction: each event once, by (source,
+    /// event id). `now` is the wall clock (Unix µs) for the age check.
+    pub fn apply(
+        &self,
+        conn: &mut Connection,
+        batch: &[Arc<Event>],
+        now: i64,
+    ) -> rusqlite::Result<BatchStats> {
+        let mut stats = BatchStats::default();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut t = Tx {
+                tx: &tx,
+                engine: self,
+                stats: &mut stats,
+                now,
+            };
+            for e in batch {
+                t.event(e)?;
+            }
+        }
+        tx.commit()?;
+        Ok(stats)
+    }
+}
+
+impl Tx<'_> {
+    fn ignore(&mut self, reason: &'static str) {
+        *self.stats.ignored.entry(reason).or_default() += 1;
+    }
+
+    fn event(&mut self, e: &Event) -> rusqlite::Result<()> {
+        let fresh = self.tx.execute(
+            "INSERT OR IGNORE INTO applied (source, event_id, applied_at) VALUES (?1, ?2, ?3)",
+            params![e.source, e.event_id, self.now],
+        )?;
+        if fresh == 0 {
+            self.ignore("duplicate");
+            return Ok(());
+        }
+        let Some(w) = &e.guest_wifi else {
+            self.ignore("not_guest_wifi");
+            return Ok(());
+        };
+        if e.late {
+            self.ignore("late");
+            return Ok(());
+        }
+        if self.now.saturating_sub(w.occurred_at_micros) > micros(self.engine.max_event_age) {
+            self.ignore("stale");
+            return Ok(());
+        }
+        let venue = w.venue_id.as_str();
+        let at = w.occurred_at_micros;
+        let old_wm: Option<i64> = self
+            .tx
+            .query_row(
+                "SELECT watermark FROM venues WHERE venue = ?1",
+                [venue],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let wm = old_wm.map_or(at, |o| o.max(at));
+        self.tx.execute(
+            "INSERT INTO venues (venue, watermark) VALUES (?1, ?2)
+             ON CONFLICT (venue) DO UPDATE SET watermark = excluded.watermark",
+            params![venue, wm],
+        )?;
+        // Zones whose count may have changed.
+        let mut zones: BTreeSet<String> = BTreeSet::new();
+        if let Some(device) = w.device_id.as_deref() {
+            let old: Option<(Option<String>, i64)> = self
+                .tx
+                .query_row(
+                    "SELECT zone, connected_at FROM devices WHERE venue = ?1 AND device = ?2",
+                    [venue, device],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((Some(z), _)) = &old {
+                zones.insert(z.clone());
+            }
+            match w.event_type.as_str() {
+                "device_disconnected" => {
+                    self.tx.execute(
+                        "DELETE FROM devices WHERE venue = ?1 AND device = ?2",
+                        [venue, device],
+                    )?;
+                    self.resolve_dwell(venue, device, at)?;
+                }
+                "device_connected" | "guest_connects" | "zone_entered" => {
+                    let zone = w
+                        .zone
+                        .clone()
+                        .or_else(|| old.as_ref().and_then(|(z, _)| z.clone()));
+                    let connected_at = old.as_ref().map_or(at, |(_, c)| *c);
+                    self.tx.execute(
+                        "INSERT INTO devices (venue, device, zone, connected_at, last_seen)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (venue, device) DO UPDATE SET
+                           zone = excluded.zone, last_seen = max(last_seen, excluded.last_seen)",
+                        params![venue, device, zone, connected_at, at],
+                    )?;
+                    if let Some(z) = zone {
+                        zones.insert(z);
+                    }
+                }
+                _ => {
+                    self.tx.execute(
+                        "UPDATE devices SET last_seen = max(last_seen, ?3)
+                         WHERE venue = ?1 AND device = ?2",
+                        params![venue, device, at],
+                    )?;
+                }
+            }
+        }
+        // Sessions not heard of for session_timeout end here.
+        let cutoff = wm.saturating_sub(micros(self.engine.session_timeout));
+        let expired: Vec<(String, Option<String>)> = {
+            let mut st = self.tx.prepare_cached(
+                "SELECT device, zone FROM devices WHERE venue = ?1 AND last_seen < ?2",
+            )?;
+            st.query_map(params![venue, cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if !expired.is_empty() {
+            self.tx.execute(
+                "DELETE FROM devices WHERE venue = ?1 AND last_seen < ?2",
+                params![venue, cutoff],
+            )?;
+            for (device, zone) in &expired {
+                if let Some(z) = zone {
+                    zones.insert(z.clone());
+                }
+                self.resolve_dwell(venue, device, wm)?;
+            }
+        }
+        for zone in &zones {
+            self.occupancy(venue, zone, at)?;
+        }
+        self.vip(e, at)?;
+        self.dwell(venue, wm)?;
+        Ok(())
+    }
+
+    fn occupancy(&mut self, venue: &str, zone: &str, at: i64) -> rusqlite::Result<()> {
+        let count: i64 = self.tx.query_row(
+            "SELECT COUNT(*) FROM devices WHERE venue = ?1 AND zone = ?2",
+            [venue, zone],
+            |r| r.get(0),
+        )?;
+        let engine = self.engine;
+        for rule in &engine.rules {
+            let RuleConfig::ZoneOccupancy {
+                threshold,
+                clear_at,
+                zones,
+                ..
+            } = rule
+            else {
+                continue;
+            };
+            if !rule.applies_to(venue) || !(zones.is_empty() || zones.iter().any(|z| z == zone)) {
+                continue;
+            }
+            let fp = fingerprint(&["zone_occupancy", rule.name(), venue, zone]);
+            if count > *threshold {
+                let doc = AlertDoc {
+                    alertname: "ZoneOverCapacity".into(),
+                    labels: labels(rule, venue, Some(zone), &[]),
+                    annotations: summary(format!(
+                        "{count} devices in zone {zone} at venue {venue} (threshold {threshold})"
+                    )),
+                    starts_at: at,
+                    ends_at: None,
+                    one_shot: false,
+                };
+                self.raise(rule, &fp, doc)?;
+            } else if count <= clear_at.unwrap_or(*threshold) {
+                self.resolve(rule.name(), &fp, at, |d| {
+                    d.annotations = summary(format!(
+                        "{count} devices in zone {zone} at venue {venue} (threshold {threshold}): cleared"
+                    ));
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn vip(&mut self, e: &Event, at: i64) -> rusqlite::Result<()> {
+        let Some(w) = &e.guest_wifi else {
+            return Ok(());
+        };
+        let Some(g) = w.guest.as_ref().filter(|g| g.vip) else {
+            return Ok(());
+        };
+        let engine = self.engine;
+        for rule in &engine.rules {
+            let RuleConfig::VipArrival { types, .. } = rule else {
+                continue;
+            };
+            if !rule.applies_to(&w.venue_id) || !types.contains(&w.event_type) {
+                continue;
+            }
+            let fp = fingerprint(&["vip_arrival", rule.name(), &w.venue_id, &g.id]);
+            let who = g.first_name.as_deref().unwrap_or(&g.id);
+            let zone = w.zone.as_deref();
+            let doc = AlertDoc {
+                alertname: "VipArrival".into(),
+                labels: labels(rule, &w.venue_id, zone, &[("guest", &g.id)]),
+                annotations: summary(format!(
+                    "VIP guest {who} arrived at venue {}{}",
+                    w.venue_id,
+                    zone.map(|z| format!(", zone {z}")).unwrap_or_default()
+                )),
+                starts_at: at,
+                ends_at: None,
+                one_shot: true,
+            };
+            self.raise(rule, &fp, doc)?;
+        }
+        Ok(())
+    }
+
+    fn dwell(&mut self, venue: &str, wm: i64) -> rusqlite::Result<()> {
+        let engine = self.engine;
+        for rule in &engine.rules {
+            let RuleConfig::Dwell {
+                threshold, zones, ..
+            } = rule
+            else {
+                continue;
+            };
+            if !rule.applies_to(venue) {
+                continue;
+            }
+            let since = wm.saturating_sub(micros(*threshold));
+            let long: Vec<(String, Option<String>, i64)> = {
+                let mut st = self.tx.prepare_cached(
+                    "SELECT device, zone, connected_at FROM devices
+                     WHERE venue = ?1 AND connected_at <= ?2",
+                )?;
+                st.query_map(params![venue, since], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            for (device, zone, connected_at) in long {
+                if !(zones.is_empty() || zone.as_ref().is_some_and(|z| zones.contains(z))) {
+                    continue;
+                }
+                let fp = fingerprint(&["dwell", rule.name(), venue, &device]);
+                // Raised once per session: a firing alert, or one raised
+                // since this session began, stands.
+                let raised: Option<(String, i64)> = self
+                    .tx
+                    .query_row(
+                        "SELECT state, last_raised_at FROM alerts WHERE fingerprint = ?1",
+                        [&fp],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((state, last)) = &raised
+                    && (state == "firing" || *last >= connected_at)
+                {
+                    continue;
+                }
+                let doc = AlertDoc {
+                    alertname: "DwellOverThreshold".into(),
+                    labels: labels(rule, venue, zone.as_deref(), &[("device", &device)]),
+                    annotations: summary(format!(
+                        "device {device} at venue {venue}{} for over {}",
+                        zone.as_deref()
+                            .map(|z| format!(", zone {z},"))
+                            .unwrap_or_default(),
+                        human(*threshold)
+                    )),
+                    starts_at: connected_at.saturating_add(micros(*threshold)),
+                    ends_at: None,
+                    one_shot: false,
+                };
+                self.raise(rule, &fp, doc)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_dwell(&mut self, venue: &str, device: &str, at: i64) -> rusqlite::Result<()> {
+        let engine = self.engine;
+        for rule in &engine.rules {
+            if let RuleConfig::Dwell { .. } = rule {
+                let fp = fingerprint(&["dwell", rule.name(), venue, device]);
+                self.resolve(rule.name(), &fp, at, |_| {})?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises `fp` unless it is firing (then its annotations are updated)
+    /// or inside its cooldown (then it is counted as suppressed).
+    fn raise(&mut self, rule: &RuleConfig, fp: &str, doc: AlertDoc) -> rusqlite::Result<()> {
+        let existing: Option<(String, i64, i64)> = self
+            .tx
+            .query_row(
+                "SELECT state, generation, last_raised_at FROM alerts WHERE fingerprint = ?1",
+                [fp],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let generation = match existing {
+            Some((state, _, _)) if state == "firing" => {
+                let old: String = self.tx.query_row(
+                    "SELECT alert FROM alerts WHERE fingerprint = ?1",
+                    [fp],
+                    |r| r.get(0),
+                )?;
+                if let Ok(mut old) = serde_json::from_str::<AlertDoc>(&old)
+                    && old.annotations != doc.annotations
+                {
+                    old.annotations = doc.annotations;
+                    self.tx.execute(
+                        "UPDATE alerts SET alert = ?2 WHERE fingerprint = ?1",
+                        params![fp, to_json(&old)],
+                    )?;
+                }
+                return Ok(());
+            }
+            Some((_, _, last)) if doc.starts_at < last.saturating_add(micros(rule.cooldown())) => {
+                *self
+                    .stats
+                    .suppressed
+                    .entry(rule.name().to_owned())
+                    .or_default() += 1;
+                return Ok(());
+            }
+            Some((_, g, _)) => g + 1,
+            None => 1,
+        };
+        // A one-shot alert is over once notified: stored as resolved, so it
+        // is never re-posted, while its cooldown still holds.
+        let state = if doc.one_shot { "resolved" } else { "firing" };
+        self.tx.execute(
+            "INSERT INTO alerts (fingerprint, rule, state, generation, last_raised_at, alert)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (fingerprint) DO UPDATE SET rule = excluded.rule, state = excluded.state,
+               generation = excluded.generation, last_raised_at = excluded.last_raised_at,
+               alert = excluded.alert",
+            params![
+                fp,
+                rule.name(),
+                state,
+                generation,
+                doc.starts_at,
+                to_json(&doc)
+            ],
+        )?;
+        *self.stats.raised.entry(rule.name().to_owned()).or_default() += 1;
+        self.enqueue(fp, generation, "firing", doc)
+    }
+
+    /// Resolves `fp` if it is firing.
+    fn resolve(
+        &mut self,
+        rule: &str,
+        fp: &str,
+        at: i64,
+        edit: impl FnOnce(&mut AlertDoc),
+    ) -> rusqlite::Result<()> {
+        let existing: Option<(String, i64, String)> = self
+            .tx
+            .query_row(
+                "SELECT state, generation, alert FROM alerts WHERE fingerprint = ?1",
+                [fp],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((state, generation, doc)) = existing else {
+            return Ok(());
+        };
+        if state != "firing" {
+            return Ok(());
+        }
+        let Ok(mut doc) = serde_json::from_str::<AlertDoc>(&doc) else {
+            return Ok(());
+        };
+        doc.ends_at = Some(at.max(doc.starts_at));
+        edit(&mut doc);
+        self.tx.execute(
+            "UPDATE alerts SET state = 'resolved', alert = ?2 WHERE fingerprint = ?1",
+            params![fp, to_json(&doc)],
+        )?;
+        *self.stats.resolved.entry(rule.to_owned()).or_default() += 1;
+        self.enqueue(fp, generation, "resolved", doc)
+    }
+
+    fn enqueue(
+        &mut self,
+        fp: &str,
+        generation: i64,
+        status: &str,
+        alert: AlertDoc,
+    ) -> rusqlite::Result<()> {
+        let n = Notification {
+            key: format!("alert-{:016x}-{generation}-{status}", fnv(fp)),
+            status: status.into(),
+            alert,
+        };
+        let text = to_json(&n);
+        for r in &self.engine.receivers {
+            self.tx.execute(
+                "INSERT INTO outbox (receiver, notification, created_at) VALUES (?1, ?2, ?3)",
+                params![r, text, self.now],
+            )?;
+            self.stats.enqueued += 1;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub(super) fn summary(s: String) -> BTreeMap<String, String> {
+    BTreeMap::from([("summary".to_owned(), s)])
+}
+
+pub(super) fn labels(
+    rule: &RuleConfig,
+    venue: &str,
+    zone: Option<&str>,
+    extra: &[(&str, &str)],
+) -> BTreeMap<String, String> {
+    let alertname = match rule {
+        RuleConfig::ZoneOccupancy { .. } => "ZoneOverCapacity",
+        RuleConfig::VipArrival { .. } => "VipArrival",
+        RuleConfig::Dwell { .. } => "DwellOverThreshold",
+    };
+    let mut l = BTreeMap::from([
+        ("alertname".to_owned(), alertname.to_owned()),
+        ("severity".to_owned(), rule.severity().to_owned()),
+        ("rule".to_owned(), rule.name().to_owned()),
+        ("venue".to_owned(), venue.to_owned()),
+    ]);
+    if let Some(z) = zone {
+        l.insert("zone".into(), z.into());
+    }
+    for (k, v) in extra {
+        l.insert((*k).into(), (*v).into());
+    }
+    l
+}

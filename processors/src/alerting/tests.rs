@@ -1,0 +1,462 @@
+//! The alerting sink's unit tests: rules, hysteresis, cooldowns, the
+//! outbox and delivery against local fake receivers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::*;
+use crate::event::{Guest, GuestWifi};
+
+const MIN: i64 = 60_000_000;
+
+fn engine(rules: &str) -> Engine {
+    let text = format!(
+        "path = \"/tmp/unused.sqlite\"\n{rules}\n[[receivers]]\nkind = \"log\"\n[[receivers]]\nkind = \"alertmanager\"\nurl = \"http://am:9093\"\n"
+    );
+    let c: AlertsConfig = toml::from_str(&text).unwrap();
+    assert_eq!(c.problems("sinks.a"), Vec::<String>::new());
+    Engine::new(&c)
+}
+
+fn ev(id: &str, kind: &str, venue: &str, zone: &str, device: &str, at: i64) -> Arc<Event> {
+    ev_full(id, kind, venue, zone, device, at, false, false)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ev_full(
+    id: &str,
+    kind: &str,
+    venue: &str,
+    zone: &str,
+    device: &str,
+    at: i64,
+    vip: bool,
+    late: bool,
+) -> Arc<Event> {
+    Arc::new(Event {
+        source: "purple".into(),
+        event_id: id.into(),
+        event_type: kind.into(),
+        ordering_key: Some(venue.into()),
+        sequence: Some(1),
+        received_at_micros: at,
+        occurred_at_micros: Some(at),
+        late,
+        guest_wifi: Some(GuestWifi {
+            event_type: kind.into(),
+            sequence: 1,
+            occurred_at_micros: at,
+            venue_id: venue.into(),
+            venue_name: None,
+            zone: Some(zone.into()),
+            device_id: Some(device.into()),
+            guest: Some(Guest {
+                id: format!("g-{device}"),
+                email: None,
+                first_name: Some("Ana".into()),
+                vip,
+            }),
+        }),
+        body: serde_json::json!({}),
+    })
+}
+
+fn outbox(c: &Connection, receiver: &str) -> Vec<Notification> {
+    let mut st = c
+        .prepare("SELECT notification FROM outbox WHERE receiver = ?1 ORDER BY id")
+        .unwrap();
+    st.query_map([receiver], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|s| serde_json::from_str(&s.unwrap()).unwrap())
+        .collect()
+}
+
+fn db() -> Connection {
+    let c = Connection::open_in_memory().unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    c
+}
+
+const OCC: &str = "[[rules]]\nkind = \"zone_occupancy\"\nthreshold = 2\ncooldown = \"10m\"\n";
+
+#[test]
+fn occupancy_raises_once_holds_and_resolves_with_a_cooldown() {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = now_micros();
+    let con = |i: usize, d: &str| ev(&format!("c{i}"), "device_connected", "v1", "lobby", d, t0);
+    let dis = |i: usize, d: &str| {
+        ev(
+            &format!("d{i}"),
+            "device_disconnected",
+            "v1",
+            "lobby",
+            d,
+            t0 + MIN,
+        )
+    };
+    // 1, 2: at the threshold, nothing. 3: over. 4: still over, no repeat.
+    let s = e
+        .apply(
+            &mut c,
+            &[con(1, "a"), con(2, "b"), con(3, "c"), con(4, "d")],
+            t0,
+        )
+        .unwrap();
+    assert_eq!(s.raised.get("zone_occupancy"), Some(&1));
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].status, "firing");
+    assert_eq!(o[0].alert.alertname, "ZoneOverCapacity");
+    assert_eq!(o[0].alert.labels["zone"], "lobby");
+    assert!(
+        o[0].alert.annotations["summary"].contains("3 devices"),
+        "{o:?}"
+    );
+    // The alertmanager receiver got its own row.
+    assert_eq!(outbox(&c, "alertmanager").len(), 1);
+    // Down to 3 (still over), then 2: resolved.
+    e.apply(&mut c, &[dis(1, "a")], t0).unwrap();
+    assert_eq!(outbox(&c, "log").len(), 1);
+    let s = e.apply(&mut c, &[dis(2, "b")], t0).unwrap();
+    assert_eq!(s.resolved.get("zone_occupancy"), Some(&1));
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 2);
+    assert_eq!(o[1].status, "resolved");
+    assert_eq!(o[1].alert.ends_at, Some(t0 + MIN));
+    assert_ne!(o[0].key, o[1].key);
+    // Over again 2 minutes later: inside the cooldown, suppressed.
+    let back = ev("c5", "device_connected", "v1", "lobby", "e", t0 + 2 * MIN);
+    let s = e.apply(&mut c, &[back], t0).unwrap();
+    assert_eq!(s.suppressed.get("zone_occupancy"), Some(&1));
+    assert_eq!(outbox(&c, "log").len(), 2);
+    // Still over after the cooldown: raised again, a new key.
+    let later = ev("c6", "zone_entered", "v1", "lobby", "e", t0 + 11 * MIN);
+    let s = e.apply(&mut c, &[later], t0 + 11 * MIN).unwrap();
+    assert_eq!(s.raised.get("zone_occupancy"), Some(&1));
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 3);
+    assert!(o[2].key.ends_with("-2-firing"), "{}", o[2].key);
+}
+
+#[test]
+fn a_batch_offered_again_changes_nothing() {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = now_micros();
+    let batch: Vec<_> = (0..5)
+        .map(|i| {
+            ev(
+                &format!("c{i}"),
+                "device_connected",
+                "v1",
+                "lobby",
+                &format!("d{i}"),
+                t0,
+            )
+        })
+        .collect();
+    e.apply(&mut c, &batch, t0).unwrap();
+    let before = outbox(&c, "log");
+    let s = e.apply(&mut c, &batch, t0).unwrap();
+    assert_eq!(s.ignored.get("duplicate"), Some(&5));
+    assert_eq!(s.enqueued, 0);
+    assert_eq!(outbox(&c, "log"), before);
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn late_and_stale_events_do_not_drive_live_state() {
+    let e = engine(&format!("{OCC}[[rules]]\nkind = \"vip_arrival\"\n"));
+    let mut c = db();
+    let now = now_micros();
+    let week_ago = now - 7 * 24 * 60 * MIN;
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        // A replay of last week: VIP guests, over the threshold.
+        batch.push(ev_full(
+            &format!("old{i}"),
+            "guest_connects",
+            "v1",
+            "lobby",
+            &format!("d{i}"),
+            week_ago,
+            true,
+            false,
+        ));
+        // Late events of now.
+        batch.push(ev_full(
+            &format!("late{i}"),
+            "guest_connects",
+            "v1",
+            "lobby",
+            &format!("l{i}"),
+            now,
+            true,
+            true,
+        ));
+    }
+    let s = e.apply(&mut c, &batch, now).unwrap();
+    assert_eq!(s.ignored.get("stale"), Some(&5));
+    assert_eq!(s.ignored.get("late"), Some(&5));
+    assert!(outbox(&c, "log").is_empty());
+    let n: i64 = c
+        .query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn vip_arrivals_notify_once_per_cooldown_and_never_resolve() {
+    let e = engine("[[rules]]\nkind = \"vip_arrival\"\ncooldown = \"1h\"\n");
+    let mut c = db();
+    let t0 = now_micros();
+    let vip = |id: &str, at: i64| ev_full(id, "guest_connects", "v1", "bar", "x", at, true, false);
+    let plain = ev_full("p", "guest_connects", "v1", "bar", "y", t0, false, false);
+    e.apply(&mut c, &[vip("a", t0), plain, vip("b", t0 + MIN)], t0)
+        .unwrap();
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 1);
+    assert!(o[0].alert.one_shot);
+    assert_eq!(o[0].alert.labels["guest"], "g-x");
+    assert_eq!(o[0].alert.labels["alertname"], "VipArrival");
+    // Disconnect: no resolve for a one-shot.
+    e.apply(
+        &mut c,
+        &[ev(
+            "d",
+            "device_disconnected",
+            "v1",
+            "bar",
+            "x",
+            t0 + 2 * MIN,
+        )],
+        t0,
+    )
+    .unwrap();
+    assert_eq!(outbox(&c, "log").len(), 1);
+    // Past the cooldown: a new arrival notifies again.
+    e.apply(&mut c, &[vip("c", t0 + 61 * MIN)], t0 + 61 * MIN)
+        .unwrap();
+    assert_eq!(outbox(&c, "log").len(), 2);
+}
+
+#[test]
+fn dwell_raises_as_the_venue_clock_passes_the_threshold_and_resolves_on_leave() {
+    let e = engine("[[rules]]\nkind = \"dwell\"\nthreshold = \"30m\"\n");
+    let mut c = db();
+    let t0 = now_micros() - 40 * MIN;
+    let now = now_micros();
+    let big = Duration::from_secs(3600);
+    let e = Engine {
+        max_event_age: big,
+        ..e
+    };
+    e.apply(
+        &mut c,
+        &[ev("a", "device_connected", "v1", "pool", "x", t0)],
+        now,
+    )
+    .unwrap();
+    e.apply(
+        &mut c,
+        &[ev(
+            "b",
+            "device_connected",
+            "v1",
+            "pool",
+            "y",
+            t0 + 20 * MIN,
+        )],
+        now,
+    )
+    .unwrap();
+    assert!(outbox(&c, "log").is_empty());
+    // Another device's event moves the venue clock past x's threshold.
+    e.apply(
+        &mut c,
+        &[ev(
+            "c",
+            "device_connected",
+            "v1",
+            "pool",
+            "z",
+            t0 + 31 * MIN,
+        )],
+        now,
+    )
+    .unwrap();
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].alert.labels["device"], "x");
+    assert_eq!(o[0].alert.starts_at, t0 + 30 * MIN);
+    // More events: no repeat.
+    e.apply(
+        &mut c,
+        &[ev(
+            "d",
+            "guest_registered",
+            "v1",
+            "pool",
+            "z",
+            t0 + 32 * MIN,
+        )],
+        now,
+    )
+    .unwrap();
+    assert_eq!(outbox(&c, "log").len(), 1);
+    e.apply(
+        &mut c,
+        &[ev(
+            "e",
+            "device_disconnected",
+            "v1",
+            "pool",
+            "x",
+            t0 + 33 * MIN,
+        )],
+        now,
+    )
+    .unwrap();
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 2);
+    assert_eq!(o[1].status, "resolved");
+}
+
+#[test]
+fn sessions_not_heard_of_expire_and_stop_counting() {
+    let e = engine(OCC);
+    let e = Engine {
+        session_timeout: Duration::from_secs(600),
+        max_event_age: Duration::from_secs(3600),
+        ..e
+    };
+    let mut c = db();
+    let now = now_micros();
+    let t0 = now - 30 * MIN;
+    let batch: Vec<_> = (0..3)
+        .map(|i| {
+            ev(
+                &format!("c{i}"),
+                "device_connected",
+                "v1",
+                "lobby",
+                &format!("d{i}"),
+                t0,
+            )
+        })
+        .collect();
+    e.apply(&mut c, &batch, now).unwrap();
+    assert_eq!(outbox(&c, "log").len(), 1);
+    // 20 minutes later another zone's event: the three sessions expire.
+    e.apply(
+        &mut c,
+        &[ev("x", "device_connected", "v1", "bar", "q", t0 + 20 * MIN)],
+        now,
+    )
+    .unwrap();
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 2, "{o:?}");
+    assert_eq!(o[1].status, "resolved");
+}
+
+#[test]
+fn check_names_bad_fields_without_quoting_secrets() {
+    // SAFETY: single-threaded use of a variable only this test reads.
+    unsafe {
+        std::env::set_var(
+            "ALERTS_TEST_SLACK_URL",
+            "ftp://hooks.example/T000/B000/s3cr3t",
+        );
+    }
+    let text = r#"
+        path = "/tmp/x.sqlite"
+        alert_ttl = "30s"
+        [[rules]]
+        kind = "zone_occupancy"
+        threshold = 0
+        [[rules]]
+        kind = "zone_occupancy"
+        threshold = -3
+        [[rules]]
+        kind = "dwell"
+        name = "long stay"
+        threshold = "0s"
+        [[rules]]
+        kind = "vip_arrival"
+        types = ["guest_arrives"]
+        [[receivers]]
+        kind = "slack"
+        url_env = "ALERTS_TEST_SLACK_URL"
+        [[receivers]]
+        kind = "slack"
+        name = "ops"
+        url_env = "ALERTS_TEST_UNSET_VARIABLE"
+        [[receivers]]
+        kind = "alertmanager"
+        url = "am:9093"
+    "#;
+    let c: AlertsConfig = toml::from_str(text).unwrap();
+    let all = c.problems("sinks.alerts").join("\n");
+    for needle in [
+        "sinks.alerts.rules[0] (zone_occupancy).threshold: must be at least 1 (got 0)",
+        "sinks.alerts.rules[1] (zone_occupancy).name: another rule has this name",
+        "threshold: must be at least 1 (got -3)",
+        "sinks.alerts.rules[2] (long stay).name: must be 1-64",
+        "sinks.alerts.rules[2] (long stay).threshold: must be above 0",
+        "\"guest_arrives\" is not a guest-WiFi event type",
+        "sinks.alerts.receivers[0] (slack).url_env: the value of ALERTS_TEST_SLACK_URL must be an https:// or http:// URL",
+        "sinks.alerts.receivers[1] (ops).url_env: environment variable ALERTS_TEST_UNSET_VARIABLE is not set",
+        "sinks.alerts.receivers[2] (alertmanager).url: must be an https:// or http:// URL",
+        "sinks.alerts.alert_ttl: must be longer than resend_interval",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert!(!all.contains("s3cr3t"), "{all}");
+    let bad: Result<AlertsConfig, _> =
+        toml::from_str("path = \"x\"\n[[rules]]\nkind = \"zone_temperature\"\n");
+    let bad = bad.unwrap_err().to_string();
+    assert!(
+        bad.contains("rules[0]") && bad.contains("zone_temperature"),
+        "{bad}"
+    );
+}
+
+#[test]
+fn alertmanager_bodies_carry_labels_and_times() {
+    let doc = AlertDoc {
+        alertname: "ZoneOverCapacity".into(),
+        labels: BTreeMap::from([("alertname".into(), "ZoneOverCapacity".into())]),
+        annotations: summary("3 devices".into()),
+        starts_at: 1_000_000,
+        ends_at: Some(61_000_000),
+        one_shot: false,
+    };
+    let firing = Notification {
+        key: "k".into(),
+        status: "firing".into(),
+        alert: doc.clone(),
+    };
+    let resolved = Notification {
+        status: "resolved".into(),
+        ..firing.clone()
+    };
+    let now = 3_600_000_000;
+    let b = alertmanager_body(&[&firing, &resolved], now, Duration::from_secs(300));
+    assert_eq!(b[0]["startsAt"], "1970-01-01T00:00:01.000Z");
+    assert_eq!(b[0]["endsAt"], "1970-01-01T01:05:00.000Z");
+    assert_eq!(b[1]["endsAt"], "1970-01-01T00:01:01.000Z");
+    assert_eq!(b[0]["labels"]["alertname"], "ZoneOverCapacity");
+    assert!(slack_text(&firing).contains("FIRING"));
+    let sneaky = Notification {
+        alert: AlertDoc {
+            annotations: summary("<!channel> & co".into()),
+            ..doc
+        },
+        ..firing
+    };
+    assert!(slack_text(&sneaky).contains("&lt;!channel&gt; &amp; co"));
+}
