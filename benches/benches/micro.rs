@@ -26,10 +26,10 @@ use ingest::signature::standard::StandardScheme;
 use ingest::signature::stripe::StripeScheme;
 use pipeline_benches::guest_wifi_body;
 use processors::config::{ParserKind, SourceConfig};
-use processors::dedupe::{DedupeConfig, DedupeRecord, DedupeStore, RedbDedupe};
 use processors::event::parse;
-use processors::offsets::PartitionOffsets;
-use processors::reorder::{ReorderConfig, Reorderer};
+use processors::pipeline::dedupe::{DedupeConfig, DedupeRecord, DedupeStore, RedbDedupe};
+use processors::pipeline::offsets::PartitionOffsets;
+use processors::pipeline::reorder::{ReorderConfig, Reorderer};
 use schemas::{Envelope, Header, Verification};
 use sha2::Sha256;
 

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use e2e::{Broker, Postgres, produce, purple_envelope};
 use pipeline_benches::guest_wifi_body;
-use processors::analytics::{PostgresSink, SqliteSink};
 use processors::config::Config;
-use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
+use processors::kafka::consumer::{self as runtime, KafkaSide};
 use processors::metrics::Metrics;
+use processors::pipeline::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
 use processors::pipeline::{Shared, SideTopics};
-use processors::runtime::{self, KafkaSide};
-use processors::sink::{NullSink, Sink};
+use processors::sinks::analytics::{PostgresSink, SqliteSink};
+use processors::sinks::{NullSink, Sink};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 

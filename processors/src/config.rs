@@ -35,8 +35,8 @@ use figment::providers::{Env, Format, Toml};
 use plumbing::{describe_figment, valid_topic};
 use serde::Deserialize;
 
-use crate::dedupe::DEFAULT_WINDOW;
-use crate::reorder::ReorderConfig;
+use crate::pipeline::dedupe::DEFAULT_WINDOW;
+use crate::pipeline::reorder::ReorderConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -246,12 +246,12 @@ pub enum SinkConfig {
     },
     /// Posts each event to a CRM (contact upsert, journey entry) through a
     /// JSON template, idempotently, with retries, a circuit breaker and a
-    /// rate limit (see [`crate::crm`]).
-    Crm(Box<crate::crm::CrmConfig>),
+    /// rate limit (see [`crate::sinks::crm`]).
+    Crm(Box<crate::sinks::crm::CrmConfig>),
     /// Live occupancy, VIP arrivals and dwell times raising alerts to
     /// Slack, Alertmanager or the log, once across crashes (see
-    /// [`crate::alerting`]).
-    Alerts(Box<crate::alerting::AlertsConfig>),
+    /// [`crate::sinks::alerting`]).
+    Alerts(Box<crate::sinks::alerting::AlertsConfig>),
 }
 
 /// One routing rule: every condition given must hold.

@@ -42,20 +42,12 @@
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
-pub mod alerting;
-pub mod analytics;
 pub mod config;
-pub mod crm;
-pub mod dedupe;
-pub mod dlq;
 pub mod event;
+pub mod kafka;
 pub mod metrics;
-pub mod offsets;
+pub mod ops;
 pub mod pipeline;
-pub mod reorder;
-pub mod replay;
-pub mod route;
-pub mod runtime;
-pub mod sink;
+pub mod sinks;
 
 pub use schemas::Envelope;

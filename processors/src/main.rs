@@ -14,13 +14,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
-use processors::analytics::{PostgresSink, SqliteSink};
 use processors::config::{Config, SinkConfig};
-use processors::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
+use processors::kafka::consumer::{self as runtime, KafkaSide};
 use processors::metrics::Metrics;
 use processors::pipeline::Shared;
-use processors::runtime::{self, KafkaSide};
-use processors::sink::{JsonlSink, LogSink, NullSink, Sink};
+use processors::pipeline::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
+use processors::sinks::analytics::{PostgresSink, SqliteSink};
+use processors::sinks::{JsonlSink, LogSink, NullSink, Sink};
 
 #[derive(Parser)]
 #[command(
@@ -131,11 +131,11 @@ async fn build_sinks(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<A
                     .map_err(|e| anyhow::anyhow!("sinks.{name}: {}: {e}", path.display()))?,
             ),
             SinkConfig::Crm(crm) => Arc::new(
-                processors::crm::CrmSink::new(name, crm, metrics)
+                processors::sinks::crm::CrmSink::new(name, crm, metrics)
                     .map_err(|e| anyhow::anyhow!(e))?,
             ),
             SinkConfig::Alerts(alerts) => Arc::new(
-                processors::alerting::AlertsSink::start(name, alerts, metrics)
+                processors::sinks::alerting::AlertsSink::start(name, alerts, metrics)
                     .map_err(|e| anyhow::anyhow!(e))?,
             ),
         };
@@ -226,7 +226,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             let d = dedupe.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let removed = d.expire(std::time::SystemTime::now())?;
-                Ok::<_, processors::dedupe::DedupeError>((removed, d.len()?))
+                Ok::<_, processors::pipeline::dedupe::DedupeError>((removed, d.len()?))
             })
             .await;
             match res {

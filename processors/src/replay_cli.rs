@@ -1,7 +1,7 @@
 //! The `replay` and `dlq` subcommands: argument parsing, one-line errors
 //! with exit codes, the sinks built as `run` builds them, and the printed
-//! summaries. The work is in the library (`processors::replay`,
-//! `processors::dlq`).
+//! summaries. The work is in the library (`processors::ops::replay`,
+//! `processors::ops::dlq`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use processors::config::Config;
-use processors::dlq::{self, RedriveOptions};
+use processors::kafka::consumer::KafkaSide;
 use processors::metrics::Metrics;
+use processors::ops::dlq::{self, RedriveOptions};
+use processors::ops::replay::{self, ReplayError, ReplayOptions};
 use processors::pipeline::SideTopics;
-use processors::replay::{self, ReplayError, ReplayOptions};
-use processors::runtime::KafkaSide;
 
 /// `processors replay`.
 #[derive(Args)]

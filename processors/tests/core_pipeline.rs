@@ -7,9 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
-use processors::dedupe::{DEFAULT_WINDOW, DedupeRecord, DedupeStore, MemoryDedupe};
-use processors::offsets::PartitionOffsets;
-use processors::reorder::{Reason, ReorderConfig, Reorderer};
+use processors::pipeline::dedupe::{DEFAULT_WINDOW, DedupeRecord, DedupeStore, MemoryDedupe};
+use processors::pipeline::offsets::PartitionOffsets;
+use processors::pipeline::reorder::{Reason, ReorderConfig, Reorderer};
 use proptest::prelude::*;
 
 /// A record as read from one partition.

@@ -5,11 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use processors::config::Config;
-use processors::dedupe::{DedupeStore, MemoryDedupe};
 use processors::event::{Event, Quarantine};
 use processors::metrics::Metrics;
+use processors::pipeline::dedupe::{DedupeStore, MemoryDedupe};
 use processors::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics, Stopped};
-use processors::sink::{BoxFuture, MemorySink, Outcome, Sink};
+use processors::sinks::{BoxFuture, MemorySink, Outcome, Sink};
 use schemas::{Envelope, Verification};
 use tokio::sync::watch;
 

@@ -49,7 +49,7 @@ use crate::config::KafkaConfig;
 use crate::event::{Event, Quarantine};
 use crate::metrics::Metrics;
 use crate::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics};
-use crate::sink::BoxFuture;
+use crate::sinks::BoxFuture;
 
 /// How long a side-topic write may take before it is retried.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(30);

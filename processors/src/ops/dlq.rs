@@ -48,8 +48,8 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::event::{self, Event};
 use crate::metrics::Metrics;
-use crate::replay::{QuietCtx, Reader, ReplayError, now_ms, reader_config};
-use crate::sink::{Outcome, Sink};
+use crate::ops::replay::{QuietCtx, Reader, ReplayError, now_ms, reader_config};
+use crate::sinks::{Outcome, Sink};
 
 /// Letters read at a time by `list`.
 const LIST_CHUNK: usize = 1000;
@@ -403,7 +403,8 @@ pub async fn redrive(
         report.complete = true;
         return Ok(report);
     };
-    let producer: FutureProducer = crate::runtime::producer_config(&config.kafka).create()?;
+    let producer: FutureProducer =
+        crate::kafka::consumer::producer_config(&config.kafka).create()?;
     let by_name: HashMap<String, Arc<dyn Sink>> = sinks
         .into_iter()
         .map(|s| (s.name().to_owned(), s))

@@ -36,7 +36,7 @@ pub enum OffsetError {
 /// Offset bookkeeping for one partition.
 ///
 /// ```
-/// use processors::offsets::PartitionOffsets;
+/// use processors::pipeline::offsets::PartitionOffsets;
 ///
 /// let mut p = PartitionOffsets::new();
 /// for o in [10, 11, 14] {

@@ -55,12 +55,12 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, KafkaConfig};
-use crate::dedupe::BoundedDedupe;
 use crate::event::{Event, Quarantine};
 use crate::metrics::Metrics;
+use crate::pipeline::dedupe::BoundedDedupe;
+use crate::pipeline::route::Router;
 use crate::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics};
-use crate::route::Router;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::sinks::{BoxFuture, Outcome, Sink};
 
 /// What went wrong; each displays as one line naming the problem.
 #[derive(Debug, thiserror::Error)]

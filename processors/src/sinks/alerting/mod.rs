@@ -108,7 +108,7 @@ use rusqlite::Connection;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::sinks::{BoxFuture, Outcome, Sink};
 
 pub use config::*;
 use deliver::*;

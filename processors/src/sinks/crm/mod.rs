@@ -65,7 +65,7 @@ use serde_json::Value;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::sinks::{BoxFuture, Outcome, Sink};
 
 use breaker::Pacer;
 pub use breaker::{Breaker, BreakerState};

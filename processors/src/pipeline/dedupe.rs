@@ -71,8 +71,8 @@
 //! [`BoundedDedupe`] keeps the last N ids in memory for a replay, which must
 //! not touch the live store.
 //!
-//! [`Reason::DuplicateSeq`]: crate::reorder::Reason::DuplicateSeq
-//! [`Reorderer::peek`]: crate::reorder::Reorderer::peek
+//! [`Reason::DuplicateSeq`]: crate::pipeline::reorder::Reason::DuplicateSeq
+//! [`Reorderer::peek`]: crate::pipeline::reorder::Reorderer::peek
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -13,6 +13,10 @@
 //! This module ships [`LogSink`] and [`JsonlSink`]; the analytics store, the
 //! CRM and alerting are their own modules.
 
+pub mod alerting;
+pub mod analytics;
+pub mod crm;
+
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;

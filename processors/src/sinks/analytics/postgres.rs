@@ -10,7 +10,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::Row;
 use crate::event::Event;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::sinks::{BoxFuture, Outcome, Sink};
 
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i32, &str)] = &[(

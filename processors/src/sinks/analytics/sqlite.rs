@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Row, utc_hour_text, utc_text};
 use crate::event::Event;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::sinks::{BoxFuture, Outcome, Sink};
 
 /// How long a batch waits for another process holding the write lock
 /// before it answers `Retry`.

@@ -13,6 +13,11 @@
 //! batch is then abandoned with its offsets not done, and whoever reads the
 //! partition next applies it (dedupe and idempotent sinks make that safe).
 
+pub mod dedupe;
+pub mod offsets;
+pub mod reorder;
+pub mod route;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,13 +26,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, SourceConfig};
-use crate::dedupe::{DedupeRecord, DedupeStore};
 use crate::event::{self, Event, Quarantine};
 use crate::metrics::Metrics;
-use crate::offsets::PartitionOffsets;
-use crate::reorder::{Bound, Reason, Released, Reorderer};
-use crate::route::Router;
-use crate::sink::{BoxFuture, Outcome, Sink};
+use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
+use crate::pipeline::offsets::PartitionOffsets;
+use crate::pipeline::reorder::{Bound, Reason, Released, Reorderer};
+use crate::pipeline::route::Router;
+use crate::sinks::{BoxFuture, Outcome, Sink};
 use schemas::Envelope;
 
 /// One record as read from the raw topic.
@@ -83,7 +88,7 @@ pub struct Shared {
     /// Longest pause between retries.
     pub retry_max: Duration,
     /// The reorder limits.
-    pub reorder: crate::reorder::ReorderConfig,
+    pub reorder: crate::pipeline::reorder::ReorderConfig,
 }
 
 impl Shared {

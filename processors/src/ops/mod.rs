@@ -1,0 +1,2 @@
+pub mod dlq;
+pub mod replay;
