@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 
 use e2e::{Broker, Postgres, produce, purple_envelope};
 use pipeline_benches::guest_wifi_body;
+use processors::app;
 use processors::config::Config;
-use processors::kafka::consumer::{self as runtime, KafkaSide};
+use processors::kafka::consumer as runtime;
+use processors::kafka::side::KafkaSide;
 use processors::metrics::Metrics;
-use processors::pipeline::dedupe::{DedupeConfig, DedupeStore, RedbDedupe};
-use processors::pipeline::{Shared, SideTopics};
-use processors::sinks::analytics::{PostgresSink, SqliteSink};
-use processors::sinks::{NullSink, Sink};
+use processors::pipeline::SideTopics;
+use processors::sinks;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 
@@ -118,25 +118,11 @@ async fn run_once(
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config(brokers, topic, &format!("bench-{run}"), dir.path(), sink);
     let metrics = Metrics::new().expect("metrics");
-    let dedupe: Arc<dyn DedupeStore> = Arc::new(
-        RedbDedupe::open(dir.path().join("dedupe.redb"), &DedupeConfig::new()).expect("dedupe"),
-    );
+    let dedupe = app::open_dedupe(&config.dedupe).expect("dedupe");
     let side: Arc<dyn SideTopics> = Arc::new(KafkaSide::new(&config.kafka).expect("side"));
-    let built: Arc<dyn Sink> = match sink {
-        SinkKind::Null => Arc::new(NullSink::new("bench")),
-        SinkKind::Sqlite => Arc::new(
-            SqliteSink::open("bench", &dir.path().join("analytics.db"))
-                .await
-                .expect("sqlite analytics"),
-        ),
-        SinkKind::Postgres(url) => Arc::new(
-            PostgresSink::connect("bench", url)
-                .await
-                .expect("postgres analytics"),
-        ),
-    };
+    let built = sinks::build(&config.sinks, &metrics).await.expect("sinks");
     let shared =
-        Arc::new(Shared::new(&config, vec![built], dedupe, side, metrics.clone()).expect("shared"));
+        Arc::new(app::shared(&config, built, dedupe, side, metrics.clone()).expect("shared"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let running = runtime::start(
@@ -190,7 +176,7 @@ async fn bare_consumer(
         dir.path(),
         &SinkKind::Null,
     );
-    let consumer: StreamConsumer = runtime::consumer_config(&config.kafka)
+    let consumer: StreamConsumer = processors::kafka::consumer_config(&config.kafka)
         .create()
         .expect("bare consumer");
     let started = Instant::now();

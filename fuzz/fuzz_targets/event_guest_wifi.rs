@@ -4,6 +4,6 @@
 //! UTF-8): an event or a quarantine with a reason, never a panic.
 
 use libfuzzer_sys::fuzz_target;
-use processors::config::ParserKind;
+use processors::event::ParserKind;
 
 fuzz_target!(|data: &[u8]| pipeline_fuzz::check_parser(ParserKind::GuestWifi, data));

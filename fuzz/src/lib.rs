@@ -49,8 +49,8 @@ pub fn request<'a>(data: &'a [u8], names: &[&'static str]) -> (HeaderMap, &'a [u
 /// One arbitrary body from a verified sender through a processors parser,
 /// with each way of locating the event type: an event (whose guest-WiFi
 /// record, if any, encodes) or a quarantine with a reason, never a panic.
-pub fn check_parser(parser: processors::config::ParserKind, data: &[u8]) {
-    use processors::config::{Locate, SourceConfig};
+pub fn check_parser(parser: processors::event::ParserKind, data: &[u8]) {
+    use processors::event::{Locate, SourceConfig};
     use schemas::{Envelope, Header, Verification};
     let envelope = Envelope {
         event_id: "evt_1".into(),

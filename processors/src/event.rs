@@ -11,11 +11,62 @@
 //! - `json`: any JSON body, kept as a typed envelope: the event type comes
 //!   from a configured pointer or forwarded header (default `/type`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Locate, ParserKind, SourceConfig};
 use schemas::Envelope;
+
+/// How one source's bodies are parsed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The parser.
+    pub parser: ParserKind,
+    /// Where a `json` source's event type is (default `/type`).
+    #[serde(default)]
+    pub event_type: Option<Locate>,
+}
+
+/// The parsers.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ParserKind {
+    /// The guest-WiFi platform: strictly validated typed events.
+    GuestWifi,
+    /// Any JSON body: a typed envelope with the event type.
+    Json,
+}
+
+/// Where a value is found: a JSON pointer into the body or a forwarded
+/// request header.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Locate {
+    /// RFC 6901 JSON pointer, e.g. `/type`.
+    Pointer(String),
+    /// Request header (ingest must forward it), e.g. `x-github-event`.
+    Header(String),
+}
+
+impl SourceConfig {
+    /// Every problem, each naming its field under `at` (`sources.NAME`).
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(Locate::Pointer(ptr)) = &self.event_type
+            && !ptr.starts_with('/')
+        {
+            p.push(format!(
+                "{at}.event_type.pointer: {ptr:?} must start with '/'"
+            ));
+        }
+        if self.parser == ParserKind::GuestWifi && self.event_type.is_some() {
+            p.push(format!(
+                "{at}.event_type: the guest_wifi parser reads /type itself"
+            ));
+        }
+        p
+    }
+}
 
 /// Longest event type accepted (it becomes a metric label value only after
 /// routing, never raw; this bounds memory and log lines).

@@ -1,47 +1,44 @@
-//! Processors: consumer runtime, per-source parsers, reorder, dedupe, router
-//! and sinks (see `DESIGN.md`, "Processing semantics").
+//! Processors: the consumer group that turns the raw topic into ordered,
+//! de-duplicated events and delivers them to sinks (see `DESIGN.md`,
+//! "Processing semantics"). Laid out by stage:
 //!
-//! - [`runtime`]: the rdkafka consumer group, one worker per partition,
-//!   offsets stored only as far as everything was handled, hand-over on
-//!   revocation.
-//! - [`pipeline`]: one partition's processing, independent of Kafka: decode,
-//!   parse, reorder, dedupe, route, deliver, quarantine, dead-letter.
-//! - [`event`]: normalized events and the per-source parsers.
-//! - [`route`]: routing rules from the config.
-//! - [`sink`]: the sink trait and the log, JSON-lines and null sinks.
-//! - [`analytics`]: the analytics store, on PostgreSQL or embedded (SQLite).
-//! - [`crm`]: the CRM sink: templated JSON over HTTP, idempotency keys,
-//!   retries with backoff, a circuit breaker and a rate limit per sink.
-//! - [`alerting`]: the alerting sink: live occupancy, VIP arrivals and
-//!   dwell rules on a SQLite state file, with an outbox delivered to Slack,
-//!   Alertmanager and the log; effect once across kill -9.
-//! - [`offsets`]: per-partition offset tracking. Owns "which offset may be
-//!   committed": only the prefix of fully handled records, whatever order
-//!   they finish in.
-//! - [`reorder`]: per ordering key, releases items in sequence order. Owns the
-//!   gap timeout, late and duplicate-sequence flags, and the buffer and key
-//!   bounds.
-//! - [`dedupe`]: exact de-duplication by (source, event id) over a window of
-//!   at least 72 h. Owns the [`dedupe::DedupeStore`] contract, the persistent
-//!   redb store (one file per instance, memory bounded by its page cache) and
-//!   an in-memory store for tests.
-//! - [`replay`]: `processors replay`: a time range of the raw topic read
-//!   again with its own consumer (no group offsets, no live dedupe store)
-//!   through the same pipeline, routes and sinks; start and end offsets by
-//!   timestamp, progress, dry run.
-//! - [`dlq`]: `processors dlq list|redrive`: the dead-letter topic as a
-//!   queue whose head is a dedicated group's committed offset; letters leave
-//!   it only once their sink accepted them.
-//! - [`config`], [`metrics`]: configuration and Prometheus metrics.
+//! - [`app`]: `run`: wires the config into a running process (dedupe
+//!   store, sinks, runtime, `/metrics`, `/healthz`, `/readyz`) and stops it.
+//! - [`config`]: the whole configuration, composed of each component's own
+//!   config, whose checks it delegates to.
+//! - [`metrics`]: the one Prometheus catalogue of the processors.
+//! - [`event`]: normalized events, the per-source parsers and their
+//!   [`event::SourceConfig`], and quarantine reasons.
+//! - [`pipeline`]: one partition's processing, with no Kafka in it: decode,
+//!   parse, [`pipeline::reorder`] by sequence per key,
+//!   [`pipeline::dedupe`] by (source, event id), [`pipeline::route`] to
+//!   sinks, and [`pipeline::offsets`], which owns "which offset may be
+//!   committed": only the prefix of fully handled records.
+//! - [`sinks`]: the [`sinks::Sink`] contract and every sink (log, null,
+//!   JSON lines, analytics on PostgreSQL or embedded SQLite, CRM, alerting),
+//!   each in its own file or folder with its config.
+//! - [`kafka`]: the only module of the live path that uses rdkafka: client
+//!   settings built in one place, the consumer-group runtime (one worker
+//!   per partition, offsets stored only as far as everything was handled,
+//!   hand-over on revocation) and the side-topic producer.
+//! - [`ops`]: the offline commands, `replay` (a time range of the raw topic
+//!   read again into sinks, without touching the live group) and `dlq`
+//!   (list and re-drive dead letters); they read Kafka themselves.
 //!
-//! The order per record: decode, [`reorder::Reorderer::push`],
-//! [`dedupe::DedupeStore::seen`] (drop if seen), route to the sinks,
-//! [`dedupe::DedupeStore::record`] once they accepted,
-//! [`offsets::PartitionOffsets::done`], store
-//! [`offsets::PartitionOffsets::committable`].
+//! The order per record: decode, [`pipeline::reorder::Reorderer::push`],
+//! [`pipeline::dedupe::DedupeStore::seen`] (drop if seen), route to the
+//! sinks, [`pipeline::dedupe::DedupeStore::record`] once they accepted,
+//! [`pipeline::offsets::PartitionOffsets::done`], store
+//! [`pipeline::offsets::PartitionOffsets::committable`].
+//!
+//! Dependencies point one way: `app` -> `kafka`, `ops` -> `pipeline` ->
+//! `sinks` -> `event`; `config` composes the components' configs and no
+//! component imports it but `app` and `ops`. Partition-following state
+//! will live in a `state/` module beside `pipeline/`.
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
+pub mod app;
 pub mod config;
 pub mod event;
 pub mod kafka;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use processors::config::Config;
-use processors::kafka::consumer::KafkaSide;
+use processors::kafka::side::KafkaSide;
 use processors::metrics::Metrics;
 use processors::ops::dlq::{self, RedriveOptions};
 use processors::ops::replay::{self, ReplayError, ReplayOptions};
@@ -156,7 +156,7 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
         let (sinks, dlq) = if opts.dry_run {
             (Vec::new(), None)
         } else {
-            let sinks = crate::build_sinks(&config, &metrics)
+            let sinks = processors::sinks::build(&config.sinks, &metrics)
                 .await
                 .map_err(|e| ReplayError::Setup(format!("{e:#}")))?;
             let side: Arc<dyn SideTopics> = Arc::new(KafkaSide::new(&config.kafka)?);
@@ -238,7 +238,7 @@ pub fn dlq(command: DlqCommand) -> ExitCode {
                 {
                     return Err(e);
                 }
-                let sinks = crate::build_sinks(&restricted, &metrics)
+                let sinks = processors::sinks::build(&restricted.sinks, &metrics)
                     .await
                     .map_err(|e| ReplayError::Setup(format!("{e:#}")))?;
                 dlq::redrive(&config, &opts, sinks, &metrics, stop_on_signal()).await

@@ -9,7 +9,8 @@ use processors::event::{Event, Quarantine};
 use processors::metrics::Metrics;
 use processors::pipeline::dedupe::{DedupeStore, MemoryDedupe};
 use processors::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics, Stopped};
-use processors::sinks::{BoxFuture, MemorySink, Outcome, Sink};
+use processors::sinks::basic::MemorySink;
+use processors::sinks::{BoxFuture, Outcome, Sink};
 use schemas::{Envelope, Verification};
 use tokio::sync::watch;
 
@@ -116,7 +117,9 @@ fn rig(dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
     let side = Arc::new(MemorySide::default());
     let dedupe = dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new(Duration::from_secs(3600))));
     let shared = Shared::new(
-        &config,
+        &config.sources,
+        &config.routes,
+        &config.processing,
         vec![sink.clone() as Arc<dyn Sink>],
         dedupe.clone() as Arc<dyn DedupeStore>,
         side.clone() as Arc<dyn SideTopics>,

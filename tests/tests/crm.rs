@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use e2e::fake_crm::{FakeCrm, Reply};
 use e2e::{Broker, Processor, produce, purple_envelope, read_topic};
-use processors::config::{Config, SinkConfig};
+use processors::config::Config;
 use processors::event::{Event, Guest, GuestWifi};
 use processors::metrics::Metrics;
+use processors::sinks::SinkConfig;
 use processors::sinks::crm::CrmSink;
 use processors::sinks::{Outcome, Sink};
 

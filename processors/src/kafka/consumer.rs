@@ -34,166 +34,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::KafkaConfig;
-use crate::event::{Event, Quarantine};
+use super::{KafkaConfig, consumer_config};
 use crate::metrics::Metrics;
-use crate::pipeline::{PartitionPipeline, RawRecord, Shared, SideTopics};
-use crate::sinks::BoxFuture;
-
-/// How long a side-topic write may take before it is retried.
-const SIDE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest header value copied from a quarantine reason.
-const MAX_DETAIL: usize = 1024;
-
-/// The librdkafka consumer settings: the guarantees last, so they win.
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", &kafka.group_id)
-        .set("client.id", &kafka.client_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set(
-            "max.poll.interval.ms",
-            kafka.max_poll_interval.as_millis().to_string(),
-        )
-        .set("statistics.interval.ms", "5000")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000");
-    c
-}
-
-/// The side-topic producer settings: durable like ingest's.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", format!("{}-side", kafka.client_id))
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", SIDE_TIMEOUT.as_millis().to_string());
-    c
-}
-
-/// Quarantine and dead-letter topics on Kafka.
-pub struct KafkaSide {
-    producer: FutureProducer,
-    quarantine_topic: String,
-    dlq_topic: String,
-}
-
-impl KafkaSide {
-    /// Creates the producer (does not contact the brokers yet).
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(KafkaSide {
-            producer: producer_config(kafka).create()?,
-            quarantine_topic: kafka.quarantine_topic.clone(),
-            dlq_topic: kafka.dlq_topic.clone(),
-        })
-    }
-
-    async fn write(
-        &self,
-        topic: &str,
-        record: &RawRecord,
-        headers: &[(&str, &str)],
-    ) -> Result<(), String> {
-        let partition = record.partition.to_string();
-        let offset = record.offset.to_string();
-        let mut h = OwnedHeaders::new()
-            .insert(Header {
-                key: "original-partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "original-offset",
-                value: Some(&offset),
-            });
-        for (k, v) in headers {
-            h = h.insert(Header {
-                key: k,
-                value: Some(*v),
-            });
-        }
-        let mut r = FutureRecord::to(topic)
-            .payload(record.payload.as_slice())
-            .headers(h);
-        if let Some(k) = &record.key {
-            r = r.key(k.as_slice());
-        }
-        self.producer
-            .send(r, SIDE_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| format!("{topic}: {e}"))
-    }
-}
-
-fn clip(s: &str) -> &str {
-    if s.len() <= MAX_DETAIL {
-        return s;
-    }
-    let mut end = MAX_DETAIL;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-impl SideTopics for KafkaSide {
-    fn quarantine<'a>(
-        &'a self,
-        record: &'a RawRecord,
-        source: &'a str,
-        why: &'a Quarantine,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let headers = [
-                ("source", source),
-                ("reason", why.reason),
-                ("detail", clip(&why.detail)),
-            ];
-            self.write(&self.quarantine_topic, record, &headers).await
-        })
-    }
-
-    fn dead_letter<'a>(
-        &'a self,
-        record: &'a RawRecord,
-        event: &'a Event,
-        sink: &'a str,
-        reason: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let headers = [
-                ("source", event.source.as_str()),
-                ("event-id", event.event_id.as_str()),
-                ("sink", sink),
-                ("reason", clip(reason)),
-            ];
-            self.write(&self.dlq_topic, record, &headers).await
-        })
-    }
-}
+use crate::pipeline::{PartitionPipeline, RawRecord, Shared};
 
 /// A running partition worker.
 struct Worker {
@@ -423,7 +276,7 @@ impl Running {
 /// Starts the consumer thread. Workers are spawned on `workers_rt`.
 pub fn start(
     kafka: &KafkaConfig,
-    processing: &crate::config::ProcessingConfig,
+    processing: &crate::pipeline::ProcessingConfig,
     shared: Arc<Shared>,
     workers_rt: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,

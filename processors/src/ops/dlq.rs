@@ -47,8 +47,9 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::event::{self, Event};
+use crate::kafka::{QuietCtx, Reader, producer_config, reader_config};
 use crate::metrics::Metrics;
-use crate::ops::replay::{QuietCtx, Reader, ReplayError, now_ms, reader_config};
+use crate::ops::replay::{ReplayError, now_ms};
 use crate::sinks::{Outcome, Sink};
 
 /// Letters read at a time by `list`.
@@ -403,8 +404,7 @@ pub async fn redrive(
         report.complete = true;
         return Ok(report);
     };
-    let producer: FutureProducer =
-        crate::kafka::consumer::producer_config(&config.kafka).create()?;
+    let producer: FutureProducer = producer_config(&config.kafka).create()?;
     let by_name: HashMap<String, Arc<dyn Sink>> = sinks
         .into_iter()
         .map(|s| (s.name().to_owned(), s))

@@ -15,7 +15,7 @@
 //!   keeps the result exact. Records written after the replay started are
 //!   not read (the end is fixed at start).
 //! - **Same pipeline.** Each partition runs a
-//!   [`PartitionPipeline`](crate::pipeline::PartitionPipeline) with the
+//!   [`crate::pipeline::PartitionPipeline`] with the
 //!   config's parsers, reorder limits and routes, restricted to the chosen
 //!   sinks ([`restrict`]). Its reorder clock is the record timestamp
 //!   ([`PartitionPipeline::handle_timed`](crate::pipeline::PartitionPipeline::handle_timed)),
@@ -46,16 +46,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use prometheus::{GaugeVec, IntCounterVec, Opts};
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Config, KafkaConfig};
+use crate::config::Config;
 use crate::event::{Event, Quarantine};
+use crate::kafka::{KafkaConfig, QuietCtx, Reader, reader_config};
 use crate::metrics::Metrics;
 use crate::pipeline::dedupe::BoundedDedupe;
 use crate::pipeline::route::Router;
@@ -221,46 +220,6 @@ impl ReplayOptions {
         }
         Ok(())
     }
-}
-
-/// librdkafka callbacks for the one-shot commands: its log lines go through
-/// `tracing` like the live path's, and its errors (every failed connection
-/// attempt) at debug, so an unreachable broker ends in one line naming the
-/// problem rather than a screen of retries.
-pub struct QuietCtx;
-
-impl ClientContext for QuietCtx {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        plumbing::route_librdkafka_log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::debug!(target: "librdkafka", error = %error, "{reason}");
-    }
-}
-
-impl ConsumerContext for QuietCtx {}
-
-/// A consumer of the one-shot commands.
-pub type Reader = StreamConsumer<QuietCtx>;
-
-/// The librdkafka settings of a reader that assigns partitions itself and
-/// never commits (replay, `dlq list`); `group` is only its name.
-pub fn reader_config(kafka: &KafkaConfig, group: &str, role: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group)
-        .set("client.id", format!("{}-{role}", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000");
-    c
 }
 
 /// One partition's part of the range.
@@ -679,8 +638,16 @@ pub async fn replay(
     });
     let dedupe = Arc::new(BoundedDedupe::new(opts.dedupe_capacity));
     let shared = Arc::new(
-        Shared::new(config, sinks.clone(), dedupe, side, metrics.clone())
-            .map_err(ReplayError::Usage)?,
+        Shared::new(
+            &config.sources,
+            &config.routes,
+            &config.processing,
+            sinks.clone(),
+            dedupe,
+            side,
+            metrics.clone(),
+        )
+        .map_err(ReplayError::Usage)?,
     );
 
     let (spans, consumer) = spans(&config.kafka, opts).await?;

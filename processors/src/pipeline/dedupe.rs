@@ -75,11 +75,48 @@
 //! [`Reorderer::peek`]: crate::pipeline::reorder::Reorderer::peek
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Deserialize;
+
+/// The de-duplication store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSettings {
+    /// The redb file; one per instance (it is locked while open).
+    pub path: PathBuf,
+    /// How long an applied event id is remembered (providers retry for
+    /// up to 72 h).
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// redb page cache, the store's memory bound.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: usize,
+}
+
+const fn default_window() -> Duration {
+    DEFAULT_WINDOW
+}
+const fn default_cache_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+impl DedupeSettings {
+    /// Every problem, each naming its field under `dedupe`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.window < Duration::from_secs(60) {
+            p.push("dedupe.window: must be at least 1m (providers retry for up to 72h)".into());
+        }
+        if self.path.as_os_str().is_empty() {
+            p.push("dedupe.path: must not be empty".into());
+        }
+        p
+    }
+}
 
 /// Default window: 72 hours, the providers' retry horizon.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(72 * 60 * 60);

@@ -18,22 +18,136 @@ pub mod offsets;
 pub mod reorder;
 pub mod route;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{Config, SourceConfig};
-use crate::event::{self, Event, Quarantine};
+use crate::event::{self, Event, Quarantine, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
 use crate::pipeline::offsets::PartitionOffsets;
-use crate::pipeline::reorder::{Bound, Reason, Released, Reorderer};
-use crate::pipeline::route::Router;
+use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
+use crate::pipeline::route::{RouteConfig, Router};
 use crate::sinks::{BoxFuture, Outcome, Sink};
 use schemas::Envelope;
+
+/// Reorder, batching and retry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// How long an event waits for a missing predecessor.
+    #[serde(default = "default_gap_timeout", with = "humantime_serde")]
+    pub gap_timeout: Duration,
+    /// Most events waiting per ordering key.
+    #[serde(default = "default_per_key")]
+    pub max_buffered_per_key: usize,
+    /// Most events waiting per partition, across keys.
+    #[serde(default = "default_total")]
+    pub max_buffered_total: usize,
+    /// Most idle ordering keys remembered per partition.
+    #[serde(default = "default_keys")]
+    pub max_keys: usize,
+    /// Most records handled in one batch (one sink call per sink).
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+    /// Records buffered between the consumer and each partition's worker.
+    #[serde(default = "default_channel")]
+    pub channel_capacity: usize,
+    /// On revocation or shutdown, how long a partition may take to finish
+    /// its current batch before its offset is committed as it stands.
+    #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
+    pub revoke_timeout: Duration,
+    /// First pause before retrying a sink or side-topic write.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest pause between retries (backoff doubles up to it).
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+const fn default_gap_timeout() -> Duration {
+    ReorderConfig::DEFAULT_GAP_TIMEOUT
+}
+const fn default_per_key() -> usize {
+    ReorderConfig::new().max_buffered_per_key
+}
+const fn default_total() -> usize {
+    ReorderConfig::new().max_buffered_total
+}
+const fn default_keys() -> usize {
+    ReorderConfig::new().max_keys
+}
+const fn default_batch() -> usize {
+    500
+}
+const fn default_channel() -> usize {
+    2_000
+}
+const fn default_revoke_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+const fn default_retry_initial() -> Duration {
+    Duration::from_millis(200)
+}
+const fn default_retry_max() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            gap_timeout: default_gap_timeout(),
+            max_buffered_per_key: default_per_key(),
+            max_buffered_total: default_total(),
+            max_keys: default_keys(),
+            batch_max: default_batch(),
+            channel_capacity: default_channel(),
+            revoke_timeout: default_revoke_timeout(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+impl ProcessingConfig {
+    /// The reorder limits.
+    pub fn reorder(&self) -> ReorderConfig {
+        ReorderConfig {
+            gap_timeout: self.gap_timeout,
+            max_buffered_per_key: self.max_buffered_per_key,
+            max_buffered_total: self.max_buffered_total,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// Every problem, each naming its field under `processing`.
+    pub fn problems(&self) -> Vec<String> {
+        let s = self;
+        let mut p = Vec::new();
+        if s.gap_timeout.is_zero() || s.gap_timeout > Duration::from_secs(3600) {
+            p.push("processing.gap_timeout: must be between 1ms and 1h".into());
+        }
+        for (field, v) in [
+            ("max_buffered_per_key", s.max_buffered_per_key),
+            ("max_buffered_total", s.max_buffered_total),
+            ("max_keys", s.max_keys),
+            ("batch_max", s.batch_max),
+            ("channel_capacity", s.channel_capacity),
+        ] {
+            if v == 0 {
+                p.push(format!("processing.{field}: must be at least 1"));
+            }
+        }
+        if s.retry_initial.is_zero() || s.retry_initial > s.retry_max {
+            p.push("processing.retry_initial: must be above 0 and at most retry_max".into());
+        }
+        p
+    }
+}
 
 /// One record as read from the raw topic.
 #[derive(Debug, Clone)]
@@ -72,7 +186,7 @@ pub trait SideTopics: Send + Sync {
 /// Everything the partitions of one process share.
 pub struct Shared {
     /// Per-source parser settings.
-    pub sources: std::collections::BTreeMap<String, SourceConfig>,
+    pub sources: BTreeMap<String, SourceConfig>,
     /// The routing rules.
     pub router: Router,
     /// Sinks, indexed as the router numbers them.
@@ -94,7 +208,9 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared parts from a checked config and its dependencies.
     pub fn new(
-        config: &Config,
+        sources: &BTreeMap<String, SourceConfig>,
+        routes: &[RouteConfig],
+        processing: &ProcessingConfig,
         sinks: Vec<Arc<dyn Sink>>,
         dedupe: Arc<dyn DedupeStore>,
         side: Arc<dyn SideTopics>,
@@ -102,15 +218,15 @@ impl Shared {
     ) -> Result<Shared, String> {
         let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
         Ok(Shared {
-            sources: config.sources.clone(),
-            router: Router::new(&config.routes, &names)?,
+            sources: sources.clone(),
+            router: Router::new(routes, &names)?,
             sinks,
             dedupe,
             side,
             metrics,
-            retry_initial: config.processing.retry_initial,
-            retry_max: config.processing.retry_max,
-            reorder: config.processing.reorder(),
+            retry_initial: processing.retry_initial,
+            retry_max: processing.retry_max,
+            reorder: processing.reorder(),
         })
     }
 }

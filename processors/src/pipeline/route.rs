@@ -7,10 +7,56 @@
 //! the order sinks are first named. No rule matched: the event is counted as
 //! unrouted and its offset moves on.
 
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::RouteConfig;
 use crate::event::Event;
+
+/// One routing rule: every condition given must hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Name, for metrics and logs.
+    pub name: String,
+    /// Sources matched (any of them); empty or absent: every source.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Event types matched (any of them); empty or absent: every type.
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Payload fields that must equal the given JSON values, by pointer,
+    /// e.g. `{ "/guest/vip" = true }`.
+    #[serde(default, rename = "where")]
+    pub where_: BTreeMap<String, serde_json::Value>,
+    /// Whether late events (their slot in the sequence already passed) are
+    /// routed too. Analytics wants them (flagged); live state does not.
+    #[serde(default = "default_true")]
+    pub include_late: bool,
+    /// Sinks the matching events go to.
+    pub sinks: Vec<String>,
+}
+
+const fn default_true() -> bool {
+    true
+}
+
+impl RouteConfig {
+    /// This rule's own problems, named under `at` (`routes[i] (name)`);
+    /// whether its sinks exist is checked by the config that holds both.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        for ptr in self.where_.keys() {
+            if !ptr.starts_with('/') {
+                p.push(format!(
+                    "{at}.where: {ptr:?} is not a JSON pointer (must start with '/')"
+                ));
+            }
+        }
+        p
+    }
+}
 
 /// Compiled routing rules over sinks numbered `0..sink_names.len()`.
 #[derive(Debug, Clone)]

@@ -1,376 +1,148 @@
 //! Sinks: where routed events go.
 //!
-//! The surface is small on purpose: [`Sink::accept`] takes a batch and
-//! answers one [`Outcome`] per event, in order. Only [`Outcome::Accepted`]
-//! lets the event's offset be committed; [`Outcome::Retry`] events are
-//! offered again (with backoff, in order); [`Outcome::Reject`] events go to
-//! the dead-letter topic with the sink and reason.
+//! - [`contract`]: the [`Sink`] trait, [`Outcome`] and [`SinkError`], the
+//!   whole surface the pipeline sees;
+//! - [`basic`]: the log, null and in-memory sinks;
+//! - [`jsonl`]: one JSON line per event in a file, once per event;
+//! - [`analytics`]: the analytics store, on PostgreSQL or embedded (SQLite);
+//! - [`crm`]: templated JSON to a CRM, idempotent, with retries, a circuit
+//!   breaker and a rate limit;
+//! - [`alerting`]: live occupancy, VIP arrivals and dwell, alerts to Slack,
+//!   Alertmanager and the log through an outbox;
+//! - [`util`]: what more than one sink needs (`Retry-After`, file locks).
 //!
-//! A sink must be idempotent by (source, event id): the processors
-//! de-duplicate, but an event accepted just before a crash, or by the
-//! previous owner of a partition, can be offered again.
-//!
-//! This module ships [`LogSink`] and [`JsonlSink`]; the analytics store, the
-//! CRM and alerting are their own modules.
+//! This module owns [`SinkConfig`], each sink's `[sinks.NAME]` section,
+//! whose checks delegate to the sink's own config, and [`build`], which
+//! turns the configured sinks into [`Sink`]s. Adding a sink touches this
+//! file and the sink's own folder, nothing else.
 
 pub mod alerting;
 pub mod analytics;
+pub mod basic;
+pub mod contract;
 pub mod crm;
+pub mod jsonl;
+pub mod util;
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::future::Future;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use crate::event::Event;
+use serde::Deserialize;
 
-/// A boxed future, so sinks can be trait objects.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use contract::{BoxFuture, Outcome, Sink, SinkError};
 
-/// What a sink did with one event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Durably applied (or already applied before).
-    Accepted,
-    /// Not now (sink down, rate limited): offer it again later.
-    Retry(String),
-    /// Never (the sink refuses this event): dead-letter it.
-    Reject(String),
+use crate::metrics::Metrics;
+
+/// One sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Logs each event as one line (for a first look, and for demos).
+    Log,
+    /// Accepts and discards (benchmarks).
+    Null,
+    /// The analytics store on PostgreSQL (`events`, `device_sessions`,
+    /// `footfall_hourly`; see the README).
+    Postgres {
+        /// Connection URL without a password, e.g.
+        /// `postgres://analytics@db:5432/analytics`.
+        #[serde(default)]
+        url: Option<String>,
+        /// Environment variable holding the URL (use this when it has a
+        /// password: secrets never live in the config text).
+        #[serde(default)]
+        url_env: Option<String>,
+    },
+    /// The analytics store (the same tables on either engine): PostgreSQL
+    /// when `url` or `url_env` is given, else the embedded store in the
+    /// file at `path`. So one config serves both: the local stack keeps
+    /// `path` and switches to PostgreSQL by setting only `url_env`.
+    Analytics {
+        /// PostgreSQL connection URL without a password.
+        #[serde(default)]
+        url: Option<String>,
+        /// Environment variable holding the PostgreSQL URL.
+        #[serde(default)]
+        url_env: Option<String>,
+        /// The embedded store's file (SQLite), used when no URL is given.
+        #[serde(default)]
+        path: Option<PathBuf>,
+    },
+    /// Appends each event as one JSON line to a file, once per (source,
+    /// event id) even across processes on one host (tests, audits).
+    Jsonl {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Posts each event to a CRM (contact upsert, journey entry) through a
+    /// JSON template, idempotently, with retries, a circuit breaker and a
+    /// rate limit (see [`crate::sinks::crm`]).
+    Crm(Box<crm::CrmConfig>),
+    /// Live occupancy, VIP arrivals and dwell times raising alerts to
+    /// Slack, Alertmanager or the log, once across crashes (see
+    /// [`crate::sinks::alerting`]).
+    Alerts(Box<alerting::AlertsConfig>),
 }
 
-/// A destination for routed events.
-pub trait Sink: Send + Sync {
-    /// The configured name (metrics, logs, dead-letter headers).
-    fn name(&self) -> &str;
-
-    /// Offers a batch; answers one outcome per event, in order.
-    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>>;
-}
-
-/// Logs each event as one line at `info`, target `sink`.
-pub struct LogSink {
-    name: String,
-}
-
-impl LogSink {
-    /// A log sink.
-    pub fn new(name: &str) -> Self {
-        LogSink { name: name.into() }
-    }
-}
-
-impl Sink for LogSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            for e in batch {
-                tracing::info!(
-                    target: "sink",
-                    sink = %self.name,
-                    source = %e.source,
-                    event_id = e.event_id.as_str(),
-                    event_type = e.event_type.as_str(),
-                    key = e.ordering_key.as_deref().unwrap_or(""),
-                    sequence = e.sequence,
-                    late = e.late,
-                    "event"
-                );
-            }
-            vec![Outcome::Accepted; batch.len()]
-        })
-    }
-}
-
-/// Accepts every event and does nothing: for benchmarks, and to measure
-/// the pipeline without a destination.
-pub struct NullSink {
-    name: String,
-}
-
-impl NullSink {
-    /// A null sink.
-    pub fn new(name: &str) -> Self {
-        NullSink { name: name.into() }
-    }
-}
-
-impl Sink for NullSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move { vec![Outcome::Accepted; batch.len()] })
-    }
-}
-
-/// Appends each event as one JSON line (`{"source", "event_id", ...}`) to a
-/// file, once per (source, event id), also across processes on one host:
-/// each batch holds an exclusive `flock` on the file, first reads what other
-/// processes appended since, then appends and `fsync`s. A line torn by a
-/// crash (no trailing newline) is cut off by the next writer.
-///
-/// For tests (the file is the exactly-once record) and simple audits; the
-/// set of applied ids is held in memory, so it is not for unbounded streams.
-pub struct JsonlSink {
-    name: String,
-    path: PathBuf,
-    state: Arc<Mutex<JsonlState>>,
-}
-
-#[derive(Default)]
-struct JsonlState {
-    /// (source, event id) of every line read or written so far.
-    applied: HashSet<(String, String)>,
-    /// How far the file was read.
-    read_to: u64,
-}
-
-impl JsonlSink {
-    /// Opens (creating) the file.
-    pub fn open(name: &str, path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)?;
-        }
-        OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(JsonlSink {
-            name: name.into(),
-            path: path.to_path_buf(),
-            state: Arc::new(Mutex::new(JsonlState::default())),
-        })
-    }
-
-    fn write_batch(
-        path: &Path,
-        state: &Mutex<JsonlState>,
-        lines: Vec<((String, String), Vec<u8>)>,
-    ) -> std::io::Result<()> {
-        let mut state = state
-            .lock()
-            .map_err(|_| std::io::Error::other("jsonl sink state poisoned"))?;
-        let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-        let _lock = Flock::exclusive(&file)?;
-        // Catch up with lines other processes appended; cut a torn tail.
-        let len = file.metadata()?.len();
-        if len < state.read_to {
-            // Truncated by someone: start over.
-            *state = JsonlState::default();
-        }
-        file.seek(SeekFrom::Start(state.read_to))?;
-        let mut pos = state.read_to;
-        {
-            let mut reader = BufReader::new(&file);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = reader.read_until(b'\n', &mut line)?;
-                if n == 0 {
-                    break;
-                }
-                if line.last() != Some(&b'\n') {
-                    // Torn by a crash while its writer held the lock.
-                    file.set_len(pos)?;
-                    break;
-                }
-                pos += n as u64;
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line)
-                    && let (Some(s), Some(id)) = (v["source"].as_str(), v["event_id"].as_str())
-                {
-                    state.applied.insert((s.to_owned(), id.to_owned()));
+impl SinkConfig {
+    /// Every problem of this sink's settings, each naming its field under
+    /// `at` (`sinks.NAME`).
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        match self {
+            SinkConfig::Crm(crm) => crm.problems(at),
+            SinkConfig::Alerts(alerts) => alerts.problems(at),
+            SinkConfig::Postgres { url, url_env } => analytics::url_problems(at, url, url_env),
+            SinkConfig::Analytics { url, url_env, path } => {
+                if url.is_some() || url_env.is_some() {
+                    analytics::url_problems(at, url, url_env)
+                } else if path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+                    vec![format!(
+                        "{at}: give path (the embedded store's file) or url/url_env (PostgreSQL)"
+                    )]
+                } else {
+                    Vec::new()
                 }
             }
+            SinkConfig::Log | SinkConfig::Null | SinkConfig::Jsonl { .. } => Vec::new(),
         }
-        state.read_to = pos;
-        let mut out = Vec::new();
-        let mut added = Vec::new();
-        for (key, bytes) in lines {
-            if state.applied.contains(&key) || added.contains(&key) {
-                continue;
-            }
-            out.extend_from_slice(&bytes);
-            out.push(b'\n');
-            added.push(key);
-        }
-        if !out.is_empty() {
-            file.seek(SeekFrom::Start(pos))?;
-            file.write_all(&out)?;
-            file.sync_data()?;
-            state.read_to = pos + out.len() as u64;
-            state.applied.extend(added);
-        }
-        Ok(())
     }
 }
 
-impl Sink for JsonlSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            let mut lines = Vec::with_capacity(batch.len());
-            for e in batch {
-                match serde_json::to_vec(e.as_ref()) {
-                    Ok(b) => lines.push(((e.source.clone(), e.event_id.clone()), b)),
-                    Err(err) => {
-                        return vec![Outcome::Retry(format!("encode: {err}")); batch.len()];
-                    }
+/// Builds every configured sink, in name order; the first that cannot be
+/// built stops the start (its error names the field).
+pub async fn build(
+    sinks: &BTreeMap<String, SinkConfig>,
+    metrics: &Metrics,
+) -> Result<Vec<Arc<dyn Sink>>, SinkError> {
+    let mut built: Vec<Arc<dyn Sink>> = Vec::new();
+    for (name, s) in sinks {
+        let sink: Arc<dyn Sink> = match s {
+            SinkConfig::Log => Arc::new(basic::LogSink::new(name)),
+            SinkConfig::Null => Arc::new(basic::NullSink::new(name)),
+            SinkConfig::Postgres { url, url_env } => Arc::new(
+                analytics::connect_postgres(name, url.as_deref(), url_env.as_deref()).await?,
+            ),
+            SinkConfig::Analytics { url, url_env, path } => match (url, url_env, path) {
+                (None, None, Some(path)) => {
+                    tracing::info!(sink = %name, path = %path.display(), "analytics: embedded store");
+                    Arc::new(analytics::SqliteSink::open(name, path).await?)
                 }
-            }
-            let path = self.path.clone();
-            let state = self.state.clone();
-            let done = tokio::task::spawn_blocking(move || Self::write_batch(&path, &state, lines))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|r| r);
-            match done {
-                Ok(()) => vec![Outcome::Accepted; batch.len()],
-                Err(e) => {
-                    vec![Outcome::Retry(format!("{}: {e}", self.path.display())); batch.len()]
+                _ => {
+                    tracing::info!(sink = %name, "analytics: PostgreSQL");
+                    Arc::new(
+                        analytics::connect_postgres(name, url.as_deref(), url_env.as_deref())
+                            .await?,
+                    )
                 }
+            },
+            SinkConfig::Jsonl { path } => Arc::new(jsonl::JsonlSink::open(name, path)?),
+            SinkConfig::Crm(crm) => Arc::new(crm::CrmSink::new(name, crm, metrics)?),
+            SinkConfig::Alerts(alerts) => {
+                Arc::new(alerting::AlertsSink::start(name, alerts, metrics)?)
             }
-        })
+        };
+        built.push(sink);
     }
-}
-
-/// An exclusive advisory lock on a file, released on drop (and by the
-/// kernel if the process dies).
-/// The caller keeps the file open while the lock lives.
-struct Flock(std::os::fd::RawFd);
-
-impl Flock {
-    fn exclusive(file: &File) -> std::io::Result<Self> {
-        // SAFETY: flock on a valid, open descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            Ok(Flock(file.as_raw_fd()))
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-}
-
-impl Drop for Flock {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is still open (declared after the file, so
-        // dropped before it); unlocking cannot fail in a way we could handle.
-        unsafe {
-            libc::flock(self.0, libc::LOCK_UN);
-        }
-    }
-}
-
-/// A sink for tests of the runtime: records what it accepted, in order,
-/// and can be told to answer retry or reject.
-#[derive(Default)]
-pub struct MemorySink {
-    name: String,
-    /// Every accepted event, in order (duplicates included).
-    pub accepted: Mutex<Vec<Arc<Event>>>,
-    /// Outcome forced for the next calls (None: accept).
-    pub force: Mutex<Option<Outcome>>,
-}
-
-impl MemorySink {
-    /// An accepting sink.
-    pub fn new(name: &str) -> Self {
-        MemorySink {
-            name: name.into(),
-            ..Default::default()
-        }
-    }
-}
-
-impl Sink for MemorySink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            let forced = self.force.lock().map(|f| f.clone()).unwrap_or(None);
-            if let Some(o) = forced {
-                return vec![o; batch.len()];
-            }
-            if let Ok(mut a) = self.accepted.lock() {
-                a.extend(batch.iter().cloned());
-            }
-            vec![Outcome::Accepted; batch.len()]
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(id: &str) -> Arc<Event> {
-        Arc::new(Event {
-            source: "s".into(),
-            event_id: id.into(),
-            event_type: "t".into(),
-            ordering_key: None,
-            sequence: None,
-            received_at_micros: 0,
-            occurred_at_micros: None,
-            late: false,
-            guest_wifi: None,
-            body: serde_json::json!({"id": id}),
-        })
-    }
-
-    fn ids(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn jsonl_applies_each_event_once_across_two_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        let a = JsonlSink::open("a", &path).unwrap();
-        let b = JsonlSink::open("b", &path).unwrap();
-        let batch1 = [event("1"), event("2"), event("2")];
-        assert_eq!(a.accept(&batch1).await, vec![Outcome::Accepted; 3]);
-        // A second writer (another process in production) re-offers 2.
-        let batch2 = [event("2"), event("3")];
-        assert_eq!(b.accept(&batch2).await, vec![Outcome::Accepted; 2]);
-        assert_eq!(a.accept(&[event("3"), event("4")]).await.len(), 2);
-        assert_eq!(ids(&path), ["1", "2", "3", "4"]);
-    }
-
-    #[tokio::test]
-    async fn jsonl_cuts_a_torn_line_left_by_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.jsonl");
-        let a = JsonlSink::open("a", &path).unwrap();
-        a.accept(&[event("1")]).await;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(br#"{"source":"s","event_id":"2""#)
-            .unwrap();
-        let b = JsonlSink::open("b", &path).unwrap();
-        b.accept(&[event("2")]).await;
-        assert_eq!(ids(&path), ["1", "2"]);
-    }
+    Ok(built)
 }

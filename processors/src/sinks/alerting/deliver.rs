@@ -3,8 +3,7 @@
 //! receiver, and re-posts firing alerts to Alertmanager.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -15,6 +14,7 @@ use crate::metrics::Metrics;
 
 use super::config::*;
 use super::engine::*;
+use crate::sinks::util::{retry_after, try_flock};
 
 /// Rows read from one receiver's outbox per round.
 pub(super) const DELIVER_CHUNK: usize = 50;
@@ -92,17 +92,6 @@ pub fn slack_text(n: &Notification) -> String {
     ))
 }
 
-/// `Retry-After` in seconds, when present and sane.
-pub(super) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
-    h.get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 pub(super) async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -173,13 +162,7 @@ impl Receiver {
     }
 }
 
-/// An exclusive, non-blocking `flock`; kept for the life of the process
-/// (released by the kernel when it dies).
-pub(super) fn try_flock(file: &File) -> bool {
-    // SAFETY: flock on a valid, open descriptor.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
+/// The task that drains the outbox (see the module header).
 pub(super) struct Deliverer {
     /// The sink's name, for metrics and logs.
     pub(super) sink: String,

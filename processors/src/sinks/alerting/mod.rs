@@ -108,7 +108,7 @@ use rusqlite::Connection;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sinks::{BoxFuture, Outcome, Sink};
+use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 pub use config::*;
 use deliver::*;
@@ -132,27 +132,31 @@ impl AlertsSink {
         name: &str,
         config: &AlertsConfig,
         metrics: &Metrics,
-    ) -> Result<AlertsSink, String> {
+    ) -> Result<AlertsSink, SinkError> {
         let at = format!("sinks.{name}");
         let problems = config.problems(&at);
         if let Some(first) = problems.into_iter().next() {
-            return Err(first);
+            return Err(SinkError::Config(first));
         }
         if let Some(dir) = config.path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("{at}.path: {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                SinkError::Unavailable(format!("{at}.path: {}: {e}", dir.display()))
+            })?;
         }
-        let conn = open_db(&config.path)
-            .map_err(|e| format!("{at}.path: {}: {e}", config.path.display()))?;
+        let conn = open_db(&config.path).map_err(|e| {
+            SinkError::Unavailable(format!("{at}.path: {}: {e}", config.path.display()))
+        })?;
         let mut receivers = Vec::new();
         for (i, r) in config.receivers.iter().enumerate() {
             let ra = format!("{at}.receivers[{i}]");
             let built = match r {
                 ReceiverConfig::Slack { url_env, .. } => Receiver::Slack {
                     url: std::env::var(url_env).map_err(|_| {
-                        format!("{ra}.url_env: environment variable {url_env} is not set")
+                        SinkError::Config(format!(
+                            "{ra}.url_env: environment variable {url_env} is not set"
+                        ))
                     })?,
                 },
                 ReceiverConfig::Alertmanager { url, .. } => Receiver::Alertmanager {
@@ -167,7 +171,7 @@ impl AlertsSink {
             .connect_timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("{at}: HTTP client: {}", e.without_url()))?;
+            .map_err(|e| SinkError::Config(format!("{at}: HTTP client: {}", e.without_url())))?;
         let engine = Engine::new(config);
         for rule in &engine.rules {
             for c in [&metrics.alerts_raised, &metrics.alerts_resolved] {

@@ -44,6 +44,53 @@ pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
 
 use crate::event::Event;
+use crate::sinks::contract::SinkError;
+
+/// The PostgreSQL analytics sink, its URL given or read from the
+/// environment variable `url_env` (never logged: it may hold a password).
+pub async fn connect_postgres(
+    name: &str,
+    url: Option<&str>,
+    url_env: Option<&str>,
+) -> Result<PostgresSink, SinkError> {
+    let url = match (url, url_env) {
+        (Some(u), _) => u.to_string(),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| SinkError::Config(format!("sinks.{name}.url_env: {var} is not set")))?,
+        (None, None) => return Err(SinkError::Config(format!("sinks.{name}: no url"))),
+    };
+    PostgresSink::connect(name, &url).await
+}
+
+/// What is wrong with a PostgreSQL sink's `url` / `url_env`.
+pub fn url_problems(at: &str, url: &Option<String>, url_env: &Option<String>) -> Vec<String> {
+    let mut p = Vec::new();
+    match (url, url_env) {
+        (Some(_), Some(_)) | (None, None) => {
+            p.push(format!("{at}: give exactly one of url and url_env"))
+        }
+        (Some(u), None) if url_has_password(u) => p.push(format!(
+            "{at}.url: has a password; put the URL in an environment variable and name it in url_env"
+        )),
+        (Some(u), None) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => {
+            p.push(format!("{at}.url: must start with postgres://"))
+        }
+        (None, Some(var)) if std::env::var_os(var).is_none() => p.push(format!(
+            "{at}.url_env: environment variable {var} is not set"
+        )),
+        _ => {}
+    }
+    p
+}
+
+/// Whether a URL's user-info part carries a password (`user:pw@`).
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
 
 /// The `events` columns of one event, as both engines store them.
 struct Row<'a> {

@@ -10,7 +10,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::Row;
 use crate::event::Event;
-use crate::sinks::{BoxFuture, Outcome, Sink};
+use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i32, &str)] = &[(
@@ -123,14 +123,16 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// Connects and applies migrations. Fails if the database cannot be
     /// reached at start-up (a misconfiguration should stop the process).
-    pub async fn connect(name: &str, url: &str) -> Result<Self, String> {
+    pub async fn connect(name: &str, url: &str) -> Result<Self, SinkError> {
         let sink = PostgresSink {
             name: name.into(),
             url: url.into(),
             client: Arc::new(Mutex::new(None)),
         };
         let mut guard = sink.client.lock().await;
-        let client = open(url).await?;
+        let client = open(url)
+            .await
+            .map_err(|e| SinkError::Unavailable(format!("sinks.{name}: {e}")))?;
         *guard = Some(client);
         drop(guard);
         Ok(sink)

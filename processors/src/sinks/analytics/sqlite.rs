@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Row, utc_hour_text, utc_text};
 use crate::event::Event;
-use crate::sinks::{BoxFuture, Outcome, Sink};
+use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 /// How long a batch waits for another process holding the write lock
 /// before it answers `Retry`.
@@ -131,11 +131,13 @@ impl SqliteSink {
     /// Opens (creating the file and its folder if needed) and migrates.
     /// Fails if the file cannot be opened or migrated: a misconfiguration
     /// should stop the process at start-up.
-    pub async fn open(name: &str, path: &Path) -> Result<Self, String> {
+    pub async fn open(name: &str, path: &Path) -> Result<Self, SinkError> {
         let owned = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || open(&owned))
             .await
-            .map_err(|e| format!("open: {e}"))??;
+            .map_err(|e| format!("open: {e}"))
+            .and_then(|r| r)
+            .map_err(|e| SinkError::Unavailable(format!("sinks.{name}: {e}")))?;
         Ok(SqliteSink {
             name: name.into(),
             path: path.to_path_buf(),

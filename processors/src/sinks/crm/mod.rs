@@ -65,7 +65,8 @@ use serde_json::Value;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sinks::{BoxFuture, Outcome, Sink};
+use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
+use crate::sinks::util::retry_after;
 
 use breaker::Pacer;
 pub use breaker::{Breaker, BreakerState};
@@ -111,7 +112,11 @@ pub struct CrmSink {
 impl CrmSink {
     /// Builds the sink from checked settings; reads the template and the
     /// credential (`auth_env`) now. Errors name the field, never the value.
-    pub fn new(name: &str, config: &CrmConfig, metrics: &Metrics) -> Result<CrmSink, String> {
+    pub fn new(name: &str, config: &CrmConfig, metrics: &Metrics) -> Result<CrmSink, SinkError> {
+        Self::build(name, config, metrics).map_err(SinkError::Config)
+    }
+
+    fn build(name: &str, config: &CrmConfig, metrics: &Metrics) -> Result<CrmSink, String> {
         let at = format!("sinks.{name}");
         let template = config.load_template().map_err(|e| format!("{at}.{e}"))?;
         let (auth, secret) = match (&config.auth_header, &config.auth_env) {
@@ -245,12 +250,7 @@ impl CrmSink {
             }
             Ok(resp) => {
                 let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                let retry_after = retry_after(resp.headers());
                 let text = match resp.text().await {
                     Ok(t) => t,
                     Err(e) if e.is_timeout() => {
@@ -548,6 +548,9 @@ mod tests {
         let c = config("auth_header = \"Authorization\"\nauth_env = \"CRM_TEST_UNSET_VAR_1\"");
         let m = Metrics::new().unwrap();
         let e = CrmSink::new("crm", &c, &m).err().unwrap();
-        assert!(e.contains("CRM_TEST_UNSET_VAR_1 is not set"), "{e}");
+        assert!(
+            e.to_string().contains("CRM_TEST_UNSET_VAR_1 is not set"),
+            "{e}"
+        );
     }
 }

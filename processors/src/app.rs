@@ -1,0 +1,182 @@
+//! The `run` command: [`serve`] wires the configuration into a running
+//! process: the dedupe store, the sinks, the consumer-group runtime, the
+//! HTTP endpoints (`/metrics`, `/healthz`, `/readyz`) and the background
+//! dedupe expiry, then hands the partitions over on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::config::Config;
+use crate::kafka::consumer as runtime;
+use crate::kafka::side::KafkaSide;
+use crate::metrics::Metrics;
+use crate::pipeline::dedupe::{DedupeConfig, DedupeSettings, DedupeStore, RedbDedupe};
+use crate::pipeline::{Shared, SideTopics};
+use crate::sinks::{self, Sink};
+
+/// Opens the dedupe store (creating its folder).
+pub fn open_dedupe(settings: &DedupeSettings) -> anyhow::Result<Arc<dyn DedupeStore>> {
+    let dedupe_cfg = DedupeConfig {
+        window: settings.window,
+        cache_bytes: settings.cache_bytes,
+    };
+    if let Some(dir) = settings.path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", dir.display()))?;
+    }
+    Ok(Arc::new(
+        RedbDedupe::open(&settings.path, &dedupe_cfg)
+            .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", settings.path.display()))?,
+    ))
+}
+
+/// What every partition of this process shares, from the config and the
+/// built parts.
+pub fn shared(
+    config: &Config,
+    sinks: Vec<Arc<dyn Sink>>,
+    dedupe: Arc<dyn DedupeStore>,
+    side: Arc<dyn SideTopics>,
+    metrics: Metrics,
+) -> anyhow::Result<Shared> {
+    Shared::new(
+        &config.sources,
+        &config.routes,
+        &config.processing,
+        sinks,
+        dedupe,
+        side,
+        metrics,
+    )
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Runs the consumer group until SIGINT/SIGTERM: opens the dedupe store,
+/// builds the sinks, starts the runtime and the HTTP endpoints, expires
+/// dedupe entries every minute, and on a signal hands every partition over
+/// before it returns.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let dedupe = open_dedupe(&config.dedupe)?;
+    let side = Arc::new(KafkaSide::new(&config.kafka)?);
+    let sinks = sinks::build(&config.sinks, &metrics).await?;
+    let shared = Arc::new(shared(
+        &config,
+        sinks,
+        dedupe.clone(),
+        side,
+        metrics.clone(),
+    )?);
+
+    let listener = tokio::net::TcpListener::bind(config.metrics.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen {}: {e}", config.metrics.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = runtime::start(
+        &config.kafka,
+        &config.processing,
+        shared,
+        tokio::runtime::Handle::current(),
+        stop_rx.clone(),
+    )?;
+    let state = HttpState {
+        metrics: metrics.clone(),
+        ready: running.ready.clone(),
+    };
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    println!("metrics on http://{addr}");
+    tracing::info!(%addr, topic = %config.kafka.topic, group = %config.kafka.group_id, "processors started");
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                crate::pipeline::stopped(&mut http_stop).await;
+            })
+            .await
+    });
+    // Expire old dedupe entries every minute.
+    let mut expiry_stop = stop_rx.clone();
+    let expiry_metrics = metrics.clone();
+    let expiry = tokio::spawn(async move {
+        loop {
+            let d = dedupe.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let removed = d.expire(std::time::SystemTime::now())?;
+                Ok::<_, crate::pipeline::dedupe::DedupeError>((removed, d.len()?))
+            })
+            .await;
+            match res {
+                Ok(Ok((removed, len))) => {
+                    expiry_metrics.dedupe_entries.set(len as i64);
+                    if removed > 0 {
+                        tracing::info!(removed, "dedupe entries expired");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "dedupe expiry failed"),
+                Err(e) => tracing::warn!(error = %e, "dedupe expiry task failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+                _ = crate::pipeline::stopped(&mut expiry_stop) => break,
+            }
+        }
+    });
+
+    plumbing::shutdown_signal().await;
+    tracing::info!("stopping: handing partitions over");
+    let _ = stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || running.join()).await;
+    let _ = http.await;
+    let _ = expiry.await;
+    match joined {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+        Err(e) => Err(anyhow::anyhow!("consumer thread: {e}")),
+    }
+}
+
+/// What the HTTP handlers share.
+#[derive(Clone)]
+struct HttpState {
+    /// The process's metrics, rendered at `/metrics`.
+    metrics: Metrics,
+    /// Set once the consumer joined the group (`/readyz`).
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not yet in the consumer group",
+        )
+    }
+}
