@@ -12,7 +12,8 @@
 
 use plumbing::metrics::{Catalogue, Family};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The processors' metrics.
@@ -89,6 +90,12 @@ pub struct Metrics {
     pub alert_refreshes: IntCounterVec,
     /// Notifications waiting in the outbox, by sink and receiver.
     pub alert_outbox_depth: IntGaugeVec,
+    /// `replay`: records of the range handed to the pipeline, by partition.
+    pub replay_records: IntCounterVec,
+    /// `replay`: share of the range read, by partition (0 to 1).
+    pub replay_progress: GaugeVec,
+    /// `dlq redrive`: dead letters by sink and outcome.
+    pub dlq_redriven: IntCounterVec,
 }
 
 fn counter(
@@ -303,6 +310,29 @@ impl Metrics {
                 "processors_alert_outbox_depth",
                 "Alert notifications waiting to be delivered, by sink and receiver.",
                 &["sink", "receiver"],
+            )?,
+            replay_records: counter(
+                &r,
+                "processors_replay_records_total",
+                "Records of the replayed range handed to the pipeline, by partition.",
+                &["partition"],
+            )?,
+            replay_progress: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "processors_replay_progress_ratio",
+                        "Share of the replayed range read, by partition (0 to 1).",
+                    ),
+                    &["partition"],
+                )?;
+                r.add(&g)?;
+                g
+            },
+            dlq_redriven: counter(
+                &r,
+                "processors_dlq_redriven_total",
+                "Dead letters re-driven, by sink and outcome (accepted, failing, left).",
+                &["sink", "outcome"],
             )?,
             assigned_partitions,
             paused_partitions,

@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -389,15 +389,7 @@ pub async fn redrive(
             have.join(", ")
         )));
     }
-    let counter = IntCounterVec::new(
-        Opts::new(
-            "processors_dlq_redriven_total",
-            "Dead letters re-driven, by sink and outcome (accepted, failing, left).",
-        ),
-        &["sink", "outcome"],
-    )
-    .map_err(|e| ReplayError::Kafka(e.to_string()))?;
-    let _ = metrics.registry.register(Box::new(counter.clone()));
+    let counter = metrics.dlq_redriven.clone();
     let topic = config.kafka.dlq_topic.clone();
     let mut report = RedriveReport::default();
     let Some((consumer, parts)) = pending(config, opts.timeout).await? else {

@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use prometheus::{GaugeVec, IntCounterVec, Opts};
+use prometheus::{GaugeVec, IntCounterVec};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -281,7 +281,7 @@ pub struct Summary {
     pub elapsed: Duration,
 }
 
-/// Replay-only metrics, registered in the process registry.
+/// Replay's own metrics, declared in the process's catalogue.
 #[derive(Clone)]
 struct ReplayMetrics {
     /// Records in the range handed to the pipeline, by partition.
@@ -291,24 +291,11 @@ struct ReplayMetrics {
 }
 
 impl ReplayMetrics {
-    fn new(m: &Metrics) -> prometheus::Result<Self> {
-        let records = IntCounterVec::new(
-            Opts::new(
-                "processors_replay_records_total",
-                "Records of the replayed range handed to the pipeline, by partition.",
-            ),
-            &["partition"],
-        )?;
-        let progress = GaugeVec::new(
-            Opts::new(
-                "processors_replay_progress_ratio",
-                "Share of the replayed range read, by partition (0 to 1).",
-            ),
-            &["partition"],
-        )?;
-        m.registry.register(Box::new(records.clone()))?;
-        m.registry.register(Box::new(progress.clone()))?;
-        Ok(ReplayMetrics { records, progress })
+    fn new(m: &Metrics) -> Self {
+        ReplayMetrics {
+            records: m.replay_records.clone(),
+            progress: m.replay_progress.clone(),
+        }
     }
 }
 
@@ -612,8 +599,7 @@ pub async fn replay(
 ) -> Result<Summary, ReplayError> {
     opts.check()?;
     let started = Instant::now();
-    let replay_metrics =
-        ReplayMetrics::new(&metrics).map_err(|e| ReplayError::Kafka(e.to_string()))?;
+    let replay_metrics = ReplayMetrics::new(&metrics);
     let per_type = Arc::new(Mutex::new(BTreeMap::new()));
     let sinks: Vec<Arc<dyn Sink>> = if opts.dry_run {
         let names: Vec<String> = config.sinks.keys().cloned().collect();
