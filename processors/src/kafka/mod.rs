@@ -131,6 +131,35 @@ pub const RESERVED_KAFKA_OPTIONS: &[&str] = &[
     "enable.idempotence",
 ];
 
+/// Why an assignment setting is refused, if it is: the runtime hands a
+/// partition over on the eager protocol's "revoke everything, then
+/// assign" (it drops the records it holds and re-reads from the committed
+/// offset on every assignment). An incremental (cooperative) rebalance
+/// keeps partitions across a generation, so held records would be dropped
+/// while the fetch position moved past them, and the commit would pass
+/// records nobody handled.
+fn eager_only(key: &str, value: &str) -> Option<String> {
+    match key {
+        "partition.assignment.strategy" => {
+            let bad: Vec<&str> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !matches!(*s, "range" | "roundrobin"))
+                .collect();
+            (!bad.is_empty()).then(|| {
+                format!(
+                    "{} is not supported: only the eager assignors range and roundrobin keep the hand-over exact",
+                    bad.join(", ")
+                )
+            })
+        }
+        "group.protocol" if value.trim() != "classic" => Some(format!(
+            "{value:?} is not supported: the incremental consumer protocol (KIP-848) would move partitions without the hand-over the runtime relies on; use classic"
+        )),
+        _ => None,
+    }
+}
+
 impl KafkaConfig {
     /// Every problem, each naming its field under `kafka`.
     pub fn problems(&self) -> Vec<String> {
@@ -163,6 +192,9 @@ impl KafkaConfig {
             p.push("kafka.max_poll_interval: must be at least 10s".into());
         }
         for key in k.options.keys() {
+            if let Some(why) = eager_only(key, &k.options[key]) {
+                p.push(format!("kafka.options.{key}: {why}"));
+            }
             if RESERVED_KAFKA_OPTIONS.contains(&key.as_str()) {
                 p.push(format!(
                     "kafka.options.{key}: set by the processors to keep their guarantees; remove it"
@@ -211,4 +243,47 @@ pub fn reader_config(kafka: &KafkaConfig, group: &str, role: &str) -> ClientConf
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000");
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(options: &[(&str, &str)]) -> KafkaConfig {
+        let text = format!(
+            "brokers = \"127.0.0.1:9092\"\n[options]\n{}",
+            options
+                .iter()
+                .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+                .collect::<String>()
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn an_incremental_assignor_is_refused_naming_the_option() {
+        let p = with(&[("partition.assignment.strategy", "cooperative-sticky")]).problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with(
+                "kafka.options.partition.assignment.strategy: cooperative-sticky is not supported"
+            ),
+            "{p:?}"
+        );
+        let p = with(&[("group.protocol", "consumer")]).problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("kafka.options.group.protocol: "), "{p:?}");
+        let p = with(&[("partition.assignment.strategy", "range, cooperative-sticky")]).problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn eager_assignors_and_other_options_pass() {
+        let ok = with(&[
+            ("partition.assignment.strategy", "roundrobin,range"),
+            ("group.protocol", "classic"),
+            ("security.protocol", "ssl"),
+        ]);
+        assert_eq!(ok.problems(), Vec::<String>::new());
+    }
 }
