@@ -724,3 +724,176 @@ async fn a_database_down_longer_than_max_poll_interval_pauses_the_partitions_wit
     assert_eq!(pg.psql(FOOTFALL_SQL), expected_footfall(&events));
     assert_eq!(pg.psql(SESSIONS_SQL), expected_sessions(&events));
 }
+
+/// Produces `(key, value)` records to one partition, in order.
+async fn produce_to(brokers: &str, topic: &str, partition: i32, records: &[(Vec<u8>, Vec<u8>)]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("test producer");
+    for (k, v) in records {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .partition(partition)
+                    .key(k.as_slice())
+                    .payload(v.as_slice()),
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("producing a test record");
+    }
+}
+
+/// Records of `venue` with sequences `seqs`, ids `{tag}-{venue}-{seq}`.
+fn numbered(
+    tag: &str,
+    venue: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    seqs.map(|s| {
+        let id = format!("{tag}-{venue}-{s}");
+        (
+            venue.as_bytes().to_vec(),
+            purple_envelope(&id, venue, s, None),
+        )
+    })
+    .collect()
+}
+
+/// Issue 17, defect 1: librdkafka keeps a partition's pause flag across
+/// unassign and assign. A partition paused because its sink was down, then
+/// moved to another instance and back, must be fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_that_moves_away_and_back_is_fetched_again() {
+    let mut pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("an-moved", 2).await;
+    broker.create_topic("an-moved.quarantine", 1).await;
+    broker.create_topic("an-moved.dlq", 1).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let small = "[processing]\nchannel_capacity = 2\nbatch_max = 2";
+    let config_a = analytics_config(
+        &broker.brokers(),
+        "an-moved",
+        "g-moved",
+        &dir_a,
+        &pg_sink(&pg.url()),
+        &["analytics"],
+    )
+    .replace("[processing]", small);
+    let jsonl = dir_b.path().join("b.jsonl");
+    let config_b = analytics_config(
+        &broker.brokers(),
+        "an-moved",
+        "g-moved",
+        &dir_b,
+        &format!(
+            "[sinks.lines]\nkind = \"jsonl\"\npath = \"{}\"\n",
+            jsonl.display()
+        ),
+        &["lines"],
+    );
+    let a = Processor::start(&config_a);
+    let venues = ["moved-v0", "moved-v1"];
+    for (p, v) in venues.iter().enumerate() {
+        produce_to(
+            &broker.brokers(),
+            "an-moved",
+            p as i32,
+            &numbered("b1", v, 1..=3),
+        )
+        .await;
+    }
+    let count = |pg: &Postgres, tag: &str| {
+        pg.psql(&format!(
+            "select count(*) from events where event_id like '{tag}-%'"
+        ))
+        .parse::<usize>()
+        .unwrap_or(0)
+    };
+    wait_until(
+        "the first batch stored",
+        Duration::from_secs(60),
+        || count(&pg, "b1") == 6,
+        &|| a.log(),
+    )
+    .await;
+
+    // The sink goes away: both partitions' workers stall and are paused.
+    pg.stop();
+    for (p, v) in venues.iter().enumerate() {
+        produce_to(
+            &broker.brokers(),
+            "an-moved",
+            p as i32,
+            &numbered("b2", v, 4..=13),
+        )
+        .await;
+    }
+    wait_metric(
+        &a,
+        "processors_paused_partitions",
+        |v| v >= 2.0,
+        "both partitions paused while the database was down",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // A second instance takes one of them, handles its backlog, and leaves:
+    // the partition comes back to the first instance.
+    let mut b = Processor::start(&config_b);
+    wait_until(
+        "the second instance handled one partition's backlog",
+        Duration::from_secs(90),
+        || e2e::sink_lines(&jsonl).len() >= 10,
+        &|| format!("A:\n{}\nB:\n{}", a.log(), b.log()),
+    )
+    .await;
+    b.stop(Duration::from_secs(60));
+    wait_until(
+        "the first instance got both partitions back",
+        Duration::from_secs(60),
+        || a.log().matches("partitions assigned").count() >= 3,
+        &|| a.log(),
+    )
+    .await;
+
+    // The database is back; new events on both partitions must arrive.
+    pg.restart();
+    for (p, v) in venues.iter().enumerate() {
+        produce_to(
+            &broker.brokers(),
+            "an-moved",
+            p as i32,
+            &numbered("b3", v, 14..=16),
+        )
+        .await;
+    }
+    wait_until(
+        "the new events of both partitions stored",
+        Duration::from_secs(60),
+        || count(&pg, "b3") == 6,
+        &|| {
+            format!(
+                "{} of 6 stored: {}\n{}",
+                count(&pg, "b3"),
+                pg.psql("select string_agg(event_id, ',' order by event_id) from events where event_id not like 'b1-%'"),
+                a.log()
+            )
+        },
+    )
+    .await;
+    wait_metric(
+        &a,
+        "processors_paused_partitions",
+        |v| v <= 0.0,
+        "partitions still counted as paused",
+        Duration::from_secs(30),
+    )
+    .await;
+}

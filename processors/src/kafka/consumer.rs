@@ -182,7 +182,7 @@ impl ConsumerContext for Ctx {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let assigned: Vec<i32> = tpl
@@ -192,6 +192,15 @@ impl ConsumerContext for Ctx {
                     .map(|e| e.partition())
                     .collect();
                 tracing::info!(?assigned, "partitions assigned");
+                // librdkafka keeps a partition's pause flag across unassign
+                // and assign (only a resume clears it): a partition paused
+                // here before it moved away would never be fetched again
+                // when it comes back. A new assignment starts unpaused; the
+                // records held for it belong to the old generation and are
+                // dropped (read again from the committed offset).
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, ?assigned, "resuming the new assignment refused");
+                }
                 if let Ok(mut parts) = self.parts.lock() {
                     parts.generation += 1;
                     parts.assigned.extend(assigned.iter().copied());
