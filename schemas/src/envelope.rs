@@ -19,7 +19,8 @@ const HEADER_LEN: usize = 10;
 /// One webhook request as ingest received and verified it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// Provider's event id, else a UUIDv7 made by ingest; with `source`, the dedupe key.
+    /// Provider's event id, else one ingest derived from the source and body
+    /// (`body-sha256-...`); with `source`, the dedupe key.
     pub event_id: String,
     /// Configured source name (the `{source}` of the URL).
     pub source: String,
