@@ -159,8 +159,9 @@ pub struct SourceConfig {
     /// `Content-Length` before reading, or while reading.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// Where the event id comes from; when absent from a request, ingest
-    /// generates a UUIDv7.
+    /// Where the event id comes from; when absent from a request, the id is
+    /// `body-sha256-` and a hash of the source name and the exact body, so
+    /// a provider's retry of the same bytes is the same event.
     #[serde(default = "default_event_id")]
     pub event_id: Option<Extract>,
     /// Where the ordering key comes from (the Kafka record key); without one
@@ -254,7 +255,7 @@ pub enum SignatureConfig {
     Shopify(PresetConfig),
     /// Slack: `X-Slack-Signature: v0=hex(HMAC-SHA256(secret,
     /// "v0:{X-Slack-Request-Timestamp}:{body}"))`. Events API bodies carry
-    /// `/event_id`; slash commands carry no id (one is generated).
+    /// `/event_id`; slash commands carry no id (it is derived from the body).
     Slack(TimedPresetConfig),
     /// Standard Webhooks, what Svix sends: `webhook-id`, `webhook-timestamp`,
     /// `webhook-signature: v1,<base64> ...` over `{id}.{timestamp}.{body}`

@@ -570,9 +570,10 @@ async fn accept(
         return answer.map(Outcome::Challenge).map_err(AppError::Handshake);
     }
     let extracted = source.extract(&parts.headers, &body);
+    // Never random: a retry of a body without an id must be the same event.
     let event_id = extracted
         .event_id
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        .unwrap_or_else(|| crate::source::body_event_id(&source.name, &body));
     let received_at_micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -392,6 +392,91 @@ fn classify(e: &KafkaError) -> DeliveryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse;
+
+    /// A producer whose brokers never answer (nothing listens on port 1),
+    /// whose records outlive their requests (`delivery_timeout` 60 s, as
+    /// against tansu), with the smallest queue: `max_in_flight = 1`, so
+    /// `2 × 1 + 128 = 130` records.
+    fn stuck_producer() -> KafkaProducer {
+        let kafka = KafkaConfig {
+            brokers: "127.0.0.1:1".into(),
+            delivery_timeout: Some(Duration::from_secs(60)),
+            ..KafkaConfig::default()
+        };
+        let server = ServerConfig {
+            max_in_flight: 1,
+            ..ServerConfig::default()
+        };
+        KafkaProducer::new(&kafka, &server, Metrics::new().unwrap()).unwrap()
+    }
+
+    /// Hands over records whose requests give up at once (deadline now)
+    /// until the queue refuses one; answers how many it took.
+    async fn fill(p: &KafkaProducer) -> usize {
+        let mut queued = 0;
+        loop {
+            match p.deliver(b"k", b"v", "s", "e", 0, Instant::now()).await {
+                Err(DeliveryError::Timeout) => queued += 1,
+                Err(DeliveryError::QueueFull) => return queued,
+                other => panic!("after {queued} records: {other:?}"),
+            }
+        }
+    }
+
+    /// The chosen queue-full behaviour (BENCHMARKS.md, "Producer queue
+    /// full"): a request that meets a full queue waits for room until its
+    /// deadline rather than being refused at once; room that frees before
+    /// the deadline is used; at the deadline the answer is a 503 with
+    /// Retry-After.
+    #[tokio::test]
+    async fn a_full_queue_is_waited_on_until_the_deadline_then_503() {
+        let p = stuck_producer();
+        assert_eq!(
+            fill(&p).await,
+            130,
+            "the queue holds 2 × max_in_flight + 128"
+        );
+
+        // Still full at the deadline: refused then, not before.
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let err = p
+            .deliver(b"k", b"v", "s", "e", 0, deadline)
+            .await
+            .unwrap_err();
+        assert_eq!(err, DeliveryError::QueueFull);
+        assert!(
+            Instant::now() + QUEUE_FULL_BACKOFF >= deadline,
+            "refused before its deadline"
+        );
+        let resp = crate::http::AppError::Delivery(err).into_response();
+        assert_eq!(resp.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key("retry-after"));
+
+        // Room frees while a request waits (here: the queued records are
+        // purged, as acknowledgements would remove them): it gets its record
+        // in, and then waits for the brokers like any other.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let waiting = p.deliver(b"k", b"v", "s", "e", 0, deadline);
+        let purge = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            p.current
+                .load()
+                .producer
+                .purge(PurgeConfig::default().queue());
+        };
+        let (outcome, ()) = tokio::join!(waiting, purge);
+        assert_eq!(
+            outcome,
+            Err(DeliveryError::Timeout),
+            "the freed room was not used"
+        );
+        assert_eq!(
+            p.queue_depth(),
+            1,
+            "only the waiting request's record is queued"
+        );
+    }
 
     #[test]
     fn guarantees_win_over_user_options() {

@@ -7,7 +7,6 @@
 
 use std::sync::OnceLock;
 
-use apache_avro::rabin::Rabin;
 use apache_avro::types::Value;
 use apache_avro::{Schema, from_avro_datum, to_avro_datum};
 
@@ -20,7 +19,8 @@ const HEADER_LEN: usize = 10;
 /// One webhook request as ingest received and verified it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// Provider's event id, else a UUIDv7 made by ingest; with `source`, the dedupe key.
+    /// Provider's event id, else one ingest derived from the source and body
+    /// (`body-sha256-...`); with `source`, the dedupe key.
     pub event_id: String,
     /// Configured source name (the `{source}` of the URL).
     pub source: String,
@@ -98,14 +98,33 @@ pub enum DecodeError {
     Trailing(usize),
 }
 
+/// Fingerprints that builds before the fix wrote for a version, still
+/// accepted when reading. apache-avro 0.21 fingerprinted its own canonical
+/// form, which keeps `received_at` as `{"type":"long"}` where the
+/// specification writes `"long"`; ingest wrote that fingerprint until the
+/// crate computed the specification's form itself. Drop an entry once no
+/// record older than that change is within the raw topic's retention.
+pub const LEGACY_FINGERPRINTS: &[(&str, u64)] = &[("v1", 0x53a2_6c09_147b_2ab5)];
+
 /// A parsed schema version with its fingerprint.
 pub struct SchemaVersion {
     /// Version name, e.g. `v1`.
     pub name: &'static str,
     /// The parsed schema.
     pub schema: Schema,
-    /// CRC-64-AVRO (Rabin) fingerprint as a number; written little-endian.
+    /// CRC-64-AVRO fingerprint of the specification's Parsing Canonical
+    /// Form, as a number; written little-endian.
     pub fingerprint: u64,
+    /// Other fingerprints records of this version carry: those older
+    /// builds wrote ([`LEGACY_FINGERPRINTS`]). Read, never written.
+    pub aliases: Vec<u64>,
+}
+
+impl SchemaVersion {
+    /// Whether a record carrying `fingerprint` was written with this version.
+    pub fn is_written_as(&self, fingerprint: u64) -> bool {
+        self.fingerprint == fingerprint || self.aliases.contains(&fingerprint)
+    }
 }
 
 /// All committed envelope schema versions, parsed once, oldest first.
@@ -119,11 +138,18 @@ pub fn schema_versions() -> &'static [SchemaVersion] {
                 // tests: failing to parse one is a build defect.
                 #[allow(clippy::expect_used)]
                 let schema = Schema::parse_str(text).expect("committed envelope schema parses");
-                let fingerprint = fingerprint_of(&schema);
+                #[allow(clippy::expect_used)]
+                let fingerprint = fingerprint_of(text).expect("committed envelope schema parses");
+                let aliases = LEGACY_FINGERPRINTS
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, fp)| *fp)
+                    .collect();
                 SchemaVersion {
                     name,
                     schema,
                     fingerprint,
+                    aliases,
                 }
             })
             .collect()
@@ -136,12 +162,11 @@ pub fn current_schema() -> &'static SchemaVersion {
     &versions[versions.len() - 1]
 }
 
-/// CRC-64-AVRO fingerprint of a schema's canonical form.
-pub fn fingerprint_of(schema: &Schema) -> u64 {
-    let fp = schema.fingerprint::<Rabin>();
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&fp.bytes[..8]);
-    u64::from_le_bytes(bytes)
+/// CRC-64-AVRO fingerprint of an `.avsc` text's Parsing Canonical Form, per
+/// the specification (see [`crate::canonical`]; not apache-avro's, which
+/// differs for logical types).
+pub fn fingerprint_of(avsc: &str) -> Result<u64, crate::canonical::CanonicalError> {
+    crate::canonical::fingerprint_of(avsc)
 }
 
 fn opt_string(v: &Option<String>) -> Value {
@@ -221,10 +246,10 @@ impl Envelope {
         let fingerprint = u64::from_le_bytes(fp);
         let writer = schema_versions()
             .iter()
-            .find(|v| v.fingerprint == fingerprint)
+            .find(|v| v.is_written_as(fingerprint))
             .ok_or(DecodeError::UnknownSchema(fingerprint))?;
         let current = current_schema();
-        let reader_schema = if writer.fingerprint == current.fingerprint {
+        let reader_schema = if writer.name == current.name {
             None
         } else {
             Some(&current.schema)
@@ -359,7 +384,6 @@ fn opt(v: Value, field: &'static str) -> Result<Option<String>, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apache_avro::GenericSingleObjectReader;
     use proptest::prelude::*;
 
     pub(crate) fn sample() -> Envelope {
@@ -450,14 +474,19 @@ mod tests {
     #[test]
     fn decodes_with_only_the_avsc_file() {
         // A consumer in another language has nothing but the .avsc file: read
-        // it from disk and decode with the library's generic reader.
+        // it from disk, check the header as a conforming library does (the
+        // fingerprint Java and fastavro compute from this file), and decode
+        // the datum with the library's generic reader. (apache-avro 0.21's
+        // `GenericSingleObjectReader` checks its own, non-conforming
+        // fingerprint instead, so it refuses these records; see README.)
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/avro/envelope/");
         let latest = ENVELOPE_SCHEMA_VERSIONS.last().unwrap().0;
         let text = std::fs::read_to_string(format!("{path}{latest}.avsc")).unwrap();
         let schema = Schema::parse_str(&text).unwrap();
-        let reader = GenericSingleObjectReader::new(schema).unwrap();
         let bytes = sample().encode().unwrap();
-        let value = reader.read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+        assert_eq!(&bytes[2..10], &0x81e6_67fd_9984_ac96u64.to_le_bytes());
+        let value = from_avro_datum(&schema, &mut &bytes[10..], None).unwrap();
         let Value::Record(fields) = value else {
             panic!("not a record")
         };
@@ -475,20 +504,15 @@ mod tests {
     }
 
     /// CRC-64-AVRO written from the Avro specification's reference code, to
-    /// check the fingerprint bytes independently of the library.
+    /// check the fingerprint bytes independently of the crate's table.
     fn spec_fingerprint(canonical: &[u8]) -> u64 {
         const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
-        let mut table = [0u64; 256];
-        for (i, slot) in table.iter_mut().enumerate() {
-            let mut fp = i as u64;
+        let mut fp = EMPTY;
+        for b in canonical {
+            fp ^= u64::from(*b);
             for _ in 0..8 {
                 fp = (fp >> 1) ^ (EMPTY & (0u64.wrapping_sub(fp & 1)));
             }
-            *slot = fp;
-        }
-        let mut fp = EMPTY;
-        for b in canonical {
-            fp = (fp >> 8) ^ table[((fp ^ u64::from(*b)) & 0xff) as usize];
         }
         fp
     }
@@ -498,10 +522,38 @@ mod tests {
         // The spec's published vector: fingerprint64("int") = 0x7275d51a3f395c8f.
         assert_eq!(spec_fingerprint(br#""int""#), 0x7275_d51a_3f39_5c8f);
         let current = current_schema();
-        let canonical = current.schema.canonical_form();
+        let text = ENVELOPE_SCHEMA_VERSIONS.last().unwrap().1;
+        let canonical = crate::canonical::parsing_canonical_form(text).unwrap();
         assert_eq!(current.fingerprint, spec_fingerprint(canonical.as_bytes()));
         let bytes = sample().encode().unwrap();
         assert_eq!(&bytes[2..10], &current.fingerprint.to_le_bytes());
+    }
+
+    /// What a JVM consumer (`SchemaNormalization.parsingFingerprint64`,
+    /// `BinaryMessageDecoder`) and fastavro compute from `v1.avsc`: the
+    /// record must carry it, or they refuse it as an unknown schema.
+    #[test]
+    fn records_carry_the_fingerprint_other_avro_libraries_compute() {
+        let bytes = sample().encode().unwrap();
+        assert_eq!(
+            u64::from_le_bytes(bytes[2..10].try_into().unwrap()),
+            0x81e6_67fd_9984_ac96,
+            "fingerprint bytes {:02x?}",
+            &bytes[2..10]
+        );
+    }
+
+    /// Records ingest wrote before the fix carry apache-avro's fingerprint
+    /// (`b5 2a 7b 14 09 6c a2 53`): they stay in the raw topic for its
+    /// retention and must still decode.
+    #[test]
+    fn a_record_with_the_fingerprint_older_builds_wrote_still_decodes() {
+        let mut old = sample().encode().unwrap();
+        old[2..10].copy_from_slice(&[0xb5, 0x2a, 0x7b, 0x14, 0x09, 0x6c, 0xa2, 0x53]);
+        assert_eq!(Envelope::decode(&old).unwrap(), sample());
+        let v1 = &schema_versions()[0];
+        assert!(v1.is_written_as(0x53a2_6c09_147b_2ab5));
+        assert!(v1.is_written_as(0x81e6_67fd_9984_ac96));
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! - [`envelope`]: the Rust [`Envelope`] type and its Avro single-object
 //!   encoding (`C3 01`, 8-byte little-endian CRC-64-AVRO fingerprint, Avro
 //!   binary), readable by any Avro library that has the `.avsc` file.
+//! - [`canonical`]: the specification's Parsing Canonical Form and
+//!   CRC-64-AVRO fingerprint of an `.avsc` text, what every other Avro
+//!   library puts in a single-object record's header.
 //! - [`bounds`]: refuses Avro data whose declared lengths or counts exceed
 //!   the record, before apache-avro reserves memory for them.
 //!
 //! This crate depends on no other crate of ours.
 
 pub mod bounds;
+pub mod canonical;
 pub mod envelope;
 
 pub use envelope::{DecodeError, EncodeError, Envelope, Header, Verification};

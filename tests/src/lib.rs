@@ -185,6 +185,21 @@ impl Broker {
         }
     }
 
+    /// `SIGSTOP`: the broker keeps its connections open but answers
+    /// nothing, as one stalled by a long pause or a saturated disk does.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            signal(c, libc::SIGSTOP);
+        }
+    }
+
+    /// `SIGCONT`: a paused broker carries on where it stopped.
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            signal(c, libc::SIGCONT);
+        }
+    }
+
     /// Starts again on the same port and data.
     pub fn restart(&mut self) {
         self.kill();

@@ -102,6 +102,57 @@ async fn a_thousand_signed_requests_land_byte_for_byte_with_their_keys() {
     }
 }
 
+/// A body without the configured event id (here the default `/id`): a
+/// provider's retry re-sends the same bytes, so it must be the same event
+/// (the processors drop the retry by event id), and a different body a
+/// different one. Every verified body is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_an_event_id_keeps_one_id_across_retries() {
+    let broker = Broker::start();
+    broker.create_topic("raw-no-id", 1).await;
+    let ingest = Ingest::start(
+        &purple_config(
+            &broker.brokers(),
+            "raw-no-id",
+            &[("current", "E2E_SECRET")],
+            "",
+        ),
+        &secrets_env(),
+    );
+    ingest.wait_ready().await;
+    let client = reqwest::Client::new();
+    let url = ingest.url("/webhooks/purple");
+    let without_id = |sequence: u64| {
+        let mut event: serde_json::Value =
+            serde_json::from_slice(&purple_event("x", "venue-001", sequence)).unwrap();
+        event.as_object_mut().unwrap().remove("id");
+        serde_json::to_vec(&event).unwrap()
+    };
+    let first = send_purple(&client, &url, SECRET, without_id(7)).await;
+    let retry = send_purple(&client, &url, SECRET, without_id(7)).await;
+    let other = send_purple(&client, &url, SECRET, without_id(8)).await;
+    for o in [&first, &retry, &other] {
+        assert_eq!(o.status, 200, "{o:?}\n{}", ingest.log());
+    }
+    let id = first.body["event_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        retry.body["event_id"], first.body["event_id"],
+        "a retry of the same bytes became another event"
+    );
+    assert_ne!(
+        other.body["event_id"], first.body["event_id"],
+        "two different bodies got one event id"
+    );
+
+    let records = read_topic(&broker.brokers(), "raw-no-id").await;
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| Envelope::decode(&r.value).unwrap().event_id)
+        .collect();
+    assert_eq!(ids.len(), 3, "every verified body is stored: {ids:?}");
+    assert_eq!(ids.iter().filter(|i| **i == id).count(), 2, "{ids:?}");
+}
+
 /// A raw HTTP/1.1 exchange, for requests a well-behaved client won't send.
 ///
 /// The server may answer and close before it has read everything (a body
