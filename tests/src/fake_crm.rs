@@ -164,6 +164,29 @@ impl FakeCrm {
         self.state.lock().unwrap().down = down;
     }
 
+    /// Every request so far, grouped by the string at `pointer` (a JSON
+    /// pointer into the body, e.g. the venue a template put there), each
+    /// group in arrival order: (idempotency key, status answered, applied
+    /// by this request).
+    pub fn arrivals_by(&self, pointer: &str) -> HashMap<String, Vec<(String, u16, bool)>> {
+        let s = self.state.lock().unwrap();
+        let mut applied = std::collections::HashSet::new();
+        let mut out: HashMap<String, Vec<(String, u16, bool)>> = HashMap::new();
+        for r in &s.requests {
+            let first = r.status == 200 && applied.insert(r.key.clone());
+            let group = r
+                .body
+                .pointer(pointer)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            out.entry(group)
+                .or_default()
+                .push((r.key.clone(), r.status, first));
+        }
+        out
+    }
+
     /// Requests received so far.
     pub fn requests(&self) -> usize {
         self.state.lock().unwrap().requests.len()

@@ -18,11 +18,16 @@ use processors::sink::{Outcome, Sink};
 const SECRET: &str = "Bearer s3cr3t-token-value";
 
 fn event(id: &str) -> Arc<Event> {
+    event_in(id, "v1")
+}
+
+/// An event of venue `venue` (its ordering key).
+fn event_in(id: &str, venue: &str) -> Arc<Event> {
     Arc::new(Event {
         source: "purple".into(),
         event_id: id.into(),
         event_type: "guest_connects".into(),
-        ordering_key: Some("v1".into()),
+        ordering_key: Some(venue.into()),
         sequence: Some(1),
         received_at_micros: 1_795_370_591_000_000,
         occurred_at_micros: Some(1_795_370_591_000_000),
@@ -31,7 +36,7 @@ fn event(id: &str) -> Arc<Event> {
             event_type: "guest_connects".into(),
             sequence: 1,
             occurred_at_micros: 1_795_370_591_000_000,
-            venue_id: "v1".into(),
+            venue_id: venue.into(),
             venue_name: Some("Airport Hotel".into()),
             zone: Some("lobby".into()),
             device_id: Some("dev".into()),
@@ -220,6 +225,89 @@ breaker_failures = 50"#,
     assert!(!metrics.render().contains("s3cr3t"));
 }
 
+/// Per-key order: four venues, five events each, interleaved in one batch
+/// the way the reorder stage releases them; some events of each venue fail
+/// first (503, retried within the call or offered again), some hang a
+/// little so venues overlap in time. Each venue's events must be applied
+/// in batch order, and no event of a venue may even reach the CRM before
+/// every earlier event of that venue was applied there.
+#[tokio::test]
+async fn events_of_one_key_are_applied_in_order_through_503s_while_keys_run_in_parallel() {
+    let crm = FakeCrm::start().await;
+    let venues = ["va", "vb", "vc", "vd"];
+    let id = |v: &str, n: usize| format!("{v}-{n}");
+    for (i, v) in venues.iter().enumerate() {
+        // The first event of each venue: one 503 (retried in the call).
+        crm.script(&format!("purple:{}", id(v, 0)), &[Reply::Status(503)]);
+        // Its second: slow, so the venues overlap.
+        crm.script(
+            &format!("purple:{}", id(v, 1)),
+            &[Reply::Hang(Duration::from_millis(100))],
+        );
+        // A later one: two 503s, more than one call's attempts, so the
+        // event is answered Retry and offered again.
+        crm.script(
+            &format!("purple:{}", id(v, 2 + i % 2)),
+            &[Reply::Status(503), Reply::Status(503)],
+        );
+    }
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_ORDER",
+        r#"timeout = "2s"
+attempts_per_call = 2
+max_attempts = 20
+max_concurrency = 8
+backoff_initial = "50ms"
+backoff_max = "100ms"
+breaker_failures = 50"#,
+    );
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        for v in venues {
+            batch.push(event_in(&id(v, n), v));
+        }
+    }
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch,
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(accepted.len(), 20);
+
+    let by_venue = crm.arrivals_by("/inputs/0/properties/last_wifi_venue_id");
+    for v in venues {
+        let arrivals = &by_venue[v];
+        let applied: Vec<&str> = arrivals
+            .iter()
+            .filter(|(_, _, first)| *first)
+            .map(|(k, _, _)| k.as_str())
+            .collect();
+        let want: Vec<String> = (0..5).map(|n| format!("purple:{}", id(v, n))).collect();
+        assert_eq!(applied, want, "{v}: applied out of order: {arrivals:?}");
+        // No request of a later event before every earlier one was applied.
+        let mut done = 0;
+        for (key, status, first) in arrivals {
+            let n = want.iter().position(|w| w == key).unwrap();
+            assert!(
+                n <= done,
+                "{v}: {key} reached the CRM before {} was applied: {arrivals:?}",
+                want[done]
+            );
+            if *first {
+                assert_eq!(n, done, "{v}: {key} ({status})");
+                done += 1;
+            }
+        }
+    }
+    // The venues did not wait for each other.
+    let s = crm.state.lock().unwrap();
+    assert!(s.max_in_flight >= 2, "keys were not run in parallel");
+}
+
 #[tokio::test]
 async fn after_the_retry_budget_the_event_is_rejected_with_the_last_answer() {
     let crm = FakeCrm::start().await;
@@ -321,7 +409,10 @@ async fn concurrency_and_rate_are_limited_per_destination() {
         "CRM_TEST_SECRET_4",
         "timeout = \"2s\"\nmax_concurrency = 2",
     );
-    let batch: Vec<_> = (0..8).map(|i| event(&format!("s{i}"))).collect();
+    // Eight keys (one key's events never overlap; keys do, up to the limit).
+    let batch: Vec<_> = (0..8)
+        .map(|i| event_in(&format!("s{i}"), &format!("vs{i}")))
+        .collect();
     let (accepted, _) = offer_until_settled(
         &slow,
         batch,

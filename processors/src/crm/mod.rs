@@ -22,10 +22,20 @@
 //!   `auth_env`, read once at start. The value is marked sensitive, never
 //!   logged, never in metrics, and redacted from response bodies quoted in
 //!   reasons.
-//! - **Concurrency and rate**: per sink (one destination), a semaphore of
+//! - **Order**: events of one batch are grouped by key: the source and the
+//!   event's ordering key (the key the pipeline reorders by; for the
+//!   guest-WiFi platform the venue), else its event id. A key's events go
+//!   one after another, in batch order, each only once the one before it
+//!   was accepted or rejected; at its first event answered `Retry` the key
+//!   stops, and its later events in the batch are answered `Retry` without
+//!   a request (reason `after an earlier event of its key: ...`). The
+//!   pipeline offers `Retry` events again in order, so a key's events reach
+//!   the CRM in order, however the answers go. Keys run concurrently.
+//! - **Concurrency and rate**: per sink (one destination), up to
+//!   `max_concurrency` keys of a batch at once, a semaphore of
 //!   `max_concurrency` requests in flight across every partition, and a
-//!   pacer spacing request starts `1/rate_per_second` apart. Events of one
-//!   batch are sent concurrently; their outcomes come back in order.
+//!   pacer spacing request starts `1/rate_per_second` apart. Outcomes come
+//!   back one per event, in batch order.
 //! - **Answers**: `2xx` accepted. `408`, `409` (idempotent request still in
 //!   flight), `425`, `429`, `401`, `403` (credentials are destination-wide: a
 //!   rotation must not dead-letter every event), `3xx` (redirects are not
@@ -355,6 +365,30 @@ impl CrmSink {
         }
         Outcome::Retry("no attempt left in this call".into())
     }
+
+    /// Delivers one key's events (`positions` into `batch`) one after
+    /// another; from its first `Retry` on, the key's later events are
+    /// answered `Retry` without a request, so a re-offer keeps their order.
+    async fn deliver_in_order(
+        &self,
+        batch: &[Arc<Event>],
+        positions: Vec<usize>,
+    ) -> Vec<(usize, Outcome)> {
+        let mut out = Vec::with_capacity(positions.len());
+        let mut waiting: Option<String> = None;
+        for i in positions {
+            let Some(e) = batch.get(i) else { continue };
+            let outcome = match &waiting {
+                Some(why) => Outcome::Retry(format!("after an earlier event of its key: {why}")),
+                None => self.deliver(e).await,
+            };
+            if let (None, Outcome::Retry(why)) = (&waiting, &outcome) {
+                waiting = Some(why.clone());
+            }
+            out.push((i, outcome));
+        }
+        out
+    }
 }
 
 impl Sink for CrmSink {
@@ -364,13 +398,42 @@ impl Sink for CrmSink {
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
-            let sends: Vec<_> = batch.iter().map(|e| self.deliver(e.as_ref())).collect();
-            futures::stream::iter(sends)
-                .buffered(self.config.max_concurrency.max(1))
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+            let runs = by_key(batch)
+                .into_iter()
+                .map(|events| self.deliver_in_order(batch, events));
+            let mut done =
+                futures::stream::iter(runs).buffer_unordered(self.config.max_concurrency.max(1));
+            while let Some(run) = done.next().await {
+                for (i, o) in run {
+                    if let Some(slot) = outcomes.get_mut(i) {
+                        *slot = Some(o);
+                    }
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Outcome::Retry("not offered".into())))
                 .collect()
-                .await
         })
     }
+}
+
+/// The batch's positions grouped by ordering key (the source and the
+/// event's ordering key, else its event id), each group in batch order,
+/// the groups in order of first appearance.
+fn by_key(batch: &[Arc<Event>]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, e) in batch.iter().enumerate() {
+        let key = e.ordering_key.as_deref().unwrap_or(e.event_id.as_str());
+        let g = *index.entry((e.source.as_str(), key)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
 }
 
 #[cfg(test)]
