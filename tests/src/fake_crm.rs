@@ -59,8 +59,9 @@ pub struct CrmState {
     pub requests: Vec<Seen>,
     /// Answers still to give, by key; when none is left: apply, `200`.
     pub script: HashMap<String, VecDeque<Reply>>,
-    /// While set, every request is answered `503` (an outage).
-    pub down: bool,
+    /// While set, every request is answered this status (an outage:
+    /// `503`, or e.g. `401` while a credential is rotated).
+    pub down: Option<u16>,
     /// Requests being handled now.
     pub in_flight: usize,
     /// The most requests ever handled at once.
@@ -159,9 +160,14 @@ impl FakeCrm {
             .insert(key.into(), replies.iter().cloned().collect());
     }
 
-    /// Starts or ends an outage.
+    /// Starts or ends an outage (every request answered `503`).
     pub fn set_down(&self, down: bool) {
-        self.state.lock().unwrap().down = down;
+        self.set_outage(down.then_some(503));
+    }
+
+    /// Starts an outage answering `status` to every request, or ends it.
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.state.lock().unwrap().down = status;
     }
 
     /// Every request so far, grouped by the string at `pointer` (a JSON
@@ -217,8 +223,8 @@ async fn handle(
         let mut s = state.lock().unwrap();
         s.in_flight += 1;
         s.max_in_flight = s.max_in_flight.max(s.in_flight);
-        let reply = if s.down {
-            Some(Reply::Status(503))
+        let reply = if let Some(c) = s.down {
+            Some(Reply::Status(c))
         } else {
             match s.script.get_mut(&key) {
                 Some(q) => match q.front() {

@@ -308,10 +308,15 @@ breaker_failures = 50"#,
     assert!(s.max_in_flight >= 2, "keys were not run in parallel");
 }
 
+/// A poison event: the CRM answers `500` to it for ever while it applies
+/// everything else (other partitions' traffic on the same sink). The
+/// destination is healthy, so the event's failures count: it is rejected
+/// after `max_attempts` (the pipeline dead-letters it and its key moves
+/// on), while an outage would not have cost it anything.
 #[tokio::test]
-async fn after_the_retry_budget_the_event_is_rejected_with_the_last_answer() {
+async fn a_poison_event_that_a_healthy_crm_answers_500_is_rejected_after_max_attempts() {
     let crm = FakeCrm::start().await;
-    crm.script("purple:dead", &[Reply::Always(503)]);
+    crm.script("purple:dead", &[Reply::Always(500)]);
     let (sink, _) = sink(
         &crm.url(),
         "CRM_TEST_SECRET_2",
@@ -321,28 +326,122 @@ backoff_initial = "10ms"
 backoff_max = "20ms"
 breaker_failures = 50"#,
     );
-    let (accepted, rejected) = offer_until_settled(
-        &sink,
-        vec![event("dead"), event("fine")],
-        Duration::from_millis(10),
-        Duration::from_secs(20),
-    )
-    .await;
-    assert_eq!(accepted, ["fine"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let traffic = async {
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let e = event_in(&format!("other{n}"), &format!("w{n}"));
+            assert_eq!(sink.accept(&[e]).await, [Outcome::Accepted]);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    };
+    let poison = async {
+        let settled = offer_until_settled(
+            &sink,
+            vec![event("dead"), event("after")],
+            Duration::from_millis(10),
+            Duration::from_secs(20),
+        )
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        settled
+    };
+    let (others, (accepted, rejected)) = tokio::join!(traffic, poison);
+    assert_eq!(accepted, ["after"]);
     assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].0, "dead");
     assert!(
         rejected[0]
             .1
-            .starts_with("gave up after 5 attempts; last: HTTP 503"),
+            .starts_with("gave up after 5 attempts; last: HTTP 500"),
         "{}",
         rejected[0].1
     );
     assert!(!rejected[0].1.contains("s3cr3t"));
     let s = crm.state.lock().unwrap();
-    assert_eq!(
-        s.requests.iter().filter(|r| r.key == "purple:dead").count(),
-        5
+    assert_eq!(s.applied.len(), others + 1);
+    let tries: Vec<usize> = (0..s.requests.len())
+        .filter(|&i| s.requests[i].key == "purple:dead")
+        .collect();
+    assert!(tries.len() >= 5, "{} requests", tries.len());
+    // Its key waited for it: `after` went only once `dead` was refused.
+    let after = s
+        .requests
+        .iter()
+        .position(|r| r.key == "purple:after")
+        .unwrap();
+    assert!(after > tries[tries.len() - 1]);
+}
+
+/// An outage (503, then 401 and 403 as during a credential rotation)
+/// lasting many times `max_attempts`' worth of attempts and breaker
+/// probes: nothing is rejected, and once the CRM is back every event is
+/// applied once, in order per key.
+#[tokio::test]
+async fn an_outage_longer_than_max_attempts_rejects_nothing_and_then_applies_each_event_once() {
+    let crm = FakeCrm::start().await;
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_OUTAGE",
+        r#"timeout = "1s"
+attempts_per_call = 2
+max_attempts = 3
+max_concurrency = 4
+backoff_initial = "10ms"
+backoff_max = "20ms"
+breaker_failures = 3
+breaker_cooldown = "100ms""#,
     );
+    let batch: Vec<_> = (0..6)
+        .map(|i| event_in(&format!("o{i}"), &format!("vo{}", i % 3)))
+        .collect();
+    let mut pending = batch.clone();
+    let mut rejected = Vec::new();
+    for status in [503, 401, 403, 500] {
+        crm.set_outage(Some(status));
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            let outcomes = sink.accept(&pending).await;
+            let mut again = Vec::new();
+            for (e, o) in pending.into_iter().zip(outcomes) {
+                match o {
+                    Outcome::Retry(_) => again.push(e),
+                    Outcome::Reject(r) => rejected.push((e.event_id.clone(), r)),
+                    Outcome::Accepted => panic!("{} accepted during the outage", e.event_id),
+                }
+            }
+            pending = again;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let during = crm.requests();
+    assert!(
+        rejected.is_empty(),
+        "rejected during an outage ({during} requests): {rejected:?}"
+    );
+    // Many times max_attempts per key head: the outage outlasted the budget.
+    assert!(
+        during > 3 * 3 * 2,
+        "only {during} requests during the outage"
+    );
+
+    crm.set_outage(None);
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        pending,
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(accepted.len(), 6);
+    let s = crm.state.lock().unwrap();
+    assert_eq!(s.applied.len(), 6);
+    for e in &batch {
+        assert_eq!(s.applied_count(&format!("purple:{}", e.event_id)), 1);
+    }
 }
 
 #[tokio::test]

@@ -36,28 +36,47 @@
 //!   `max_concurrency` requests in flight across every partition, and a
 //!   pacer spacing request starts `1/rate_per_second` apart. Outcomes come
 //!   back one per event, in batch order.
-//! - **Answers**: `2xx` accepted. `408`, `409` (idempotent request still in
-//!   flight), `425`, `429`, `401`, `403` (credentials are destination-wide: a
-//!   rotation must not dead-letter every event), `3xx` (redirects are not
-//!   followed), `5xx`, timeouts and connection errors are transient; every
-//!   other `4xx` is permanent: the event is rejected at once with the status
-//!   and the clipped body, so the pipeline dead-letters it and moves on.
+//! - **Answers**: `2xx` accepted. Every `4xx` but 401, 403, 408, 409, 425
+//!   and 429 is an answer about the event that will not change: it is
+//!   rejected at once with the status and the clipped body, so the
+//!   pipeline dead-letters it and moves on. The rest is transient, retried,
+//!   and of one of three kinds, by whose failure it is:
+//!   - *about the event*: `409` (its idempotent request still in flight),
+//!     `425`;
+//!   - *the destination's rate*: `429`;
+//!   - *destination-wide*: `5xx`, `401` and `403` (credentials are
+//!     destination-wide: a rotation must not dead-letter every event),
+//!     `408`, `3xx` (redirects are not followed), timeouts, connection and
+//!     other transport errors.
 //! - **Retries**: a transient answer is retried within the same call up to
 //!   `attempts_per_call` with exponential backoff (`backoff_initial`,
 //!   doubling to `backoff_max`) and full jitter; `Retry-After` (seconds) is
 //!   honoured, capped at `retry_after_max`, and also pauses the whole
 //!   destination for that long. Still failing: the sink answers `Retry`
 //!   and the pipeline offers the event again later (the partition waits).
-//!   Attempts are counted per idempotency key across calls (a bounded map;
-//!   if it fills up it is cleared, which only grants more retries); once
-//!   an event used `max_attempts`, it is rejected with the last answer, is
-//!   dead-lettered and the partition moves on.
-//! - **Circuit breaker** ([`Breaker`]): `breaker_failures` transient
-//!   failures in a row open it for `breaker_cooldown`. While open, events
-//!   are answered `Retry("circuit open")` without a request and without
-//!   spending their attempts; after the cooldown one probe goes through
-//!   (half-open): success closes it, failure opens it again. A permanent
-//!   `4xx` counts as the destination being up.
+//! - **Attempts that count** towards `max_attempts` (counted per
+//!   idempotency key across calls, in a bounded map; if it fills up it is
+//!   cleared, which only grants more retries): every answer about the
+//!   event; never a `429`, nor an offer answered "circuit open" without a
+//!   request; a destination-wide failure only while the destination is
+//!   healthy: the request was not a half-open probe, and the destination
+//!   accepted or rejected another event (a `2xx` or a permanent `4xx`,
+//!   from any partition) since this event's previous answer (for its first
+//!   attempt, since its request went). So an outage, however long, costs
+//!   no event an attempt (beyond one or two at its edge, where requests
+//!   sent before it still succeed), while an event that keeps failing when
+//!   others succeed (a poison event the CRM answers `500`) is counted.
+//!   Once an event's counted attempts reach `max_attempts`, it is rejected
+//!   (`gave up after N attempts; last: <answer>`), dead-lettered, and its
+//!   key moves on. The cost: a poison event with no other traffic to the
+//!   destination looks like an outage, so it is retried (its partition
+//!   waiting) until other events show the destination healthy.
+//! - **Circuit breaker** ([`Breaker`]): `breaker_failures` rate-limit or
+//!   destination-wide failures in a row open it for `breaker_cooldown`.
+//!   While open, events are answered `Retry("circuit open")` without a
+//!   request; after the cooldown one probe goes through (half-open): an
+//!   answer about an event (`2xx`, any `4xx` but 401, 403, 408 and 429)
+//!   closes it, a failure opens it again.
 //!
 //! Without a TLS feature in this build, only `http://` URLs are accepted
 //! (put a TLS-terminating proxy in front, or enable reqwest's `rustls-tls`).
@@ -67,6 +86,7 @@ mod config;
 mod template;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,12 +112,40 @@ const MAX_TRACKED: usize = 100_000;
 /// What one attempt came to.
 #[derive(Debug)]
 enum Answer {
+    /// `2xx`: applied.
     Ok,
+    /// An answer about this event that will not change: refused for good.
     Permanent(String),
+    /// Not now; `blame` says whose failure it was.
     Transient {
         reason: String,
         retry_after: Option<Duration>,
+        blame: Blame,
     },
+}
+
+/// Whose failure a transient answer is, which decides whether it spends
+/// the event's `max_attempts` (see the module header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// `409`, `425`: an answer about this event; always counted.
+    Event,
+    /// `429`: the destination's rate limit; never counted.
+    Rate,
+    /// `3xx`, `401`, `403`, `408`, `5xx`, timeouts, connection and other
+    /// transport errors: counted only while the destination is healthy.
+    Destination,
+}
+
+/// What the sink remembers of an event between attempts and offers.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    /// Attempts counted against `max_attempts`.
+    counted: u32,
+    /// [`CrmSink::settled`] when this event's last answer came (for its
+    /// first attempt: when the request went), so a later failure can tell
+    /// whether other events were settled by the destination meanwhile.
+    settled_seen: u64,
 }
 
 /// The CRM sink (see the module header).
@@ -113,8 +161,11 @@ pub struct CrmSink {
     breaker: Mutex<Breaker>,
     in_flight: tokio::sync::Semaphore,
     pacer: Pacer,
-    /// Attempts spent per idempotency key over all offers.
-    attempts: Mutex<HashMap<String, u32>>,
+    /// Per idempotency key, over all offers: attempts counted so far.
+    attempts: Mutex<HashMap<String, Tally>>,
+    /// Events the destination settled (`2xx` or a permanent `4xx`), ever:
+    /// the evidence that it is healthy.
+    settled: AtomicU64,
     metrics: Metrics,
 }
 
@@ -169,6 +220,7 @@ impl CrmSink {
                 next: Mutex::new(Instant::now()),
             },
             attempts: Mutex::new(HashMap::new()),
+            settled: AtomicU64::new(0),
             metrics: metrics.clone(),
             config: config.clone(),
         })
@@ -193,17 +245,36 @@ impl CrmSink {
         Some(out)
     }
 
-    /// Adds one attempt for `key`; answers the total.
-    fn count_attempt(&self, key: &str) -> u32 {
+    /// Records a transient failure of `key`'s attempt that went when
+    /// [`settled`](Self::settled) read `sent_at`; counts it against
+    /// `max_attempts` when the answer was about the event, or when the
+    /// destination was healthy: the attempt was not a half-open probe and
+    /// the destination settled another event since this one's previous
+    /// answer (since this request went, for a first attempt). Answers the
+    /// attempts counted so far.
+    fn count_attempt(&self, key: &str, blame: Blame, probe: bool, sent_at: u64) -> u32 {
+        let now = self.settled.load(Ordering::SeqCst);
         let Ok(mut m) = self.attempts.lock() else {
-            return 1;
+            return 0;
         };
         if m.len() >= MAX_TRACKED && !m.contains_key(key) {
             m.clear();
         }
-        let n = m.entry(key.to_owned()).or_insert(0);
-        *n += 1;
-        *n
+        let t = m.entry(key.to_owned()).or_insert(Tally {
+            counted: 0,
+            settled_seen: sent_at,
+        });
+        let healthy = !probe && now > t.settled_seen;
+        let counts = match blame {
+            Blame::Event => true,
+            Blame::Rate => false,
+            Blame::Destination => healthy,
+        };
+        if counts {
+            t.counted += 1;
+        }
+        t.settled_seen = now;
+        t.counted
     }
 
     fn forget(&self, key: &str) {
@@ -250,6 +321,7 @@ impl CrmSink {
                     Answer::Transient {
                         reason,
                         retry_after: None,
+                        blame: Blame::Destination,
                     },
                 )
             }
@@ -267,22 +339,24 @@ impl CrmSink {
                         return Answer::Transient {
                             reason: format!("timeout reading the answer to {status}"),
                             retry_after: None,
+                            blame: Blame::Destination,
                         };
                     }
                     Err(_) => String::new(),
                 };
                 let reason = format!("HTTP {}: {}", status.as_u16(), self.quote(&text));
+                let transient = |blame| Answer::Transient {
+                    reason: reason.clone(),
+                    retry_after,
+                    blame,
+                };
                 let answer = match status.as_u16() {
                     200..=299 => Answer::Ok,
-                    401 | 403 | 408 | 409 | 425 | 429 => Answer::Transient {
-                        reason,
-                        retry_after,
-                    },
-                    400..=499 => Answer::Permanent(reason),
-                    _ => Answer::Transient {
-                        reason,
-                        retry_after,
-                    },
+                    409 | 425 => transient(Blame::Event),
+                    429 => transient(Blame::Rate),
+                    401 | 403 | 408 => transient(Blame::Destination),
+                    400..=499 => Answer::Permanent(reason.clone()),
+                    _ => transient(Blame::Destination),
                 };
                 (status.as_u16().to_string(), answer)
             }
@@ -308,28 +382,36 @@ impl CrmSink {
         };
         let mut backoff = self.config.backoff_initial;
         for attempt in 1..=self.config.attempts_per_call {
-            if !self
-                .with_breaker(|b| b.allow(Instant::now()))
-                .unwrap_or(true)
-            {
+            // Whether a request may go, and whether it is the half-open
+            // probe (whose failure proves nothing about this event).
+            let pass = self
+                .with_breaker(|b| {
+                    let allowed = b.allow(Instant::now());
+                    (allowed, allowed && b.is_open())
+                })
+                .unwrap_or((true, false));
+            let (true, probe) = pass else {
                 return Outcome::Retry(
                     "circuit open (or Retry-After pause): not sending to the CRM now".into(),
                 );
-            }
+            };
             self.pacer.wait().await;
-            let answer = {
+            let (answer, sent_at) = {
                 let Ok(_permit) = self.in_flight.acquire().await else {
                     return Outcome::Retry("sink closed".into());
                 };
-                self.attempt(&key, &body).await
+                let sent_at = self.settled.load(Ordering::SeqCst);
+                (self.attempt(&key, &body).await, sent_at)
             };
             match answer {
                 Answer::Ok => {
+                    self.settled.fetch_add(1, Ordering::SeqCst);
                     self.with_breaker(Breaker::success);
                     self.forget(&key);
                     return Outcome::Accepted;
                 }
                 Answer::Permanent(reason) => {
+                    self.settled.fetch_add(1, Ordering::SeqCst);
                     self.with_breaker(Breaker::success);
                     self.forget(&key);
                     return Outcome::Reject(reason);
@@ -337,16 +419,22 @@ impl CrmSink {
                 Answer::Transient {
                     reason,
                     retry_after,
+                    blame,
                 } => {
                     let now = Instant::now();
                     let retry_after = retry_after.map(|d| d.min(self.config.retry_after_max));
                     self.with_breaker(|b| {
-                        b.failure(now);
+                        if blame == Blame::Event {
+                            // The destination answered about the event.
+                            b.success();
+                        } else {
+                            b.failure(now);
+                        }
                         if let Some(d) = retry_after {
                             b.pause(now + d);
                         }
                     });
-                    let total = self.count_attempt(&key);
+                    let total = self.count_attempt(&key, blame, probe, sent_at);
                     if total >= self.config.max_attempts {
                         self.forget(&key);
                         return Outcome::Reject(format!(
@@ -604,6 +692,36 @@ mod tests {
             all.contains("sinks.crm.template: /nonexistent/t.json"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn only_answers_about_the_event_or_on_a_healthy_destination_count() {
+        let sink = CrmSink::new("crm", &config(""), &Metrics::new().unwrap()).unwrap();
+        let settle = || sink.settled.fetch_add(1, Ordering::SeqCst);
+        let sent = sink.settled.load(Ordering::SeqCst);
+        // An outage: nothing settled meanwhile, nothing counted.
+        for _ in 0..100 {
+            assert_eq!(sink.count_attempt("k", Blame::Destination, false, sent), 0);
+        }
+        // Another event settled, but this attempt was the half-open probe.
+        settle();
+        assert_eq!(sink.count_attempt("k", Blame::Destination, true, sent), 0);
+        // Another settled since its last answer: the destination is healthy.
+        settle();
+        assert_eq!(sink.count_attempt("k", Blame::Destination, false, sent), 1);
+        // Nothing settled since that answer: not counted again.
+        assert_eq!(sink.count_attempt("k", Blame::Destination, false, sent), 1);
+        // A rate limit never counts, an answer about the event always does.
+        settle();
+        assert_eq!(sink.count_attempt("k", Blame::Rate, false, sent), 1);
+        assert_eq!(sink.count_attempt("k", Blame::Event, true, sent), 2);
+        // A first attempt looks from when its request went.
+        let sent = sink.settled.load(Ordering::SeqCst);
+        assert_eq!(sink.count_attempt("j", Blame::Destination, false, sent), 0);
+        settle();
+        assert_eq!(sink.count_attempt("i", Blame::Destination, false, sent), 1);
+        sink.forget("k");
+        assert_eq!(sink.count_attempt("k", Blame::Destination, false, sent), 1);
     }
 
     #[test]
