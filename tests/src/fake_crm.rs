@@ -31,6 +31,16 @@ pub enum Reply {
     Hang(Duration),
     /// Answer this status to every request for the key, for ever.
     Always(u16),
+    /// Answer this status (not applied) with a body that echoes the bare
+    /// credential of the `Authorization` header (the part after its scheme
+    /// word) after `pad` characters of padding, as a careless CRM's
+    /// "invalid token ..." error does.
+    EchoToken {
+        /// The status.
+        status: u16,
+        /// Characters before the echo (to place it across a clip).
+        pad: usize,
+    },
 }
 
 /// One request the fake received.
@@ -236,7 +246,9 @@ async fn handle(
             }
         };
         let status = match &reply {
-            Some(Reply::Status(c)) | Some(Reply::Always(c)) => *c,
+            Some(Reply::Status(c))
+            | Some(Reply::Always(c))
+            | Some(Reply::EchoToken { status: c, .. }) => *c,
             Some(Reply::TooMany(_)) => 429,
             Some(Reply::Hang(_)) | None => {
                 if s.applied.iter().any(|(k, _)| *k == key) {
@@ -268,6 +280,14 @@ async fn handle(
             "{\"error\":\"slow down\"}",
         )
             .into_response(),
+        Some(Reply::EchoToken { pad, .. }) => {
+            let auth = header("authorization");
+            let bare = auth
+                .split_once(' ')
+                .map_or(auth.as_str(), |(_, t)| t.trim());
+            let body = format!("{}invalid token {bare}", "x".repeat(pad));
+            (code, body).into_response()
+        }
         Some(_) if status == 400 => (code, "{\"error\":\"invalid email address\"}").into_response(),
         Some(_) => (code, "{\"error\":\"internal\"}").into_response(),
         None => (code, "{\"ok\":true}").into_response(),

@@ -444,6 +444,75 @@ breaker_cooldown = "100ms""#,
     }
 }
 
+/// A careless CRM echoes the bare token (without its `Bearer` word) in
+/// its error bodies: in a `401`, a `403`, and in a `400` whose echo
+/// straddles the quoting clip. No reason the sink gives holds any of it.
+#[tokio::test]
+async fn a_token_echoed_bare_in_401_403_and_400_bodies_is_redacted_from_every_reason() {
+    let crm = FakeCrm::start().await;
+    crm.script(
+        "purple:t401",
+        &[Reply::EchoToken {
+            status: 401,
+            pad: 0,
+        }],
+    );
+    crm.script(
+        "purple:t403",
+        &[Reply::EchoToken {
+            status: 403,
+            pad: 0,
+        }],
+    );
+    // 278 + "invalid token ".len() = 292: the clip at 300 cuts the token.
+    crm.script(
+        "purple:t400",
+        &[Reply::EchoToken {
+            status: 400,
+            pad: 278,
+        }],
+    );
+    let (sink, metrics) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_ECHO",
+        "attempts_per_call = 1\nbreaker_failures = 50",
+    );
+    let batch = vec![
+        event_in("t401", "ve1"),
+        event_in("t403", "ve2"),
+        event_in("t400", "ve3"),
+    ];
+    let outcomes = sink.accept(&batch).await;
+    let bare = SECRET.trim_start_matches("Bearer ");
+    let reasons: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Retry(r) | Outcome::Reject(r) => r.clone(),
+            Outcome::Accepted => String::new(),
+        })
+        .collect();
+    assert!(matches!(&outcomes[0], Outcome::Retry(_)), "{outcomes:?}");
+    assert!(matches!(&outcomes[1], Outcome::Retry(_)), "{outcomes:?}");
+    assert!(matches!(&outcomes[2], Outcome::Reject(_)), "{outcomes:?}");
+    for (r, code) in reasons.iter().zip(["401", "403", "400"]) {
+        assert!(r.starts_with(&format!("HTTP {code}: ")), "{r}");
+        assert!(r.contains("invalid token"), "the body was not quoted: {r}");
+        // Neither the token nor a piece of it cut by the clip.
+        assert!(!r.contains(&bare[..4]), "the token leaked: {r}");
+    }
+    assert!(!metrics.render().contains(&bare[..4]));
+    // And once the CRM takes them, the two it did not refuse are applied.
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch[..2].to_vec(),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(accepted, ["t401", "t403"]);
+    assert!(rejected.is_empty());
+}
+
 #[tokio::test]
 async fn an_open_breaker_spares_a_dead_crm_and_closes_when_it_returns() {
     let crm = FakeCrm::start().await;
@@ -551,7 +620,11 @@ async fn end_to_end_through_tansu_each_event_once_or_dead_lettered() {
     crm.script("purple:c2", &[Reply::Status(500), Reply::Status(503)]);
     crm.script("purple:c3", &[Reply::TooMany(1)]);
     crm.script("purple:c4", &[Reply::Hang(Duration::from_secs(3))]);
-    crm.script("purple:c5", &[Reply::Always(400)]);
+    // c5: two 401s echoing the bare token (logged as the reason of a
+    // retry), then a 400 echoing it across the quoting clip (the
+    // dead-letter reason): the token must reach neither.
+    let echo = |status, pad| Reply::EchoToken { status, pad };
+    crm.script("purple:c5", &[echo(401, 0), echo(401, 0), echo(400, 278)]);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
@@ -660,10 +733,17 @@ sinks = ["crm"]
     assert_eq!(dlq[0].header("sink").as_deref(), Some("crm"));
     let reason = dlq[0].header("reason").unwrap_or_default();
     assert!(reason.starts_with("HTTP 400"), "{reason}");
-    assert!(!processor.log().contains("s3cr3t"));
+    assert!(reason.contains("invalid token"), "{reason}");
+    let log = processor.log();
+    assert!(log.contains("HTTP 401: invalid token"), "{log}");
+    assert!(
+        !log.contains("s3cr3t"),
+        "the token leaked into the log:\n{log}"
+    );
     for r in &dlq {
         for n in ["reason", "sink", "source", "event-id"] {
-            assert!(!r.header(n).unwrap_or_default().contains("s3cr3t"));
+            let v = r.header(n).unwrap_or_default();
+            assert!(!v.contains("s3cr3t"), "the token leaked into {n}: {v}");
         }
     }
 }

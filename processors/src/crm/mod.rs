@@ -20,8 +20,14 @@
 //!   so the CRM applies an event once however often it is offered.
 //! - **Auth**: `auth_header` gets the value of the environment variable
 //!   `auth_env`, read once at start. The value is marked sensitive, never
-//!   logged, never in metrics, and redacted from response bodies quoted in
-//!   reasons.
+//!   logged, never in metrics, and redacted (`[redacted]`) from response
+//!   bodies quoted in reasons, before they are clipped: the whole value,
+//!   and what a server may echo of it: the bare credential after a scheme
+//!   word (`Bearer t` → `t`), the values of `name=value` parameters after
+//!   it, for `Basic` the decoded `user:password` and the password, and each
+//!   of these with `/` escaped as `\/` (parts under 4 characters are not
+//!   redacted on their own). A server echoing it in another form (say URL-
+//!   or base64-encoded differently) is not caught.
 //! - **Order**: events of one batch are grouped by key: the source and the
 //!   event's ordering key (the key the pipeline reorders by; for the
 //!   guest-WiFi platform the venue), else its event id. A key's events go
@@ -106,6 +112,11 @@ pub use template::{Template, VIEW_FIELDS, idempotency_key, view};
 
 /// Most characters of a response body quoted in a reason.
 const BODY_CLIP: usize = 300;
+/// What stands in a quoted body for the credential.
+const REDACTED: &str = "[redacted]";
+/// Shortest part of a credential redacted on its own (shorter ones would
+/// garble bodies, and are no secret worth the name).
+const MIN_REDACTED: usize = 4;
 /// Most idempotency keys whose attempts are remembered.
 const MAX_TRACKED: usize = 100_000;
 
@@ -156,8 +167,9 @@ pub struct CrmSink {
     client: reqwest::Client,
     /// Header name and (sensitive) value, when configured.
     auth: Option<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
-    /// The raw credential, only to redact it from quoted bodies.
-    secret: Option<String>,
+    /// What to redact from quoted bodies: the credential and the parts of
+    /// it a server may echo ([`redactions`]), longest first.
+    secrets: Vec<String>,
     breaker: Mutex<Breaker>,
     in_flight: tokio::sync::Semaphore,
     pacer: Pacer,
@@ -175,7 +187,7 @@ impl CrmSink {
     pub fn new(name: &str, config: &CrmConfig, metrics: &Metrics) -> Result<CrmSink, String> {
         let at = format!("sinks.{name}");
         let template = config.load_template().map_err(|e| format!("{at}.{e}"))?;
-        let (auth, secret) = match (&config.auth_header, &config.auth_env) {
+        let (auth, secrets) = match (&config.auth_header, &config.auth_env) {
             (Some(h), Some(var)) => {
                 let value = std::env::var(var)
                     .map_err(|_| format!("{at}.auth_env: environment variable {var} is not set"))?;
@@ -185,9 +197,9 @@ impl CrmSink {
                     format!("{at}.auth_env: the value of {var} is not a valid header value")
                 })?;
                 hv.set_sensitive(true);
-                (Some((hn, hv)), Some(value).filter(|v| !v.is_empty()))
+                (Some((hn, hv)), redactions(&value))
             }
-            _ => (None, None),
+            _ => (None, Vec::new()),
         };
         let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
@@ -209,7 +221,7 @@ impl CrmSink {
             template,
             client,
             auth,
-            secret,
+            secrets,
             breaker: Mutex::new(Breaker::new(
                 config.breaker_failures,
                 config.breaker_cooldown,
@@ -283,17 +295,20 @@ impl CrmSink {
         }
     }
 
-    /// A response body fit for a reason: clipped, one line, no credential.
+    /// A response body fit for a reason: no credential (redacted before
+    /// clipping, so the clip cannot leave a piece of it), clipped, one
+    /// line.
     fn quote(&self, body: &str) -> String {
-        let mut s: String = body
-            .chars()
+        // The whole body: redacting shortens it, which can bring text from
+        // past any window into the clip.
+        let mut s = body.to_owned();
+        for secret in &self.secrets {
+            s = s.replace(secret.as_str(), REDACTED);
+        }
+        s.chars()
             .take(BODY_CLIP)
             .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
-        if let Some(secret) = &self.secret {
-            s = s.replace(secret.as_str(), "[redacted]");
-        }
-        s
+            .collect()
     }
 
     async fn attempt(&self, key: &str, body: &[u8]) -> Answer {
@@ -505,6 +520,51 @@ impl Sink for CrmSink {
                 .collect()
         })
     }
+}
+
+/// What to redact from quoted bodies for the credential header value
+/// `value`, longest first: the value itself; after a scheme word
+/// (`Bearer t`, `Token t`), the bare credential `t`; its `name=value`
+/// parameters' values (`Token token="t"`); for `Basic`, the decoded
+/// `user:password` and the password; and each of these with `/` written
+/// `\/` as JSON may escape it. Parts shorter than [`MIN_REDACTED`] are
+/// left out (the whole value never is).
+fn redactions(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let mut out = vec![value.to_owned()];
+    let mut parts = Vec::new();
+    if let Some((scheme, rest)) = value.trim().split_once(char::is_whitespace) {
+        let rest = rest.trim();
+        parts.push(rest.to_owned());
+        for param in rest.split(',') {
+            if let Some((_, v)) = param.split_once('=') {
+                parts.push(v.trim().trim_matches('"').to_owned());
+            }
+        }
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            if let Some(pair) = decoded {
+                if let Some((_, password)) = pair.split_once(':') {
+                    parts.push(password.to_owned());
+                }
+                parts.push(pair);
+            }
+        }
+    }
+    out.extend(parts.into_iter().filter(|p| p.len() >= MIN_REDACTED));
+    let escaped: Vec<String> = out
+        .iter()
+        .filter(|s| s.contains('/'))
+        .map(|s| s.replace('/', "\\/"))
+        .collect();
+    out.extend(escaped);
+    out.retain(|s| !s.is_empty());
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
 }
 
 /// The batch's positions grouped by ordering key (the source and the
@@ -722,6 +782,51 @@ mod tests {
         assert_eq!(sink.count_attempt("i", Blame::Destination, false, sent), 1);
         sink.forget("k");
         assert_eq!(sink.count_attempt("k", Blame::Destination, false, sent), 1);
+    }
+
+    #[test]
+    fn redactions_cover_what_a_server_may_echo_of_the_credential() {
+        use base64::Engine as _;
+        let r = redactions("Bearer s3cr3t/tok");
+        for want in [
+            "Bearer s3cr3t/tok",
+            "s3cr3t/tok",
+            "Bearer s3cr3t\\/tok",
+            "s3cr3t\\/tok",
+        ] {
+            assert!(r.iter().any(|x| x == want), "{want} not in {r:?}");
+        }
+        assert!(r.windows(2).all(|w| w[0].len() >= w[1].len()), "{r:?}");
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("ana:hunter22")
+        );
+        let r = redactions(&basic);
+        for want in ["ana:hunter22", "hunter22"] {
+            assert!(r.iter().any(|x| x == want), "{want} not in {r:?}");
+        }
+        let r = redactions(r#"Token token="abcdef1", realm="x""#);
+        assert!(r.iter().any(|x| x == "abcdef1"), "{r:?}");
+        assert!(!r.iter().any(|x| x == "x"), "{r:?}");
+        assert_eq!(redactions("plain-api-key"), ["plain-api-key"]);
+        assert_eq!(redactions("abc"), ["abc"]);
+    }
+
+    #[test]
+    fn quoted_bodies_are_redacted_before_they_are_clipped() {
+        let mut sink = CrmSink::new("crm", &config(""), &Metrics::new().unwrap()).unwrap();
+        sink.secrets = redactions("Bearer s3cr3t-token-value");
+        let token = "s3cr3t-token-value";
+        // Echoes at every place around the clip, and after an earlier one
+        // whose redaction shortens the text.
+        for pad in 250..=320 {
+            let body = format!("{token} {}{token}\n{token}", "x".repeat(pad));
+            let q = sink.quote(&body);
+            assert!(!q.contains("s3"), "{pad}: {q}");
+            assert!(!q.contains('\n'), "{pad}: {q}");
+            assert!(q.starts_with("[redacted] xx"), "{pad}: {q}");
+            assert!(q.chars().count() <= BODY_CLIP, "{pad}");
+        }
     }
 
     #[test]
