@@ -29,8 +29,8 @@
 //!   redacted on their own). A server echoing it in another form (say URL-
 //!   or base64-encoded differently) is not caught.
 //! - **Order**: events of one batch are grouped by key: the source and the
-//!   event's ordering key (the key the pipeline reorders by; for the
-//!   guest-WiFi platform the venue), else its event id. A key's events go
+//!   event's ordering key (whose events the pipeline releases in order;
+//!   for the guest-WiFi platform the venue), else its event id. A key's events go
 //!   one after another, in batch order, each only once the one before it
 //!   was accepted or rejected; at its first event answered `Retry` the key
 //!   stops, and its later events in the batch are answered `Retry` without
