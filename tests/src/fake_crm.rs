@@ -31,6 +31,16 @@ pub enum Reply {
     Hang(Duration),
     /// Answer this status to every request for the key, for ever.
     Always(u16),
+    /// Answer this status (not applied) with a body that echoes the bare
+    /// credential of the `Authorization` header (the part after its scheme
+    /// word) after `pad` characters of padding, as a careless CRM's
+    /// "invalid token ..." error does.
+    EchoToken {
+        /// The status.
+        status: u16,
+        /// Characters before the echo (to place it across a clip).
+        pad: usize,
+    },
 }
 
 /// One request the fake received.
@@ -59,8 +69,9 @@ pub struct CrmState {
     pub requests: Vec<Seen>,
     /// Answers still to give, by key; when none is left: apply, `200`.
     pub script: HashMap<String, VecDeque<Reply>>,
-    /// While set, every request is answered `503` (an outage).
-    pub down: bool,
+    /// While set, every request is answered this status (an outage:
+    /// `503`, or e.g. `401` while a credential is rotated).
+    pub down: Option<u16>,
     /// Requests being handled now.
     pub in_flight: usize,
     /// The most requests ever handled at once.
@@ -159,9 +170,37 @@ impl FakeCrm {
             .insert(key.into(), replies.iter().cloned().collect());
     }
 
-    /// Starts or ends an outage.
+    /// Starts or ends an outage (every request answered `503`).
     pub fn set_down(&self, down: bool) {
-        self.state.lock().unwrap().down = down;
+        self.set_outage(down.then_some(503));
+    }
+
+    /// Starts an outage answering `status` to every request, or ends it.
+    pub fn set_outage(&self, status: Option<u16>) {
+        self.state.lock().unwrap().down = status;
+    }
+
+    /// Every request so far, grouped by the string at `pointer` (a JSON
+    /// pointer into the body, e.g. the venue a template put there), each
+    /// group in arrival order: (idempotency key, status answered, applied
+    /// by this request).
+    pub fn arrivals_by(&self, pointer: &str) -> HashMap<String, Vec<(String, u16, bool)>> {
+        let s = self.state.lock().unwrap();
+        let mut applied = std::collections::HashSet::new();
+        let mut out: HashMap<String, Vec<(String, u16, bool)>> = HashMap::new();
+        for r in &s.requests {
+            let first = r.status == 200 && applied.insert(r.key.clone());
+            let group = r
+                .body
+                .pointer(pointer)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string();
+            out.entry(group)
+                .or_default()
+                .push((r.key.clone(), r.status, first));
+        }
+        out
     }
 
     /// Requests received so far.
@@ -194,8 +233,8 @@ async fn handle(
         let mut s = state.lock().unwrap();
         s.in_flight += 1;
         s.max_in_flight = s.max_in_flight.max(s.in_flight);
-        let reply = if s.down {
-            Some(Reply::Status(503))
+        let reply = if let Some(c) = s.down {
+            Some(Reply::Status(c))
         } else {
             match s.script.get_mut(&key) {
                 Some(q) => match q.front() {
@@ -207,7 +246,9 @@ async fn handle(
             }
         };
         let status = match &reply {
-            Some(Reply::Status(c)) | Some(Reply::Always(c)) => *c,
+            Some(Reply::Status(c))
+            | Some(Reply::Always(c))
+            | Some(Reply::EchoToken { status: c, .. }) => *c,
             Some(Reply::TooMany(_)) => 429,
             Some(Reply::Hang(_)) | None => {
                 if s.applied.iter().any(|(k, _)| *k == key) {
@@ -239,6 +280,14 @@ async fn handle(
             "{\"error\":\"slow down\"}",
         )
             .into_response(),
+        Some(Reply::EchoToken { pad, .. }) => {
+            let auth = header("authorization");
+            let bare = auth
+                .split_once(' ')
+                .map_or(auth.as_str(), |(_, t)| t.trim());
+            let body = format!("{}invalid token {bare}", "x".repeat(pad));
+            (code, body).into_response()
+        }
         Some(_) if status == 400 => (code, "{\"error\":\"invalid email address\"}").into_response(),
         Some(_) => (code, "{\"error\":\"internal\"}").into_response(),
         None => (code, "{\"ok\":true}").into_response(),

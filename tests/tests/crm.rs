@@ -19,11 +19,16 @@ use processors::sinks::{Outcome, Sink};
 const SECRET: &str = "Bearer s3cr3t-token-value";
 
 fn event(id: &str) -> Arc<Event> {
+    event_in(id, "v1")
+}
+
+/// An event of venue `venue` (its ordering key).
+fn event_in(id: &str, venue: &str) -> Arc<Event> {
     Arc::new(Event {
         source: "purple".into(),
         event_id: id.into(),
         event_type: "guest_connects".into(),
-        ordering_key: Some("v1".into()),
+        ordering_key: Some(venue.into()),
         sequence: Some(1),
         received_at_micros: 1_795_370_591_000_000,
         occurred_at_micros: Some(1_795_370_591_000_000),
@@ -32,7 +37,7 @@ fn event(id: &str) -> Arc<Event> {
             event_type: "guest_connects".into(),
             sequence: 1,
             occurred_at_micros: 1_795_370_591_000_000,
-            venue_id: "v1".into(),
+            venue_id: venue.into(),
             venue_name: Some("Airport Hotel".into()),
             zone: Some("lobby".into()),
             device_id: Some("dev".into()),
@@ -221,10 +226,98 @@ breaker_failures = 50"#,
     assert!(!metrics.render().contains("s3cr3t"));
 }
 
+/// Per-key order: four venues, five events each, interleaved in one batch
+/// the way the reorder stage releases them; some events of each venue fail
+/// first (503, retried within the call or offered again), some hang a
+/// little so venues overlap in time. Each venue's events must be applied
+/// in batch order, and no event of a venue may even reach the CRM before
+/// every earlier event of that venue was applied there.
 #[tokio::test]
-async fn after_the_retry_budget_the_event_is_rejected_with_the_last_answer() {
+async fn events_of_one_key_are_applied_in_order_through_503s_while_keys_run_in_parallel() {
     let crm = FakeCrm::start().await;
-    crm.script("purple:dead", &[Reply::Always(503)]);
+    let venues = ["va", "vb", "vc", "vd"];
+    let id = |v: &str, n: usize| format!("{v}-{n}");
+    for (i, v) in venues.iter().enumerate() {
+        // The first event of each venue: one 503 (retried in the call).
+        crm.script(&format!("purple:{}", id(v, 0)), &[Reply::Status(503)]);
+        // Its second: slow, so the venues overlap.
+        crm.script(
+            &format!("purple:{}", id(v, 1)),
+            &[Reply::Hang(Duration::from_millis(100))],
+        );
+        // A later one: two 503s, more than one call's attempts, so the
+        // event is answered Retry and offered again.
+        crm.script(
+            &format!("purple:{}", id(v, 2 + i % 2)),
+            &[Reply::Status(503), Reply::Status(503)],
+        );
+    }
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_ORDER",
+        r#"timeout = "2s"
+attempts_per_call = 2
+max_attempts = 20
+max_concurrency = 8
+backoff_initial = "50ms"
+backoff_max = "100ms"
+breaker_failures = 50"#,
+    );
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        for v in venues {
+            batch.push(event_in(&id(v, n), v));
+        }
+    }
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch,
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(accepted.len(), 20);
+
+    let by_venue = crm.arrivals_by("/inputs/0/properties/last_wifi_venue_id");
+    for v in venues {
+        let arrivals = &by_venue[v];
+        let applied: Vec<&str> = arrivals
+            .iter()
+            .filter(|(_, _, first)| *first)
+            .map(|(k, _, _)| k.as_str())
+            .collect();
+        let want: Vec<String> = (0..5).map(|n| format!("purple:{}", id(v, n))).collect();
+        assert_eq!(applied, want, "{v}: applied out of order: {arrivals:?}");
+        // No request of a later event before every earlier one was applied.
+        let mut done = 0;
+        for (key, status, first) in arrivals {
+            let n = want.iter().position(|w| w == key).unwrap();
+            assert!(
+                n <= done,
+                "{v}: {key} reached the CRM before {} was applied: {arrivals:?}",
+                want[done]
+            );
+            if *first {
+                assert_eq!(n, done, "{v}: {key} ({status})");
+                done += 1;
+            }
+        }
+    }
+    // The venues did not wait for each other.
+    let s = crm.state.lock().unwrap();
+    assert!(s.max_in_flight >= 2, "keys were not run in parallel");
+}
+
+/// A poison event: the CRM answers `500` to it for ever while it applies
+/// everything else (other partitions' traffic on the same sink). The
+/// destination is healthy, so the event's failures count: it is rejected
+/// after `max_attempts` (the pipeline dead-letters it and its key moves
+/// on), while an outage would not have cost it anything.
+#[tokio::test]
+async fn a_poison_event_that_a_healthy_crm_answers_500_is_rejected_after_max_attempts() {
+    let crm = FakeCrm::start().await;
+    crm.script("purple:dead", &[Reply::Always(500)]);
     let (sink, _) = sink(
         &crm.url(),
         "CRM_TEST_SECRET_2",
@@ -234,28 +327,191 @@ backoff_initial = "10ms"
 backoff_max = "20ms"
 breaker_failures = 50"#,
     );
-    let (accepted, rejected) = offer_until_settled(
-        &sink,
-        vec![event("dead"), event("fine")],
-        Duration::from_millis(10),
-        Duration::from_secs(20),
-    )
-    .await;
-    assert_eq!(accepted, ["fine"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let traffic = async {
+        let mut n = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let e = event_in(&format!("other{n}"), &format!("w{n}"));
+            assert_eq!(sink.accept(&[e]).await, [Outcome::Accepted]);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    };
+    let poison = async {
+        let settled = offer_until_settled(
+            &sink,
+            vec![event("dead"), event("after")],
+            Duration::from_millis(10),
+            Duration::from_secs(20),
+        )
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        settled
+    };
+    let (others, (accepted, rejected)) = tokio::join!(traffic, poison);
+    assert_eq!(accepted, ["after"]);
     assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].0, "dead");
     assert!(
         rejected[0]
             .1
-            .starts_with("gave up after 5 attempts; last: HTTP 503"),
+            .starts_with("gave up after 5 attempts; last: HTTP 500"),
         "{}",
         rejected[0].1
     );
     assert!(!rejected[0].1.contains("s3cr3t"));
     let s = crm.state.lock().unwrap();
-    assert_eq!(
-        s.requests.iter().filter(|r| r.key == "purple:dead").count(),
-        5
+    assert_eq!(s.applied.len(), others + 1);
+    let tries: Vec<usize> = (0..s.requests.len())
+        .filter(|&i| s.requests[i].key == "purple:dead")
+        .collect();
+    assert!(tries.len() >= 5, "{} requests", tries.len());
+    // Its key waited for it: `after` went only once `dead` was refused.
+    let after = s
+        .requests
+        .iter()
+        .position(|r| r.key == "purple:after")
+        .unwrap();
+    assert!(after > tries[tries.len() - 1]);
+}
+
+/// An outage (503, then 401 and 403 as during a credential rotation)
+/// lasting many times `max_attempts`' worth of attempts and breaker
+/// probes: nothing is rejected, and once the CRM is back every event is
+/// applied once, in order per key.
+#[tokio::test]
+async fn an_outage_longer_than_max_attempts_rejects_nothing_and_then_applies_each_event_once() {
+    let crm = FakeCrm::start().await;
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_OUTAGE",
+        r#"timeout = "1s"
+attempts_per_call = 2
+max_attempts = 3
+max_concurrency = 4
+backoff_initial = "10ms"
+backoff_max = "20ms"
+breaker_failures = 3
+breaker_cooldown = "100ms""#,
     );
+    let batch: Vec<_> = (0..6)
+        .map(|i| event_in(&format!("o{i}"), &format!("vo{}", i % 3)))
+        .collect();
+    let mut pending = batch.clone();
+    let mut rejected = Vec::new();
+    for status in [503, 401, 403, 500] {
+        crm.set_outage(Some(status));
+        let until = Instant::now() + Duration::from_millis(700);
+        while Instant::now() < until {
+            let outcomes = sink.accept(&pending).await;
+            let mut again = Vec::new();
+            for (e, o) in pending.into_iter().zip(outcomes) {
+                match o {
+                    Outcome::Retry(_) => again.push(e),
+                    Outcome::Reject(r) => rejected.push((e.event_id.clone(), r)),
+                    Outcome::Accepted => panic!("{} accepted during the outage", e.event_id),
+                }
+            }
+            pending = again;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let during = crm.requests();
+    assert!(
+        rejected.is_empty(),
+        "rejected during an outage ({during} requests): {rejected:?}"
+    );
+    // Many times max_attempts per key head: the outage outlasted the budget.
+    assert!(
+        during > 3 * 3 * 2,
+        "only {during} requests during the outage"
+    );
+
+    crm.set_outage(None);
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        pending,
+        Duration::from_millis(20),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(accepted.len(), 6);
+    let s = crm.state.lock().unwrap();
+    assert_eq!(s.applied.len(), 6);
+    for e in &batch {
+        assert_eq!(s.applied_count(&format!("purple:{}", e.event_id)), 1);
+    }
+}
+
+/// A careless CRM echoes the bare token (without its `Bearer` word) in
+/// its error bodies: in a `401`, a `403`, and in a `400` whose echo
+/// straddles the quoting clip. No reason the sink gives holds any of it.
+#[tokio::test]
+async fn a_token_echoed_bare_in_401_403_and_400_bodies_is_redacted_from_every_reason() {
+    let crm = FakeCrm::start().await;
+    crm.script(
+        "purple:t401",
+        &[Reply::EchoToken {
+            status: 401,
+            pad: 0,
+        }],
+    );
+    crm.script(
+        "purple:t403",
+        &[Reply::EchoToken {
+            status: 403,
+            pad: 0,
+        }],
+    );
+    // 278 + "invalid token ".len() = 292: the clip at 300 cuts the token.
+    crm.script(
+        "purple:t400",
+        &[Reply::EchoToken {
+            status: 400,
+            pad: 278,
+        }],
+    );
+    let (sink, metrics) = sink(
+        &crm.url(),
+        "CRM_TEST_SECRET_ECHO",
+        "attempts_per_call = 1\nbreaker_failures = 50",
+    );
+    let batch = vec![
+        event_in("t401", "ve1"),
+        event_in("t403", "ve2"),
+        event_in("t400", "ve3"),
+    ];
+    let outcomes = sink.accept(&batch).await;
+    let bare = SECRET.trim_start_matches("Bearer ");
+    let reasons: Vec<String> = outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Retry(r) | Outcome::Reject(r) => r.clone(),
+            Outcome::Accepted => String::new(),
+        })
+        .collect();
+    assert!(matches!(&outcomes[0], Outcome::Retry(_)), "{outcomes:?}");
+    assert!(matches!(&outcomes[1], Outcome::Retry(_)), "{outcomes:?}");
+    assert!(matches!(&outcomes[2], Outcome::Reject(_)), "{outcomes:?}");
+    for (r, code) in reasons.iter().zip(["401", "403", "400"]) {
+        assert!(r.starts_with(&format!("HTTP {code}: ")), "{r}");
+        assert!(r.contains("invalid token"), "the body was not quoted: {r}");
+        // Neither the token nor a piece of it cut by the clip.
+        assert!(!r.contains(&bare[..4]), "the token leaked: {r}");
+    }
+    assert!(!metrics.render().contains(&bare[..4]));
+    // And once the CRM takes them, the two it did not refuse are applied.
+    let (accepted, rejected) = offer_until_settled(
+        &sink,
+        batch[..2].to_vec(),
+        Duration::from_millis(20),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(accepted, ["t401", "t403"]);
+    assert!(rejected.is_empty());
 }
 
 #[tokio::test]
@@ -322,7 +578,10 @@ async fn concurrency_and_rate_are_limited_per_destination() {
         "CRM_TEST_SECRET_4",
         "timeout = \"2s\"\nmax_concurrency = 2",
     );
-    let batch: Vec<_> = (0..8).map(|i| event(&format!("s{i}"))).collect();
+    // Eight keys (one key's events never overlap; keys do, up to the limit).
+    let batch: Vec<_> = (0..8)
+        .map(|i| event_in(&format!("s{i}"), &format!("vs{i}")))
+        .collect();
     let (accepted, _) = offer_until_settled(
         &slow,
         batch,
@@ -362,7 +621,11 @@ async fn end_to_end_through_tansu_each_event_once_or_dead_lettered() {
     crm.script("purple:c2", &[Reply::Status(500), Reply::Status(503)]);
     crm.script("purple:c3", &[Reply::TooMany(1)]);
     crm.script("purple:c4", &[Reply::Hang(Duration::from_secs(3))]);
-    crm.script("purple:c5", &[Reply::Always(400)]);
+    // c5: two 401s echoing the bare token (logged as the reason of a
+    // retry), then a 400 echoing it across the quoting clip (the
+    // dead-letter reason): the token must reach neither.
+    let echo = |status, pad| Reply::EchoToken { status, pad };
+    crm.script("purple:c5", &[echo(401, 0), echo(401, 0), echo(400, 278)]);
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"
@@ -471,10 +734,17 @@ sinks = ["crm"]
     assert_eq!(dlq[0].header("sink").as_deref(), Some("crm"));
     let reason = dlq[0].header("reason").unwrap_or_default();
     assert!(reason.starts_with("HTTP 400"), "{reason}");
-    assert!(!processor.log().contains("s3cr3t"));
+    assert!(reason.contains("invalid token"), "{reason}");
+    let log = processor.log();
+    assert!(log.contains("HTTP 401: invalid token"), "{log}");
+    assert!(
+        !log.contains("s3cr3t"),
+        "the token leaked into the log:\n{log}"
+    );
     for r in &dlq {
         for n in ["reason", "sink", "source", "event-id"] {
-            assert!(!r.header(n).unwrap_or_default().contains("s3cr3t"));
+            let v = r.header(n).unwrap_or_default();
+            assert!(!v.contains("s3cr3t"), "the token leaked into {n}: {v}");
         }
     }
 }

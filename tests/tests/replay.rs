@@ -423,7 +423,10 @@ async fn dead_letters_of_a_down_crm_are_redriven_once_it_recovers_each_applied_o
     broker.create_topic("dl.quarantine", 1).await;
     broker.create_topic("dl.dlq", 1).await;
     let crm = FakeCrm::start().await;
-    crm.set_down(true);
+    // Down in the way that dead-letters: the CRM refuses every event for
+    // good (422, say a field it briefly required). An outage answering
+    // 503 would not: it costs no event an attempt, the partition waits.
+    crm.set_outage(Some(422));
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         r#"
@@ -512,11 +515,7 @@ sinks = ["crm"]
         "{}",
         list.stdout
     );
-    assert!(
-        list.stdout.contains("gave up after 2 attempts"),
-        "{}",
-        list.stdout
-    );
+    assert!(list.stdout.contains("HTTP 422"), "{}", list.stdout);
 
     // A filter on another sink leaves every letter pending.
     let other = run_processors(
@@ -534,7 +533,7 @@ sinks = ["crm"]
     );
     assert_eq!(
         crm.requests(),
-        2 * n as usize,
+        n as usize,
         "a filtered re-drive reached the CRM"
     );
 
@@ -553,7 +552,7 @@ sinks = ["crm"]
     );
     assert_eq!(
         crm.requests(),
-        2 * n as usize,
+        n as usize,
         "a filtered re-drive reached the CRM"
     );
 
