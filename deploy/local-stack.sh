@@ -26,17 +26,38 @@ mkdir -p "$data/tansu"
 echo "building ingest and processors (release)..." >&2
 cargo build --release --locked -p ingest --bin ingest -p processors --bin processors
 
-pids=()
+# Each service runs in its own session (setsid), so Ctrl-C reaches only
+# this script, which then stops them in order: ingest first (no new
+# webhooks), then the processors (they hand over and commit while the
+# broker is still up), then the broker. Each gets a bounded time.
+broker_pid="" ingest_pid="" processors_pid=""
+alive() {
+  local state
+  state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+stop() { # pid name seconds
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 $(($3 * 10))); do
+    alive "$1" || { wait "$1" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  echo "$2 did not stop within $3 s; killing it" >&2
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  trap - EXIT INT TERM
+  stop "$ingest_pid" ingest 15
+  stop "$processors_pid" processors 40
+  stop "$broker_pid" tansu 10
 }
 trap cleanup EXIT INT TERM
 
 broker="tcp://127.0.0.1:$kafka_port"
-(cd "$data/tansu" && exec tansu broker --storage-engine sqlite://tansu.db \
+(cd "$data/tansu" && exec setsid tansu broker --storage-engine sqlite://tansu.db \
   --listener-url "$broker" --advertised-listener-url "$broker") >"$data/tansu.log" 2>&1 &
-pids+=($!)
+broker_pid=$!
 for _ in $(seq 1 100); do
   (echo >"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break
   sleep 0.1
@@ -49,9 +70,9 @@ done
 
 export INGEST_KAFKA__BROKERS="127.0.0.1:$kafka_port"
 export INGEST_SERVER__LISTEN="127.0.0.1:$ingest_port"
-"$root/target/release/ingest" serve --config "$root/deploy/config/ingest.local.toml" \
+setsid "$root/target/release/ingest" serve --config "$root/deploy/config/ingest.local.toml" \
   > "$data/ingest.out" 2> >(tee "$data/ingest.log" >&2) &
-pids+=($!)
+ingest_pid=$!
 for _ in $(seq 1 100); do
   grep -q "listening on" "$data/ingest.out" 2>/dev/null && break
   sleep 0.1
@@ -72,9 +93,9 @@ if [ -n "${ANALYTICS_DATABASE_URL:-}" ]; then
 else
   analytics_where="the embedded store $data/analytics.db"
 fi
-"$root/target/release/processors" run --config "$root/deploy/config/processors.local.toml" \
+setsid "$root/target/release/processors" run --config "$root/deploy/config/processors.local.toml" \
   > "$data/processors.out" 2> >(tee "$data/processors.log" >&2) &
-pids+=($!)
+processors_pid=$!
 for _ in $(seq 1 100); do
   grep -q "metrics on" "$data/processors.out" 2>/dev/null && break
   sleep 0.1

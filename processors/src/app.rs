@@ -138,18 +138,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     plumbing::shutdown_signal().await;
     tracing::info!("stopping: handing partitions over");
     let _ = stop_tx.send(true);
-    let joined = tokio::task::spawn_blocking(move || running.join()).await;
+    // The hand-over talks to the brokers (final commit, leaving the group);
+    // with the brokers gone or stalled librdkafka would retry it for
+    // minutes. The process ends within its bound whatever their state:
+    // what it could not commit, the next owner reads again.
+    let bound = config.processing.revoke_timeout + SHUTDOWN_GRACE;
+    let joined =
+        tokio::time::timeout(bound, tokio::task::spawn_blocking(move || running.join())).await;
     let _ = http.await;
     let _ = expiry.await;
     match joined {
-        Ok(Ok(())) => {
+        Ok(Ok(Ok(()))) => {
             tracing::info!("stopped");
             Ok(())
         }
-        Ok(Err(e)) => Err(anyhow::anyhow!(e)),
-        Err(e) => Err(anyhow::anyhow!("consumer thread: {e}")),
+        Ok(Ok(Err(e))) => Err(anyhow::anyhow!(e)),
+        Ok(Err(e)) => Err(anyhow::anyhow!("consumer thread: {e}")),
+        Err(_) => Err(anyhow::anyhow!(
+            "the consumer did not stop within {} (revoke_timeout + {}): the brokers are unreachable or not answering; exiting without the final commit, so the next owner of these partitions reads again from the last committed offset",
+            humantime::format_duration(bound),
+            humantime::format_duration(SHUTDOWN_GRACE),
+        )),
     }
 }
+
+/// How long, past `revoke_timeout`, a stopping process waits for the
+/// consumer to commit and leave the group before it exits anyway.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the HTTP handlers share.
 #[derive(Clone)]

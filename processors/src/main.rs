@@ -82,7 +82,11 @@ fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(processors::app::serve(config)) {
+    let result = rt.block_on(processors::app::serve(config));
+    // A consumer thread still blocked in librdkafka (brokers gone) must not
+    // hold the exit: `serve` already waited as long as it may.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

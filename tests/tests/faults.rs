@@ -791,3 +791,72 @@ async fn processors_sigterm_mid_stream_exits_0_in_time_and_loses_and_repeats_not
         report.sent
     );
 }
+
+/// Issue 17, defect 16: SIGTERM with the broker gone (killed, or stopped
+/// and answering nothing) ends the processors within their documented
+/// bound, `revoke_timeout` + 5 s, saying what they could not commit;
+/// before, they retried the hand-over against the dead broker for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processors_sigterm_with_the_broker_gone_exits_within_the_bound() {
+    for stalled in [false, true] {
+        let topic = if stalled {
+            "f-gone-stalled"
+        } else {
+            "f-gone-killed"
+        };
+        let mut broker = Broker::start();
+        topics(&broker, topic, 2).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = dir.path().join("events.jsonl");
+        let config = processors_config(
+            &broker,
+            topic,
+            &dir,
+            &format!(
+                "[sinks.lines]\nkind = \"jsonl\"\npath = \"{}\"\n",
+                sink.display()
+            ),
+            "[[routes]]\nname = \"all\"\nsinks = [\"lines\"]\n",
+        );
+        let mut p = start_processor(&config);
+        let records: Vec<(Vec<u8>, Vec<u8>)> = (1..=20)
+            .map(|s| {
+                let id = format!("{topic}-{s}");
+                (
+                    b"gone-venue".to_vec(),
+                    e2e::purple_envelope(&id, "gone-venue", s, None),
+                )
+            })
+            .collect();
+        e2e::produce(&broker.brokers(), topic, &records).await;
+        wait_until(
+            "events handled",
+            Duration::from_secs(60),
+            &|| p.log(),
+            || {
+                let n = sink_lines(&sink).len();
+                async move { n >= 20 }
+            },
+        )
+        .await;
+        if stalled {
+            broker.pause();
+        } else {
+            broker.kill();
+        }
+        // revoke_timeout is 10 s in this config: the bound is 15 s; 25 s
+        // leaves room for a loaded machine and still fails the old hang.
+        let asked = Instant::now();
+        let status = tokio::task::block_in_place(|| p.stop(Duration::from_secs(25)));
+        let took = asked.elapsed();
+        let log = p.log();
+        assert!(
+            status.success() || log.contains("did not stop within"),
+            "stalled={stalled}: exited {status} after {took:?} without saying why:\n{log}"
+        );
+        eprintln!("broker gone (stalled={stalled}): processors exited {status} after {took:?}");
+        if stalled {
+            broker.resume();
+        }
+    }
+}
