@@ -1,4 +1,10 @@
-//! The end-to-end tests: one test binary, one module per area.
+//! The end-to-end tests: one test binary (one link of rdkafka, SQLite and
+//! tokio-postgres), one module per area, each starting its own broker,
+//! database and binaries on free ports so the tests run in parallel. The
+//! harness they share is the `e2e` library (`tests/src/`).
+//!
+//! Run one area with a filter on the module: `cargo nextest run -p e2e
+//! --test e2e faults::`.
 
 mod alerting;
 mod analytics;
