@@ -13,6 +13,7 @@ mod faults;
 mod harness;
 mod hostile_input;
 mod ingest;
+mod layout;
 mod metrics;
 mod monitoring;
 mod processors;
