@@ -1,7 +1,9 @@
 //! The end-to-end tests: one test binary (one link of rdkafka, SQLite and
 //! tokio-postgres), one module per area, each starting its own broker,
 //! database and binaries on free ports so the tests run in parallel. The
-//! harness they share is the `e2e` library (`tests/src/`).
+//! harness they share is the `e2e` library (`tests/src/`). One module
+//! starts nothing: `layout` checks the crates' source for import circles
+//! and rdkafka outside the processors' Kafka edge.
 //!
 //! Run one area with a filter on the module: `cargo nextest run -p e2e
 //! --test e2e faults::`.
