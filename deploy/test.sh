@@ -2,9 +2,9 @@
 # The whole test suite, from a fresh machine: installs what the tests need,
 # checks formatting and lints, builds the binaries the end-to-end tests
 # start, and runs every test with cargo-nextest. Among them,
-# tests/tests/monitoring.rs runs promtool (check config, check rules, test
+# tests/tests/e2e/monitoring.rs runs promtool (check config, check rules, test
 # rules) on deploy/prometheus and checks the Grafana dashboard, and
-# tests/tests/metrics.rs scrapes both binaries after real traffic.
+# tests/tests/e2e/metrics.rs scrapes both binaries after real traffic.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -6,7 +6,7 @@
 //! it holds.
 
 use hmac::{Hmac, Mac};
-use ingest::config::{HmacAlgorithm, HmacConfig, SignatureEncoding};
+use ingest::signature::config::{HmacAlgorithm, HmacConfig, SignatureEncoding};
 use ingest::signature::hmac::HmacScheme;
 use libfuzzer_sys::fuzz_target;
 use pipeline_fuzz::{NOW, request, secrets};

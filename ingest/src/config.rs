@@ -7,6 +7,11 @@
 //!
 //! [`Config::load`] returns every problem it finds at once, each naming the
 //! file, the source and the field, and never panics.
+//!
+//! A source's signature settings are the signature component's own
+//! ([`crate::signature::config`]); this module composes them into
+//! [`SourceConfig`] and delegates their checks to
+//! [`SignatureConfig::problems`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +25,8 @@ use serde::Deserialize;
 
 use crate::address::Cidrs;
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
-use crate::secret::SecretRef;
+use crate::secret::{SecretRef, valid_secret_id};
+use crate::signature::config::SignatureConfig;
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -232,147 +238,6 @@ pub enum Extract {
     Header(String),
 }
 
-/// A signature scheme and its secrets.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "scheme", rename_all = "lowercase")]
-pub enum SignatureConfig {
-    /// The guest-WiFi platform: `X-Purple-Signature: hex(HMAC-SHA256(secret,
-    /// body))`. A preset of `hmac`.
-    Purple(PresetConfig),
-    /// Generic HMAC of the raw body, optionally with a signed timestamp.
-    Hmac(HmacConfig),
-    /// GitHub: `X-Hub-Signature-256: sha256=hex(HMAC-SHA256(secret, body))`.
-    /// GitHub's payloads have no top-level `id`: its delivery id is the
-    /// `X-GitHub-Delivery` header, the same on redeliveries, so set
-    /// `event_id = { header = "X-GitHub-Delivery" }` on the source.
-    Github(PresetConfig),
-    /// Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=...]` over
-    /// `{t}.{body}`, with the endpoint's `whsec_...` signing secret as is.
-    /// The event id is the body's `id`, which the default `event_id` takes.
-    Stripe(TimedPresetConfig),
-    /// Shopify: `X-Shopify-Hmac-Sha256: base64(HMAC-SHA256(secret, body))`.
-    /// Set `event_id = { header = "X-Shopify-Webhook-Id" }` on the source.
-    Shopify(PresetConfig),
-    /// Slack: `X-Slack-Signature: v0=hex(HMAC-SHA256(secret,
-    /// "v0:{X-Slack-Request-Timestamp}:{body}"))`. Events API bodies carry
-    /// `/event_id`; slash commands carry no id (it is derived from the body).
-    Slack(TimedPresetConfig),
-    /// Standard Webhooks, what Svix sends: `webhook-id`, `webhook-timestamp`,
-    /// `webhook-signature: v1,<base64> ...` over `{id}.{timestamp}.{body}`
-    /// (the `svix-*` header names are accepted too). Secrets are
-    /// `whsec_<base64>`. Set `event_id = { header = "webhook-id" }` (or
-    /// `svix-id`) on the source.
-    Standard(TimedPresetConfig),
-}
-
-/// A preset scheme: only its secrets are configurable.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PresetConfig {
-    /// Accepted secrets, all at once (rotation): a request signed with any
-    /// of them is genuine.
-    pub secrets: Vec<SecretRef>,
-}
-
-/// A preset scheme whose sender signs a timestamp: its secrets and how far
-/// that timestamp may be from now.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TimedPresetConfig {
-    /// Replay protection: a signed timestamp older or newer than now by
-    /// more than this is refused (401 `timestamp_out_of_tolerance`), e.g.
-    /// `5m`. Keep the clocks in sync (NTP).
-    #[serde(default = "default_tolerance", with = "humantime_serde")]
-    pub tolerance: Duration,
-    /// Accepted secrets, all at once (rotation).
-    pub secrets: Vec<SecretRef>,
-}
-
-/// Generic HMAC over the raw body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HmacConfig {
-    /// Header carrying the signature.
-    pub header: String,
-    /// Hash function.
-    #[serde(default)]
-    pub algorithm: HmacAlgorithm,
-    /// How the signature bytes are written in the header.
-    #[serde(default)]
-    pub encoding: SignatureEncoding,
-    /// Text before the signature in the header, e.g. `sha256=`.
-    #[serde(default)]
-    pub prefix: Option<String>,
-    /// Header carrying a Unix timestamp (seconds) that the sender signs
-    /// with the body: the signed content is then `{timestamp}.{body}`, and
-    /// a timestamp outside `tolerance` is refused.
-    #[serde(default)]
-    pub timestamp_header: Option<String>,
-    /// With `timestamp_header`: how far the timestamp may be from now,
-    /// either way (default 5m).
-    #[serde(default, with = "humantime_serde")]
-    pub tolerance: Option<Duration>,
-    /// Accepted secrets, all at once (rotation).
-    pub secrets: Vec<SecretRef>,
-}
-
-/// HMAC hash function.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum HmacAlgorithm {
-    /// HMAC-SHA256.
-    #[default]
-    Sha256,
-    /// HMAC-SHA512.
-    Sha512,
-}
-
-/// How signature bytes are written.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SignatureEncoding {
-    /// Hexadecimal, either case.
-    #[default]
-    Hex,
-    /// Standard base64 with padding.
-    Base64,
-}
-
-impl SignatureConfig {
-    /// The secrets of whichever scheme this is.
-    pub fn secrets(&self) -> &[SecretRef] {
-        match self {
-            SignatureConfig::Purple(p)
-            | SignatureConfig::Github(p)
-            | SignatureConfig::Shopify(p) => &p.secrets,
-            SignatureConfig::Hmac(h) => &h.secrets,
-            SignatureConfig::Stripe(t)
-            | SignatureConfig::Slack(t)
-            | SignatureConfig::Standard(t) => &t.secrets,
-        }
-    }
-
-    /// The replay tolerance, for schemes that sign a timestamp.
-    pub fn tolerance(&self) -> Option<Duration> {
-        match self {
-            SignatureConfig::Purple(_)
-            | SignatureConfig::Github(_)
-            | SignatureConfig::Shopify(_) => None,
-            SignatureConfig::Hmac(h) => h
-                .timestamp_header
-                .as_ref()
-                .map(|_| h.tolerance.unwrap_or(default_tolerance())),
-            SignatureConfig::Stripe(t)
-            | SignatureConfig::Slack(t)
-            | SignatureConfig::Standard(t) => Some(t.tolerance),
-        }
-    }
-}
-
-/// Smallest and largest accepted replay tolerance.
-pub const TOLERANCE_RANGE: (Duration, Duration) =
-    (Duration::from_secs(1), Duration::from_secs(60 * 60));
-
 const fn default_max_in_flight() -> usize {
     1024
 }
@@ -399,9 +264,6 @@ const fn default_linger() -> Duration {
 }
 const fn default_message_max_bytes() -> usize {
     1_000_000
-}
-const fn default_tolerance() -> Duration {
-    crate::signature::DEFAULT_TOLERANCE
 }
 const fn default_max_body_bytes() -> usize {
     256 * 1024
@@ -775,58 +637,7 @@ impl Config {
                     ));
                 }
             }
-            let secrets = src.signature.secrets();
-            if secrets.is_empty() {
-                p.push(format!(
-                    "{at}.signature.secrets: at least one secret is needed"
-                ));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            for (i, sr) in secrets.iter().enumerate() {
-                let sat = format!("{at}.signature.secrets[{i}]");
-                if !valid_secret_id(&sr.id) {
-                    p.push(format!(
-                        "{sat}.id: {:?} must be 1-64 of a-z A-Z 0-9 . _ -",
-                        sr.id
-                    ));
-                }
-                if !seen.insert(sr.id.as_str()) {
-                    p.push(format!("{sat}.id: {:?} is used twice", sr.id));
-                }
-                if sr.env.is_some() == sr.file.is_some() {
-                    p.push(format!("{sat}: name exactly one of `env` or `file`"));
-                }
-            }
-            if let SignatureConfig::Hmac(h) = &src.signature {
-                if axum::http::HeaderName::try_from(h.header.as_str()).is_err() {
-                    p.push(format!(
-                        "{at}.signature.header: {:?} is not a valid header name",
-                        h.header
-                    ));
-                }
-                match &h.timestamp_header {
-                    Some(t) if axum::http::HeaderName::try_from(t.as_str()).is_err() => {
-                        p.push(format!(
-                            "{at}.signature.timestamp_header: {t:?} is not a valid header name"
-                        ));
-                    }
-                    Some(t) if t.eq_ignore_ascii_case(&h.header) => p.push(format!(
-                        "{at}.signature.timestamp_header: must differ from signature.header"
-                    )),
-                    None if h.tolerance.is_some() => p.push(format!(
-                        "{at}.signature.tolerance: has no effect without timestamp_header"
-                    )),
-                    _ => {}
-                }
-            }
-            if let Some(t) = src.signature.tolerance() {
-                let (min, max) = TOLERANCE_RANGE;
-                if t < min || t > max {
-                    p.push(format!(
-                        "{at}.signature.tolerance: must be between 1s and 1h"
-                    ));
-                }
-            }
+            p.extend(src.signature.problems(&format!("{at}.signature")));
             access_problems(&at, src, &mut p);
         }
         p
@@ -908,13 +719,6 @@ pub fn valid_source_name(n: &str) -> bool {
         && n.as_bytes()[0].is_ascii_alphanumeric()
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
-}
-
-fn valid_secret_id(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 64
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`secret`]: secret values read from the environment or files, never
 //!   printable.
 //! - [`signature`]: signature schemes; each verifies the exact bytes
-//!   received, in constant time, against every secret of a rotation.
+//!   received, in constant time, against every secret of a rotation. Their
+//!   configuration and its checks live beside them (`signature::config`).
 //! - [`source`]: a configured source at run time: its scheme, body limit,
 //!   where its event id, ordering key and sequence come from, its
 //!   allow-list, rate limit and handshakes.

@@ -5,7 +5,7 @@
 //! secret ids. Never event ids, addresses or raw paths.
 //!
 //! Every metric is registered through a [`Catalogue`], which lists it even
-//! before it has a series: `tests/tests/metrics.rs` checks the names, types
+//! before it has a series: `tests/tests/e2e/metrics.rs` checks the names, types
 //! and labels, and that the alert rules and the Grafana dashboard only use
 //! names declared here.
 

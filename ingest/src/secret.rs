@@ -23,6 +23,16 @@ pub struct SecretRef {
     pub file: Option<PathBuf>,
 }
 
+/// Whether `id` may label a secret: it is recorded in the envelope and in
+/// metrics labels, so 1-64 of `a-z A-Z 0-9 . _ -`.
+pub fn valid_secret_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// A secret value. Cannot be printed.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);

@@ -6,7 +6,7 @@
 //!
 //! Register every metric through the [`Catalogue`] (the `counter` and
 //! `gauge` helpers, or `r.add(&metric)`): it lists each family even before
-//! it has a series, and `tests/tests/metrics.rs` checks the names, types and
+//! it has a series, and `tests/tests/e2e/metrics.rs` checks the names, types and
 //! labels, and that the alert rules and the Grafana dashboard only use
 //! names declared here.
 

@@ -15,11 +15,11 @@ use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use sha2::{Sha256, Sha512};
 
+use super::config::{DEFAULT_TOLERANCE, HmacAlgorithm, HmacConfig, SignatureEncoding};
 use super::{
-    DEFAULT_TOLERANCE, MAX_CANDIDATES, NamedSecret, Scheme, Verified, VerifyError, check_tolerance,
-    leak_label, now_unix, parse_timestamp, single_value,
+    MAX_CANDIDATES, NamedSecret, Scheme, Verified, VerifyError, check_tolerance, leak_label,
+    now_unix, parse_timestamp, single_value,
 };
-use crate::config::{HmacAlgorithm, HmacConfig, SignatureEncoding};
 
 /// Longest header value looked at; anything longer is malformed.
 const MAX_HEADER_LEN: usize = 1024;

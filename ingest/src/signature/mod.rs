@@ -2,10 +2,10 @@
 //!
 //! A scheme looks at the request headers and the exact bytes received and
 //! says which secret of the rotation signed them, or why none did. Adding a
-//! scheme is local: a config variant in [`crate::config::SignatureConfig`],
-//! a type implementing [`Scheme`] in its own file here, and one arm in
-//! [`build`].
+//! scheme is local: a config variant in [`config::SignatureConfig`], a type
+//! implementing [`Scheme`] in its own file here, and one arm in [`build`].
 //!
+//! - [`config`]: the schemes' configuration, its defaults and its checks.
 //! - [`hmac`]: generic HMAC of the body, optionally with a signed timestamp;
 //!   the guest-WiFi platform's `X-Purple-Signature` is one configuration.
 //! - [`github`]: GitHub's `X-Hub-Signature-256`.
@@ -22,6 +22,7 @@
 //! signature, so `timestamp_out_of_tolerance` is only ever said about a
 //! request that was genuinely signed (a replay, or a skewed clock).
 
+pub mod config;
 pub mod github;
 pub mod hmac;
 pub mod shopify;
@@ -37,15 +38,13 @@ use axum::http::HeaderMap;
 use axum::http::header::AsHeaderName;
 use sha2::Sha256;
 
-use crate::config::SignatureConfig;
+use self::config::SignatureConfig;
 use crate::secret::{Secret, SecretError};
 
 /// Longest header value looked at; anything longer is malformed.
 pub const MAX_HEADER_LEN: usize = 4096;
 /// Most candidate signatures tried for one request; more is malformed.
 pub const MAX_CANDIDATES: usize = 16;
-/// Default accepted distance between a signed timestamp and now.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// A secret of a rotation with its label.
 #[derive(Debug, Clone)]
@@ -282,10 +281,11 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{
-        HmacAlgorithm, HmacConfig, PresetConfig, SignatureEncoding, TimedPresetConfig,
-    };
     use crate::secret::SecretRef;
+    use crate::signature::config::{
+        DEFAULT_TOLERANCE, HmacAlgorithm, HmacConfig, PresetConfig, SignatureEncoding,
+        TimedPresetConfig,
+    };
 
     #[test]
     fn timestamps_parse_strictly() {

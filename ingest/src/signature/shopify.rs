@@ -7,9 +7,9 @@
 
 use axum::http::HeaderMap;
 
+use super::config::SignatureEncoding;
 use super::hmac::HmacScheme;
 use super::{NamedSecret, Scheme, Verified, VerifyError, now_unix};
-use crate::config::SignatureEncoding;
 
 /// The `shopify` scheme: a fixed configuration of [`HmacScheme`].
 #[derive(Debug)]

@@ -1,0 +1,25 @@
+//! The end-to-end tests: one test binary (one link of rdkafka, SQLite and
+//! tokio-postgres), one module per area, each starting its own broker,
+//! database and binaries on free ports so the tests run in parallel. The
+//! harness they share is the `e2e` library (`tests/src/`). One module
+//! starts nothing: `layout` checks the crates' source for import circles
+//! and rdkafka outside the processors' Kafka edge.
+//!
+//! Run one area with a filter on the module: `cargo nextest run -p e2e
+//! --test e2e faults::`.
+
+mod alerting;
+mod analytics;
+mod crm;
+mod faults;
+mod harness;
+mod hostile_input;
+mod ingest;
+mod layout;
+mod metrics;
+mod monitoring;
+mod processors;
+mod replay;
+mod secrets;
+mod slow_clients;
+mod sources;
