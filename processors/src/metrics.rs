@@ -96,6 +96,9 @@ pub struct Metrics {
     pub replay_progress: GaugeVec,
     /// `dlq redrive`: dead letters by sink and outcome.
     pub dlq_redriven: IntCounterVec,
+    /// Partition workers that ended unexpectedly (a panic) and were
+    /// restarted from their last stored position, by partition.
+    pub worker_restarts: IntCounterVec,
 }
 
 fn counter(
@@ -328,6 +331,12 @@ impl Metrics {
                 r.add(&g)?;
                 g
             },
+            worker_restarts: counter(
+                &r,
+                "processors_worker_restarts_total",
+                "Partition workers that ended unexpectedly (a panic) and were restarted from their last stored position, by partition.",
+                &["partition"],
+            )?,
             dlq_redriven: counter(
                 &r,
                 "processors_dlq_redriven_total",

@@ -29,7 +29,7 @@
 //!   backpressure) never pause.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,9 +50,17 @@ use crate::pipeline::{PartitionPipeline, RawRecord, Shared};
 
 /// A running partition worker.
 struct Worker {
+    /// Records in, bounded (backpressure).
     tx: mpsc::Sender<RawRecord>,
+    /// Raised on revocation and shutdown.
     stop: watch::Sender<bool>,
+    /// The position the worker reached, sent when it ends.
     done: std::sync::mpsc::Receiver<Option<i64>>,
+    /// The worker's task: finished without `stop` means it panicked.
+    task: tokio::task::JoinHandle<()>,
+    /// Where to read again if the worker dies: the offset of its first
+    /// record, then each position it stored.
+    position: Arc<AtomicI64>,
 }
 
 /// What the consumer's callbacks share with the consumer loop.
@@ -350,12 +358,25 @@ async fn consume(
     let mut held: HashMap<i32, Held> = HashMap::new();
     let mut retry = tokio::time::interval(Duration::from_millis(20));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut supervise = tokio::time::interval(SUPERVISE_EVERY);
+    supervise.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Unexpected worker ends per partition, for the restart backoff.
+    let mut failures: HashMap<i32, u32> = HashMap::new();
     loop {
         let msg = tokio::select! {
             m = consumer.recv() => Some(m),
             _ = retry.tick(), if !held.is_empty() => None,
+            _ = supervise.tick() => None,
             _ = crate::pipeline::stopped(&mut shutdown) => break,
         };
+        restart_dead_workers(
+            &parts,
+            &mut held,
+            &mut failures,
+            consumer.as_ref(),
+            &topic,
+            &shared.metrics,
+        );
         if !held.is_empty() {
             hand_held(&mut held, &parts, consumer.as_ref(), &topic);
         }
@@ -384,15 +405,17 @@ async fn consume(
                 continue;
             }
             let generation = p.generation;
+            let delay = restart_delay(failures.get(&partition).copied().unwrap_or(0));
             let w = p.workers.entry(partition).or_insert_with(|| {
                 spawn_worker(
                     partition,
+                    record.offset,
                     &topic,
                     consumer.clone(),
                     shared.clone(),
                     &workers_rt,
-                    batch_max,
-                    capacity,
+                    (batch_max, capacity),
+                    delay,
                 )
             });
             (w.tx.clone(), generation)
@@ -409,7 +432,17 @@ async fn consume(
         match tokio::time::timeout(STALL_AFTER, tx.reserve()).await {
             Ok(Ok(permit)) => permit.send(record),
             Ok(Err(_)) => {
-                tracing::debug!(partition, "worker gone; record left for the next owner");
+                // Revoked meanwhile (the next owner reads it), or the
+                // worker died: the supervisor reads it again from the
+                // worker's position.
+                restart_dead_workers(
+                    &parts,
+                    &mut held,
+                    &mut failures,
+                    consumer.as_ref(),
+                    &topic,
+                    &shared.metrics,
+                );
             }
             Err(_) => {
                 // The worker is stuck (a sink down): stop fetching this
@@ -499,24 +532,39 @@ fn set_paused(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, pause
     }
 }
 
+/// Spawns a partition's worker, which reads from `first_offset` on and
+/// starts after `delay` (a restart's backoff).
+#[allow(clippy::too_many_arguments)]
 fn spawn_worker(
     partition: i32,
+    first_offset: i64,
     topic: &str,
     consumer: Arc<StreamConsumer<Ctx>>,
     shared: Arc<Shared>,
     rt: &tokio::runtime::Handle,
-    batch_max: usize,
-    capacity: usize,
+    (batch_max, capacity): (usize, usize),
+    delay: Duration,
 ) -> Worker {
     let (tx, mut rx) = mpsc::channel::<RawRecord>(capacity);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let topic = topic.to_owned();
     let label = partition.to_string();
-    rt.spawn(async move {
+    let position = Arc::new(AtomicI64::new(first_offset));
+    let stored = position.clone();
+    let task = rt.spawn(async move {
         let metrics = shared.metrics.clone();
         let mut pipeline = PartitionPipeline::new(partition, shared, stop_rx.clone());
         let mut stop = stop_rx;
+        if !delay.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = crate::pipeline::stopped(&mut stop) => {
+                    let _ = done_tx.send(None);
+                    return;
+                }
+            }
+        }
         let mut buf = Vec::with_capacity(batch_max);
         loop {
             let deadline = pipeline.next_deadline().map(tokio::time::Instant::from_std);
@@ -536,6 +584,7 @@ fn spawn_worker(
             }
             if let Some(pos) = pipeline.committable() {
                 store(&consumer, &topic, partition, pos, &metrics);
+                stored.store(pos, Ordering::Relaxed);
             }
             metrics
                 .commit_lag
@@ -548,6 +597,83 @@ fn spawn_worker(
         tx,
         stop: stop_tx,
         done: done_rx,
+        task,
+        position,
+    }
+}
+
+/// How often the consumer looks for workers that ended unexpectedly.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// The pause before a partition's worker starts again after its `n`th
+/// unexpected end: 100 ms doubling to 30 s, so a bug that panics on every
+/// record costs a log line and a count per attempt, not a busy loop.
+fn restart_delay(n: u32) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(100)
+        .saturating_mul(1u32 << n.saturating_sub(1).min(9))
+        .min(Duration::from_secs(30))
+}
+
+/// Finds workers whose task ended while their partition is still assigned
+/// (a panic: a revoked worker is removed before it is stopped), and makes
+/// their partition read again from the worker's last stored position: the
+/// records it had taken and not finished are offered to a new worker,
+/// which the next record spawns. Counted and logged; never silent.
+fn restart_dead_workers(
+    parts: &Mutex<Partitions>,
+    held: &mut HashMap<i32, Held>,
+    failures: &mut HashMap<i32, u32>,
+    consumer: &StreamConsumer<Ctx>,
+    topic: &str,
+    metrics: &Metrics,
+) {
+    let dead: Vec<(i32, Worker)> = match parts.lock() {
+        Ok(mut p) => {
+            let ended: Vec<i32> = p
+                .workers
+                .iter()
+                .filter(|(_, w)| w.task.is_finished())
+                .map(|(partition, _)| *partition)
+                .collect();
+            ended
+                .into_iter()
+                .filter_map(|partition| p.workers.remove(&partition).map(|w| (partition, w)))
+                .collect()
+        }
+        Err(_) => return,
+    };
+    for (partition, worker) in dead {
+        let position = worker.position.load(Ordering::Relaxed);
+        let n = failures.entry(partition).or_default();
+        *n += 1;
+        metrics
+            .worker_restarts
+            .with_label_values(&[&partition.to_string()])
+            .inc();
+        tracing::error!(
+            partition,
+            position,
+            restarts = *n,
+            next_in = ?restart_delay(*n),
+            "partition worker ended unexpectedly (a panic, logged above): reading the partition again from its last stored position"
+        );
+        if held.remove(&partition).is_some() {
+            metrics.paused_partitions.dec();
+        }
+        if let Err(e) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(position),
+            Duration::from_secs(5),
+        ) {
+            // The fetch position stays where it was; the records the worker
+            // had taken are then read again only by the next owner.
+            tracing::error!(partition, position, error = %e, "seek after a worker's end refused");
+        }
+        set_paused(consumer, topic, partition, false);
     }
 }
 

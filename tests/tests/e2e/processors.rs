@@ -276,3 +276,122 @@ async fn kill_9_then_restart_and_a_second_instance_apply_every_event_once() {
         sink_lines(&sink).len()
     );
 }
+
+/// A sink whose first call panics (a bug in a sink or a stage); every later
+/// call accepts and records.
+struct PanicsOnce {
+    calls: std::sync::atomic::AtomicUsize,
+    accepted: std::sync::Mutex<Vec<String>>,
+}
+
+impl processors::sinks::Sink for PanicsOnce {
+    fn name(&self) -> &str {
+        "test"
+    }
+
+    fn accept<'a>(
+        &'a self,
+        batch: &'a [std::sync::Arc<processors::event::Event>],
+    ) -> processors::sinks::BoxFuture<'a, Vec<processors::sinks::Outcome>> {
+        Box::pin(async move {
+            let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(call > 0, "a bug in a sink: the first call panics");
+            if let Ok(mut a) = self.accepted.lock() {
+                a.extend(batch.iter().map(|e| e.event_id.clone()));
+            }
+            vec![processors::sinks::Outcome::Accepted; batch.len()]
+        })
+    }
+}
+
+/// Issue 17, defect 11: a worker that panics must not leave its partition
+/// unprocessed in silence. The runtime restarts it from the last position
+/// it stored, counted in `processors_worker_restarts_total`, and every
+/// event still reaches the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_worker_is_restarted_from_its_position_and_nothing_is_lost() {
+    use std::sync::Arc;
+    let broker = Broker::start();
+    broker.create_topic("p-panic", 1).await;
+    broker.create_topic("p-panic.quarantine", 1).await;
+    broker.create_topic("p-panic.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = processors::config::Config::from_toml(
+        &processors_config(
+            &broker.brokers(),
+            "p-panic",
+            "g-panic",
+            &dir.path().join("dedupe.redb"),
+            &dir.path().join("unused.jsonl"),
+            "",
+        )
+        .replace("kind = \"jsonl\"", "kind = \"null\"")
+        .replace(
+            &format!("path = \"{}\"", dir.path().join("unused.jsonl").display()),
+            "",
+        ),
+    )
+    .expect("config");
+    let metrics = processors::metrics::Metrics::new().unwrap();
+    let sink = Arc::new(PanicsOnce {
+        calls: Default::default(),
+        accepted: Default::default(),
+    });
+    let dedupe = processors::app::open_dedupe(&config.dedupe).unwrap();
+    let side = Arc::new(processors::kafka::side::KafkaSide::new(&config.kafka).unwrap());
+    let shared = processors::app::shared(
+        &config,
+        vec![sink.clone() as Arc<dyn processors::sinks::Sink>],
+        dedupe,
+        side,
+        metrics.clone(),
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = processors::kafka::consumer::start(
+        &config.kafka,
+        &config.processing,
+        Arc::new(shared),
+        tokio::runtime::Handle::current(),
+        stop_rx,
+    )
+    .unwrap();
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (1..=20)
+        .map(|s| {
+            let id = format!("panic-{s}");
+            (b"v".to_vec(), purple_envelope(&id, "v", s, None))
+        })
+        .collect();
+    produce(&broker.brokers(), "p-panic", &records).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: HashSet<String> = sink.accepted.lock().unwrap().iter().cloned().collect();
+        if got.len() == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 events reached the sink after the worker panicked; restarts counted: {}",
+            got.len(),
+            metrics
+                .render()
+                .lines()
+                .filter(|l| l.starts_with("processors_worker_restarts_total"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarts: f64 = metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("processors_worker_restarts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(restarts, 1.0, "{}", metrics.render());
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || running.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
