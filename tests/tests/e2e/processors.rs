@@ -2,6 +2,7 @@
 //! crashes and a second instance taking over.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::{Broker, Processor, processors_config, produce, purple_envelope, read_topic, sink_lines};
@@ -310,7 +311,6 @@ impl processors::sinks::Sink for PanicsOnce {
 /// event still reaches the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_is_restarted_from_its_position_and_nothing_is_lost() {
-    use std::sync::Arc;
     let broker = Broker::start();
     broker.create_topic("p-panic", 1).await;
     broker.create_topic("p-panic.quarantine", 1).await;
@@ -394,4 +394,114 @@ async fn a_panicking_worker_is_restarted_from_its_position_and_nothing_is_lost()
         .await
         .unwrap()
         .unwrap();
+}
+
+/// A sink whose calls never end (a destination that accepts the connection
+/// and never answers, a call stuck in a driver); it records whether the
+/// call in flight was dropped.
+struct Hangs {
+    started: std::sync::atomic::AtomicBool,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Sets its flag when the future holding it is dropped (cancelled).
+struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl processors::sinks::Sink for Hangs {
+    fn name(&self) -> &str {
+        "test"
+    }
+
+    fn accept<'a>(
+        &'a self,
+        _batch: &'a [Arc<processors::event::Event>],
+    ) -> processors::sinks::BoxFuture<'a, Vec<processors::sinks::Outcome>> {
+        let flag = DropFlag(self.dropped.clone());
+        self.started
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            let _flag = flag;
+            std::future::pending::<()>().await;
+            Vec::new()
+        })
+    }
+}
+
+/// Issue 17, defect 3: a worker must not outlive its partition. Past
+/// `revoke_timeout` the hand-over (revocation or shutdown, the same code)
+/// aborts the worker, so its sink call is cancelled instead of going on
+/// applying effects beside the next owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stuck_in_a_sink_is_aborted_at_the_hand_over() {
+    let broker = Broker::start();
+    broker.create_topic("p-stuck", 1).await;
+    broker.create_topic("p-stuck.quarantine", 1).await;
+    broker.create_topic("p-stuck.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("unused.jsonl");
+    let config = processors::config::Config::from_toml(
+        &processors_config(
+            &broker.brokers(),
+            "p-stuck",
+            "g-stuck",
+            &dir.path().join("dedupe.redb"),
+            &unused,
+            "",
+        )
+        .replace("revoke_timeout = \"10s\"", "revoke_timeout = \"2s\"")
+        .replace("kind = \"jsonl\"", "kind = \"null\"")
+        .replace(&format!("path = \"{}\"", unused.display()), ""),
+    )
+    .expect("config");
+    let metrics = processors::metrics::Metrics::new().unwrap();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sink = Arc::new(Hangs {
+        started: Default::default(),
+        dropped: dropped.clone(),
+    });
+    let shared = processors::app::shared(
+        &config,
+        vec![sink.clone() as Arc<dyn processors::sinks::Sink>],
+        processors::app::open_dedupe(&config.dedupe).unwrap(),
+        Arc::new(processors::kafka::side::KafkaSide::new(&config.kafka).unwrap()),
+        metrics,
+    )
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = processors::kafka::consumer::start(
+        &config.kafka,
+        &config.processing,
+        Arc::new(shared),
+        tokio::runtime::Handle::current(),
+        stop_rx,
+    )
+    .unwrap();
+    produce(
+        &broker.brokers(),
+        "p-stuck",
+        &[(b"v".to_vec(), purple_envelope("stuck-1", "v", 1, None))],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.started.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the sink was never called");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || running.join())
+        .await
+        .unwrap()
+        .unwrap();
+    // The hand-over is over: the call in flight must be gone with it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        dropped.load(std::sync::atomic::Ordering::SeqCst),
+        "the worker's sink call is still running after its partition was handed over"
+    );
 }
