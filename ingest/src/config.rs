@@ -24,6 +24,7 @@ use plumbing::{describe_figment, valid_topic};
 use serde::Deserialize;
 
 use crate::address::Cidrs;
+use crate::durability::DurabilityConfig;
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::{SecretRef, valid_secret_id};
 use crate::signature::config::SignatureConfig;
@@ -142,6 +143,10 @@ pub struct KafkaConfig {
     /// refused at start-up.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// The least replication the raw topic must have for a `2xx` to mean
+    /// what it says (see [`crate::durability`]).
+    #[serde(default)]
+    pub durability: DurabilityConfig,
 }
 
 /// Log output settings.
@@ -320,6 +325,7 @@ impl Default for KafkaConfig {
             delivery_timeout: None,
             message_max_bytes: default_message_max_bytes(),
             options: BTreeMap::new(),
+            durability: DurabilityConfig::default(),
         }
     }
 }
@@ -519,6 +525,7 @@ impl Config {
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        p.extend(self.kafka.durability.problems());
         let s = &self.server;
         if s.request_timeout < Duration::from_millis(100)
             || s.request_timeout > Duration::from_secs(60)

@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::address::{Cidrs, client_addr};
+use crate::durability::{DurabilityConfig, DurabilityState};
 use crate::handshake::{self, HandshakeError};
 use crate::metrics::{Metrics, UNKNOWN_SOURCE};
 use crate::producer::{DeliveryError, KafkaProducer};
@@ -59,6 +60,10 @@ pub struct AppState {
     pub retry_after: Duration,
     /// Peers whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub trusted_proxies: Arc<Cidrs>,
+    /// The last reading of the raw topic's replication, for `/readyz`.
+    pub durability: Arc<DurabilityState>,
+    /// What that reading must reach (`kafka.durability`).
+    pub durability_config: DurabilityConfig,
 }
 
 /// The router, `/metrics` included. Tested without a socket through
@@ -268,18 +273,41 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.producer.is_ready() {
-        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
-    } else {
-        (
+    let reading = state.durability.get();
+    let shortfalls = reading
+        .as_ref()
+        .map(|d| d.shortfalls(&state.durability_config));
+    let raw_topic = serde_json::json!({
+        "replication_factor": reading.as_ref().and_then(|d| d.replication_factor),
+        "min_insync_replicas": reading.as_ref().and_then(|d| d.min_insync_replicas),
+        "shortfalls": shortfalls.clone().unwrap_or_else(|| vec!["not read yet".into()]),
+        "required": state.durability_config.require,
+    });
+    let durable_enough =
+        !state.durability_config.require || shortfalls.as_ref().is_some_and(|s| s.is_empty());
+    if !state.producer.is_ready() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(serde_json::json!({
                 "status": "not_ready",
-                "detail": "brokers unreachable or raw topic missing"
+                "detail": "brokers unreachable or raw topic missing",
+                "raw_topic": raw_topic,
             })),
         )
-            .into_response()
+            .into_response();
     }
+    if !durable_enough {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "not_ready",
+                "detail": "the raw topic is below kafka.durability, which is required",
+                "raw_topic": raw_topic,
+            })),
+        )
+            .into_response();
+    }
+    axum::Json(serde_json::json!({ "status": "ready", "raw_topic": raw_topic })).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -29,6 +29,7 @@
 
 pub mod address;
 pub mod config;
+pub mod durability;
 pub mod handshake;
 pub mod http;
 pub mod metrics;

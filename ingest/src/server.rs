@@ -27,6 +27,7 @@ use tower::ServiceExt as _;
 
 use crate::address::Cidrs;
 use crate::config::Config;
+use crate::durability::{self, DurabilityState};
 use crate::http::{AppState, admin_router, public_router, router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
@@ -50,7 +51,58 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
             Cidrs::parse(&config.server.trusted_proxies)
                 .map_err(|bad| anyhow::anyhow!("server.trusted_proxies: {bad:?}"))?,
         ),
+        durability: Arc::new(DurabilityState::default()),
+        durability_config: config.kafka.durability.clone(),
     })
+}
+
+/// The settings of the admin client that reads the raw topic's settings:
+/// the brokers and the user's extra options (TLS, SASL), nothing of the
+/// producer's.
+fn admin_settings(config: &Config) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    for (k, v) in &config.kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.kafka.brokers)
+        .set("client.id", format!("{}-admin", config.kafka.client_id));
+    c
+}
+
+/// Reads the raw topic's replication now, then every
+/// [`durability::RECHECK`]; logs a warning when it falls short and again
+/// whenever the reading changes.
+async fn watch_durability(
+    settings: rdkafka::ClientConfig,
+    topic: String,
+    want: durability::DurabilityConfig,
+    state: Arc<DurabilityState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match durability::inspect(&settings, &topic, Duration::from_secs(5)).await {
+            Ok(reading) => {
+                let shortfalls = reading.shortfalls(&want);
+                if state.set(reading.clone()) {
+                    if shortfalls.is_empty() {
+                        tracing::info!(topic = %topic, ?reading, "raw topic replication meets kafka.durability");
+                    } else {
+                        tracing::warn!(
+                            topic = %topic,
+                            required = want.require,
+                            "raw topic is below kafka.durability: {}",
+                            shortfalls.join("; ")
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "raw topic settings not readable now"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(durability::RECHECK) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains and flushes.
@@ -61,8 +113,34 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = build_state(&config)?;
     let producer = state.producer.clone();
+    let admin = admin_settings(&config);
+    if config.kafka.durability.require {
+        // Refuse to take webhooks a topic cannot keep. Brokers that cannot
+        // be asked now do not stop the start: `/readyz` says 503 until a
+        // reading shows the topic is good.
+        if let Ok(reading) =
+            durability::inspect(&admin, &config.kafka.topic, Duration::from_secs(5)).await
+        {
+            let shortfalls = reading.shortfalls(&config.kafka.durability);
+            if !shortfalls.is_empty() {
+                anyhow::bail!(
+                    "kafka.durability.require: the raw topic {} falls short: {}",
+                    config.kafka.topic,
+                    shortfalls.join("; ")
+                );
+            }
+            state.durability.set(reading);
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let supervisor = tokio::spawn(producer.clone().supervise(stop_rx));
+    let supervisor = tokio::spawn(producer.clone().supervise(stop_rx.clone()));
+    tokio::spawn(watch_durability(
+        admin,
+        config.kafka.topic.clone(),
+        config.kafka.durability.clone(),
+        state.durability.clone(),
+        stop_rx,
+    ));
 
     // One signal starts the graceful drain and the clock on it.
     let (drain_tx, mut drain_rx) = watch::channel(false);

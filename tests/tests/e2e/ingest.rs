@@ -547,3 +547,93 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
         count(0)
     );
 }
+
+/// Issue 17, defect 13: "in Kafka" is only as strong as the raw topic's
+/// replication. Ingest reads the topic's replica count and
+/// `min.insync.replicas` from the brokers, says on `/readyz` and in its log
+/// where they fall short of `kafka.durability`, never takes an unreported
+/// setting as good, and with `require = true` refuses to start on a topic
+/// that cannot keep an acknowledged record (tansu here: one replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raw_topics_replication_is_checked_and_can_be_required() {
+    let broker = Broker::start();
+    broker.create_topic("i-durable", 2).await;
+    let ingest = Ingest::start(
+        &purple_config(
+            &broker.brokers(),
+            "i-durable",
+            &[("current", "E2E_DURABLE_SECRET")],
+            "",
+        ),
+        &[("E2E_DURABLE_SECRET", "s")],
+    );
+    ingest.wait_ready().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let body: serde_json::Value = reqwest::get(ingest.url("/readyz"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["raw_topic"]["replication_factor"].is_number() {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never read the topic: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("readyz on tansu: {body}");
+    assert_eq!(body["status"], "ready", "{body}");
+    assert_eq!(body["raw_topic"]["replication_factor"], 1, "{body}");
+    let shortfalls = body["raw_topic"]["shortfalls"].to_string();
+    assert!(
+        shortfalls.contains("replication factor 1 is below 3"),
+        "{body}"
+    );
+    assert!(
+        shortfalls.contains("min.insync.replicas"),
+        "a min.insync.replicas of 1, or an unreported one, is a shortfall too: {body}"
+    );
+    assert!(
+        ingest.log().contains("raw topic is below kafka.durability"),
+        "{}",
+        ingest.log()
+    );
+
+    // Required: the same topic stops the start, with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        purple_config(
+            &broker.brokers(),
+            "i-durable",
+            &[("current", "E2E_DURABLE_SECRET")],
+            "",
+        )
+        .replace(
+            "[sources.purple]",
+            "[kafka.durability]\nrequire = true\n\n[sources.purple]",
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(e2e::binary("ingest"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("E2E_DURABLE_SECRET", "s")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on a one-replica topic:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("kafka.durability.require: the raw topic i-durable falls short: replication factor 1 is below 3"),
+        "{stderr}"
+    );
+}
