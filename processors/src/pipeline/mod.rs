@@ -8,6 +8,14 @@
 //! are their offsets done, the dedupe store updated, and
 //! [`PartitionPipeline::committable`] may move.
 //!
+//! Events are reordered per (source, ordering key) (the event id for a
+//! source without one): two sources that use the same venue id keep their
+//! own sequences. A sequence that jumps beyond `max_sequence_jump` resets
+//! its key (see [`reorder`]); it is counted by source and direction and
+//! logged from [`PartitionPipeline`] in one place. Only a new event resets a
+//! key: one the dedupe store (or this batch) already holds is dropped as a
+//! duplicate before it can move the key.
+//!
 //! Sinks and side topics that fail are retried with backoff, in order, for
 //! as long as it takes, unless `stop` is raised (revocation, shutdown): the
 //! batch is then abandoned with its offsets not done, and whoever reads the
@@ -51,6 +59,12 @@ pub struct ProcessingConfig {
     /// Most idle ordering keys remembered per partition.
     #[serde(default = "default_keys")]
     pub max_keys: usize,
+    /// Farthest an event's sequence may be from its key's next expected
+    /// one, ahead or behind, before the key is reset (counted, logged) and
+    /// starts again at that event. At least `max_buffered_per_key`: a
+    /// smaller jump is ordinary reordering.
+    #[serde(default = "default_max_jump")]
+    pub max_sequence_jump: u64,
     /// Most records handled in one batch (one sink call per sink).
     #[serde(default = "default_batch")]
     pub batch_max: usize,
@@ -81,6 +95,9 @@ const fn default_total() -> usize {
 const fn default_keys() -> usize {
     ReorderConfig::new().max_keys
 }
+const fn default_max_jump() -> u64 {
+    ReorderConfig::DEFAULT_MAX_SEQUENCE_JUMP
+}
 const fn default_batch() -> usize {
     500
 }
@@ -104,6 +121,7 @@ impl Default for ProcessingConfig {
             max_buffered_per_key: default_per_key(),
             max_buffered_total: default_total(),
             max_keys: default_keys(),
+            max_sequence_jump: default_max_jump(),
             batch_max: default_batch(),
             channel_capacity: default_channel(),
             revoke_timeout: default_revoke_timeout(),
@@ -121,6 +139,7 @@ impl ProcessingConfig {
             max_buffered_per_key: self.max_buffered_per_key,
             max_buffered_total: self.max_buffered_total,
             max_keys: self.max_keys,
+            max_sequence_jump: self.max_sequence_jump,
         }
     }
 
@@ -141,6 +160,12 @@ impl ProcessingConfig {
             if v == 0 {
                 p.push(format!("processing.{field}: must be at least 1"));
             }
+        }
+        if (s.max_sequence_jump as u128) < (s.max_buffered_per_key as u128).max(1) {
+            p.push(format!(
+                "processing.max_sequence_jump: must be at least max_buffered_per_key ({}): a smaller jump is ordinary reordering",
+                s.max_buffered_per_key
+            ));
         }
         if s.retry_initial.is_zero() || s.retry_initial > s.retry_max {
             p.push("processing.retry_initial: must be above 0 and at most retry_max".into());
@@ -265,6 +290,11 @@ enum Slot {
     Quarantined,
 }
 
+/// A reorder key: the source, then its ordering key (the event id for a
+/// source without one), so two sources that use the same venue id do not
+/// share one sequence.
+type ReorderKey = (String, String);
+
 /// The batch was abandoned because `stop` was raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stopped before the batch was fully handled")]
@@ -276,7 +306,7 @@ pub struct PartitionPipeline {
     label: String,
     shared: Arc<Shared>,
     offsets: PartitionOffsets,
-    reorder: Reorderer<Slot>,
+    reorder: Reorderer<Slot, ReorderKey>,
     stop: watch::Receiver<bool>,
 }
 
@@ -335,6 +365,10 @@ impl PartitionPipeline {
         let mut quarantined = Vec::new();
         let shared = self.shared.clone();
         let m = &shared.metrics;
+        // Events of this batch that reset their key, so a re-delivery in
+        // the same batch (not yet in the dedupe store) does not reset it
+        // again.
+        let mut resetters: HashSet<(String, String)> = HashSet::new();
         for (record, at) in records {
             now = at;
             m.consumed.with_label_values(&[&self.label]).inc();
@@ -362,11 +396,33 @@ impl PartitionPipeline {
             match event::parse(&envelope, shared.sources.get(&envelope.source)) {
                 Ok(event) => {
                     m.decoded.with_label_values(&[&event.source]).inc();
-                    let key = event
-                        .ordering_key
-                        .clone()
-                        .unwrap_or_else(|| event.event_id.clone());
+                    let key = (
+                        event.source.clone(),
+                        event
+                            .ordering_key
+                            .clone()
+                            .unwrap_or_else(|| event.event_id.clone()),
+                    );
                     let seq = event.sequence;
+                    if let Some(s) = seq
+                        && self.reorder.jump(&key, s).is_some()
+                    {
+                        // Only a new event may reset its key: a provider's
+                        // re-delivery of an applied one is a duplicate.
+                        let id = (event.source.clone(), event.event_id.clone());
+                        let seen = resetters.contains(&id)
+                            || self
+                                .retry_sync("dedupe", || {
+                                    shared.dedupe.seen(&id.0, &id.1).map_err(|e| e.to_string())
+                                })
+                                .await?;
+                        if seen {
+                            m.duplicates.with_label_values(&[&event.source]).inc();
+                            self.offsets.done(record.offset);
+                            continue;
+                        }
+                        resetters.insert(id);
+                    }
                     let out = self.reorder.push(
                         key,
                         seq,
@@ -381,9 +437,8 @@ impl PartitionPipeline {
                 }
                 Err(q) => {
                     if let (Some(key), Some(seq)) = (&envelope.ordering_key, envelope.sequence) {
-                        let out = self
-                            .reorder
-                            .push(key.clone(), Some(seq), Slot::Quarantined, now);
+                        let key = (envelope.source.clone(), key.clone());
+                        let out = self.reorder.push(key, Some(seq), Slot::Quarantined, now);
                         self.after_reorder(out, &mut released);
                     }
                     quarantined.push(ToQuarantine {
@@ -424,11 +479,31 @@ impl PartitionPipeline {
 
     /// Marks late events, drops a duplicate-sequence copy of a buffered
     /// event, and counts.
-    fn after_reorder(&mut self, out: Vec<Released<Slot>>, into: &mut Vec<Pending>) {
+    fn after_reorder(&mut self, out: Vec<Released<Slot, ReorderKey>>, into: &mut Vec<Pending>) {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let stats_before = self.reorder_stats_gaps();
         for r in out {
+            if let Reason::Reset { expected, jump } = r.reason {
+                let (source, ordering_key) = &r.key;
+                let request_id = match &r.item {
+                    Slot::Event(p) => p.request_id.as_str(),
+                    Slot::Quarantined => "",
+                };
+                m.key_resets
+                    .with_label_values(&[source.as_str(), jump.reason()])
+                    .inc();
+                tracing::warn!(
+                    partition = self.partition,
+                    source = %source,
+                    ordering_key = %ordering_key,
+                    sequence = r.seq,
+                    expected,
+                    reason = jump.reason(),
+                    request_id,
+                    "reorder key reset: its sequence jumped beyond processing.max_sequence_jump"
+                );
+            }
             let Slot::Event(p) = r.item else {
                 continue;
             };
