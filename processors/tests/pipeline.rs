@@ -451,3 +451,45 @@ const SHORT_GAP: &str = r#"
     name = "all"
     sinks = ["out"]
 "#;
+
+#[tokio::test]
+async fn a_sink_stall_longer_than_the_gap_timeout_does_not_make_the_predecessor_late() {
+    let mut r = rig_with(SHORT_GAP, None);
+    // a1 goes to the sink, a3 waits for a2, which is in the next batch. The
+    // sink asks to retry for longer than the gap timeout: the partition
+    // cannot take a2 meanwhile, so a3's wait must not run out.
+    *r.sink.force.lock().unwrap() = Some(Outcome::Retry("down".into()));
+    let sink = r.sink.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        *sink.force.lock().unwrap() = None;
+    });
+    r.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a3", "a", 3, None),
+        ])
+        .await
+        .unwrap();
+    heal.await.unwrap();
+    // The stall did not count: a3 still has most of its wait ahead.
+    assert!(
+        r.pipeline
+            .next_deadline()
+            .is_some_and(|d| d > std::time::Instant::now()),
+        "a3's gap timeout ran during the stall"
+    );
+    r.pipeline
+        .handle(vec![record(2, "a2", "a", 2, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&r.sink),
+        vec![
+            ("a1".into(), 1, false),
+            ("a2".into(), 2, false),
+            ("a3".into(), 3, false),
+        ]
+    );
+    assert_eq!(r.pipeline.committable(), Some(3));
+}

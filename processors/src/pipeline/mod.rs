@@ -20,6 +20,19 @@
 //! as long as it takes, unless `stop` is raised (revocation, shutdown): the
 //! batch is then abandoned with its offsets not done, and whoever reads the
 //! partition next applies it (dedupe and idempotent sinks make that safe).
+//!
+//! The reorder clock of the live path ([`PartitionPipeline::handle`],
+//! [`PartitionPipeline::tick`], [`PartitionPipeline::next_deadline`]) is wall
+//! time less the time the partition stalled: a `handle` or `tick` call that
+//! had to retry anything (a sink asking to retry, a side-topic write or a
+//! dedupe-store call failing) is taken off the clock for its whole duration,
+//! because meanwhile the partition could not take the records that may hold
+//! a waiting event's predecessor. So however long a sink stalls, an event
+//! waiting for a predecessor still in the channel is not released after a
+//! gap, and the predecessor is not late. A sink that is slow but answers
+//! does not stop the clock (its calls are progress). Replay
+//! ([`PartitionPipeline::handle_timed`]) uses the record timestamps, which
+//! a stall does not move.
 
 pub mod dedupe;
 pub mod offsets;
@@ -28,6 +41,7 @@ pub mod route;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -308,6 +322,15 @@ pub struct PartitionPipeline {
     offsets: PartitionOffsets,
     reorder: Reorderer<Slot, ReorderKey>,
     stop: watch::Receiver<bool>,
+    /// Origin of the reorder clock (see [`PartitionPipeline::clock`]).
+    clock_base: std::time::Instant,
+    /// Wall time the reorder clock has not run: calls that had to retry a
+    /// sink, side topic or the dedupe store, while the partition could not
+    /// take records.
+    stalled: Duration,
+    /// Set by every retry pause, so the call it belongs to is known to
+    /// have stalled.
+    retried: AtomicBool,
 }
 
 impl PartitionPipeline {
@@ -321,6 +344,35 @@ impl PartitionPipeline {
             offsets: PartitionOffsets::new(),
             reorder,
             stop,
+            clock_base: std::time::Instant::now(),
+            stalled: Duration::ZERO,
+            retried: AtomicBool::new(false),
+        }
+    }
+
+    /// The reorder clock of the live path: wall time minus the time this
+    /// partition stalled, so a gap's wait only counts time in which the
+    /// missing event could have been taken.
+    fn clock(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        let ran = now
+            .saturating_duration_since(self.clock_base)
+            .saturating_sub(self.stalled);
+        self.clock_base.checked_add(ran).unwrap_or(now)
+    }
+
+    /// Starts timing a call that may stall.
+    fn stall_watch(&self) -> std::time::Instant {
+        self.retried.store(false, Ordering::Relaxed);
+        std::time::Instant::now()
+    }
+
+    /// Ends timing a call: if it had to retry anything, the partition
+    /// could not take records for its whole duration, so that time is
+    /// taken off the reorder clock.
+    fn stall_end(&mut self, started: std::time::Instant) {
+        if self.retried.swap(false, Ordering::Relaxed) {
+            self.stalled = self.stalled.saturating_add(started.elapsed());
         }
     }
 
@@ -334,9 +386,11 @@ impl PartitionPipeline {
         self.offsets.committable()
     }
 
-    /// When the reorder buffer next needs a [`tick`](Self::tick).
+    /// When (wall time) the reorder buffer next needs a
+    /// [`tick`](Self::tick): the reorder deadline, pushed back by the time
+    /// the partition stalled.
     pub fn next_deadline(&self) -> Option<std::time::Instant> {
-        self.reorder.next_deadline()
+        self.reorder.next_deadline()?.checked_add(self.stalled)
     }
 
     /// Records read and not yet fully handled.
@@ -344,9 +398,11 @@ impl PartitionPipeline {
         self.offsets.outstanding()
     }
 
-    /// Handles a batch of records (in offset order).
+    /// Handles a batch of records (in offset order), pushed into the
+    /// reorder buffer at the reorder clock: wall time, less the time the
+    /// partition stalled on retries.
     pub async fn handle(&mut self, records: Vec<RawRecord>) -> Result<(), Stopped> {
-        let now = std::time::Instant::now();
+        let now = self.clock();
         self.handle_timed(records.into_iter().map(|r| (r, now)).collect())
             .await
     }
@@ -360,7 +416,17 @@ impl PartitionPipeline {
         &mut self,
         records: Vec<(RawRecord, std::time::Instant)>,
     ) -> Result<(), Stopped> {
-        let mut now = std::time::Instant::now();
+        let started = self.stall_watch();
+        let result = self.handle_records(records).await;
+        self.stall_end(started);
+        result
+    }
+
+    async fn handle_records(
+        &mut self,
+        records: Vec<(RawRecord, std::time::Instant)>,
+    ) -> Result<(), Stopped> {
+        let mut now = self.clock();
         let mut released = Vec::new();
         let mut quarantined = Vec::new();
         let shared = self.shared.clone();
@@ -469,12 +535,16 @@ impl PartitionPipeline {
         self.apply(Vec::new(), released).await
     }
 
-    /// Releases what waited the gap timeout and handles it.
+    /// Releases what waited the gap timeout (by the reorder clock) and
+    /// handles it.
     pub async fn tick(&mut self) -> Result<(), Stopped> {
-        let out = self.reorder.tick(std::time::Instant::now());
+        let started = self.stall_watch();
+        let out = self.reorder.tick(self.clock());
         let mut released = Vec::new();
         self.after_reorder(out, &mut released);
-        self.apply(Vec::new(), released).await
+        let result = self.apply(Vec::new(), released).await;
+        self.stall_end(started);
+        result
     }
 
     /// Marks late events, drops a duplicate-sequence copy of a buffered
@@ -771,6 +841,8 @@ impl PartitionPipeline {
     }
 
     async fn pause(&self, d: Duration) -> Result<(), Stopped> {
+        // Only retries pause: the call this belongs to stalled.
+        self.retried.store(true, Ordering::Relaxed);
         let mut stop = self.stop.clone();
         if *stop.borrow() {
             return Err(Stopped);

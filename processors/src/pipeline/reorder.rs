@@ -23,7 +23,8 @@
 //!   later events. Within `max_sequence_jump` behind, an item is late as
 //!   before; nothing here can tell a counter reset from an item that late.
 //! - Time is passed in (`now`), never read from a clock here, so tests are
-//!   deterministic. `now` should not go backwards; if it does nothing is lost,
+//!   deterministic and the caller picks the clock (the live pipeline's stops
+//!   while its partition stalls on retries; replay uses record timestamps). `now` should not go backwards; if it does nothing is lost,
 //!   but timeouts stretch.
 //! - Timeouts are per item: no item waits longer than the gap timeout. When the
 //!   oldest waiting item of a key expires, everything of that key up to it is
