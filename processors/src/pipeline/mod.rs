@@ -73,9 +73,10 @@ pub struct ProcessingConfig {
     /// Most idle ordering keys remembered per partition.
     #[serde(default = "default_keys")]
     pub max_keys: usize,
-    /// Farthest an event's sequence may be from its key's next expected
-    /// one, ahead or behind, before the key is reset (counted, logged) and
-    /// starts again at that event. At least `max_buffered_per_key`: a
+    /// Farthest an event's sequence may be ahead of its key (past the
+    /// highest waiting event, else the next expected sequence) or behind
+    /// its next expected sequence before the key is reset (counted, logged)
+    /// and starts again at that event. At least `max_buffered_per_key`: a
     /// smaller jump is ordinary reordering.
     #[serde(default = "default_max_jump")]
     pub max_sequence_jump: u64,
