@@ -234,6 +234,7 @@ mod tests {
         assert_eq!(c.kafka.topic, "webhooks.raw");
         assert_eq!(c.kafka.group_id, "processors");
         assert_eq!(c.processing.gap_timeout, Duration::from_secs(30));
+        assert_eq!(c.processing.max_sequence_jump, 10_000);
         assert_eq!(c.dedupe.window, Duration::from_secs(72 * 3600));
         assert_eq!(c.routes.len(), 2);
         assert!(!c.routes[1].include_late);
@@ -252,7 +253,10 @@ mod tests {
                 "brokers = \"127.0.0.1:9092\"",
                 "brokers = \"127.0.0.1:9092\"\nquarantine_topic = \"bad topic\"\noptions = { \"enable.auto.commit\" = \"true\" }",
             )
-            .replace("[sources.purple]", "[processing]\nbatch_max = 0\n[sources.purple]");
+            .replace(
+                "[sources.purple]",
+                "[processing]\nbatch_max = 0\nmax_sequence_jump = 999\n[sources.purple]",
+            );
         let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
         for needle in [
             "routes[1] (vip).sinks: no sink named \"nowhere\"",
@@ -260,6 +264,7 @@ mod tests {
             "kafka.quarantine_topic",
             "kafka.options.enable.auto.commit",
             "processing.batch_max",
+            "processing.max_sequence_jump: must be at least max_buffered_per_key (1000)",
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }

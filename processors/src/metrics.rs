@@ -37,6 +37,10 @@ pub struct Metrics {
     pub skipped_sequences: IntCounterVec,
     /// Releases forced early by a buffer bound, by partition and bound.
     pub forced: IntCounterVec,
+    /// Reorder keys reset because a sequence jumped beyond
+    /// `processing.max_sequence_jump`, by source and reason
+    /// (`jump_forward`, `jump_backward`).
+    pub key_resets: IntCounterVec,
     /// Late events (their slot had passed), by source.
     pub late: IntCounterVec,
     /// Duplicates dropped (same source and event id), by source.
@@ -203,6 +207,12 @@ impl Metrics {
                 "processors_reorder_forced_total",
                 "Events released early because a buffer bound was hit, by partition and bound.",
                 &["partition", "bound"],
+            )?,
+            key_resets: counter(
+                &r,
+                "processors_reorder_key_resets_total",
+                "Reorder keys started again because a sequence jumped beyond max_sequence_jump, by source and reason (jump_forward, jump_backward).",
+                &["source", "reason"],
             )?,
             late: counter(
                 &r,

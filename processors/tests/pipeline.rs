@@ -64,6 +64,8 @@ const CONFIG: &str = r#"
     path = "unused"
     [sources.purple]
     parser = "guest_wifi"
+    [sources.other]
+    parser = "guest_wifi"
     [sinks.out]
     kind = "log"
     [[routes]]
@@ -79,9 +81,20 @@ fn body(id: &str, venue: &str, seq: i64) -> Vec<u8> {
 }
 
 fn record(offset: i64, id: &str, venue: &str, seq: i64, raw_body: Option<Vec<u8>>) -> RawRecord {
+    record_from("purple", offset, id, venue, seq, raw_body)
+}
+
+fn record_from(
+    source: &str,
+    offset: i64,
+    id: &str,
+    venue: &str,
+    seq: i64,
+    raw_body: Option<Vec<u8>>,
+) -> RawRecord {
     let env = Envelope {
         event_id: id.into(),
-        source: "purple".into(),
+        source: source.into(),
         received_at_micros: 1,
         body: raw_body.unwrap_or_else(|| body(id, venue, seq)),
         headers: vec![],
@@ -108,14 +121,20 @@ struct Rig {
     sink: Arc<MemorySink>,
     side: Arc<MemorySide>,
     dedupe: Arc<MemoryDedupe>,
+    metrics: Metrics,
     stop: watch::Sender<bool>,
 }
 
 fn rig(dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
-    let config = Config::from_toml(CONFIG).unwrap();
+    rig_with(CONFIG, dedupe)
+}
+
+fn rig_with(config: &str, dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
+    let config = Config::from_toml(config).unwrap();
     let sink = Arc::new(MemorySink::new("out"));
     let side = Arc::new(MemorySide::default());
     let dedupe = dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new(Duration::from_secs(3600))));
+    let metrics = Metrics::new().unwrap();
     let shared = Shared::new(
         &config.sources,
         &config.routes,
@@ -123,7 +142,7 @@ fn rig(dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
         vec![sink.clone() as Arc<dyn Sink>],
         dedupe.clone() as Arc<dyn DedupeStore>,
         side.clone() as Arc<dyn SideTopics>,
-        Metrics::new().unwrap(),
+        metrics.clone(),
     )
     .unwrap();
     let (stop, stop_rx) = watch::channel(false);
@@ -132,6 +151,7 @@ fn rig(dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
         sink,
         side,
         dedupe,
+        metrics,
         stop,
     }
 }
@@ -282,4 +302,194 @@ async fn an_event_after_its_slot_is_flagged_late() {
         accepted(&r.sink),
         vec![("a5".into(), 5, false), ("a4".into(), 4, true)]
     );
+}
+
+#[tokio::test]
+async fn a_far_ahead_sequence_does_not_make_the_rest_of_the_key_late() {
+    let mut r = rig_with(SHORT_GAP, None);
+    r.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a2", "a", 2, None),
+            // A provider bug: one event far ahead of the venue's counter.
+            record(2, "bogus", "a", 1_000_000_000, None),
+        ])
+        .await
+        .unwrap();
+    // The venue's counter goes on, after the gap timeout.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    r.pipeline
+        .handle(vec![
+            record(3, "a3", "a", 3, None),
+            record(4, "a4", "a", 4, None),
+        ])
+        .await
+        .unwrap();
+    // Later events of the venue are not late for ever: live routes see them.
+    let late: Vec<_> = accepted(&r.sink)
+        .into_iter()
+        .filter(|(_, _, late)| *late)
+        .collect();
+    assert_eq!(late, vec![], "{:?}", accepted(&r.sink));
+    let a: Vec<i64> = accepted(&r.sink)
+        .into_iter()
+        .filter(|(id, _, _)| id != "bogus")
+        .map(|(_, s, _)| s)
+        .collect();
+    assert_eq!(a, vec![1, 2, 3, 4]);
+    assert_eq!(r.pipeline.committable(), Some(5));
+}
+
+#[tokio::test]
+async fn a_provider_counter_reset_starts_the_key_again() {
+    let mut r = rig(None);
+    r.pipeline
+        .handle(vec![
+            record(0, "a50041", "a", 50_041, None),
+            record(1, "a50042", "a", 50_042, None),
+            // The provider lost its counter: the venue starts again at 1.
+            record(2, "n1", "a", 1, None),
+            record(3, "n2", "a", 2, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&r.sink),
+        vec![
+            ("a50041".into(), 50_041, false),
+            ("a50042".into(), 50_042, false),
+            ("n1".into(), 1, false),
+            ("n2".into(), 2, false),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_re_delivered_far_ahead_event_is_a_duplicate_and_resets_nothing() {
+    let mut r = rig(None);
+    let resets = |r: &Rig| {
+        ["jump_forward", "jump_backward"].map(|reason| {
+            r.metrics
+                .key_resets
+                .with_label_values(&["purple", reason])
+                .get()
+        })
+    };
+    r.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "bogus", "a", 1_000_000_000, None),
+            record(2, "a2", "a", 2, None),
+            // The provider retries the bogus event within the batch...
+            record(3, "bogus", "a", 1_000_000_000, None),
+            record(4, "a3", "a", 3, None),
+        ])
+        .await
+        .unwrap();
+    // ...and after it was applied.
+    r.pipeline
+        .handle(vec![
+            record(5, "bogus", "a", 1_000_000_000, None),
+            record(6, "a4", "a", 4, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&r.sink),
+        vec![
+            ("a1".into(), 1, false),
+            ("bogus".into(), 1_000_000_000, false),
+            ("a2".into(), 2, false),
+            ("a3".into(), 3, false),
+            ("a4".into(), 4, false),
+        ]
+    );
+    // Once there and once back: the re-deliveries moved nothing.
+    assert_eq!(resets(&r), [1, 1]);
+    assert_eq!(r.metrics.duplicates.with_label_values(&["purple"]).get(), 2);
+    assert_eq!(r.pipeline.committable(), Some(7));
+}
+
+#[tokio::test]
+async fn two_sources_with_the_same_venue_id_keep_their_own_sequences() {
+    let mut r = rig(None);
+    r.pipeline
+        .handle(vec![
+            record_from("purple", 0, "p100", "v", 100, None),
+            record_from("other", 1, "o1", "v", 1, None),
+            record_from("other", 2, "o2", "v", 2, None),
+            record_from("purple", 3, "p101", "v", 101, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&r.sink),
+        vec![
+            ("p100".into(), 100, false),
+            ("o1".into(), 1, false),
+            ("o2".into(), 2, false),
+            ("p101".into(), 101, false),
+        ]
+    );
+}
+
+/// `CONFIG` with a gap timeout short enough to outlast in a test.
+const SHORT_GAP: &str = r#"
+    [kafka]
+    brokers = "unused:9092"
+    [processing]
+    gap_timeout = "1s"
+    retry_initial = "10ms"
+    retry_max = "20ms"
+    [dedupe]
+    path = "unused"
+    [sources.purple]
+    parser = "guest_wifi"
+    [sinks.out]
+    kind = "log"
+    [[routes]]
+    name = "all"
+    sinks = ["out"]
+"#;
+
+#[tokio::test]
+async fn a_sink_stall_longer_than_the_gap_timeout_does_not_make_the_predecessor_late() {
+    let mut r = rig_with(SHORT_GAP, None);
+    // a1 goes to the sink, a3 waits for a2, which is in the next batch. The
+    // sink asks to retry for longer than the gap timeout: the partition
+    // cannot take a2 meanwhile, so a3's wait must not run out.
+    *r.sink.force.lock().unwrap() = Some(Outcome::Retry("down".into()));
+    let sink = r.sink.clone();
+    let heal = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        *sink.force.lock().unwrap() = None;
+    });
+    r.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a3", "a", 3, None),
+        ])
+        .await
+        .unwrap();
+    heal.await.unwrap();
+    // The stall did not count: a3 still has most of its wait ahead.
+    assert!(
+        r.pipeline
+            .next_deadline()
+            .is_some_and(|d| d > std::time::Instant::now()),
+        "a3's gap timeout ran during the stall"
+    );
+    r.pipeline
+        .handle(vec![record(2, "a2", "a", 2, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&r.sink),
+        vec![
+            ("a1".into(), 1, false),
+            ("a2".into(), 2, false),
+            ("a3".into(), 3, false),
+        ]
+    );
+    assert_eq!(r.pipeline.committable(), Some(3));
 }

@@ -8,10 +8,31 @@
 //! are their offsets done, the dedupe store updated, and
 //! [`PartitionPipeline::committable`] may move.
 //!
+//! Events are reordered per (source, ordering key) (the event id for a
+//! source without one): two sources that use the same venue id keep their
+//! own sequences. A sequence that jumps beyond `max_sequence_jump` resets
+//! its key (see [`reorder`]); it is counted by source and direction and
+//! logged from [`PartitionPipeline`] in one place. Only a new event resets a
+//! key: one the dedupe store (or this batch) already holds is dropped as a
+//! duplicate before it can move the key.
+//!
 //! Sinks and side topics that fail are retried with backoff, in order, for
 //! as long as it takes, unless `stop` is raised (revocation, shutdown): the
 //! batch is then abandoned with its offsets not done, and whoever reads the
 //! partition next applies it (dedupe and idempotent sinks make that safe).
+//!
+//! The reorder clock of the live path ([`PartitionPipeline::handle`],
+//! [`PartitionPipeline::tick`], [`PartitionPipeline::next_deadline`]) is wall
+//! time less the time the partition stalled: a `handle` or `tick` call that
+//! had to retry anything (a sink asking to retry, a side-topic write or a
+//! dedupe-store call failing) is taken off the clock for its whole duration,
+//! because meanwhile the partition could not take the records that may hold
+//! a waiting event's predecessor. So however long a sink stalls, an event
+//! waiting for a predecessor still in the channel is not released after a
+//! gap, and the predecessor is not late. A sink that is slow but answers
+//! does not stop the clock (its calls are progress). Replay
+//! ([`PartitionPipeline::handle_timed`]) uses the record timestamps, which
+//! a stall does not move.
 
 pub mod dedupe;
 pub mod offsets;
@@ -20,6 +41,7 @@ pub mod route;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -51,6 +73,13 @@ pub struct ProcessingConfig {
     /// Most idle ordering keys remembered per partition.
     #[serde(default = "default_keys")]
     pub max_keys: usize,
+    /// Farthest an event's sequence may be ahead of its key (past the
+    /// highest waiting event, else the next expected sequence) or behind
+    /// its next expected sequence before the key is reset (counted, logged)
+    /// and starts again at that event. At least `max_buffered_per_key`: a
+    /// smaller jump is ordinary reordering.
+    #[serde(default = "default_max_jump")]
+    pub max_sequence_jump: u64,
     /// Most records handled in one batch (one sink call per sink).
     #[serde(default = "default_batch")]
     pub batch_max: usize,
@@ -81,6 +110,9 @@ const fn default_total() -> usize {
 const fn default_keys() -> usize {
     ReorderConfig::new().max_keys
 }
+const fn default_max_jump() -> u64 {
+    ReorderConfig::DEFAULT_MAX_SEQUENCE_JUMP
+}
 const fn default_batch() -> usize {
     500
 }
@@ -104,6 +136,7 @@ impl Default for ProcessingConfig {
             max_buffered_per_key: default_per_key(),
             max_buffered_total: default_total(),
             max_keys: default_keys(),
+            max_sequence_jump: default_max_jump(),
             batch_max: default_batch(),
             channel_capacity: default_channel(),
             revoke_timeout: default_revoke_timeout(),
@@ -121,6 +154,7 @@ impl ProcessingConfig {
             max_buffered_per_key: self.max_buffered_per_key,
             max_buffered_total: self.max_buffered_total,
             max_keys: self.max_keys,
+            max_sequence_jump: self.max_sequence_jump,
         }
     }
 
@@ -141,6 +175,12 @@ impl ProcessingConfig {
             if v == 0 {
                 p.push(format!("processing.{field}: must be at least 1"));
             }
+        }
+        if (s.max_sequence_jump as u128) < (s.max_buffered_per_key as u128).max(1) {
+            p.push(format!(
+                "processing.max_sequence_jump: must be at least max_buffered_per_key ({}): a smaller jump is ordinary reordering",
+                s.max_buffered_per_key
+            ));
         }
         if s.retry_initial.is_zero() || s.retry_initial > s.retry_max {
             p.push("processing.retry_initial: must be above 0 and at most retry_max".into());
@@ -265,6 +305,11 @@ enum Slot {
     Quarantined,
 }
 
+/// A reorder key: the source, then its ordering key (the event id for a
+/// source without one), so two sources that use the same venue id do not
+/// share one sequence.
+type ReorderKey = (String, String);
+
 /// The batch was abandoned because `stop` was raised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("stopped before the batch was fully handled")]
@@ -276,8 +321,17 @@ pub struct PartitionPipeline {
     label: String,
     shared: Arc<Shared>,
     offsets: PartitionOffsets,
-    reorder: Reorderer<Slot>,
+    reorder: Reorderer<Slot, ReorderKey>,
     stop: watch::Receiver<bool>,
+    /// Origin of the reorder clock (see [`PartitionPipeline::clock`]).
+    clock_base: std::time::Instant,
+    /// Wall time the reorder clock has not run: calls that had to retry a
+    /// sink, side topic or the dedupe store, while the partition could not
+    /// take records.
+    stalled: Duration,
+    /// Set by every retry pause, so the call it belongs to is known to
+    /// have stalled.
+    retried: AtomicBool,
 }
 
 impl PartitionPipeline {
@@ -291,6 +345,35 @@ impl PartitionPipeline {
             offsets: PartitionOffsets::new(),
             reorder,
             stop,
+            clock_base: std::time::Instant::now(),
+            stalled: Duration::ZERO,
+            retried: AtomicBool::new(false),
+        }
+    }
+
+    /// The reorder clock of the live path: wall time minus the time this
+    /// partition stalled, so a gap's wait only counts time in which the
+    /// missing event could have been taken.
+    fn clock(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        let ran = now
+            .saturating_duration_since(self.clock_base)
+            .saturating_sub(self.stalled);
+        self.clock_base.checked_add(ran).unwrap_or(now)
+    }
+
+    /// Starts timing a call that may stall.
+    fn stall_watch(&self) -> std::time::Instant {
+        self.retried.store(false, Ordering::Relaxed);
+        std::time::Instant::now()
+    }
+
+    /// Ends timing a call: if it had to retry anything, the partition
+    /// could not take records for its whole duration, so that time is
+    /// taken off the reorder clock.
+    fn stall_end(&mut self, started: std::time::Instant) {
+        if self.retried.swap(false, Ordering::Relaxed) {
+            self.stalled = self.stalled.saturating_add(started.elapsed());
         }
     }
 
@@ -304,9 +387,11 @@ impl PartitionPipeline {
         self.offsets.committable()
     }
 
-    /// When the reorder buffer next needs a [`tick`](Self::tick).
+    /// When (wall time) the reorder buffer next needs a
+    /// [`tick`](Self::tick): the reorder deadline, pushed back by the time
+    /// the partition stalled.
     pub fn next_deadline(&self) -> Option<std::time::Instant> {
-        self.reorder.next_deadline()
+        self.reorder.next_deadline()?.checked_add(self.stalled)
     }
 
     /// Records read and not yet fully handled.
@@ -314,9 +399,11 @@ impl PartitionPipeline {
         self.offsets.outstanding()
     }
 
-    /// Handles a batch of records (in offset order).
+    /// Handles a batch of records (in offset order), pushed into the
+    /// reorder buffer at the reorder clock: wall time, less the time the
+    /// partition stalled on retries.
     pub async fn handle(&mut self, records: Vec<RawRecord>) -> Result<(), Stopped> {
-        let now = std::time::Instant::now();
+        let now = self.clock();
         self.handle_timed(records.into_iter().map(|r| (r, now)).collect())
             .await
     }
@@ -330,11 +417,25 @@ impl PartitionPipeline {
         &mut self,
         records: Vec<(RawRecord, std::time::Instant)>,
     ) -> Result<(), Stopped> {
-        let mut now = std::time::Instant::now();
+        let started = self.stall_watch();
+        let result = self.handle_records(records).await;
+        self.stall_end(started);
+        result
+    }
+
+    async fn handle_records(
+        &mut self,
+        records: Vec<(RawRecord, std::time::Instant)>,
+    ) -> Result<(), Stopped> {
+        let mut now = self.clock();
         let mut released = Vec::new();
         let mut quarantined = Vec::new();
         let shared = self.shared.clone();
         let m = &shared.metrics;
+        // Events of this batch that reset their key, so a re-delivery in
+        // the same batch (not yet in the dedupe store) does not reset it
+        // again.
+        let mut resetters: HashSet<(String, String)> = HashSet::new();
         for (record, at) in records {
             now = at;
             m.consumed.with_label_values(&[&self.label]).inc();
@@ -362,11 +463,33 @@ impl PartitionPipeline {
             match event::parse(&envelope, shared.sources.get(&envelope.source)) {
                 Ok(event) => {
                     m.decoded.with_label_values(&[&event.source]).inc();
-                    let key = event
-                        .ordering_key
-                        .clone()
-                        .unwrap_or_else(|| event.event_id.clone());
+                    let key = (
+                        event.source.clone(),
+                        event
+                            .ordering_key
+                            .clone()
+                            .unwrap_or_else(|| event.event_id.clone()),
+                    );
                     let seq = event.sequence;
+                    if let Some(s) = seq
+                        && self.reorder.jump(&key, s).is_some()
+                    {
+                        // Only a new event may reset its key: a provider's
+                        // re-delivery of an applied one is a duplicate.
+                        let id = (event.source.clone(), event.event_id.clone());
+                        let seen = resetters.contains(&id)
+                            || self
+                                .retry_sync("dedupe", || {
+                                    shared.dedupe.seen(&id.0, &id.1).map_err(|e| e.to_string())
+                                })
+                                .await?;
+                        if seen {
+                            m.duplicates.with_label_values(&[&event.source]).inc();
+                            self.offsets.done(record.offset);
+                            continue;
+                        }
+                        resetters.insert(id);
+                    }
                     let out = self.reorder.push(
                         key,
                         seq,
@@ -381,9 +504,8 @@ impl PartitionPipeline {
                 }
                 Err(q) => {
                     if let (Some(key), Some(seq)) = (&envelope.ordering_key, envelope.sequence) {
-                        let out = self
-                            .reorder
-                            .push(key.clone(), Some(seq), Slot::Quarantined, now);
+                        let key = (envelope.source.clone(), key.clone());
+                        let out = self.reorder.push(key, Some(seq), Slot::Quarantined, now);
                         self.after_reorder(out, &mut released);
                     }
                     quarantined.push(ToQuarantine {
@@ -414,21 +536,45 @@ impl PartitionPipeline {
         self.apply(Vec::new(), released).await
     }
 
-    /// Releases what waited the gap timeout and handles it.
+    /// Releases what waited the gap timeout (by the reorder clock) and
+    /// handles it.
     pub async fn tick(&mut self) -> Result<(), Stopped> {
-        let out = self.reorder.tick(std::time::Instant::now());
+        let started = self.stall_watch();
+        let out = self.reorder.tick(self.clock());
         let mut released = Vec::new();
         self.after_reorder(out, &mut released);
-        self.apply(Vec::new(), released).await
+        let result = self.apply(Vec::new(), released).await;
+        self.stall_end(started);
+        result
     }
 
     /// Marks late events, drops a duplicate-sequence copy of a buffered
     /// event, and counts.
-    fn after_reorder(&mut self, out: Vec<Released<Slot>>, into: &mut Vec<Pending>) {
+    fn after_reorder(&mut self, out: Vec<Released<Slot, ReorderKey>>, into: &mut Vec<Pending>) {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let stats_before = self.reorder_stats_gaps();
         for r in out {
+            if let Reason::Reset { expected, jump } = r.reason {
+                let (source, ordering_key) = &r.key;
+                let request_id = match &r.item {
+                    Slot::Event(p) => p.request_id.as_str(),
+                    Slot::Quarantined => "",
+                };
+                m.key_resets
+                    .with_label_values(&[source.as_str(), jump.reason()])
+                    .inc();
+                tracing::warn!(
+                    partition = self.partition,
+                    source = %source,
+                    ordering_key = %ordering_key,
+                    sequence = r.seq,
+                    expected,
+                    reason = jump.reason(),
+                    request_id,
+                    "reorder key reset: its sequence jumped beyond processing.max_sequence_jump"
+                );
+            }
             let Slot::Event(p) = r.item else {
                 continue;
             };
@@ -696,6 +842,8 @@ impl PartitionPipeline {
     }
 
     async fn pause(&self, d: Duration) -> Result<(), Stopped> {
+        // Only retries pause: the call this belongs to stalled.
+        self.retried.store(true, Ordering::Relaxed);
         let mut stop = self.stop.clone();
         if *stop.borrow() {
             return Err(Stopped);

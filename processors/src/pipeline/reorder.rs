@@ -11,8 +11,20 @@
 //! - A key's first item (or the first after the key was evicted) sets where
 //!   that key starts: it is released at once and the key then expects
 //!   `seq + 1`.
+//! - A key is reset when an item's sequence is more than
+//!   [`ReorderConfig::max_sequence_jump`] ahead of the key's highest waiting
+//!   item (or, with nothing waiting, of its next expected sequence; a
+//!   provider bug, a far-ahead test event) or that far behind its next
+//!   expected sequence (a provider counter reset): what the key had waiting is released first, in
+//!   sequence order with the missing numbers before each skipped
+//!   ([`Reason::Flushed`]), then the item itself ([`Reason::Reset`]), and the
+//!   key expects `seq + 1` from then on, as if it were new. So one bad
+//!   sequence costs at most two resets (there and back), never the key's
+//!   later events. Within `max_sequence_jump` behind, an item is late as
+//!   before; nothing here can tell a counter reset from an item that late.
 //! - Time is passed in (`now`), never read from a clock here, so tests are
-//!   deterministic. `now` should not go backwards; if it does nothing is lost,
+//!   deterministic and the caller picks the clock (the live pipeline's stops
+//!   while its partition stalls on retries; replay uses record timestamps). `now` should not go backwards; if it does nothing is lost,
 //!   but timeouts stretch.
 //! - Timeouts are per item: no item waits longer than the gap timeout. When the
 //!   oldest waiting item of a key expires, everything of that key up to it is
@@ -48,20 +60,31 @@ pub struct ReorderConfig {
     /// Most idle keys whose next expected sequence is remembered; the bound
     /// on per-key state when keys come and go.
     pub max_keys: usize,
+    /// Farthest an item's sequence may be from its key's next expected
+    /// sequence, ahead or behind, before the key is reset instead (see
+    /// [`Reason::Reset`]), so one bad sequence cannot make the key's later
+    /// items late for ever.
+    pub max_sequence_jump: u64,
 }
 
 impl ReorderConfig {
     /// Default gap timeout: 30 seconds.
     pub const DEFAULT_GAP_TIMEOUT: Duration = Duration::from_secs(30);
 
+    /// Default [`max_sequence_jump`](Self::max_sequence_jump): ten times the
+    /// default per-key buffer, far beyond any reordering that buffer can
+    /// mend.
+    pub const DEFAULT_MAX_SEQUENCE_JUMP: u64 = 10_000;
+
     /// The defaults: 30 s gap timeout, 1,000 items per key, 100,000 in all,
-    /// 100,000 remembered keys.
+    /// 100,000 remembered keys, keys reset by a jump of over 10,000.
     pub const fn new() -> Self {
         Self {
             gap_timeout: Self::DEFAULT_GAP_TIMEOUT,
             max_buffered_per_key: 1_000,
             max_buffered_total: 100_000,
             max_keys: 100_000,
+            max_sequence_jump: Self::DEFAULT_MAX_SEQUENCE_JUMP,
         }
     }
 }
@@ -79,6 +102,25 @@ pub enum Bound {
     PerKey,
     /// [`ReorderConfig::max_buffered_total`].
     Total,
+}
+
+/// Which way a sequence jumped when it reset its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jump {
+    /// More than `max_sequence_jump` numbers ahead of the expected one.
+    Forward,
+    /// More than `max_sequence_jump` numbers behind the expected one.
+    Backward,
+}
+
+impl Jump {
+    /// The metric label and log field for a reset by this jump.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Forward => "jump_forward",
+            Self::Backward => "jump_backward",
+        }
+    }
 }
 
 /// Why an item was released.
@@ -118,18 +160,42 @@ pub enum Reason {
     /// that one is kept and stays buffered (see [`Reorderer::peek`]), this
     /// one is released so de-duplication by event id decides.
     DuplicateSeq,
+    /// Its sequence was more than [`ReorderConfig::max_sequence_jump`] away
+    /// from the key's next expected sequence (`expected`): the key was reset
+    /// and starts again at this item, released at once, like a new key's
+    /// first item.
+    Reset {
+        /// The key's next expected sequence before the reset.
+        expected: i64,
+        /// Which way the sequence jumped.
+        jump: Jump,
+    },
+    /// It was waiting when its key was reset: released (right before the
+    /// item that reset the key) in sequence order; `skipped` missing
+    /// sequence numbers right before it were given up on (0 if none).
+    Flushed {
+        /// How many sequence numbers were skipped.
+        skipped: u64,
+    },
     /// Pushed without a sequence: bypassed the buffer.
     Unsequenced,
 }
 
 impl Reason {
     /// True for releases that follow the key's sequence order (in order,
-    /// after a gap, forced, drained): per key their sequences strictly
-    /// increase, as long as the key is not evicted in between.
+    /// after a gap, forced, drained, flushed, and the reset that starts the
+    /// key again): per key their sequences strictly increase from one
+    /// [`Reason::Reset`] to the next, as long as the key is not evicted in
+    /// between.
     pub const fn is_ordered(&self) -> bool {
         matches!(
             self,
-            Self::InOrder | Self::AfterGap { .. } | Self::Forced { .. } | Self::Drained { .. }
+            Self::InOrder
+                | Self::AfterGap { .. }
+                | Self::Forced { .. }
+                | Self::Drained { .. }
+                | Self::Reset { .. }
+                | Self::Flushed { .. }
         )
     }
 }
@@ -166,6 +232,12 @@ pub struct ReorderStats {
     pub unsequenced: u64,
     /// Releases with [`Reason::Drained`].
     pub drained: u64,
+    /// Keys reset by a sequence too far ahead ([`Jump::Forward`]).
+    pub resets_forward: u64,
+    /// Keys reset by a sequence too far behind ([`Jump::Backward`]).
+    pub resets_backward: u64,
+    /// Releases with [`Reason::Flushed`].
+    pub flushed: u64,
     /// Idle keys forgotten because of [`ReorderConfig::max_keys`].
     pub evicted_keys: u64,
 }
@@ -277,7 +349,28 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
                     shared.idle.remove(&state.last_used);
                 }
                 state.last_used = tick;
-                if seq < state.next {
+                if let Some(jump) = jump_of(state, seq, self.config.max_sequence_jump) {
+                    // What waited belongs to the old numbering: out first,
+                    // in order, then the key starts again at this item.
+                    let expected = state.next;
+                    while !state.buffer.is_empty() {
+                        shared.stats.flushed += 1;
+                        release_head(state, &key, shared, &mut out, |skipped| Reason::Flushed {
+                            skipped,
+                        });
+                    }
+                    match jump {
+                        Jump::Forward => shared.stats.resets_forward += 1,
+                        Jump::Backward => shared.stats.resets_backward += 1,
+                    }
+                    out.push(Released {
+                        key: key.clone(),
+                        seq: Some(seq),
+                        item,
+                        reason: Reason::Reset { expected, jump },
+                    });
+                    state.next = seq.saturating_add(1);
+                } else if seq < state.next {
                     shared.stats.late += 1;
                     out.push(Released {
                         key: key.clone(),
@@ -406,6 +499,14 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
         out
     }
 
+    /// Whether pushing `seq` for `key` now would reset the key, and which
+    /// way it jumped. Lets a caller check that the item is not a
+    /// re-delivery (e.g. against its dedupe store) before it moves the key.
+    pub fn jump(&self, key: &K, seq: i64) -> Option<Jump> {
+        let state = self.keys.get(key)?;
+        jump_of(state, seq, self.config.max_sequence_jump)
+    }
+
     /// The buffered item of `key` with sequence `seq`, if one waits. Use it
     /// on a [`Reason::DuplicateSeq`] release, right after the `push` that
     /// returned it, to tell a re-delivery (same event id) from a different
@@ -493,6 +594,23 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
     }
 }
 
+/// Whether `seq` jumps more than `max` from where `state` is, and which
+/// way: ahead of the key's highest waiting item (or, with none waiting, of
+/// its next expected sequence), or behind its next expected sequence.
+fn jump_of<T>(state: &KeyState<T>, seq: i64, max: u64) -> Option<Jump> {
+    let top = state
+        .buffer
+        .last_key_value()
+        .map_or(state.next, |(&last, _)| last.saturating_add(1));
+    if seq > top && seq.abs_diff(top) > max {
+        Some(Jump::Forward)
+    } else if seq < state.next && seq.abs_diff(state.next) > max {
+        Some(Jump::Backward)
+    } else {
+        None
+    }
+}
+
 /// Release the lowest buffered item of `state`, skipping the missing numbers
 /// before it (`reason(skipped)`), then whatever follows it in order.
 fn release_head<T, K: Clone>(
@@ -569,6 +687,7 @@ mod tests {
             max_buffered_per_key: per_key,
             max_buffered_total: total,
             max_keys,
+            max_sequence_jump: ReorderConfig::DEFAULT_MAX_SEQUENCE_JUMP,
         }
     }
 
@@ -809,6 +928,143 @@ mod tests {
         assert_eq!(r.stats().drained, 2);
     }
 
+    #[test]
+    fn a_far_jump_does_not_silence_the_key() {
+        let t0 = Instant::now();
+        let mut r = Reorderer::new(ReorderConfig::default());
+        r.push("v1", Some(1), (), t0);
+        r.push("v1", Some(2), (), t0);
+        // One event far ahead of the counter (a provider bug), then the
+        // counter goes on after the gap timeout...
+        r.push("v1", Some(1_000_000_000), (), t0);
+        r.tick(t0 + GAP);
+        // ...must not make every later event of the key late.
+        let out: Vec<_> = (3..=5)
+            .flat_map(|s| r.push("v1", Some(s), (), t0 + GAP))
+            .collect();
+        assert_eq!(
+            out.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [Some(3), Some(4), Some(5)]
+        );
+        assert!(out.iter().all(|r| r.reason.is_ordered()), "{out:?}");
+        // A counter reset: the key starts again far below where it was.
+        r.push("v2", Some(50_000), (), t0);
+        r.push("v2", Some(50_001), (), t0);
+        let out: Vec<_> = (1..=3)
+            .flat_map(|s| r.push("v2", Some(s), (), t0))
+            .collect();
+        assert_eq!(
+            out.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(3)]
+        );
+        assert!(out.iter().all(|r| r.reason.is_ordered()), "{out:?}");
+    }
+
+    #[test]
+    fn a_jump_flushes_what_waited_then_starts_the_key_again() {
+        let t0 = Instant::now();
+        let mut r = Reorderer::new(ReorderConfig {
+            max_sequence_jump: 100,
+            ..ReorderConfig::default()
+        });
+        r.push("v1", Some(1), (), t0);
+        r.push("v1", Some(3), (), t0);
+        r.push("v1", Some(4), (), t0);
+        // 2 + 100 is still reordering: it waits. So is 102 + 1 + 100:
+        // a jump counts from the highest waiting item.
+        assert!(r.push("v1", Some(102), (), t0).is_empty());
+        assert_eq!(r.jump(&"v1", 203), None);
+        assert_eq!(
+            summary(&r.push("v1", Some(204), (), t0)),
+            [
+                (Some(3), Reason::Flushed { skipped: 1 }),
+                (Some(4), Reason::InOrder),
+                (Some(102), Reason::Flushed { skipped: 97 }),
+                (
+                    Some(204),
+                    Reason::Reset {
+                        expected: 2,
+                        jump: Jump::Forward
+                    }
+                ),
+            ]
+        );
+        assert_eq!((r.buffered(), r.next_deadline()), (0, None));
+        // Back to where the counter really is: a second reset, then in order.
+        assert_eq!(
+            summary(&r.push("v1", Some(3), (), t0)),
+            [(
+                Some(3),
+                Reason::Reset {
+                    expected: 205,
+                    jump: Jump::Backward
+                }
+            )]
+        );
+        assert_eq!(
+            summary(&r.push("v1", Some(4), (), t0)),
+            [(Some(4), Reason::InOrder)]
+        );
+        // Within the bound behind: late, as before.
+        assert_eq!(
+            summary(&r.push("v1", Some(1), (), t0)),
+            [(Some(1), Reason::Late { expected: 5 })]
+        );
+        let s = r.stats();
+        assert_eq!(
+            (s.resets_forward, s.resets_backward, s.flushed, s.skipped),
+            (1, 1, 2, 98)
+        );
+        assert_eq!(r.jump(&"v1", 105), None);
+        assert_eq!(r.jump(&"v1", 106), Some(Jump::Forward));
+        assert_eq!(r.jump(&"v1", -95), None);
+        assert_eq!(r.jump(&"v1", -96), Some(Jump::Backward));
+        assert_eq!(
+            r.jump(&"other", 1_000_000),
+            None,
+            "a new key has nothing to jump from"
+        );
+    }
+
+    #[test]
+    fn extreme_sequences_neither_overflow_nor_silence() {
+        let t0 = Instant::now();
+        let mut r = Reorderer::new(ReorderConfig::default());
+        r.push("v1", Some(i64::MIN), (), t0);
+        let out = r.push("v1", Some(i64::MAX), (), t0);
+        assert!(
+            matches!(
+                out[..],
+                [Released {
+                    reason: Reason::Reset {
+                        jump: Jump::Forward,
+                        ..
+                    },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        let out = r.push("v1", Some(1), (), t0);
+        assert!(
+            matches!(
+                out[..],
+                [Released {
+                    reason: Reason::Reset {
+                        jump: Jump::Backward,
+                        ..
+                    },
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert_eq!(
+            summary(&r.push("v1", Some(2), (), t0)),
+            [(Some(2), Reason::InOrder)]
+        );
+    }
+
     /// One pushed item: its key, sequence and a unique id.
     type Event = (u8, Option<i64>, usize);
 
@@ -923,9 +1179,13 @@ mod tests {
             ticks in prop::collection::vec(any::<bool>(), 150),
             per_key in 0usize..8,
             total in 0usize..20,
+            jump in 1u64..50,
         ) {
             let t0 = Instant::now();
-            let mut r = Reorderer::new(config(per_key, total, 4));
+            let mut r = Reorderer::new(ReorderConfig {
+                max_sequence_jump: jump,
+                ..config(per_key, total, 4)
+            });
             let mut now = t0;
             let mut out = Vec::new();
             let mut waiting: HashMap<u8, usize> = HashMap::new();
@@ -959,6 +1219,13 @@ mod tests {
                 let seq = rel.seq;
                 prop_assert_eq!(seq, events[rel.item].1);
                 match rel.reason {
+                    Reason::Reset { expected, jump: way } => {
+                        // A reset starts the key's order again.
+                        let seq = seq.unwrap_or_default();
+                        prop_assert!(seq.abs_diff(expected) > jump);
+                        prop_assert_eq!(way == Jump::Forward, seq > expected);
+                        last.insert(rel.key, seq);
+                    }
                     reason if reason.is_ordered() => {
                         let seq = seq.unwrap_or_default();
                         if let Some(prev) = last.insert(rel.key, seq) {
@@ -966,7 +1233,7 @@ mod tests {
                         }
                     }
                     Reason::Late { expected } => {
-                        prop_assert!(seq.is_some_and(|s| s < expected));
+                        prop_assert!(seq.is_some_and(|s| s < expected && s.abs_diff(expected) <= jump));
                     }
                     Reason::DuplicateSeq => prop_assert!(seq.is_some()),
                     Reason::Unsequenced => prop_assert!(seq.is_none()),
@@ -978,6 +1245,68 @@ mod tests {
                 s.late + s.duplicate_seq + s.unsequenced,
                 out.iter().filter(|r| !r.reason.is_ordered()).count() as u64
             );
+        }
+
+        /// Whatever came before (far jumps either way, gaps, evictions,
+        /// tight bounds), a run of consecutive sequences pushed in order
+        /// loses at most `max_sequence_jump` of its first items to `late`:
+        /// the late ones are a prefix of the run, the rest come out in
+        /// order, and nothing is lost. No key is silenced for good.
+        #[test]
+        fn a_run_in_order_is_never_silenced(
+            history in prop::collection::vec(
+                (0u8..3, prop_oneof![-50i64..50, any::<i64>(), (-1_000_000i64..1_000_000)], 0u64..40),
+                0..60,
+            ),
+            key in 0u8..3,
+            start in prop_oneof![-50i64..50, any::<i64>(), (-1_000_000i64..1_000_000)],
+            len in 1usize..40,
+            jump in 1u64..20,
+            per_key in 0usize..8,
+            total in 0usize..20,
+            max_keys in 0usize..4,
+        ) {
+            let t0 = Instant::now();
+            let mut r = Reorderer::new(ReorderConfig {
+                max_sequence_jump: jump,
+                ..config(per_key, total, max_keys)
+            });
+            let mut now = t0;
+            let mut released = 0;
+            for (id, &(k, s, step)) in history.iter().enumerate() {
+                now += Duration::from_secs(step);
+                released += r.push(k, Some(s), id, now).len();
+                check_step(&r, now)?;
+            }
+            // Whatever waited from the history has timed out.
+            now += GAP * 2;
+            released += r.tick(now).len();
+            let run: Vec<i64> = (0..len as i64)
+                .map_while(|i| start.checked_add(i))
+                .collect();
+            let mut out = Vec::new();
+            for (i, &s) in run.iter().enumerate() {
+                out.extend(r.push(key, Some(s), history.len() + i, now));
+                check_step(&r, now)?;
+            }
+            out.extend(r.tick(now + GAP));
+            out.extend(r.drain());
+            let ours: Vec<_> = out.iter().filter(|rel| rel.item >= history.len()).collect();
+            prop_assert_eq!(released + out.len(), history.len() + run.len());
+            prop_assert_eq!(ours.len(), run.len());
+            let late: Vec<i64> = ours
+                .iter()
+                .filter(|rel| matches!(rel.reason, Reason::Late { .. }))
+                .filter_map(|rel| rel.seq)
+                .collect();
+            prop_assert!(late.len() as u64 <= jump, "{} late: {:?}", late.len(), late);
+            prop_assert_eq!(&late[..], &run[..late.len()], "late ones are the run's first");
+            let rest: Vec<i64> = ours
+                .iter()
+                .filter(|rel| !matches!(rel.reason, Reason::Late { .. }))
+                .filter_map(|rel| rel.seq)
+                .collect();
+            prop_assert_eq!(&rest[..], &run[late.len()..], "the rest in order");
         }
 
         /// With many keys and a small `max_keys`, per-key state stays
