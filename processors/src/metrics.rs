@@ -303,7 +303,7 @@ impl Metrics {
             alerting_ignored: counter(
                 &r,
                 "processors_alerting_events_ignored_total",
-                "Events that did not drive live alert state, by sink and reason (duplicate, late, stale, not_guest_wifi).",
+                "Events that did not drive live alert state, by sink and reason (duplicate, late, stale, future, not_guest_wifi).",
                 &["sink", "reason"],
             )?,
             alert_notifications: counter(

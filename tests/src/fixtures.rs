@@ -161,12 +161,26 @@ sinks = ["test"]
     )
 }
 
-/// The envelope ingest would write for a guest-WiFi event.
+/// The envelope ingest would write for a guest-WiFi event, received at
+/// 2026-11-22T18:03:11Z.
 pub fn purple_envelope(id: &str, venue: &str, sequence: u64, body: Option<Vec<u8>>) -> Vec<u8> {
+    purple_envelope_received(id, venue, sequence, body, 1_795_370_591_000_000)
+}
+
+/// [`purple_envelope`] received at `received_at_micros` (Unix µs): for a
+/// sink that compares an event's date with its receipt (the alerting
+/// sink ignores events dated more than `max_clock_skew` past it).
+pub fn purple_envelope_received(
+    id: &str,
+    venue: &str,
+    sequence: u64,
+    body: Option<Vec<u8>>,
+    received_at_micros: i64,
+) -> Vec<u8> {
     schemas::Envelope {
         event_id: id.into(),
         source: "purple".into(),
-        received_at_micros: 1_795_370_591_000_000,
+        received_at_micros,
         body: body.unwrap_or_else(|| purple_event(id, venue, sequence)),
         headers: vec![],
         content_type: Some("application/json".into()),

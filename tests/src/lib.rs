@@ -21,7 +21,8 @@
 //!   line).
 //! - [`fixtures`]: what the tests send and read back: [`purple_event`],
 //!   [`purple_signature`] and [`send_purple`] (signed requests as the
-//!   guest-WiFi platform sends them), [`purple_envelope`], the configs of
+//!   guest-WiFi platform sends them), [`purple_envelope`] (and
+//!   [`purple_envelope_received`], its receipt time given), the configs of
 //!   both binaries ([`purple_config`], [`processors_config`]) and
 //!   [`sink_lines`] (a JSON-lines sink's events).
 //! - [`postgres`]: [`Postgres`], a PostgreSQL server from Debian's packages
@@ -52,8 +53,8 @@ pub mod services;
 pub use alertmanager::{Alertmanager, alertmanager_binary};
 pub use broker::{Broker, Record, produce, read_topic, tansu_binary};
 pub use fixtures::{
-    Outcome, processors_config, purple_config, purple_envelope, purple_event, purple_signature,
-    send_purple, sink_lines,
+    Outcome, processors_config, purple_config, purple_envelope, purple_envelope_received,
+    purple_event, purple_signature, send_purple, sink_lines,
 };
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use process::{binary, free_port, rss_kib};

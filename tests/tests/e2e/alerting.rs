@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 use e2e::fake_chat::{FakeChat, Reply, TOKEN};
-use e2e::{Alertmanager, Broker, Processor, produce, purple_envelope};
+use e2e::{Alertmanager, Broker, Processor, produce, purple_envelope_received};
 
 /// A guest-WiFi event as the platform sends it, happening at `at`.
 #[allow(clippy::too_many_arguments)]
@@ -33,7 +33,16 @@ fn wifi(
     });
     (
         venue.as_bytes().to_vec(),
-        purple_envelope(id, venue, seq, Some(body.to_string().into_bytes())),
+        // Received when it happened, as ingest would stamp a live event
+        // (the sink ignores events dated well past their receipt).
+        purple_envelope_received(
+            id,
+            venue,
+            seq,
+            Some(body.to_string().into_bytes()),
+            at.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64),
+        ),
     )
 }
 

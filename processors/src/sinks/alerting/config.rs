@@ -26,6 +26,14 @@ pub struct AlertsConfig {
     /// do not touch live state: replays and old backlogs page nobody.
     #[serde(default = "default_max_event_age", with = "humantime_serde")]
     pub max_event_age: Duration,
+    /// Events dated more than this past their `received_at` (or past the
+    /// wall clock when applied) do not touch live state (counted as
+    /// `future`), and a venue's clock never runs past the wall clock plus
+    /// this: one event dated years ahead would otherwise expire every
+    /// session of its venue, for good. Must be shorter than
+    /// `session_timeout`.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// A device not heard of for this long (venue event time) is no longer
     /// counted.
     #[serde(default = "default_session_timeout", with = "humantime_serde")]
@@ -187,6 +195,9 @@ pub(super) fn receivers_each<'de, D: serde::Deserializer<'de>>(
 
 pub(super) fn default_max_event_age() -> Duration {
     Duration::from_secs(15 * 60)
+}
+pub(super) fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(5 * 60)
 }
 pub(super) fn default_session_timeout() -> Duration {
     Duration::from_secs(12 * 3600)
@@ -420,6 +431,13 @@ impl AlertsConfig {
         }
         if self.session_timeout < Duration::from_secs(1) {
             p.push(format!("{at}.session_timeout: must be at least 1s"));
+        }
+        if self.max_clock_skew < Duration::from_secs(1) {
+            p.push(format!("{at}.max_clock_skew: must be at least 1s"));
+        } else if self.max_clock_skew >= self.session_timeout {
+            p.push(format!(
+                "{at}.max_clock_skew: must be shorter than session_timeout, or a venue clock that far ahead expires sessions heard of just now"
+            ));
         }
         if self.applied_retention < Duration::from_secs(60) {
             p.push(format!("{at}.applied_retention: must be at least 1m"));

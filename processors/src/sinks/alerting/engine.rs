@@ -88,7 +88,7 @@ pub struct BatchStats {
     /// Raises held back by a cooldown, by rule name.
     pub suppressed: BTreeMap<String, u64>,
     /// Events that did not touch live state, by reason (`duplicate`,
-    /// `late`, `stale`, `not_guest_wifi`).
+    /// `late`, `stale`, `future`, `not_guest_wifi`).
     pub ignored: BTreeMap<&'static str, u64>,
     /// Notifications added to the outbox.
     pub enqueued: u64,
@@ -105,6 +105,8 @@ pub struct Engine {
     pub max_event_age: Duration,
     /// See [`AlertsConfig::session_timeout`].
     pub session_timeout: Duration,
+    /// See [`AlertsConfig::max_clock_skew`].
+    pub max_clock_skew: Duration,
 }
 
 pub(super) fn micros(d: Duration) -> i64 {
@@ -156,11 +158,13 @@ impl Engine {
                 .collect(),
             max_event_age: config.max_event_age,
             session_timeout: config.session_timeout,
+            max_clock_skew: config.max_clock_skew,
         }
     }
 
     /// Applies a batch in one transaction: each event once, by (source,
-    /// event id). `now` is the wall clock (Unix µs) for the age check.
+    /// event id). `now` is the wall clock (Unix µs) for the age and skew
+    /// checks.
     pub fn apply(
         &self,
         conn: &mut Connection,
@@ -211,6 +215,16 @@ impl Tx<'_> {
             self.ignore("stale");
             return Ok(());
         }
+        // Dated ahead of when it was received (a provider's clock), or of
+        // the wall clock (ingest's): it would move the venue clock there.
+        let horizon = self.now.saturating_add(micros(self.engine.max_clock_skew));
+        let skew = micros(self.engine.max_clock_skew);
+        if w.occurred_at_micros > e.received_at_micros.saturating_add(skew)
+            || w.occurred_at_micros > horizon
+        {
+            self.ignore("future");
+            return Ok(());
+        }
         let venue = w.venue_id.as_str();
         let at = w.occurred_at_micros;
         let old_wm: Option<i64> = self
@@ -221,7 +235,9 @@ impl Tx<'_> {
                 |r| r.get(0),
             )
             .optional()?;
-        let wm = old_wm.map_or(at, |o| o.max(at));
+        // Never past the wall clock plus the skew, even if a clock stored
+        // before this bound existed was.
+        let wm = old_wm.map_or(at, |o| o.max(at)).min(horizon);
         self.tx.execute(
             "INSERT INTO venues (venue, watermark) VALUES (?1, ?2)
              ON CONFLICT (venue) DO UPDATE SET watermark = excluded.watermark",

@@ -35,12 +35,21 @@
 //!
 //! Only guest-WiFi events that are neither `late` (their sequence slot was
 //! skipped: their state is stale, DESIGN.md) nor older than `max_event_age`
-//! (`occurred_at` against the wall clock when applied). A replay of last
-//! week therefore pages nobody and leaves the live counters alone. The
-//! price: after an outage longer than `max_event_age`, the backlog is
-//! skipped and the counts are rebuilt from the new events (sessions left
-//! open expire after `session_timeout`). Ignored events are counted in
-//! `processors_alerting_events_ignored_total` by reason.
+//! (`occurred_at` against the wall clock when applied) nor dated more than
+//! `max_clock_skew` (default 5 minutes) ahead of their `received_at` or of
+//! the wall clock when applied. A replay of last week therefore pages
+//! nobody and leaves the live counters alone. The price: after an outage
+//! longer than `max_event_age`, the backlog is skipped and the counts are
+//! rebuilt from the new events (sessions left open expire after
+//! `session_timeout`). Ignored events are counted in
+//! `processors_alerting_events_ignored_total` by reason (`duplicate`,
+//! `late`, `stale`, `future`, `not_guest_wifi`); the analytics store keeps
+//! future-dated events as received.
+//!
+//! A venue's clock (its newest `occurred_at`, which drives session expiry
+//! and dwell) never passes the wall clock plus `max_clock_skew`: an event
+//! dated years ahead would otherwise move it there and expire every
+//! session of the venue at once, and every new one after it, for good.
 //!
 //! # Effect once across kill -9 and restarts
 //!

@@ -363,6 +363,101 @@ fn sessions_not_heard_of_expire_and_stop_counting() {
     assert_eq!(o[1].status, "resolved");
 }
 
+fn devices_in(c: &Connection, venue: &str) -> i64 {
+    c.query_row(
+        "SELECT COUNT(*) FROM devices WHERE venue = ?1",
+        [venue],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// An event dated years ahead must not move the venue clock there: that
+/// would expire every session of the venue at once, and keep expiring the
+/// new ones, for good.
+#[test]
+fn an_event_dated_years_ahead_leaves_the_venue_clock_and_its_devices_alone() {
+    let e = engine(OCC);
+    let mut c = db();
+    let now = now_micros();
+    let batch: Vec<_> = (0..3)
+        .map(|i| {
+            ev(
+                &format!("c{i}"),
+                "device_connected",
+                "v1",
+                "lobby",
+                &format!("d{i}"),
+                now,
+            )
+        })
+        .collect();
+    e.apply(&mut c, &batch, now).unwrap();
+    assert_eq!(devices_in(&c, "v1"), 3);
+    assert_eq!(outbox(&c, "log").len(), 1, "over the threshold of 2");
+    let years = 3 * 365 * 24 * 60 * MIN;
+    // Received now, dated three years ahead (a provider clock gone wrong).
+    let mut ahead = ev("f1", "guest_registered", "v1", "lobby", "d0", now + years);
+    Arc::make_mut(&mut ahead).received_at_micros = now;
+    // Received and dated three years ahead (ingest's clock gone wrong):
+    // the wall clock bounds it.
+    let both_ahead = ev("f2", "device_connected", "v1", "bar", "z", now + years);
+    let s = e.apply(&mut c, &[ahead, both_ahead], now).unwrap();
+    let lobby: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM devices WHERE venue = 'v1' AND zone = 'lobby'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(lobby, 3, "the lobby's devices are still counted: {s:?}");
+    assert_eq!(devices_in(&c, "v1"), 3, "and no device was added");
+    assert_eq!(s.ignored.get("future"), Some(&2), "{s:?}");
+    assert_eq!(
+        outbox(&c, "log").len(),
+        1,
+        "nothing resolved: {:?}",
+        outbox(&c, "log")
+    );
+    // The next ordinary event still sees the three devices.
+    let s = e
+        .apply(
+            &mut c,
+            &[ev("c9", "device_connected", "v1", "lobby", "d9", now + MIN)],
+            now + MIN,
+        )
+        .unwrap();
+    assert!(s.ignored.is_empty(), "{s:?}");
+    assert_eq!(devices_in(&c, "v1"), 4);
+    let wm: i64 = c
+        .query_row("SELECT watermark FROM venues WHERE venue = 'v1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(wm, now + MIN);
+    // A clock stored ahead (before this bound existed) is pulled back to
+    // the wall clock plus the skew instead of expiring the devices.
+    c.execute(
+        "UPDATE venues SET watermark = ?1 WHERE venue = 'v1'",
+        [now + years],
+    )
+    .unwrap();
+    let later = now + 2 * MIN;
+    e.apply(
+        &mut c,
+        &[ev("c10", "zone_entered", "v1", "lobby", "d1", later)],
+        later,
+    )
+    .unwrap();
+    assert_eq!(devices_in(&c, "v1"), 4);
+    let wm: i64 = c
+        .query_row("SELECT watermark FROM venues WHERE venue = 'v1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(wm, later + 5 * MIN, "the default skew past the wall clock");
+}
+
 #[test]
 fn check_names_bad_fields_without_quoting_secrets() {
     // SAFETY: single-threaded use of a variable only this test reads.
@@ -375,6 +470,7 @@ fn check_names_bad_fields_without_quoting_secrets() {
     let text = r#"
         path = "/tmp/x.sqlite"
         alert_ttl = "30s"
+        max_clock_skew = "13h"
         [[rules]]
         kind = "zone_occupancy"
         threshold = 0
@@ -412,6 +508,7 @@ fn check_names_bad_fields_without_quoting_secrets() {
         "sinks.alerts.receivers[1] (ops).url_env: environment variable ALERTS_TEST_UNSET_VARIABLE is not set",
         "sinks.alerts.receivers[2] (alertmanager).url: must be an https:// or http:// URL",
         "sinks.alerts.alert_ttl: must be longer than resend_interval",
+        "sinks.alerts.max_clock_skew: must be shorter than session_timeout",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
     }

@@ -33,6 +33,17 @@
 //! therefore leaves the same rows as if it had come in order, and a replay
 //! into an empty store yields the same tables as the live path.
 //!
+//! # Concurrent writers
+//!
+//! Several writers may share a store (instances of the live path, a
+//! backfill replay beside them, on the same venues and hours), and the
+//! rollups still equal a straight computation over `events`: a recompute
+//! runs only once no other transaction that added rows to the same venue
+//! can still commit behind it. PostgreSQL takes a transaction-level
+//! advisory lock per venue before recomputing ([`PostgresSink`]'s module);
+//! the embedded store takes the file's write lock before the batch reads
+//! anything (`BEGIN IMMEDIATE`), so its writers run one at a time.
+//!
 //! A failure (database down or locked, connection lost, disk full) answers
 //! `Retry` for the whole batch: the pipeline offers it again with backoff,
 //! the partition waits, nothing past it is committed.

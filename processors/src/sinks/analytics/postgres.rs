@@ -1,12 +1,29 @@
 //! The analytics store on PostgreSQL (see [`super`] for the tables and
 //! the semantics both engines share). Batches go in as arrays through
 //! `UNNEST`, one round trip for all the events of a batch.
+//!
+//! # Concurrent writers
+//!
+//! Several transactions may write one venue at once: the live path of
+//! another instance, a backfill replay beside it. The rollups are
+//! recomputed from `events`, and a recompute that ran before another
+//! writer's new events were committed, and was then written over that
+//! writer's, lost them. So after inserting its events, a batch takes a
+//! transaction-level advisory lock per venue it added rows to
+//! (`pg_advisory_xact_lock(VENUE_LOCK_CLASS, hash of the venue)`, in
+//! ascending key order so two batches never wait on each other in a
+//! circle), and only then recomputes, at `READ COMMITTED`: each recompute
+//! statement reads every event committed before the lock was granted, and
+//! a writer whose events it could not see yet recomputes again after it.
+//! Locks are released by the commit or rollback. Event inserts wait for
+//! no advisory lock, so a duplicate (source, event id) from a writer still
+//! in flight never waits in a circle with them either.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 use super::Row;
 use crate::event::Event;
@@ -112,6 +129,21 @@ const SESSIONS_INSERT: &str = r#"
     ) x
     where event_type = 'device_connected'
 "#;
+
+/// The first key of the per-venue advisory locks (two-key form, a key
+/// space apart from the migration lock's single key): "anlv".
+const VENUE_LOCK_CLASS: i32 = 0x616e_6c76;
+
+/// The second key of a venue's advisory lock: FNV-1a of its id, 32 bits.
+/// Two venues that share a key only wait for each other.
+fn venue_lock_key(venue: &str) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in venue.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(h.to_ne_bytes())
+}
 
 /// The PostgreSQL analytics sink.
 pub struct PostgresSink {
@@ -247,7 +279,12 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
     }
     let err =
         |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
-    let tx = client.transaction().await.map_err(err("begin"))?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(err("begin"))?;
     let rows = tx
         .query(
             INSERT_EVENTS,
@@ -272,11 +309,13 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         .map_err(err("insert events"))?;
     let mut hours: BTreeSet<(String, String)> = BTreeSet::new();
     let mut devices: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut locks: BTreeSet<i32> = BTreeSet::new();
     for row in &rows {
         let venue: Option<String> = row.get(0);
         let device: Option<String> = row.get(1);
         let hour: Option<String> = row.get(2);
         if let Some(v) = venue {
+            locks.insert(venue_lock_key(&v));
             if let Some(h) = hour {
                 hours.insert((v.clone(), h));
             }
@@ -284,6 +323,16 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
                 devices.insert((v, d));
             }
         }
+    }
+    // One writer at a time per venue from here to the commit (module
+    // header): ascending keys, so no two batches wait in a circle.
+    for key in locks {
+        tx.execute(
+            "select pg_advisory_xact_lock($1, $2)",
+            &[&VENUE_LOCK_CLASS, &key],
+        )
+        .await
+        .map_err(err("venue lock"))?;
     }
     if !hours.is_empty() {
         let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
@@ -376,6 +425,15 @@ mod tests {
             guest_wifi: None,
             body,
         }
+    }
+
+    #[test]
+    fn venue_lock_keys_are_stable_across_builds_and_hosts() {
+        // Every writer, whatever its version, must lock a venue by the
+        // same key: these values are FNV-1a 32 and must never change.
+        assert_eq!(venue_lock_key(""), 0x811c_9dc5_u32 as i32);
+        assert_eq!(venue_lock_key("a"), 0xe40c_292c_u32 as i32);
+        assert_ne!(venue_lock_key("venue-017"), venue_lock_key("venue-018"));
     }
 
     #[test]

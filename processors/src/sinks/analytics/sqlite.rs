@@ -4,9 +4,12 @@
 //! - WAL journal with `synchronous = FULL`: a committed batch survives a
 //!   crash of the process and of the machine, so an offset is never
 //!   committed past rows that could still vanish.
-//! - Each batch takes the write lock up front (`BEGIN IMMEDIATE`); several
-//!   processes on one host may share the file (SQLite's own locking, with a
-//!   busy timeout), a busy or failing database answers `Retry`.
+//! - Each batch takes the write lock up front (`BEGIN IMMEDIATE`), before
+//!   it reads anything: writers are serialised, and each batch's recompute
+//!   reads every batch committed before it, so concurrent writers (several
+//!   processes on one host, a replay beside the live path) lose nothing
+//!   (SQLite's own locking, with a busy timeout); a busy or failing
+//!   database answers `Retry`.
 //! - SQLite is blocking: batches run on tokio's blocking pool, one at a
 //!   time per sink.
 
