@@ -277,6 +277,8 @@ pub struct Summary {
     pub quarantined: u64,
     /// Events no route to the chosen sinks matched.
     pub unrouted: u64,
+    /// Events a route skipped as older than its `max_event_age`, by route.
+    pub too_old: BTreeMap<String, u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -348,7 +350,10 @@ impl Sink for CountingSink {
             if let Ok(mut t) = self.per_type.lock() {
                 for e in batch {
                     // Counted once per event: by the first sink it goes to.
-                    if self.router.route(e).first() == Some(&self.index) {
+                    // Routed again now: an event only grows older, so the
+                    // first sink now is one it was offered to.
+                    let now = crate::pipeline::route::now_micros();
+                    if self.router.route(e, now).sinks.first() == Some(&self.index) {
                         *t.entry((e.source.clone(), e.event_type.clone()))
                             .or_default() += 1;
                     }
@@ -801,6 +806,24 @@ pub async fn replay(
             _ => {}
         }
     }
+    for fam in metrics.registry.gather() {
+        if fam.name() != "processors_route_skipped_total" {
+            continue;
+        }
+        for m in fam.get_metric() {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+            };
+            if label("reason").as_deref() == Some("too_old")
+                && let Some(route) = label("route")
+            {
+                *summary.too_old.entry(route).or_default() += m.get_counter().get_value() as u64;
+            }
+        }
+    }
     if let Ok(t) = per_type.lock() {
         summary.per_type = t.clone();
     }
@@ -866,6 +889,12 @@ pub fn report(summary: &Summary, opts: &ReplayOptions, topic: &str) -> String {
             .map(|d| format!(" ({d} dead-lettered)"))
             .unwrap_or_default();
         out.push_str(&format!("  {sink:<12} {n:>8}{dl}\n"));
+    }
+    if !summary.too_old.is_empty() {
+        out.push_str("skipped as too old, by route:\n");
+        for (route, n) in &summary.too_old {
+            out.push_str(&format!("  {route:<12} {n:>8}\n"));
+        }
     }
     out
 }
