@@ -23,6 +23,12 @@
 //!   and late flags come out as the live path decided them while it kept up,
 //!   at any replay speed. At the end of the range everything still buffered
 //!   is released in sequence order (no predecessor can still come).
+//! - **Which sinks** ([`choose`]): the ones named with `--sink`, whatever
+//!   they are; without `--sink`, only sinks Kafka rebuilds (analytics,
+//!   postgres, jsonl, log, null). Sinks with external side effects (crm,
+//!   alerts) are left out and named, so a backfill never re-sends them by
+//!   accident. Routes' `max_event_age` holds against the wall clock, so
+//!   even a named CRM gets nothing older than its limit.
 //! - **Dedupe.** The live store is neither read nor written (it would drop
 //!   every event as seen). A [`BoundedDedupe`] drops the duplicates within
 //!   the replay (the last `dedupe_capacity` ids); the sinks are idempotent
