@@ -181,7 +181,7 @@ impl Config {
                     p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
                 }
             }
-            p.extend(route.problems(&at));
+            p.extend(route.problems(&at, self.processing.gap_timeout));
         }
         p
     }
@@ -345,6 +345,50 @@ mod tests {
         );
         let ok = text.replace("threshold = 0", "threshold = 40");
         assert!(Config::from_toml(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_routes_max_event_age_is_read_in_human_units_and_checked() {
+        let with = |age: &str| {
+            GOOD.replace(
+                "include_late = false",
+                &format!("include_late = false\n        max_event_age = {age}"),
+            )
+        };
+        let c = Config::from_toml(&with("\"15m\"")).unwrap_or_else(|e| panic!("{e}"));
+        // No limit unless set; set: in human units.
+        assert!(
+            format!("{:?}", c.routes[0]).contains("max_event_age: None"),
+            "{:?}",
+            c.routes[0]
+        );
+        assert!(
+            format!("{:?}", c.routes[1]).contains("max_event_age: Some(900s)"),
+            "{:?}",
+            c.routes[1]
+        );
+        let problems = |age: &str| {
+            Config::from_toml(&with(age))
+                .unwrap_err()
+                .problems
+                .join("\n")
+        };
+        let all = problems("\"0s\"");
+        assert!(
+            all.contains("routes[1] (vip).max_event_age: must be at least 1s (got 0s)"),
+            "{all}"
+        );
+        // Not longer than the gap timeout: every event held back for a
+        // missing predecessor would skip the route.
+        let all = problems("\"20s\"");
+        assert!(
+            all.contains(
+                "routes[1] (vip).max_event_age: 20s is not longer than processing.gap_timeout (30s)"
+            ),
+            "{all}"
+        );
+        let all = problems("\"a fortnight\"");
+        assert!(all.contains("max_event_age"), "{all}");
     }
 
     #[test]

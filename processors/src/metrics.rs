@@ -10,6 +10,8 @@
 //! labels, and that the alert rules and the Grafana dashboard only use
 //! names declared here.
 
+use std::time::Duration;
+
 use plumbing::metrics::{Catalogue, Family};
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -49,6 +51,10 @@ pub struct Metrics {
     pub routed: IntCounterVec,
     /// Events no route matched, by source.
     pub unrouted: IntCounterVec,
+    /// Events a matching route did not take, by route and reason
+    /// (`too_old`: older than its `max_event_age`). Count through
+    /// [`Metrics::route_skipped`], which logs the same skip.
+    pub routes_skipped: IntCounterVec,
     /// Events a sink asked to retry, by sink.
     pub sink_retries: IntCounterVec,
     /// Events a sink refused for good (dead-lettered), by sink.
@@ -238,6 +244,12 @@ impl Metrics {
                 "Events no route matched, by source.",
                 &["source"],
             )?,
+            routes_skipped: counter(
+                &r,
+                "processors_route_skipped_total",
+                "Events a matching route did not take, by route and reason (too_old: occurred_at older than the route's max_event_age when routed).",
+                &["route", "reason"],
+            )?,
             sink_retries: counter(
                 &r,
                 "processors_sink_retries_total",
@@ -359,6 +371,29 @@ impl Metrics {
             registry: r.registry().clone(),
             catalogue: r,
         })
+    }
+
+    /// A route skipped `event`: counted by route and reason, and logged
+    /// (with the request id, so the event can be followed), here in one
+    /// place so the two cannot drift.
+    pub fn route_skipped(
+        &self,
+        skip: &crate::pipeline::route::Skip<'_>,
+        event: &crate::event::Event,
+        request_id: &str,
+    ) {
+        self.routes_skipped
+            .with_label_values(&[skip.route, skip.reason])
+            .inc();
+        tracing::info!(
+            route = skip.route,
+            reason = skip.reason,
+            age = %humantime::format_duration(Duration::from_secs(skip.age.as_secs())),
+            source = %event.source,
+            event_id = %event.event_id,
+            request_id,
+            "route skipped the event"
+        );
     }
 
     /// Drops the per-partition gauges of a partition this instance no

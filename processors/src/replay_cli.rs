@@ -32,7 +32,9 @@ pub struct ReplayArgs {
     /// Only events of this source (repeatable); default all.
     #[arg(long = "source")]
     sources: Vec<String>,
-    /// Only these sinks (repeatable); default every sink of the config.
+    /// Only these sinks (repeatable), whatever their kind; default every
+    /// sink that is safe to rebuild (analytics, postgres, jsonl, log, null),
+    /// leaving out the ones with external side effects (crm, alerts).
     #[arg(long = "sink")]
     sinks: Vec<String>,
     /// Count what would be replayed per source and type; write nothing.
@@ -141,8 +143,13 @@ pub fn replay(args: ReplayArgs) -> ExitCode {
     if let Err(e) = opts.check() {
         return fail(&e);
     }
-    let config = match replay::restrict(&config, &args.sinks) {
-        Ok(c) => c,
+    let config = match replay::choose(&config, &args.sinks) {
+        Ok(chosen) => {
+            if let Some(notice) = chosen.notice() {
+                eprintln!("processors: {notice}");
+            }
+            chosen.config
+        }
         Err(e) => return fail(&e),
     };
     plumbing::init_logs(config.log.format, "PROCESSORS_LOG");

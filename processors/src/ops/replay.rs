@@ -23,6 +23,12 @@
 //!   and late flags come out as the live path decided them while it kept up,
 //!   at any replay speed. At the end of the range everything still buffered
 //!   is released in sequence order (no predecessor can still come).
+//! - **Which sinks** ([`choose`]): the ones named with `--sink`, whatever
+//!   they are; without `--sink`, only sinks Kafka rebuilds (analytics,
+//!   postgres, jsonl, log, null). Sinks with external side effects (crm,
+//!   alerts) are left out and named, so a backfill never re-sends them by
+//!   accident. Routes' `max_event_age` holds against the wall clock, so
+//!   even a named CRM gets nothing older than its limit.
 //! - **Dedupe.** The live store is neither read nor written (it would drop
 //!   every event as seen). A [`BoundedDedupe`] drops the duplicates within
 //!   the replay (the last `dedupe_capacity` ids); the sinks are idempotent
@@ -186,6 +192,105 @@ pub fn restrict(config: &Config, sinks: &[String]) -> Result<Config, ReplayError
     Ok(out)
 }
 
+/// The config a replay runs with, and the sinks it left out.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The config restricted to the sinks replayed into ([`restrict`]).
+    pub config: Config,
+    /// Sinks left out because they have effects outside the pipeline.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A sink a replay left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// Its name in the config.
+    pub name: String,
+    /// Its kind (`crm`, `alerts`).
+    pub kind: &'static str,
+    /// What it does outside the pipeline that a replay would repeat.
+    pub effect: &'static str,
+}
+
+impl Chosen {
+    /// The line telling the user which sinks were left out and why; `None`
+    /// when none was.
+    pub fn notice(&self) -> Option<String> {
+        if self.left_out.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "replay: left out {}: they have effects outside the pipeline ({}) that a replay \
+             would repeat; name a sink with --sink to replay into it",
+            list(&self.left_out),
+            effects(&self.left_out),
+        ))
+    }
+}
+
+fn list(sinks: &[LeftOut]) -> String {
+    sinks
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.kind))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn effects(sinks: &[LeftOut]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for s in sinks {
+        if !seen.contains(&s.effect) {
+            seen.push(s.effect);
+        }
+    }
+    seen.join(", ")
+}
+
+/// The sinks a replay writes to. Named with `--sink` (`sinks` not empty):
+/// exactly those, whatever they are ([`restrict`]). Otherwise every sink
+/// that is safe to rebuild from Kafka (analytics, postgres, jsonl, log,
+/// null); sinks with external side effects (crm, alerts) are left out and
+/// named in [`Chosen::left_out`]. A config whose every sink has side
+/// effects is an error: the user must name one.
+pub fn choose(config: &Config, sinks: &[String]) -> Result<Chosen, ReplayError> {
+    if !sinks.is_empty() {
+        return Ok(Chosen {
+            config: restrict(config, sinks)?,
+            left_out: Vec::new(),
+        });
+    }
+    let mut safe = Vec::new();
+    let mut left_out = Vec::new();
+    for (name, sink) in &config.sinks {
+        match sink.side_effect() {
+            Some(effect) => left_out.push(LeftOut {
+                name: name.clone(),
+                kind: sink.kind(),
+                effect,
+            }),
+            None => safe.push(name.clone()),
+        }
+    }
+    if left_out.is_empty() {
+        return Ok(Chosen {
+            config: config.clone(),
+            left_out,
+        });
+    }
+    if safe.is_empty() {
+        return Err(ReplayError::Usage(format!(
+            "every sink of the config has effects outside the pipeline ({}: {}); \
+             name the ones to replay into with --sink",
+            list(&left_out),
+            effects(&left_out),
+        )));
+    }
+    Ok(Chosen {
+        config: restrict(config, &safe)?,
+        left_out,
+    })
+}
+
 /// The settings of one replay.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
@@ -277,6 +382,8 @@ pub struct Summary {
     pub quarantined: u64,
     /// Events no route to the chosen sinks matched.
     pub unrouted: u64,
+    /// Events a route skipped as older than its `max_event_age`, by route.
+    pub too_old: BTreeMap<String, u64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -348,7 +455,10 @@ impl Sink for CountingSink {
             if let Ok(mut t) = self.per_type.lock() {
                 for e in batch {
                     // Counted once per event: by the first sink it goes to.
-                    if self.router.route(e).first() == Some(&self.index) {
+                    // Routed again now: an event only grows older, so the
+                    // first sink now is one it was offered to.
+                    let now = crate::pipeline::route::now_micros();
+                    if self.router.route(e, now).sinks.first() == Some(&self.index) {
                         *t.entry((e.source.clone(), e.event_type.clone()))
                             .or_default() += 1;
                     }
@@ -801,6 +911,24 @@ pub async fn replay(
             _ => {}
         }
     }
+    for fam in metrics.registry.gather() {
+        if fam.name() != "processors_route_skipped_total" {
+            continue;
+        }
+        for m in fam.get_metric() {
+            let label = |n: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == n)
+                    .map(|l| l.value().to_owned())
+            };
+            if label("reason").as_deref() == Some("too_old")
+                && let Some(route) = label("route")
+            {
+                *summary.too_old.entry(route).or_default() += m.get_counter().get_value() as u64;
+            }
+        }
+    }
     if let Ok(t) = per_type.lock() {
         summary.per_type = t.clone();
     }
@@ -866,6 +994,12 @@ pub fn report(summary: &Summary, opts: &ReplayOptions, topic: &str) -> String {
             .map(|d| format!(" ({d} dead-lettered)"))
             .unwrap_or_default();
         out.push_str(&format!("  {sink:<12} {n:>8}{dl}\n"));
+    }
+    if !summary.too_old.is_empty() {
+        out.push_str("skipped as too old, by route:\n");
+        for (route, n) in &summary.too_old {
+            out.push_str(&format!("  {route:<12} {n:>8}\n"));
+        }
     }
     out
 }
@@ -954,5 +1088,75 @@ mod tests {
             "--sink c: no sink named \"c\" in the config (it has: a, b)"
         );
         assert_eq!(restrict(&c, &[]).unwrap().sinks.len(), 2);
+    }
+
+    #[test]
+    fn without_sink_a_replay_leaves_out_the_sinks_with_side_effects() {
+        let c = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = "b:1"
+            [dedupe]
+            path = "/tmp/x.redb"
+            [sinks.audit]
+            kind = "jsonl"
+            path = "/tmp/audit.jsonl"
+            [sinks.db]
+            kind = "analytics"
+            path = "/tmp/a.db"
+            [sinks.crm]
+            kind = "crm"
+            url = "http://127.0.0.1:1/crm"
+            template_json = '{"id": "{{event_id}}"}'
+            [sinks.alerts]
+            kind = "alerts"
+            path = "/tmp/al.sqlite"
+            rules = [{ kind = "vip_arrival" }]
+            receivers = [{ kind = "log" }]
+            [[routes]]
+            name = "all"
+            sinks = ["audit", "db", "alerts"]
+            [[routes]]
+            name = "welcome"
+            types = ["guest_connects"]
+            sinks = ["crm"]
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let chosen = choose(&c, &[]).unwrap();
+        assert_eq!(
+            chosen.config.sinks.keys().collect::<Vec<_>>(),
+            ["audit", "db"]
+        );
+        assert_eq!(chosen.config.routes.len(), 1);
+        assert_eq!(chosen.config.routes[0].sinks, ["audit", "db"]);
+        let names: Vec<&str> = chosen.left_out.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["alerts", "crm"]);
+        let notice = chosen.notice().unwrap();
+        assert!(
+            notice.starts_with(
+                "replay: left out alerts (alerts), crm (crm): they have effects outside the pipeline ("
+            ) && notice.contains("--sink"),
+            "{notice}"
+        );
+        // Named explicitly, a side-effect sink is replayed into, and nothing
+        // is said to be left out.
+        let named = choose(&c, &["crm".into()]).unwrap();
+        assert_eq!(named.config.sinks.keys().collect::<Vec<_>>(), ["crm"]);
+        assert!(named.left_out.is_empty() && named.notice().is_none());
+        // Only side-effect sinks: the user has to name them.
+        let only = restrict(&c, &["crm".into(), "alerts".into()]).unwrap();
+        let e = choose(&only, &[]).unwrap_err();
+        assert!(matches!(e, ReplayError::Usage(_)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("every sink of the config has effects outside the pipeline (alerts (alerts), crm (crm)"),
+            "{e}"
+        );
+        // Nothing to leave out: the config as it is.
+        let safe = restrict(&c, &["audit".into()]).unwrap();
+        let all = choose(&safe, &[]).unwrap();
+        assert!(all.left_out.is_empty() && all.notice().is_none());
+        assert_eq!(all.config.sinks.len(), 1);
     }
 }

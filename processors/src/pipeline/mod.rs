@@ -678,9 +678,16 @@ impl PartitionPipeline {
             if p.event.late {
                 m.late.with_label_values(&[&p.event.source]).inc();
             }
-            let sinks = shared.router.route(&p.event);
+            let routed = shared.router.route(&p.event, route::now_micros());
+            for skip in &routed.skipped {
+                m.route_skipped(skip, &p.event, &p.request_id);
+            }
+            let sinks = routed.sinks;
             if sinks.is_empty() {
-                m.unrouted.with_label_values(&[&p.event.source]).inc();
+                // Skipped by every route it matched: counted as skipped.
+                if routed.skipped.is_empty() {
+                    m.unrouted.with_label_values(&[&p.event.source]).inc();
+                }
                 finished.push(p.record.offset);
                 continue;
             }

@@ -6,8 +6,18 @@
 //! goes to the union of the sinks of every rule it matches, each once, in
 //! the order sinks are first named. No rule matched: the event is counted as
 //! unrouted and its offset moves on.
+//!
+//! A rule with `max_event_age` skips an event whose `occurred_at` is further
+//! in the past than that at the moment it is routed (wall clock, on the live
+//! path and in a replay alike), so a marketing trigger never fires hours or
+//! a week late. The skip is per rule: the event still goes to the sinks of
+//! every other rule it matches. An event without `occurred_at` (a source
+//! whose parser does not read one) is never skipped for its age. Skips are
+//! returned in [`Routed::skipped`] for the caller to count and log
+//! ([`crate::metrics::Metrics::route_skipped`]).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -34,6 +44,13 @@ pub struct RouteConfig {
     /// routed too. Analytics wants them (flagged); live state does not.
     #[serde(default = "default_true")]
     pub include_late: bool,
+    /// Events whose `occurred_at` is older than this when they are routed
+    /// skip this route (counted and logged as `too_old`), e.g. `"15m"` on a
+    /// route to a CRM: a welcome offer hours late is spam, and a backlog or
+    /// a replay must not send one. Absent: no limit (analytics wants
+    /// everything). Events without `occurred_at` are never skipped.
+    #[serde(default, with = "humantime_serde")]
+    pub max_event_age: Option<Duration>,
     /// Sinks the matching events go to.
     pub sinks: Vec<String>,
 }
@@ -43,10 +60,27 @@ const fn default_true() -> bool {
 }
 
 impl RouteConfig {
-    /// This rule's own problems, named under `at` (`routes[i] (name)`);
-    /// whether its sinks exist is checked by the config that holds both.
-    pub fn problems(&self, at: &str) -> Vec<String> {
+    /// This rule's own problems, named under `at` (`routes[i] (name)`),
+    /// given the reorder's `gap_timeout`; whether its sinks exist is
+    /// checked by the config that holds both.
+    pub fn problems(&self, at: &str, gap_timeout: Duration) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(age) = self.max_event_age {
+            let show = |d: Duration| humantime::format_duration(d).to_string();
+            if age < Duration::from_secs(1) {
+                p.push(format!(
+                    "{at}.max_event_age: must be at least 1s (got {})",
+                    show(age)
+                ));
+            } else if age <= gap_timeout {
+                p.push(format!(
+                    "{at}.max_event_age: {} is not longer than processing.gap_timeout ({}): \
+                     every event held back for a missing predecessor would skip this route",
+                    show(age),
+                    show(gap_timeout)
+                ));
+            }
+        }
         for ptr in self.where_.keys() {
             if !ptr.starts_with('/') {
                 p.push(format!(
@@ -66,11 +100,34 @@ pub struct Router {
 
 #[derive(Debug, Clone)]
 struct Rule {
+    name: String,
     sources: Vec<String>,
     types: Vec<String>,
     fields: Vec<(String, Value)>,
     include_late: bool,
+    /// `max_event_age` in microseconds; `None`: no limit.
+    max_age_micros: Option<i64>,
     sinks: Vec<usize>,
+}
+
+/// Where one event goes, and which matching rules skipped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed<'a> {
+    /// The sinks, each once, in the order they are first named.
+    pub sinks: Vec<usize>,
+    /// Rules that matched the event but did not take it.
+    pub skipped: Vec<Skip<'a>>,
+}
+
+/// A rule that matched an event but did not take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip<'a> {
+    /// The rule's name.
+    pub route: &'a str,
+    /// Why, as the metric label: `too_old` (older than `max_event_age`).
+    pub reason: &'static str,
+    /// How old the event was when it was routed.
+    pub age: Duration,
 }
 
 impl Router {
@@ -88,6 +145,7 @@ impl Router {
                 sinks.push(i);
             }
             rules.push(Rule {
+                name: r.name.clone(),
                 sources: r.sources.clone(),
                 types: r.types.clone(),
                 fields: r
@@ -96,26 +154,54 @@ impl Router {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 include_late: r.include_late,
+                max_age_micros: r
+                    .max_event_age
+                    .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
                 sinks,
             });
         }
         Ok(Router { rules })
     }
 
-    /// The sinks `event` goes to, each once.
-    pub fn route(&self, event: &Event) -> Vec<usize> {
-        let mut out: Vec<usize> = Vec::new();
+    /// The sinks `event` goes to, each once, when routed at `now_micros`
+    /// (Unix microseconds, the wall clock), and the rules that matched it
+    /// but skipped it for its age.
+    pub fn route(&self, event: &Event, now_micros: i64) -> Routed<'_> {
+        let mut out = Routed {
+            sinks: Vec::new(),
+            skipped: Vec::new(),
+        };
         for rule in &self.rules {
-            if rule.matches(event) {
-                for &s in &rule.sinks {
-                    if !out.contains(&s) {
-                        out.push(s);
-                    }
+            if !rule.matches(event) {
+                continue;
+            }
+            if let (Some(max), Some(at)) = (rule.max_age_micros, event.occurred_at_micros) {
+                let age = now_micros.saturating_sub(at);
+                if age > max {
+                    out.skipped.push(Skip {
+                        route: &rule.name,
+                        reason: "too_old",
+                        age: Duration::from_micros(age.unsigned_abs()),
+                    });
+                    continue;
+                }
+            }
+            for &s in &rule.sinks {
+                if !out.sinks.contains(&s) {
+                    out.sinks.push(s);
                 }
             }
         }
         out
     }
+}
+
+/// The wall clock as Unix microseconds: what an event's age is measured
+/// against when it is routed.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl Rule {
@@ -187,22 +273,113 @@ mod tests {
         let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
         let vip = serde_json::json!({"guest": {"vip": true}});
         assert_eq!(
-            r.route(&event("purple", "guest_connects", vip.clone(), false)),
+            r.route(&event("purple", "guest_connects", vip.clone(), false), 0)
+                .sinks,
             vec![idx("analytics"), idx("crm"), idx("alerts")]
         );
         // Late: only the rule that includes late events.
         assert_eq!(
-            r.route(&event("purple", "guest_connects", vip, true)),
+            r.route(&event("purple", "guest_connects", vip, true), 0)
+                .sinks,
             vec![idx("analytics")]
         );
         let not_vip = serde_json::json!({"guest": {"vip": false}});
         assert_eq!(
-            r.route(&event("purple", "device_connected", not_vip, false)),
+            r.route(&event("purple", "device_connected", not_vip, false), 0)
+                .sinks,
             vec![idx("analytics")]
         );
         assert_eq!(
-            r.route(&event("github", "guest_connects", Value::Null, false)),
+            r.route(&event("github", "guest_connects", Value::Null, false), 0)
+                .sinks,
             vec![idx("analytics")]
         );
+    }
+
+    #[test]
+    fn an_event_older_than_a_routes_max_event_age_skips_that_route_only() {
+        let c = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = "b:9092"
+            [dedupe]
+            path = "d"
+            [sinks.analytics]
+            kind = "log"
+            [sinks.crm]
+            kind = "log"
+            [[routes]]
+            name = "all"
+            sinks = ["analytics"]
+            [[routes]]
+            name = "welcome"
+            types = ["guest_connects"]
+            max_event_age = "15m"
+            sinks = ["crm"]
+            [[routes]]
+            name = "vip-audit"
+            where = { "/guest/vip" = true }
+            sinks = ["crm"]
+            "#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = c.sinks.keys().cloned().collect();
+        let r = Router::new(&c.routes, &names).unwrap();
+        let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
+        let now = 1_795_370_591_000_000_i64;
+        let min = 60_000_000_i64;
+        let at = |ago: Option<i64>, body: Value| {
+            let mut e = event("purple", "guest_connects", body, false);
+            e.occurred_at_micros = ago.map(|a| now - a);
+            e
+        };
+        // 14 minutes old: both routes.
+        let fresh = r.route(&at(Some(14 * min), Value::Null), now);
+        assert_eq!(fresh.sinks, vec![idx("analytics"), idx("crm")]);
+        assert!(fresh.skipped.is_empty());
+        // 16 minutes old: the welcome route skips it, analytics still has it.
+        let old = r.route(&at(Some(16 * min), Value::Null), now);
+        assert_eq!(old.sinks, vec![idx("analytics")]);
+        assert_eq!(
+            old.skipped,
+            vec![Skip {
+                route: "welcome",
+                reason: "too_old",
+                age: Duration::from_secs(16 * 60),
+            }]
+        );
+        // Exactly the limit is not older than it.
+        assert!(
+            r.route(&at(Some(15 * min), Value::Null), now)
+                .skipped
+                .is_empty()
+        );
+        // In the future (a provider's clock ahead): not old.
+        assert!(
+            r.route(&at(Some(-min), Value::Null), now)
+                .skipped
+                .is_empty()
+        );
+        // No occurred_at: never skipped for its age.
+        let unknown = r.route(&at(None, Value::Null), now);
+        assert_eq!(unknown.sinks, vec![idx("analytics"), idx("crm")]);
+        assert!(unknown.skipped.is_empty());
+        // The skip is per route: another route to the same sink still takes
+        // the event (and the skip is still reported for the one that did not).
+        let vip = r.route(
+            &at(
+                Some(24 * 60 * min),
+                serde_json::json!({"guest": {"vip": true}}),
+            ),
+            now,
+        );
+        assert_eq!(vip.sinks, vec![idx("analytics"), idx("crm")]);
+        assert_eq!(vip.skipped.len(), 1);
+        // A route that does not match is not "skipped".
+        let mut other = at(Some(60 * min), Value::Null);
+        other.event_type = "device_connected".into();
+        let other = r.route(&other, now);
+        assert_eq!(other.sinks, vec![idx("analytics")]);
+        assert!(other.skipped.is_empty());
     }
 }

@@ -86,6 +86,35 @@ pub enum SinkConfig {
 }
 
 impl SinkConfig {
+    /// The `kind` as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Log => "log",
+            SinkConfig::Null => "null",
+            SinkConfig::Postgres { .. } => "postgres",
+            SinkConfig::Analytics { .. } => "analytics",
+            SinkConfig::Jsonl { .. } => "jsonl",
+            SinkConfig::Crm(_) => "crm",
+            SinkConfig::Alerts(_) => "alerts",
+        }
+    }
+
+    /// What this sink does outside the pipeline, which offering an event
+    /// again would repeat (a replay leaves such sinks out unless named);
+    /// `None` for a sink whose contents Kafka rebuilds (it is idempotent by
+    /// source and event id, or writes only to the log).
+    pub fn side_effect(&self) -> Option<&'static str> {
+        match self {
+            SinkConfig::Crm(_) => Some("requests to the CRM, which may e-mail guests"),
+            SinkConfig::Alerts(_) => Some("live alert state and notifications"),
+            SinkConfig::Log
+            | SinkConfig::Null
+            | SinkConfig::Postgres { .. }
+            | SinkConfig::Analytics { .. }
+            | SinkConfig::Jsonl { .. } => None,
+        }
+    }
+
     /// Every problem of this sink's settings, each naming its field under
     /// `at` (`sinks.NAME`).
     pub fn problems(&self, at: &str) -> Vec<String> {

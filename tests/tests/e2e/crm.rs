@@ -750,6 +750,148 @@ sinks = ["crm"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_older_than_max_event_age_sends_no_crm_request_but_lands_in_the_jsonl_sink() {
+    let broker = Broker::start();
+    broker.create_topic("c-old", 1).await;
+    broker.create_topic("c-old.quarantine", 1).await;
+    broker.create_topic("c-old.dlq", 1).await;
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-crm-old"
+topic = "c-old"
+quarantine_topic = "c-old.quarantine"
+dlq_topic = "c-old.dlq"
+
+[processing]
+gap_timeout = "2s"
+retry_initial = "50ms"
+retry_max = "500ms"
+
+[dedupe]
+path = "{dedupe}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.audit]
+kind = "jsonl"
+path = "{audit}"
+
+[sinks.crm]
+kind = "crm"
+url = "{url}"
+auth_header = "Authorization"
+auth_env = "CRM_OLD_TOKEN"
+template = "{template}"
+timeout = "2s"
+
+[[routes]]
+name = "everything"
+sinks = ["audit"]
+
+[[routes]]
+name = "welcome"
+types = ["guest_connects"]
+max_event_age = "15m"
+sinks = ["crm"]
+"#,
+        brokers = broker.brokers(),
+        dedupe = dir.path().join("dedupe.redb").display(),
+        audit = audit.display(),
+        url = crm.url(),
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/salesforce-journey.json"
+        ),
+    );
+    // SAFETY: set before the child starts; only the child reads it.
+    unsafe { std::env::set_var("CRM_OLD_TOKEN", SECRET) };
+    // A backlog, as after an outage: five arrivals that happened a week
+    // ago (the fixture's 2026-11-22), then two that happen now, all of one
+    // venue (so the fresh ones are routed after the old ones).
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let records: Vec<_> = (1..=7)
+        .map(|s| {
+            let id = format!("o{s}");
+            let mut text = String::from_utf8(e2e::purple_event(&id, "v-old", s))
+                .unwrap()
+                .replace("device_connected", "guest_connects");
+            if s > 5 {
+                text = text.replace("2026-11-22T18:03:11.123Z", &now);
+            }
+            (
+                b"v-old".to_vec(),
+                purple_envelope(&id, "v-old", s, Some(text.into_bytes())),
+            )
+        })
+        .collect();
+    let processor = Processor::start(&config);
+    produce(&broker.brokers(), "c-old", &records).await;
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while e2e::sink_lines(&audit).len() < 7 || crm.state.lock().unwrap().applied.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "audit {} of 7, CRM applied {} of 2:\n{}",
+            e2e::sink_lines(&audit).len(),
+            crm.state.lock().unwrap().applied.len(),
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let s = crm.state.lock().unwrap();
+        let keys: Vec<&str> = s.requests.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["purple:o6", "purple:o7"],
+            "only the fresh arrivals may reach the CRM"
+        );
+    }
+    let ids: Vec<String> = e2e::sink_lines(&audit)
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["o1", "o2", "o3", "o4", "o5", "o6", "o7"]);
+    assert_eq!(
+        processor.metric("processors_route_skipped_total").await,
+        5.0
+    );
+    let scrape = e2e::scrape(processor.metrics_addr).await;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("processors_route_skipped_total{")
+                && l.contains(r#"route="welcome""#)
+                && l.contains(r#"reason="too_old""#)
+                && l.ends_with(" 5")),
+        "{scrape}"
+    );
+    // Nothing was unrouted or dead-lettered: the old ones went to the audit.
+    assert_eq!(processor.metric("processors_unrouted_total").await, 0.0);
+    assert_eq!(
+        processor.metric("processors_dead_lettered_total").await,
+        0.0
+    );
+    let log = processor.log();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("route skipped the event") && l.contains("too_old"))
+            .count()
+            == 5,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_the_crm_writes_loses_nothing_and_applies_each_event_once() {
     let broker = Broker::start();
     broker.create_topic("c-kill", 2).await;

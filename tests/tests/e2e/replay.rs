@@ -721,3 +721,175 @@ async fn bad_ranges_sinks_and_brokers_get_one_line_errors() {
     );
     one_line(&f, 1, "cannot reach the brokers");
 }
+
+/// A config with a CRM, an alerting sink and a JSON-lines audit file,
+/// `welcome_age` (a `max_event_age = ...` line, or nothing) on the CRM route.
+fn side_effect_config(
+    brokers: &str,
+    topic: &str,
+    dir: &tempfile::TempDir,
+    crm_url: &str,
+    welcome_age: &str,
+) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-{topic}"
+topic = "{topic}"
+quarantine_topic = "{topic}.quarantine"
+dlq_topic = "{topic}.dlq"
+[processing]
+retry_initial = "50ms"
+retry_max = "500ms"
+[dedupe]
+path = "{dedupe}"
+[metrics]
+listen = "127.0.0.1:0"
+[sources.purple]
+parser = "guest_wifi"
+[sinks.audit]
+kind = "jsonl"
+path = "{audit}"
+[sinks.crm]
+kind = "crm"
+url = "{crm_url}"
+auth_header = "Authorization"
+auth_env = "CRM_SIDE_TOKEN"
+template = "{template}"
+timeout = "2s"
+[sinks.alerts]
+kind = "alerts"
+path = "{alerts}"
+rules = [{{ kind = "vip_arrival" }}]
+receivers = [{{ kind = "log" }}]
+[[routes]]
+name = "everything"
+sinks = ["audit"]
+[[routes]]
+name = "welcome"
+types = ["guest_connects"]
+{welcome_age}
+sinks = ["crm"]
+[[routes]]
+name = "live"
+include_late = false
+sinks = ["alerts"]
+"#,
+        dedupe = dir.path().join("d.redb").display(),
+        audit = dir.path().join("audit.jsonl").display(),
+        alerts = dir.path().join("alerts.sqlite").display(),
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/salesforce-journey.json"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_without_sink_leaves_the_crm_and_alerts_out_and_says_so() {
+    let broker = Broker::start();
+    broker.create_topic("rs", 1).await;
+    broker.create_topic("rs.dlq", 1).await;
+    let crm = FakeCrm::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = side_effect_config(&broker.brokers(), "rs", &dir, &crm.url(), "");
+    let config = write_config(&dir, "p.toml", &text);
+    let env = [("CRM_SIDE_TOKEN", "Bearer side-token")];
+    let from = rfc3339(SystemTime::now() - Duration::from_secs(60));
+    // A week-old backlog of arrivals (occurred_at 2026-11-22).
+    let n = 4;
+    let records: Vec<_> = (1..=n)
+        .map(|s| {
+            record(
+                &format!("rs{s}"),
+                "v-rs",
+                s,
+                "guest_connects",
+                600,
+                &format!("d{s}"),
+            )
+        })
+        .collect();
+    produce(&broker.brokers(), "rs", &records).await;
+    let to = rfc3339(SystemTime::now() + Duration::from_secs(60));
+    let audit = dir.path().join("audit.jsonl");
+    let alerts = dir.path().join("alerts.sqlite");
+
+    // No --sink: the sinks that are safe to rebuild, and only those.
+    let args = ["replay", "--config", &config, "--from", &from, "--to", &to];
+    let plain = run_processors(&args, &env, Duration::from_secs(60));
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(sink_lines(&audit).len(), n as usize, "{plain:?}");
+    assert_eq!(
+        crm.requests(),
+        0,
+        "a replay without --sink reached the CRM: {plain:?}"
+    );
+    assert!(
+        !alerts.exists(),
+        "a replay without --sink opened the alerting sink"
+    );
+    assert!(
+        plain.stderr.contains(
+            "left out alerts (alerts), crm (crm): they have effects outside the pipeline"
+        ) && plain.stderr.contains("--sink"),
+        "no word on the sinks left out: {plain:?}"
+    );
+    // A dry run says the same and counts only what would be replayed.
+    let dry = run_processors(
+        &[&args[..], &["--dry-run"]].concat(),
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(dry.stderr.contains("crm (crm)"), "{dry:?}");
+    assert!(!dry.stdout.contains("crm"), "{}", dry.stdout);
+
+    // Named explicitly, the CRM is replayed into (its route has no
+    // max_event_age here), each event once by its idempotency key.
+    let named = run_processors(
+        &[&args[..], &["--sink", "crm"]].concat(),
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(named.status.success(), "{named:?}");
+    assert!(!named.stderr.contains("left out"), "{named:?}");
+    {
+        let s = crm.state.lock().unwrap();
+        assert_eq!(s.applied.len(), n as usize, "{named:?}");
+    }
+
+    // With max_event_age on the CRM route, even a replay that names the CRM
+    // sends nothing for a week-old backlog: the route skips each event.
+    let aged = write_config(
+        &dir,
+        "aged.toml",
+        &side_effect_config(
+            &broker.brokers(),
+            "rs",
+            &dir,
+            &crm.url(),
+            "max_event_age = \"15m\"",
+        ),
+    );
+    let before = crm.requests();
+    let skipped = run_processors(
+        &[
+            "replay", "--config", &aged, "--from", &from, "--to", &to, "--sink", "crm",
+        ],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(skipped.status.success(), "{skipped:?}");
+    assert_eq!(crm.requests(), before, "a week-old event reached the CRM");
+    assert!(
+        skipped.stdout.contains("skipped as too old, by route:")
+            && skipped.stdout.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w == ["welcome", &n.to_string()]
+            }),
+        "{}",
+        skipped.stdout
+    );
+}
