@@ -278,6 +278,89 @@ async fn kill_9_then_restart_and_a_second_instance_apply_every_event_once() {
     );
 }
 
+/// The processors' runtime started in this process on a new one-partition
+/// topic, with `sink` as its only sink (named `test`) and the given
+/// `revoke_timeout`: for tests whose sink misbehaves in ways no real sink
+/// can be made to (a panic, a call that never returns).
+struct InProcess {
+    broker: Broker,
+    metrics: processors::metrics::Metrics,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: processors::kafka::consumer::Running,
+    _dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    async fn start(
+        topic: &str,
+        revoke_timeout: &str,
+        sink: Arc<dyn processors::sinks::Sink>,
+    ) -> InProcess {
+        let broker = Broker::start();
+        for t in [
+            topic.to_string(),
+            format!("{topic}.quarantine"),
+            format!("{topic}.dlq"),
+        ] {
+            broker.create_topic(&t, 1).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let unused = dir.path().join("unused.jsonl");
+        let config = processors::config::Config::from_toml(
+            &processors_config(
+                &broker.brokers(),
+                topic,
+                &format!("g-{topic}"),
+                &dir.path().join("dedupe.redb"),
+                &unused,
+                "",
+            )
+            .replace(
+                "revoke_timeout = \"10s\"",
+                &format!("revoke_timeout = \"{revoke_timeout}\""),
+            )
+            .replace("kind = \"jsonl\"", "kind = \"null\"")
+            .replace(&format!("path = \"{}\"", unused.display()), ""),
+        )
+        .expect("config");
+        let metrics = processors::metrics::Metrics::new().unwrap();
+        let shared = processors::app::shared(
+            &config,
+            vec![sink],
+            processors::app::open_dedupe(&config.dedupe).unwrap(),
+            Arc::new(processors::kafka::side::KafkaSide::new(&config.kafka).unwrap()),
+            metrics.clone(),
+        )
+        .unwrap();
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let running = processors::kafka::consumer::start(
+            &config.kafka,
+            &config.processing,
+            Arc::new(shared),
+            tokio::runtime::Handle::current(),
+            stop_rx,
+        )
+        .unwrap();
+        InProcess {
+            broker,
+            metrics,
+            stop,
+            running,
+            _dir: dir,
+        }
+    }
+
+    /// Shuts the runtime down as SIGTERM would and waits for it.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let running = self.running;
+        tokio::task::spawn_blocking(move || running.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// A sink whose first call panics (a bug in a sink or a stage); every later
 /// call accepts and records.
 struct PanicsOnce {
@@ -311,58 +394,19 @@ impl processors::sinks::Sink for PanicsOnce {
 /// event still reaches the sink.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_worker_is_restarted_from_its_position_and_nothing_is_lost() {
-    let broker = Broker::start();
-    broker.create_topic("p-panic", 1).await;
-    broker.create_topic("p-panic.quarantine", 1).await;
-    broker.create_topic("p-panic.dlq", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = processors::config::Config::from_toml(
-        &processors_config(
-            &broker.brokers(),
-            "p-panic",
-            "g-panic",
-            &dir.path().join("dedupe.redb"),
-            &dir.path().join("unused.jsonl"),
-            "",
-        )
-        .replace("kind = \"jsonl\"", "kind = \"null\"")
-        .replace(
-            &format!("path = \"{}\"", dir.path().join("unused.jsonl").display()),
-            "",
-        ),
-    )
-    .expect("config");
-    let metrics = processors::metrics::Metrics::new().unwrap();
     let sink = Arc::new(PanicsOnce {
         calls: Default::default(),
         accepted: Default::default(),
     });
-    let dedupe = processors::app::open_dedupe(&config.dedupe).unwrap();
-    let side = Arc::new(processors::kafka::side::KafkaSide::new(&config.kafka).unwrap());
-    let shared = processors::app::shared(
-        &config,
-        vec![sink.clone() as Arc<dyn processors::sinks::Sink>],
-        dedupe,
-        side,
-        metrics.clone(),
-    )
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let running = processors::kafka::consumer::start(
-        &config.kafka,
-        &config.processing,
-        Arc::new(shared),
-        tokio::runtime::Handle::current(),
-        stop_rx,
-    )
-    .unwrap();
+    let run = InProcess::start("p-panic", "10s", sink.clone()).await;
+    let metrics = run.metrics.clone();
     let records: Vec<(Vec<u8>, Vec<u8>)> = (1..=20)
         .map(|s| {
             let id = format!("panic-{s}");
             (b"v".to_vec(), purple_envelope(&id, "v", s, None))
         })
         .collect();
-    produce(&broker.brokers(), "p-panic", &records).await;
+    produce(&run.broker.brokers(), "p-panic", &records).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got: HashSet<String> = sink.accepted.lock().unwrap().iter().cloned().collect();
@@ -389,11 +433,7 @@ async fn a_panicking_worker_is_restarted_from_its_position_and_nothing_is_lost()
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(restarts, 1.0, "{}", metrics.render());
-    let _ = stop_tx.send(true);
-    tokio::task::spawn_blocking(move || running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    run.stop().await;
 }
 
 /// A sink whose calls never end (a destination that accepts the connection
@@ -439,51 +479,14 @@ impl processors::sinks::Sink for Hangs {
 /// applying effects beside the next owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stuck_in_a_sink_is_aborted_at_the_hand_over() {
-    let broker = Broker::start();
-    broker.create_topic("p-stuck", 1).await;
-    broker.create_topic("p-stuck.quarantine", 1).await;
-    broker.create_topic("p-stuck.dlq", 1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let unused = dir.path().join("unused.jsonl");
-    let config = processors::config::Config::from_toml(
-        &processors_config(
-            &broker.brokers(),
-            "p-stuck",
-            "g-stuck",
-            &dir.path().join("dedupe.redb"),
-            &unused,
-            "",
-        )
-        .replace("revoke_timeout = \"10s\"", "revoke_timeout = \"2s\"")
-        .replace("kind = \"jsonl\"", "kind = \"null\"")
-        .replace(&format!("path = \"{}\"", unused.display()), ""),
-    )
-    .expect("config");
-    let metrics = processors::metrics::Metrics::new().unwrap();
     let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sink = Arc::new(Hangs {
         started: Default::default(),
         dropped: dropped.clone(),
     });
-    let shared = processors::app::shared(
-        &config,
-        vec![sink.clone() as Arc<dyn processors::sinks::Sink>],
-        processors::app::open_dedupe(&config.dedupe).unwrap(),
-        Arc::new(processors::kafka::side::KafkaSide::new(&config.kafka).unwrap()),
-        metrics,
-    )
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let running = processors::kafka::consumer::start(
-        &config.kafka,
-        &config.processing,
-        Arc::new(shared),
-        tokio::runtime::Handle::current(),
-        stop_rx,
-    )
-    .unwrap();
+    let run = InProcess::start("p-stuck", "2s", sink.clone()).await;
     produce(
-        &broker.brokers(),
+        &run.broker.brokers(),
         "p-stuck",
         &[(b"v".to_vec(), purple_envelope("stuck-1", "v", 1, None))],
     )
@@ -493,11 +496,7 @@ async fn a_worker_stuck_in_a_sink_is_aborted_at_the_hand_over() {
         assert!(Instant::now() < deadline, "the sink was never called");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = stop_tx.send(true);
-    tokio::task::spawn_blocking(move || running.join())
-        .await
-        .unwrap()
-        .unwrap();
+    run.stop().await;
     // The hand-over is over: the call in flight must be gone with it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
