@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use plumbing::metrics::{Catalogue, Family};
 use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// The processors' metrics.
@@ -109,6 +109,10 @@ pub struct Metrics {
     /// Partition workers that ended unexpectedly (a panic) and were
     /// restarted from their last stored position, by partition.
     pub worker_restarts: IntCounterVec,
+    /// Bytes of records the instance holds now (its byte budget's use).
+    pub buffered_bytes: IntGauge,
+    /// Times the byte budget was used up and every partition paused.
+    pub budget_pauses: IntCounter,
 }
 
 fn counter(
@@ -352,6 +356,22 @@ impl Metrics {
                 )?;
                 r.add(&g)?;
                 g
+            },
+            buffered_bytes: {
+                let g = IntGauge::new(
+                    "processors_buffered_bytes",
+                    "Bytes of records held between the consumer and the sinks (channels, held records, reorder buffers, batches), against processing.max_buffered_bytes.",
+                )?;
+                r.add(&g)?;
+                g
+            },
+            budget_pauses: {
+                let c = IntCounter::new(
+                    "processors_budget_pauses_total",
+                    "Times the byte budget (processing.max_buffered_bytes) was used up and every partition paused until use fell to three quarters.",
+                )?;
+                r.add(&c)?;
+                c
             },
             worker_restarts: counter(
                 &r,

@@ -113,6 +113,7 @@ fn record_from(
         offset,
         key: Some(venue.as_bytes().to_vec()),
         payload: Arc::new(env.encode().unwrap()),
+        charge: None,
     }
 }
 
@@ -237,6 +238,7 @@ async fn malformed_bodies_are_quarantined_and_the_rest_flows() {
                 offset: 2,
                 key: None,
                 payload: Arc::new(b"garbage".to_vec()),
+                charge: None,
             },
             record(3, "a3", "a", 3, None),
         ])

@@ -230,6 +230,11 @@ pub struct Processor {
 }
 
 impl Processor {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Writes `config` to a file, starts `processors run`, and waits for its
     /// "metrics on" line.
     pub fn start(config: &str) -> Processor {

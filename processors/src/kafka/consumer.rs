@@ -54,6 +54,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{KafkaConfig, consumer_config};
 use crate::metrics::Metrics;
+use crate::pipeline::budget::ByteBudget;
 use crate::pipeline::{PartitionPipeline, RawRecord, Shared};
 
 /// A running partition worker.
@@ -345,7 +346,13 @@ pub fn start(
         ready: ready.clone(),
         stored_since: Mutex::new(None),
     };
-    let consumer: StreamConsumer<Ctx> = consumer_config(kafka).create_with_context(ctx)?;
+    let budget = ByteBudget::new(processing.max_buffered_bytes);
+    let mut settings = consumer_config(kafka);
+    // librdkafka's own prefetch queue counts against the same memory: keep
+    // it to a quarter of the budget (at least 1 MiB, at most its default).
+    let prefetch_kib = (processing.max_buffered_bytes / 4 / 1024).clamp(1024, 65_536);
+    settings.set("queued.max.messages.kbytes", prefetch_kib.to_string());
+    let consumer: StreamConsumer<Ctx> = settings.create_with_context(ctx)?;
     consumer.subscribe(&[&kafka.topic])?;
     let consumer = Arc::new(consumer);
     let topic = kafka.topic.clone();
@@ -366,9 +373,9 @@ pub fn start(
                 shared,
                 workers_rt,
                 shutdown,
-                batch_max,
-                capacity,
+                (batch_max, capacity),
                 revoke_timeout,
+                budget,
             ));
             Ok(())
         })
@@ -384,9 +391,9 @@ async fn consume(
     shared: Arc<Shared>,
     workers_rt: tokio::runtime::Handle,
     mut shutdown: watch::Receiver<bool>,
-    batch_max: usize,
-    capacity: usize,
+    (batch_max, capacity): (usize, usize),
     revoke_timeout: Duration,
+    budget: Arc<ByteBudget>,
 ) {
     let mut held: HashMap<i32, Held> = HashMap::new();
     let mut retry = tokio::time::interval(Duration::from_millis(20));
@@ -395,6 +402,8 @@ async fn consume(
     supervise.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // Unexpected worker ends per partition, for the restart backoff.
     let mut failures: HashMap<i32, u32> = HashMap::new();
+    // Every partition is paused because the byte budget is used up.
+    let mut budget_paused = false;
     loop {
         let msg = tokio::select! {
             m = consumer.recv() => Some(m),
@@ -410,8 +419,18 @@ async fn consume(
             &topic,
             &shared.metrics,
         );
+        shared.metrics.buffered_bytes.set(budget.used() as i64);
+        if budget_paused && budget.recovered() {
+            budget_paused = false;
+            pause_all(&parts, &held, consumer.as_ref(), &topic, false);
+            tracing::info!(
+                used = budget.used(),
+                limit = budget.limit(),
+                "byte budget recovered: fetching again"
+            );
+        }
         if !held.is_empty() {
-            hand_held(&mut held, &parts, consumer.as_ref(), &topic);
+            hand_held(&mut held, &parts, consumer.as_ref(), &topic, budget_paused);
         }
         let Some(msg) = msg else { continue };
         let (partition, record) = match msg {
@@ -419,11 +438,15 @@ async fn consume(
                 if m.topic() != topic {
                     continue;
                 }
+                let key = m.key().map(<[u8]>::to_vec);
+                let payload = m.payload().unwrap_or_default().to_vec();
+                let charge = budget.charge(payload.len() + key.as_ref().map_or(0, Vec::len));
                 let record = RawRecord {
                     partition: m.partition(),
                     offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: Arc::new(m.payload().unwrap_or_default().to_vec()),
+                    key,
+                    payload: Arc::new(payload),
+                    charge: Some(Arc::new(charge)),
                 };
                 (m.partition(), record)
             }
@@ -453,6 +476,16 @@ async fn consume(
             });
             (w.tx.clone(), generation)
         };
+        if !budget_paused && budget.exhausted() {
+            budget_paused = true;
+            shared.metrics.budget_pauses.inc();
+            pause_all(&parts, &held, consumer.as_ref(), &topic, true);
+            tracing::warn!(
+                used = budget.used(),
+                limit = budget.limit(),
+                "byte budget used up (processing.max_buffered_bytes): every partition paused until a quarter of it is free"
+            );
+        }
         // Behind records already held for this partition (read before the
         // pause took effect), in offset order.
         if let Some(h) = held.get_mut(&partition) {
@@ -517,6 +550,7 @@ fn hand_held(
     parts: &Mutex<Partitions>,
     consumer: &StreamConsumer<Ctx>,
     topic: &str,
+    budget_paused: bool,
 ) {
     let (generation, assigned) = match parts.lock() {
         Ok(p) => (p.generation, p.assigned.clone()),
@@ -526,7 +560,7 @@ fn hand_held(
         if h.generation != generation || !assigned.contains(&partition) {
             // A rebalance came between: the fetch position was reset. If
             // the partition is ours again, make sure it is not left paused.
-            if assigned.contains(&partition) {
+            if assigned.contains(&partition) && !budget_paused {
                 set_paused(consumer, topic, partition, false);
             }
             consumer.context().metrics.paused_partitions.dec();
@@ -545,11 +579,34 @@ fn hand_held(
                 }
             }
         }
-        set_paused(consumer, topic, partition, false);
+        if !budget_paused {
+            set_paused(consumer, topic, partition, false);
+        }
         tracing::info!(partition, "partition resumed");
         consumer.context().metrics.paused_partitions.dec();
         false
     });
+}
+
+/// Pauses (or resumes) every assigned partition for the byte budget; a
+/// partition paused for its stuck worker stays paused until its held
+/// records are taken.
+fn pause_all(
+    parts: &Mutex<Partitions>,
+    held: &HashMap<i32, Held>,
+    consumer: &StreamConsumer<Ctx>,
+    topic: &str,
+    paused: bool,
+) {
+    let assigned: Vec<i32> = match parts.lock() {
+        Ok(p) => p.assigned.iter().copied().collect(),
+        Err(_) => return,
+    };
+    for partition in assigned {
+        if paused || !held.contains_key(&partition) {
+            set_paused(consumer, topic, partition, paused);
+        }
+    }
 }
 
 fn set_paused(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, paused: bool) {

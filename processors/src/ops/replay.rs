@@ -851,6 +851,7 @@ pub async fn replay(
                 offset,
                 key: m.key().map(<[u8]>::to_vec),
                 payload: Arc::new(m.payload().unwrap_or_default().to_vec()),
+                charge: None,
             };
             drop(m);
             if let Some(tx) = senders.get(&p)

@@ -34,6 +34,7 @@
 //! ([`PartitionPipeline::handle_timed`]) uses the record timestamps, which
 //! a stall does not move.
 
+pub mod budget;
 pub mod dedupe;
 pub mod offsets;
 pub mod reorder;
@@ -86,6 +87,12 @@ pub struct ProcessingConfig {
     /// Records buffered between the consumer and each partition's worker.
     #[serde(default = "default_channel")]
     pub channel_capacity: usize,
+    /// The most bytes of records the instance holds at once, across every
+    /// partition (channels, held records, reorder buffers, batches in
+    /// flight; see [`budget`]). Reaching it pauses fetching until use falls
+    /// to three quarters of it. The item counts above still apply.
+    #[serde(default = "default_buffered_bytes")]
+    pub max_buffered_bytes: usize,
     /// On revocation or shutdown, how long a partition may take to finish
     /// its current batch before its offset is committed as it stands.
     #[serde(default = "default_revoke_timeout", with = "humantime_serde")]
@@ -116,6 +123,9 @@ const fn default_max_jump() -> u64 {
 const fn default_batch() -> usize {
     500
 }
+const fn default_buffered_bytes() -> usize {
+    256 * 1024 * 1024
+}
 const fn default_channel() -> usize {
     2_000
 }
@@ -139,6 +149,7 @@ impl Default for ProcessingConfig {
             max_sequence_jump: default_max_jump(),
             batch_max: default_batch(),
             channel_capacity: default_channel(),
+            max_buffered_bytes: default_buffered_bytes(),
             revoke_timeout: default_revoke_timeout(),
             retry_initial: default_retry_initial(),
             retry_max: default_retry_max(),
@@ -171,6 +182,7 @@ impl ProcessingConfig {
             ("max_keys", s.max_keys),
             ("batch_max", s.batch_max),
             ("channel_capacity", s.channel_capacity),
+            ("max_buffered_bytes", s.max_buffered_bytes),
         ] {
             if v == 0 {
                 p.push(format!("processing.{field}: must be at least 1"));
@@ -181,6 +193,9 @@ impl ProcessingConfig {
                 "processing.max_sequence_jump: must be at least max_buffered_per_key ({}): a smaller jump is ordinary reordering",
                 s.max_buffered_per_key
             ));
+        }
+        if s.max_buffered_bytes < 1024 * 1024 {
+            p.push("processing.max_buffered_bytes: must be at least 1 MiB (1048576)".into());
         }
         if s.retry_initial.is_zero() || s.retry_initial > s.retry_max {
             p.push("processing.retry_initial: must be above 0 and at most retry_max".into());
@@ -200,6 +215,10 @@ pub struct RawRecord {
     pub key: Option<Vec<u8>>,
     /// The Avro envelope.
     pub payload: Arc<Vec<u8>>,
+    /// Its share of the instance's byte budget, given back when the last
+    /// copy of the record is dropped (`None` where nothing is budgeted:
+    /// replay, tests).
+    pub charge: Option<Arc<budget::Charge>>,
 }
 
 /// Writes to the quarantine and dead-letter topics.

@@ -504,3 +504,107 @@ async fn a_worker_stuck_in_a_sink_is_aborted_at_the_hand_over() {
         "the worker's sink call is still running after its partition was handed over"
     );
 }
+
+/// Issue 17, defect 9: memory is bounded in bytes per instance, not in
+/// items per partition. Large bodies over many keys and partitions, every
+/// key waiting for a missing first sequence (so the reorder buffers would
+/// hold all of them): the instance's RSS stays within its byte budget plus
+/// a stated margin, and every event still comes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_held_for_gaps_stay_within_the_byte_budget() {
+    const BODY: usize = 256 * 1024;
+    const VENUES: u64 = 40;
+    const PER_VENUE: u64 = 10;
+    const BUDGET_MIB: u64 = 16;
+    let broker = Broker::start();
+    for (t, n) in [
+        ("p-bytes", 4),
+        ("p-bytes.quarantine", 1),
+        ("p-bytes.dlq", 1),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("unused.jsonl");
+    let config = processors_config(
+        &broker.brokers(),
+        "p-bytes",
+        "g-bytes",
+        &dir.path().join("dedupe.redb"),
+        &unused,
+        &format!(
+            "gap_timeout = \"10s\"\nmax_buffered_bytes = {}",
+            BUDGET_MIB << 20
+        ),
+    )
+    .replace("kind = \"jsonl\"", "kind = \"null\"")
+    .replace(&format!("path = \"{}\"", unused.display()), "");
+    // Each key starts at 1 (small), then sequence 2 never comes: the large
+    // events from 3 on wait in the reorder buffers for the gap timeout.
+    let padding = "x".repeat(BODY);
+    let mut records = Vec::new();
+    for v in 0..VENUES {
+        let venue = format!("big-{v}");
+        let id = format!("big-{v}-1");
+        records.push((
+            venue.clone().into_bytes(),
+            purple_envelope(&id, &venue, 1, None),
+        ));
+    }
+    for seq in 3..3 + PER_VENUE {
+        for v in 0..VENUES {
+            let venue = format!("big-{v}");
+            let id = format!("big-{v}-{seq}");
+            let body = serde_json::json!({
+                "id": id, "type": "device_connected", "sequence": seq,
+                "occurred_at": "2026-11-22T18:03:11.123Z",
+                "venue": {"id": venue}, "zone": "lobby", "device": {"id": format!("d{v}")},
+                "padding": padding,
+            })
+            .to_string()
+            .into_bytes();
+            records.push((
+                venue.clone().into_bytes(),
+                purple_envelope(&id, &venue, seq, Some(body)),
+            ));
+        }
+    }
+    let total = records.len() as f64;
+    // The whole backlog is in Kafka before the processors start, so they
+    // can read it as fast as they like: only the budget holds them back.
+    produce(&broker.brokers(), "p-bytes", &records).await;
+    drop(records);
+    let p = Processor::start(&config);
+    let pid = p.pid().expect("running");
+    let baseline = e2e::rss_kib(pid).expect("rss") / 1024;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut peak = baseline;
+    loop {
+        peak = peak.max(e2e::rss_kib(pid).unwrap_or(0) / 1024);
+        if p.metric("processors_routed_total").await >= total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {total} routed; peak RSS {peak} MiB:\n{}",
+            p.metric("processors_routed_total").await,
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The budget counts each record twice (envelope and parsed event);
+    // librdkafka's prefetch is a quarter of it; allocator slack and the
+    // fetch in flight make the rest of the margin. The process itself
+    // needs about 30 MiB (debug build) before it reads anything.
+    let margin = 4 * BUDGET_MIB + 32;
+    let baseline = baseline.max(48);
+    eprintln!(
+        "byte budget {BUDGET_MIB} MiB: RSS allowance at rest {baseline} MiB, peak {peak} MiB over {total} records of {} KiB",
+        BODY / 1024
+    );
+    assert!(
+        peak <= baseline + margin,
+        "peak RSS {peak} MiB is over {baseline} MiB + {margin} MiB with a {BUDGET_MIB} MiB budget"
+    );
+    assert!(p.metric("processors_budget_pauses_total").await >= 1.0);
+}
