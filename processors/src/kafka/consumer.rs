@@ -476,6 +476,11 @@ async fn consume(
             });
             (w.tx.clone(), generation)
         };
+        if budget_paused && budget.exhausted() {
+            // A rebalance resumes every partition it assigns: one assigned
+            // since the budget ran out is paused at its first record.
+            set_paused(consumer.as_ref(), &topic, partition, true);
+        }
         if !budget_paused && budget.exhausted() {
             budget_paused = true;
             shared.metrics.budget_pauses.inc();
