@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::dedupe::{DedupeConfig, DedupeSettings, DedupeStore, RedbDedupe};
 use crate::pipeline::{Shared, SideTopics};
 use crate::sinks::{self, Sink};
+use crate::state::Stores;
+use crate::state::cache::StateCache;
 
 /// Opens the dedupe store (creating its folder).
 pub fn open_dedupe(settings: &DedupeSettings) -> anyhow::Result<Arc<dyn DedupeStore>> {
@@ -36,6 +38,36 @@ pub fn open_dedupe(settings: &DedupeSettings) -> anyhow::Result<Arc<dyn DedupeSt
         RedbDedupe::open(&settings.path, &dedupe_cfg)
             .map_err(|e| anyhow::anyhow!("dedupe.path: {}: {e}", settings.path.display()))?,
     ))
+}
+
+/// Checks (or creates) the changelog topic and opens the local cache.
+pub async fn open_state(config: &Config) -> anyhow::Result<Arc<Stores>> {
+    let topic = config.state.changelog_topic(&config.kafka.group_id);
+    crate::kafka::changelog::ensure_topic(&config.kafka, &topic)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let path = config.state.cache_path(&config.dedupe.path);
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("state.cache_path: {}: {e}", dir.display()))?;
+    }
+    let cache = StateCache::open(&path)
+        .map_err(|e| anyhow::anyhow!("state.cache_path: {}: {e}", path.display()))?;
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into());
+    Ok(Arc::new(Stores {
+        changelog: Arc::new(crate::kafka::changelog::KafkaChangelog::new(
+            &config.kafka,
+            &topic,
+        )?),
+        cache: Some(Arc::new(cache)),
+        owner: format!("{host}/{}", std::process::id()),
+    }))
 }
 
 /// What every partition of this process shares, from the config and the
@@ -68,13 +100,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let dedupe = open_dedupe(&config.dedupe)?;
     let side = Arc::new(KafkaSide::new(&config.kafka)?);
     let sinks = sinks::build(&config.sinks, &metrics).await?;
-    let shared = Arc::new(shared(
-        &config,
-        sinks,
-        dedupe.clone(),
-        side,
-        metrics.clone(),
-    )?);
+    let stores = open_state(&config).await?;
+    let shared =
+        Arc::new(shared(&config, sinks, dedupe.clone(), side, metrics.clone())?.with_state(stores));
 
     let listener = tokio::net::TcpListener::bind(config.metrics.listen)
         .await
@@ -186,12 +214,18 @@ async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
+    let restoring = s.metrics.state_restoring.get();
+    if !s.ready.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not yet in the consumer group",
+            "not yet in the consumer group".to_owned(),
         )
+    } else if restoring > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("restoring the state of {restoring} partition(s)"),
+        )
+    } else {
+        (StatusCode::OK, "ready".to_owned())
     }
 }

@@ -40,6 +40,7 @@ use crate::pipeline::ProcessingConfig;
 use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
 use crate::sinks::SinkConfig;
+use crate::state::StateConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +53,10 @@ pub struct Config {
     pub processing: ProcessingConfig,
     /// The de-duplication store.
     pub dedupe: DedupeSettings,
+    /// Where partition state is kept: the changelog topic and the local
+    /// cache.
+    #[serde(default)]
+    pub state: StateConfig,
     /// Where `/metrics` is served.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -162,6 +167,19 @@ impl Config {
         p.extend(self.kafka.problems());
         p.extend(self.processing.problems());
         p.extend(self.dedupe.problems());
+        p.extend(self.state.problems());
+        let changelog = self.state.changelog_topic(&self.kafka.group_id);
+        if [
+            &self.kafka.topic,
+            &self.kafka.quarantine_topic,
+            &self.kafka.dlq_topic,
+        ]
+        .contains(&&changelog)
+        {
+            p.push(format!(
+                "state.changelog_topic: {changelog:?} must differ from the raw, quarantine and dead-letter topics"
+            ));
+        }
         for (name, source) in &self.sources {
             p.extend(source.problems(&format!("sources.{name}")));
         }

@@ -21,6 +21,10 @@
 //!   settings built in one place, the consumer-group runtime (one worker
 //!   per partition, offsets stored only as far as everything was handled,
 //!   hand-over on revocation) and the side-topic producer.
+//! - [`state`]: partition state that follows its partition to whichever
+//!   instance owns it: the state changelog's format, its restore (with
+//!   fencing of stale owners) and the local cache; the pipeline writes a
+//!   checkpoint after every batch and restores before the first.
 //! - [`ops`]: the offline commands, `replay` (a time range of the raw topic
 //!   read again into sinks, without touching the live group) and `dlq`
 //!   (list and re-drive dead letters); they read Kafka themselves.
@@ -32,9 +36,8 @@
 //! [`pipeline::offsets::PartitionOffsets::committable`].
 //!
 //! Dependencies point one way: `app` -> `kafka`, `ops` -> `pipeline` ->
-//! `sinks` -> `event`; `config` composes the components' configs and no
-//! component imports it but `app` and `ops`. Partition-following state
-//! will live in a `state/` module beside `pipeline/`.
+//! `state`, `sinks` -> `event`; `config` composes the components' configs
+//! and no component imports it but `app` and `ops`.
 //!
 //! [`Envelope`] is re-exported from `schemas`: it is what the processors read.
 
@@ -46,5 +49,6 @@ pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod sinks;
+pub mod state;
 
 pub use schemas::Envelope;

@@ -113,6 +113,19 @@ pub struct Metrics {
     pub buffered_bytes: IntGauge,
     /// Times the byte budget was used up and every partition paused.
     pub budget_pauses: IntCounter,
+    /// Time to restore a partition's state from its changelog.
+    pub state_restore_seconds: Histogram,
+    /// Changelog records read by restores, by outcome (applied, stale,
+    /// unreadable, expired).
+    pub state_restored_records: IntCounterVec,
+    /// Partitions restoring their state now (not processing yet).
+    pub state_restoring: IntGauge,
+    /// Changelog records written, by kind (ledger, sequence, position,
+    /// claim).
+    pub state_changelog_records: IntCounterVec,
+    /// Raw-topic records skipped at a partition's start because its
+    /// restored state already reflects them.
+    pub state_skipped_records: IntCounter,
 }
 
 fn counter(
@@ -369,6 +382,45 @@ impl Metrics {
                 let c = IntCounter::new(
                     "processors_budget_pauses_total",
                     "Times the byte budget (processing.max_buffered_bytes) was used up and every partition paused until use fell to three quarters.",
+                )?;
+                r.add(&c)?;
+                c
+            },
+            state_restore_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "processors_state_restore_seconds",
+                        "Time to restore a partition's state from its changelog before it processes records.",
+                    )
+                    .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]),
+                )?;
+                r.add(&h)?;
+                h
+            },
+            state_restored_records: counter(
+                &r,
+                "processors_state_restored_records_total",
+                "Changelog records read while restoring partitions, by outcome (applied, stale: a previous owner's after the next claim, unreadable, expired).",
+                &["outcome"],
+            )?,
+            state_restoring: {
+                let g = IntGauge::new(
+                    "processors_state_restoring_partitions",
+                    "Partitions restoring their state from the changelog now; they process nothing until restored.",
+                )?;
+                r.add(&g)?;
+                g
+            },
+            state_changelog_records: counter(
+                &r,
+                "processors_state_changelog_records_total",
+                "Records written to the state changelog, by kind (ledger, sequence, position, claim).",
+                &["kind"],
+            )?,
+            state_skipped_records: {
+                let c = IntCounter::new(
+                    "processors_state_skipped_records_total",
+                    "Raw-topic records skipped at a partition's start because its restored state already reflects them.",
                 )?;
                 r.add(&c)?;
                 c

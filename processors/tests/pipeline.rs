@@ -131,6 +131,14 @@ fn rig(dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
 }
 
 fn rig_with(config: &str, dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
+    build_rig(config, dedupe, None)
+}
+
+fn build_rig(
+    config: &str,
+    dedupe: Option<Arc<MemoryDedupe>>,
+    state: Option<Arc<processors::state::Stores>>,
+) -> Rig {
     let config = Config::from_toml(config).unwrap();
     let sink = Arc::new(MemorySink::new("out"));
     let side = Arc::new(MemorySide::default());
@@ -146,6 +154,10 @@ fn rig_with(config: &str, dedupe: Option<Arc<MemoryDedupe>>) -> Rig {
         metrics.clone(),
     )
     .unwrap();
+    let shared = match state {
+        Some(stores) => shared.with_state(stores),
+        None => shared,
+    };
     let (stop, stop_rx) = watch::channel(false);
     Rig {
         pipeline: PartitionPipeline::new(0, Arc::new(shared), stop_rx),
@@ -494,4 +506,120 @@ async fn a_sink_stall_longer_than_the_gap_timeout_does_not_make_the_predecessor_
         ]
     );
     assert_eq!(r.pipeline.committable(), Some(3));
+}
+
+/// A pipeline "on its own host" (its own dedupe store and sink) keeping
+/// its state in `changelog`.
+fn rig_on(changelog: &Arc<processors::state::MemoryChangelog>) -> Rig {
+    let stores = processors::state::Stores {
+        changelog: changelog.clone(),
+        cache: None,
+        owner: "test".into(),
+    };
+    build_rig(CONFIG, None, Some(Arc::new(stores)))
+}
+
+#[tokio::test]
+async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
+    use processors::state::changelog::Change;
+    let log = Arc::new(processors::state::MemoryChangelog::default());
+    let mut r = rig_on(&log);
+    r.pipeline.restore().await.unwrap();
+    // The changelog refuses the next two writes (a broker away).
+    log.fail_appends
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    r.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a2", "a", 2, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r.pipeline.committable(), Some(2));
+    let changes: Vec<Change> = log.changes(0).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        changes,
+        [
+            Change::Claim {
+                owner: "test".into()
+            },
+            Change::Applied {
+                source: "purple".into(),
+                event_id: "a1".into(),
+                at: match &changes[1] {
+                    Change::Applied { at, .. } => *at,
+                    other => panic!("{other:?}"),
+                },
+            },
+            Change::Applied {
+                source: "purple".into(),
+                event_id: "a2".into(),
+                at: match &changes[2] {
+                    Change::Applied { at, .. } => *at,
+                    other => panic!("{other:?}"),
+                },
+            },
+            Change::Sequence {
+                source: "purple".into(),
+                key: "a".into(),
+                next: 3,
+            },
+            Change::Position { offset: 2 },
+        ]
+    );
+    // A stop while the changelog is down abandons the batch: its offset
+    // does not move, whatever the sinks did.
+    log.fail_appends
+        .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+    let stop = r.stop.clone();
+    let handle = r.pipeline.handle(vec![record(2, "a3", "a", 3, None)]);
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stop.send(true);
+    };
+    let (result, ()) = tokio::join!(handle, stopper);
+    assert_eq!(result, Err(Stopped));
+    assert_eq!(r.pipeline.committable(), None, "the offset stays at 2");
+    assert_eq!(log.changes(0).len(), 5, "nothing of a3 was written");
+}
+
+#[tokio::test]
+async fn a_second_host_restored_from_the_changelog_continues_each_key_and_drops_retries() {
+    let log = Arc::new(processors::state::MemoryChangelog::default());
+    let mut a = rig_on(&log);
+    a.pipeline.restore().await.unwrap();
+    // a1, a2 applied; a4 waits for a3 when the partition moves.
+    a.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a2", "a", 2, None),
+            record(2, "a4", "a", 4, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(a.pipeline.committable(), Some(2));
+    drop(a);
+
+    let mut b = rig_on(&log);
+    b.pipeline.restore().await.unwrap();
+    // B reads from the committed offset the group had (0, say: older than
+    // the state), then the retry of a2 and the missing a3.
+    b.pipeline
+        .handle(vec![
+            record(0, "a1", "a", 1, None),
+            record(1, "a2", "a", 2, None),
+            record(2, "a4", "a", 4, None),
+            record(3, "a2", "a", 2, None),
+            record(4, "a3", "a", 3, None),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted(&b.sink),
+        [("a3".into(), 3, false), ("a4".into(), 4, false)],
+        "B: a3 then a4 in order; a1, a2 skipped as restored, the retry of a2 dropped"
+    );
+    assert_eq!(b.pipeline.committable(), Some(5));
+    assert_eq!(b.metrics.state_skipped_records.get(), 2);
+    assert!(b.dedupe.seen("purple", "a1").unwrap());
 }

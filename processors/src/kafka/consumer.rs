@@ -11,6 +11,9 @@
 //!   partition's committable position after every batch, and librdkafka's
 //!   auto-commit commits stored offsets every second. Nothing read but
 //!   unhandled is ever committed.
+//! - Assignment: a partition's worker restores its state before it takes
+//!   a record; meanwhile its records wait in the channel and, once that is
+//!   full, the partition is paused like a stalled one (below).
 //! - Revocation (rebalance) and shutdown: the partition's worker is told to
 //!   stop, finishes the batch in hand (a sink that keeps failing is given up
 //!   on at its next retry), reports its position, and that position is
@@ -23,10 +26,11 @@
 //!   is read again from the worker's last stored position, after a pause
 //!   doubling from 100 ms to 30 s, counted in
 //!   `processors_worker_restarts_total`. Events still in the
-//!   reorder buffer are handed over, not drained: the next owner reads them
-//!   again from the committed offset, in order; what was applied past that
-//!   offset is a duplicate the dedupe store (same instance) or the sinks'
-//!   idempotency (another instance) absorbs.
+//!   reorder buffer are handed over, not drained: the next owner restores
+//!   the partition's state (ledger, reorder positions, input position; see
+//!   [`crate::state`]) before its first record, reads the rest again from
+//!   the restored position and releases each key where it stood; what was
+//!   applied past that position is in the restored ledger and dropped.
 //!
 //! - A partition whose worker does not take a record within
 //!   [`STALL_AFTER`] (a sink that keeps failing, a full channel) is paused
@@ -659,6 +663,12 @@ fn spawn_worker(
                     return;
                 }
             }
+        }
+        // The partition's state first: nothing is handled before it is
+        // restored (the consumer holds and pauses the records meanwhile).
+        if pipeline.restore().await.is_err() {
+            let _ = done_tx.send(None);
+            return;
         }
         let mut buf = Vec::with_capacity(batch_max);
         loop {

@@ -6,8 +6,10 @@
 //!   with the settings the runtime relies on refused;
 //! - [`consumer`]: the group runtime, one worker per partition, offsets
 //!   stored only as far as everything was handled;
-//! - [`side`]: the producer of the quarantine and dead-letter topics.
+//! - [`side`]: the producer of the quarantine and dead-letter topics;
+//! - [`changelog`]: the state changelog topic (see [`crate::state`]).
 
+pub mod changelog;
 pub mod consumer;
 pub mod side;
 

@@ -28,18 +28,14 @@
 //! `bundled`) would do the same job but adds a C build, and its current
 //! releases need a newer compiler than our MSRV.
 //!
-//! Per instance is enough because the record key is the ordering key (the
-//! venue id): every copy of one event id lands on the same partition, so on
-//! the instance that owns that partition. When a rebalance moves a partition
-//! to another host, that host's store lacks the entries; the sinks are
-//! idempotent by (source, event id), which covers those few re-deliveries.
-//!
-//! The alternative, a compacted changelog topic (Kafka Streams style), would
-//! let the new owner restore the exact state, but costs one extra produce per
-//! event, a restore of up to 72 h of ids on every reassignment before the
-//! partition can make progress, and still needs a local, memory-bounded store
-//! to restore into. The local file plus idempotent sinks gives the same
-//! effect-once guarantee without that.
+//! The file is this instance's copy of the ledger; the truth is the
+//! partition's state changelog ([`crate::state`]): every entry recorded
+//! here is also written there (after the sinks accepted the batch, before
+//! the offset moves), and an instance that is assigned a partition first
+//! copies that partition's entries of the last window into this store. So
+//! a provider's retry of an event applied on another host is found here
+//! too. The record key is the ordering key (the venue id): every copy of
+//! one event id lands on the same partition.
 //!
 //! # Layout and expiry
 //!

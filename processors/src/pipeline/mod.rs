@@ -56,6 +56,7 @@ use crate::pipeline::offsets::PartitionOffsets;
 use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
 use crate::pipeline::route::{RouteConfig, Router};
 use crate::sinks::{BoxFuture, Outcome, Sink};
+use crate::state::{Checkpoint, PartitionState, Stores};
 use schemas::Envelope;
 
 /// Reorder, batching and retry settings.
@@ -262,6 +263,10 @@ pub struct Shared {
     pub retry_max: Duration,
     /// The reorder limits.
     pub reorder: crate::pipeline::reorder::ReorderConfig,
+    /// Where each partition's state is kept so that it follows the
+    /// partition to its next owner (`None`: replay, and tests that do not
+    /// need it; the partition then starts from nothing).
+    pub state: Option<Arc<Stores>>,
 }
 
 impl Shared {
@@ -286,7 +291,14 @@ impl Shared {
             retry_initial: processing.retry_initial,
             retry_max: processing.retry_max,
             reorder: processing.reorder(),
+            state: None,
         })
+    }
+
+    /// Keeps each partition's state in `stores` (see [`crate::state`]).
+    pub fn with_state(mut self, stores: Arc<Stores>) -> Shared {
+        self.state = Some(stores);
+        self
     }
 }
 
@@ -351,6 +363,22 @@ pub struct PartitionPipeline {
     /// Set by every retry pause, so the call it belongs to is known to
     /// have stalled.
     retried: AtomicBool,
+    /// The partition's state writer, once restored.
+    state: Option<PartitionState>,
+    /// Records below this offset are reflected in the restored state:
+    /// skipped, not handled again.
+    skip_below: Option<i64>,
+    /// Whether the first record after the restore was looked at.
+    first_seen: bool,
+    /// Reorder keys that released something since the last checkpoint.
+    dirty: HashSet<ReorderKey>,
+    /// With state: the input position of the last checkpoint the
+    /// changelog acknowledged, the only one that may be committed (a batch
+    /// abandoned before its checkpoint was written must be read again).
+    durable: Option<i64>,
+    /// With state: the position [`committable`](Self::committable) last
+    /// returned.
+    durable_returned: Option<i64>,
 }
 
 impl PartitionPipeline {
@@ -367,7 +395,89 @@ impl PartitionPipeline {
             clock_base: std::time::Instant::now(),
             stalled: Duration::ZERO,
             retried: AtomicBool::new(false),
+            state: None,
+            skip_below: None,
+            first_seen: false,
+            dirty: HashSet::new(),
+            durable: None,
+            durable_returned: None,
         }
+    }
+
+    /// Claims the partition and restores its state from the changelog (see
+    /// [`crate::state`]), retrying with backoff until it succeeds or `stop`
+    /// is raised; nothing to do without state stores. Call it once, before
+    /// the first [`handle`](Self::handle).
+    pub async fn restore(&mut self) -> Result<(), Stopped> {
+        let shared = self.shared.clone();
+        let Some(stores) = &shared.state else {
+            return Ok(());
+        };
+        let m = &shared.metrics;
+        m.state_restoring.inc();
+        let started = Instant::now();
+        let mut backoff = shared.retry_initial;
+        let restored = loop {
+            let dedupe = shared.dedupe.clone();
+            let mut ledger = |entries: crate::state::LedgerEntries| {
+                let batch: Vec<DedupeRecord<'_>> = entries
+                    .iter()
+                    .map(|(source, event_id, at)| DedupeRecord {
+                        source,
+                        event_id,
+                        at: std::time::UNIX_EPOCH + Duration::from_secs(*at),
+                    })
+                    .collect();
+                dedupe.record(&batch).map_err(|e| e.to_string())
+            };
+            let window = shared.dedupe.window();
+            match crate::state::restore(stores, self.partition, window, &mut ledger).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, retry_in = ?backoff, "restoring the partition's state failed: retrying");
+                    if let Err(stopped) = self.pause(backoff).await {
+                        m.state_restoring.dec();
+                        return Err(stopped);
+                    }
+                    backoff = (backoff * 2).min(shared.retry_max);
+                }
+            }
+        };
+        m.state_restoring.dec();
+        let seconds = started.elapsed().as_secs_f64();
+        m.state_restore_seconds.observe(seconds);
+        let c = restored.counts;
+        for (outcome, n) in [
+            ("applied", c.applied),
+            ("stale", c.stale),
+            ("unreadable", c.unreadable),
+            ("expired", c.expired),
+        ] {
+            m.state_restored_records
+                .with_label_values(&[outcome])
+                .inc_by(n);
+        }
+        m.state_changelog_records
+            .with_label_values(&["claim"])
+            .inc();
+        tracing::info!(
+            partition = self.partition,
+            epoch = restored.epoch,
+            position = restored.position,
+            keys = restored.sequences.len(),
+            applied = c.applied,
+            stale = c.stale,
+            unreadable = c.unreadable,
+            from_cache = restored.from_cache,
+            seconds,
+            "partition state restored"
+        );
+        for (key, next) in &restored.sequences {
+            self.reorder.resume(key.clone(), *next);
+        }
+        self.skip_below = restored.position;
+        self.state = Some(PartitionState::new(self.partition, &restored));
+        Ok(())
     }
 
     /// The reorder clock of the live path: wall time minus the time this
@@ -396,13 +506,24 @@ impl PartitionPipeline {
         }
     }
 
-    /// The offset to commit now: everything below it is fully handled.
+    /// The offset to commit now: everything below it is fully handled
+    /// and, with state, written to the changelog.
     pub fn position(&self) -> Option<i64> {
+        if self.state.is_some() {
+            return self.durable;
+        }
         self.offsets.position()
     }
 
     /// [`position`](Self::position) when it moved since last asked.
     pub fn committable(&mut self) -> Option<i64> {
+        if self.state.is_some() {
+            if self.durable.is_some() && self.durable != self.durable_returned {
+                self.durable_returned = self.durable;
+                return self.durable;
+            }
+            return None;
+        }
         self.offsets.committable()
     }
 
@@ -458,6 +579,9 @@ impl PartitionPipeline {
         for (record, at) in records {
             now = at;
             m.consumed.with_label_values(&[&self.label]).inc();
+            if self.skip_restored(&record) {
+                continue;
+            }
             if let Err(e) = self.offsets.track(record.offset) {
                 // A re-delivered offset (e.g. after a seek): already tracked.
                 tracing::warn!(partition = self.partition, error = %e, "record skipped");
@@ -545,6 +669,32 @@ impl PartitionPipeline {
         self.apply(quarantined, released).await
     }
 
+    /// Whether `record` is below the restored position (already reflected
+    /// in the state: skipped). Warns once when the first record read is
+    /// above it: the group's committed offset is past the state, so the
+    /// records between were handled by an owner whose state was not
+    /// written (a changelog that was deleted or recreated).
+    fn skip_restored(&mut self, record: &RawRecord) -> bool {
+        let Some(below) = self.skip_below else {
+            return false;
+        };
+        if record.offset < below {
+            self.shared.metrics.state_skipped_records.inc();
+            return true;
+        }
+        if !self.first_seen && record.offset > below {
+            tracing::warn!(
+                partition = self.partition,
+                restored = below,
+                first = record.offset,
+                "the committed offset is past the restored state: the records between are not in this partition's state"
+            );
+        }
+        self.first_seen = true;
+        self.skip_below = None;
+        false
+    }
+
     /// Releases everything still waiting in the reorder buffer, per key in
     /// sequence order, and handles it: the end of a replayed range, where no
     /// missing predecessor can still come.
@@ -574,6 +724,9 @@ impl PartitionPipeline {
         let m = &shared.metrics;
         let stats_before = self.reorder_stats_gaps();
         for r in out {
+            if r.seq.is_some() && self.state.is_some() && !self.dirty.contains(&r.key) {
+                self.dirty.insert(r.key.clone());
+            }
             if let Reason::Reset { expected, jump } = r.reason {
                 let (source, ordering_key) = &r.key;
                 let request_id = match &r.item {
@@ -749,6 +902,80 @@ impl PartitionPipeline {
         }
         for p in &items {
             self.offsets.done(p.record.offset);
+        }
+        // 5. Write what changed to the changelog before the offset may be
+        // stored.
+        let checkpoint = Checkpoint {
+            applied: applied
+                .iter()
+                .map(|&i| {
+                    (
+                        items[i].event.source.clone(),
+                        items[i].event.event_id.clone(),
+                    )
+                })
+                .collect(),
+            at: Some(SystemTime::now()),
+            sequences: Vec::new(),
+            position: self.offsets.position(),
+        };
+        self.checkpoint(checkpoint).await
+    }
+
+    /// Writes `c`, with the sequences of the keys that moved, to the
+    /// changelog (retried until acknowledged or `stop`), then lets the
+    /// cache follow. Nothing to do without state.
+    async fn checkpoint(&mut self, mut c: Checkpoint) -> Result<(), Stopped> {
+        let shared = self.shared.clone();
+        let (Some(stores), Some(state)) = (&shared.state, &self.state) else {
+            return Ok(());
+        };
+        c.sequences = self
+            .dirty
+            .iter()
+            .filter_map(|k| self.reorder.next_expected(k).map(|n| (k.clone(), n)))
+            .collect();
+        if state.is_empty(&c) {
+            return Ok(());
+        }
+        let records = state.records(&c);
+        let m = &shared.metrics;
+        let mut backoff = shared.retry_initial;
+        let offsets = loop {
+            match stores
+                .changelog
+                .append(self.partition, records.clone())
+                .await
+            {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what = "changelog", error = %e, retry_in = ?backoff, "retrying");
+                    self.pause(backoff).await?;
+                    backoff = (backoff * 2).min(shared.retry_max);
+                }
+            }
+        };
+        for (kind, n) in [
+            ("ledger", c.applied.len()),
+            ("sequence", c.sequences.len()),
+            ("position", usize::from(c.position.is_some())),
+        ] {
+            m.state_changelog_records
+                .with_label_values(&[kind])
+                .inc_by(n as u64);
+        }
+        self.dirty.clear();
+        if c.position.is_some() {
+            self.durable = c.position;
+        }
+        let cache = stores.cache.clone();
+        let Some(state) = self.state.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = state.written(&c, &offsets, cache.as_deref()) {
+            // The changelog has it: a cache that lags is only slower to
+            // restore from, never wrong.
+            tracing::warn!(partition = self.partition, error = %e, "state cache not updated");
         }
         Ok(())
     }

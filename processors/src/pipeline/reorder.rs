@@ -499,6 +499,37 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
         out
     }
 
+    /// The next sequence `key` releases in order, if the key is remembered:
+    /// what a partition's state records so that the partition's next owner
+    /// continues the key where this one left it.
+    pub fn next_expected(&self, key: &K) -> Option<i64> {
+        self.keys.get(key).map(|state| state.next)
+    }
+
+    /// Remembers `key` as expecting `next`, as if the items before it had
+    /// been released here: a restored position, so the key's next item is
+    /// in order, waits, or is late exactly as on the previous owner. A key
+    /// already remembered is left as it is (what this reorderer saw is
+    /// newer than any restored state). Counts against `max_keys` like any
+    /// idle key.
+    pub fn resume(&mut self, key: K, next: i64) {
+        if self.keys.contains_key(&key) {
+            return;
+        }
+        self.shared.serial += 1;
+        let tick = self.shared.serial;
+        self.keys.insert(
+            key.clone(),
+            KeyState {
+                next,
+                buffer: BTreeMap::new(),
+                last_used: tick,
+            },
+        );
+        self.shared.idle.insert(tick, key);
+        self.evict_idle();
+    }
+
     /// Whether pushing `seq` for `key` now would reset the key, and which
     /// way it jumped. Lets a caller check that the item is not a
     /// re-delivery (e.g. against its dedupe store) before it moves the key.
@@ -716,6 +747,39 @@ mod tests {
         assert!(out.iter().all(|r| r.reason == Reason::InOrder));
         assert_eq!(r.buffered(), 0);
         assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_resumed_key_continues_where_the_previous_owner_left_it() {
+        // The previous owner released up to 5; 7 was waiting for 6 when
+        // the partition moved, so it is read again here first.
+        let t0 = Instant::now();
+        let mut r = Reorderer::new(ReorderConfig::default());
+        r.resume("v1", 6);
+        assert_eq!(r.next_expected(&"v1"), Some(6));
+        assert!(r.push("v1", Some(7), 'g', t0).is_empty(), "7 waits for 6");
+        let out = r.push("v1", Some(6), 'f', t0);
+        assert_eq!(out.iter().map(|r| r.item).collect::<String>(), "fg");
+        assert!(out.iter().all(|r| r.reason == Reason::InOrder), "{out:?}");
+        // An event the previous owner released is late here too.
+        assert_eq!(
+            summary(&r.push("v1", Some(5), 'e', t0)),
+            [(Some(5), Reason::Late { expected: 8 })]
+        );
+        // What this reorderer saw is newer than a restored position.
+        r.resume("v1", 2);
+        assert_eq!(r.next_expected(&"v1"), Some(8));
+        assert_eq!(r.next_expected(&"v2"), None);
+    }
+
+    #[test]
+    fn resumed_keys_count_against_max_keys() {
+        let mut r: Reorderer<(), &str> = Reorderer::new(config(10, 10, 2));
+        r.resume("a", 1);
+        r.resume("b", 1);
+        r.resume("c", 1);
+        assert_eq!(r.keys(), 2);
+        assert_eq!(r.next_expected(&"a"), None, "the least recently used goes");
     }
 
     #[test]

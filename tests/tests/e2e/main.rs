@@ -23,3 +23,4 @@ mod replay;
 mod secrets;
 mod slow_clients;
 mod sources;
+mod state;

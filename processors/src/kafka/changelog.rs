@@ -1,0 +1,227 @@
+//! The state changelog on Kafka (see [`crate::state`]): appends with an
+//! idempotent `acks=all` producer, reads one partition with a short-lived
+//! assigned consumer (no group, nothing committed), and checks the topic
+//! at start.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{KafkaConfig, QuietCtx, Reader, producer_config, reader_config};
+use crate::sinks::BoxFuture;
+use crate::state::{Changelog, EachRecord};
+
+/// How long a restore waits for the next changelog record before it gives
+/// up (and is retried).
+const READ_IDLE: Duration = Duration::from_secs(30);
+/// Pause before offering a record again to a full producer queue.
+const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The changelog topic.
+pub struct KafkaChangelog {
+    producer: FutureProducer,
+    topic: String,
+    kafka: KafkaConfig,
+}
+
+impl KafkaChangelog {
+    /// Creates the producer (does not contact the brokers yet).
+    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<KafkaChangelog, KafkaError> {
+        let mut settings = producer_config(kafka);
+        settings.set("client.id", format!("{}-state", kafka.client_id));
+        if !kafka.options.contains_key("linger.ms") {
+            // A worker waits for each batch's changelog write: send it at
+            // once rather than after librdkafka's default 5 ms.
+            settings.set("linger.ms", "1");
+        }
+        Ok(KafkaChangelog {
+            producer: settings.create()?,
+            topic: topic.to_owned(),
+            kafka: kafka.clone(),
+        })
+    }
+}
+
+impl Changelog for KafkaChangelog {
+    fn append<'a>(
+        &'a self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, String>> {
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(records.len());
+            for (key, value) in &records {
+                let mut record = FutureRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(key.as_slice())
+                    .payload(value.as_slice());
+                let future = loop {
+                    match self.producer.send_result(record) {
+                        Ok(f) => break f,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                        }
+                        Err((e, _)) => return Err(format!("{}: {e}", self.topic)),
+                    }
+                };
+                pending.push(future);
+            }
+            let mut offsets = Vec::with_capacity(pending.len());
+            for f in pending {
+                match f.await {
+                    Ok(Ok(d)) => offsets.push(d.offset),
+                    Ok(Err((e, _))) => return Err(format!("{}: {e}", self.topic)),
+                    Err(_) => return Err(format!("{}: the producer was dropped", self.topic)),
+                }
+            }
+            Ok(offsets)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        partition: i32,
+        from: i64,
+        until: i64,
+        each: &'a mut EachRecord<'a>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if from > until {
+                return Ok(());
+            }
+            let group = format!("{}-restore", self.kafka.group_id);
+            let reader: Reader = reader_config(&self.kafka, &group, "restore")
+                .create_with_context(QuietCtx)
+                .map_err(|e| e.to_string())?;
+            let mut tpl = TopicPartitionList::new();
+            let start = if from <= 0 {
+                Offset::Beginning
+            } else {
+                Offset::Offset(from)
+            };
+            tpl.add_partition_offset(&self.topic, partition, start)
+                .map_err(|e| e.to_string())?;
+            reader.assign(&tpl).map_err(|e| e.to_string())?;
+            loop {
+                let m = match tokio::time::timeout(READ_IDLE, reader.recv()).await {
+                    Err(_) => {
+                        return Err(format!(
+                            "{} partition {partition}: no record for {READ_IDLE:?} before offset {until}",
+                            self.topic
+                        ));
+                    }
+                    Ok(Err(KafkaError::PartitionEOF(_))) => continue,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "changelog read");
+                        continue;
+                    }
+                    Ok(Ok(m)) => m,
+                };
+                let offset = m.offset();
+                if offset > until {
+                    return Ok(());
+                }
+                each(
+                    offset,
+                    m.key().unwrap_or_default(),
+                    m.payload().unwrap_or_default(),
+                )?;
+                if offset >= until {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
+
+/// Checks the changelog topic against the raw topic, creating it (with
+/// compaction and the raw topic's partition count) when it is missing.
+/// The raw topic must exist: its partition count decides the changelog's.
+pub async fn ensure_topic(kafka: &KafkaConfig, changelog: &str) -> Result<(), String> {
+    let raw = partitions(kafka, &kafka.topic).await?;
+    let Some(raw) = raw else {
+        return Err(format!(
+            "kafka.topic: the raw topic {:?} does not exist (create it first; its partition count decides the state changelog's)",
+            kafka.topic
+        ));
+    };
+    match partitions(kafka, changelog).await? {
+        Some(n) if n == raw => Ok(()),
+        Some(n) => Err(format!(
+            "state.changelog_topic: {changelog:?} has {n} partitions, the raw topic {:?} has {raw}: they must be equal (partition p's state lives in changelog partition p)",
+            kafka.topic
+        )),
+        None => {
+            let admin: AdminClient<DefaultClientContext> =
+                admin_config(kafka).create().map_err(|e| e.to_string())?;
+            let topic = NewTopic::new(changelog, raw, TopicReplication::Fixed(-1))
+                .set("cleanup.policy", "compact");
+            let results = admin
+                .create_topics(&[topic], &AdminOptions::new())
+                .await
+                .map_err(|e| format!("state.changelog_topic: creating {changelog:?}: {e}"))?;
+            for r in results {
+                match r {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((_, e)) => {
+                        return Err(format!(
+                            "state.changelog_topic: creating {changelog:?}: {e}"
+                        ));
+                    }
+                }
+            }
+            tracing::info!(
+                topic = changelog,
+                partitions = raw,
+                "state changelog topic created"
+            );
+            // Wait for the metadata to show it, so the first restore finds it.
+            for _ in 0..100 {
+                if partitions(kafka, changelog).await? == Some(raw) {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(format!(
+                "state.changelog_topic: {changelog:?} was created but its {raw} partitions did not show in the metadata within 10s"
+            ))
+        }
+    }
+}
+
+fn admin_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    for (k, v) in &kafka.options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", format!("{}-admin", kafka.client_id));
+    c
+}
+
+/// The partition count of `topic`, `None` when it does not exist.
+async fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<Option<i32>, String> {
+    let config = admin_config(kafka);
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        let md = c
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(|e| format!("reading the metadata of {topic:?}: {e}"))?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}

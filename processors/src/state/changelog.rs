@@ -1,0 +1,497 @@
+//! The changelog's records and how a partition's state is rebuilt from
+//! them ([`Restore`]). No Kafka here: [`super::Changelog`] moves the bytes.
+//!
+//! # Records
+//!
+//! Every record's key starts with one byte naming its kind; every value
+//! starts with the format version (1) and the writer's epoch (i64 big
+//! endian), then the kind's fields:
+//!
+//! | kind | key after the kind byte | value after version and epoch |
+//! |---|---|---|
+//! | `C` claim | nothing | the owner's name (UTF-8) |
+//! | `P` input position | the epoch (i64 BE) | the raw-topic offset below which every record is reflected (i64 BE) |
+//! | `L` ledger entry | source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
+//! | `S` reorder position | source, `0x1F`, ordering key | the next sequence the key releases (i64 BE) |
+//!
+//! A claim's epoch field is unused: the claim's epoch is its own offset in
+//! the changelog partition, which the writer learns from the broker's
+//! acknowledgement and puts in every record it writes afterwards. Offsets
+//! grow, so a later claim always has the higher epoch, and two owners that
+//! claim at once (a stale one that has not noticed yet) are told apart by
+//! the log itself, with no coordination.
+//!
+//! The position's key carries its epoch so that compaction keeps one per
+//! owner: a stale owner's late position cannot replace the current owner's
+//! only copy.
+//!
+//! # Restore
+//!
+//! Records are read in offset order. A record is applied when its epoch is
+//! at least the latest claim read so far; an older epoch is a stale
+//! owner's, written after the partition was claimed by another instance,
+//! and is ignored (counted). The same rule holds on a compacted changelog,
+//! where superseded claims are gone: records of an owner whose claim was
+//! compacted away come before the next claim and are applied, which is
+//! what happened.
+//!
+//! The ledger and reorder positions reflect effects the owner applied
+//! (written after every sink accepted), possibly past the last input
+//! position it recorded (a crash between the two). Re-reading input past
+//! the restored position is then harmless: the ledger drops what was
+//! applied, the positions mark it late, and both are upserts, so applying
+//! a record twice (an uncompacted changelog, a restore that starts before
+//! the cache's offset) changes nothing.
+
+use std::collections::HashMap;
+
+/// The format version every value starts with.
+const VERSION: u8 = 1;
+/// Separates the source from the event id or ordering key in a key.
+const SEP: u8 = 0x1F;
+
+const CLAIM: u8 = b'C';
+const POSITION: u8 = b'P';
+const LEDGER: u8 = b'L';
+const SEQUENCE: u8 = b'S';
+
+/// One changelog record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// An instance takes the partition over; its epoch is this record's
+    /// offset.
+    Claim {
+        /// Who claimed (an instance name, for the logs).
+        owner: String,
+    },
+    /// Every raw-topic record below `offset` is reflected in the state.
+    Position {
+        /// The raw-topic offset to read from next.
+        offset: i64,
+    },
+    /// An event was applied (every routed sink accepted it).
+    Applied {
+        /// The event's source.
+        source: String,
+        /// The event's id.
+        event_id: String,
+        /// When (unix seconds): the ledger forgets it a window later.
+        at: u64,
+    },
+    /// A reorder key's next sequence.
+    Sequence {
+        /// The event's source.
+        source: String,
+        /// The ordering key within it.
+        key: String,
+        /// The next sequence it releases in order.
+        next: i64,
+    },
+}
+
+/// A record that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The value is shorter than its kind's fields.
+    #[error("a {0} record is truncated")]
+    Truncated(&'static str),
+    /// A format this version does not know (a newer writer).
+    #[error("format version {0} is unknown (this reader knows 1)")]
+    Version(u8),
+    /// The key's first byte names no kind.
+    #[error("unknown record kind {0:#04x}")]
+    Kind(u8),
+    /// A name is not UTF-8 or lacks its separator.
+    #[error("a {0} record's key is malformed")]
+    Key(&'static str),
+}
+
+impl Change {
+    /// Key and value of this change, written by the owner of `epoch`.
+    pub fn encode(&self, epoch: i64) -> (Vec<u8>, Vec<u8>) {
+        let mut value = Vec::with_capacity(32);
+        value.push(VERSION);
+        value.extend_from_slice(&epoch.to_be_bytes());
+        let key = match self {
+            Change::Claim { owner } => {
+                value.extend_from_slice(owner.as_bytes());
+                vec![CLAIM]
+            }
+            Change::Position { offset } => {
+                value.extend_from_slice(&offset.to_be_bytes());
+                let mut k = vec![POSITION];
+                k.extend_from_slice(&epoch.to_be_bytes());
+                k
+            }
+            Change::Applied {
+                source,
+                event_id,
+                at,
+            } => {
+                value.extend_from_slice(&at.to_be_bytes());
+                pair_key(LEDGER, source, event_id)
+            }
+            Change::Sequence { source, key, next } => {
+                value.extend_from_slice(&next.to_be_bytes());
+                pair_key(SEQUENCE, source, key)
+            }
+        };
+        (key, value)
+    }
+
+    /// The change in a record, with the epoch of its writer.
+    pub fn decode(key: &[u8], value: &[u8]) -> Result<(i64, Change), DecodeError> {
+        let (&kind, rest) = key.split_first().ok_or(DecodeError::Kind(0))?;
+        let name = match kind {
+            CLAIM => "claim",
+            POSITION => "position",
+            LEDGER => "ledger",
+            SEQUENCE => "sequence",
+            other => return Err(DecodeError::Kind(other)),
+        };
+        let (&version, value) = value.split_first().ok_or(DecodeError::Truncated(name))?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let epoch = be_i64(value, name)?;
+        let body = &value[8..];
+        let change = match kind {
+            CLAIM => Change::Claim {
+                owner: String::from_utf8_lossy(body).into_owned(),
+            },
+            POSITION => Change::Position {
+                offset: be_i64(body, name)?,
+            },
+            LEDGER => {
+                let (source, event_id) = split_pair(rest, name)?;
+                Change::Applied {
+                    source,
+                    event_id,
+                    at: be_i64(body, name)? as u64,
+                }
+            }
+            _ => {
+                let (source, key) = split_pair(rest, name)?;
+                Change::Sequence {
+                    source,
+                    key,
+                    next: be_i64(body, name)?,
+                }
+            }
+        };
+        Ok((epoch, change))
+    }
+}
+
+fn pair_key(kind: u8, a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + a.len() + b.len());
+    k.push(kind);
+    k.extend_from_slice(a.as_bytes());
+    k.push(SEP);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn split_pair(rest: &[u8], name: &'static str) -> Result<(String, String), DecodeError> {
+    let at = rest
+        .iter()
+        .position(|&b| b == SEP)
+        .ok_or(DecodeError::Key(name))?;
+    let a = std::str::from_utf8(&rest[..at]).map_err(|_| DecodeError::Key(name))?;
+    let b = std::str::from_utf8(&rest[at + 1..]).map_err(|_| DecodeError::Key(name))?;
+    Ok((a.to_owned(), b.to_owned()))
+}
+
+fn be_i64(b: &[u8], name: &'static str) -> Result<i64, DecodeError> {
+    let bytes: [u8; 8] = b
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(DecodeError::Truncated(name))?;
+    Ok(i64::from_be_bytes(bytes))
+}
+
+/// A reorder key: (source, ordering key).
+pub type SeqKey = (String, String);
+
+/// A partition's state being rebuilt from its changelog, record by record.
+/// Ledger entries are handed out in chunks ([`Restore::take_applied`]) so
+/// a restore of a large window never holds it all in memory.
+#[derive(Debug, Default)]
+pub struct Restore {
+    /// The latest claim read (its offset), or the cache's: records of an
+    /// older epoch are a stale owner's.
+    pub epoch: Option<i64>,
+    /// The latest input position of a current epoch.
+    pub position: Option<i64>,
+    /// Each reorder key's next sequence.
+    pub sequences: HashMap<SeqKey, i64>,
+    /// Ledger entries read and not yet taken.
+    applied: Vec<(String, String, u64)>,
+    /// Records applied.
+    pub records: u64,
+    /// Records ignored: written by a stale owner.
+    pub stale: u64,
+    /// Records ignored: unreadable (counted, logged by the caller).
+    pub unreadable: u64,
+    /// Ledger entries older than the window, skipped.
+    pub expired: u64,
+    /// Ledger entries applied before this unix second are skipped.
+    pub ledger_since: u64,
+}
+
+impl Restore {
+    /// A restore continuing from a cache (or from nothing: all `None` and
+    /// empty), keeping ledger entries applied at or after `ledger_since`.
+    pub fn new(
+        epoch: Option<i64>,
+        position: Option<i64>,
+        sequences: HashMap<SeqKey, i64>,
+        ledger_since: u64,
+    ) -> Restore {
+        Restore {
+            epoch,
+            position,
+            sequences,
+            ledger_since,
+            ..Restore::default()
+        }
+    }
+
+    /// Applies the record at `offset`. An unreadable record is counted and
+    /// returned as an error; the restore goes on.
+    pub fn apply(&mut self, offset: i64, key: &[u8], value: &[u8]) -> Result<(), DecodeError> {
+        let (epoch, change) = match Change::decode(key, value) {
+            Ok(c) => c,
+            Err(e) => {
+                self.unreadable += 1;
+                return Err(e);
+            }
+        };
+        if let Change::Claim { .. } = change {
+            self.epoch = Some(self.epoch.map_or(offset, |e| e.max(offset)));
+            self.records += 1;
+            return Ok(());
+        }
+        if self.epoch.is_some_and(|current| epoch < current) {
+            self.stale += 1;
+            return Ok(());
+        }
+        self.records += 1;
+        match change {
+            Change::Claim { .. } => {}
+            Change::Position { offset } => self.position = Some(offset),
+            Change::Applied {
+                source,
+                event_id,
+                at,
+            } => {
+                if at < self.ledger_since {
+                    self.expired += 1;
+                } else {
+                    self.applied.push((source, event_id, at));
+                }
+            }
+            Change::Sequence { source, key, next } => {
+                self.sequences.insert((source, key), next);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ledger entries read since the last call.
+    pub fn take_applied(&mut self) -> Vec<(String, String, u64)> {
+        std::mem::take(&mut self.applied)
+    }
+
+    /// Ledger entries waiting to be taken.
+    pub fn applied_waiting(&self) -> usize {
+        self.applied.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn applied(source: &str, id: &str, at: u64) -> Change {
+        Change::Applied {
+            source: source.into(),
+            event_id: id.into(),
+            at,
+        }
+    }
+
+    fn seq(key: &str, next: i64) -> Change {
+        Change::Sequence {
+            source: "wifi".into(),
+            key: key.into(),
+            next,
+        }
+    }
+
+    /// A changelog partition as a list of (epoch, change), its offsets the
+    /// indexes; a claim's epoch is its own offset.
+    fn replay(log: &[(i64, Change)]) -> Restore {
+        let mut r = Restore::default();
+        let mut taken = Vec::new();
+        for (offset, (epoch, change)) in log.iter().enumerate() {
+            let (k, v) = change.encode(*epoch);
+            r.apply(offset as i64, &k, &v).unwrap();
+            taken.extend(r.take_applied());
+        }
+        r.applied = taken;
+        r
+    }
+
+    #[test]
+    fn every_change_reads_back_as_written() {
+        for change in [
+            Change::Claim {
+                owner: "host-a/4711".into(),
+            },
+            Change::Position { offset: 1 << 40 },
+            applied("wifi", "evt_1", 1_790_000_000),
+            seq("venue-1", 42),
+            applied("", "", 0),
+        ] {
+            let (k, v) = change.encode(-7);
+            assert_eq!(Change::decode(&k, &v), Ok((-7, change)));
+        }
+    }
+
+    #[test]
+    fn malformed_records_are_errors_naming_what_is_wrong() {
+        let (k, mut v) = seq("v", 1).encode(3);
+        assert_eq!(
+            Change::decode(&k, &v[..10]),
+            Err(DecodeError::Truncated("sequence"))
+        );
+        v[0] = 2;
+        assert_eq!(Change::decode(&k, &v), Err(DecodeError::Version(2)));
+        assert_eq!(Change::decode(b"X", &v), Err(DecodeError::Kind(b'X')));
+        assert_eq!(Change::decode(b"", &v), Err(DecodeError::Kind(0)));
+        let (_, v) = seq("v", 1).encode(3);
+        assert_eq!(
+            Change::decode(b"Snoseparator", &v),
+            Err(DecodeError::Key("sequence"))
+        );
+        let mut r = Restore::default();
+        assert!(r.apply(0, b"X", &v).is_err());
+        assert_eq!(r.unreadable, 1);
+    }
+
+    #[test]
+    fn a_stale_owner_writing_after_the_next_claim_is_ignored() {
+        // A claims at 0; B claims at 3; A, not knowing yet, writes on.
+        let log = vec![
+            (0, Change::Claim { owner: "a".into() }),
+            (0, seq("v", 5)),
+            (0, Change::Position { offset: 10 }),
+            (0, Change::Claim { owner: "b".into() }),
+            (0, seq("v", 9)),
+            (0, applied("wifi", "late-a", 100)),
+            (0, Change::Position { offset: 20 }),
+            (3, seq("v", 6)),
+            (3, Change::Position { offset: 12 }),
+        ];
+        let r = replay(&log);
+        assert_eq!(r.epoch, Some(3));
+        assert_eq!(r.position, Some(12));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v".to_string())], 6);
+        assert!(r.applied.is_empty(), "{:?}", r.applied);
+        assert_eq!(r.stale, 3);
+    }
+
+    #[test]
+    fn records_of_an_owner_whose_claim_was_compacted_away_are_applied() {
+        // Compaction kept only the last claim: A's records come first.
+        let log = vec![
+            (0, applied("wifi", "e1", 100)),
+            (0, Change::Position { offset: 4 }),
+            (2, Change::Claim { owner: "b".into() }),
+            (2, applied("wifi", "e2", 101)),
+        ];
+        let r = replay(&log);
+        assert_eq!(r.position, Some(4));
+        assert_eq!(r.applied.len(), 2);
+        assert_eq!(r.stale, 0);
+    }
+
+    #[test]
+    fn ledger_entries_older_than_the_window_are_skipped() {
+        let mut r = Restore::new(None, None, HashMap::new(), 1000);
+        for (o, at) in [(0, 999), (1, 1000), (2, 5000)] {
+            let (k, v) = applied("wifi", &format!("e{o}"), at).encode(0);
+            r.apply(o, &k, &v).unwrap();
+        }
+        assert_eq!(r.take_applied().len(), 2);
+        assert_eq!(r.expired, 1);
+    }
+
+    proptest! {
+        /// However the owners' writes interleave, and whether or not every
+        /// record is read twice (an uncompacted log read again from an
+        /// earlier offset), a restore ends with exactly what the last
+        /// claimant and the owners before its claim wrote.
+        #[test]
+        fn restore_keeps_only_what_current_owners_wrote(
+            ops in proptest::collection::vec((0u8..3, 0u8..4, 0i64..100), 1..60),
+            twice in any::<bool>(),
+        ) {
+            // op: (writer, kind, value). Writer w claims when it first
+            // writes; its epoch is the offset of its own latest claim.
+            let mut log: Vec<(i64, Change)> = Vec::new();
+            let mut claims: HashMap<u8, i64> = HashMap::new();
+            for (w, kind, v) in ops {
+                if kind == 0 || !claims.contains_key(&w) {
+                    claims.insert(w, log.len() as i64);
+                    log.push((0, Change::Claim { owner: w.to_string() }));
+                    continue;
+                }
+                let e = claims[&w];
+                let c = match kind {
+                    1 => Change::Position { offset: v },
+                    2 => seq("k", v),
+                    _ => applied("wifi", &format!("{w}-{v}"), 10),
+                };
+                log.push((e, c));
+            }
+            // The expected state: walk the log remembering the latest claim.
+            let mut latest = None::<i64>;
+            let mut position = None;
+            let mut next = None;
+            let mut ids = std::collections::BTreeSet::new();
+            for (o, (e, c)) in log.iter().enumerate() {
+                match c {
+                    Change::Claim { .. } => latest = Some(o as i64),
+                    _ if latest.is_some_and(|l| *e < l) => {}
+                    Change::Position { offset } => position = Some(*offset),
+                    Change::Sequence { next: n, .. } => next = Some(*n),
+                    Change::Applied { event_id, .. } => { ids.insert(event_id.clone()); }
+                }
+            }
+            let mut r = replay(&log);
+            if twice {
+                // Read again from the start, as after a restart that lost
+                // its cache: idempotent.
+                let first = r.take_applied();
+                let mut again = Restore::new(r.epoch, r.position, r.sequences.clone(), 0);
+                for (offset, (epoch, change)) in log.iter().enumerate() {
+                    let (k, v) = change.encode(*epoch);
+                    again.apply(offset as i64, &k, &v).unwrap();
+                }
+                let mut all = first;
+                all.extend(again.take_applied());
+                r = again;
+                r.applied = all;
+            }
+            prop_assert_eq!(r.epoch, latest);
+            prop_assert_eq!(r.position, position);
+            prop_assert_eq!(r.sequences.get(&("wifi".to_string(), "k".to_string())).copied(), next);
+            let got: std::collections::BTreeSet<String> =
+                r.applied.iter().map(|(_, id, _)| id.clone()).collect();
+            prop_assert_eq!(got, ids);
+        }
+    }
+}

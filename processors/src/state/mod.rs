@@ -1,0 +1,651 @@
+//! Partition state that follows its partition from host to host.
+//!
+//! # Design
+//!
+//! Kafka is the source of truth for the processors' state, as it is for
+//! the events. Each raw-topic partition's state (what makes an effect
+//! "once" and "in order") lives in a **changelog topic** co-partitioned
+//! with the raw topic: raw partition `p`'s state is in changelog partition
+//! `p`, so whichever instance the group assigns `p` can rebuild it. The
+//! pieces, and where they come from:
+//!
+//! - **A changelog per state, compacted, written before the input offset
+//!   is committed** (Kafka Streams' `StoreChangelogReader` and
+//!   `ProcessorStateManager`): after every batch whose effects every sink
+//!   accepted, the partition's worker writes what changed (the ledger
+//!   entries of the events it applied, the next sequence of every reorder
+//!   key that moved) and waits for the brokers' acknowledgement
+//!   (`acks=all`, idempotent) before it stores the consumer offset. One
+//!   record per key per batch.
+//! - **The input position stored with the state** (Flink's checkpoints,
+//!   Kafka Connect sinks that keep their offsets in the destination): the
+//!   same write carries the raw-topic offset below which everything is
+//!   reflected. A restored partition starts reading there, so state and
+//!   position cannot disagree; the group's committed offset is only a
+//!   fallback for a partition with no state yet and what lag monitoring
+//!   reads.
+//! - **A local store that is a cache and knows the changelog offset it
+//!   reflects** (Kafka Streams' checkpoint file; KIP-1035 keeps that
+//!   offset inside the store, as [`cache::StateCache`] does, in the same
+//!   transaction as the contents): a partition that comes back to an
+//!   instance is restored from there, not from the changelog's start.
+//! - **Restore before processing**: a partition's worker restores its
+//!   state (the changelog from the cache's offset up to the instance's own
+//!   claim, below) before it handles a record; until then the runtime
+//!   holds the partition's records and pauses it, like a stalled worker.
+//! - **Fencing without transactions**: tansu has none, so nothing stops an
+//!   instance that lost a partition (a worker aborted at the revoke
+//!   timeout, an instance that missed a rebalance) from writing on. Each
+//!   new owner first appends a *claim*; the claim's own offset is the
+//!   owner's epoch, carried by every record it writes after. A restore
+//!   applies a record only if its epoch is at least the latest claim read
+//!   before it, so a stale owner's writes after the next claim are
+//!   ignored by every later restore. Epochs come from the log itself, so
+//!   two claimants need no coordinator (this is Kafka's producer-epoch
+//!   fencing, done by the reader).
+//! - **Correct on an uncompacted changelog**: every record is an upsert or
+//!   an append that reading twice leaves unchanged, so a restore may read
+//!   a key's whole history (tansu may not compact) or start before the
+//!   cache's offset; compaction only makes it faster.
+//!
+//! What is written reflects effects that happened: the ledger entry of an
+//! event is written after its sinks accepted it. A crash between a sink's
+//! acceptance and the changelog write leaves that event out of the state;
+//! the next owner reads it again and the sink sees it again (the sinks'
+//! idempotency by event id covers it, as before). Everything that was
+//! written is never repeated, on any host.
+//!
+//! # Modules
+//!
+//! - [`changelog`]: the record format and [`changelog::Restore`], the
+//!   pure fold that rebuilds a partition's state from its records.
+//! - [`cache`]: the local redb cache with its changelog offset.
+//! - this module: [`Changelog`] (the topic, implemented over Kafka in
+//!   `kafka::changelog` and in memory for tests), [`StateConfig`], and
+//!   [`restore`] and [`PartitionState::checkpoint`], which the partition
+//!   pipeline calls.
+//!
+//! # Limits
+//!
+//! - The partition count of the raw topic must not change while state
+//!   exists: keys would move to other partitions without their state.
+//!   The changelog is checked at start to have as many partitions as the
+//!   raw topic.
+//! - A reorder key evicted from memory (`processing.max_keys`) starts
+//!   again at its next event, as before; its position stays in the
+//!   changelog and the cache.
+
+pub mod cache;
+pub mod changelog;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::sinks::BoxFuture;
+use cache::StateCache;
+use changelog::{Change, Restore, SeqKey};
+
+/// Where the state lives.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The changelog topic (compacted, as many partitions as the raw
+    /// topic). Default: `<kafka.group_id>-state`, so two groups reading one
+    /// raw topic keep apart. Created at start when missing; checked when
+    /// present.
+    #[serde(default)]
+    pub changelog_topic: Option<String>,
+    /// The local cache file (redb): a partition that returns to this
+    /// instance is restored from the changelog offset it remembers.
+    /// Default: beside the dedupe store and named after it
+    /// (`data/dedupe.redb` gives `data/dedupe.state.redb`).
+    #[serde(default)]
+    pub cache_path: Option<PathBuf>,
+}
+
+impl StateConfig {
+    /// The changelog topic for the consumer group `group_id`.
+    pub fn changelog_topic(&self, group_id: &str) -> String {
+        self.changelog_topic
+            .clone()
+            .unwrap_or_else(|| format!("{group_id}-state"))
+    }
+
+    /// The cache file, beside `dedupe_path` and named after it unless set.
+    pub fn cache_path(&self, dedupe_path: &std::path::Path) -> PathBuf {
+        self.cache_path
+            .clone()
+            .unwrap_or_else(|| dedupe_path.with_extension("state.redb"))
+    }
+
+    /// Every problem, each naming its field under `state`.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Some(t) = &self.changelog_topic
+            && !plumbing::valid_topic(t)
+        {
+            p.push(format!(
+                "state.changelog_topic: {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
+            ));
+        }
+        if self
+            .cache_path
+            .as_ref()
+            .is_some_and(|c| c.as_os_str().is_empty())
+        {
+            p.push("state.cache_path: must not be empty".into());
+        }
+        p
+    }
+}
+
+/// A record's key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// What a changelog read hands each record to: (offset, key, value).
+pub type EachRecord<'a> = dyn FnMut(i64, &[u8], &[u8]) -> Result<(), String> + Send + 'a;
+
+/// A changelog topic: appends to and reads from one partition at a time.
+pub trait Changelog: Send + Sync {
+    /// Appends `records` (key, value) to `partition`, in order, and
+    /// resolves once the brokers acknowledged every one, with their
+    /// offsets.
+    fn append<'a>(
+        &'a self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, String>>;
+
+    /// Reads `partition` from offset `from` through `until` (inclusive),
+    /// in order, handing each record (offset, key, value) to `each`; stops
+    /// at the first error `each` returns.
+    fn read<'a>(
+        &'a self,
+        partition: i32,
+        from: i64,
+        until: i64,
+        each: &'a mut EachRecord<'a>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A changelog in memory, for tests and benchmarks: every partition a
+/// list, the offsets its indexes. `fail_appends` makes the next appends
+/// fail, as a broker that is down would.
+#[derive(Default)]
+pub struct MemoryChangelog {
+    /// Each partition's records.
+    pub partitions: Mutex<HashMap<i32, Vec<KeyValue>>>,
+    /// Appends still to fail.
+    pub fail_appends: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryChangelog {
+    /// The changes of `partition`, decoded, with their writers' epochs.
+    pub fn changes(&self, partition: i32) -> Vec<(i64, Change)> {
+        let parts = self.partitions.lock().unwrap_or_else(|p| p.into_inner());
+        parts
+            .get(&partition)
+            .map(|records| {
+                records
+                    .iter()
+                    .filter_map(|(k, v)| Change::decode(k, v).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Changelog for MemoryChangelog {
+    fn append<'a>(
+        &'a self,
+        partition: i32,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> BoxFuture<'a, Result<Vec<i64>, String>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail_appends
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("changelog unavailable (injected)".into());
+            }
+            let mut parts = self.partitions.lock().map_err(|_| "poisoned")?;
+            let log = parts.entry(partition).or_default();
+            let first = log.len() as i64;
+            let n = records.len() as i64;
+            log.extend(records);
+            Ok((first..first + n).collect())
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        partition: i32,
+        from: i64,
+        until: i64,
+        each: &'a mut EachRecord<'a>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let records: Vec<(Vec<u8>, Vec<u8>)> = {
+                let parts = self.partitions.lock().map_err(|_| "poisoned")?;
+                let log = parts.get(&partition).cloned().unwrap_or_default();
+                let from = from.max(0) as usize;
+                let until = (until.saturating_add(1).max(0) as usize).min(log.len());
+                log.get(from..until).map(<[_]>::to_vec).unwrap_or_default()
+            };
+            for (i, (k, v)) in records.iter().enumerate() {
+                each(from.max(0) + i as i64, k, v)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// What the partitions of one process share to keep their state.
+pub struct Stores {
+    /// The changelog topic.
+    pub changelog: Arc<dyn Changelog>,
+    /// The local cache, if any (without one, every restore reads the
+    /// changelog from its start).
+    pub cache: Option<Arc<StateCache>>,
+    /// This instance's name, written in its claims (host and process id).
+    pub owner: String,
+}
+
+/// Ledger entries handed to the dedupe store at once while restoring: the
+/// restore's memory bound.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// A restored partition: what its worker continues from.
+#[derive(Debug)]
+pub struct Restored {
+    /// This owner's epoch (its claim's offset).
+    pub epoch: i64,
+    /// Where to read the raw topic from: everything below is reflected.
+    pub position: Option<i64>,
+    /// Each reorder key's next sequence.
+    pub sequences: HashMap<SeqKey, i64>,
+    /// Records applied, stale, unreadable and expired.
+    pub counts: RestoreCounts,
+    /// Whether the cache was used.
+    pub from_cache: bool,
+}
+
+/// What a restore read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreCounts {
+    /// Applied to the state.
+    pub applied: u64,
+    /// A stale owner's, ignored.
+    pub stale: u64,
+    /// Unreadable, ignored.
+    pub unreadable: u64,
+    /// Ledger entries older than the window, ignored.
+    pub expired: u64,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Ledger entries restored: (source, event id, applied at in unix seconds).
+pub type LedgerEntries = Vec<(String, String, u64)>;
+
+/// Claims `partition` and rebuilds its state: the ledger entries of the
+/// last `window` handed to `ledger` (in chunks; the dedupe store), the
+/// sequences and the input position returned. Reads the changelog from the
+/// cache's offset (its start without a cache) through this claim.
+pub async fn restore(
+    stores: &Stores,
+    partition: i32,
+    window: Duration,
+    ledger: &mut (dyn FnMut(LedgerEntries) -> Result<(), String> + Send),
+) -> Result<Restored, String> {
+    let cached = match &stores.cache {
+        Some(c) => c.load(partition).map_err(|e| e.to_string())?,
+        None => cache::Cached::default(),
+    };
+    let (k, v) = Change::Claim {
+        owner: stores.owner.clone(),
+    }
+    .encode(-1);
+    let claim = *stores
+        .changelog
+        .append(partition, vec![(k, v)])
+        .await?
+        .first()
+        .ok_or("the changelog acknowledged no offset for the claim")?;
+    let cached = if cached.next_offset > claim + 1 {
+        // The cache is ahead of the log: the changelog was recreated.
+        tracing::warn!(
+            partition,
+            cached = cached.next_offset,
+            claim,
+            "state cache is ahead of the changelog (recreated?): restoring from the changelog's start"
+        );
+        if let Some(c) = &stores.cache {
+            c.forget(partition).map_err(|e| e.to_string())?;
+        }
+        cache::Cached::default()
+    } else {
+        cached
+    };
+    let from_cache = cached.next_offset > 0;
+    let since = unix_secs(SystemTime::now()).saturating_sub(window.as_secs());
+    let mut r = Restore::new(cached.epoch, cached.position, cached.sequences, since);
+    let mut unreadable_logged = false;
+    let mut each = |offset: i64, key: &[u8], value: &[u8]| -> Result<(), String> {
+        if let Err(e) = r.apply(offset, key, value)
+            && !unreadable_logged
+        {
+            unreadable_logged = true;
+            tracing::error!(partition, offset, error = %e, "unreadable changelog record ignored (further ones are only counted)");
+        }
+        if r.applied_waiting() >= RESTORE_CHUNK {
+            ledger(r.take_applied())?;
+        }
+        Ok(())
+    };
+    stores
+        .changelog
+        .read(partition, cached.next_offset, claim, &mut each)
+        .await?;
+    let rest = r.take_applied();
+    if !rest.is_empty() {
+        ledger(rest)?;
+    }
+    if r.epoch != Some(claim) {
+        return Err(format!(
+            "the changelog read ended before this instance's claim at offset {claim}"
+        ));
+    }
+    if let Some(c) = &stores.cache {
+        let sequences: Vec<(&SeqKey, i64)> = r.sequences.iter().map(|(k, v)| (k, *v)).collect();
+        c.save(partition, claim + 1, Some(claim), r.position, &sequences)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(Restored {
+        epoch: claim,
+        position: r.position,
+        counts: RestoreCounts {
+            applied: r.records,
+            stale: r.stale,
+            unreadable: r.unreadable,
+            expired: r.expired,
+        },
+        sequences: r.sequences,
+        from_cache,
+    })
+}
+
+/// One partition's state writer, after its restore.
+#[derive(Debug)]
+pub struct PartitionState {
+    /// The raw-topic (and changelog) partition.
+    partition: i32,
+    /// This owner's epoch.
+    epoch: i64,
+    /// The changelog offset the cache reflects, while this owner's writes
+    /// follow each other in the log; `None` once another writer's record
+    /// came between (the cache is then left as it was, and the next
+    /// restore reads from there).
+    cache_next: Option<i64>,
+    /// The last input position written.
+    written_position: Option<i64>,
+}
+
+/// One batch's changes, ready to write.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    /// Events applied: (source, event id).
+    pub applied: Vec<(String, String)>,
+    /// When they were applied.
+    pub at: Option<SystemTime>,
+    /// Reorder keys that moved, with their next sequence.
+    pub sequences: Vec<(SeqKey, i64)>,
+    /// The input position reached.
+    pub position: Option<i64>,
+}
+
+impl PartitionState {
+    /// The writer of a restored partition.
+    pub fn new(partition: i32, restored: &Restored) -> PartitionState {
+        PartitionState {
+            partition,
+            epoch: restored.epoch,
+            cache_next: Some(restored.epoch + 1),
+            written_position: restored.position,
+        }
+    }
+
+    /// This owner's epoch.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// Whether `c` holds anything to write (a position that did not move
+    /// and nothing else is nothing).
+    pub fn is_empty(&self, c: &Checkpoint) -> bool {
+        c.applied.is_empty()
+            && c.sequences.is_empty()
+            && (c.position.is_none() || c.position == self.written_position)
+    }
+
+    /// The records of `c`, position last.
+    pub fn records(&self, c: &Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let at = unix_secs(c.at.unwrap_or_else(SystemTime::now));
+        let mut out = Vec::with_capacity(c.applied.len() + c.sequences.len() + 1);
+        for (source, event_id) in &c.applied {
+            out.push(
+                Change::Applied {
+                    source: source.clone(),
+                    event_id: event_id.clone(),
+                    at,
+                }
+                .encode(self.epoch),
+            );
+        }
+        for ((source, key), next) in &c.sequences {
+            out.push(
+                Change::Sequence {
+                    source: source.clone(),
+                    key: key.clone(),
+                    next: *next,
+                }
+                .encode(self.epoch),
+            );
+        }
+        if let Some(offset) = c.position {
+            out.push(Change::Position { offset }.encode(self.epoch));
+        }
+        out
+    }
+
+    /// Records that `c` was written at `offsets`: the cache follows when
+    /// the records directly continue what it reflects.
+    pub fn written(
+        &mut self,
+        c: &Checkpoint,
+        offsets: &[i64],
+        cache: Option<&StateCache>,
+    ) -> Result<(), String> {
+        if c.position.is_some() {
+            self.written_position = c.position;
+        }
+        let Some(next) = self.cache_next else {
+            return Ok(());
+        };
+        let contiguous = offsets
+            .iter()
+            .enumerate()
+            .all(|(i, o)| *o == next + i as i64);
+        if !contiguous {
+            tracing::warn!(
+                partition = self.partition,
+                epoch = self.epoch,
+                "another writer's records came between this owner's in the changelog: the local cache stops here (the next restore reads on from it)"
+            );
+            self.cache_next = None;
+            return Ok(());
+        }
+        let next = next + offsets.len() as i64;
+        if let Some(cache) = cache {
+            let sequences: Vec<(&SeqKey, i64)> = c.sequences.iter().map(|(k, v)| (k, *v)).collect();
+            if let Err(e) = cache.save(
+                self.partition,
+                next,
+                Some(self.epoch),
+                self.written_position,
+                &sequences,
+            ) {
+                // Missing this batch, the cache may not move past it.
+                self.cache_next = None;
+                return Err(e.to_string());
+            }
+        }
+        self.cache_next = Some(next);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::dedupe::{DedupeRecord, DedupeStore, MemoryDedupe};
+
+    async fn restore(
+        s: &Stores,
+        partition: i32,
+        dedupe: &MemoryDedupe,
+    ) -> Result<Restored, String> {
+        let mut ledger = |entries: LedgerEntries| {
+            let batch: Vec<DedupeRecord<'_>> = entries
+                .iter()
+                .map(|(source, event_id, at)| DedupeRecord {
+                    source,
+                    event_id,
+                    at: UNIX_EPOCH + Duration::from_secs(*at),
+                })
+                .collect();
+            dedupe.record(&batch).map_err(|e| e.to_string())
+        };
+        super::restore(s, partition, dedupe.window(), &mut ledger).await
+    }
+
+    fn stores(log: &Arc<MemoryChangelog>, cache: Option<Arc<StateCache>>, owner: &str) -> Stores {
+        Stores {
+            changelog: log.clone(),
+            cache,
+            owner: owner.into(),
+        }
+    }
+
+    fn batch(ids: &[&str], seq: i64, position: i64) -> Checkpoint {
+        Checkpoint {
+            applied: ids
+                .iter()
+                .map(|id| ("wifi".to_string(), id.to_string()))
+                .collect(),
+            at: Some(SystemTime::now()),
+            sequences: vec![(("wifi".into(), "v1".into()), seq)],
+            position: Some(position),
+        }
+    }
+
+    async fn write(s: &Stores, state: &mut PartitionState, c: &Checkpoint) {
+        let offsets = s.changelog.append(0, state.records(c)).await.unwrap();
+        state
+            .written(c, &offsets, s.cache.as_deref())
+            .expect("written");
+    }
+
+    #[tokio::test]
+    async fn the_next_owner_on_another_host_restores_ledger_sequences_and_position() {
+        let log = Arc::new(MemoryChangelog::default());
+        // Host A: restores nothing, applies two batches.
+        let a = stores(&log, None, "a");
+        let dedupe_a = MemoryDedupe::new(Duration::from_secs(3600));
+        let r = restore(&a, 0, &dedupe_a).await.unwrap();
+        assert_eq!((r.position, r.sequences.len()), (None, 0));
+        let mut state = PartitionState::new(0, &r);
+        write(&a, &mut state, &batch(&["e1", "e2"], 3, 10)).await;
+        write(&a, &mut state, &batch(&["e3"], 4, 11)).await;
+        // Host B: its own, empty, dedupe store.
+        let b = stores(&log, None, "b");
+        let dedupe_b = MemoryDedupe::new(Duration::from_secs(3600));
+        let r = restore(&b, 0, &dedupe_b).await.unwrap();
+        assert_eq!(r.position, Some(11));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
+        for id in ["e1", "e2", "e3"] {
+            assert!(dedupe_b.seen("wifi", id).unwrap(), "{id}");
+        }
+        assert_eq!(r.counts.stale, 0);
+        // A, not knowing it lost the partition, writes on: B's next
+        // restore (say after a restart) ignores it.
+        write(&a, &mut state, &batch(&["zombie"], 99, 50)).await;
+        let dedupe_c = MemoryDedupe::new(Duration::from_secs(3600));
+        let r = restore(&b, 0, &dedupe_c).await.unwrap();
+        assert_eq!(r.position, Some(11));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
+        assert!(!dedupe_c.seen("wifi", "zombie").unwrap());
+        assert_eq!(r.counts.stale, 3);
+    }
+
+    #[tokio::test]
+    async fn a_partition_back_on_its_host_reads_only_what_came_after_its_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(StateCache::open(dir.path().join("s.redb")).unwrap());
+        let log = Arc::new(MemoryChangelog::default());
+        let a = stores(&log, Some(cache.clone()), "a");
+        let dedupe_a = MemoryDedupe::new(Duration::from_secs(3600));
+        let mut state = PartitionState::new(0, &restore(&a, 0, &dedupe_a).await.unwrap());
+        for i in 0..5 {
+            write(&a, &mut state, &batch(&["x"], i, i)).await;
+        }
+        // B owns it for one batch.
+        let b = stores(&log, None, "b");
+        let dedupe_b = MemoryDedupe::new(Duration::from_secs(3600));
+        let mut state_b = PartitionState::new(0, &restore(&b, 0, &dedupe_b).await.unwrap());
+        write(&b, &mut state_b, &batch(&["from-b"], 7, 20)).await;
+        // Back on A: only B's claim, B's batch and A's new claim are read.
+        let r = restore(&a, 0, &dedupe_a).await.unwrap();
+        assert!(r.from_cache);
+        assert_eq!(r.counts.applied, 1 + 3 + 1, "{:?}", r.counts);
+        assert_eq!(r.position, Some(20));
+        assert!(dedupe_a.seen("wifi", "from-b").unwrap());
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 7);
+    }
+
+    #[tokio::test]
+    async fn a_cache_that_saw_another_writer_between_its_records_is_not_trusted_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(StateCache::open(dir.path().join("s.redb")).unwrap());
+        let log = Arc::new(MemoryChangelog::default());
+        let a = stores(&log, Some(cache.clone()), "a");
+        let dedupe = MemoryDedupe::new(Duration::from_secs(3600));
+        let mut stale = PartitionState::new(0, &restore(&a, 0, &dedupe).await.unwrap());
+        write(&a, &mut stale, &batch(&["a1"], 2, 5)).await;
+        // B claims and writes; A (stale) writes after it.
+        let b = stores(&log, None, "b");
+        let mut state_b = PartitionState::new(
+            0,
+            &restore(&b, 0, &MemoryDedupe::new(Duration::from_secs(3600)))
+                .await
+                .unwrap(),
+        );
+        write(&b, &mut state_b, &batch(&["b1"], 3, 6)).await;
+        write(&a, &mut stale, &batch(&["a-stale"], 9, 9)).await;
+        // A restores later: B's writes count, its own stale one does not.
+        let fresh = MemoryDedupe::new(Duration::from_secs(3600));
+        let r = restore(&a, 0, &fresh).await.unwrap();
+        assert_eq!(r.position, Some(6));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 3);
+        assert!(fresh.seen("wifi", "b1").unwrap());
+        assert!(!fresh.seen("wifi", "a-stale").unwrap());
+    }
+}
