@@ -189,6 +189,7 @@ async fn retries_after_partitions_move_between_hosts_are_applied_nowhere_again()
     .await;
     // B leaves: its partitions come back to A, which must know what B
     // applied. Re-sent again: 1 to 20, and new: 21 to 30.
+    let dropped_b = b.metric("processors_duplicates_dropped_total").await;
     assert!(b.stop(Duration::from_secs(20)).success(), "{}", b.log());
     produce(&broker.brokers(), "s-join", &batch(1, 30)).await;
     wait_until("240 applied", Duration::from_secs(60), &[&a], || all(240)).await;
@@ -211,8 +212,14 @@ async fn retries_after_partitions_move_between_hosts_are_applied_nowhere_again()
         }
     }
     assert_eq!(seen.len(), 240, "every event once across both hosts");
+    let dropped_a = a.metric("processors_duplicates_dropped_total").await;
+    assert_eq!(
+        dropped_a + dropped_b,
+        240.0,
+        "the 240 re-sent events were dropped as duplicates"
+    );
     eprintln!(
-        "host A applied {}, host B {}",
+        "480 records (240 events, 240 provider retries re-sent after the moves): host A applied {}, host B {}; duplicates dropped: A {dropped_a}, B {dropped_b}",
         host_a.applied().len(),
         host_b.applied().len()
     );

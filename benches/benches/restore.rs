@@ -1,0 +1,180 @@
+//! How long a partition's state takes to restore from its changelog on
+//! tansu (sqlite) on loopback, by state size: the time a partition that
+//! moved to a host that never owned it processes nothing.
+//!
+//! `cargo bench -p pipeline-benches --bench restore` (release build).
+//! For each size N (10k, 100k and 1M ledger entries: events applied within
+//! the dedupe window, plus one reorder position per 100 of them, and a
+//! position every 500 as the live path writes them), the changelog
+//! partition is filled once, then restored three times into a fresh redb
+//! dedupe store with no local cache (a new host), and once more from the
+//! cache the first restore left (the partition back on its host). Prints a
+//! table and writes `target/bench-results/restore.json`. Measured, never
+//! asserted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use e2e::Broker;
+use processors::kafka::KafkaConfig;
+use processors::kafka::changelog::KafkaChangelog;
+use processors::pipeline::dedupe::{DedupeConfig, DedupeRecord, DedupeStore, RedbDedupe};
+use processors::state::cache::StateCache;
+use processors::state::changelog::Change;
+use processors::state::{Changelog, LedgerEntries, Stores, restore};
+
+const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
+const WINDOW: Duration = Duration::from_secs(72 * 3600);
+
+async fn fill(log: &KafkaChangelog, n: usize) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let claim = Change::Claim {
+        owner: "bench".into(),
+    }
+    .encode(-1);
+    let epoch = log.append(0, vec![claim]).await.expect("claim")[0];
+    let mut batch = Vec::with_capacity(5_000);
+    for i in 0..n {
+        batch.push(
+            Change::Applied {
+                source: "purple".into(),
+                event_id: format!("evt_01JD5{i:012}"),
+                at: now,
+            }
+            .encode(epoch),
+        );
+        if i % 100 == 0 {
+            batch.push(
+                Change::Sequence {
+                    source: "purple".into(),
+                    key: format!("venue-{:05}", i / 100),
+                    next: i as i64,
+                }
+                .encode(epoch),
+            );
+        }
+        if i % 500 == 499 {
+            batch.push(Change::Position { offset: i as i64 }.encode(epoch));
+        }
+        if batch.len() >= 5_000 {
+            log.append(0, std::mem::take(&mut batch))
+                .await
+                .expect("append");
+        }
+    }
+    if !batch.is_empty() {
+        log.append(0, batch).await.expect("append");
+    }
+}
+
+async fn restore_once(stores: &Stores, dir: &std::path::Path) -> (f64, u64) {
+    let dedupe = RedbDedupe::open(dir.join("dedupe.redb"), &DedupeConfig::new()).expect("redb");
+    let mut ledger = |entries: LedgerEntries| {
+        let batch: Vec<DedupeRecord<'_>> = entries
+            .iter()
+            .map(|(source, event_id, at)| DedupeRecord {
+                source,
+                event_id,
+                at: UNIX_EPOCH + Duration::from_secs(*at),
+            })
+            .collect();
+        dedupe.record(&batch).map_err(|e| e.to_string())
+    };
+    let started = Instant::now();
+    let r = restore(stores, 0, WINDOW, &mut ledger)
+        .await
+        .expect("restore");
+    let seconds = started.elapsed().as_secs_f64();
+    (seconds, r.counts.applied)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let machine = pipeline_benches::machine();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let broker = Broker::start();
+        let kafka: KafkaConfig = toml_kafka(&broker.brokers());
+        let mut rows = Vec::new();
+        println!(
+            "{:>10} {:>14} {:>12} {:>14} {:>16}",
+            "entries", "records read", "new host s", "records/s", "back on host s"
+        );
+        for n in SIZES {
+            let topic = format!("restore-{n}");
+            broker.create_topic(&topic, 1).await;
+            let log = Arc::new(KafkaChangelog::new(&kafka, &topic).expect("producer"));
+            let filled = Instant::now();
+            fill(&log, n).await;
+            let fill_s = filled.elapsed().as_secs_f64();
+            let mut fresh = Vec::new();
+            let mut read = 0;
+            for _ in 0..3 {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let stores = Stores {
+                    changelog: log.clone(),
+                    cache: None,
+                    owner: "bench".into(),
+                };
+                let (s, records) = restore_once(&stores, dir.path()).await;
+                fresh.push(s);
+                read = records;
+            }
+            // Back on a host that owned it: restore once to fill a cache,
+            // then again from that cache.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let cache = Arc::new(StateCache::open(dir.path().join("state.redb")).expect("cache"));
+            let stores = Stores {
+                changelog: log.clone(),
+                cache: Some(cache),
+                owner: "bench".into(),
+            };
+            restore_once(&stores, dir.path()).await;
+            let (cached, _) = restore_once(&stores, dir.path()).await;
+            fresh.sort_by(f64::total_cmp);
+            let median = fresh[1];
+            println!(
+                "{n:>10} {read:>14} {median:>12.2} {:>14.0} {cached:>16.3}",
+                read as f64 / median
+            );
+            rows.push(serde_json::json!({
+                "ledger_entries": n, "records_read": read, "fill_seconds": fill_s,
+                "new_host_seconds_median": median, "new_host_seconds": fresh,
+                "back_on_host_seconds": cached,
+            }));
+        }
+        let result = serde_json::json!({
+            "benchmark": "restore",
+            "unix_time": pipeline_benches::unix_now(),
+            "machine": machine,
+            "rows": rows,
+        });
+        let path = pipeline_benches::write_results("restore", &result).expect("results file");
+        println!("results: {}", path.display());
+    });
+}
+
+fn toml_kafka(brokers: &str) -> KafkaConfig {
+    let config = processors::config::Config::from_toml(&format!(
+        r#"
+        [kafka]
+        brokers = "{brokers}"
+        group_id = "bench-restore"
+        [dedupe]
+        path = "unused"
+        [sources.purple]
+        parser = "guest_wifi"
+        [sinks.out]
+        kind = "null"
+        [[routes]]
+        name = "all"
+        sinks = ["out"]
+        "#
+    ))
+    .expect("config");
+    config.kafka
+}
