@@ -126,6 +126,9 @@ pub struct Metrics {
     /// Raw-topic records skipped at a partition's start because its
     /// restored state already reflects them.
     pub state_skipped_records: IntCounter,
+    /// Events not offered to a sink again because its effect was recorded
+    /// in the partition's state (before a crash or a hand-over), by sink.
+    pub effects_already_applied: IntCounterVec,
 }
 
 fn counter(
@@ -414,7 +417,7 @@ impl Metrics {
             state_changelog_records: counter(
                 &r,
                 "processors_state_changelog_records_total",
-                "Records written to the state changelog, by kind (ledger, sequence, position, claim).",
+                "Records written to the state changelog, by kind (ledger, sequence, position, claim, effect).",
                 &["kind"],
             )?,
             state_skipped_records: {
@@ -425,6 +428,12 @@ impl Metrics {
                 r.add(&c)?;
                 c
             },
+            effects_already_applied: counter(
+                &r,
+                "processors_effects_already_applied_total",
+                "Events not offered to a sink again because the partition's state records that the sink applied them (before a crash or a hand-over), by sink.",
+                &["sink"],
+            )?,
             worker_restarts: counter(
                 &r,
                 "processors_worker_restarts_total",

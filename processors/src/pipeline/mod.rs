@@ -991,11 +991,31 @@ impl PartitionPipeline {
         let sink = &self.shared.sinks[s];
         let m = &self.shared.metrics;
         let name = sink.name();
+        let tracked = match (&self.shared.state, &self.state) {
+            (Some(stores), Some(state)) if sink.tracks_effects() => Some((stores, state.epoch())),
+            _ => None,
+        };
+        if tracked.is_some() {
+            batch = self.not_yet_applied(name, batch).await?;
+        }
         let mut backoff = self.shared.retry_initial;
-        loop {
+        while !batch.is_empty() {
             let events: Vec<Arc<Event>> = batch.iter().map(|(_, e)| e.clone()).collect();
             let started = Instant::now();
-            let outcomes = sink.accept(&events).await;
+            let outcomes = match tracked {
+                Some((stores, epoch)) => {
+                    let hook = EffectHook {
+                        changelog: stores.changelog.as_ref(),
+                        partition: self.partition,
+                        epoch,
+                        sink: name,
+                        events: &events,
+                        metrics: m,
+                    };
+                    sink.accept_tracked(&events, &hook).await
+                }
+                None => sink.accept(&events).await,
+            };
             m.sink_latency
                 .with_label_values(&[name])
                 .observe(started.elapsed().as_secs_f64());
@@ -1054,6 +1074,45 @@ impl PartitionPipeline {
             backoff = (backoff * 2).min(self.shared.retry_max);
             batch = again;
         }
+        Ok(())
+    }
+
+    /// `batch` without the events whose effect on sink `name` the
+    /// partition's state records (applied before a crash or a hand-over,
+    /// their batch not finished): those are counted and not offered again.
+    async fn not_yet_applied(
+        &self,
+        name: &str,
+        batch: Vec<(usize, Arc<Event>)>,
+    ) -> Result<Vec<(usize, Arc<Event>)>, Stopped> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (i, e) in batch {
+            let source = crate::state::changelog::effect_source(name, &e.source);
+            let applied = self
+                .retry_sync("dedupe", || {
+                    self.shared
+                        .dedupe
+                        .seen(&source, &e.event_id)
+                        .map_err(|err| err.to_string())
+                })
+                .await?;
+            if applied {
+                self.shared
+                    .metrics
+                    .effects_already_applied
+                    .with_label_values(&[name])
+                    .inc();
+                tracing::info!(
+                    sink = name,
+                    source = %e.source,
+                    event_id = %e.event_id,
+                    "not offered again: the sink applied it before (recorded in the partition's state)"
+                );
+                continue;
+            }
+            out.push((i, e));
+        }
+        Ok(out)
     }
 
     /// Runs `op` until it succeeds, with backoff; gives up on `stop`.
@@ -1105,6 +1164,53 @@ impl PartitionPipeline {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = stopped(&mut stop) => Err(Stopped),
         }
+    }
+}
+
+/// Records each effect a tracking sink reports in the partition's
+/// changelog, one record per effect, acknowledged before the sink goes on.
+struct EffectHook<'a> {
+    changelog: &'a dyn crate::state::Changelog,
+    partition: i32,
+    epoch: i64,
+    sink: &'a str,
+    events: &'a [Arc<Event>],
+    metrics: &'a Metrics,
+}
+
+impl crate::sinks::Applied for EffectHook<'_> {
+    fn applied(&self, index: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(e) = self.events.get(index) else {
+                return;
+            };
+            let at = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let record = crate::state::changelog::Change::Effect {
+                sink: self.sink.to_owned(),
+                source: e.source.clone(),
+                event_id: e.event_id.clone(),
+                at,
+            }
+            .encode(self.epoch);
+            match self.changelog.append(self.partition, vec![record]).await {
+                Ok(_) => self
+                    .metrics
+                    .state_changelog_records
+                    .with_label_values(&["effect"])
+                    .inc(),
+                // The effect stands; unrecorded, a crash before the batch's
+                // checkpoint would offer it again (the sink's idempotency
+                // key then applies).
+                Err(err) => tracing::warn!(
+                    partition = self.partition,
+                    sink = self.sink,
+                    error = %err,
+                    "a sink's effect could not be recorded in the changelog"
+                ),
+            }
+        })
     }
 }
 

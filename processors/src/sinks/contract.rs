@@ -30,6 +30,17 @@ pub enum Outcome {
     Reject(String),
 }
 
+/// Told of each event a sink applied, as soon as it is applied, so that
+/// the partition's state records it before the batch ends (see
+/// `crate::state`): after a crash, a sink with effects outside Kafka then
+/// repeats only the requests that were in flight.
+pub trait Applied: Send + Sync {
+    /// The batch's event at `index` was applied; resolves once that is
+    /// recorded (or recording it failed and was logged: the effect stands
+    /// either way).
+    fn applied(&self, index: usize) -> BoxFuture<'_, ()>;
+}
+
 /// A destination for routed events.
 pub trait Sink: Send + Sync {
     /// The configured name (metrics, logs, dead-letter headers).
@@ -37,6 +48,27 @@ pub trait Sink: Send + Sync {
 
     /// Offers a batch; answers one outcome per event, in order.
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>>;
+
+    /// Whether the sink reports each effect as it happens through
+    /// [`accept_tracked`](Self::accept_tracked). The pipeline then records
+    /// each one in the partition's state and never offers an event again
+    /// to a sink that already applied it, on this host or another.
+    fn tracks_effects(&self) -> bool {
+        false
+    }
+
+    /// [`accept`](Self::accept), calling `applied` for each event as soon
+    /// as it is applied, and waiting for it before the request's slot is
+    /// given to another event, so that what is in flight at a crash is
+    /// all that can be repeated.
+    fn accept_tracked<'a>(
+        &'a self,
+        batch: &'a [Arc<Event>],
+        applied: &'a dyn Applied,
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        let _ = applied;
+        self.accept(batch)
+    }
 }
 
 /// Why a sink could not be built at start-up. Each text names the field

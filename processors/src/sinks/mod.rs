@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use contract::{BoxFuture, Outcome, Sink, SinkError};
+pub use contract::{Applied, BoxFuture, Outcome, Sink, SinkError};
 
 use crate::metrics::Metrics;
 

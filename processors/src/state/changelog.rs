@@ -13,6 +13,10 @@
 //! | `P` input position | the epoch (i64 BE) | the raw-topic offset below which every record is reflected (i64 BE) |
 //! | `L` ledger entry | source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
 //! | `S` reorder position | source, `0x1F`, ordering key | the next sequence the key releases (i64 BE) |
+//! | `E` one sink's effect | sink, `0x1F`, source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
+//!
+//! Sink and source names are configuration names, which hold no `0x1F`;
+//! an event id may hold anything, so it comes last.
 //!
 //! A claim's epoch field is unused: the claim's epoch is its own offset in
 //! the changelog partition, which the writer learns from the broker's
@@ -54,6 +58,7 @@ const CLAIM: u8 = b'C';
 const POSITION: u8 = b'P';
 const LEDGER: u8 = b'L';
 const SEQUENCE: u8 = b'S';
+const EFFECT: u8 = b'E';
 
 /// One changelog record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +81,18 @@ pub enum Change {
         /// The event's id.
         event_id: String,
         /// When (unix seconds): the ledger forgets it a window later.
+        at: u64,
+    },
+    /// One sink applied an event (written as it happens, before the
+    /// batch's `Applied`): the event is not offered to that sink again.
+    Effect {
+        /// The sink's name.
+        sink: String,
+        /// The event's source.
+        source: String,
+        /// The event's id.
+        event_id: String,
+        /// When (unix seconds).
         at: u64,
     },
     /// A reorder key's next sequence.
@@ -135,6 +152,18 @@ impl Change {
                 value.extend_from_slice(&next.to_be_bytes());
                 pair_key(SEQUENCE, source, key)
             }
+            Change::Effect {
+                sink,
+                source,
+                event_id,
+                at,
+            } => {
+                value.extend_from_slice(&at.to_be_bytes());
+                let mut k = pair_key(EFFECT, sink, source);
+                k.push(SEP);
+                k.extend_from_slice(event_id.as_bytes());
+                k
+            }
         };
         (key, value)
     }
@@ -147,6 +176,7 @@ impl Change {
             POSITION => "position",
             LEDGER => "ledger",
             SEQUENCE => "sequence",
+            EFFECT => "effect",
             other => return Err(DecodeError::Kind(other)),
         };
         let (&version, value) = value.split_first().ok_or(DecodeError::Truncated(name))?;
@@ -165,6 +195,16 @@ impl Change {
             LEDGER => {
                 let (source, event_id) = split_pair(rest, name)?;
                 Change::Applied {
+                    source,
+                    event_id,
+                    at: be_i64(body, name)? as u64,
+                }
+            }
+            EFFECT => {
+                let (sink, rest) = split_pair(rest, name)?;
+                let (source, event_id) = split_pair(rest.as_bytes(), name)?;
+                Change::Effect {
+                    sink,
                     source,
                     event_id,
                     at: be_i64(body, name)? as u64,
@@ -208,6 +248,13 @@ fn be_i64(b: &[u8], name: &'static str) -> Result<i64, DecodeError> {
         .and_then(|s| s.try_into().ok())
         .ok_or(DecodeError::Truncated(name))?;
     Ok(i64::from_be_bytes(bytes))
+}
+
+/// The ledger's "source" under which one sink's effects are remembered:
+/// the sink and the source joined by `0x1F`, which no source name holds, so
+/// it never meets a whole event's entry.
+pub fn effect_source(sink: &str, source: &str) -> String {
+    format!("{sink}\u{1f}{source}")
 }
 
 /// A reorder key: (source, ordering key).
@@ -284,18 +331,27 @@ impl Restore {
                 source,
                 event_id,
                 at,
-            } => {
-                if at < self.ledger_since {
-                    self.expired += 1;
-                } else {
-                    self.applied.push((source, event_id, at));
-                }
-            }
+            } => self.remember(source, event_id, at),
             Change::Sequence { source, key, next } => {
                 self.sequences.insert((source, key), next);
             }
+            Change::Effect {
+                sink,
+                source,
+                event_id,
+                at,
+            } => self.remember(effect_source(&sink, &source), event_id, at),
         }
         Ok(())
+    }
+
+    /// Keeps a ledger entry unless it is older than the window.
+    fn remember(&mut self, source: String, event_id: String, at: u64) {
+        if at < self.ledger_since {
+            self.expired += 1;
+        } else {
+            self.applied.push((source, event_id, at));
+        }
     }
 
     /// Ledger entries read since the last call.
@@ -354,6 +410,12 @@ mod tests {
             applied("wifi", "evt_1", 1_790_000_000),
             seq("venue-1", 42),
             applied("", "", 0),
+            Change::Effect {
+                sink: "crm".into(),
+                source: "wifi".into(),
+                event_id: "evt\u{1f}odd".into(),
+                at: 7,
+            },
         ] {
             let (k, v) = change.encode(-7);
             assert_eq!(Change::decode(&k, &v), Ok((-7, change)));
@@ -436,7 +498,7 @@ mod tests {
         /// claimant and the owners before its claim wrote.
         #[test]
         fn restore_keeps_only_what_current_owners_wrote(
-            ops in proptest::collection::vec((0u8..3, 0u8..4, 0i64..100), 1..60),
+            ops in proptest::collection::vec((0u8..3, 0u8..5, 0i64..100), 1..60),
             twice in any::<bool>(),
         ) {
             // op: (writer, kind, value). Writer w claims when it first
@@ -453,7 +515,13 @@ mod tests {
                 let c = match kind {
                     1 => Change::Position { offset: v },
                     2 => seq("k", v),
-                    _ => applied("wifi", &format!("{w}-{v}"), 10),
+                    3 => applied("wifi", &format!("{w}-{v}"), 10),
+                    _ => Change::Effect {
+                        sink: "crm".into(),
+                        source: "wifi".into(),
+                        event_id: format!("{w}-{v}"),
+                        at: 10,
+                    },
                 };
                 log.push((e, c));
             }
@@ -469,6 +537,7 @@ mod tests {
                     Change::Position { offset } => position = Some(*offset),
                     Change::Sequence { next: n, .. } => next = Some(*n),
                     Change::Applied { event_id, .. } => { ids.insert(event_id.clone()); }
+                    Change::Effect { event_id, .. } => { ids.insert(format!("effect {event_id}")); }
                 }
             }
             let mut r = replay(&log);
@@ -489,8 +558,17 @@ mod tests {
             prop_assert_eq!(r.epoch, latest);
             prop_assert_eq!(r.position, position);
             prop_assert_eq!(r.sequences.get(&("wifi".to_string(), "k".to_string())).copied(), next);
-            let got: std::collections::BTreeSet<String> =
-                r.applied.iter().map(|(_, id, _)| id.clone()).collect();
+            let got: std::collections::BTreeSet<String> = r
+                .applied
+                .iter()
+                .map(|(source, id, _)| {
+                    if *source == effect_source("crm", "wifi") {
+                        format!("effect {id}")
+                    } else {
+                        id.clone()
+                    }
+                })
+                .collect();
             prop_assert_eq!(got, ids);
         }
     }

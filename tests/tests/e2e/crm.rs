@@ -933,6 +933,7 @@ auth_env = "CRM_KILL_TOKEN"
 template = "{template}"
 timeout = "500ms"
 rate_per_second = 20
+max_concurrency = 2
 backoff_initial = "20ms"
 backoff_max = "100ms"
 
@@ -1017,9 +1018,16 @@ sinks = ["crm"]
         assert!(s.requests.iter().all(|r| keys.contains(&r.key)));
         let repeats: u32 = s.repeats.values().sum();
         eprintln!(
-            "{} events applied once each over {} requests; {repeats} re-sent after a kill, absorbed by their idempotency key",
+            "{} events applied once each over {} requests; {repeats} re-sent after the 3 kills (at most 2 in flight each)",
             keys.len(),
             s.requests.len()
+        );
+        // Each effect is recorded in the partition's state before its
+        // request slot is freed: only what was in flight at a kill (at most
+        // max_concurrency = 2) may be sent again.
+        assert!(
+            repeats <= 3 * 2,
+            "{repeats} requests repeated an applied event after 3 kills with 2 in flight"
         );
     }
     assert_eq!(last.metric("processors_dead_lettered_total").await, 0.0);

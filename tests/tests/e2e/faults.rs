@@ -357,6 +357,13 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
         in_kafka.len(),
         applied_keys.len(),
     );
+    // Each CRM effect is recorded in the partition's state before its
+    // request slot is freed: a kill repeats at most what was in flight
+    // (max_concurrency, 8 by default), not the batch done so far.
+    assert!(
+        repeats <= 5 * 8,
+        "{repeats} CRM requests repeated an applied event after 5 kills"
+    );
 }
 
 /// The CRM goes down (every request `503`) for a while during a stream:

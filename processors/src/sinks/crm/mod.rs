@@ -101,7 +101,7 @@ use serde_json::Value;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
+use crate::sinks::contract::{Applied, BoxFuture, Outcome, Sink, SinkError};
 use crate::sinks::util::retry_after;
 
 use breaker::Pacer;
@@ -383,7 +383,10 @@ impl CrmSink {
         answer
     }
 
-    async fn deliver(&self, e: &Event) -> Outcome {
+    /// Delivers one event; `tracked` (the hook and the event's index in
+    /// its batch) is told of a `2xx` before the request's concurrency slot
+    /// is given back.
+    async fn deliver(&self, e: &Event, tracked: Option<(&dyn Applied, usize)>) -> Outcome {
         let key = idempotency_key(e);
         let view = view(e);
         for r in &self.config.required {
@@ -416,7 +419,13 @@ impl CrmSink {
                     return Outcome::Retry("sink closed".into());
                 };
                 let sent_at = self.settled.load(Ordering::SeqCst);
-                (self.attempt(&key, &body).await, sent_at)
+                let answer = self.attempt(&key, &body).await;
+                if let (Answer::Ok, Some((hook, index))) = (&answer, tracked) {
+                    // Recorded while the slot is held: a crash can then
+                    // repeat at most the requests in flight.
+                    hook.applied(index).await;
+                }
+                (answer, sent_at)
             };
             match answer {
                 Answer::Ok => {
@@ -476,6 +485,7 @@ impl CrmSink {
         &self,
         batch: &[Arc<Event>],
         positions: Vec<usize>,
+        tracked: Option<&dyn Applied>,
     ) -> Vec<(usize, Outcome)> {
         let mut out = Vec::with_capacity(positions.len());
         let mut waiting: Option<String> = None;
@@ -483,7 +493,7 @@ impl CrmSink {
             let Some(e) = batch.get(i) else { continue };
             let outcome = match &waiting {
                 Some(why) => Outcome::Retry(format!("after an earlier event of its key: {why}")),
-                None => self.deliver(e).await,
+                None => self.deliver(e, tracked.map(|hook| (hook, i))).await,
             };
             if let (None, Outcome::Retry(why)) = (&waiting, &outcome) {
                 waiting = Some(why.clone());
@@ -500,25 +510,45 @@ impl Sink for CrmSink {
     }
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-            let runs = by_key(batch)
-                .into_iter()
-                .map(|events| self.deliver_in_order(batch, events));
-            let mut done =
-                futures::stream::iter(runs).buffer_unordered(self.config.max_concurrency.max(1));
-            while let Some(run) = done.next().await {
-                for (i, o) in run {
-                    if let Some(slot) = outcomes.get_mut(i) {
-                        *slot = Some(o);
-                    }
+        Box::pin(self.accept_with(batch, None))
+    }
+
+    fn tracks_effects(&self) -> bool {
+        true
+    }
+
+    fn accept_tracked<'a>(
+        &'a self,
+        batch: &'a [Arc<Event>],
+        applied: &'a dyn Applied,
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(self.accept_with(batch, Some(applied)))
+    }
+}
+
+impl CrmSink {
+    async fn accept_with(
+        &self,
+        batch: &[Arc<Event>],
+        tracked: Option<&dyn Applied>,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let runs = by_key(batch)
+            .into_iter()
+            .map(|events| self.deliver_in_order(batch, events, tracked));
+        let mut done =
+            futures::stream::iter(runs).buffer_unordered(self.config.max_concurrency.max(1));
+        while let Some(run) = done.next().await {
+            for (i, o) in run {
+                if let Some(slot) = outcomes.get_mut(i) {
+                    *slot = Some(o);
                 }
             }
-            outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or_else(|| Outcome::Retry("not offered".into())))
-                .collect()
-        })
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Retry("not offered".into())))
+            .collect()
     }
 }
 
