@@ -158,6 +158,25 @@ async fn run_once(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let end = Instant::now();
+    if state {
+        let by_kind: Vec<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "processors_state_changelog_records_total")
+            .flat_map(|f| {
+                f.get_metric().iter().map(|m| {
+                    let kind = m
+                        .get_label()
+                        .iter()
+                        .map(|l| l.value().to_owned())
+                        .collect::<String>();
+                    format!("{kind} {}", m.get_counter().get_value())
+                })
+            })
+            .collect();
+        println!("  changelog records written: {}", by_kind.join(", "));
+    }
     let _ = stop_tx.send(true);
     tokio::task::spawn_blocking(move || running.join())
         .await
@@ -202,6 +221,25 @@ async fn bare_consumer(
     let end = Instant::now();
     std::hint::black_box(bytes);
     (end - first.unwrap_or(started), end - started)
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime the 12th and stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -252,16 +290,30 @@ fn main() {
             n - VENUES as u64 * PER_VENUE,
         );
         let mut runs = Vec::new();
+        // CPU of this process (the processors' runtime) and of the broker,
+        // per run, in microseconds per record: where a run's cost goes on
+        // the two shared cores.
+        let me = std::process::id();
+        let tansu = broker.pid().unwrap_or(0);
+        let mut cpu_before = (cpu_seconds(me), cpu_seconds(tansu));
         let mut report = |what: &str, run: usize, (busy, wall): (Duration, Duration)| {
             let rate = n as f64 / busy.as_secs_f64();
+            let cpu_now = (cpu_seconds(me), cpu_seconds(tansu));
+            let per_record = |a: f64, b: f64| (a - b) * 1e6 / n as f64;
+            let (own, broker_cpu) = (
+                per_record(cpu_now.0, cpu_before.0),
+                per_record(cpu_now.1, cpu_before.1),
+            );
+            cpu_before = cpu_now;
             println!(
-                "{what:<28} run {run}: {:.2}s from first record ({:.2}s with group join): {rate:>8.0} records/s",
+                "{what:<28} run {run}: {:.2}s from first record ({:.2}s with group join): {rate:>8.0} records/s; CPU per record: {own:.0} us here, {broker_cpu:.0} us tansu",
                 busy.as_secs_f64(),
                 wall.as_secs_f64()
             );
             runs.push(serde_json::json!({
                 "what": what, "run": run, "seconds": busy.as_secs_f64(),
                 "seconds_with_join": wall.as_secs_f64(), "records_per_second": rate,
+                "cpu_us_per_record_processors": own, "cpu_us_per_record_tansu": broker_cpu,
             }));
             rate
         };

@@ -101,6 +101,12 @@ impl Broker {
     }
 
     /// `kill -9`: no flush, no goodbye.
+    /// The broker's process id, while it runs (for CPU accounting in
+    /// benchmarks).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
