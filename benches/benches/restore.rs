@@ -4,9 +4,9 @@
 //!
 //! `cargo bench -p pipeline-benches --bench restore` (release build).
 //! For each size N (10k, 100k and 1M ledger entries: events applied within
-//! the dedupe window, plus one reorder position per 100 of them, and a
-//! position every 500 as the live path writes them), the changelog
-//! partition is filled once, then restored three times into a fresh redb
+//! the dedupe window, in ledger records of 500 as the live path writes
+//! them, plus one reorder position per 100 events and an input position per
+//! record), the two logs' partition is filled once, then restored three times into a fresh redb
 //! dedupe store with no local cache (a new host), and once more from the
 //! cache the first restore left (the partition back on its host). Prints a
 //! table and writes `target/bench-results/restore.json`. Measured, never
@@ -26,7 +26,10 @@ use processors::state::{Changelog, LedgerEntries, Stores, restore};
 const SIZES: [usize; 3] = [10_000, 100_000, 1_000_000];
 const WINDOW: Duration = Duration::from_secs(72 * 3600);
 
-async fn fill(log: &KafkaChangelog, n: usize) {
+/// Fills the state changelog and the ledger as the live path writes them
+/// for `n` applied events: one ledger record per batch of 500, one reorder
+/// position per 100 events, one input position per batch.
+async fn fill(state: &KafkaChangelog, ledger: &KafkaChangelog, n: usize) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -34,19 +37,14 @@ async fn fill(log: &KafkaChangelog, n: usize) {
         owner: "bench".into(),
     }
     .encode(-1);
-    let epoch = log.append(0, vec![claim]).await.expect("claim")[0];
-    let mut batch = Vec::with_capacity(5_000);
+    let epoch = state.append(0, vec![claim]).await.expect("claim")[0];
+    let mut ledger_batch = Vec::new();
+    let mut state_batch = Vec::new();
+    let mut events = Vec::with_capacity(BATCH);
     for i in 0..n {
-        batch.push(
-            Change::Applied {
-                source: "purple".into(),
-                event_id: format!("evt_01JD5{i:012}"),
-                at: now,
-            }
-            .encode(epoch),
-        );
+        events.push(("purple".to_owned(), format!("evt_01JD5{i:012}")));
         if i % 100 == 0 {
-            batch.push(
+            state_batch.push(
                 Change::Sequence {
                     source: "purple".into(),
                     key: format!("venue-{:05}", i / 100),
@@ -55,19 +53,32 @@ async fn fill(log: &KafkaChangelog, n: usize) {
                 .encode(epoch),
             );
         }
-        if i % 500 == 499 {
-            batch.push(Change::Position { offset: i as i64 }.encode(epoch));
+        if events.len() == BATCH || i + 1 == n {
+            ledger_batch.push(
+                Change::Applied {
+                    serial: i as u64,
+                    at: now,
+                    events: std::mem::take(&mut events),
+                }
+                .encode(epoch),
+            );
+            state_batch.push(Change::Position { offset: i as i64 }.encode(epoch));
         }
-        if batch.len() >= 5_000 {
-            log.append(0, std::mem::take(&mut batch))
+        if ledger_batch.len() >= 100 || i + 1 == n {
+            ledger
+                .append(0, std::mem::take(&mut ledger_batch))
                 .await
-                .expect("append");
+                .expect("ledger");
+            state
+                .append(0, std::mem::take(&mut state_batch))
+                .await
+                .expect("state");
         }
-    }
-    if !batch.is_empty() {
-        log.append(0, batch).await.expect("append");
     }
 }
+
+/// Events per ledger record (the live path's `batch_max` default).
+const BATCH: usize = 500;
 
 async fn restore_once(stores: &Stores, dir: &std::path::Path) -> (f64, u64) {
     let dedupe = RedbDedupe::open(dir.join("dedupe.redb"), &DedupeConfig::new()).expect("redb");
@@ -107,9 +118,12 @@ fn main() {
         for n in SIZES {
             let topic = format!("restore-{n}");
             broker.create_topic(&topic, 1).await;
+            let ledger_topic = format!("restore-{n}-ledger");
+            broker.create_topic(&ledger_topic, 1).await;
             let log = Arc::new(KafkaChangelog::new(&kafka, &topic).expect("producer"));
+            let ledger = Arc::new(KafkaChangelog::new(&kafka, &ledger_topic).expect("producer"));
             let filled = Instant::now();
-            fill(&log, n).await;
+            fill(&log, &ledger, n).await;
             let fill_s = filled.elapsed().as_secs_f64();
             let mut fresh = Vec::new();
             let mut read = 0;
@@ -117,6 +131,7 @@ fn main() {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let stores = Stores {
                     changelog: log.clone(),
+                    ledger: ledger.clone(),
                     cache: None,
                     owner: "bench".into(),
                 };
@@ -130,6 +145,7 @@ fn main() {
             let cache = Arc::new(StateCache::open(dir.path().join("state.redb")).expect("cache"));
             let stores = Stores {
                 changelog: log.clone(),
+                ledger: ledger.clone(),
                 cache: Some(cache),
                 owner: "bench".into(),
             };

@@ -42,10 +42,28 @@ pub fn open_dedupe(settings: &DedupeSettings) -> anyhow::Result<Arc<dyn DedupeSt
 
 /// Checks (or creates) the changelog topic and opens the local cache.
 pub async fn open_state(config: &Config) -> anyhow::Result<Arc<Stores>> {
+    use crate::kafka::changelog::{Cleanup, KafkaChangelog, ensure_topic};
     let topic = config.state.changelog_topic(&config.kafka.group_id);
-    crate::kafka::changelog::ensure_topic(&config.kafka, &topic)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    ensure_topic(
+        &config.kafka,
+        &topic,
+        "state.changelog_topic",
+        Cleanup::Compact,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+    // Ledger records expire a day past the dedupe window (Kafka Streams
+    // keeps windowed changelogs a day past their window too).
+    let ledger_topic = config.state.ledger_topic(&config.kafka.group_id);
+    let keep = config.dedupe.window + std::time::Duration::from_secs(24 * 3600);
+    ensure_topic(
+        &config.kafka,
+        &ledger_topic,
+        "state.ledger_topic",
+        Cleanup::Delete(keep),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
     let path = config.state.cache_path(&config.dedupe.path);
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
@@ -61,10 +79,8 @@ pub async fn open_state(config: &Config) -> anyhow::Result<Arc<Stores>> {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown-host".into());
     Ok(Arc::new(Stores {
-        changelog: Arc::new(crate::kafka::changelog::KafkaChangelog::new(
-            &config.kafka,
-            &topic,
-        )?),
+        changelog: Arc::new(KafkaChangelog::new(&config.kafka, &topic)?),
+        ledger: Arc::new(KafkaChangelog::new(&config.kafka, &ledger_topic)?),
         cache: Some(Arc::new(cache)),
         owner: format!("{host}/{}", std::process::id()),
     }))

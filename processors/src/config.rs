@@ -168,17 +168,27 @@ impl Config {
         p.extend(self.processing.problems());
         p.extend(self.dedupe.problems());
         p.extend(self.state.problems());
-        let changelog = self.state.changelog_topic(&self.kafka.group_id);
-        if [
-            &self.kafka.topic,
-            &self.kafka.quarantine_topic,
-            &self.kafka.dlq_topic,
-        ]
-        .contains(&&changelog)
-        {
-            p.push(format!(
-                "state.changelog_topic: {changelog:?} must differ from the raw, quarantine and dead-letter topics"
-            ));
+        for (field, topic) in [
+            (
+                "changelog_topic",
+                self.state.changelog_topic(&self.kafka.group_id),
+            ),
+            (
+                "ledger_topic",
+                self.state.ledger_topic(&self.kafka.group_id),
+            ),
+        ] {
+            if [
+                &self.kafka.topic,
+                &self.kafka.quarantine_topic,
+                &self.kafka.dlq_topic,
+            ]
+            .contains(&&topic)
+            {
+                p.push(format!(
+                    "state.{field}: {topic:?} must differ from the raw, quarantine and dead-letter topics"
+                ));
+            }
         }
         for (name, source) in &self.sources {
             p.extend(source.problems(&format!("sources.{name}")));

@@ -3,6 +3,7 @@
 //! assigned consumer (no group, nothing committed), and checks the topic
 //! at start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -23,11 +24,14 @@ const READ_IDLE: Duration = Duration::from_secs(30);
 /// Pause before offering a record again to a full producer queue.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(10);
 
-/// The changelog topic.
+/// A changelog topic (the state changelog or the ledger).
 pub struct KafkaChangelog {
     producer: FutureProducer,
     topic: String,
     kafka: KafkaConfig,
+    /// Asks the brokers for high watermarks (no group, never polled for
+    /// records).
+    watermarks: Arc<BaseConsumer>,
 }
 
 impl KafkaChangelog {
@@ -44,6 +48,7 @@ impl KafkaChangelog {
             producer: settings.create()?,
             topic: topic.to_owned(),
             kafka: kafka.clone(),
+            watermarks: Arc::new(admin_config(kafka).create()?),
         })
     }
 }
@@ -139,12 +144,42 @@ impl Changelog for KafkaChangelog {
             }
         })
     }
+
+    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>> {
+        let consumer = self.watermarks.clone();
+        let topic = self.topic.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .map(|(_, high)| high)
+                    .map_err(|e| format!("{topic} partition {partition}: high watermark: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
 }
 
-/// Checks the changelog topic against the raw topic, creating it (with
-/// compaction and the raw topic's partition count) when it is missing.
-/// The raw topic must exist: its partition count decides the changelog's.
-pub async fn ensure_topic(kafka: &KafkaConfig, changelog: &str) -> Result<(), String> {
+/// How a state topic is cleaned up.
+#[derive(Debug, Clone, Copy)]
+pub enum Cleanup {
+    /// Compacted: keyed state, the latest value per key kept.
+    Compact,
+    /// Deleted past a retention: facts of a time window.
+    Delete(Duration),
+}
+
+/// Checks a state topic (`field` names it in errors) against the raw
+/// topic, creating it with `cleanup` and the raw topic's partition count
+/// when it is missing. The raw topic must exist: its partition count
+/// decides the state topics'.
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    changelog: &str,
+    field: &str,
+    cleanup: Cleanup,
+) -> Result<(), String> {
     let raw = partitions(kafka, &kafka.topic).await?;
     let Some(raw) = raw else {
         return Err(format!(
@@ -155,25 +190,32 @@ pub async fn ensure_topic(kafka: &KafkaConfig, changelog: &str) -> Result<(), St
     match partitions(kafka, changelog).await? {
         Some(n) if n == raw => Ok(()),
         Some(n) => Err(format!(
-            "state.changelog_topic: {changelog:?} has {n} partitions, the raw topic {:?} has {raw}: they must be equal (partition p's state lives in changelog partition p)",
+            "{field}: {changelog:?} has {n} partitions, the raw topic {:?} has {raw}: they must be equal (partition p's state lives in changelog partition p)",
             kafka.topic
         )),
         None => {
             let admin: AdminClient<DefaultClientContext> =
                 admin_config(kafka).create().map_err(|e| e.to_string())?;
-            let topic = NewTopic::new(changelog, raw, TopicReplication::Fixed(-1))
-                .set("cleanup.policy", "compact");
+            let retention;
+            let topic = NewTopic::new(changelog, raw, TopicReplication::Fixed(-1));
+            let topic = match cleanup {
+                Cleanup::Compact => topic.set("cleanup.policy", "compact"),
+                Cleanup::Delete(keep) => {
+                    retention = keep.as_millis().to_string();
+                    topic
+                        .set("cleanup.policy", "delete")
+                        .set("retention.ms", &retention)
+                }
+            };
             let results = admin
                 .create_topics(&[topic], &AdminOptions::new())
                 .await
-                .map_err(|e| format!("state.changelog_topic: creating {changelog:?}: {e}"))?;
+                .map_err(|e| format!("{field}: creating {changelog:?}: {e}"))?;
             for r in results {
                 match r {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                     Err((_, e)) => {
-                        return Err(format!(
-                            "state.changelog_topic: creating {changelog:?}: {e}"
-                        ));
+                        return Err(format!("{field}: creating {changelog:?}: {e}"));
                     }
                 }
             }
@@ -190,7 +232,7 @@ pub async fn ensure_topic(kafka: &KafkaConfig, changelog: &str) -> Result<(), St
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(format!(
-                "state.changelog_topic: {changelog:?} was created but its {raw} partitions did not show in the metadata within 10s"
+                "{field}: {changelog:?} was created but its {raw} partitions did not show in the metadata within 10s"
             ))
         }
     }

@@ -938,25 +938,29 @@ impl PartitionPipeline {
         if state.is_empty(&c) {
             return Ok(());
         }
-        let records = state.records(&c);
+        let ledger_record = self.state.as_mut().and_then(|st| st.ledger_record(&c));
+        let Some(state) = &self.state else {
+            return Ok(());
+        };
+        let state_records = state.state_records(&c);
         let m = &shared.metrics;
-        let mut backoff = shared.retry_initial;
-        let offsets = loop {
-            match stores
-                .changelog
-                .append(self.partition, records.clone())
-                .await
-            {
-                Ok(o) => break o,
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, what = "changelog", error = %e, retry_in = ?backoff, "retrying");
-                    self.pause(backoff).await?;
-                    backoff = (backoff * 2).min(shared.retry_max);
-                }
+        // The ledger first: a position may be durable only once the events
+        // below it are remembered as applied.
+        let ledger_offsets = match ledger_record {
+            Some(record) => {
+                self.append_retrying(stores.ledger.as_ref(), "ledger", vec![record])
+                    .await?
             }
+            None => Vec::new(),
+        };
+        let state_offsets = if state_records.is_empty() {
+            Vec::new()
+        } else {
+            self.append_retrying(stores.changelog.as_ref(), "changelog", state_records)
+                .await?
         };
         for (kind, n) in [
-            ("ledger", c.applied.len()),
+            ("ledger", ledger_offsets.len()),
             ("sequence", c.sequences.len()),
             ("position", usize::from(c.position.is_some())),
         ] {
@@ -972,12 +976,33 @@ impl PartitionPipeline {
         let Some(state) = self.state.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = state.written(&c, &offsets, cache.as_deref()) {
-            // The changelog has it: a cache that lags is only slower to
+        if let Err(e) = state.written(&c, &ledger_offsets, &state_offsets, cache.as_deref()) {
+            // The logs have it: a cache that lags is only slower to
             // restore from, never wrong.
             tracing::warn!(partition = self.partition, error = %e, "state cache not updated");
         }
         Ok(())
+    }
+
+    /// Appends `records` to `log`, retrying with backoff until the brokers
+    /// acknowledge them or `stop` is raised.
+    async fn append_retrying(
+        &self,
+        log: &dyn crate::state::Changelog,
+        what: &str,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<i64>, Stopped> {
+        let mut backoff = self.shared.retry_initial;
+        loop {
+            match log.append(self.partition, records.clone()).await {
+                Ok(o) => return Ok(o),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what, error = %e, retry_in = ?backoff, "retrying");
+                    self.pause(backoff).await?;
+                    backoff = (backoff * 2).min(self.shared.retry_max);
+                }
+            }
+        }
     }
 
     /// Offers `batch` to sink `s` until every event is accepted or
@@ -1005,7 +1030,7 @@ impl PartitionPipeline {
             let outcomes = match tracked {
                 Some((stores, epoch)) => {
                     let hook = EffectHook {
-                        changelog: stores.changelog.as_ref(),
+                        changelog: stores.ledger.as_ref(),
                         partition: self.partition,
                         epoch,
                         sink: name,

@@ -17,8 +17,9 @@ use redb::TableDefinition;
 
 use super::changelog::SeqKey;
 
-/// `partition -> (next changelog offset, epoch, input position or -1)`.
-const META: TableDefinition<i32, (i64, i64, i64)> = TableDefinition::new("meta");
+/// `partition -> (next state changelog offset, epoch or -1, input position
+/// or -1, next ledger offset)`.
+const META: TableDefinition<i32, (i64, i64, i64, i64)> = TableDefinition::new("partitions");
 /// `(partition, source, ordering key) -> next sequence`.
 const SEQUENCES: TableDefinition<(i32, &str, &str), i64> = TableDefinition::new("sequences");
 
@@ -46,11 +47,26 @@ from_redb_error!(
     redb::CommitError
 );
 
+/// Where the cache stands in the two logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// The state changelog offset to read from next.
+    pub next_offset: i64,
+    /// The epoch (claim offset) current there.
+    pub epoch: Option<i64>,
+    /// The input position reflected.
+    pub position: Option<i64>,
+    /// The ledger topic offset to read from next.
+    pub ledger_next: i64,
+}
+
 /// What the cache holds for one partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cached {
-    /// The changelog offset to read from next (0: nothing cached).
+    /// The state changelog offset to read from next (0: nothing cached).
     pub next_offset: i64,
+    /// The ledger topic offset to read from next.
+    pub ledger_next: i64,
     /// The epoch (claim offset) current at `next_offset`.
     pub epoch: Option<i64>,
     /// The input position reflected.
@@ -88,7 +104,9 @@ impl StateCache {
     pub fn load(&self, partition: i32) -> Result<Cached, CacheError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let Some((next_offset, epoch, position)) = meta.get(partition)?.map(|g| g.value()) else {
+        let Some((next_offset, epoch, position, ledger_next)) =
+            meta.get(partition)?.map(|g| g.value())
+        else {
             return Ok(Cached::default());
         };
         let table = txn.open_table(SEQUENCES)?;
@@ -102,20 +120,19 @@ impl StateCache {
         }
         Ok(Cached {
             next_offset,
+            ledger_next,
             epoch: (epoch >= 0).then_some(epoch),
             position: (position >= 0).then_some(position),
             sequences,
         })
     }
 
-    /// Records that the cache reflects `partition`'s changelog below
-    /// `next_offset`, with these sequences changed since the last save.
+    /// Records that the cache reflects `partition`'s logs below `at`, with
+    /// these sequences changed since the last save.
     pub fn save(
         &self,
         partition: i32,
-        next_offset: i64,
-        epoch: Option<i64>,
-        position: Option<i64>,
+        at: &Offsets,
         sequences: &[(&SeqKey, i64)],
     ) -> Result<(), CacheError> {
         let txn = self.db.begin_write()?;
@@ -127,7 +144,12 @@ impl StateCache {
             let mut meta = txn.open_table(META)?;
             meta.insert(
                 partition,
-                (next_offset, epoch.unwrap_or(-1), position.unwrap_or(-1)),
+                (
+                    at.next_offset,
+                    at.epoch.unwrap_or(-1),
+                    at.position.unwrap_or(-1),
+                    at.ledger_next,
+                ),
             )?;
         }
         txn.commit()?;
@@ -164,16 +186,25 @@ mod tests {
         let cache = StateCache::open(dir.path().join("state.redb")).unwrap();
         assert_eq!(cache.load(3).unwrap(), Cached::default());
         let (v1, v2, v9) = (k("wifi", "v1"), k("wifi", "v2"), k("wifi", "v9"));
+        let at = |next_offset, epoch, position, ledger_next| Offsets {
+            next_offset,
+            epoch,
+            position,
+            ledger_next,
+        };
         cache
-            .save(3, 10, Some(4), Some(100), &[(&v1, 7), (&v2, 3)])
+            .save(3, &at(10, Some(4), Some(100), 2), &[(&v1, 7), (&v2, 3)])
             .unwrap();
-        cache.save(2, 5, None, None, &[(&v9, 1)]).unwrap();
-        cache.save(4, 5, None, None, &[(&v9, 2)]).unwrap();
-        cache.save(3, 12, Some(4), Some(104), &[(&v1, 8)]).unwrap();
+        cache.save(2, &at(5, None, None, 0), &[(&v9, 1)]).unwrap();
+        cache.save(4, &at(5, None, None, 0), &[(&v9, 2)]).unwrap();
+        cache
+            .save(3, &at(12, Some(4), Some(104), 3), &[(&v1, 8)])
+            .unwrap();
         drop(cache);
         let cache = StateCache::open(dir.path().join("state.redb")).unwrap();
         let c = cache.load(3).unwrap();
         assert_eq!(c.next_offset, 12);
+        assert_eq!(c.ledger_next, 3);
         assert_eq!(c.epoch, Some(4));
         assert_eq!(c.position, Some(104));
         assert_eq!(c.sequences, HashMap::from([(v1, 8), (v2, 3)]));

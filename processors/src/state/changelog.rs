@@ -11,12 +11,20 @@
 //! |---|---|---|
 //! | `C` claim | nothing | the owner's name (UTF-8) |
 //! | `P` input position | the epoch (i64 BE) | the raw-topic offset below which every record is reflected (i64 BE) |
-//! | `L` ledger entry | source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
+//! | `L` a batch's ledger entries | the epoch and the owner's batch serial (i64 BE, u64 BE) | when they were applied (unix seconds, u64 BE), their count (u32 BE), then per event its source and its id, each as a length (u32 BE) and UTF-8 bytes |
 //! | `S` reorder position | source, `0x1F`, ordering key | the next sequence the key releases (i64 BE) |
 //! | `E` one sink's effect | sink, `0x1F`, source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
 //!
 //! Sink and source names are configuration names, which hold no `0x1F`;
 //! an event id may hold anything, so it comes last.
+//!
+//! Claims, positions and sequences are keyed state and go to the
+//! compacted state changelog. Ledger batches and effects are facts about a
+//! window of time and go to the ledger topic, where they expire with the
+//! window (`cleanup.policy=delete`, the retention of Kafka Streams'
+//! windowed stores): one record per batch instead of one per event, so the
+//! broker stores a few records per batch and a restore reads a few per
+//! batch.
 //!
 //! A claim's epoch field is unused: the claim's epoch is its own offset in
 //! the changelog partition, which the writer learns from the broker's
@@ -31,13 +39,15 @@
 //!
 //! # Restore
 //!
-//! Records are read in offset order. A record is applied when its epoch is
-//! at least the latest claim read so far; an older epoch is a stale
-//! owner's, written after the partition was claimed by another instance,
-//! and is ignored (counted). The same rule holds on a compacted changelog,
-//! where superseded claims are gone: records of an owner whose claim was
-//! compacted away come before the next claim and are applied, which is
-//! what happened.
+//! Records are read in offset order. A position or a sequence is applied
+//! when its epoch is at least the latest claim read so far; an older epoch
+//! is a stale owner's, written after the partition was claimed by another
+//! instance, and is ignored (counted). The same rule holds on a compacted
+//! changelog, where superseded claims are gone: records of an owner whose
+//! claim was compacted away come before the next claim and are applied,
+//! which is what happened. Ledger entries and effects are never fenced:
+//! each says that a sink applied an event, which stays true whoever wrote
+//! it, and remembering it keeps that event from being applied again.
 //!
 //! The ledger and reorder positions reflect effects the owner applied
 //! (written after every sink accepted), possibly past the last input
@@ -74,14 +84,15 @@ pub enum Change {
         /// The raw-topic offset to read from next.
         offset: i64,
     },
-    /// An event was applied (every routed sink accepted it).
+    /// A batch's events were applied (every routed sink accepted them).
     Applied {
-        /// The event's source.
-        source: String,
-        /// The event's id.
-        event_id: String,
-        /// When (unix seconds): the ledger forgets it a window later.
+        /// The owner's count of its ledger records, so that each has a key
+        /// of its own.
+        serial: u64,
+        /// When (unix seconds): the ledger forgets them a window later.
         at: u64,
+        /// (source, event id) of each.
+        events: Vec<(String, String)>,
     },
     /// One sink applied an event (written as it happens, before the
     /// batch's `Applied`): the event is not offered to that sink again.
@@ -140,13 +151,19 @@ impl Change {
                 k.extend_from_slice(&epoch.to_be_bytes());
                 k
             }
-            Change::Applied {
-                source,
-                event_id,
-                at,
-            } => {
+            Change::Applied { serial, at, events } => {
                 value.extend_from_slice(&at.to_be_bytes());
-                pair_key(LEDGER, source, event_id)
+                value.extend_from_slice(&(events.len() as u32).to_be_bytes());
+                for (source, event_id) in events {
+                    for part in [source, event_id] {
+                        value.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                        value.extend_from_slice(part.as_bytes());
+                    }
+                }
+                let mut k = vec![LEDGER];
+                k.extend_from_slice(&epoch.to_be_bytes());
+                k.extend_from_slice(&serial.to_be_bytes());
+                k
             }
             Change::Sequence { source, key, next } => {
                 value.extend_from_slice(&next.to_be_bytes());
@@ -193,12 +210,22 @@ impl Change {
                 offset: be_i64(body, name)?,
             },
             LEDGER => {
-                let (source, event_id) = split_pair(rest, name)?;
-                Change::Applied {
-                    source,
-                    event_id,
-                    at: be_i64(body, name)? as u64,
+                let serial = be_i64(rest.get(8..).unwrap_or_default(), name)? as u64;
+                let at = be_i64(body, name)? as u64;
+                let mut cursor = body.get(8..).unwrap_or_default();
+                let count = take_u32(&mut cursor, name)? as usize;
+                // Each entry holds at least two lengths: a count the record
+                // cannot hold is refused before anything is reserved.
+                if count > cursor.len() / 8 {
+                    return Err(DecodeError::Truncated(name));
                 }
+                let mut events = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let source = take_str(&mut cursor, name)?;
+                    let event_id = take_str(&mut cursor, name)?;
+                    events.push((source, event_id));
+                }
+                Change::Applied { serial, at, events }
             }
             EFFECT => {
                 let (sink, rest) = split_pair(rest, name)?;
@@ -221,6 +248,25 @@ impl Change {
         };
         Ok((epoch, change))
     }
+}
+
+fn take_u32(cursor: &mut &[u8], name: &'static str) -> Result<u32, DecodeError> {
+    let (head, rest) = cursor
+        .split_first_chunk::<4>()
+        .ok_or(DecodeError::Truncated(name))?;
+    *cursor = rest;
+    Ok(u32::from_be_bytes(*head))
+}
+
+fn take_str(cursor: &mut &[u8], name: &'static str) -> Result<String, DecodeError> {
+    let len = take_u32(cursor, name)? as usize;
+    if len > cursor.len() {
+        return Err(DecodeError::Truncated(name));
+    }
+    let (bytes, rest) = cursor.split_at(len);
+    *cursor = rest;
+    let s = std::str::from_utf8(bytes).map_err(|_| DecodeError::Key(name))?;
+    Ok(s.to_owned())
 }
 
 fn pair_key(kind: u8, a: &str, b: &str) -> Vec<u8> {
@@ -319,7 +365,8 @@ impl Restore {
             self.records += 1;
             return Ok(());
         }
-        if self.epoch.is_some_and(|current| epoch < current) {
+        let fact = matches!(change, Change::Applied { .. } | Change::Effect { .. });
+        if !fact && self.epoch.is_some_and(|current| epoch < current) {
             self.stale += 1;
             return Ok(());
         }
@@ -327,11 +374,11 @@ impl Restore {
         match change {
             Change::Claim { .. } => {}
             Change::Position { offset } => self.position = Some(offset),
-            Change::Applied {
-                source,
-                event_id,
-                at,
-            } => self.remember(source, event_id, at),
+            Change::Applied { at, events, .. } => {
+                for (source, event_id) in events {
+                    self.remember(source, event_id, at);
+                }
+            }
             Change::Sequence { source, key, next } => {
                 self.sequences.insert((source, key), next);
             }
@@ -372,9 +419,9 @@ mod tests {
 
     fn applied(source: &str, id: &str, at: u64) -> Change {
         Change::Applied {
-            source: source.into(),
-            event_id: id.into(),
+            serial: 1,
             at,
+            events: vec![(source.into(), id.into())],
         }
     }
 
@@ -410,6 +457,19 @@ mod tests {
             applied("wifi", "evt_1", 1_790_000_000),
             seq("venue-1", 42),
             applied("", "", 0),
+            Change::Applied {
+                serial: u64::MAX,
+                at: 9,
+                events: vec![
+                    ("wifi".into(), "a".into()),
+                    ("other".into(), "\u{1f}b".into()),
+                ],
+            },
+            Change::Applied {
+                serial: 2,
+                at: 9,
+                events: vec![],
+            },
             Change::Effect {
                 sink: "crm".into(),
                 source: "wifi".into(),
@@ -444,8 +504,10 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_owner_writing_after_the_next_claim_is_ignored() {
-        // A claims at 0; B claims at 3; A, not knowing yet, writes on.
+    fn a_stale_owner_writing_after_the_next_claim_is_ignored_but_its_facts_are_kept() {
+        // A claims at 0; B claims at 3; A, not knowing yet, writes on. What
+        // A applied meanwhile was applied: remembering it keeps it from
+        // being applied again.
         let log = vec![
             (0, Change::Claim { owner: "a".into() }),
             (0, seq("v", 5)),
@@ -461,8 +523,8 @@ mod tests {
         assert_eq!(r.epoch, Some(3));
         assert_eq!(r.position, Some(12));
         assert_eq!(r.sequences[&("wifi".to_string(), "v".to_string())], 6);
-        assert!(r.applied.is_empty(), "{:?}", r.applied);
-        assert_eq!(r.stale, 3);
+        assert_eq!(r.applied, [("wifi".into(), "late-a".into(), 100)]);
+        assert_eq!(r.stale, 2);
     }
 
     #[test]
@@ -533,11 +595,13 @@ mod tests {
             for (o, (e, c)) in log.iter().enumerate() {
                 match c {
                     Change::Claim { .. } => latest = Some(o as i64),
+                    Change::Applied { events, .. } => {
+                        ids.extend(events.iter().map(|(_, id)| id.clone()));
+                    }
+                    Change::Effect { event_id, .. } => { ids.insert(format!("effect {event_id}")); }
                     _ if latest.is_some_and(|l| *e < l) => {}
                     Change::Position { offset } => position = Some(*offset),
                     Change::Sequence { next: n, .. } => next = Some(*n),
-                    Change::Applied { event_id, .. } => { ids.insert(event_id.clone()); }
-                    Change::Effect { event_id, .. } => { ids.insert(format!("effect {event_id}")); }
                 }
             }
             let mut r = replay(&log);

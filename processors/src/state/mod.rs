@@ -99,6 +99,12 @@ pub struct StateConfig {
     /// present.
     #[serde(default)]
     pub changelog_topic: Option<String>,
+    /// The ledger topic: one record per batch of applied events, deleted
+    /// by time a day past the dedupe window, as many partitions as the raw
+    /// topic. Default: `<kafka.group_id>-ledger`. Created at start when
+    /// missing; checked when present.
+    #[serde(default)]
+    pub ledger_topic: Option<String>,
     /// The local cache file (redb): a partition that returns to this
     /// instance is restored from the changelog offset it remembers.
     /// Default: beside the dedupe store and named after it
@@ -115,6 +121,13 @@ impl StateConfig {
             .unwrap_or_else(|| format!("{group_id}-state"))
     }
 
+    /// The ledger topic for the consumer group `group_id`.
+    pub fn ledger_topic(&self, group_id: &str) -> String {
+        self.ledger_topic
+            .clone()
+            .unwrap_or_else(|| format!("{group_id}-ledger"))
+    }
+
     /// The cache file, beside `dedupe_path` and named after it unless set.
     pub fn cache_path(&self, dedupe_path: &std::path::Path) -> PathBuf {
         self.cache_path
@@ -125,12 +138,20 @@ impl StateConfig {
     /// Every problem, each naming its field under `state`.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if let Some(t) = &self.changelog_topic
-            && !plumbing::valid_topic(t)
-        {
-            p.push(format!(
-                "state.changelog_topic: {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
-            ));
+        for (field, topic) in [
+            ("changelog_topic", &self.changelog_topic),
+            ("ledger_topic", &self.ledger_topic),
+        ] {
+            if let Some(t) = topic
+                && !plumbing::valid_topic(t)
+            {
+                p.push(format!(
+                    "state.{field}: {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
+                ));
+            }
+        }
+        if self.changelog_topic.is_some() && self.changelog_topic == self.ledger_topic {
+            p.push("state.ledger_topic: must differ from state.changelog_topic".into());
         }
         if self
             .cache_path
@@ -170,6 +191,10 @@ pub trait Changelog: Send + Sync {
         until: i64,
         each: &'a mut EachRecord<'a>,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// The offset the next record appended to `partition` will get (the
+    /// high watermark).
+    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>>;
 }
 
 /// A changelog in memory, for tests and benchmarks: every partition a
@@ -244,12 +269,23 @@ impl Changelog for MemoryChangelog {
             Ok(())
         })
     }
+
+    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>> {
+        Box::pin(async move {
+            let parts = self.partitions.lock().map_err(|_| "poisoned")?;
+            Ok(parts.get(&partition).map_or(0, |log| log.len() as i64))
+        })
+    }
 }
 
 /// What the partitions of one process share to keep their state.
 pub struct Stores {
-    /// The changelog topic.
+    /// The state changelog topic (compacted): claims, input positions,
+    /// reorder sequences.
     pub changelog: Arc<dyn Changelog>,
+    /// The ledger topic (deleted by time, past the dedupe window): one
+    /// record per batch of applied events, and each tracked sink's effects.
+    pub ledger: Arc<dyn Changelog>,
     /// The local cache, if any (without one, every restore reads the
     /// changelog from its start).
     pub cache: Option<Arc<StateCache>>,
@@ -274,6 +310,8 @@ pub struct Restored {
     pub counts: RestoreCounts,
     /// Whether the cache was used.
     pub from_cache: bool,
+    /// The ledger topic's end when it was read.
+    pub ledger_next: i64,
 }
 
 /// What a restore read.
@@ -320,8 +358,9 @@ pub async fn restore(
         .await?
         .first()
         .ok_or("the changelog acknowledged no offset for the claim")?;
-    let cached = if cached.next_offset > claim + 1 {
-        // The cache is ahead of the log: the changelog was recreated.
+    let ledger_end = stores.ledger.end(partition).await?;
+    let cached = if cached.next_offset > claim + 1 || cached.ledger_next > ledger_end {
+        // The cache is ahead of the log: the topics were recreated.
         tracing::warn!(
             partition,
             cached = cached.next_offset,
@@ -344,7 +383,7 @@ pub async fn restore(
             && !unreadable_logged
         {
             unreadable_logged = true;
-            tracing::error!(partition, offset, error = %e, "unreadable changelog record ignored (further ones are only counted)");
+            tracing::error!(partition, offset, error = %e, "unreadable state record ignored (further ones are only counted)");
         }
         if r.applied_waiting() >= RESTORE_CHUNK {
             ledger(r.take_applied())?;
@@ -355,6 +394,12 @@ pub async fn restore(
         .changelog
         .read(partition, cached.next_offset, claim, &mut each)
         .await?;
+    if ledger_end > cached.ledger_next {
+        stores
+            .ledger
+            .read(partition, cached.ledger_next, ledger_end - 1, &mut each)
+            .await?;
+    }
     let rest = r.take_applied();
     if !rest.is_empty() {
         ledger(rest)?;
@@ -366,12 +411,19 @@ pub async fn restore(
     }
     if let Some(c) = &stores.cache {
         let sequences: Vec<(&SeqKey, i64)> = r.sequences.iter().map(|(k, v)| (k, *v)).collect();
-        c.save(partition, claim + 1, Some(claim), r.position, &sequences)
+        let at = cache::Offsets {
+            next_offset: claim + 1,
+            epoch: Some(claim),
+            position: r.position,
+            ledger_next: ledger_end,
+        };
+        c.save(partition, &at, &sequences)
             .map_err(|e| e.to_string())?;
     }
     Ok(Restored {
         epoch: claim,
         position: r.position,
+        ledger_next: ledger_end,
         counts: RestoreCounts {
             applied: r.records,
             stale: r.stale,
@@ -390,11 +442,13 @@ pub struct PartitionState {
     partition: i32,
     /// This owner's epoch.
     epoch: i64,
-    /// The changelog offset the cache reflects, while this owner's writes
-    /// follow each other in the log; `None` once another writer's record
-    /// came between (the cache is then left as it was, and the next
-    /// restore reads from there).
-    cache_next: Option<i64>,
+    /// This owner's count of ledger records written.
+    serial: u64,
+    /// The state changelog and ledger offsets the cache reflects, while
+    /// this owner's writes follow each other in each log; `None` once
+    /// another writer's record came between (the cache is then left as it
+    /// was, and the next restore reads on from there).
+    cache_at: Option<(i64, i64)>,
     /// The last input position written.
     written_position: Option<i64>,
 }
@@ -418,7 +472,8 @@ impl PartitionState {
         PartitionState {
             partition,
             epoch: restored.epoch,
-            cache_next: Some(restored.epoch + 1),
+            serial: 0,
+            cache_at: Some((restored.epoch + 1, restored.ledger_next)),
             written_position: restored.position,
         }
     }
@@ -436,20 +491,26 @@ impl PartitionState {
             && (c.position.is_none() || c.position == self.written_position)
     }
 
-    /// The records of `c`, position last.
-    pub fn records(&self, c: &Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let at = unix_secs(c.at.unwrap_or_else(SystemTime::now));
-        let mut out = Vec::with_capacity(c.applied.len() + c.sequences.len() + 1);
-        for (source, event_id) in &c.applied {
-            out.push(
-                Change::Applied {
-                    source: source.clone(),
-                    event_id: event_id.clone(),
-                    at,
-                }
-                .encode(self.epoch),
-            );
+    /// The ledger record of `c` (for the ledger topic), if it applied any
+    /// event.
+    pub fn ledger_record(&mut self, c: &Checkpoint) -> Option<(Vec<u8>, Vec<u8>)> {
+        if c.applied.is_empty() {
+            return None;
         }
+        self.serial += 1;
+        Some(
+            Change::Applied {
+                serial: self.serial,
+                at: unix_secs(c.at.unwrap_or_else(SystemTime::now)),
+                events: c.applied.clone(),
+            }
+            .encode(self.epoch),
+        )
+    }
+
+    /// The records of `c` for the state changelog, position last.
+    pub fn state_records(&self, c: &Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::with_capacity(c.sequences.len() + 1);
         for ((source, key), next) in &c.sequences {
             out.push(
                 Change::Sequence {
@@ -466,49 +527,52 @@ impl PartitionState {
         out
     }
 
-    /// Records that `c` was written at `offsets`: the cache follows when
-    /// the records directly continue what it reflects.
+    /// Records that `c` was written: its ledger record at `ledger_offsets`
+    /// and its state records at `state_offsets`. The cache follows when
+    /// both directly continue what it reflects.
     pub fn written(
         &mut self,
         c: &Checkpoint,
-        offsets: &[i64],
+        ledger_offsets: &[i64],
+        state_offsets: &[i64],
         cache: Option<&StateCache>,
     ) -> Result<(), String> {
         if c.position.is_some() {
             self.written_position = c.position;
         }
-        let Some(next) = self.cache_next else {
+        let Some((next, ledger_next)) = self.cache_at else {
             return Ok(());
         };
-        let contiguous = offsets
-            .iter()
-            .enumerate()
-            .all(|(i, o)| *o == next + i as i64);
-        if !contiguous {
+        let follows = |offsets: &[i64], from: i64| {
+            offsets
+                .iter()
+                .enumerate()
+                .all(|(i, o)| *o == from + i as i64)
+        };
+        if !follows(state_offsets, next) || !follows(ledger_offsets, ledger_next) {
             tracing::warn!(
                 partition = self.partition,
                 epoch = self.epoch,
-                "another writer's records came between this owner's in the changelog: the local cache stops here (the next restore reads on from it)"
+                "another writer's records came between this owner's: the local cache stops here (the next restore reads on from it)"
             );
-            self.cache_next = None;
+            self.cache_at = None;
             return Ok(());
         }
-        let next = next + offsets.len() as i64;
+        let at = cache::Offsets {
+            next_offset: next + state_offsets.len() as i64,
+            epoch: Some(self.epoch),
+            position: self.written_position,
+            ledger_next: ledger_next + ledger_offsets.len() as i64,
+        };
         if let Some(cache) = cache {
             let sequences: Vec<(&SeqKey, i64)> = c.sequences.iter().map(|(k, v)| (k, *v)).collect();
-            if let Err(e) = cache.save(
-                self.partition,
-                next,
-                Some(self.epoch),
-                self.written_position,
-                &sequences,
-            ) {
+            if let Err(e) = cache.save(self.partition, &at, &sequences) {
                 // Missing this batch, the cache may not move past it.
-                self.cache_next = None;
+                self.cache_at = None;
                 return Err(e.to_string());
             }
         }
-        self.cache_next = Some(next);
+        self.cache_at = Some((at.next_offset, at.ledger_next));
         Ok(())
     }
 }
@@ -537,9 +601,17 @@ mod tests {
         super::restore(s, partition, dedupe.window(), &mut ledger).await
     }
 
-    fn stores(log: &Arc<MemoryChangelog>, cache: Option<Arc<StateCache>>, owner: &str) -> Stores {
+    /// The state changelog and the ledger topic, in memory.
+    type Logs = (Arc<MemoryChangelog>, Arc<MemoryChangelog>);
+
+    fn logs() -> Logs {
+        (Arc::default(), Arc::default())
+    }
+
+    fn stores(log: &Logs, cache: Option<Arc<StateCache>>, owner: &str) -> Stores {
         Stores {
-            changelog: log.clone(),
+            changelog: log.0.clone(),
+            ledger: log.1.clone(),
             cache,
             owner: owner.into(),
         }
@@ -558,15 +630,19 @@ mod tests {
     }
 
     async fn write(s: &Stores, state: &mut PartitionState, c: &Checkpoint) {
-        let offsets = s.changelog.append(0, state.records(c)).await.unwrap();
+        let ledger = match state.ledger_record(c) {
+            Some(r) => s.ledger.append(0, vec![r]).await.unwrap(),
+            None => Vec::new(),
+        };
+        let offsets = s.changelog.append(0, state.state_records(c)).await.unwrap();
         state
-            .written(c, &offsets, s.cache.as_deref())
+            .written(c, &ledger, &offsets, s.cache.as_deref())
             .expect("written");
     }
 
     #[tokio::test]
     async fn the_next_owner_on_another_host_restores_ledger_sequences_and_position() {
-        let log = Arc::new(MemoryChangelog::default());
+        let log = logs();
         // Host A: restores nothing, applies two batches.
         let a = stores(&log, None, "a");
         let dedupe_a = MemoryDedupe::new(Duration::from_secs(3600));
@@ -586,21 +662,22 @@ mod tests {
         }
         assert_eq!(r.counts.stale, 0);
         // A, not knowing it lost the partition, writes on: B's next
-        // restore (say after a restart) ignores it.
+        // restore (say after a restart) ignores its sequence and position;
+        // what A applied meanwhile stays remembered (it was applied).
         write(&a, &mut state, &batch(&["zombie"], 99, 50)).await;
         let dedupe_c = MemoryDedupe::new(Duration::from_secs(3600));
         let r = restore(&b, 0, &dedupe_c).await.unwrap();
         assert_eq!(r.position, Some(11));
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
-        assert!(!dedupe_c.seen("wifi", "zombie").unwrap());
-        assert_eq!(r.counts.stale, 3);
+        assert!(dedupe_c.seen("wifi", "zombie").unwrap());
+        assert_eq!(r.counts.stale, 2);
     }
 
     #[tokio::test]
     async fn a_partition_back_on_its_host_reads_only_what_came_after_its_cache() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(StateCache::open(dir.path().join("s.redb")).unwrap());
-        let log = Arc::new(MemoryChangelog::default());
+        let log = logs();
         let a = stores(&log, Some(cache.clone()), "a");
         let dedupe_a = MemoryDedupe::new(Duration::from_secs(3600));
         let mut state = PartitionState::new(0, &restore(&a, 0, &dedupe_a).await.unwrap());
@@ -625,7 +702,7 @@ mod tests {
     async fn a_cache_that_saw_another_writer_between_its_records_is_not_trusted_past_them() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(StateCache::open(dir.path().join("s.redb")).unwrap());
-        let log = Arc::new(MemoryChangelog::default());
+        let log = logs();
         let a = stores(&log, Some(cache.clone()), "a");
         let dedupe = MemoryDedupe::new(Duration::from_secs(3600));
         let mut stale = PartitionState::new(0, &restore(&a, 0, &dedupe).await.unwrap());
@@ -646,6 +723,9 @@ mod tests {
         assert_eq!(r.position, Some(6));
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 3);
         assert!(fresh.seen("wifi", "b1").unwrap());
-        assert!(!fresh.seen("wifi", "a-stale").unwrap());
+        assert!(
+            fresh.seen("wifi", "a-stale").unwrap(),
+            "a fact, whoever wrote it"
+        );
     }
 }
