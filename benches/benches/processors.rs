@@ -140,11 +140,13 @@ async fn run_once(
     )
     .expect("runtime");
     let mut first: Option<Instant> = None;
+    let mut steady = Steady::default();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let consumed = total(&metrics, "processors_consumed_total");
         if consumed > 0 && first.is_none() {
             first = Some(Instant::now());
+            steady.start();
         }
         let handled = total(&metrics, "processors_routed_total")
             + total(&metrics, "processors_duplicates_dropped_total");
@@ -158,6 +160,7 @@ async fn run_once(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let end = Instant::now();
+    steady.report(records);
     if state {
         let by_kind: Vec<String> = metrics
             .registry
@@ -207,6 +210,7 @@ async fn bare_consumer(
     let started = Instant::now();
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut first: Option<Instant> = None;
+    let mut steady = Steady::default();
     let mut seen = 0u64;
     let mut bytes = 0usize;
     while seen < records {
@@ -214,11 +218,15 @@ async fn bare_consumer(
             .await
             .expect("records within a minute")
             .expect("consume");
-        first.get_or_insert_with(Instant::now);
+        if first.is_none() {
+            first = Some(Instant::now());
+            steady.start();
+        }
         bytes += m.payload().map_or(0, <[u8]>::len);
         seen += 1;
     }
     let end = Instant::now();
+    steady.report(records);
     std::hint::black_box(bytes);
     (end - first.unwrap_or(started), end - started)
 }
@@ -240,6 +248,38 @@ fn cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The broker's process id, for CPU accounting.
+static TANSU: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU of this process and of the broker from a run's first record to its
+/// last: the steady cost per record, without the group join, topic
+/// creation and restores.
+#[derive(Default)]
+struct Steady(Option<(f64, f64)>);
+
+impl Steady {
+    fn now() -> (f64, f64) {
+        (
+            cpu_seconds(std::process::id()),
+            cpu_seconds(TANSU.get().copied().unwrap_or(0)),
+        )
+    }
+
+    fn start(&mut self) {
+        self.0 = Some(Self::now());
+    }
+
+    fn report(&self, records: u64) {
+        let Some((me, tansu)) = self.0 else { return };
+        let (me_end, tansu_end) = Self::now();
+        println!(
+            "  steady CPU per record (first record to last): {:.0} us here, {:.0} us tansu",
+            (me_end - me) * 1e6 / records as f64,
+            (tansu_end - tansu) * 1e6 / records as f64
+        );
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -295,6 +335,7 @@ fn main() {
         // the two shared cores.
         let me = std::process::id();
         let tansu = broker.pid().unwrap_or(0);
+        let _ = TANSU.set(tansu);
         let mut cpu_before = (cpu_seconds(me), cpu_seconds(tansu));
         let mut report = |what: &str, run: usize, (busy, wall): (Duration, Duration)| {
             let rate = n as f64 / busy.as_secs_f64();

@@ -136,11 +136,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         ready: running.ready.clone(),
     };
-    let app = Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
+    let app = router(state);
     println!("metrics on http://{addr}");
     tracing::info!(%addr, topic = %config.kafka.topic, group = %config.kafka.group_id, "processors started");
     let mut http_stop = stop_rx.clone();
@@ -210,6 +206,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 /// consumer to commit and leave the group before it exits anyway.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The HTTP endpoints: `/metrics`, `/healthz`, and `/readyz` (200 once in
+/// the group with no partition restoring its state).
+fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
 /// What the HTTP handlers share.
 #[derive(Clone)]
 struct HttpState {
@@ -243,5 +249,53 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
         )
     } else {
         (StatusCode::OK, "ready".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let req = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_is_ready_only_in_the_group_with_no_partition_restoring() {
+        let metrics = Metrics::new().unwrap();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let app = router(HttpState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        });
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not yet in the consumer group".into()
+            )
+        );
+        ready.store(true, Ordering::Relaxed);
+        metrics.state_restoring.inc();
+        metrics.state_restoring.inc();
+        assert_eq!(
+            get(&app, "/readyz").await,
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "restoring the state of 2 partition(s)".into()
+            )
+        );
+        metrics.state_restoring.sub(2);
+        assert_eq!(get(&app, "/readyz").await, (StatusCode::OK, "ready".into()));
+        assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
     }
 }

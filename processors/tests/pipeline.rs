@@ -543,6 +543,10 @@ async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
         ])
         .await
         .unwrap();
+    // The batch's checkpoint is written while the next batch could be
+    // handled: the position moves once it is acknowledged.
+    assert_eq!(r.pipeline.committable(), None, "nothing acknowledged yet");
+    r.pipeline.settle().await.unwrap();
     assert_eq!(r.pipeline.committable(), Some(2));
     let changes: Vec<Change> = log.0.changes(0).into_iter().map(|(_, c)| c).collect();
     assert_eq!(
@@ -570,18 +574,22 @@ async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
             ("purple".to_string(), "a2".to_string())
         ]
     );
-    // A stop while the changelog is down abandons the batch: its offset
-    // does not move, whatever the sinks did.
+    // A stop while the changelog is down abandons the batch's checkpoint:
+    // its offset does not move, whatever the sinks did.
     log.1
         .fail_appends
         .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+    r.pipeline
+        .handle(vec![record(2, "a3", "a", 3, None)])
+        .await
+        .unwrap();
     let stop = r.stop.clone();
-    let handle = r.pipeline.handle(vec![record(2, "a3", "a", 3, None)]);
+    let settle = r.pipeline.settle();
     let stopper = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let _ = stop.send(true);
     };
-    let (result, ()) = tokio::join!(handle, stopper);
+    let (result, ()) = tokio::join!(settle, stopper);
     assert_eq!(result, Err(Stopped));
     assert_eq!(r.pipeline.committable(), None, "the offset stays at 2");
     assert_eq!(log.0.changes(0).len(), 3, "nothing of a3 was written");
@@ -602,6 +610,7 @@ async fn a_second_host_restored_from_the_changelog_continues_each_key_and_drops_
         ])
         .await
         .unwrap();
+    a.pipeline.settle().await.unwrap();
     assert_eq!(a.pipeline.committable(), Some(2));
     drop(a);
 
@@ -624,6 +633,7 @@ async fn a_second_host_restored_from_the_changelog_continues_each_key_and_drops_
         [("a3".into(), 3, false), ("a4".into(), 4, false)],
         "B: a3 then a4 in order; a1, a2 skipped as restored, the retry of a2 dropped"
     );
+    b.pipeline.settle().await.unwrap();
     assert_eq!(b.pipeline.committable(), Some(5));
     assert_eq!(b.metrics.state_skipped_records.get(), 2);
     assert!(b.dedupe.seen("purple", "a1").unwrap());

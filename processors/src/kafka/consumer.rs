@@ -673,9 +673,12 @@ fn spawn_worker(
         let mut buf = Vec::with_capacity(batch_max);
         loop {
             let deadline = pipeline.next_deadline().map(tokio::time::Instant::from_std);
+            let writing = pipeline.writing();
             let outcome = tokio::select! {
                 biased;
                 _ = crate::pipeline::stopped(&mut stop) => break,
+                // A checkpoint acknowledged: its position may be stored.
+                r = pipeline.settle(), if writing => r,
                 n = rx.recv_many(&mut buf, batch_max) => {
                     if n == 0 {
                         break;
@@ -696,6 +699,9 @@ fn spawn_worker(
                 .with_label_values(&[&label])
                 .set(pipeline.outstanding() as i64);
         }
+        // The checkpoint in flight, if any, is part of the hand-over: its
+        // position is the one to commit (bounded by the revoke timeout).
+        let _ = pipeline.settle().await;
         let _ = done_tx.send(pipeline.position());
     });
     Worker {

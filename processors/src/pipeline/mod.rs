@@ -379,6 +379,58 @@ pub struct PartitionPipeline {
     /// With state: the position [`committable`](Self::committable) last
     /// returned.
     durable_returned: Option<i64>,
+    /// The checkpoint being written, at most one (see
+    /// [`checkpoint`](Self::checkpoint)).
+    writing: Option<tokio::task::JoinHandle<Result<Written, Stopped>>>,
+}
+
+/// A checkpoint the logs acknowledged.
+struct Written {
+    checkpoint: Checkpoint,
+    ledger_offsets: Vec<i64>,
+    state_offsets: Vec<i64>,
+    /// Whether an append had to be retried (the partition stalled).
+    retried: bool,
+}
+
+/// Retries of a checkpoint's appends, outside the pipeline.
+struct Retry {
+    partition: i32,
+    stop: watch::Receiver<bool>,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Retry {
+    /// Appends `records` to `log`, retrying with backoff until the brokers
+    /// acknowledge them or `stop` is raised.
+    async fn append(
+        &self,
+        log: &dyn crate::state::Changelog,
+        what: &str,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        retried: &mut bool,
+    ) -> Result<Vec<i64>, Stopped> {
+        let mut backoff = self.initial;
+        loop {
+            match log.append(self.partition, records.clone()).await {
+                Ok(o) => return Ok(o),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what, error = %e, retry_in = ?backoff, "retrying");
+                    *retried = true;
+                    let mut stop = self.stop.clone();
+                    if *stop.borrow() {
+                        return Err(Stopped);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut stop) => return Err(Stopped),
+                    }
+                    backoff = (backoff * 2).min(self.max);
+                }
+            }
+        }
+    }
 }
 
 impl PartitionPipeline {
@@ -401,6 +453,7 @@ impl PartitionPipeline {
             dirty: HashSet::new(),
             durable: None,
             durable_returned: None,
+            writing: None,
         }
     }
 
@@ -922,12 +975,19 @@ impl PartitionPipeline {
         self.checkpoint(checkpoint).await
     }
 
-    /// Writes `c`, with the sequences of the keys that moved, to the
-    /// changelog (retried until acknowledged or `stop`), then lets the
-    /// cache follow. Nothing to do without state.
+    /// Starts writing `c`, with the sequences of the keys that moved, to
+    /// the ledger and the state changelog (retried until acknowledged or
+    /// `stop`), after the previous batch's write finished: at most one is
+    /// in flight, so the logs keep the batches' order, and the partition
+    /// handles its next batch meanwhile. [`position`](Self::position) moves
+    /// only once a write is acknowledged. Nothing to do without state.
     async fn checkpoint(&mut self, mut c: Checkpoint) -> Result<(), Stopped> {
+        if self.state.is_none() {
+            return Ok(());
+        }
+        self.settle().await?;
         let shared = self.shared.clone();
-        let (Some(stores), Some(state)) = (&shared.state, &self.state) else {
+        let (Some(stores), Some(state)) = (&shared.state, self.state.as_mut()) else {
             return Ok(());
         };
         c.sequences = self
@@ -938,29 +998,76 @@ impl PartitionPipeline {
         if state.is_empty(&c) {
             return Ok(());
         }
-        let ledger_record = self.state.as_mut().and_then(|st| st.ledger_record(&c));
-        let Some(state) = &self.state else {
+        self.dirty.clear();
+        let ledger_record = state.ledger_record(&c);
+        let state_records = state.state_records(&c);
+        let retry = Retry {
+            partition: self.partition,
+            stop: self.stop.clone(),
+            initial: shared.retry_initial,
+            max: shared.retry_max,
+        };
+        let (changelog, ledger) = (stores.changelog.clone(), stores.ledger.clone());
+        self.writing = Some(tokio::spawn(async move {
+            // The ledger first: a position may be durable only once the
+            // events below it are remembered as applied.
+            let mut retried = false;
+            let ledger_offsets = match ledger_record {
+                Some(record) => {
+                    retry
+                        .append(ledger.as_ref(), "ledger", vec![record], &mut retried)
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            let state_offsets = if state_records.is_empty() {
+                Vec::new()
+            } else {
+                retry
+                    .append(changelog.as_ref(), "changelog", state_records, &mut retried)
+                    .await?
+            };
+            Ok(Written {
+                checkpoint: c,
+                ledger_offsets,
+                state_offsets,
+                retried,
+            })
+        }));
+        Ok(())
+    }
+
+    /// Whether a checkpoint is being written.
+    pub fn writing(&self) -> bool {
+        self.writing.is_some()
+    }
+
+    /// Waits for the checkpoint being written (if any) and lets the
+    /// position, the metrics and the cache follow it. Cancel-safe: dropped
+    /// while waiting, the write stays in hand.
+    pub async fn settle(&mut self) -> Result<(), Stopped> {
+        let Some(handle) = self.writing.as_mut() else {
             return Ok(());
         };
-        let state_records = state.state_records(&c);
-        let m = &shared.metrics;
-        // The ledger first: a position may be durable only once the events
-        // below it are remembered as applied.
-        let ledger_offsets = match ledger_record {
-            Some(record) => {
-                self.append_retrying(stores.ledger.as_ref(), "ledger", vec![record])
-                    .await?
+        let result = handle.await;
+        self.writing = None;
+        let w = match result {
+            Ok(Ok(w)) => w,
+            Ok(Err(Stopped)) => return Err(Stopped),
+            Err(e) => {
+                tracing::error!(partition = self.partition, error = %e, "a checkpoint write ended abnormally");
+                return Err(Stopped);
             }
-            None => Vec::new(),
         };
-        let state_offsets = if state_records.is_empty() {
-            Vec::new()
-        } else {
-            self.append_retrying(stores.changelog.as_ref(), "changelog", state_records)
-                .await?
-        };
+        if w.retried {
+            // The partition waited on the changelog: time off the clock.
+            self.retried.store(true, Ordering::Relaxed);
+        }
+        let shared = self.shared.clone();
+        let m = &shared.metrics;
+        let c = &w.checkpoint;
         for (kind, n) in [
-            ("ledger", ledger_offsets.len()),
+            ("ledger", w.ledger_offsets.len()),
             ("sequence", c.sequences.len()),
             ("position", usize::from(c.position.is_some())),
         ] {
@@ -968,41 +1075,18 @@ impl PartitionPipeline {
                 .with_label_values(&[kind])
                 .inc_by(n as u64);
         }
-        self.dirty.clear();
         if c.position.is_some() {
             self.durable = c.position;
         }
-        let cache = stores.cache.clone();
-        let Some(state) = self.state.as_mut() else {
-            return Ok(());
-        };
-        if let Err(e) = state.written(&c, &ledger_offsets, &state_offsets, cache.as_deref()) {
+        let cache = shared.state.as_ref().and_then(|s| s.cache.clone());
+        if let Some(state) = self.state.as_mut()
+            && let Err(e) = state.written(c, &w.ledger_offsets, &w.state_offsets, cache.as_deref())
+        {
             // The logs have it: a cache that lags is only slower to
             // restore from, never wrong.
             tracing::warn!(partition = self.partition, error = %e, "state cache not updated");
         }
         Ok(())
-    }
-
-    /// Appends `records` to `log`, retrying with backoff until the brokers
-    /// acknowledge them or `stop` is raised.
-    async fn append_retrying(
-        &self,
-        log: &dyn crate::state::Changelog,
-        what: &str,
-        records: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<Vec<i64>, Stopped> {
-        let mut backoff = self.shared.retry_initial;
-        loop {
-            match log.append(self.partition, records.clone()).await {
-                Ok(o) => return Ok(o),
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, what, error = %e, retry_in = ?backoff, "retrying");
-                    self.pause(backoff).await?;
-                    backoff = (backoff * 2).min(self.shared.retry_max);
-                }
-            }
-        }
     }
 
     /// Offers `batch` to sink `s` until every event is accepted or
