@@ -137,11 +137,19 @@ impl Broker {
 
     /// Creates a topic and waits until its metadata shows every partition.
     pub async fn create_topic(&self, name: &str, partitions: i32) {
+        self.create_topic_with(name, partitions, &[]).await;
+    }
+
+    /// [`Broker::create_topic`] with topic settings (`cleanup.policy`, ...).
+    pub async fn create_topic_with(&self, name: &str, partitions: i32, settings: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
             .create()
             .expect("admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in settings {
+            topic = topic.set(k, v);
+        }
         let res = admin
             .create_topics(&[topic], &AdminOptions::new())
             .await

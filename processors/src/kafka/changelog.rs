@@ -188,7 +188,7 @@ pub async fn ensure_topic(
         ));
     };
     match partitions(kafka, changelog).await? {
-        Some(n) if n == raw => Ok(()),
+        Some(n) if n == raw => check_cleanup(kafka, changelog, field, cleanup).await,
         Some(n) => Err(format!(
             "{field}: {changelog:?} has {n} partitions, the raw topic {:?} has {raw}: they must be equal (partition p's state lives in changelog partition p)",
             kafka.topic
@@ -235,6 +235,61 @@ pub async fn ensure_topic(
                 "{field}: {changelog:?} was created but its {raw} partitions did not show in the metadata within 10s"
             ))
         }
+    }
+}
+
+/// Checks an existing state topic's `cleanup.policy`: the state changelog
+/// must be compacted and never deleted by time (a quiet venue's sequence or
+/// the input position would vanish); the ledger must be deleted by time
+/// (compaction alone would keep every batch for ever). Brokers that do not
+/// answer the question are let through with a warning.
+async fn check_cleanup(
+    kafka: &KafkaConfig,
+    topic: &str,
+    field: &str,
+    cleanup: Cleanup,
+) -> Result<(), String> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> =
+        admin_config(kafka).create().map_err(|e| e.to_string())?;
+    let policy = match admin
+        .describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+    {
+        Ok(results) => results
+            .into_iter()
+            .filter_map(Result::ok)
+            .flat_map(|r| r.entries)
+            .find(|e| e.name == "cleanup.policy")
+            .and_then(|e| e.value),
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "could not read the state topic's cleanup.policy; not checked");
+            return Ok(());
+        }
+    };
+    let Some(policy) = policy else {
+        tracing::warn!(
+            topic,
+            "the brokers did not report the state topic's cleanup.policy; not checked"
+        );
+        return Ok(());
+    };
+    let has = |p: &str| policy.split(',').any(|x| x.trim() == p);
+    let problem = match cleanup {
+        Cleanup::Compact if !has("compact") || has("delete") => Some("compact"),
+        Cleanup::Delete(_) if !has("delete") => {
+            Some("delete (with retention.ms past the dedupe window)")
+        }
+        _ => None,
+    };
+    match problem {
+        None => Ok(()),
+        Some(want) => Err(format!(
+            "{field}: {topic:?} has cleanup.policy={policy}, it must be {want}"
+        )),
     }
 }
 

@@ -224,3 +224,67 @@ async fn retries_after_partitions_move_between_hosts_are_applied_nowhere_again()
         host_b.applied().len()
     );
 }
+
+/// A state topic that does not match the raw topic (another partition
+/// count: its partitions would not line up with the raw topic's) stops the
+/// start with one line naming the field, the topic and both counts; a
+/// missing raw topic does too. Nothing is created or changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_topics_that_do_not_match_the_raw_topic_stop_the_start_naming_both_counts() {
+    let broker = Broker::start();
+    for (t, n) in [
+        ("s-bad", 2),
+        ("s-bad.quarantine", 1),
+        ("s-bad.dlq", 1),
+        ("g-s-bad-state", 3),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    let host = Host::new();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |topic: &str| {
+        let path = dir.path().join(format!("{topic}.toml"));
+        std::fs::write(&path, host.config(&broker, topic, "")).unwrap();
+        let path = path.display().to_string();
+        // Every config names its group after the topic ("g-<topic>").
+        e2e::run_processors(&["run", "--config", &path], &[], Duration::from_secs(60))
+    };
+    let done = run("s-bad");
+    assert!(!done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(
+            "state.changelog_topic: \"g-s-bad-state\" has 3 partitions, the raw topic \"s-bad\" has 2"
+        ),
+        "{}",
+        done.stderr
+    );
+    // A compacted ledger would keep every batch for ever; a changelog
+    // deleted by time would lose a quiet venue's sequence.
+    for (t, n) in [
+        ("s-policy", 1),
+        ("s-policy.quarantine", 1),
+        ("s-policy.dlq", 1),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    broker
+        .create_topic_with("g-s-policy-ledger", 1, &[("cleanup.policy", "compact")])
+        .await;
+    let done = run("s-policy");
+    assert!(!done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr.contains(
+            "state.ledger_topic: \"g-s-policy-ledger\" has cleanup.policy=compact, it must be delete"
+        ),
+        "{}",
+        done.stderr
+    );
+    let done = run("s-missing");
+    assert!(!done.status.success(), "{}", done.stderr);
+    assert!(
+        done.stderr
+            .contains("kafka.topic: the raw topic \"s-missing\" does not exist"),
+        "{}",
+        done.stderr
+    );
+}
