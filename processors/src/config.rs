@@ -261,6 +261,9 @@ mod tests {
         let c = Config::from_toml(GOOD).unwrap();
         assert_eq!(c.kafka.topic, "webhooks.raw");
         assert_eq!(c.kafka.group_id, "processors");
+        // Static membership under the host name unless set; 45 s sessions.
+        assert_eq!(c.kafka.instance_id, None);
+        assert_eq!(c.kafka.session_timeout, Duration::from_secs(45));
         assert_eq!(c.processing.gap_timeout, Duration::from_secs(30));
         assert_eq!(c.processing.max_sequence_jump, 10_000);
         assert_eq!(c.dedupe.window, Duration::from_secs(72 * 3600));

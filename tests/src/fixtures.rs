@@ -115,7 +115,10 @@ pub async fn send_purple(
 }
 
 /// A processors config: the `purple` source parsed as guest-WiFi, every
-/// event routed to a JSON-lines sink at `sink_path`.
+/// event routed to a JSON-lines sink at `sink_path`. Static group
+/// membership is off (`instance_id = ""`): the tests start several
+/// instances of a group on one host, where the host-name default would
+/// give them all one identity.
 pub fn processors_config(
     brokers: &str,
     topic: &str,
@@ -132,6 +135,7 @@ group_id = "{group}"
 topic = "{topic}"
 quarantine_topic = "{topic}.quarantine"
 dlq_topic = "{topic}.dlq"
+instance_id = ""
 
 [processing]
 retry_initial = "50ms"

@@ -56,7 +56,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
-use super::{KafkaConfig, consumer_config};
+use super::{KafkaConfig, Membership, consumer_config_as};
 use crate::metrics::Metrics;
 use crate::pipeline::budget::ByteBudget;
 use crate::pipeline::{PartitionPipeline, RawRecord, Shared};
@@ -351,7 +351,24 @@ pub fn start(
         stored_since: Mutex::new(None),
     };
     let budget = ByteBudget::new(processing.max_buffered_bytes);
-    let mut settings = consumer_config(kafka);
+    let membership = kafka.membership();
+    let session_timeout = humantime::format_duration(kafka.session_timeout).to_string();
+    match &membership {
+        Membership::Static {
+            instance_id,
+            from_host,
+        } => tracing::info!(
+            %instance_id,
+            from = if *from_host { "host name" } else { "kafka.instance_id" },
+            %session_timeout,
+            "static group membership: a restart within kafka.session_timeout keeps this instance's partitions; a stop hands them over only after it"
+        ),
+        Membership::Dynamic(why) => tracing::info!(
+            reason = %why,
+            "static group membership off: a stop hands this instance's partitions over at once, a restart joins as a new member"
+        ),
+    }
+    let mut settings = consumer_config_as(kafka, &membership);
     // librdkafka's own prefetch queue counts against the same memory: keep
     // it to a quarter of the budget (at least 1 MiB, at most its default).
     let prefetch_kib = (processing.max_buffered_bytes / 4 / 1024).clamp(1024, 65_536);

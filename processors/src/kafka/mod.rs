@@ -2,8 +2,10 @@
 //! commands in `ops/`): the client settings built in one place, the
 //! consumer-group runtime and the side-topic producer.
 //!
-//! - [`KafkaConfig`]: brokers, group, topics and extra librdkafka settings,
-//!   with the settings the runtime relies on refused;
+//! - [`KafkaConfig`]: brokers, group, membership, topics and extra
+//!   librdkafka settings, with the settings the runtime relies on refused;
+//!   [`Membership`]: static (`group.instance.id`, KIP-345) or dynamic, as
+//!   `kafka.instance_id` and the host name decide;
 //! - [`consumer`]: the group runtime, one worker per partition, offsets
 //!   stored only as far as everything was handled;
 //! - [`side`]: the producer of the quarantine and dead-letter topics;
@@ -26,8 +28,16 @@ use serde::Deserialize;
 /// How long a side-topic write may take before it is retried.
 pub(crate) const SIDE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The librdkafka consumer settings: the guarantees last, so they win.
+/// The librdkafka consumer settings, membership as [`KafkaConfig::membership`]
+/// decides (which may read the host name).
 pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    consumer_config_as(kafka, &kafka.membership())
+}
+
+/// The librdkafka consumer settings for `membership`: the guarantees last,
+/// so they win. `group.instance.id` is set here only: the side producer
+/// and the one-shot readers are not group members.
+pub fn consumer_config_as(kafka: &KafkaConfig, membership: &Membership) -> ClientConfig {
     let mut c = ClientConfig::new();
     for (k, v) in &kafka.options {
         c.set(k, v);
@@ -44,9 +54,16 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
             "max.poll.interval.ms",
             kafka.max_poll_interval.as_millis().to_string(),
         )
+        .set(
+            "session.timeout.ms",
+            kafka.session_timeout.as_millis().to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000");
+    if let Membership::Static { instance_id, .. } = membership {
+        c.set("group.instance.id", instance_id);
+    }
     c
 }
 
@@ -85,6 +102,40 @@ pub struct KafkaConfig {
     /// Client id shown in broker logs.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// This instance's identity in the consumer group: Kafka's
+    /// `group.instance.id` (static membership, KIP-345). An instance that
+    /// stops and starts again under the same id within `session_timeout`
+    /// gets its own partitions back with no rebalance: the other instances
+    /// keep theirs and never stop (a rolling restart moves nothing).
+    /// Unset: the host name (the `HOSTNAME` environment variable, else the
+    /// first line of `/etc/hostname`); when there is none, or it is not a
+    /// valid id, static membership is off and the start-up log says why.
+    /// `""` turns static membership off: each start joins as a new member
+    /// and a stop hands the partitions to the others at once. A valid id
+    /// is 1-249 of `a-z A-Z 0-9 . _ -`. It must be unique among the
+    /// running instances of the group and survive a restart of the same
+    /// instance: give several instances on one host their own ids (a
+    /// StatefulSet's pod names do; a Deployment's new pod has a new name,
+    /// so its old id's partitions wait `session_timeout`). Two running
+    /// processes with one id: Kafka fences the older one (it stops
+    /// consuming); tansu 0.6 gives both the same partitions.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// How long the group waits for a member it does not hear from before
+    /// it hands that member's partitions to the others (librdkafka
+    /// `session.timeout.ms`; Kafka brokers accept 6 s to 30 min by
+    /// default). A static member (see `instance_id`) sends no LeaveGroup
+    /// when it stops (librdkafka skips it on close, as KIP-345 says): its
+    /// partitions stay assigned to its id, unconsumed, until it comes back
+    /// or this long has passed since its last heartbeat. So a restart
+    /// shorter than this keeps the partitions, and an instance stopped for
+    /// good (scaled down, its host gone) leaves its partitions idle for up
+    /// to this long (on Kafka; tansu 0.6 does not hand a departed static
+    /// member's partitions over at all: see the README). A dynamic member
+    /// leaves the group when it stops; for it this only bounds how long a
+    /// crashed instance's partitions wait. At most `max_poll_interval`.
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
     /// How long the consumer may go without polling before the group
     /// considers it dead (librdkafka `max.poll.interval.ms`). A partition
     /// blocked on a failing sink is paused and the consumer keeps polling,
@@ -93,7 +144,9 @@ pub struct KafkaConfig {
     #[serde(default = "default_max_poll_interval", with = "humantime_serde")]
     pub max_poll_interval: Duration,
     /// Extra librdkafka settings (TLS, SASL). Settings the runtime relies on
-    /// (offset storage, commit, group id) are refused.
+    /// (offset storage, commit, group id) are refused, and so are those
+    /// a field above sets (`group.instance.id`, `session.timeout.ms`,
+    /// `max.poll.interval.ms`).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -116,9 +169,51 @@ fn default_client_id() -> String {
 const fn default_max_poll_interval() -> Duration {
     Duration::from_secs(300)
 }
+const fn default_session_timeout() -> Duration {
+    Duration::from_secs(45)
+}
 
-/// librdkafka settings the runtime sets itself; a user value would break
-/// "commit only what the sinks accepted".
+/// The bounds Kafka brokers put on `session.timeout.ms` by default
+/// (`group.min.session.timeout.ms`, `group.max.session.timeout.ms`).
+const SESSION_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_secs(6), Duration::from_secs(30 * 60));
+
+/// How this instance joins the consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Membership {
+    /// Static, under this `group.instance.id`.
+    Static {
+        /// The id sent to the group coordinator.
+        instance_id: String,
+        /// Whether it is the host name (`kafka.instance_id` unset).
+        from_host: bool,
+    },
+    /// Dynamic (a new member id on every start), for this reason.
+    Dynamic(String),
+}
+
+/// The host name: `HOSTNAME`, else the first line of `/etc/hostname`.
+fn host_name() -> Option<String> {
+    host_name_from(
+        std::env::var("HOSTNAME").ok().as_deref(),
+        std::fs::read_to_string("/etc/hostname").ok().as_deref(),
+    )
+}
+
+/// The first non-blank of the `HOSTNAME` variable and `/etc/hostname`'s
+/// first line, trimmed.
+fn host_name_from(env: Option<&str>, etc_hostname: Option<&str>) -> Option<String> {
+    let env = env.map(str::trim).filter(|h| !h.is_empty());
+    let file = etc_hostname
+        .and_then(|f| f.lines().next())
+        .map(str::trim)
+        .filter(|h| !h.is_empty());
+    env.or(file).map(str::to_owned)
+}
+
+/// librdkafka settings the runtime sets itself: from a field of
+/// [`KafkaConfig`], or because a user value would break "commit only what
+/// the sinks accepted".
 pub const RESERVED_KAFKA_OPTIONS: &[&str] = &[
     "group.id",
     "bootstrap.servers",
@@ -129,9 +224,22 @@ pub const RESERVED_KAFKA_OPTIONS: &[&str] = &[
     "enable.partition.eof",
     "isolation.level",
     "max.poll.interval.ms",
+    "session.timeout.ms",
+    "group.instance.id",
     "acks",
     "enable.idempotence",
 ];
+
+/// The `kafka` field that sets a reserved librdkafka setting, if one does.
+fn typed_field(key: &str) -> Option<&'static str> {
+    match key {
+        "group.instance.id" => Some("kafka.instance_id"),
+        "session.timeout.ms" => Some("kafka.session_timeout"),
+        "max.poll.interval.ms" => Some("kafka.max_poll_interval"),
+        "group.id" => Some("kafka.group_id"),
+        _ => None,
+    }
+}
 
 /// Why an assignment setting is refused, if it is: the runtime hands a
 /// partition over on the eager protocol's "revoke everything, then
@@ -193,17 +301,70 @@ impl KafkaConfig {
         if k.max_poll_interval < Duration::from_secs(10) {
             p.push("kafka.max_poll_interval: must be at least 10s".into());
         }
+        if let Some(id) = &k.instance_id
+            && !id.is_empty()
+            && !valid_topic(id)
+        {
+            p.push(format!(
+                "kafka.instance_id: {id:?} is not a valid group instance id (1-249 of a-z A-Z 0-9 . _ -; \"\" turns static membership off)"
+            ));
+        }
+        let (min, max) = SESSION_TIMEOUT_RANGE;
+        if k.session_timeout < min || k.session_timeout > max {
+            p.push(format!(
+                "kafka.session_timeout: must be from {} to {} (the brokers' default bounds; got {})",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(k.session_timeout)
+            ));
+        } else if k.session_timeout > k.max_poll_interval {
+            p.push(format!(
+                "kafka.session_timeout: {} is longer than kafka.max_poll_interval ({}); librdkafka refuses that",
+                humantime::format_duration(k.session_timeout),
+                humantime::format_duration(k.max_poll_interval)
+            ));
+        }
         for key in k.options.keys() {
             if let Some(why) = eager_only(key, &k.options[key]) {
                 p.push(format!("kafka.options.{key}: {why}"));
             }
-            if RESERVED_KAFKA_OPTIONS.contains(&key.as_str()) {
+            if let Some(field) = typed_field(key) {
+                p.push(format!("kafka.options.{key}: set it with {field}"));
+            } else if RESERVED_KAFKA_OPTIONS.contains(&key.as_str()) {
                 p.push(format!(
                     "kafka.options.{key}: set by the processors to keep their guarantees; remove it"
                 ));
             }
         }
         p
+    }
+
+    /// How this instance joins the group: `instance_id` if set (`""`:
+    /// dynamic), else the host name if it is a valid id, else dynamic.
+    pub fn membership(&self) -> Membership {
+        self.membership_with(host_name)
+    }
+
+    fn membership_with(&self, host: impl FnOnce() -> Option<String>) -> Membership {
+        match self.instance_id.as_deref() {
+            Some("") => Membership::Dynamic("kafka.instance_id is \"\"".into()),
+            Some(id) => Membership::Static {
+                instance_id: id.to_owned(),
+                from_host: false,
+            },
+            None => match host() {
+                None => Membership::Dynamic(
+                    "kafka.instance_id is unset and there is no host name (HOSTNAME, /etc/hostname) to default it to".into(),
+                ),
+                Some(h) if !valid_topic(&h) => Membership::Dynamic(format!(
+                    "kafka.instance_id is unset and the host name {h:?} is not a valid group instance id"
+                )),
+                Some(h) => Membership::Static {
+                    instance_id: h,
+                    from_host: true,
+                },
+            },
+        }
     }
 }
 
@@ -277,6 +438,153 @@ mod tests {
         assert!(p[0].starts_with("kafka.options.group.protocol: "), "{p:?}");
         let p = with(&[("partition.assignment.strategy", "range, cooperative-sticky")]).problems();
         assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    /// A `[kafka]` section: the brokers and `lines`.
+    fn kafka(lines: &str) -> KafkaConfig {
+        toml::from_str(&format!("brokers = \"127.0.0.1:9092\"\n{lines}")).unwrap()
+    }
+
+    fn no_host() -> Option<String> {
+        panic!("the host name is read only when kafka.instance_id is unset")
+    }
+
+    #[test]
+    fn the_instance_id_defaults_to_the_host_name() {
+        let k = kafka("");
+        assert_eq!(k.instance_id, None);
+        assert_eq!(k.problems(), Vec::<String>::new());
+        let m = k.membership_with(|| Some("web-1".into()));
+        assert_eq!(
+            m,
+            Membership::Static {
+                instance_id: "web-1".into(),
+                from_host: true
+            }
+        );
+        let c = consumer_config_as(&k, &m);
+        assert_eq!(c.get("group.instance.id"), Some("web-1"));
+        assert_eq!(c.get("session.timeout.ms"), Some("45000"));
+        // HOSTNAME first, else /etc/hostname's first line; blanks skipped.
+        assert_eq!(
+            host_name_from(Some(" pod-7\n"), Some("box\n")),
+            Some("pod-7".into())
+        );
+        assert_eq!(
+            host_name_from(Some(""), Some("box\nignored\n")),
+            Some("box".into())
+        );
+        assert_eq!(host_name_from(None, Some("\n")), None);
+        assert_eq!(host_name_from(None, None), None);
+    }
+
+    #[test]
+    fn without_a_usable_host_name_membership_is_dynamic_and_says_why() {
+        let k = kafka("");
+        let Membership::Dynamic(why) = k.membership_with(|| None) else {
+            panic!("static without a host name")
+        };
+        assert!(why.contains("no host name"), "{why}");
+        let Membership::Dynamic(why) = k.membership_with(|| Some("my host".into())) else {
+            panic!("static under an invalid host name")
+        };
+        assert!(why.contains("\"my host\" is not a valid"), "{why}");
+        let c = consumer_config_as(&k, &k.membership_with(|| None));
+        assert_eq!(c.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn an_explicit_instance_id_wins_and_an_empty_one_turns_static_membership_off() {
+        let k = kafka("instance_id = \"processors-0\"");
+        assert_eq!(k.problems(), Vec::<String>::new());
+        let m = k.membership_with(no_host);
+        assert_eq!(
+            m,
+            Membership::Static {
+                instance_id: "processors-0".into(),
+                from_host: false
+            }
+        );
+        assert_eq!(
+            consumer_config_as(&k, &m).get("group.instance.id"),
+            Some("processors-0")
+        );
+
+        let off = kafka("instance_id = \"\"");
+        assert_eq!(off.problems(), Vec::<String>::new());
+        let m = off.membership_with(no_host);
+        assert!(matches!(m, Membership::Dynamic(_)), "{m:?}");
+        assert_eq!(consumer_config_as(&off, &m).get("group.instance.id"), None);
+        // Only the consumer is a group member.
+        assert_eq!(producer_config(&k).get("group.instance.id"), None);
+        assert_eq!(
+            reader_config(&k, "g-replay", "replay").get("group.instance.id"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_invalid_instance_id_is_refused_naming_the_field() {
+        for bad in [" ", "web 1", "a/b", ".", "..", "é", &"x".repeat(250)] {
+            let p = kafka(&format!("instance_id = {bad:?}")).problems();
+            assert_eq!(p.len(), 1, "{bad:?}: {p:?}");
+            assert!(
+                p[0].starts_with(&format!(
+                    "kafka.instance_id: {bad:?} is not a valid group instance id (1-249 of a-z A-Z 0-9 . _ -"
+                )),
+                "{p:?}"
+            );
+        }
+        let longest = "x".repeat(249);
+        assert_eq!(
+            kafka(&format!("instance_id = {longest:?}")).problems(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn membership_settings_in_options_are_refused_naming_the_field_to_use() {
+        let p = with(&[("group.instance.id", "web-1")]).problems();
+        assert_eq!(
+            p,
+            ["kafka.options.group.instance.id: set it with kafka.instance_id"]
+        );
+        let p = with(&[("session.timeout.ms", "6000")]).problems();
+        assert_eq!(
+            p,
+            ["kafka.options.session.timeout.ms: set it with kafka.session_timeout"]
+        );
+        // And the field's value is what the consumer gets.
+        let k = kafka("session_timeout = \"6s\"");
+        assert_eq!(k.problems(), Vec::<String>::new());
+        assert_eq!(
+            consumer_config_as(&k, &Membership::Dynamic(String::new())).get("session.timeout.ms"),
+            Some("6000")
+        );
+    }
+
+    #[test]
+    fn the_session_timeout_is_checked_against_the_brokers_bounds_and_max_poll_interval() {
+        for (lines, needle) in [
+            (
+                "session_timeout = \"5s\"",
+                "kafka.session_timeout: must be from 6s to 30m (the brokers' default bounds; got 5s)",
+            ),
+            (
+                "session_timeout = \"31m\"\nmax_poll_interval = \"1h\"",
+                "kafka.session_timeout: must be from 6s to 30m",
+            ),
+            (
+                "session_timeout = \"90s\"\nmax_poll_interval = \"60s\"",
+                "kafka.session_timeout: 1m 30s is longer than kafka.max_poll_interval (1m)",
+            ),
+        ] {
+            let p = kafka(lines).problems();
+            assert_eq!(p.len(), 1, "{lines}: {p:?}");
+            assert!(p[0].starts_with(needle), "{lines}: {p:?}");
+        }
+        let k = kafka("session_timeout = \"30m\"\nmax_poll_interval = \"30m\"");
+        assert_eq!(k.problems(), Vec::<String>::new());
     }
 
     #[test]

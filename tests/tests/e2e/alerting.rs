@@ -443,6 +443,24 @@ async fn kill_9_during_alert_work_loses_nothing_and_duplicates_nothing() {
         },
     )
     .await;
+    // The outbox alone settles the two waits above; the events are
+    // offered again once the new group's first assignment arrives (about
+    // 6 s with tansu's static membership).
+    wait_until(
+        "the events offered again",
+        Duration::from_secs(60),
+        &[&a2],
+        || async {
+            metric_line(
+                &a2,
+                "processors_alerting_events_ignored_total{reason=\"duplicate\"",
+            )
+            .await
+            .parse::<f64>()
+            .is_ok_and(|n| n >= 32.0)
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let posted = chat.posted();

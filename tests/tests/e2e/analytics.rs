@@ -197,8 +197,11 @@ group_id = "{group}"
 topic = "{topic}"
 quarantine_topic = "{topic}.quarantine"
 dlq_topic = "{topic}.dlq"
-# A killed instance's partitions move on after 6 s, not librdkafka's 45 s.
-options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+# A killed instance's partitions move on after 6 s, not librdkafka's 45 s;
+# several instances of the group on this host: static membership off.
+session_timeout = "6s"
+instance_id = ""
+options = {{ "heartbeat.interval.ms" = "1000" }}
 [processing]
 gap_timeout = "20s"
 retry_initial = "50ms"

@@ -909,7 +909,11 @@ group_id = "g-crm-kill"
 topic = "c-kill"
 quarantine_topic = "c-kill.quarantine"
 dlq_topic = "c-kill.dlq"
-options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+# The killed and the restarted instance are different members (static
+# membership off); the killed one's partitions move on after 6 s.
+session_timeout = "6s"
+instance_id = ""
+options = {{ "heartbeat.interval.ms" = "1000" }}
 
 [processing]
 gap_timeout = "2s"

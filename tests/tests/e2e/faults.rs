@@ -133,8 +133,12 @@ group_id = "g-{topic}"
 topic = "{topic}"
 quarantine_topic = "{topic}.quarantine"
 dlq_topic = "{topic}.dlq"
-# A killed instance's partitions move on after 6 s, not librdkafka's 45 s.
-options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+# A killed instance's partitions move on after 6 s, not librdkafka's 45 s;
+# the killed and the restarted instance are different members (static
+# membership off).
+session_timeout = "6s"
+instance_id = ""
+options = {{ "heartbeat.interval.ms" = "1000" }}
 
 [processing]
 # Long enough that a kill never turns a waiting event into a skipped slot.
