@@ -130,16 +130,33 @@ MSG
 
 demo_events=${DEMO_EVENTS:-300}
 if [ "$demo_events" -gt 0 ]; then
+  # The processors answer /readyz 200 once they joined the group and every
+  # assigned partition restored its state (bounded: the demo goes on after
+  # 60 s and says so).
+  for _ in $(seq 600); do
+    if curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+  done
+  curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 \
+    || echo "demo: the processors are not ready after 60 s (see their log above); sending anyway" >&2
   echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order)..."
   "$root/target/release/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
     --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 --start now \
     --duplicates 0.1 --out-of-order 0.2 || echo "demo: the simulator failed" >&2
   if [ -z "${ANALYTICS_DATABASE_URL:-}" ]; then
-    sleep 3
-    python3 - "$data/analytics.db" "$metrics_port" <<'PY' || true
-import sqlite3, sys, urllib.request
+    python3 - "$data/analytics.db" "$metrics_port" "$demo_events" <<'PY' || true
+import sqlite3, sys, time, urllib.request
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-n, = db.execute("select count(*) from events").fetchone()
+# Wait (at most 60 s) until the processors wrote every distinct event.
+deadline = time.time() + 60
+while True:
+    try:
+        n, = db.execute("select count(*) from events").fetchone()
+    except sqlite3.OperationalError:
+        n = 0
+    if n >= int(sys.argv[3]) or time.time() > deadline:
+        break
+    time.sleep(0.5)
 s, open_, = db.execute("select count(*), count(*) - count(disconnected_at) from device_sessions").fetchone()
 print(f"analytics ({sys.argv[1]}): {n} events, {s} device sessions ({open_} still connected)")
 print("footfall_hourly (venue, hour, connections, unique devices):")
