@@ -145,14 +145,13 @@ impl Changelog for KafkaChangelog {
         })
     }
 
-    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>> {
+    fn bounds(&self, partition: i32) -> BoxFuture<'_, Result<(i64, i64), String>> {
         let consumer = self.watermarks.clone();
         let topic = self.topic.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 consumer
                     .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-                    .map(|(_, high)| high)
                     .map_err(|e| format!("{topic} partition {partition}: high watermark: {e}"))
             })
             .await

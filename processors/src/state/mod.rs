@@ -192,9 +192,10 @@ pub trait Changelog: Send + Sync {
         each: &'a mut EachRecord<'a>,
     ) -> BoxFuture<'a, Result<(), String>>;
 
-    /// The offset the next record appended to `partition` will get (the
-    /// high watermark).
-    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>>;
+    /// The first offset still held in `partition` (the low watermark:
+    /// below it, retention or compaction removed the records) and the
+    /// offset the next record appended will get (the high watermark).
+    fn bounds(&self, partition: i32) -> BoxFuture<'_, Result<(i64, i64), String>>;
 }
 
 /// A changelog in memory, for tests and benchmarks: every partition a
@@ -206,6 +207,10 @@ pub struct MemoryChangelog {
     pub partitions: Mutex<HashMap<i32, Vec<KeyValue>>>,
     /// Appends still to fail.
     pub fail_appends: std::sync::atomic::AtomicUsize,
+    /// Records below this offset are gone (retention), in every partition:
+    /// reads skip them, and a read with nothing left to reach fails, as
+    /// the Kafka reader does when it waits for a record that will not come.
+    pub deleted_below: std::sync::atomic::AtomicI64,
 }
 
 impl MemoryChangelog {
@@ -256,6 +261,15 @@ impl Changelog for MemoryChangelog {
         each: &'a mut EachRecord<'a>,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            let gone = self
+                .deleted_below
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if from <= until && gone > until {
+                return Err(format!(
+                    "no record left from offset {from} through {until} (deleted below {gone})"
+                ));
+            }
+            let from = from.max(gone);
             let records: Vec<(Vec<u8>, Vec<u8>)> = {
                 let parts = self.partitions.lock().map_err(|_| "poisoned")?;
                 let log = parts.get(&partition).cloned().unwrap_or_default();
@@ -270,10 +284,14 @@ impl Changelog for MemoryChangelog {
         })
     }
 
-    fn end(&self, partition: i32) -> BoxFuture<'_, Result<i64, String>> {
+    fn bounds(&self, partition: i32) -> BoxFuture<'_, Result<(i64, i64), String>> {
         Box::pin(async move {
             let parts = self.partitions.lock().map_err(|_| "poisoned")?;
-            Ok(parts.get(&partition).map_or(0, |log| log.len() as i64))
+            let end = parts.get(&partition).map_or(0, |log| log.len() as i64);
+            let gone = self
+                .deleted_below
+                .load(std::sync::atomic::Ordering::Relaxed);
+            Ok((gone.min(end), end))
         })
     }
 }
@@ -358,7 +376,7 @@ pub async fn restore(
         .await?
         .first()
         .ok_or("the changelog acknowledged no offset for the claim")?;
-    let ledger_end = stores.ledger.end(partition).await?;
+    let (ledger_start, ledger_end) = stores.ledger.bounds(partition).await?;
     let cached = if cached.next_offset > claim + 1 || cached.ledger_next > ledger_end {
         // The cache is ahead of the log: the topics were recreated.
         tracing::warn!(
@@ -394,10 +412,13 @@ pub async fn restore(
         .changelog
         .read(partition, cached.next_offset, claim, &mut each)
         .await?;
-    if ledger_end > cached.ledger_next {
+    // Ledger records past the window are deleted by retention: read only
+    // what is left (a quiet partition may have nothing left at all).
+    let ledger_from = cached.ledger_next.max(ledger_start);
+    if ledger_end > ledger_from {
         stores
             .ledger
-            .read(partition, cached.ledger_next, ledger_end - 1, &mut each)
+            .read(partition, ledger_from, ledger_end - 1, &mut each)
             .await?;
     }
     let rest = r.take_applied();
@@ -671,6 +692,29 @@ mod tests {
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
         assert!(dedupe_c.seen("wifi", "zombie").unwrap());
         assert_eq!(r.counts.stale, 2);
+    }
+
+    #[tokio::test]
+    async fn a_partition_whose_ledger_records_all_expired_restores_without_reading_them() {
+        let log = logs();
+        let a = stores(&log, None, "a");
+        let dedupe = MemoryDedupe::new(Duration::from_secs(3600));
+        let mut state = PartitionState::new(0, &restore(&a, 0, &dedupe).await.unwrap());
+        write(&a, &mut state, &batch(&["old"], 3, 10)).await;
+        write(&a, &mut state, &batch(&["older"], 4, 11)).await;
+        // A quiet partition: retention deleted every ledger record.
+        log.1
+            .deleted_below
+            .store(2, std::sync::atomic::Ordering::Relaxed);
+        let b = stores(&log, None, "b");
+        let fresh = MemoryDedupe::new(Duration::from_secs(3600));
+        let r = restore(&b, 0, &fresh).await.expect("restored");
+        assert_eq!(r.position, Some(11));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
+        assert!(
+            !fresh.seen("wifi", "old").unwrap(),
+            "expired with its record"
+        );
     }
 
     #[tokio::test]
