@@ -302,6 +302,38 @@ mod tests {
     }
 
     #[test]
+    fn state_topics_and_cache_are_checked_naming_the_field() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(
+            c.state.changelog_topic(&c.kafka.group_id),
+            "processors-state"
+        );
+        assert_eq!(c.state.ledger_topic(&c.kafka.group_id), "processors-ledger");
+        assert_eq!(
+            c.state.cache_path(std::path::Path::new("data/dedupe.redb")),
+            std::path::PathBuf::from("data/dedupe.state.redb")
+        );
+        let text = GOOD.replace(
+            "[sources.purple]",
+            "[state]\nchangelog_topic = \"bad topic\"\nledger_topic = \"webhooks.raw\"\ncache_path = \"\"\n[sources.purple]",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for needle in [
+            "state.changelog_topic: \"bad topic\" is not a valid topic name",
+            "state.ledger_topic: \"webhooks.raw\" must differ from the raw, quarantine and dead-letter topics",
+            "state.cache_path: must not be empty",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        let text = GOOD.replace(
+            "[sources.purple]",
+            "[state]\nchangelog = \"x\"\n[sources.purple]",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("changelog"), "{all}");
+    }
+
+    #[test]
     fn unknown_fields_and_kinds_are_named() {
         let all = Config::from_toml(&GOOD.replace("kind = \"log\"", "kind = \"fax\""))
             .unwrap_err()
