@@ -320,7 +320,7 @@ async fn an_event_after_its_slot_is_flagged_late() {
 
 #[tokio::test]
 async fn a_far_ahead_sequence_does_not_make_the_rest_of_the_key_late() {
-    let mut r = rig_with(SHORT_GAP, None);
+    let mut r = rig_with(&short_gap(), None);
     r.pipeline
         .handle(vec![
             record(0, "a1", "a", 1, None),
@@ -448,27 +448,13 @@ async fn two_sources_with_the_same_venue_id_keep_their_own_sequences() {
 }
 
 /// `CONFIG` with a gap timeout short enough to outlast in a test.
-const SHORT_GAP: &str = r#"
-    [kafka]
-    brokers = "unused:9092"
-    [processing]
-    gap_timeout = "1s"
-    retry_initial = "10ms"
-    retry_max = "20ms"
-    [dedupe]
-    path = "unused"
-    [sources.purple]
-    parser = "guest_wifi"
-    [sinks.out]
-    kind = "log"
-    [[routes]]
-    name = "all"
-    sinks = ["out"]
-"#;
+fn short_gap() -> String {
+    CONFIG.replace("gap_timeout = \"60s\"", "gap_timeout = \"1s\"")
+}
 
 #[tokio::test]
 async fn a_sink_stall_longer_than_the_gap_timeout_does_not_make_the_predecessor_late() {
-    let mut r = rig_with(SHORT_GAP, None);
+    let mut r = rig_with(&short_gap(), None);
     // a1 goes to the sink, a3 waits for a2, which is in the next batch. The
     // sink asks to retry for longer than the gap timeout: the partition
     // cannot take a2 meanwhile, so a3's wait must not run out.

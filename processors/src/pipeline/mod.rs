@@ -21,6 +21,12 @@
 //! batch is then abandoned with its offsets not done, and whoever reads the
 //! partition next applies it (dedupe and idempotent sinks make that safe).
 //!
+//! With partition state ([`Shared::with_state`], see [`crate::state`]), a
+//! partition is restored before its first record ([`PartitionPipeline::
+//! restore`]), and each handled batch ends with a checkpoint (ledger, then
+//! sequences and position) written while the next batch is handled; only a
+//! position the changelog acknowledged is [`committable`](PartitionPipeline::committable).
+//!
 //! The reorder clock of the live path ([`PartitionPipeline::handle`],
 //! [`PartitionPipeline::tick`], [`PartitionPipeline::next_deadline`]) is wall
 //! time less the time the partition stalled: a `handle` or `tick` call that

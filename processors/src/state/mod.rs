@@ -62,7 +62,7 @@
 //! - [`cache`]: the local redb cache with its changelog offset.
 //! - this module: [`Changelog`] (the topic, implemented over Kafka in
 //!   `kafka::changelog` and in memory for tests), [`StateConfig`], and
-//!   [`restore`] and [`PartitionState::checkpoint`], which the partition
+//!   [`restore`] and [`PartitionState`] (the records of each checkpoint), which the partition
 //!   pipeline calls.
 //!
 //! # Limits

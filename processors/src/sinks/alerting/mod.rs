@@ -92,9 +92,10 @@
 //!   holding an exclusive `flock` on `<path>.deliver.lock` delivers, so one
 //!   row is never sent by two processes at once.
 //!
-//! Known limit: the state is per host. When a partition moves to an
-//! instance on another host, that instance starts from its own file (as the
-//! dedupe store does); run the alerting sink where the venues' partitions
+//! Known limit: the state is per host (the dedupe ledger and the reorder
+//! positions follow their partition through `crate::state`; this file does
+//! not yet). When a partition moves to an instance on another host, that
+//! instance starts from its own file; run the alerting sink where the venues' partitions
 //! stay, or accept that occupancy is rebuilt there.
 //!
 //! # Secrets
