@@ -169,7 +169,7 @@ pub fn fingerprint_of(avsc: &str) -> Result<u64, crate::canonical::CanonicalErro
     crate::canonical::fingerprint_of(avsc)
 }
 
-fn opt_string(v: &Option<String>) -> Value {
+pub(crate) fn opt_string(v: &Option<String>) -> Value {
     match v {
         None => Value::Union(0, Box::new(Value::Null)),
         Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
@@ -225,25 +225,13 @@ impl Envelope {
             ("request_id".into(), Value::String(self.request_id.clone())),
         ]);
         let datum = to_avro_datum(&current.schema, value)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&current.fingerprint.to_le_bytes());
-        out.extend_from_slice(&datum);
-        Ok(out)
+        Ok(single_object_bytes(current.fingerprint, &datum))
     }
 
     /// Decodes a single-object encoded record written with any committed
     /// schema version.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        if bytes.len() < HEADER_LEN {
-            return Err(DecodeError::TooShort(bytes.len()));
-        }
-        if bytes[..2] != SINGLE_OBJECT_MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let mut fp = [0u8; 8];
-        fp.copy_from_slice(&bytes[2..HEADER_LEN]);
-        let fingerprint = u64::from_le_bytes(fp);
+        let (fingerprint, datum) = single_object(bytes)?;
         let writer = schema_versions()
             .iter()
             .find(|v| v.is_written_as(fingerprint))
@@ -254,7 +242,7 @@ impl Envelope {
         } else {
             Some(&current.schema)
         };
-        let mut rest = &bytes[HEADER_LEN..];
+        let mut rest = datum;
         // Before the library reserves memory for what the data declares.
         crate::bounds::check(&writer.schema, rest)?;
         let value = from_avro_datum(&writer.schema, &mut rest, reader_schema)?;
@@ -359,21 +347,44 @@ impl Envelope {
     }
 }
 
-fn unwrap_union(v: Value) -> Value {
+/// The writer's fingerprint and the datum of a single-object encoded
+/// record.
+pub(crate) fn single_object(bytes: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != SINGLE_OBJECT_MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
+    Ok((u64::from_le_bytes(fp), &bytes[HEADER_LEN..]))
+}
+
+/// `fingerprint` then `datum`: a single-object encoded record.
+pub(crate) fn single_object_bytes(fingerprint: u64, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(datum);
+    out
+}
+
+pub(crate) fn unwrap_union(v: Value) -> Value {
     match v {
         Value::Union(_, inner) => *inner,
         other => other,
     }
 }
 
-fn string(v: Value, field: &'static str) -> Result<String, DecodeError> {
+pub(crate) fn string(v: Value, field: &'static str) -> Result<String, DecodeError> {
     match unwrap_union(v) {
         Value::String(s) => Ok(s),
         _ => Err(DecodeError::Field(field)),
     }
 }
 
-fn opt(v: Value, field: &'static str) -> Result<Option<String>, DecodeError> {
+pub(crate) fn opt(v: Value, field: &'static str) -> Result<Option<String>, DecodeError> {
     match unwrap_union(v) {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s)),

@@ -10,6 +10,9 @@
 //! - [`canonical`]: the specification's Parsing Canonical Form and
 //!   CRC-64-AVRO fingerprint of an `.avsc` text, what every other Avro
 //!   library puts in a single-object record's header.
+//! - [`venue_state`]: the venue state the processors keep per partition
+//!   in their state changelog (`avro/venue_state/vN.avsc`), the contract
+//!   of the venue view.
 //! - [`bounds`]: refuses Avro data whose declared lengths or counts exceed
 //!   the record, before apache-avro reserves memory for them.
 //!
@@ -18,6 +21,7 @@
 pub mod bounds;
 pub mod canonical;
 pub mod envelope;
+pub mod venue_state;
 
 pub use envelope::{DecodeError, EncodeError, Envelope, Header, Verification};
 

@@ -122,3 +122,42 @@ fn guest_wifi_versions_match_the_folder_and_stay_readable() {
         }
     }
 }
+
+/// The venue state's committed versions, frozen as the envelope's are:
+/// the venue view reads records written with each of them.
+const VENUE_STATE_FROZEN: &[(&str, u64)] = &[("v1", 0xd878_f808_c967_4298)];
+
+#[test]
+fn venue_state_versions_are_frozen_and_each_reads_the_older_ones() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/avro/venue_state");
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let compiled: Vec<String> = schemas::venue_state::VENUE_STATE_SCHEMA_VERSIONS
+        .iter()
+        .map(|(n, _)| format!("{n}.avsc"))
+        .collect();
+    assert_eq!(on_disk, compiled);
+    let parsed: Vec<Schema> = schemas::venue_state::VENUE_STATE_SCHEMA_VERSIONS
+        .iter()
+        .map(|(_, t)| Schema::parse_str(t).unwrap())
+        .collect();
+    for (i, newer) in parsed.iter().enumerate() {
+        for older in &parsed[..i] {
+            SchemaCompatibility::can_read(older, newer).unwrap();
+        }
+    }
+    for ((name, text), (frozen_name, fp)) in schemas::venue_state::VENUE_STATE_SCHEMA_VERSIONS
+        .iter()
+        .zip(VENUE_STATE_FROZEN)
+    {
+        assert_eq!(name, frozen_name);
+        assert_eq!(fingerprint_of(text).unwrap(), *fp, "{name} changed");
+    }
+    assert_eq!(
+        VENUE_STATE_FROZEN.len(),
+        schemas::venue_state::VENUE_STATE_SCHEMA_VERSIONS.len()
+    );
+}
