@@ -94,7 +94,7 @@ async fn restore_once(stores: &Stores, dir: &std::path::Path) -> (f64, u64) {
         dedupe.record(&batch).map_err(|e| e.to_string())
     };
     let started = Instant::now();
-    let r = restore(stores, 0, WINDOW, &mut ledger)
+    let r = restore(stores, 0, WINDOW, &[], &mut ledger)
         .await
         .expect("restore");
     let seconds = started.elapsed().as_secs_f64();

@@ -624,3 +624,331 @@ async fn a_second_host_restored_from_the_changelog_continues_each_key_and_drops_
     assert_eq!(b.metrics.state_skipped_records.get(), 2);
     assert!(b.dedupe.seen("purple", "a1").unwrap());
 }
+
+/// A guest-WiFi event of `kind` for `device` in `zone`, happening now
+/// (the alerting sink ignores events older than its `max_event_age`).
+fn wifi(offset: i64, id: &str, kind: &str, zone: &str, device: &str, seq: i64) -> RawRecord {
+    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let body = format!(
+        r#"{{"id":"{id}","type":"{kind}","sequence":{seq},"occurred_at":"{at}","venue":{{"id":"v"}},"zone":"{zone}","device":{{"id":"{device}"}}}}"#
+    );
+    let mut r = record(offset, id, "v", seq, Some(body.into_bytes()));
+    let mut env = Envelope::decode(&r.payload).unwrap();
+    env.received_at_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    r.payload = Arc::new(env.encode().unwrap());
+    r
+}
+
+const ALERTS: &str = r#"
+    [kafka]
+    brokers = "unused:9092"
+    [processing]
+    gap_timeout = "60s"
+    retry_initial = "10ms"
+    retry_max = "20ms"
+    [dedupe]
+    path = "unused"
+    [sources.purple]
+    parser = "guest_wifi"
+    [sinks.alerts]
+    kind = "alerts"
+    path = "unused"
+    [[sinks.alerts.rules]]
+    kind = "zone_occupancy"
+    threshold = 2
+    [[sinks.alerts.receivers]]
+    kind = "log"
+    [[routes]]
+    name = "all"
+    sinks = ["alerts"]
+"#;
+
+/// A pipeline on its own host: its own alert state file in `dir`, its
+/// state in `logs`.
+fn alerts_host(
+    logs: &Logs,
+    dir: &std::path::Path,
+    owner: &str,
+) -> (
+    PartitionPipeline,
+    Arc<processors::sinks::alerting::AlertsSink>,
+    watch::Sender<bool>,
+    Metrics,
+) {
+    alerts_host_cached(logs, dir, owner, None)
+}
+
+fn alerts_host_cached(
+    logs: &Logs,
+    dir: &std::path::Path,
+    owner: &str,
+    cache: Option<Arc<processors::state::cache::StateCache>>,
+) -> (
+    PartitionPipeline,
+    Arc<processors::sinks::alerting::AlertsSink>,
+    watch::Sender<bool>,
+    Metrics,
+) {
+    let config = Config::from_toml(ALERTS).unwrap();
+    let processors::sinks::SinkConfig::Alerts(mut alerts) = config.sinks["alerts"].clone() else {
+        panic!("an alerts sink");
+    };
+    alerts.path = dir.join("alerts.sqlite");
+    let metrics = Metrics::new().unwrap();
+    let sink = Arc::new(
+        processors::sinks::alerting::AlertsSink::start("alerts", &alerts, &metrics).unwrap(),
+    );
+    let stores = processors::state::Stores {
+        changelog: logs.0.clone(),
+        ledger: logs.1.clone(),
+        cache,
+        owner: owner.into(),
+    };
+    let shared = Shared::new(
+        &config.sources,
+        &config.routes,
+        &config.processing,
+        vec![sink.clone() as Arc<dyn Sink>],
+        Arc::new(MemoryDedupe::new(Duration::from_secs(3600))) as Arc<dyn DedupeStore>,
+        Arc::new(MemorySide::default()) as Arc<dyn SideTopics>,
+        metrics.clone(),
+    )
+    .unwrap()
+    .with_state(Arc::new(stores));
+    let (stop, stop_rx) = watch::channel(false);
+    (
+        PartitionPipeline::new(0, Arc::new(shared), stop_rx),
+        sink,
+        stop,
+        metrics,
+    )
+}
+
+fn lobby(n: i64) -> std::collections::BTreeMap<(String, String), i64> {
+    std::collections::BTreeMap::from([(("v".to_string(), "lobby".to_string()), n)])
+}
+
+#[tokio::test]
+async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
+    let log: Logs = (Arc::default(), Arc::default());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, sink_a, _stop_a, _) = alerts_host(&log, dir_a.path(), "a");
+    a.restore().await.unwrap();
+    a.handle(vec![
+        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    a.settle().await.unwrap();
+    assert_eq!(
+        sink_a.occupancy().unwrap(),
+        lobby(3),
+        "A: over the threshold"
+    );
+    assert!(sink_a.owns(0));
+    drop(a);
+    assert!(!sink_a.owns(0), "A stops acting on the partition's alerts");
+
+    // B, on another host: nothing of A's file, everything of the partition.
+    let (mut b, sink_b, _stop_b, _) = alerts_host(&log, dir_b.path(), "b");
+    b.restore().await.unwrap();
+    assert_eq!(
+        sink_b.occupancy().unwrap(),
+        lobby(3),
+        "B restored A's devices"
+    );
+    b.handle(vec![wifi(3, "x1", "device_disconnected", "lobby", "d1", 4)])
+        .await
+        .unwrap();
+    b.settle().await.unwrap();
+    assert_eq!(sink_b.occupancy().unwrap(), lobby(2));
+    // B resolved the alert A raised: the same raise (generation 1).
+    assert_eq!(
+        outbox_keys(&dir_b.path().join("alerts.sqlite")),
+        ["alert-resolved-1"]
+    );
+}
+
+/// The notifications sent or waiting in the outbox, as
+/// `alert-<status>-<raise>`, sorted (the log receiver sends them as soon
+/// as their batch is in the changelog).
+fn outbox_keys(path: &std::path::Path) -> Vec<String> {
+    let outbox = rusqlite::Connection::open(path).unwrap();
+    let mut st = outbox
+        .prepare("SELECT key FROM outbox UNION ALL SELECT key FROM sent")
+        .unwrap();
+    let mut keys: Vec<String> = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|key| {
+            // alert-<hash>-<raise>-<status>
+            let key = key.unwrap();
+            let parts: Vec<&str> = key.split('-').collect();
+            format!("alert-{}-{}", parts[3], parts[2])
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn an_alert_state_applied_past_its_changelog_is_rebuilt_so_the_next_host_misses_nothing() {
+    let log: Logs = (Arc::default(), Arc::default());
+    let dir_a = tempfile::tempdir().unwrap();
+    let (mut a, _sink_a, stop_a, _) = alerts_host(&log, dir_a.path(), "a");
+    a.restore().await.unwrap();
+    a.handle(vec![wifi(0, "c1", "device_connected", "lobby", "d1", 1)])
+        .await
+        .unwrap();
+    a.settle().await.unwrap();
+    // d2's batch is applied to A's file, but its checkpoint never reaches
+    // the changelog (the brokers away, then the process stops).
+    log.1
+        .fail_appends
+        .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+    a.handle(vec![
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    let _ = stop_a.send(true);
+    assert_eq!(a.settle().await, Err(Stopped));
+    drop(a);
+    log.1
+        .fail_appends
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+
+    // A starts again on the same file and reads d2's record again: its
+    // file is rebuilt from the changelog first, so d2 is applied (and
+    // written) again instead of being taken for a duplicate.
+    let (mut a, sink_a, _stop, _) = alerts_host(&log, dir_a.path(), "a");
+    a.restore().await.unwrap();
+    assert_eq!(sink_a.occupancy().unwrap(), lobby(1), "rebuilt: d1 only");
+    a.handle(vec![
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    a.settle().await.unwrap();
+    assert_eq!(sink_a.occupancy().unwrap(), lobby(3));
+    // The raise of the unacknowledged batch was never sent (its batch was
+    // not in the changelog) and was dropped with it: raised again, it is
+    // in the outbox once.
+    assert_eq!(
+        outbox_keys(&dir_a.path().join("alerts.sqlite")),
+        ["alert-firing-1"]
+    );
+    drop(a);
+    let dir_b = tempfile::tempdir().unwrap();
+    let (mut b, sink_b, _stop_b, _) = alerts_host(&log, dir_b.path(), "b");
+    b.restore().await.unwrap();
+    assert_eq!(sink_b.occupancy().unwrap(), lobby(3), "B has d1, d2 and d3");
+}
+
+#[tokio::test]
+async fn a_partition_back_on_its_host_reads_only_what_the_other_host_wrote_and_ignores_a_stale_owner()
+ {
+    let log: Logs = (Arc::default(), Arc::default());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cache = Arc::new(
+        processors::state::cache::StateCache::open(dir_a.path().join("state.redb")).unwrap(),
+    );
+    let (mut a, _sink_a, _stop_a, _) =
+        alerts_host_cached(&log, dir_a.path(), "a", Some(cache.clone()));
+    a.restore().await.unwrap();
+    a.handle(vec![
+        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+    ])
+    .await
+    .unwrap();
+    a.settle().await.unwrap();
+    drop(a);
+    let (mut b, _sink_b, _stop_b, _) = alerts_host(&log, dir_b.path(), "b");
+    b.restore().await.unwrap();
+    b.handle(vec![
+        wifi(2, "x1", "device_disconnected", "lobby", "d1", 3),
+        wifi(3, "c3", "zone_entered", "bar", "d3", 4),
+    ])
+    .await
+    .unwrap();
+    b.settle().await.unwrap();
+    // Back on A: its file is kept (it reflects the changelog up to its
+    // last batch) and only B's records are read on top.
+    let (mut a, sink_a, _stop_a, metrics) =
+        alerts_host_cached(&log, dir_a.path(), "a", Some(cache));
+    a.restore().await.unwrap();
+    let expected = std::collections::BTreeMap::from([
+        (("v".to_string(), "bar".to_string()), 1),
+        (("v".to_string(), "lobby".to_string()), 1),
+    ]);
+    assert_eq!(sink_a.occupancy().unwrap(), expected);
+    // Read: B's claim, B's three keys (d1 gone, d3, the clock) and
+    // position and sequence, A's new claim: not A's own records again.
+    let read = metrics
+        .state_restored_records
+        .with_label_values(&["applied"])
+        .get();
+    assert_eq!(read, 7, "{:?}", log.0.changes(0));
+    // B, not knowing yet that A claimed it back, writes on: a later
+    // restore ignores it.
+    b.handle(vec![wifi(
+        4,
+        "c4",
+        "device_connected",
+        "lobby",
+        "zombie",
+        5,
+    )])
+    .await
+    .unwrap();
+    b.settle().await.unwrap();
+    drop(a);
+    let dir_c = tempfile::tempdir().unwrap();
+    let (mut c, sink_c, _stop_c, _) = alerts_host(&log, dir_c.path(), "c");
+    c.restore().await.unwrap();
+    assert_eq!(sink_c.occupancy().unwrap(), expected, "no zombie device");
+}
+
+#[tokio::test]
+async fn a_crash_after_the_changelog_acknowledged_a_batch_loses_none_of_its_notifications() {
+    let log: Logs = (Arc::default(), Arc::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, _sink, _stop, _) = alerts_host(&log, dir.path(), "a");
+    a.restore().await.unwrap();
+    a.handle(vec![
+        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    a.settle().await.unwrap();
+    drop(a);
+    // The process died after the changelog acknowledged the batch and
+    // before the file recorded it: the file looks ahead of its changelog.
+    rusqlite::Connection::open(dir.path().join("alerts.sqlite"))
+        .unwrap()
+        .execute("UPDATE partitions SET checkpointed = checkpointed - 1", [])
+        .unwrap();
+    let (mut a, sink, _stop, _) = alerts_host(&log, dir.path(), "a");
+    a.restore().await.unwrap();
+    assert_eq!(
+        sink.occupancy().unwrap(),
+        lobby(3),
+        "rebuilt from the changelog"
+    );
+    // Nothing is read again (the position is past the batch): its raise
+    // must still be sent, once.
+    assert_eq!(
+        outbox_keys(&dir.path().join("alerts.sqlite")),
+        ["alert-firing-1"]
+    );
+}

@@ -390,6 +390,17 @@ pub struct PartitionPipeline {
     writing: Option<tokio::task::JoinHandle<Result<Written, Stopped>>>,
 }
 
+/// What delivering a batch to one sink left to write.
+#[derive(Default)]
+struct Delivered {
+    /// The sink's index.
+    sink: usize,
+    /// Its partition state's changes, one per key.
+    changes: Vec<crate::state::changelog::Keyed>,
+    /// Its serial of the last call, for a sink with partition state.
+    serial: Option<u64>,
+}
+
 /// A checkpoint the logs acknowledged.
 struct Written {
     checkpoint: Checkpoint,
@@ -490,7 +501,12 @@ impl PartitionPipeline {
                 dedupe.record(&batch).map_err(|e| e.to_string())
             };
             let window = shared.dedupe.window();
-            match crate::state::restore(stores, self.partition, window, &mut ledger).await {
+            let sinks: Vec<crate::state::NamedSink<'_>> = shared
+                .sinks
+                .iter()
+                .filter_map(|s| s.partition_state().map(|p| (s.name(), p)))
+                .collect();
+            match crate::state::restore(stores, self.partition, window, &sinks, &mut ledger).await {
                 Ok(r) => break r,
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, retry_in = ?backoff, "restoring the partition's state failed: retrying");
@@ -937,8 +953,14 @@ impl PartitionPipeline {
             .filter(|(_, batch)| !batch.is_empty())
             .map(|(s, batch)| self.deliver(s, batch, &items));
         let results = futures::future::join_all(deliveries).await;
+        let mut keyed = Vec::new();
+        let mut sink_serials = Vec::new();
         for r in results {
-            r?;
+            let done = r?;
+            if let Some(serial) = done.serial {
+                sink_serials.push((done.sink, serial));
+            }
+            keyed.extend(done.changes);
         }
         // 4. Remember what was applied, then let the offsets move.
         if !applied.is_empty() {
@@ -977,6 +999,8 @@ impl PartitionPipeline {
             at: Some(SystemTime::now()),
             sequences: Vec::new(),
             position: self.offsets.position(),
+            keyed,
+            sink_serials,
         };
         self.checkpoint(checkpoint).await
     }
@@ -1084,28 +1108,48 @@ impl PartitionPipeline {
         if c.position.is_some() {
             self.durable = c.position;
         }
+        m.state_changelog_records
+            .with_label_values(&["keyed"])
+            .inc_by(c.keyed.len() as u64);
         let cache = shared.state.as_ref().and_then(|s| s.cache.clone());
-        if let Some(state) = self.state.as_mut()
-            && let Err(e) = state.written(c, &w.ledger_offsets, &w.state_offsets, cache.as_deref())
-        {
-            // The logs have it: a cache that lags is only slower to
-            // restore from, never wrong.
-            tracing::warn!(partition = self.partition, error = %e, "state cache not updated");
+        let cached_at = match self.state.as_mut() {
+            Some(state) => state
+                .written(c, &w.ledger_offsets, &w.state_offsets, cache.as_deref())
+                .unwrap_or_else(|e| {
+                    // The logs have it: a cache that lags is only slower
+                    // to restore from, never wrong.
+                    tracing::warn!(partition = self.partition, error = %e, "state cache not updated");
+                    None
+                }),
+            None => None,
+        };
+        for (s, serial) in &c.sink_serials {
+            if let Some(p) = shared.sinks.get(*s).and_then(|s| s.partition_state()) {
+                p.checkpointed(self.partition, *serial, cached_at);
+            }
         }
         Ok(())
     }
 
     /// Offers `batch` to sink `s` until every event is accepted or
-    /// dead-lettered.
+    /// dead-lettered; returns the sink's partition-state changes, if any.
     async fn deliver(
         &self,
         s: usize,
         mut batch: Vec<(usize, Arc<Event>)>,
         items: &[Pending],
-    ) -> Result<(), Stopped> {
+    ) -> Result<Delivered, Stopped> {
         let sink = &self.shared.sinks[s];
         let m = &self.shared.metrics;
         let name = sink.name();
+        let mut done = Delivered {
+            sink: s,
+            ..Delivered::default()
+        };
+        // With partition state, a stateful sink keeps its state per
+        // partition; without (replay), it applies as any sink.
+        let stateful = sink.partition_state().filter(|_| self.state.is_some());
+        let mut changed: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         let tracked = match (&self.shared.state, &self.state) {
             (Some(stores), Some(state)) if sink.tracks_effects() => Some((stores, state.epoch())),
             _ => None,
@@ -1117,8 +1161,18 @@ impl PartitionPipeline {
         while !batch.is_empty() {
             let events: Vec<Arc<Event>> = batch.iter().map(|(_, e)| e.clone()).collect();
             let started = Instant::now();
-            let outcomes = match tracked {
-                Some((stores, epoch)) => {
+            let outcomes = match (tracked, stateful) {
+                (_, Some(p)) => {
+                    let accepted = p.accept_partition(self.partition, &events).await;
+                    for (k, v) in accepted.changes {
+                        changed.insert(k, v);
+                    }
+                    if accepted.serial > 0 {
+                        done.serial = Some(accepted.serial);
+                    }
+                    accepted.outcomes
+                }
+                (Some((stores, epoch)), None) => {
                     let hook = EffectHook {
                         changelog: stores.ledger.as_ref(),
                         partition: self.partition,
@@ -1129,7 +1183,7 @@ impl PartitionPipeline {
                     };
                     sink.accept_tracked(&events, &hook).await
                 }
-                None => sink.accept(&events).await,
+                (None, None) => sink.accept(&events).await,
             };
             m.sink_latency
                 .with_label_values(&[name])
@@ -1166,7 +1220,15 @@ impl PartitionPipeline {
                 }
             }
             if again.is_empty() {
-                return Ok(());
+                done.changes = changed
+                    .into_iter()
+                    .map(|(key, value)| crate::state::changelog::Keyed {
+                        sink: name.to_owned(),
+                        key,
+                        value,
+                    })
+                    .collect();
+                return Ok(done);
             }
             m.sink_retries
                 .with_label_values(&[name])
@@ -1189,7 +1251,7 @@ impl PartitionPipeline {
             backoff = (backoff * 2).min(self.shared.retry_max);
             batch = again;
         }
-        Ok(())
+        Ok(done)
     }
 
     /// `batch` without the events whose effect on sink `name` the
@@ -1278,6 +1340,22 @@ impl PartitionPipeline {
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
             _ = stopped(&mut stop) => Err(Stopped),
+        }
+    }
+}
+
+impl Drop for PartitionPipeline {
+    /// However the worker ends (a hand-over, a shutdown, an abort at the
+    /// revoke timeout, a panic), the sinks' partition state stops acting
+    /// for this partition here: whoever restores it next takes over.
+    fn drop(&mut self) {
+        let Some(state) = &self.state else {
+            return;
+        };
+        for sink in &self.shared.sinks {
+            if let Some(p) = sink.partition_state() {
+                p.revoked(self.partition, state.epoch());
+            }
         }
     }
 }

@@ -41,6 +41,76 @@ pub trait Applied: Send + Sync {
     fn applied(&self, index: usize) -> BoxFuture<'_, ()>;
 }
 
+/// One key of a sink's partition state as the sink writes it: the key,
+/// and its value or `None` once it is gone.
+pub type KeyedChange = (Vec<u8>, Option<Vec<u8>>);
+
+/// A sink whose state belongs to the input partitions (see
+/// `crate::state`): its local store is a cache of the partition's
+/// changelog, so whichever instance owns a partition has the partition's
+/// state, restored before its first record, and only that instance acts
+/// on it.
+///
+/// The pipeline calls, per partition: [`cached_at`](Self::cached_at),
+/// then [`forget`](Self::forget) if the restore starts from the
+/// changelog's beginning, [`restore`](Self::restore) with every record
+/// read, [`restored`](Self::restored); then
+/// [`accept_partition`](Self::accept_partition) per batch, whose changes it
+/// writes to the changelog before the batch's offset may be committed,
+/// then [`checkpointed`](Self::checkpointed); and
+/// [`revoked`](Self::revoked) when the partition is handed over (or its
+/// worker ends any other way).
+pub trait PartitionSink: Send + Sync {
+    /// The changelog offset the local store reflects for `partition`
+    /// (everything below it, nothing applied past it), or `None` when it
+    /// cannot say (never restored here, or a batch applied whose changes
+    /// were never acknowledged): the partition is then rebuilt from the
+    /// changelog's start.
+    fn cached_at(&self, partition: i32) -> Result<Option<i64>, String>;
+
+    /// Drops the local state of `partition` before a rebuild.
+    fn forget(&self, partition: i32) -> Result<(), String>;
+
+    /// Applies restored records of this sink, in changelog order.
+    fn restore(&self, partition: i32, records: &[KeyedChange]) -> Result<(), String>;
+
+    /// The restore is complete: the local store reflects the changelog
+    /// below `next_offset`, and this instance owns `partition` as of
+    /// `epoch` (its claim).
+    fn restored(&self, partition: i32, epoch: i64, next_offset: i64) -> Result<(), String>;
+
+    /// Applies `batch` (all from `partition`): one outcome per event, the
+    /// state's changes (one per key), and this batch's serial, which
+    /// [`checkpointed`](Self::checkpointed) hands back.
+    fn accept_partition<'a>(
+        &'a self,
+        partition: i32,
+        batch: &'a [Arc<Event>],
+    ) -> BoxFuture<'a, Accepted>;
+
+    /// The changes of every batch up to `serial` are in the changelog,
+    /// which the local store now reflects below `next_offset` (`None`:
+    /// another writer's records came between, the offset is unknown).
+    fn checkpointed(&self, partition: i32, serial: u64, next_offset: Option<i64>);
+
+    /// The ownership of `epoch` ended: the partition's effects stop at
+    /// once (alerts are no longer refreshed or resolved from here). A
+    /// later epoch's ownership (the partition came back before an aborted
+    /// worker was dropped) stands.
+    fn revoked(&self, partition: i32, epoch: i64);
+}
+
+/// What [`PartitionSink::accept_partition`] did.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// One per event, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The partition state's changes, one per key.
+    pub changes: Vec<KeyedChange>,
+    /// The batch's serial (see [`PartitionSink::checkpointed`]).
+    pub serial: u64,
+}
+
 /// A destination for routed events.
 pub trait Sink: Send + Sync {
     /// The configured name (metrics, logs, dead-letter headers).
@@ -68,6 +138,14 @@ pub trait Sink: Send + Sync {
     ) -> BoxFuture<'a, Vec<Outcome>> {
         let _ = applied;
         self.accept(batch)
+    }
+
+    /// The sink's partition state, if it keeps any (see
+    /// [`PartitionSink`]). The pipeline then calls
+    /// [`PartitionSink::accept_partition`] instead of
+    /// [`accept`](Self::accept) when it runs with partition state.
+    fn partition_state(&self) -> Option<&dyn PartitionSink> {
+        None
     }
 }
 

@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-pub use contract::{Applied, BoxFuture, Outcome, Sink, SinkError};
+pub use contract::{
+    Accepted, Applied, BoxFuture, KeyedChange, Outcome, PartitionSink, Sink, SinkError,
+};
 
 use crate::metrics::Metrics;
 

@@ -14,11 +14,12 @@
 //! | `L` a batch's ledger entries | the epoch and the owner's batch serial (i64 BE, u64 BE) | when they were applied (unix seconds, u64 BE), their count (u32 BE), then per event its source and its id, each as a length (u32 BE) and UTF-8 bytes |
 //! | `S` reorder position | source, `0x1F`, ordering key | the next sequence the key releases (i64 BE) |
 //! | `E` one sink's effect | sink, `0x1F`, source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
+//! | `K` a sink's keyed state | sink, `0x1F`, the sink's key (bytes) | `1` then the sink's value (bytes), or `0` alone: the key is gone |
 //!
 //! Sink and source names are configuration names, which hold no `0x1F`;
 //! an event id may hold anything, so it comes last.
 //!
-//! Claims, positions and sequences are keyed state and go to the
+//! Claims, positions, sequences and sinks' keyed state go to the
 //! compacted state changelog. Ledger batches and effects are facts about a
 //! window of time and go to the ledger topic, where they expire with the
 //! window (`cleanup.policy=delete`, the retention of Kafka Streams'
@@ -39,7 +40,14 @@
 //!
 //! # Restore
 //!
-//! Records are read in offset order. A position or a sequence is applied
+//! A sink that keeps state per partition (the alerting sink's devices,
+//! venue clocks and alerts) writes it as `K` records under its own name:
+//! the sink owns the bytes of its keys and values (the venue state's are
+//! Avro, a contract other components read: `schemas/avro/venue_state/`);
+//! this module owns the fencing.
+//!
+//! Records are read in offset order. A position, a sequence or a sink's
+//! keyed record is applied
 //! when its epoch is at least the latest claim read so far; an older epoch
 //! is a stale owner's, written after the partition was claimed by another
 //! instance, and is ignored (counted). The same rule holds on a compacted
@@ -69,6 +77,7 @@ const POSITION: u8 = b'P';
 const LEDGER: u8 = b'L';
 const SEQUENCE: u8 = b'S';
 const EFFECT: u8 = b'E';
+const KEYED: u8 = b'K';
 
 /// One changelog record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +115,9 @@ pub enum Change {
         /// When (unix seconds).
         at: u64,
     },
+    /// A sink's state under one of its keys, per partition (see
+    /// [`crate::sinks::PartitionSink`]).
+    Keyed(Keyed),
     /// A reorder key's next sequence.
     Sequence {
         /// The event's source.
@@ -115,6 +127,18 @@ pub enum Change {
         /// The next sequence it releases in order.
         next: i64,
     },
+}
+
+/// One key of a sink's partition state: its value, or `None` once the
+/// key is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyed {
+    /// The sink's name.
+    pub sink: String,
+    /// The sink's key.
+    pub key: Vec<u8>,
+    /// The sink's value; `None`: the key is gone.
+    pub value: Option<Vec<u8>>,
 }
 
 /// A record that cannot be read.
@@ -181,6 +205,25 @@ impl Change {
                 k.extend_from_slice(event_id.as_bytes());
                 k
             }
+            Change::Keyed(Keyed {
+                sink,
+                key,
+                value: v,
+            }) => {
+                match v {
+                    Some(bytes) => {
+                        value.push(1);
+                        value.extend_from_slice(bytes);
+                    }
+                    None => value.push(0),
+                }
+                let mut k = Vec::with_capacity(2 + sink.len() + key.len());
+                k.push(KEYED);
+                k.extend_from_slice(sink.as_bytes());
+                k.push(SEP);
+                k.extend_from_slice(key);
+                k
+            }
         };
         (key, value)
     }
@@ -194,6 +237,7 @@ impl Change {
             LEDGER => "ledger",
             SEQUENCE => "sequence",
             EFFECT => "effect",
+            KEYED => "keyed",
             other => return Err(DecodeError::Kind(other)),
         };
         let (&version, value) = value.split_first().ok_or(DecodeError::Truncated(name))?;
@@ -236,6 +280,23 @@ impl Change {
                     event_id,
                     at: be_i64(body, name)? as u64,
                 }
+            }
+            KEYED => {
+                let at = rest
+                    .iter()
+                    .position(|&b| b == SEP)
+                    .ok_or(DecodeError::Key(name))?;
+                let sink = std::str::from_utf8(&rest[..at]).map_err(|_| DecodeError::Key(name))?;
+                let value = match body.split_first() {
+                    Some((1, bytes)) => Some(bytes.to_vec()),
+                    Some((0, [])) => None,
+                    _ => return Err(DecodeError::Truncated(name)),
+                };
+                Change::Keyed(Keyed {
+                    sink: sink.to_owned(),
+                    key: rest[at + 1..].to_vec(),
+                    value,
+                })
             }
             _ => {
                 let (source, key) = split_pair(rest, name)?;
@@ -320,6 +381,8 @@ pub struct Restore {
     pub sequences: HashMap<SeqKey, i64>,
     /// Ledger entries read and not yet taken.
     applied: Vec<(String, String, u64)>,
+    /// Sinks' keyed records read and not yet taken.
+    keyed: Vec<Keyed>,
     /// Records applied.
     pub records: u64,
     /// Records ignored: written by a stale owner.
@@ -382,6 +445,7 @@ impl Restore {
             Change::Sequence { source, key, next } => {
                 self.sequences.insert((source, key), next);
             }
+            Change::Keyed(k) => self.keyed.push(k),
             Change::Effect {
                 sink,
                 source,
@@ -409,6 +473,16 @@ impl Restore {
     /// Ledger entries waiting to be taken.
     pub fn applied_waiting(&self) -> usize {
         self.applied.len()
+    }
+
+    /// Sinks' keyed records read since the last call, in offset order.
+    pub fn take_keyed(&mut self) -> Vec<Keyed> {
+        std::mem::take(&mut self.keyed)
+    }
+
+    /// Sinks' keyed records waiting to be taken.
+    pub fn keyed_waiting(&self) -> usize {
+        self.keyed.len()
     }
 }
 
@@ -476,6 +550,21 @@ mod tests {
                 event_id: "evt\u{1f}odd".into(),
                 at: 7,
             },
+            Change::Keyed(Keyed {
+                sink: "alerts".into(),
+                key: b"D\x1fvenue\x1f\x00\xff".to_vec(),
+                value: Some(vec![0, 1, 2]),
+            }),
+            Change::Keyed(Keyed {
+                sink: "alerts".into(),
+                key: Vec::new(),
+                value: Some(Vec::new()),
+            }),
+            Change::Keyed(Keyed {
+                sink: "alerts".into(),
+                key: b"gone".to_vec(),
+                value: None,
+            }),
         ] {
             let (k, v) = change.encode(-7);
             assert_eq!(Change::decode(&k, &v), Ok((-7, change)));
@@ -560,7 +649,7 @@ mod tests {
         /// claimant and the owners before its claim wrote.
         #[test]
         fn restore_keeps_only_what_current_owners_wrote(
-            ops in proptest::collection::vec((0u8..3, 0u8..5, 0i64..100), 1..60),
+            ops in proptest::collection::vec((0u8..3, 0u8..6, 0i64..100), 1..60),
             twice in any::<bool>(),
         ) {
             // op: (writer, kind, value). Writer w claims when it first
@@ -578,6 +667,11 @@ mod tests {
                     1 => Change::Position { offset: v },
                     2 => seq("k", v),
                     3 => applied("wifi", &format!("{w}-{v}"), 10),
+                    4 => Change::Keyed(Keyed {
+                        sink: "alerts".into(),
+                        key: b"k".to_vec(),
+                        value: (v % 3 != 0).then(|| v.to_be_bytes().to_vec()),
+                    }),
                     _ => Change::Effect {
                         sink: "crm".into(),
                         source: "wifi".into(),
@@ -591,6 +685,7 @@ mod tests {
             let mut latest = None::<i64>;
             let mut position = None;
             let mut next = None;
+            let mut keyed: Option<Option<Vec<u8>>> = None;
             let mut ids = std::collections::BTreeSet::new();
             for (o, (e, c)) in log.iter().enumerate() {
                 match c {
@@ -602,9 +697,11 @@ mod tests {
                     _ if latest.is_some_and(|l| *e < l) => {}
                     Change::Position { offset } => position = Some(*offset),
                     Change::Sequence { next: n, .. } => next = Some(*n),
+                    Change::Keyed(k) => keyed = Some(k.value.clone()),
                 }
             }
             let mut r = replay(&log);
+            let mut folded = r.take_keyed().last().map(|k| k.value.clone());
             if twice {
                 // Read again from the start, as after a restart that lost
                 // its cache: idempotent.
@@ -616,12 +713,17 @@ mod tests {
                 }
                 let mut all = first;
                 all.extend(again.take_applied());
+                // Read again, a key ends as its last current record says.
+                if let Some(last) = again.take_keyed().last() {
+                    folded = Some(last.value.clone());
+                }
                 r = again;
                 r.applied = all;
             }
             prop_assert_eq!(r.epoch, latest);
             prop_assert_eq!(r.position, position);
             prop_assert_eq!(r.sequences.get(&("wifi".to_string(), "k".to_string())).copied(), next);
+            prop_assert_eq!(folded, keyed);
             let got: std::collections::BTreeSet<String> = r
                 .applied
                 .iter()

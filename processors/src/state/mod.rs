@@ -14,7 +14,8 @@
 //!   `ProcessorStateManager`): after every batch whose effects every sink
 //!   accepted, the partition's worker writes what changed (the ledger
 //!   entries of the events it applied, the next sequence of every reorder
-//!   key that moved) and waits for the brokers' acknowledgement
+//!   key that moved, every key a stateful sink changed: the alerting
+//!   sink's devices, venue clocks and alerts) and waits for the brokers' acknowledgement
 //!   (`acks=all`, idempotent) before it stores the consumer offset. One
 //!   record per key per batch.
 //! - **The input position stored with the state** (Flink's checkpoints,
@@ -29,6 +30,13 @@
 //!   offset inside the store, as [`cache::StateCache`] does, in the same
 //!   transaction as the contents): a partition that comes back to an
 //!   instance is restored from there, not from the changelog's start.
+//! - **A sink's local store is a cache too, wiped when it may be ahead**
+//!   (Kafka Streams under exactly-once wipes a store that was not closed
+//!   cleanly): a [`PartitionSink`] says which changelog offset its rows
+//!   of the partition reflect, or that it applied a batch the changelog
+//!   never acknowledged. Unless every such sink reflects the cache's
+//!   offset, the restore reads the changelog from its start, after each
+//!   sink dropped its rows of the partition.
 //! - **Restore before processing**: a partition's worker restores its
 //!   state (the changelog from the cache's offset up to the instance's own
 //!   claim, below) before it handles a record; until then the runtime
@@ -85,9 +93,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use crate::sinks::BoxFuture;
+use crate::sinks::{BoxFuture, KeyedChange, PartitionSink};
 use cache::StateCache;
-use changelog::{Change, Restore, SeqKey};
+use changelog::{Change, Keyed, Restore, SeqKey};
 
 /// Where the state lives.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -352,14 +360,47 @@ fn unix_secs(t: SystemTime) -> u64 {
 /// Ledger entries restored: (source, event id, applied at in unix seconds).
 pub type LedgerEntries = Vec<(String, String, u64)>;
 
+/// A sink with partition state, by its name (the name its records carry).
+pub type NamedSink<'a> = (&'a str, &'a dyn PartitionSink);
+
+/// Hands restored keyed records to their sinks, grouped in runs of one
+/// sink so each sink sees its own in changelog order. Records of a sink
+/// no longer configured are dropped.
+fn hand_keyed(sinks: &[NamedSink<'_>], partition: i32, records: Vec<Keyed>) -> Result<(), String> {
+    // The sink (its index, `None`: not configured) of the current run.
+    let mut current: Option<Option<usize>> = None;
+    let mut run: Vec<KeyedChange> = Vec::new();
+    for k in records {
+        let owner = sinks.iter().position(|(name, _)| *name == k.sink);
+        if current != Some(owner) {
+            if let Some(Some(i)) = current {
+                sinks[i].1.restore(partition, &run)?;
+            }
+            run.clear();
+            current = Some(owner);
+        }
+        run.push((k.key, k.value));
+    }
+    if let Some(Some(i)) = current {
+        sinks[i].1.restore(partition, &run)?;
+    }
+    Ok(())
+}
+
 /// Claims `partition` and rebuilds its state: the ledger entries of the
 /// last `window` handed to `ledger` (in chunks; the dedupe store), the
-/// sequences and the input position returned. Reads the changelog from the
-/// cache's offset (its start without a cache) through this claim.
+/// sinks' keyed state handed to `sinks`, the sequences and the input
+/// position returned. Reads the changelog from the cache's offset (its
+/// start without a cache) through this claim; from its start, after each
+/// sink forgot the partition, unless every sink's local store reflects
+/// the same offset as the cache (Kafka Streams' rule under exactly-once: a
+/// store that may hold effects the changelog does not is wiped and
+/// rebuilt).
 pub async fn restore(
     stores: &Stores,
     partition: i32,
     window: Duration,
+    sinks: &[NamedSink<'_>],
     ledger: &mut (dyn FnMut(LedgerEntries) -> Result<(), String> + Send),
 ) -> Result<Restored, String> {
     let cached = match &stores.cache {
@@ -392,6 +433,18 @@ pub async fn restore(
     } else {
         cached
     };
+    let mut sinks_follow = true;
+    for (_, sink) in sinks {
+        sinks_follow &= sink.cached_at(partition)? == Some(cached.next_offset);
+    }
+    let cached = if sinks_follow {
+        cached
+    } else {
+        for (_, sink) in sinks {
+            sink.forget(partition)?;
+        }
+        cache::Cached::default()
+    };
     let from_cache = cached.next_offset > 0;
     let since = unix_secs(SystemTime::now()).saturating_sub(window.as_secs());
     let mut r = Restore::new(cached.epoch, cached.position, cached.sequences, since);
@@ -405,6 +458,9 @@ pub async fn restore(
         }
         if r.applied_waiting() >= RESTORE_CHUNK {
             ledger(r.take_applied())?;
+        }
+        if r.keyed_waiting() >= RESTORE_CHUNK {
+            hand_keyed(sinks, partition, r.take_keyed())?;
         }
         Ok(())
     };
@@ -425,6 +481,7 @@ pub async fn restore(
     if !rest.is_empty() {
         ledger(rest)?;
     }
+    hand_keyed(sinks, partition, r.take_keyed())?;
     if r.epoch != Some(claim) {
         return Err(format!(
             "the changelog read ended before this instance's claim at offset {claim}"
@@ -440,6 +497,9 @@ pub async fn restore(
         };
         c.save(partition, &at, &sequences)
             .map_err(|e| e.to_string())?;
+    }
+    for (_, sink) in sinks {
+        sink.restored(partition, claim, claim + 1)?;
     }
     Ok(Restored {
         epoch: claim,
@@ -485,6 +545,10 @@ pub struct Checkpoint {
     pub sequences: Vec<(SeqKey, i64)>,
     /// The input position reached.
     pub position: Option<i64>,
+    /// Sinks' partition state that changed (one record per key).
+    pub keyed: Vec<Keyed>,
+    /// Each partition sink's serial for this batch, by sink index.
+    pub sink_serials: Vec<(usize, u64)>,
 }
 
 impl PartitionState {
@@ -509,6 +573,7 @@ impl PartitionState {
     pub fn is_empty(&self, c: &Checkpoint) -> bool {
         c.applied.is_empty()
             && c.sequences.is_empty()
+            && c.keyed.is_empty()
             && (c.position.is_none() || c.position == self.written_position)
     }
 
@@ -531,7 +596,10 @@ impl PartitionState {
 
     /// The records of `c` for the state changelog, position last.
     pub fn state_records(&self, c: &Checkpoint) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::with_capacity(c.sequences.len() + 1);
+        let mut out = Vec::with_capacity(c.sequences.len() + c.keyed.len() + 1);
+        for k in &c.keyed {
+            out.push(Change::Keyed(k.clone()).encode(self.epoch));
+        }
         for ((source, key), next) in &c.sequences {
             out.push(
                 Change::Sequence {
@@ -550,19 +618,21 @@ impl PartitionState {
 
     /// Records that `c` was written: its ledger record at `ledger_offsets`
     /// and its state records at `state_offsets`. The cache follows when
-    /// both directly continue what it reflects.
+    /// both directly continue what it reflects. Returns the state
+    /// changelog offset the cache now reflects, `None` once it stopped
+    /// following (a sink's local store may follow it, never pass it).
     pub fn written(
         &mut self,
         c: &Checkpoint,
         ledger_offsets: &[i64],
         state_offsets: &[i64],
         cache: Option<&StateCache>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<i64>, String> {
         if c.position.is_some() {
             self.written_position = c.position;
         }
         let Some((next, ledger_next)) = self.cache_at else {
-            return Ok(());
+            return Ok(None);
         };
         let follows = |offsets: &[i64], from: i64| {
             offsets
@@ -577,7 +647,7 @@ impl PartitionState {
                 "another writer's records came between this owner's: the local cache stops here (the next restore reads on from it)"
             );
             self.cache_at = None;
-            return Ok(());
+            return Ok(None);
         }
         let at = cache::Offsets {
             next_offset: next + state_offsets.len() as i64,
@@ -594,7 +664,7 @@ impl PartitionState {
             }
         }
         self.cache_at = Some((at.next_offset, at.ledger_next));
-        Ok(())
+        Ok(Some(at.next_offset))
     }
 }
 
@@ -619,7 +689,7 @@ mod tests {
                 .collect();
             dedupe.record(&batch).map_err(|e| e.to_string())
         };
-        super::restore(s, partition, dedupe.window(), &mut ledger).await
+        super::restore(s, partition, dedupe.window(), &[], &mut ledger).await
     }
 
     /// The state changelog and the ledger topic, in memory.
@@ -647,6 +717,7 @@ mod tests {
             at: Some(SystemTime::now()),
             sequences: vec![(("wifi".into(), "v1".into()), seq)],
             position: Some(position),
+            ..Checkpoint::default()
         }
     }
 

@@ -178,6 +178,8 @@ pub(super) struct Deliverer {
     pub(super) metrics: Metrics,
     /// Woken by the sink after a batch appended to the outbox.
     pub(super) wake: Arc<tokio::sync::Notify>,
+    /// The partitions whose firing alerts this instance re-posts.
+    pub(super) owned: super::Owned,
 }
 
 /// Per-receiver backoff.
@@ -250,7 +252,7 @@ impl Deliverer {
                 }
                 self.drain(&conn, name, receiver, &mut backoff).await;
             }
-            if tokio::time::Instant::now() >= next_refresh {
+            if self.owned.taken_over() || tokio::time::Instant::now() >= next_refresh {
                 self.refresh(&conn, &mut backoff).await;
                 next_refresh = tokio::time::Instant::now() + self.config.resend_interval;
             }
@@ -306,7 +308,12 @@ impl Deliverer {
             let r = name.to_owned();
             let rows = Self::db(conn, move |c| {
                 let mut st = c.prepare_cached(
-                    "SELECT id, notification FROM outbox WHERE receiver = ?1 ORDER BY id LIMIT ?2",
+                    // Only notifications whose batch the changelog holds:
+                    // one rebuilt after a crash is raised again instead.
+                    "SELECT id, notification FROM outbox o WHERE receiver = ?1
+                       AND (partition = -1 OR serial <= coalesce(
+                         (SELECT checkpointed FROM partitions p WHERE p.partition = o.partition), 0))
+                     ORDER BY id LIMIT ?2",
                 )?;
                 st.query_map(params![r, DELIVER_CHUNK as i64], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
@@ -359,8 +366,17 @@ impl Deliverer {
                         return;
                     }
                 }
+                // Remembered as sent (for `applied_retention`), so a
+                // rebuilt batch that raises it again does not queue it.
                 if let Err(e) = Self::db(conn, move |c| {
-                    c.execute("DELETE FROM outbox WHERE id = ?1", [id])
+                    let tx = c.transaction()?;
+                    tx.execute(
+                        "INSERT OR IGNORE INTO sent (receiver, key, sent_at)
+                         SELECT receiver, key, ?2 FROM outbox WHERE id = ?1 AND key != ''",
+                        params![id, now_micros()],
+                    )?;
+                    tx.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+                    tx.commit()
                 })
                 .await
                 {
@@ -393,11 +409,15 @@ impl Deliverer {
         }
     }
 
-    /// Re-posts every firing alert to each Alertmanager receiver.
+    /// Re-posts every firing alert of the partitions this instance owns
+    /// to each Alertmanager receiver: a partition's new owner takes its
+    /// alerts over under the same labels and start, so Alertmanager keeps
+    /// one alert; the previous owner stopped at its revoke.
     async fn refresh(&self, conn: &Arc<Mutex<Connection>>, backoff: &mut HashMap<String, Backoff>) {
         let docs = Self::db(conn, |c| {
-            let mut st = c.prepare_cached("SELECT alert FROM alerts WHERE state = 'firing'")?;
-            st.query_map([], |r| r.get::<_, String>(0))?
+            let mut st =
+                c.prepare_cached("SELECT partition, alert FROM alerts WHERE state = 'firing'")?;
+            st.query_map([], |r| Ok((r.get::<_, i32>(0)?, r.get::<_, String>(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .await;
@@ -406,7 +426,8 @@ impl Deliverer {
         };
         let notes: Vec<Notification> = docs
             .iter()
-            .filter_map(|d| serde_json::from_str::<AlertDoc>(d).ok())
+            .filter(|(partition, _)| self.owned.holds(*partition))
+            .filter_map(|(_, d)| serde_json::from_str::<AlertDoc>(d).ok())
             .map(|alert| Notification {
                 key: String::new(),
                 status: "firing".into(),
@@ -450,6 +471,7 @@ impl Deliverer {
         let names: Vec<String> = self.receivers.iter().map(|(n, _)| n.clone()).collect();
         let res = Self::db(conn, move |c| {
             c.execute("DELETE FROM applied WHERE applied_at < ?1", [cutoff])?;
+            c.execute("DELETE FROM sent WHERE sent_at < ?1", [cutoff])?;
             let mut dropped = Vec::new();
             for n in names {
                 let d = c.execute(

@@ -10,34 +10,64 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use schemas::venue_state::{Entry, Key, VenueState};
+
 use crate::event::Event;
 
 use super::config::*;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS applied (
-    source TEXT NOT NULL, event_id TEXT NOT NULL, applied_at INTEGER NOT NULL,
-    PRIMARY KEY (source, event_id)) WITHOUT ROWID;
+    partition INTEGER NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL,
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (partition, source, event_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applied_by_time ON applied (applied_at);
 CREATE TABLE IF NOT EXISTS devices (
-    venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
+    partition INTEGER NOT NULL, venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
     connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
-    PRIMARY KEY (venue, device)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS devices_by_zone ON devices (venue, zone);
+    PRIMARY KEY (partition, venue, device)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS devices_by_zone ON devices (partition, venue, zone);
 CREATE TABLE IF NOT EXISTS venues (
-    venue TEXT PRIMARY KEY, watermark INTEGER NOT NULL) WITHOUT ROWID;
+    partition INTEGER NOT NULL, venue TEXT NOT NULL, watermark INTEGER NOT NULL,
+    PRIMARY KEY (partition, venue)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
-    fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL,
-    generation INTEGER NOT NULL, last_raised_at INTEGER NOT NULL,
-    alert TEXT NOT NULL) WITHOUT ROWID;
+    partition INTEGER NOT NULL, fingerprint TEXT NOT NULL, rule TEXT NOT NULL,
+    state TEXT NOT NULL, generation INTEGER NOT NULL, last_raised_at INTEGER NOT NULL,
+    alert TEXT NOT NULL,
+    PRIMARY KEY (partition, fingerprint)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alerts_by_state ON alerts (state);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, receiver TEXT NOT NULL,
     notification TEXT NOT NULL, created_at INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0);
+    attempts INTEGER NOT NULL DEFAULT 0,
+    partition INTEGER NOT NULL DEFAULT -1, serial INTEGER NOT NULL DEFAULT 0,
+    key TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS outbox_by_receiver ON outbox (receiver, id);
-PRAGMA user_version = 1;
+CREATE INDEX IF NOT EXISTS outbox_by_key ON outbox (receiver, key);
+CREATE TABLE IF NOT EXISTS sent (
+    receiver TEXT NOT NULL, key TEXT NOT NULL, sent_at INTEGER NOT NULL,
+    PRIMARY KEY (receiver, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
+CREATE TABLE IF NOT EXISTS partitions (
+    partition INTEGER PRIMARY KEY, serial INTEGER NOT NULL DEFAULT 0,
+    checkpointed INTEGER NOT NULL DEFAULT 0, clean_at INTEGER);
+PRAGMA user_version = 2;
 ";
+
+/// Tables of the version 1 file, whose rows had no partition: dropped on
+/// upgrade (their state was never in the changelog); the outbox stays,
+/// its rows unpartitioned (sent as before).
+const DROP_V1: &str = "
+DROP TABLE IF EXISTS applied; DROP TABLE IF EXISTS devices;
+DROP TABLE IF EXISTS venues; DROP TABLE IF EXISTS alerts;
+ALTER TABLE outbox ADD COLUMN partition INTEGER NOT NULL DEFAULT -1;
+ALTER TABLE outbox ADD COLUMN serial INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN key TEXT NOT NULL DEFAULT '';
+";
+
+/// The partition of state applied without partition state (replay, a
+/// pipeline without a changelog): never restored, never written.
+pub const UNPARTITIONED: i32 = -1;
 
 /// Opens (creating) the state file with the settings every connection
 /// needs.
@@ -46,6 +76,11 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     c.busy_timeout(Duration::from_secs(30))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
+    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 1 {
+        tracing::warn!(path = %path.display(), "alert state file of version 1 (per host): its live state is dropped and rebuilt from the changelog and new events; undelivered notifications are kept");
+        c.execute_batch(DROP_V1)?;
+    }
     c.execute_batch(SCHEMA)?;
     Ok(c)
 }
@@ -144,6 +179,45 @@ pub(super) struct Tx<'a> {
     engine: &'a Engine,
     stats: &'a mut BatchStats,
     now: i64,
+    partition: i32,
+    /// The batch's serial in its partition (0 unpartitioned).
+    serial: i64,
+    /// Keys whose rows this batch changed (for the changelog).
+    touched: Touched,
+}
+
+/// The keys a batch changed: devices (venue, device), venue clocks,
+/// alerts (fingerprint).
+#[derive(Default)]
+struct Touched {
+    devices: BTreeSet<(String, String)>,
+    venues: BTreeSet<String>,
+    alerts: BTreeSet<String>,
+}
+
+/// What [`Engine::apply_in`] did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// For the metrics.
+    pub stats: BatchStats,
+    /// The partition state's changes, one per key (none unpartitioned).
+    pub changes: Vec<crate::sinks::KeyedChange>,
+    /// The batch's serial in its partition.
+    pub serial: u64,
+}
+
+/// Key kind of an alert's record (venue-state kinds are in
+/// `schemas::venue_state`).
+pub(super) const ALERT_KEY: u8 = b'A';
+
+/// An alert's state as its changelog record holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct AlertState {
+    pub rule: String,
+    pub state: String,
+    pub generation: i64,
+    pub last_raised_at: i64,
+    pub alert: AlertDoc,
 }
 
 impl Engine {
@@ -162,30 +236,70 @@ impl Engine {
         }
     }
 
-    /// Applies a batch in one transaction: each event once, by (source,
-    /// event id). `now` is the wall clock (Unix µs) for the age and skew
-    /// checks.
+    /// Applies a batch in one transaction, without partition state (see
+    /// [`UNPARTITIONED`]).
     pub fn apply(
         &self,
         conn: &mut Connection,
         batch: &[Arc<Event>],
         now: i64,
     ) -> rusqlite::Result<BatchStats> {
+        Ok(self.apply_in(conn, UNPARTITIONED, batch, now)?.stats)
+    }
+
+    /// Applies a batch of `partition`'s events in one transaction: each
+    /// event once, by (source, event id). `now` is the wall clock (Unix
+    /// µs) for the age and skew checks. For a partition (not
+    /// [`UNPARTITIONED`]) the transaction also counts the batch's serial,
+    /// which leaves the partition's store ahead of its changelog until
+    /// [`checkpointed`](super::AlertsSink) says the changes are written,
+    /// and returns the changes: one record per changed key.
+    pub fn apply_in(
+        &self,
+        conn: &mut Connection,
+        partition: i32,
+        batch: &[Arc<Event>],
+        now: i64,
+    ) -> rusqlite::Result<Applied> {
         let mut stats = BatchStats::default();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let serial = if partition == UNPARTITIONED {
+            0
+        } else {
+            tx.query_row(
+                "INSERT INTO partitions (partition, serial) VALUES (?1, 1)
+                 ON CONFLICT (partition) DO UPDATE SET serial = serial + 1
+                 RETURNING serial",
+                [partition],
+                |r| r.get::<_, i64>(0),
+            )?
+        };
+        let mut touched = Touched::default();
         {
             let mut t = Tx {
                 tx: &tx,
                 engine: self,
                 stats: &mut stats,
                 now,
+                partition,
+                serial,
+                touched: Touched::default(),
             };
             for e in batch {
                 t.event(e)?;
             }
+            std::mem::swap(&mut touched, &mut t.touched);
+        }
+        let mut out = Applied {
+            serial: serial as u64,
+            ..Applied::default()
+        };
+        if partition != UNPARTITIONED {
+            out.changes = changes(&tx, partition, &touched)?;
         }
         tx.commit()?;
-        Ok(stats)
+        out.stats = stats;
+        Ok(out)
     }
 }
 
@@ -196,8 +310,9 @@ impl Tx<'_> {
 
     fn event(&mut self, e: &Event) -> rusqlite::Result<()> {
         let fresh = self.tx.execute(
-            "INSERT OR IGNORE INTO applied (source, event_id, applied_at) VALUES (?1, ?2, ?3)",
-            params![e.source, e.event_id, self.now],
+            "INSERT OR IGNORE INTO applied (partition, source, event_id, applied_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![self.partition, e.source, e.event_id, self.now],
         )?;
         if fresh == 0 {
             self.ignore("duplicate");
@@ -230,38 +345,45 @@ impl Tx<'_> {
         let old_wm: Option<i64> = self
             .tx
             .query_row(
-                "SELECT watermark FROM venues WHERE venue = ?1",
-                [venue],
+                "SELECT watermark FROM venues WHERE partition = ?1 AND venue = ?2",
+                params![self.partition, venue],
                 |r| r.get(0),
             )
             .optional()?;
         // Never past the wall clock plus the skew, even if a clock stored
         // before this bound existed was.
         let wm = old_wm.map_or(at, |o| o.max(at)).min(horizon);
-        self.tx.execute(
-            "INSERT INTO venues (venue, watermark) VALUES (?1, ?2)
-             ON CONFLICT (venue) DO UPDATE SET watermark = excluded.watermark",
-            params![venue, wm],
-        )?;
+        if old_wm != Some(wm) {
+            self.tx.execute(
+                "INSERT INTO venues (partition, venue, watermark) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (partition, venue) DO UPDATE SET watermark = excluded.watermark",
+                params![self.partition, venue, wm],
+            )?;
+            self.touched.venues.insert(venue.to_owned());
+        }
         // Zones whose count may have changed.
         let mut zones: BTreeSet<String> = BTreeSet::new();
         if let Some(device) = w.device_id.as_deref() {
             let old: Option<(Option<String>, i64)> = self
                 .tx
                 .query_row(
-                    "SELECT zone, connected_at FROM devices WHERE venue = ?1 AND device = ?2",
-                    [venue, device],
+                    "SELECT zone, connected_at FROM devices
+                     WHERE partition = ?1 AND venue = ?2 AND device = ?3",
+                    params![self.partition, venue, device],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
             if let Some((Some(z), _)) = &old {
                 zones.insert(z.clone());
             }
+            self.touched
+                .devices
+                .insert((venue.to_owned(), device.to_owned()));
             match w.event_type.as_str() {
                 "device_disconnected" => {
                     self.tx.execute(
-                        "DELETE FROM devices WHERE venue = ?1 AND device = ?2",
-                        [venue, device],
+                        "DELETE FROM devices WHERE partition = ?1 AND venue = ?2 AND device = ?3",
+                        params![self.partition, venue, device],
                     )?;
                     self.resolve_dwell(venue, device, at)?;
                 }
@@ -272,11 +394,11 @@ impl Tx<'_> {
                         .or_else(|| old.as_ref().and_then(|(z, _)| z.clone()));
                     let connected_at = old.as_ref().map_or(at, |(_, c)| *c);
                     self.tx.execute(
-                        "INSERT INTO devices (venue, device, zone, connected_at, last_seen)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (venue, device) DO UPDATE SET
+                        "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (partition, venue, device) DO UPDATE SET
                            zone = excluded.zone, last_seen = max(last_seen, excluded.last_seen)",
-                        params![venue, device, zone, connected_at, at],
+                        params![self.partition, venue, device, zone, connected_at, at],
                     )?;
                     if let Some(z) = zone {
                         zones.insert(z);
@@ -284,9 +406,9 @@ impl Tx<'_> {
                 }
                 _ => {
                     self.tx.execute(
-                        "UPDATE devices SET last_seen = max(last_seen, ?3)
-                         WHERE venue = ?1 AND device = ?2",
-                        params![venue, device, at],
+                        "UPDATE devices SET last_seen = max(last_seen, ?4)
+                         WHERE partition = ?1 AND venue = ?2 AND device = ?3",
+                        params![self.partition, venue, device, at],
                     )?;
                 }
             }
@@ -295,17 +417,23 @@ impl Tx<'_> {
         let cutoff = wm.saturating_sub(micros(self.engine.session_timeout));
         let expired: Vec<(String, Option<String>)> = {
             let mut st = self.tx.prepare_cached(
-                "SELECT device, zone FROM devices WHERE venue = ?1 AND last_seen < ?2",
+                "SELECT device, zone FROM devices
+                 WHERE partition = ?1 AND venue = ?2 AND last_seen < ?3",
             )?;
-            st.query_map(params![venue, cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
+            st.query_map(params![self.partition, venue, cutoff], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?
         };
         if !expired.is_empty() {
             self.tx.execute(
-                "DELETE FROM devices WHERE venue = ?1 AND last_seen < ?2",
-                params![venue, cutoff],
+                "DELETE FROM devices WHERE partition = ?1 AND venue = ?2 AND last_seen < ?3",
+                params![self.partition, venue, cutoff],
             )?;
             for (device, zone) in &expired {
+                self.touched
+                    .devices
+                    .insert((venue.to_owned(), device.clone()));
                 if let Some(z) = zone {
                     zones.insert(z.clone());
                 }
@@ -322,8 +450,8 @@ impl Tx<'_> {
 
     fn occupancy(&mut self, venue: &str, zone: &str, at: i64) -> rusqlite::Result<()> {
         let count: i64 = self.tx.query_row(
-            "SELECT COUNT(*) FROM devices WHERE venue = ?1 AND zone = ?2",
-            [venue, zone],
+            "SELECT COUNT(*) FROM devices WHERE partition = ?1 AND venue = ?2 AND zone = ?3",
+            params![self.partition, venue, zone],
             |r| r.get(0),
         )?;
         let engine = self.engine;
@@ -415,9 +543,9 @@ impl Tx<'_> {
             let long: Vec<(String, Option<String>, i64)> = {
                 let mut st = self.tx.prepare_cached(
                     "SELECT device, zone, connected_at FROM devices
-                     WHERE venue = ?1 AND connected_at <= ?2",
+                     WHERE partition = ?1 AND venue = ?2 AND connected_at <= ?3",
                 )?;
-                st.query_map(params![venue, since], |r| {
+                st.query_map(params![self.partition, venue, since], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?
@@ -432,8 +560,9 @@ impl Tx<'_> {
                 let raised: Option<(String, i64)> = self
                     .tx
                     .query_row(
-                        "SELECT state, last_raised_at FROM alerts WHERE fingerprint = ?1",
-                        [&fp],
+                        "SELECT state, last_raised_at FROM alerts
+                         WHERE partition = ?1 AND fingerprint = ?2",
+                        params![self.partition, fp],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
@@ -479,16 +608,17 @@ impl Tx<'_> {
         let existing: Option<(String, i64, i64)> = self
             .tx
             .query_row(
-                "SELECT state, generation, last_raised_at FROM alerts WHERE fingerprint = ?1",
-                [fp],
+                "SELECT state, generation, last_raised_at FROM alerts
+                 WHERE partition = ?1 AND fingerprint = ?2",
+                params![self.partition, fp],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         let generation = match existing {
             Some((state, _, _)) if state == "firing" => {
                 let old: String = self.tx.query_row(
-                    "SELECT alert FROM alerts WHERE fingerprint = ?1",
-                    [fp],
+                    "SELECT alert FROM alerts WHERE partition = ?1 AND fingerprint = ?2",
+                    params![self.partition, fp],
                     |r| r.get(0),
                 )?;
                 if let Ok(mut old) = serde_json::from_str::<AlertDoc>(&old)
@@ -496,9 +626,10 @@ impl Tx<'_> {
                 {
                     old.annotations = doc.annotations;
                     self.tx.execute(
-                        "UPDATE alerts SET alert = ?2 WHERE fingerprint = ?1",
-                        params![fp, to_json(&old)],
+                        "UPDATE alerts SET alert = ?3 WHERE partition = ?1 AND fingerprint = ?2",
+                        params![self.partition, fp, to_json(&old)],
                     )?;
+                    self.touched.alerts.insert(fp.to_owned());
                 }
                 return Ok(());
             }
@@ -517,12 +648,13 @@ impl Tx<'_> {
         // is never re-posted, while its cooldown still holds.
         let state = if doc.one_shot { "resolved" } else { "firing" };
         self.tx.execute(
-            "INSERT INTO alerts (fingerprint, rule, state, generation, last_raised_at, alert)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (fingerprint) DO UPDATE SET rule = excluded.rule, state = excluded.state,
-               generation = excluded.generation, last_raised_at = excluded.last_raised_at,
-               alert = excluded.alert",
+            "INSERT INTO alerts (partition, fingerprint, rule, state, generation, last_raised_at, alert)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (partition, fingerprint) DO UPDATE SET rule = excluded.rule,
+               state = excluded.state, generation = excluded.generation,
+               last_raised_at = excluded.last_raised_at, alert = excluded.alert",
             params![
+                self.partition,
                 fp,
                 rule.name(),
                 state,
@@ -531,6 +663,7 @@ impl Tx<'_> {
                 to_json(&doc)
             ],
         )?;
+        self.touched.alerts.insert(fp.to_owned());
         *self.stats.raised.entry(rule.name().to_owned()).or_default() += 1;
         self.enqueue(fp, generation, "firing", doc)
     }
@@ -546,8 +679,8 @@ impl Tx<'_> {
         let existing: Option<(String, i64, String)> = self
             .tx
             .query_row(
-                "SELECT state, generation, alert FROM alerts WHERE fingerprint = ?1",
-                [fp],
+                "SELECT state, generation, alert FROM alerts WHERE partition = ?1 AND fingerprint = ?2",
+                params![self.partition, fp],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -563,9 +696,10 @@ impl Tx<'_> {
         doc.ends_at = Some(at.max(doc.starts_at));
         edit(&mut doc);
         self.tx.execute(
-            "UPDATE alerts SET state = 'resolved', alert = ?2 WHERE fingerprint = ?1",
-            params![fp, to_json(&doc)],
+            "UPDATE alerts SET state = 'resolved', alert = ?3 WHERE partition = ?1 AND fingerprint = ?2",
+            params![self.partition, fp, to_json(&doc)],
         )?;
+        self.touched.alerts.insert(fp.to_owned());
         *self.stats.resolved.entry(rule.to_owned()).or_default() += 1;
         self.enqueue(fp, generation, "resolved", doc)
     }
@@ -584,14 +718,298 @@ impl Tx<'_> {
         };
         let text = to_json(&n);
         for r in &self.engine.receivers {
-            self.tx.execute(
-                "INSERT INTO outbox (receiver, notification, created_at) VALUES (?1, ?2, ?3)",
-                params![r, text, self.now],
+            // A notification already waiting or sent (its batch rebuilt
+            // and read again after a crash) is not queued twice.
+            let added = self.tx.execute(
+                "INSERT INTO outbox (receiver, notification, created_at, partition, serial, key)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6
+                 WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE receiver = ?1 AND key = ?6)
+                   AND NOT EXISTS (SELECT 1 FROM sent WHERE receiver = ?1 AND key = ?6)",
+                params![r, text, self.now, self.partition, self.serial, n.key],
             )?;
-            self.stats.enqueued += 1;
+            self.stats.enqueued += added as u64;
         }
         Ok(())
     }
+}
+
+fn encode_error(e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// One record per key `touched` names: its row now, or gone.
+fn changes(
+    tx: &rusqlite::Transaction<'_>,
+    partition: i32,
+    touched: &Touched,
+) -> rusqlite::Result<Vec<crate::sinks::KeyedChange>> {
+    let mut out =
+        Vec::with_capacity(touched.devices.len() + touched.venues.len() + touched.alerts.len());
+    let mut device = tx.prepare_cached(
+        "SELECT zone, connected_at, last_seen FROM devices
+         WHERE partition = ?1 AND venue = ?2 AND device = ?3",
+    )?;
+    for (venue, id) in &touched.devices {
+        let row: Option<(Option<String>, i64, i64)> = device
+            .query_row(params![partition, venue, id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let value = match row {
+            Some((zone, connected_at, last_seen)) => Some(
+                VenueState {
+                    venue: venue.clone(),
+                    entry: Entry::Device {
+                        device: id.clone(),
+                        zone,
+                        connected_at,
+                        last_seen,
+                    },
+                }
+                .encode()
+                .map_err(encode_error)?,
+            ),
+            None => None,
+        };
+        let key = Key::Device {
+            venue: venue.clone(),
+            device: id.clone(),
+        };
+        out.push((key.encode(), value));
+    }
+    let mut clock =
+        tx.prepare_cached("SELECT watermark FROM venues WHERE partition = ?1 AND venue = ?2")?;
+    for venue in &touched.venues {
+        let at: Option<i64> = clock
+            .query_row(params![partition, venue], |r| r.get(0))
+            .optional()?;
+        let value = match at {
+            Some(clock) => Some(
+                VenueState {
+                    venue: venue.clone(),
+                    entry: Entry::Clock { clock },
+                }
+                .encode()
+                .map_err(encode_error)?,
+            ),
+            None => None,
+        };
+        out.push((
+            Key::Clock {
+                venue: venue.clone(),
+            }
+            .encode(),
+            value,
+        ));
+    }
+    let mut alert = tx.prepare_cached(
+        "SELECT rule, state, generation, last_raised_at, alert FROM alerts
+         WHERE partition = ?1 AND fingerprint = ?2",
+    )?;
+    for fp in &touched.alerts {
+        let row: Option<(String, String, i64, i64, String)> = alert
+            .query_row(params![partition, fp], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .optional()?;
+        let value = match row {
+            Some((rule, state, generation, last_raised_at, doc)) => {
+                let alert: AlertDoc = serde_json::from_str(&doc).map_err(encode_error)?;
+                Some(
+                    to_json(&AlertState {
+                        rule,
+                        state,
+                        generation,
+                        last_raised_at,
+                        alert,
+                    })
+                    .into_bytes(),
+                )
+            }
+            None => None,
+        };
+        let mut key = Vec::with_capacity(1 + fp.len());
+        key.push(ALERT_KEY);
+        key.extend_from_slice(fp.as_bytes());
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
+/// Applies restored records of `partition` in one transaction; returns
+/// how many could not be read (skipped: the key keeps its previous state).
+pub(super) fn restore_records(
+    conn: &mut Connection,
+    partition: i32,
+    records: &[crate::sinks::KeyedChange],
+) -> rusqlite::Result<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut unreadable = 0;
+    for (key, value) in records {
+        if key.first() == Some(&ALERT_KEY) {
+            let Ok(fp) = std::str::from_utf8(&key[1..]) else {
+                unreadable += 1;
+                continue;
+            };
+            match value.as_deref().map(serde_json::from_slice::<AlertState>) {
+                None => {
+                    tx.execute(
+                        "DELETE FROM alerts WHERE partition = ?1 AND fingerprint = ?2",
+                        params![partition, fp],
+                    )?;
+                }
+                Some(Ok(a)) => {
+                    tx.execute(
+                        "INSERT INTO alerts (partition, fingerprint, rule, state, generation,
+                           last_raised_at, alert) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT (partition, fingerprint) DO UPDATE SET rule = excluded.rule,
+                           state = excluded.state, generation = excluded.generation,
+                           last_raised_at = excluded.last_raised_at, alert = excluded.alert",
+                        params![
+                            partition,
+                            fp,
+                            a.rule,
+                            a.state,
+                            a.generation,
+                            a.last_raised_at,
+                            to_json(&a.alert)
+                        ],
+                    )?;
+                }
+                Some(Err(_)) => unreadable += 1,
+            }
+            continue;
+        }
+        let Some(k) = Key::decode(key) else {
+            unreadable += 1;
+            continue;
+        };
+        let state = match value.as_deref().map(VenueState::decode) {
+            Some(Err(_)) => {
+                unreadable += 1;
+                continue;
+            }
+            Some(Ok(s)) => Some(s),
+            None => None,
+        };
+        match (k, state) {
+            (Key::Device { venue, device }, None) => {
+                tx.execute(
+                    "DELETE FROM devices WHERE partition = ?1 AND venue = ?2 AND device = ?3",
+                    params![partition, venue, device],
+                )?;
+            }
+            (
+                Key::Device { venue, device },
+                Some(VenueState {
+                    entry:
+                        Entry::Device {
+                            zone,
+                            connected_at,
+                            last_seen,
+                            ..
+                        },
+                    ..
+                }),
+            ) => {
+                tx.execute(
+                    "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (partition, venue, device) DO UPDATE SET zone = excluded.zone,
+                       connected_at = excluded.connected_at, last_seen = excluded.last_seen",
+                    params![partition, venue, device, zone, connected_at, last_seen],
+                )?;
+            }
+            (Key::Clock { venue }, None) => {
+                tx.execute(
+                    "DELETE FROM venues WHERE partition = ?1 AND venue = ?2",
+                    params![partition, venue],
+                )?;
+            }
+            (
+                Key::Clock { venue },
+                Some(VenueState {
+                    entry: Entry::Clock { clock },
+                    ..
+                }),
+            ) => {
+                tx.execute(
+                    "INSERT INTO venues (partition, venue, watermark) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (partition, venue) DO UPDATE SET watermark = excluded.watermark",
+                    params![partition, venue, clock],
+                )?;
+            }
+            // A key and a value of different kinds.
+            _ => unreadable += 1,
+        }
+    }
+    tx.commit()?;
+    Ok(unreadable)
+}
+
+/// Drops the partition's rows before a rebuild. Its waiting
+/// notifications stay and may be sent: whether their batch reached the
+/// changelog or not (a crash between the acknowledgement and
+/// [`checkpointed`]), the rebuilt state either holds their effect or
+/// raises them again under the same key, which is then not queued twice.
+pub(super) fn forget(conn: &mut Connection, partition: i32) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for table in ["applied", "devices", "venues", "alerts"] {
+        tx.execute(
+            &format!("DELETE FROM {table} WHERE partition = ?1"),
+            [partition],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO partitions (partition) VALUES (?1)
+         ON CONFLICT (partition) DO UPDATE SET checkpointed = serial, clean_at = NULL",
+        [partition],
+    )?;
+    tx.commit()
+}
+
+/// The changelog offset the partition's rows reflect, if nothing was
+/// applied past it.
+pub(super) fn cached_at(conn: &Connection, partition: i32) -> rusqlite::Result<Option<i64>> {
+    let row: Option<(i64, i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT serial, checkpointed, clean_at FROM partitions WHERE partition = ?1",
+            [partition],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(row.and_then(|(serial, done, at)| (serial == done).then_some(at).flatten()))
+}
+
+/// Marks the batches up to `serial` written, the rows reflecting the
+/// changelog below `at` (`None`: unknown).
+pub(super) fn checkpointed(
+    conn: &Connection,
+    partition: i32,
+    serial: u64,
+    at: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO partitions (partition, serial, checkpointed, clean_at) VALUES (?1, ?2, ?2, ?3)
+         ON CONFLICT (partition) DO UPDATE SET
+           checkpointed = max(checkpointed, excluded.checkpointed), clean_at = excluded.clean_at",
+        params![partition, serial as i64, at],
+    )?;
+    Ok(())
+}
+
+/// A restore ended: the rows reflect the changelog below `at`, no batch
+/// pending (a restore either continued a clean store or followed
+/// [`forget`]). Serials keep growing across owners: the outbox's rows
+/// name theirs.
+pub(super) fn restored(conn: &Connection, partition: i32, at: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO partitions (partition, clean_at) VALUES (?1, ?2)
+         ON CONFLICT (partition) DO UPDATE SET checkpointed = serial,
+           clean_at = excluded.clean_at",
+        params![partition, at],
+    )?;
+    Ok(())
 }
 
 pub(super) fn to_json<T: Serialize>(v: &T) -> String {

@@ -51,16 +51,48 @@
 //! dated years ahead would otherwise move it there and expire every
 //! session of the venue at once, and every new one after it, for good.
 //!
-//! # Effect once across kill -9 and restarts
+//! # State that follows its partition
 //!
-//! All state lives in one SQLite file (`path`, WAL, `synchronous=FULL`).
-//! Each batch is one `BEGIN IMMEDIATE` transaction that records the applied
-//! (source, event id) pairs, updates devices, venue clocks and alerts, and
-//! appends the notifications to an outbox, one row per receiver. The sink
-//! answers `Accepted` only after the commit; an event offered again (the
-//! crash came before the offset commit, a duplicate) finds its id applied
-//! and changes nothing. Applied ids are kept for `applied_retention`
-//! (default 72 h, the dedupe window).
+//! The live state (devices, venue clocks, alerts with their raise numbers
+//! and cooldowns) belongs to the raw-topic partition its venue's events
+//! are in, as the dedupe ledger and reorder positions do (see
+//! `crate::state`), so whichever instance the group assigns a partition
+//! continues it:
+//!
+//! - Each batch's changes are one record per changed key (a device, a
+//!   venue's clock, an alert) in the state changelog, written with the
+//!   batch's checkpoint, before its offset may be committed. Devices and
+//!   clocks are the venue state (`schemas::venue_state`, an Avro contract
+//!   the venue view reads); alerts are JSON of this sink's own.
+//! - The SQLite file (`path`, WAL, `synchronous=FULL`) is a cache of that
+//!   changelog, one set of rows per partition. It remembers the changelog
+//!   offset its rows of each partition reflect; a partition that comes
+//!   back is restored from there. A partition whose rows took a batch the
+//!   changelog never acknowledged (a crash, a hand-over in the middle) is
+//!   dropped and rebuilt from the changelog on its next restore, as Kafka
+//!   Streams wipes a store under exactly-once: the re-read events then
+//!   change the rebuilt state, and write their records, again.
+//! - A notification is sent only once the changelog acknowledged its
+//!   batch. The outbox keeps its rows across a rebuild (their batch may
+//!   have reached the changelog just before a crash, and is then not read
+//!   again), and a notification raised again by a rebuilt batch is not
+//!   queued when one with its key is waiting or was sent (sent keys are
+//!   remembered for `applied_retention`).
+//! - Each batch is one `BEGIN IMMEDIATE` transaction that also records the
+//!   applied (source, event id) pairs (the pipeline's ledger already keeps
+//!   applied events from being offered again; this guards the rows
+//!   against a batch offered twice on one host) and appends the
+//!   notifications to an outbox, one row per receiver. Applied ids are kept
+//!   for `applied_retention` (default 72 h, the dedupe window).
+//! - Only the partition's owner acts on its alerts: the delivery task
+//!   re-posts the firing alerts of the partitions this instance owns, at
+//!   once when it takes one over and then every `resend_interval`, under
+//!   the same labels and start, so Alertmanager keeps one alert; an
+//!   instance that loses a partition stops re-posting its alerts at the
+//!   hand-over, and the new owner is the one that resolves them.
+//!
+//! Without partition state (a replay, or a pipeline run without
+//! changelogs) the sink keeps its rows under partition `-1`, per host.
 //!
 //! A delivery task sends each receiver's outbox rows in order and deletes a
 //! row only after the receiver accepted it (`2xx`). Failures are retried
@@ -73,30 +105,29 @@
 //! past it the oldest are dropped and counted.
 //!
 //! - Alertmanager is idempotent by label set: a repeat after a crash is
-//!   harmless. Firing alerts are also re-posted every `resend_interval`
-//!   with `endsAt = now + alert_ttl`, so Alertmanager keeps them while the
-//!   condition holds, and lets them expire on its own `alert_ttl` after the
-//!   processors stop for good. A resolve is posted with `endsAt` = when it
-//!   cleared.
-//! - Slack has no idempotency: delivery is at-least-once. The window for a
-//!   duplicate is one request: between Slack accepting a message and the
-//!   outbox row's delete committing (a kill -9 then, or a response lost to a
-//!   timeout, sends it again). Each request carries `Idempotency-Key:
-//!   alert-<fingerprint hash>-<raise number>-<firing|resolved>`, the same on
-//!   every attempt, so a proxy can drop such repeats.
+//!   harmless. Firing alerts are re-posted with `endsAt = now +
+//!   alert_ttl`, so Alertmanager keeps them while the condition holds, and
+//!   lets them expire on its own `alert_ttl` after the processors stop for
+//!   good. A resolve is posted with `endsAt` = when it cleared.
+//! - Slack has no idempotency: delivery is at-least-once. Each request
+//!   carries `Idempotency-Key: alert-<fingerprint hash>-<raise
+//!   number>-<firing|resolved>`, the same on every attempt and on every
+//!   host, so a proxy can drop repeats. A notification is repeated when a
+//!   kill -9 (or a response lost to a timeout) comes between Slack
+//!   accepting it and its outbox row's delete, or when its batch is
+//!   rebuilt (above) and raises it again.
 //! - Receivers are served one after another by one task: a receiver whose
 //!   requests time out delays the others' deliveries by up to `timeout`
 //!   per round (it then backs off and is skipped until its pause ends).
-//! - Two processes on one host may share the file: SQLite's own locks
-//!   serialise the batch transactions (`busy_timeout`), and only the process
-//!   holding an exclusive `flock` on `<path>.deliver.lock` delivers, so one
-//!   row is never sent by two processes at once.
+//! - One file per instance: only the process holding an exclusive `flock`
+//!   on `<path>.deliver.lock` delivers, and it re-posts only its own
+//!   partitions' alerts.
 //!
-//! Known limit: the state is per host (the dedupe ledger and the reorder
-//! positions follow their partition through `crate::state`; this file does
-//! not yet). When a partition moves to an instance on another host, that
-//! instance starts from its own file; run the alerting sink where the venues' partitions
-//! stay, or accept that occupancy is rebuilt there.
+//! Known limit: the outbox is per host. A notification is sent by the
+//! instance whose batch raised it, even after its partition moved; if
+//! that instance's disk is lost before the outbox drains, the
+//! notification is lost (the alert itself is in the changelog: the new
+//! owner re-posts it to Alertmanager while it fires).
 //!
 //! # Secrets
 //!
@@ -112,13 +143,16 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
+use crate::sinks::contract::{
+    Accepted, BoxFuture, KeyedChange, Outcome, PartitionSink, Sink, SinkError,
+};
 
 pub use config::*;
 use deliver::*;
@@ -132,6 +166,51 @@ pub struct AlertsSink {
     conn: Arc<Mutex<Connection>>,
     metrics: Metrics,
     wake: Arc<tokio::sync::Notify>,
+    /// The partitions this instance owns, with their epochs: only their
+    /// firing alerts are re-posted (see [`Owned`]).
+    owned: Owned,
+}
+
+/// The partitions whose alerts this instance acts on, with the epoch of
+/// each ownership. Alerts of [`UNPARTITIONED`] state are always its own.
+#[derive(Clone, Default)]
+pub struct Owned(
+    Arc<Mutex<HashMap<i32, i64>>>,
+    /// Set when a partition was taken over: its firing alerts are
+    /// re-posted at once, not at the next `resend_interval`.
+    Arc<std::sync::atomic::AtomicBool>,
+);
+
+impl Owned {
+    fn set(&self, partition: i32, epoch: i64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition, epoch);
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a partition was taken over since the last call.
+    pub fn taken_over(&self) -> bool {
+        self.1.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn release(&self, partition: i32, epoch: i64) {
+        let mut owned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if owned.get(&partition) == Some(&epoch) {
+            owned.remove(&partition);
+        }
+    }
+
+    /// Whether alerts of `partition` are this instance's to act on.
+    pub fn holds(&self, partition: i32) -> bool {
+        partition == UNPARTITIONED
+            || self
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&partition)
+    }
 }
 
 impl AlertsSink {
@@ -194,7 +273,9 @@ impl AlertsSink {
             }
         }
         let wake = Arc::new(tokio::sync::Notify::new());
+        let owned = Owned::default();
         let deliverer = Deliverer {
+            owned: owned.clone(),
             sink: name.into(),
             path: config.path.clone(),
             receivers,
@@ -210,7 +291,91 @@ impl AlertsSink {
             conn: Arc::new(Mutex::new(conn)),
             metrics: metrics.clone(),
             wake,
+            owned,
         })
+    }
+
+    /// Devices connected per (venue, zone) in the partitions this instance
+    /// owns (and in state kept without partitions): the live occupancy
+    /// its rules see. Devices without a zone are counted under `""`.
+    pub fn occupancy(&self) -> Result<std::collections::BTreeMap<(String, String), i64>, String> {
+        let rows = self.with_conn(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT partition, venue, coalesce(zone, ''), COUNT(*) FROM devices
+                 GROUP BY partition, venue, zone",
+            )?;
+            st.query_map([], |r| {
+                Ok((
+                    r.get::<_, i32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let mut out = std::collections::BTreeMap::new();
+        for (partition, venue, zone, n) in rows {
+            if self.owned.holds(partition) {
+                *out.entry((venue, zone)).or_default() += n;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether this instance acts on `partition`'s alerts (it owns it).
+    pub fn owns(&self, partition: i32) -> bool {
+        self.owned.holds(partition)
+    }
+
+    /// Applies `batch` of `partition` in one transaction on the blocking
+    /// pool: every event accepted with the changes, or every event to
+    /// retry.
+    async fn apply_batch(&self, partition: i32, batch: &[Arc<Event>]) -> Accepted {
+        let events: Vec<Arc<Event>> = batch.to_vec();
+        let engine = self.engine.clone();
+        let conn = self.conn.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut c = conn
+                .lock()
+                .map_err(|_| "alert state connection poisoned".to_string())?;
+            engine
+                .apply_in(&mut c, partition, &events, now_micros())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        match done {
+            Ok(applied) => {
+                self.count(&applied.stats);
+                if applied.stats.enqueued > 0 {
+                    self.wake.notify_one();
+                }
+                Accepted {
+                    outcomes: vec![Outcome::Accepted; batch.len()],
+                    changes: applied.changes,
+                    serial: applied.serial,
+                }
+            }
+            Err(e) => Accepted {
+                outcomes: vec![Outcome::Retry(format!("alert state: {e}")); batch.len()],
+                changes: Vec::new(),
+                serial: 0,
+            },
+        }
+    }
+
+    /// Runs `f` on the state connection (a short blocking call).
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, String> {
+        let mut c = self
+            .conn
+            .lock()
+            .map_err(|_| "alert state connection poisoned".to_string())?;
+        f(&mut c).map_err(|e| format!("alert state: {e}"))
     }
 
     fn count(&self, stats: &BatchStats) {
@@ -244,31 +409,65 @@ impl Sink for AlertsSink {
     }
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            let events: Vec<Arc<Event>> = batch.to_vec();
-            let engine = self.engine.clone();
-            let conn = self.conn.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                let mut c = conn
-                    .lock()
-                    .map_err(|_| "alert state connection poisoned".to_string())?;
-                engine
-                    .apply(&mut c, &events, now_micros())
-                    .map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            match done {
-                Ok(stats) => {
-                    self.count(&stats);
-                    if stats.enqueued > 0 {
-                        self.wake.notify_one();
-                    }
-                    vec![Outcome::Accepted; batch.len()]
-                }
-                Err(e) => vec![Outcome::Retry(format!("alert state: {e}")); batch.len()],
-            }
-        })
+        Box::pin(async move { self.apply_batch(UNPARTITIONED, batch).await.outcomes })
+    }
+
+    fn partition_state(&self) -> Option<&dyn PartitionSink> {
+        Some(self)
+    }
+}
+
+impl PartitionSink for AlertsSink {
+    fn cached_at(&self, partition: i32) -> Result<Option<i64>, String> {
+        self.with_conn(|c| engine::cached_at(c, partition))
+    }
+
+    fn forget(&self, partition: i32) -> Result<(), String> {
+        self.with_conn(|c| engine::forget(c, partition))
+    }
+
+    fn restore(&self, partition: i32, records: &[KeyedChange]) -> Result<(), String> {
+        let unreadable = self.with_conn(|c| engine::restore_records(c, partition, records))?;
+        if unreadable > 0 {
+            tracing::error!(
+                sink = %self.name,
+                partition,
+                unreadable,
+                "unreadable alert state records skipped while restoring: those keys keep their previous state"
+            );
+        }
+        Ok(())
+    }
+
+    fn restored(&self, partition: i32, epoch: i64, next_offset: i64) -> Result<(), String> {
+        self.with_conn(|c| engine::restored(c, partition, next_offset))?;
+        self.owned.set(partition, epoch);
+        // Take the partition's firing alerts over now (Alertmanager
+        // keeps them one alert; see the deliverer's refresh).
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn accept_partition<'a>(
+        &'a self,
+        partition: i32,
+        batch: &'a [Arc<Event>],
+    ) -> BoxFuture<'a, Accepted> {
+        Box::pin(self.apply_batch(partition, batch))
+    }
+
+    fn checkpointed(&self, partition: i32, serial: u64, next_offset: Option<i64>) {
+        if let Err(e) = self.with_conn(|c| engine::checkpointed(c, partition, serial, next_offset))
+        {
+            // Left unmarked, the partition is rebuilt from the changelog
+            // on its next restore: slower, never wrong.
+            tracing::warn!(sink = %self.name, partition, error = %e, "alert state checkpoint not recorded");
+        }
+        // Its notifications may go now.
+        self.wake.notify_one();
+    }
+
+    fn revoked(&self, partition: i32, epoch: i64) {
+        self.owned.release(partition, epoch);
     }
 }

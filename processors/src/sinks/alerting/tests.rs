@@ -557,3 +557,37 @@ fn alertmanager_bodies_carry_labels_and_times() {
     };
     assert!(slack_text(&sneaky).contains("&lt;!channel&gt; &amp; co"));
 }
+
+#[test]
+fn a_version_1_file_opens_keeping_its_outbox_and_dropping_per_host_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.sqlite");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE devices (venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
+                connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                PRIMARY KEY (venue, device)) WITHOUT ROWID;
+             CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, receiver TEXT NOT NULL,
+                notification TEXT NOT NULL, created_at INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO devices VALUES ('v', 'd', 'lobby', 1, 1);
+             INSERT INTO outbox (receiver, notification, created_at) VALUES ('log', '{}', 1);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let c = open_db(&path).unwrap();
+    let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(n("SELECT COUNT(*) FROM outbox"), 1);
+    assert_eq!(n("SELECT COUNT(*) FROM devices"), 0);
+    assert_eq!(n("PRAGMA user_version"), 2);
+    // Opening again changes nothing more.
+    drop(c);
+    let c = open_db(&path).unwrap();
+    assert_eq!(
+        c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        1
+    );
+}
