@@ -117,8 +117,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let side = Arc::new(KafkaSide::new(&config.kafka)?);
     let sinks = sinks::build(&config.sinks, &metrics).await?;
     let stores = open_state(&config).await?;
-    let shared =
-        Arc::new(shared(&config, sinks, dedupe.clone(), side, metrics.clone())?.with_state(stores));
+    let shared = Arc::new(
+        shared(
+            &config,
+            sinks.clone(),
+            dedupe.clone(),
+            side,
+            metrics.clone(),
+        )?
+        .with_state(stores),
+    );
 
     let listener = tokio::net::TcpListener::bind(config.metrics.listen)
         .await
@@ -135,6 +143,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let state = HttpState {
         metrics: metrics.clone(),
         ready: running.ready.clone(),
+        sinks: sinks.clone(),
     };
     let app = router(state);
     println!("metrics on http://{addr}");
@@ -187,6 +196,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::time::timeout(bound, tokio::task::spawn_blocking(move || running.join())).await;
     let _ = http.await;
     let _ = expiry.await;
+    // Every partition handed over: what the sinks still hold goes out.
+    for sink in &sinks {
+        sink.finish().await;
+    }
     match joined {
         Ok(Ok(Ok(()))) => {
             tracing::info!("stopped");
@@ -213,6 +226,7 @@ fn router(state: HttpState) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/state/occupancy", get(occupancy))
         .with_state(state)
 }
 
@@ -223,6 +237,8 @@ struct HttpState {
     metrics: Metrics,
     /// Set once the consumer joined the group (`/readyz`).
     ready: Arc<std::sync::atomic::AtomicBool>,
+    /// The sinks, for the read-only state views.
+    sinks: Vec<Arc<dyn Sink>>,
 }
 
 async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -233,6 +249,39 @@ async fn render_metrics(State(s): State<HttpState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// `GET /state/occupancy`: devices per (venue, zone) in the partitions
+/// this instance owns, from each sink that keeps live occupancy (counts
+/// only: no device or guest id). A JSON array of `{"sink", "venue",
+/// "zone", "devices"}` sorted by sink, venue and zone; 503 naming the sink
+/// when its state cannot be read.
+async fn occupancy(State(s): State<HttpState>) -> axum::response::Response {
+    let mut rows = Vec::new();
+    for sink in &s.sinks {
+        match sink.occupancy() {
+            None => {}
+            Some(Ok(counts)) => {
+                for ((venue, zone), devices) in counts {
+                    rows.push(serde_json::json!({
+                        "sink": sink.name(),
+                        "venue": venue,
+                        "zone": zone,
+                        "devices": devices,
+                    }));
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(sink = sink.name(), error = %e, "occupancy cannot be read");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("sink {}: state cannot be read", sink.name()),
+                )
+                    .into_response();
+            }
+        }
+    }
+    axum::Json(rows).into_response()
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
@@ -276,6 +325,7 @@ mod tests {
         let app = router(HttpState {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            sinks: Vec::new(),
         });
         assert_eq!(
             get(&app, "/readyz").await,
@@ -297,5 +347,72 @@ mod tests {
         metrics.state_restoring.sub(2);
         assert_eq!(get(&app, "/readyz").await, (StatusCode::OK, "ready".into()));
         assert_eq!(get(&app, "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn occupancy_lists_devices_per_venue_and_zone_of_the_alerting_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "path = {:?}\n[[rules]]\nkind = \"zone_occupancy\"\nthreshold = 5\n[[receivers]]\nkind = \"log\"\n",
+            dir.path().join("a.sqlite")
+        );
+        let config: crate::sinks::alerting::AlertsConfig = toml::from_str(&text).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let alerts =
+            crate::sinks::alerting::AlertsSink::start("alerts", &config, &metrics).unwrap();
+        let now = crate::sinks::alerting::now_micros();
+        let event = |id: &str, zone: &str, device: &str| {
+            Arc::new(crate::event::Event {
+                source: "purple".into(),
+                event_id: id.into(),
+                event_type: "device_connected".into(),
+                ordering_key: Some("v1".into()),
+                sequence: Some(1),
+                received_at_micros: now,
+                occurred_at_micros: Some(now),
+                late: false,
+                guest_wifi: Some(crate::event::GuestWifi {
+                    event_type: "device_connected".into(),
+                    sequence: 1,
+                    occurred_at_micros: now,
+                    venue_id: "v1".into(),
+                    venue_name: None,
+                    zone: Some(zone.into()),
+                    device_id: Some(device.into()),
+                    guest: None,
+                }),
+                body: serde_json::json!({}),
+            })
+        };
+        let batch = [
+            event("a", "lobby", "d1"),
+            event("b", "lobby", "d2"),
+            event("c", "bar", "d3"),
+        ];
+        assert!(
+            alerts
+                .accept(&batch)
+                .await
+                .iter()
+                .all(|o| *o == crate::sinks::Outcome::Accepted)
+        );
+        let app = router(HttpState {
+            metrics,
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            sinks: vec![
+                Arc::new(crate::sinks::basic::NullSink::new("n")),
+                Arc::new(alerts),
+            ],
+        });
+        let (status, body) = get(&app, "/state/occupancy").await;
+        assert_eq!(status, StatusCode::OK);
+        let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            rows,
+            serde_json::json!([
+                {"sink": "alerts", "venue": "v1", "zone": "bar", "devices": 1},
+                {"sink": "alerts", "venue": "v1", "zone": "lobby", "devices": 2},
+            ])
+        );
     }
 }

@@ -147,7 +147,24 @@ pub trait Sink: Send + Sync {
     fn partition_state(&self) -> Option<&dyn PartitionSink> {
         None
     }
+
+    /// The live occupancy the sink keeps, devices per (venue, zone) in
+    /// the partitions this instance owns, if it keeps any (the alerting
+    /// sink). Served read-only at `/state/occupancy`.
+    fn occupancy(&self) -> Option<Result<Occupancy, String>> {
+        None
+    }
+
+    /// Called once at shutdown, after every partition was handed over:
+    /// sends what the sink still holds (the alerting sink's outbox),
+    /// within a bound of its own.
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
+
+/// Devices connected per (venue, zone); `""` for devices without a zone.
+pub type Occupancy = std::collections::BTreeMap<(String, String), i64>;
 
 /// Why a sink could not be built at start-up. Each text names the field
 /// (`sinks.NAME.FIELD`) and never a secret's value.

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub use contract::{
-    Accepted, Applied, BoxFuture, KeyedChange, Outcome, PartitionSink, Sink, SinkError,
+    Accepted, Applied, BoxFuture, KeyedChange, Occupancy, Outcome, PartitionSink, Sink, SinkError,
 };
 
 use crate::metrics::Metrics;

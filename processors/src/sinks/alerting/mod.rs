@@ -169,6 +169,8 @@ pub struct AlertsSink {
     /// The partitions this instance owns, with their epochs: only their
     /// firing alerts are re-posted (see [`Owned`]).
     owned: Owned,
+    /// How long [`Sink::finish`] waits for the outbox to drain.
+    drain_bound: std::time::Duration,
 }
 
 /// The partitions whose alerts this instance acts on, with the epoch of
@@ -292,13 +294,14 @@ impl AlertsSink {
             metrics: metrics.clone(),
             wake,
             owned,
+            drain_bound: config.timeout * 2,
         })
     }
 
     /// Devices connected per (venue, zone) in the partitions this instance
     /// owns (and in state kept without partitions): the live occupancy
     /// its rules see. Devices without a zone are counted under `""`.
-    pub fn occupancy(&self) -> Result<std::collections::BTreeMap<(String, String), i64>, String> {
+    pub fn occupancy(&self) -> Result<crate::sinks::Occupancy, String> {
         let rows = self.with_conn(|c| {
             let mut st = c.prepare_cached(
                 "SELECT partition, venue, coalesce(zone, ''), COUNT(*) FROM devices
@@ -414,6 +417,44 @@ impl Sink for AlertsSink {
 
     fn partition_state(&self) -> Option<&dyn PartitionSink> {
         Some(self)
+    }
+
+    fn occupancy(&self) -> Option<Result<crate::sinks::Occupancy, String>> {
+        Some(AlertsSink::occupancy(self))
+    }
+
+    /// Waits (up to twice the receivers' `timeout`) until no notification
+    /// that may be sent is left: an instance stopped for good (scaled
+    /// down) sends what its last batches raised instead of leaving it in
+    /// its file.
+    fn finish(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + self.drain_bound;
+            loop {
+                let left = self.with_conn(|c| {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM outbox o WHERE partition = -1 OR serial <= coalesce(
+                           (SELECT checkpointed FROM partitions p WHERE p.partition = o.partition), 0)",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                });
+                match left {
+                    Ok(0) => return,
+                    Ok(n) if tokio::time::Instant::now() >= deadline => {
+                        tracing::warn!(sink = %self.name, notifications = n, "stopping with notifications not yet sent: this instance sends them when it starts again");
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(sink = %self.name, error = %e, "outbox cannot be read at shutdown");
+                        return;
+                    }
+                }
+                self.wake.notify_one();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
     }
 }
 

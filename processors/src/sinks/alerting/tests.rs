@@ -591,3 +591,43 @@ fn a_version_1_file_opens_keeping_its_outbox_and_dropping_per_host_state() {
         1
     );
 }
+
+#[tokio::test]
+async fn finish_sends_what_the_last_batches_raised_before_it_returns() {
+    // An Alertmanager that takes 200 ms per request and counts them.
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "path = {:?}\nresend_interval = \"1h\"\nalert_ttl = \"2h\"\n[[rules]]\nkind = \"vip_arrival\"\n[[receivers]]\nkind = \"alertmanager\"\nurl = \"http://{addr}\"\n",
+        dir.path().join("a.sqlite")
+    );
+    let config: AlertsConfig = toml::from_str(&text).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let sink = AlertsSink::start("alerts", &config, &metrics).unwrap();
+    let now = now_micros();
+    let batch: Vec<Arc<Event>> = (0..3)
+        .map(|i| {
+            let id = format!("g{i}");
+            ev_full(&id, "guest_connects", "v", "lobby", &id, now, true, false)
+        })
+        .collect();
+    let outcomes = sink.accept(&batch).await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Accepted));
+    sink.finish().await;
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
