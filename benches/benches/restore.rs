@@ -62,7 +62,13 @@ async fn fill(state: &KafkaChangelog, ledger: &KafkaChangelog, n: usize) {
                 }
                 .encode(epoch),
             );
-            state_batch.push(Change::Position { offset: i as i64 }.encode(epoch));
+            state_batch.push(
+                Change::Position {
+                    offset: i as i64,
+                    ledger_serial: Some(i as u64),
+                }
+                .encode(epoch),
+            );
         }
         if ledger_batch.len() >= 100 || i + 1 == n {
             ledger

@@ -403,7 +403,7 @@ impl Metrics {
             state_restored_records: counter(
                 &r,
                 "processors_state_restored_records_total",
-                "Changelog records read while restoring partitions, by outcome (applied, stale: a previous owner's after the next claim, unreadable, expired).",
+                "Changelog records read while restoring partitions, by outcome (applied, stale: a previous owner's after the next claim, unreadable, expired, unconfirmed: a ledger record whose batch's state never reached the changelog).",
                 &["outcome"],
             )?,
             state_restoring: {

@@ -546,7 +546,10 @@ async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
                 key: "a".into(),
                 next: 3,
             },
-            Change::Position { offset: 2 },
+            Change::Position {
+                offset: 2,
+                ledger_serial: Some(1),
+            },
         ]
     );
     let ledger: Vec<Change> = log.1.changes(0).into_iter().map(|(_, c)| c).collect();
@@ -678,7 +681,7 @@ fn alerts_host(
     watch::Sender<bool>,
     Metrics,
 ) {
-    alerts_host_cached(logs, dir, owner, None)
+    alerts_host_cached(logs, dir, owner, None, None)
 }
 
 fn alerts_host_cached(
@@ -686,6 +689,7 @@ fn alerts_host_cached(
     dir: &std::path::Path,
     owner: &str,
     cache: Option<Arc<processors::state::cache::StateCache>>,
+    dedupe: Option<Arc<MemoryDedupe>>,
 ) -> (
     PartitionPipeline,
     Arc<processors::sinks::alerting::AlertsSink>,
@@ -712,7 +716,8 @@ fn alerts_host_cached(
         &config.routes,
         &config.processing,
         vec![sink.clone() as Arc<dyn Sink>],
-        Arc::new(MemoryDedupe::new(Duration::from_secs(3600))) as Arc<dyn DedupeStore>,
+        dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new(Duration::from_secs(3600))))
+            as Arc<dyn DedupeStore>,
         Arc::new(MemorySide::default()) as Arc<dyn SideTopics>,
         metrics.clone(),
     )
@@ -861,7 +866,7 @@ async fn a_partition_back_on_its_host_reads_only_what_the_other_host_wrote_and_i
         processors::state::cache::StateCache::open(dir_a.path().join("state.redb")).unwrap(),
     );
     let (mut a, _sink_a, _stop_a, _) =
-        alerts_host_cached(&log, dir_a.path(), "a", Some(cache.clone()));
+        alerts_host_cached(&log, dir_a.path(), "a", Some(cache.clone()), None);
     a.restore().await.unwrap();
     a.handle(vec![
         wifi(0, "c1", "device_connected", "lobby", "d1", 1),
@@ -883,7 +888,7 @@ async fn a_partition_back_on_its_host_reads_only_what_the_other_host_wrote_and_i
     // Back on A: its file is kept (it reflects the changelog up to its
     // last batch) and only B's records are read on top.
     let (mut a, sink_a, _stop_a, metrics) =
-        alerts_host_cached(&log, dir_a.path(), "a", Some(cache));
+        alerts_host_cached(&log, dir_a.path(), "a", Some(cache), None);
     a.restore().await.unwrap();
     let expected = std::collections::BTreeMap::from([
         (("v".to_string(), "bar".to_string()), 1),
@@ -951,4 +956,56 @@ async fn a_crash_after_the_changelog_acknowledged_a_batch_loses_none_of_its_noti
         outbox_keys(&dir.path().join("alerts.sqlite")),
         ["alert-firing-1"]
     );
+}
+
+#[tokio::test]
+async fn a_batch_in_the_ledger_whose_state_never_came_is_applied_again_on_the_same_host() {
+    let log: Logs = (Arc::default(), Arc::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dedupe = Arc::new(MemoryDedupe::new(Duration::from_secs(3600)));
+    let (mut a, _sink, stop, _) =
+        alerts_host_cached(&log, dir.path(), "a", None, Some(dedupe.clone()));
+    a.restore().await.unwrap();
+    a.handle(vec![wifi(0, "c1", "device_connected", "lobby", "d1", 1)])
+        .await
+        .unwrap();
+    a.settle().await.unwrap();
+    // The next batch's ledger record is written, its state records are
+    // not (the process dies between the two writes).
+    log.0
+        .fail_appends
+        .store(usize::MAX, std::sync::atomic::Ordering::Relaxed);
+    a.handle(vec![wifi(1, "c2", "device_connected", "lobby", "d2", 2)])
+        .await
+        .unwrap();
+    let _ = stop.send(true);
+    assert_eq!(a.settle().await, Err(Stopped));
+    drop(a);
+    log.0
+        .fail_appends
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(log.1.changes(0).len(), 2, "both batches in the ledger");
+
+    // The same host, the same dedupe store: d2's event is read again and
+    // must change the rebuilt state, not be dropped as a duplicate.
+    let (mut a, sink, _stop, metrics) =
+        alerts_host_cached(&log, dir.path(), "a", None, Some(dedupe.clone()));
+    a.restore().await.unwrap();
+    a.handle(vec![wifi(1, "c2", "device_connected", "lobby", "d2", 2)])
+        .await
+        .unwrap();
+    a.settle().await.unwrap();
+    assert_eq!(sink.occupancy().unwrap(), lobby(2));
+    assert_eq!(
+        metrics
+            .state_restored_records
+            .with_label_values(&["unconfirmed"])
+            .get(),
+        1
+    );
+    // And on another host, from the changelog alone.
+    let dir_b = tempfile::tempdir().unwrap();
+    let (mut b, sink_b, _stop_b, _) = alerts_host(&log, dir_b.path(), "b");
+    b.restore().await.unwrap();
+    assert_eq!(sink_b.occupancy().unwrap(), lobby(2));
 }

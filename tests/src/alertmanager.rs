@@ -41,13 +41,30 @@ pub struct Alertmanager {
 impl Alertmanager {
     /// Starts it and waits until `/-/ready` answers 200.
     pub async fn start() -> Alertmanager {
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let config = dir.path().join("alertmanager.yml");
-        std::fs::write(
-            &config,
+        Alertmanager::start_with(
             "route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n",
         )
-        .expect("writing the Alertmanager config");
+        .await
+    }
+
+    /// Starts it with a webhook receiver at `url` that gets every
+    /// notification, firing and resolved: each alert its own group (group
+    /// by every label), `group_wait` and `group_interval` 1 s, and
+    /// `repeat_interval` 1 h, so an alert that stays firing is notified
+    /// once in a test's time.
+    pub async fn start_with_webhook(url: &str) -> Alertmanager {
+        Alertmanager::start_with(&format!(
+            "route:\n  receiver: recorder\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: recorder\n    webhook_configs:\n      - url: '{url}'\n        send_resolved: true\n"
+        ))
+        .await
+    }
+
+    /// Starts it with `config` (YAML).
+    pub async fn start_with(config_text: &str) -> Alertmanager {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(&config, config_text).expect("writing the Alertmanager config");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("log file");
         let mut cmd = Command::new(alertmanager_binary());

@@ -388,6 +388,10 @@ pub struct PartitionPipeline {
     /// The checkpoint being written, at most one (see
     /// [`checkpoint`](Self::checkpoint)).
     writing: Option<tokio::task::JoinHandle<Result<Written, Stopped>>>,
+    /// With state: events applied whose checkpoint is not acknowledged
+    /// yet, (source, event id): duplicates for this worker, recorded in
+    /// the dedupe store once acknowledged.
+    unconfirmed: HashSet<(String, String)>,
 }
 
 /// What delivering a batch to one sink left to write.
@@ -471,6 +475,7 @@ impl PartitionPipeline {
             durable: None,
             durable_returned: None,
             writing: None,
+            unconfirmed: HashSet::new(),
         }
     }
 
@@ -527,6 +532,7 @@ impl PartitionPipeline {
             ("stale", c.stale),
             ("unreadable", c.unreadable),
             ("expired", c.expired),
+            ("unconfirmed", c.unconfirmed),
         ] {
             m.state_restored_records
                 .with_label_values(&[outcome])
@@ -908,6 +914,7 @@ impl PartitionPipeline {
         for p in released {
             let key = (p.event.source.clone(), p.event.event_id.clone());
             let seen = in_batch.contains(&key)
+                || self.unconfirmed.contains(&key)
                 || self
                     .retry_sync("dedupe", || {
                         shared
@@ -962,8 +969,19 @@ impl PartitionPipeline {
             }
             keyed.extend(done.changes);
         }
-        // 4. Remember what was applied, then let the offsets move.
-        if !applied.is_empty() {
+        // 4. Remember what was applied, then let the offsets move. With
+        // partition state, the dedupe store learns a batch once its
+        // checkpoint is acknowledged (see `settle`): after a crash before
+        // that, its events are read and applied again (a partition sink's
+        // store is rebuilt without them), not dropped as duplicates.
+        if self.state.is_some() {
+            self.unconfirmed.extend(applied.iter().map(|&i| {
+                (
+                    items[i].event.source.clone(),
+                    items[i].event.event_id.clone(),
+                )
+            }));
+        } else if !applied.is_empty() {
             let at = SystemTime::now();
             self.retry_sync("dedupe", || {
                 let batch: Vec<DedupeRecord<'_>> = applied
@@ -1104,6 +1122,25 @@ impl PartitionPipeline {
             m.state_changelog_records
                 .with_label_values(&[kind])
                 .inc_by(n as u64);
+        }
+        if !c.applied.is_empty() {
+            let at = c.at.unwrap_or_else(SystemTime::now);
+            self.retry_sync("dedupe", || {
+                let batch: Vec<DedupeRecord<'_>> = c
+                    .applied
+                    .iter()
+                    .map(|(source, event_id)| DedupeRecord {
+                        source,
+                        event_id,
+                        at,
+                    })
+                    .collect();
+                shared.dedupe.record(&batch).map_err(|e| e.to_string())
+            })
+            .await?;
+            for key in &c.applied {
+                self.unconfirmed.remove(key);
+            }
         }
         if c.position.is_some() {
             self.durable = c.position;

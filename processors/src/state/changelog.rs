@@ -10,7 +10,7 @@
 //! | kind | key after the kind byte | value after version and epoch |
 //! |---|---|---|
 //! | `C` claim | nothing | the owner's name (UTF-8) |
-//! | `P` input position | the epoch (i64 BE) | the raw-topic offset below which every record is reflected (i64 BE) |
+//! | `P` input position | the epoch (i64 BE) | the raw-topic offset below which every record is reflected (i64 BE), then the owner's ledger serial through which its batches are in this changelog (u64 BE; absent in records of the first writers) |
 //! | `L` a batch's ledger entries | the epoch and the owner's batch serial (i64 BE, u64 BE) | when they were applied (unix seconds, u64 BE), their count (u32 BE), then per event its source and its id, each as a length (u32 BE) and UTF-8 bytes |
 //! | `S` reorder position | source, `0x1F`, ordering key | the next sequence the key releases (i64 BE) |
 //! | `E` one sink's effect | sink, `0x1F`, source, `0x1F`, event id | when it was applied (unix seconds, u64 BE) |
@@ -53,17 +53,25 @@
 //! instance, and is ignored (counted). The same rule holds on a compacted
 //! changelog, where superseded claims are gone: records of an owner whose
 //! claim was compacted away come before the next claim and are applied,
-//! which is what happened. Ledger entries and effects are never fenced:
-//! each says that a sink applied an event, which stays true whoever wrote
-//! it, and remembering it keeps that event from being applied again.
+//! which is what happened. Effects are never fenced: each says that a
+//! sink outside Kafka applied an event, which stays true whoever wrote it,
+//! and remembering it keeps that request from being sent again.
 //!
-//! The ledger and reorder positions reflect effects the owner applied
-//! (written after every sink accepted), possibly past the last input
-//! position it recorded (a crash between the two). Re-reading input past
-//! the restored position is then harmless: the ledger drops what was
-//! applied, the positions mark it late, and both are upserts, so applying
-//! a record twice (an uncompacted changelog, a restore that starts before
-//! the cache's offset) changes nothing.
+//! A ledger record is taken as applied only once its batch's state is in
+//! the state changelog: the position records carry the owner's ledger
+//! serial through which that holds, and the ledger topic is read after the
+//! state changelog. A ledger record no position of its epoch confirms (a
+//! crash between a checkpoint's two writes, a stale owner whose positions
+//! were fenced) is skipped, counted as unconfirmed: its events are read
+//! and applied again, so a sink keeping partition state (the alerting
+//! sink) changes its rebuilt state with them instead of dropping them as
+//! duplicates; sinks outside Kafka absorb them by their idempotency and
+//! effect records.
+//!
+//! Re-reading input past the restored position is otherwise harmless: the
+//! ledger drops what was applied, the positions mark it late, and both are
+//! upserts, so applying a record twice (an uncompacted changelog, a
+//! restore that starts before the cache's offset) changes nothing.
 
 use std::collections::HashMap;
 
@@ -92,6 +100,11 @@ pub enum Change {
     Position {
         /// The raw-topic offset to read from next.
         offset: i64,
+        /// The writer's ledger serial through which its batches' state
+        /// records are written: its ledger records up to it are confirmed
+        /// (see [`Restore`]). `None` in records written before it existed
+        /// (every ledger record of that epoch is then taken as confirmed).
+        ledger_serial: Option<u64>,
     },
     /// A batch's events were applied (every routed sink accepted them).
     Applied {
@@ -169,8 +182,14 @@ impl Change {
                 value.extend_from_slice(owner.as_bytes());
                 vec![CLAIM]
             }
-            Change::Position { offset } => {
+            Change::Position {
+                offset,
+                ledger_serial,
+            } => {
                 value.extend_from_slice(&offset.to_be_bytes());
+                if let Some(serial) = ledger_serial {
+                    value.extend_from_slice(&serial.to_be_bytes());
+                }
                 let mut k = vec![POSITION];
                 k.extend_from_slice(&epoch.to_be_bytes());
                 k
@@ -252,6 +271,10 @@ impl Change {
             },
             POSITION => Change::Position {
                 offset: be_i64(body, name)?,
+                ledger_serial: match body.get(8..) {
+                    Some([]) | None => None,
+                    Some(rest) => Some(be_i64(rest, name)? as u64),
+                },
             },
             LEDGER => {
                 let serial = be_i64(rest.get(8..).unwrap_or_default(), name)? as u64;
@@ -391,8 +414,14 @@ pub struct Restore {
     pub unreadable: u64,
     /// Ledger entries older than the window, skipped.
     pub expired: u64,
+    /// Ledger records whose batch's state never reached the changelog,
+    /// skipped (their events are read and applied again).
+    pub unconfirmed: u64,
     /// Ledger entries applied before this unix second are skipped.
     pub ledger_since: u64,
+    /// Per epoch, the ledger serial through which its batches' state is in
+    /// the changelog (from its positions that were not fenced).
+    confirmed: HashMap<i64, u64>,
 }
 
 impl Restore {
@@ -436,10 +465,27 @@ impl Restore {
         self.records += 1;
         match change {
             Change::Claim { .. } => {}
-            Change::Position { offset } => self.position = Some(offset),
-            Change::Applied { at, events, .. } => {
-                for (source, event_id) in events {
-                    self.remember(source, event_id, at);
+            Change::Position {
+                offset,
+                ledger_serial,
+            } => {
+                self.position = Some(offset);
+                let through = ledger_serial.unwrap_or(u64::MAX);
+                let c = self.confirmed.entry(epoch).or_default();
+                *c = (*c).max(through);
+            }
+            Change::Applied { at, events, serial } => {
+                // A batch is applied once its sinks' state is in the
+                // changelog too: its ledger record comes first, and a
+                // crash (or a fenced stale owner) can leave it alone.
+                // Unconfirmed, its events are read and applied again.
+                if self.confirmed.get(&epoch).is_some_and(|c| *c >= serial) {
+                    for (source, event_id) in events {
+                        self.remember(source, event_id, at);
+                    }
+                } else {
+                    self.unconfirmed += 1;
+                    self.records -= 1;
                 }
             }
             Change::Sequence { source, key, next } => {
@@ -492,8 +538,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn applied(source: &str, id: &str, at: u64) -> Change {
+        applied_serial(source, id, at, 1)
+    }
+
+    fn applied_serial(source: &str, id: &str, at: u64, serial: u64) -> Change {
         Change::Applied {
-            serial: 1,
+            serial,
             at,
             events: vec![(source.into(), id.into())],
         }
@@ -507,17 +557,41 @@ mod tests {
         }
     }
 
-    /// A changelog partition as a list of (epoch, change), its offsets the
-    /// indexes; a claim's epoch is its own offset.
+    fn pos(offset: i64, serial: u64) -> Change {
+        Change::Position {
+            offset,
+            ledger_serial: Some(serial),
+        }
+    }
+
+    /// Whether `change` goes to the ledger topic (read after the state
+    /// changelog) rather than to the state changelog.
+    fn in_ledger(change: &Change) -> bool {
+        matches!(change, Change::Applied { .. } | Change::Effect { .. })
+    }
+
+    /// Restores `log`, a list of (epoch, change) whose offsets are the
+    /// indexes (a claim's epoch is its own offset) standing for both
+    /// topics: as a restore does, the state changelog's records first,
+    /// then the ledger's.
+    fn restore_twice_from(r: &mut Restore, log: &[(i64, Change)]) -> Vec<(String, String, u64)> {
+        let mut taken = Vec::new();
+        for ledger in [false, true] {
+            for (offset, (epoch, change)) in log.iter().enumerate() {
+                if in_ledger(change) != ledger {
+                    continue;
+                }
+                let (k, v) = change.encode(*epoch);
+                r.apply(offset as i64, &k, &v).unwrap();
+                taken.extend(r.take_applied());
+            }
+        }
+        taken
+    }
+
     fn replay(log: &[(i64, Change)]) -> Restore {
         let mut r = Restore::default();
-        let mut taken = Vec::new();
-        for (offset, (epoch, change)) in log.iter().enumerate() {
-            let (k, v) = change.encode(*epoch);
-            r.apply(offset as i64, &k, &v).unwrap();
-            taken.extend(r.take_applied());
-        }
-        r.applied = taken;
+        r.applied = restore_twice_from(&mut r, log);
         r
     }
 
@@ -527,7 +601,14 @@ mod tests {
             Change::Claim {
                 owner: "host-a/4711".into(),
             },
-            Change::Position { offset: 1 << 40 },
+            Change::Position {
+                offset: 1 << 40,
+                ledger_serial: Some(7),
+            },
+            Change::Position {
+                offset: 3,
+                ledger_serial: None,
+            },
             applied("wifi", "evt_1", 1_790_000_000),
             seq("venue-1", 42),
             applied("", "", 0),
@@ -593,27 +674,45 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_owner_writing_after_the_next_claim_is_ignored_but_its_facts_are_kept() {
-        // A claims at 0; B claims at 3; A, not knowing yet, writes on. What
-        // A applied meanwhile was applied: remembering it keeps it from
-        // being applied again.
+    fn a_stale_owner_writing_after_the_next_claim_is_ignored_with_its_ledger() {
+        // A claims at 0; B claims at 4; A, not knowing yet, writes on: its
+        // state records are fenced, so its ledger record is not confirmed
+        // and the events it lists are read and applied again by B (the
+        // sinks' idempotency and effect records cover what A did).
         let log = vec![
             (0, Change::Claim { owner: "a".into() }),
             (0, seq("v", 5)),
-            (0, Change::Position { offset: 10 }),
+            (0, applied("wifi", "early-a", 100)),
+            (0, pos(10, 1)),
             (0, Change::Claim { owner: "b".into() }),
             (0, seq("v", 9)),
-            (0, applied("wifi", "late-a", 100)),
-            (0, Change::Position { offset: 20 }),
-            (3, seq("v", 6)),
-            (3, Change::Position { offset: 12 }),
+            (0, applied_serial("wifi", "late-a", 100, 2)),
+            (0, pos(20, 2)),
+            (4, seq("v", 6)),
+            (4, pos(12, 0)),
         ];
         let r = replay(&log);
-        assert_eq!(r.epoch, Some(3));
+        assert_eq!(r.epoch, Some(4));
         assert_eq!(r.position, Some(12));
         assert_eq!(r.sequences[&("wifi".to_string(), "v".to_string())], 6);
-        assert_eq!(r.applied, [("wifi".into(), "late-a".into(), 100)]);
-        assert_eq!(r.stale, 2);
+        assert_eq!(r.applied, [("wifi".into(), "early-a".into(), 100)]);
+        assert_eq!((r.stale, r.unconfirmed), (2, 1));
+    }
+
+    #[test]
+    fn a_ledger_record_whose_state_records_never_came_is_not_taken_as_applied() {
+        // A crash between the two writes of a checkpoint: the ledger has
+        // batch 2, the state changelog only batch 1.
+        let log = vec![
+            (0, Change::Claim { owner: "a".into() }),
+            (0, applied("wifi", "e1", 100)),
+            (0, pos(10, 1)),
+            (0, applied_serial("wifi", "e2", 100, 2)),
+        ];
+        let r = replay(&log);
+        assert_eq!(r.position, Some(10));
+        assert_eq!(r.applied, [("wifi".into(), "e1".into(), 100)]);
+        assert_eq!(r.unconfirmed, 1);
     }
 
     #[test]
@@ -621,12 +720,13 @@ mod tests {
         // Compaction kept only the last claim: A's records come first.
         let log = vec![
             (0, applied("wifi", "e1", 100)),
-            (0, Change::Position { offset: 4 }),
+            (0, pos(4, 1)),
             (2, Change::Claim { owner: "b".into() }),
             (2, applied("wifi", "e2", 101)),
+            (2, pos(5, 1)),
         ];
         let r = replay(&log);
-        assert_eq!(r.position, Some(4));
+        assert_eq!(r.position, Some(5));
         assert_eq!(r.applied.len(), 2);
         assert_eq!(r.stale, 0);
     }
@@ -634,6 +734,8 @@ mod tests {
     #[test]
     fn ledger_entries_older_than_the_window_are_skipped() {
         let mut r = Restore::new(None, None, HashMap::new(), 1000);
+        let (k, v) = pos(0, 1).encode(0);
+        r.apply(9, &k, &v).unwrap();
         for (o, at) in [(0, 999), (1, 1000), (2, 5000)] {
             let (k, v) = applied("wifi", &format!("e{o}"), at).encode(0);
             r.apply(o, &k, &v).unwrap();
@@ -664,9 +766,9 @@ mod tests {
                 }
                 let e = claims[&w];
                 let c = match kind {
-                    1 => Change::Position { offset: v },
+                    1 => pos(v, (v % 3) as u64),
                     2 => seq("k", v),
-                    3 => applied("wifi", &format!("{w}-{v}"), 10),
+                    3 => applied_serial("wifi", &format!("{w}-{v}"), 10, (v % 3) as u64),
                     4 => Change::Keyed(Keyed {
                         sink: "alerts".into(),
                         key: b"k".to_vec(),
@@ -687,17 +789,32 @@ mod tests {
             let mut next = None;
             let mut keyed: Option<Option<Vec<u8>>> = None;
             let mut ids = std::collections::BTreeSet::new();
+            // Per epoch, the ledger serial its positions (not fenced) confirm.
+            let mut confirmed: HashMap<i64, u64> = HashMap::new();
             for (o, (e, c)) in log.iter().enumerate() {
                 match c {
                     Change::Claim { .. } => latest = Some(o as i64),
-                    Change::Applied { events, .. } => {
+                    Change::Applied { .. } | Change::Effect { .. } => {}
+                    _ if latest.is_some_and(|l| *e < l) => {}
+                    Change::Position { offset, ledger_serial } => {
+                        position = Some(*offset);
+                        let c = confirmed.entry(*e).or_default();
+                        *c = (*c).max(ledger_serial.unwrap_or(u64::MAX));
+                    }
+                    Change::Sequence { next: n, .. } => next = Some(*n),
+                    Change::Keyed(k) => keyed = Some(k.value.clone()),
+                }
+            }
+            // The ledger, read after: a batch counts once its state is in.
+            for (e, c) in &log {
+                match c {
+                    Change::Applied { events, serial, .. }
+                        if confirmed.get(e).is_some_and(|c| c >= serial) =>
+                    {
                         ids.extend(events.iter().map(|(_, id)| id.clone()));
                     }
                     Change::Effect { event_id, .. } => { ids.insert(format!("effect {event_id}")); }
-                    _ if latest.is_some_and(|l| *e < l) => {}
-                    Change::Position { offset } => position = Some(*offset),
-                    Change::Sequence { next: n, .. } => next = Some(*n),
-                    Change::Keyed(k) => keyed = Some(k.value.clone()),
+                    _ => {}
                 }
             }
             let mut r = replay(&log);
@@ -707,12 +824,9 @@ mod tests {
                 // its cache: idempotent.
                 let first = r.take_applied();
                 let mut again = Restore::new(r.epoch, r.position, r.sequences.clone(), 0);
-                for (offset, (epoch, change)) in log.iter().enumerate() {
-                    let (k, v) = change.encode(*epoch);
-                    again.apply(offset as i64, &k, &v).unwrap();
-                }
+                let more = restore_twice_from(&mut again, &log);
                 let mut all = first;
-                all.extend(again.take_applied());
+                all.extend(more);
                 // Read again, a key ends as its last current record says.
                 if let Some(last) = again.take_keyed().last() {
                     folded = Some(last.value.clone());

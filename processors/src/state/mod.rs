@@ -57,11 +57,14 @@
 //!   cache's offset; compaction only makes it faster.
 //!
 //! What is written reflects effects that happened: the ledger entry of an
-//! event is written after its sinks accepted it. A crash between a sink's
-//! acceptance and the changelog write leaves that event out of the state;
-//! the next owner reads it again and the sink sees it again (the sinks'
-//! idempotency by event id covers it, as before). Everything that was
-//! written is never repeated, on any host.
+//! event is written after its sinks accepted it, and counts only once the
+//! batch's state records are written too (see [`changelog`]); the local
+//! dedupe store learns a batch only then. A crash before that leaves the
+//! batch out of the state; the next owner, or this instance restarted,
+//! reads it again and the sinks see it again (their idempotency by event
+//! id and the effect records cover it; a sink with partition state
+//! rebuilds its store without it). Everything that was written is never
+//! repeated, on any host.
 //!
 //! # Modules
 //!
@@ -351,6 +354,10 @@ pub struct RestoreCounts {
     pub unreadable: u64,
     /// Ledger entries older than the window, ignored.
     pub expired: u64,
+    /// Ledger records no state record confirms (a crash between the two
+    /// writes, a fenced stale owner): their events are read and applied
+    /// again.
+    pub unconfirmed: u64,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -510,6 +517,7 @@ pub async fn restore(
             stale: r.stale,
             unreadable: r.unreadable,
             expired: r.expired,
+            unconfirmed: r.unconfirmed,
         },
         sequences: r.sequences,
         from_cache,
@@ -611,7 +619,13 @@ impl PartitionState {
             );
         }
         if let Some(offset) = c.position {
-            out.push(Change::Position { offset }.encode(self.epoch));
+            out.push(
+                Change::Position {
+                    offset,
+                    ledger_serial: Some(self.serial),
+                }
+                .encode(self.epoch),
+            );
         }
         out
     }
@@ -754,15 +768,17 @@ mod tests {
         }
         assert_eq!(r.counts.stale, 0);
         // A, not knowing it lost the partition, writes on: B's next
-        // restore (say after a restart) ignores its sequence and position;
-        // what A applied meanwhile stays remembered (it was applied).
+        // restore (say after a restart) ignores its sequence and position,
+        // and so its ledger record, which no state of A's confirms: B
+        // reads that event again and applies it (the sinks' idempotency
+        // and effect records cover what A did).
         write(&a, &mut state, &batch(&["zombie"], 99, 50)).await;
         let dedupe_c = MemoryDedupe::new(Duration::from_secs(3600));
         let r = restore(&b, 0, &dedupe_c).await.unwrap();
         assert_eq!(r.position, Some(11));
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 4);
-        assert!(dedupe_c.seen("wifi", "zombie").unwrap());
-        assert_eq!(r.counts.stale, 2);
+        assert!(!dedupe_c.seen("wifi", "zombie").unwrap());
+        assert_eq!((r.counts.stale, r.counts.unconfirmed), (2, 1));
     }
 
     #[tokio::test]
@@ -839,8 +855,8 @@ mod tests {
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 3);
         assert!(fresh.seen("wifi", "b1").unwrap());
         assert!(
-            fresh.seen("wifi", "a-stale").unwrap(),
-            "a fact, whoever wrote it"
+            !fresh.seen("wifi", "a-stale").unwrap(),
+            "a stale owner's batch, its state fenced: applied again"
         );
     }
 }

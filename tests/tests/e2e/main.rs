@@ -21,6 +21,7 @@ mod metrics;
 mod monitoring;
 mod processors;
 mod replay;
+mod scale;
 mod secrets;
 mod slow_clients;
 mod sources;
