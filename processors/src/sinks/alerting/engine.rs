@@ -142,6 +142,12 @@ pub struct Engine {
     pub session_timeout: Duration,
     /// See [`AlertsConfig::max_clock_skew`].
     pub max_clock_skew: Duration,
+    /// A resolved alert (or a one-shot one) raised longer ago than this is
+    /// forgotten, with its changelog record: `applied_retention` or the
+    /// longest rule cooldown, whichever is longer (so no cooldown is cut
+    /// short). Its labels and summary name guests (VIP arrivals): they do
+    /// not stay in the compacted changelog for ever.
+    pub alert_retention: Duration,
 }
 
 pub(super) fn micros(d: Duration) -> i64 {
@@ -233,6 +239,11 @@ impl Engine {
             max_event_age: config.max_event_age,
             session_timeout: config.session_timeout,
             max_clock_skew: config.max_clock_skew,
+            alert_retention: config
+                .rules
+                .iter()
+                .map(RuleConfig::cooldown)
+                .fold(config.applied_retention, Duration::max),
         }
     }
 
@@ -295,6 +306,25 @@ impl Engine {
             ..Applied::default()
         };
         if partition != UNPARTITIONED {
+            // Forget resolved alerts past their retention (a bounded number
+            // per batch): their tombstones go out with this batch.
+            let before = now.saturating_sub(micros(self.alert_retention));
+            let old: Vec<String> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT fingerprint FROM alerts
+                     WHERE partition = ?1 AND state = 'resolved' AND last_raised_at < ?2
+                     LIMIT 256",
+                )?;
+                st.query_map(params![partition, before], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            for fp in old {
+                tx.execute(
+                    "DELETE FROM alerts WHERE partition = ?1 AND fingerprint = ?2",
+                    params![partition, fp],
+                )?;
+                touched.alerts.insert(fp);
+            }
             out.changes = changes(&tx, partition, &touched)?;
         }
         tx.commit()?;

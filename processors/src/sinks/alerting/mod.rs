@@ -63,7 +63,11 @@
 //!   venue's clock, an alert) in the state changelog, written with the
 //!   batch's checkpoint, before its offset may be committed. Devices and
 //!   clocks are the venue state (`schemas::venue_state`, an Avro contract
-//!   the venue view reads); alerts are JSON of this sink's own.
+//!   the venue view reads); alerts are JSON of this sink's own. A resolved
+//!   (or one-shot) alert raised longer ago than `applied_retention` or the
+//!   longest rule cooldown, whichever is longer, is forgotten by a later
+//!   batch of its partition, its record replaced by a tombstone: a VIP
+//!   arrival's guest id and name do not stay in the compacted changelog.
 //! - The SQLite file (`path`, WAL, `synchronous=FULL`) is a cache of that
 //!   changelog, one set of rows per partition. It remembers the changelog
 //!   offset its rows of each partition reflect; a partition that comes

@@ -631,3 +631,36 @@ async fn finish_sends_what_the_last_batches_raised_before_it_returns() {
     sink.finish().await;
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+#[test]
+fn a_resolved_alert_past_its_retention_is_forgotten_with_a_tombstone_in_the_changelog() {
+    let e = engine("[[rules]]\nkind = \"vip_arrival\"\n");
+    assert_eq!(e.alert_retention, Duration::from_secs(72 * 3600));
+    let mut c = db();
+    let t0 = 1_790_000_000_000_000;
+    let vip = ev_full("g1", "guest_connects", "v", "lobby", "d1", t0, true, false);
+    let first = e.apply_in(&mut c, 0, &[vip], t0).unwrap();
+    let alert_keys = |changes: &[crate::sinks::KeyedChange]| -> Vec<bool> {
+        changes
+            .iter()
+            .filter(|(k, _)| k.first() == Some(&ALERT_KEY))
+            .map(|(_, v)| v.is_some())
+            .collect()
+    };
+    assert_eq!(
+        alert_keys(&first.changes),
+        [true],
+        "the VIP arrival's record"
+    );
+    // 73 hours later another event of the partition: the one-shot alert
+    // (stored resolved) is past the retention and goes, in the changelog
+    // too; the guest's name no longer sits there.
+    let later = t0 + 73 * 60 * MIN;
+    let plain = ev("x", "device_connected", "v", "lobby", "d2", later);
+    let second = e.apply_in(&mut c, 0, &[plain], later).unwrap();
+    assert_eq!(alert_keys(&second.changes), [false], "its tombstone");
+    let left: i64 = c
+        .query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0);
+}
