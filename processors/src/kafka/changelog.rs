@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -53,6 +53,10 @@ impl KafkaChangelog {
     }
 }
 
+/// The header of a tombstone that holds its record's value bytes
+/// (version, epoch, `0`), so a restore can fence it like any record.
+const GONE_HEADER: &str = "state-gone";
+
 impl Changelog for KafkaChangelog {
     fn append<'a>(
         &'a self,
@@ -64,8 +68,15 @@ impl Changelog for KafkaChangelog {
             for (key, value) in &records {
                 let mut record = FutureRecord::to(&self.topic)
                     .partition(partition)
-                    .key(key.as_slice())
-                    .payload(value.as_slice());
+                    .key(key.as_slice());
+                if crate::state::changelog::is_gone(key, value) {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: GONE_HEADER,
+                        value: Some(value.as_slice()),
+                    }));
+                } else {
+                    record = record.payload(value.as_slice());
+                }
                 let future = loop {
                     match self.producer.send_result(record) {
                         Ok(f) => break f,
@@ -133,11 +144,16 @@ impl Changelog for KafkaChangelog {
                 if offset > until {
                     return Ok(());
                 }
-                each(
-                    offset,
-                    m.key().unwrap_or_default(),
-                    m.payload().unwrap_or_default(),
-                )?;
+                // A tombstone carries its fencing bytes in a header.
+                let gone = m
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == GONE_HEADER))
+                    .and_then(|h| h.value);
+                let value = match (m.payload(), gone) {
+                    (None | Some([]), Some(bytes)) => bytes,
+                    (payload, _) => payload.unwrap_or_default(),
+                };
+                each(offset, m.key().unwrap_or_default(), value)?;
                 if offset >= until {
                     return Ok(());
                 }

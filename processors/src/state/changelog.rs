@@ -380,6 +380,14 @@ fn be_i64(b: &[u8], name: &'static str) -> Result<i64, DecodeError> {
     Ok(i64::from_be_bytes(bytes))
 }
 
+/// Whether (`key`, `value`) says that a sink's key is gone: the Kafka
+/// changelog writes it as a tombstone (no value, so compaction removes the
+/// key, and with it whatever the key names, after `delete.retention.ms`),
+/// its value bytes (version, epoch, `0`) in a header for fencing.
+pub fn is_gone(key: &[u8], value: &[u8]) -> bool {
+    key.first() == Some(&KEYED) && value.len() == 10 && value[9] == 0
+}
+
 /// The ledger's "source" under which one sink's effects are remembered:
 /// the sink and the source joined by `0x1F`, which no source name holds, so
 /// it never meets a whole event's entry.

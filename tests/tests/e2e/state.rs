@@ -288,3 +288,49 @@ async fn state_topics_that_do_not_match_the_raw_topic_stop_the_start_naming_both
         done.stderr
     );
 }
+
+/// A sink's key that is gone (a device that left) is written as a Kafka
+/// tombstone, so a compacting broker removes the key (a device id) after
+/// `delete.retention.ms`; its fencing bytes ride in a header, and a
+/// restore reads it back exactly as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_key_is_a_kafka_tombstone_read_back_as_written() {
+    use processors::state::Changelog;
+    use processors::state::changelog::{Change, Keyed};
+    let broker = Broker::start();
+    broker.create_topic("s-gone", 1).await;
+    let host = Host::new();
+    let config = processors::config::Config::from_toml(&host.config(&broker, "s-gone-raw", ""))
+        .expect("config");
+    let log = processors::kafka::changelog::KafkaChangelog::new(&config.kafka, "s-gone")
+        .expect("changelog");
+    let keyed = |value: Option<Vec<u8>>| {
+        Change::Keyed(Keyed {
+            sink: "alerts".into(),
+            key: b"Dvenue-1\x1fdev_0001".to_vec(),
+            value,
+        })
+        .encode(5)
+    };
+    let written = vec![keyed(Some(b"present".to_vec())), keyed(None)];
+    let offsets = log.append(0, written.clone()).await.expect("append");
+    assert_eq!(offsets, [0, 1]);
+    let mut read = Vec::new();
+    let mut each = |_: i64, k: &[u8], v: &[u8]| {
+        read.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    };
+    log.read(0, 0, 1, &mut each).await.expect("read");
+    assert_eq!(read, written, "read back as written");
+    let raw = e2e::read_topic(&broker.brokers(), "s-gone").await;
+    assert!(!raw[0].value.is_empty());
+    assert!(raw[1].value.is_empty(), "no value: a tombstone");
+    assert_eq!(
+        raw[1]
+            .headers
+            .iter()
+            .find(|(k, _)| k == "state-gone")
+            .map(|(_, v)| v.clone()),
+        Some(written[1].1.clone())
+    );
+}
