@@ -684,19 +684,34 @@ fn alerts_host(
     alerts_host_cached(logs, dir, owner, None, None)
 }
 
+/// What an alerts host returns: its pipeline, its sink, its stop and its
+/// metrics.
+type AlertsHost = (
+    PartitionPipeline,
+    Arc<processors::sinks::alerting::AlertsSink>,
+    watch::Sender<bool>,
+    Metrics,
+);
+
 fn alerts_host_cached(
     logs: &Logs,
     dir: &std::path::Path,
     owner: &str,
     cache: Option<Arc<processors::state::cache::StateCache>>,
     dedupe: Option<Arc<MemoryDedupe>>,
-) -> (
-    PartitionPipeline,
-    Arc<processors::sinks::alerting::AlertsSink>,
-    watch::Sender<bool>,
-    Metrics,
-) {
-    let config = Config::from_toml(ALERTS).unwrap();
+) -> AlertsHost {
+    alerts_host_with(ALERTS, logs, dir, owner, cache, dedupe)
+}
+
+fn alerts_host_with(
+    config: &str,
+    logs: &Logs,
+    dir: &std::path::Path,
+    owner: &str,
+    cache: Option<Arc<processors::state::cache::StateCache>>,
+    dedupe: Option<Arc<MemoryDedupe>>,
+) -> AlertsHost {
+    let config = Config::from_toml(config).unwrap();
     let processors::sinks::SinkConfig::Alerts(mut alerts) = config.sinks["alerts"].clone() else {
         panic!("an alerts sink");
     };
@@ -756,6 +771,12 @@ async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
         "A: over the threshold"
     );
     assert!(sink_a.owns(0));
+    // A sends the raise, then hands the partition over as the consumer
+    // does: stop acting, write what was sent, settle.
+    wait_for_empty_outbox(&dir_a.path().join("alerts.sqlite")).await;
+    a.release().await;
+    a.flush().await.unwrap();
+    a.settle().await.unwrap();
     drop(a);
     assert!(!sink_a.owns(0), "A stops acting on the partition's alerts");
 
@@ -772,11 +793,120 @@ async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
         .unwrap();
     b.settle().await.unwrap();
     assert_eq!(sink_b.occupancy().unwrap(), lobby(2));
-    // B resolved the alert A raised: the same raise (generation 1).
+    // B resolved the alert A raised: the same raise (generation 1); the
+    // raise, sent by A, is not sent again.
     assert_eq!(
         outbox_keys(&dir_b.path().join("alerts.sqlite")),
         ["alert-resolved-1"]
     );
+}
+
+/// Waits (up to 5 s) until the alert file's outbox is empty.
+async fn wait_for_empty_outbox(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        if n == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} notifications not sent"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_notification_the_old_owner_could_not_send_is_sent_by_the_new_owner_once() {
+    // An Alertmanager that refuses everything until told otherwise, and
+    // counts what it accepts.
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (u, n) = (up.clone(), accepted.clone());
+    let app = axum::Router::new().route(
+        "/api/v2/alerts",
+        axum::routing::post(move || {
+            let (u, n) = (u.clone(), n.clone());
+            async move {
+                if u.load(std::sync::atomic::Ordering::SeqCst) {
+                    n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let config = ALERTS
+        .replace(
+            "path = \"unused\"\n    [[sinks.alerts.rules]]",
+            "path = \"unused\"\nresend_interval = \"1h\"\nalert_ttl = \"2h\"\n\
+             retry_initial = \"10ms\"\nretry_max = \"50ms\"\n[[sinks.alerts.rules]]",
+        )
+        .replace(
+            "[[sinks.alerts.receivers]]\n    kind = \"log\"",
+            &format!(
+                "[[sinks.alerts.receivers]]\nkind = \"alertmanager\"\nurl = \"http://{addr}\""
+            ),
+        );
+    let log: Logs = (Arc::default(), Arc::default());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, _sink_a, _stop_a, _) =
+        alerts_host_with(&config, &log, dir_a.path(), "a", None, None);
+    a.restore().await.unwrap();
+    a.handle(vec![
+        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    a.settle().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.release().await;
+    a.flush().await.unwrap();
+    a.settle().await.unwrap();
+    drop(a);
+    // Alertmanager comes back: A no longer owns the partition and sends
+    // nothing; B, which took the raise over with the partition, sends it.
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "A sent nothing"
+    );
+    let (mut b, _sink_b, _stop_b, _) =
+        alerts_host_with(&config, &log, dir_b.path(), "b", None, None);
+    b.restore().await.unwrap();
+    wait_for_empty_outbox(&dir_b.path().join("alerts.sqlite")).await;
+    // B's take-over also re-posts the firing alert (its refresh).
+    let sent = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&sent), "{sent}");
+    assert_eq!(
+        outbox_keys(&dir_b.path().join("alerts.sqlite")),
+        ["alert-firing-1"]
+    );
+    // B hands it back to A, having sent it: A does not send it again.
+    b.release().await;
+    b.flush().await.unwrap();
+    b.settle().await.unwrap();
+    drop(b);
+    let (mut a, _sink_a, _stop_a, _) =
+        alerts_host_with(&config, &log, dir_a.path(), "a", None, None);
+    a.restore().await.unwrap();
+    let n: i64 = rusqlite::Connection::open(dir_a.path().join("alerts.sqlite"))
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "A's old row is gone: B sent it");
 }
 
 /// The notifications sent or waiting in the outbox, as

@@ -688,6 +688,11 @@ fn spawn_worker(
             return;
         }
         let mut buf = Vec::with_capacity(batch_max);
+        // What sinks with partition state did outside batches (the
+        // alerting sink's sent notifications) is written this often.
+        let flushing = pipeline.has_partition_sinks();
+        let mut flush_every = tokio::time::interval(FLUSH_EVERY);
+        flush_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = pipeline.next_deadline().map(tokio::time::Instant::from_std);
             let writing = pipeline.writing();
@@ -696,6 +701,7 @@ fn spawn_worker(
                 _ = crate::pipeline::stopped(&mut stop) => break,
                 // A checkpoint acknowledged: its position may be stored.
                 r = pipeline.settle(), if writing => r,
+                _ = flush_every.tick(), if flushing => pipeline.flush().await,
                 n = rx.recv_many(&mut buf, batch_max) => {
                     if n == 0 {
                         break;
@@ -716,8 +722,12 @@ fn spawn_worker(
                 .with_label_values(&[&label])
                 .set(pipeline.outstanding() as i64);
         }
-        // The checkpoint in flight, if any, is part of the hand-over: its
-        // position is the one to commit (bounded by the revoke timeout).
+        // The sinks stop acting for the partition and what they did goes
+        // with a last checkpoint; the checkpoint in flight, if any, is
+        // part of the hand-over: its position is the one to commit
+        // (bounded by the revoke timeout).
+        pipeline.release().await;
+        let _ = pipeline.flush().await;
         let _ = pipeline.settle().await;
         let _ = done_tx.send(pipeline.position());
     });
@@ -729,6 +739,10 @@ fn spawn_worker(
         position,
     }
 }
+
+/// How often a partition's worker writes what its sinks did outside
+/// batches (see [`PartitionPipeline::flush`]).
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the consumer looks for workers that ended unexpectedly.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(250);

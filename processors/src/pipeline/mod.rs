@@ -1043,6 +1043,26 @@ impl PartitionPipeline {
             .iter()
             .filter_map(|k| self.reorder.next_expected(k).map(|n| (k.clone(), n)))
             .collect();
+        // What partition sinks did outside the batches (notifications
+        // sent) goes with this checkpoint.
+        for (s, sink) in shared.sinks.iter().enumerate() {
+            let Some((changes, serial)) = sink
+                .partition_state()
+                .and_then(|p| p.pending(self.partition))
+            else {
+                continue;
+            };
+            c.keyed.extend(changes.into_iter().map(|(key, value)| {
+                crate::state::changelog::Keyed {
+                    sink: sink.name().to_owned(),
+                    key,
+                    value,
+                }
+            }));
+            if !c.sink_serials.iter().any(|(i, _)| *i == s) {
+                c.sink_serials.push((s, serial));
+            }
+        }
         if state.is_empty(&c) {
             return Ok(());
         }
@@ -1083,6 +1103,37 @@ impl PartitionPipeline {
             })
         }));
         Ok(())
+    }
+
+    /// Writes what partition sinks did since the last checkpoint outside
+    /// the batches (notifications sent), if anything: called every few
+    /// hundred milliseconds by the worker, and at a hand-over.
+    pub async fn flush(&mut self) -> Result<(), Stopped> {
+        self.checkpoint(Checkpoint::default()).await
+    }
+
+    /// The hand-over's first step: every partition sink stops acting for
+    /// this partition and finishes what is under way, so that the last
+    /// [`flush`](Self::flush) holds all it did.
+    pub async fn release(&mut self) {
+        let Some(epoch) = self.state.as_ref().map(PartitionState::epoch) else {
+            return;
+        };
+        for sink in &self.shared.sinks {
+            if let Some(p) = sink.partition_state() {
+                p.releasing(self.partition, epoch).await;
+            }
+        }
+    }
+
+    /// Whether any sink keeps partition state (the worker then flushes).
+    pub fn has_partition_sinks(&self) -> bool {
+        self.state.is_some()
+            && self
+                .shared
+                .sinks
+                .iter()
+                .any(|s| s.partition_state().is_some())
     }
 
     /// Whether a checkpoint is being written.

@@ -98,6 +98,22 @@ pub trait PartitionSink: Send + Sync {
     /// later epoch's ownership (the partition came back before an aborted
     /// worker was dropped) stands.
     fn revoked(&self, partition: i32, epoch: i64);
+
+    /// The partition is being handed over (ownership of `epoch`): its
+    /// effects stop, and what is under way finishes, before the
+    /// hand-over's last checkpoint collects [`pending`](Self::pending).
+    fn releasing(&self, partition: i32, epoch: i64) -> BoxFuture<'_, ()> {
+        self.revoked(partition, epoch);
+        Box::pin(async {})
+    }
+
+    /// Changes made outside a batch (notifications sent) since the last
+    /// call, to write with the partition's next checkpoint, with the
+    /// sink's current serial; `None` when there are none.
+    fn pending(&self, partition: i32) -> Option<(Vec<KeyedChange>, u64)> {
+        let _ = partition;
+        None
+    }
 }
 
 /// What [`PartitionSink::accept_partition`] did.

@@ -306,17 +306,30 @@ impl Deliverer {
         };
         loop {
             let r = name.to_owned();
+            // Only the partitions this instance owns (their previous owner
+            // stopped sending at the hand-over; their waiting notifications
+            // came with the state).
+            let owned: Vec<String> = self.owned.partitions().iter().map(i32::to_string).collect();
             let rows = Self::db(conn, move |c| {
-                let mut st = c.prepare_cached(
+                let sql = format!(
                     // Only notifications whose batch the changelog holds:
                     // one rebuilt after a crash is raised again instead.
-                    "SELECT id, notification FROM outbox o WHERE receiver = ?1
+                    "SELECT id, notification, partition, key FROM outbox o WHERE receiver = ?1
+                       AND partition IN (-1{}{})
                        AND (partition = -1 OR serial <= coalesce(
                          (SELECT checkpointed FROM partitions p WHERE p.partition = o.partition), 0))
                      ORDER BY id LIMIT ?2",
-                )?;
+                    if owned.is_empty() { "" } else { ", " },
+                    owned.join(", ")
+                );
+                let mut st = c.prepare(&sql)?;
                 st.query_map(params![r, DELIVER_CHUNK as i64], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i32>(2)?,
+                        row.get::<_, String>(3)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
@@ -333,7 +346,13 @@ impl Deliverer {
                 return;
             }
             let full = rows.len() == DELIVER_CHUNK;
-            for (id, text) in rows {
+            for (id, text, partition, key) in rows {
+                // Held until the row is recorded as sent: a hand-over
+                // waits for it (see `Owned::sending`).
+                let _sending = self.owned.sending().lock().await;
+                if !self.owned.holds(partition) {
+                    break;
+                }
                 let sent = match serde_json::from_str::<Notification>(&text) {
                     Ok(n) => {
                         receiver
@@ -383,6 +402,7 @@ impl Deliverer {
                     tracing::warn!(sink = %self.sink, receiver = %name, error = %e, "marking an alert notification sent failed; it may be sent again");
                     return;
                 }
+                self.owned.sent(partition, name, &key);
             }
             if !full {
                 self.set_depth(conn, name).await;

@@ -199,6 +199,8 @@ struct Touched {
     devices: BTreeSet<(String, String)>,
     venues: BTreeSet<String>,
     alerts: BTreeSet<String>,
+    /// Notifications queued: (receiver, key).
+    outbox: BTreeSet<(String, String)>,
 }
 
 /// What [`Engine::apply_in`] did.
@@ -215,6 +217,20 @@ pub struct Applied {
 /// Key kind of an alert's record (venue-state kinds are in
 /// `schemas::venue_state`).
 pub(super) const ALERT_KEY: u8 = b'A';
+/// Key kind of a notification waiting to be sent: receiver, `0x1F`, the
+/// notification's key; the value is the notification (JSON), none once
+/// it was sent.
+pub(super) const OUTBOX_KEY: u8 = b'O';
+
+/// The changelog key of a waiting notification.
+pub(super) fn outbox_key(receiver: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + receiver.len() + key.len());
+    k.push(OUTBOX_KEY);
+    k.extend_from_slice(receiver.as_bytes());
+    k.push(0x1F);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
 
 /// An alert's state as its changelog record holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -758,6 +774,9 @@ impl Tx<'_> {
                 params![r, text, self.now, self.partition, self.serial, n.key],
             )?;
             self.stats.enqueued += added as u64;
+            if added > 0 {
+                self.touched.outbox.insert((r.clone(), n.key.clone()));
+            }
         }
         Ok(())
     }
@@ -773,8 +792,18 @@ fn changes(
     partition: i32,
     touched: &Touched,
 ) -> rusqlite::Result<Vec<crate::sinks::KeyedChange>> {
-    let mut out =
-        Vec::with_capacity(touched.devices.len() + touched.venues.len() + touched.alerts.len());
+    let mut out = Vec::with_capacity(
+        touched.devices.len() + touched.venues.len() + touched.alerts.len() + touched.outbox.len(),
+    );
+    let mut waiting = tx.prepare_cached(
+        "SELECT notification FROM outbox WHERE partition = ?1 AND receiver = ?2 AND key = ?3",
+    )?;
+    for (receiver, key) in &touched.outbox {
+        let text: Option<String> = waiting
+            .query_row(params![partition, receiver, key], |r| r.get(0))
+            .optional()?;
+        out.push((outbox_key(receiver, key), text.map(String::into_bytes)));
+    }
     let mut device = tx.prepare_cached(
         "SELECT zone, connected_at, last_seen FROM devices
          WHERE partition = ?1 AND venue = ?2 AND device = ?3",
@@ -876,6 +905,40 @@ pub(super) fn restore_records(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut unreadable = 0;
     for (key, value) in records {
+        if key.first() == Some(&OUTBOX_KEY) {
+            let parts = std::str::from_utf8(&key[1..])
+                .ok()
+                .and_then(|k| k.split_once('\u{1f}'));
+            let Some((receiver, nkey)) = parts else {
+                unreadable += 1;
+                continue;
+            };
+            match value {
+                None => {
+                    tx.execute(
+                        "DELETE FROM outbox WHERE partition = ?1 AND receiver = ?2 AND key = ?3",
+                        params![partition, receiver, nkey],
+                    )?;
+                }
+                Some(text) => {
+                    let Ok(text) = std::str::from_utf8(text) else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    // Waiting at the previous owner: this instance sends
+                    // it (unless it already did, when it owned it before).
+                    tx.execute(
+                        "INSERT INTO outbox (receiver, notification, created_at, partition, serial, key)
+                         SELECT ?1, ?2, ?3, ?4, 0, ?5
+                         WHERE NOT EXISTS (SELECT 1 FROM outbox
+                                           WHERE partition = ?4 AND receiver = ?1 AND key = ?5)
+                           AND NOT EXISTS (SELECT 1 FROM sent WHERE receiver = ?1 AND key = ?5)",
+                        params![receiver, text, now_micros(), partition, nkey],
+                    )?;
+                }
+            }
+            continue;
+        }
         if key.first() == Some(&ALERT_KEY) {
             let Ok(fp) = std::str::from_utf8(&key[1..]) else {
                 unreadable += 1;
@@ -977,14 +1040,13 @@ pub(super) fn restore_records(
     Ok(unreadable)
 }
 
-/// Drops the partition's rows before a rebuild. Its waiting
-/// notifications stay and may be sent: whether their batch reached the
-/// changelog or not (a crash between the acknowledgement and
-/// [`checkpointed`]), the rebuilt state either holds their effect or
-/// raises them again under the same key, which is then not queued twice.
+/// Drops the partition's rows before a rebuild, its waiting
+/// notifications too: those of batches in the changelog come back from
+/// it, those of a batch that never reached it are raised again as its
+/// events are read again (under the same key, not queued twice).
 pub(super) fn forget(conn: &mut Connection, partition: i32) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for table in ["applied", "devices", "venues", "alerts"] {
+    for table in ["applied", "devices", "venues", "alerts", "outbox"] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE partition = ?1"),
             [partition],

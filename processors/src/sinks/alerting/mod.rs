@@ -124,14 +124,20 @@
 //!   requests time out delays the others' deliveries by up to `timeout`
 //!   per round (it then backs off and is skipped until its pause ends).
 //! - One file per instance: only the process holding an exclusive `flock`
-//!   on `<path>.deliver.lock` delivers, and it re-posts only its own
-//!   partitions' alerts.
+//!   on `<path>.deliver.lock` delivers, and it sends and re-posts only for
+//!   the partitions it owns.
 //!
-//! Known limit: the outbox is per host. A notification is sent by the
-//! instance whose batch raised it, even after its partition moved; if
-//! that instance's disk is lost before the outbox drains, the
-//! notification is lost (the alert itself is in the changelog: the new
-//! owner re-posts it to Alertmanager while it fires).
+//! The outbox follows its partition too. Each queued notification is a
+//! record of the partition's changelog (written with its batch); once a
+//! receiver took it, the instance notes it as sent, and the partition's
+//! next checkpoint (at most 250 ms later, and always at a hand-over)
+//! writes that down. A hand-over first stops the partition's deliveries
+//! and waits for the one under way, so the new owner, which restores the
+//! notifications still waiting, never sends one the previous owner sent:
+//! rebalances, SIGTERM, scale-up and scale-down repeat nothing. Only a
+//! `kill -9` between a receiver's `2xx` and that checkpoint can repeat a
+//! notification (on another host; the same host remembers what it sent),
+//! under the same `Idempotency-Key`.
 //!
 //! # Secrets
 //!
@@ -160,6 +166,7 @@ use crate::sinks::contract::{
 
 pub use config::*;
 use deliver::*;
+use engine::outbox_key;
 pub use engine::*;
 
 /// The alerting sink: applies batches to the state file and wakes the
@@ -177,32 +184,44 @@ pub struct AlertsSink {
     drain_bound: std::time::Duration,
 }
 
-/// The partitions whose alerts this instance acts on, with the epoch of
-/// each ownership. Alerts of [`UNPARTITIONED`] state are always its own.
+/// The partitions whose alerts and notifications this instance acts on,
+/// with the epoch of each ownership, shared by the sink and its delivery
+/// task. State kept without partitions ([`UNPARTITIONED`]) is always its
+/// own.
 #[derive(Clone, Default)]
-pub struct Owned(
-    Arc<Mutex<HashMap<i32, i64>>>,
+pub struct Owned {
+    epochs: Arc<Mutex<HashMap<i32, i64>>>,
     /// Set when a partition was taken over: its firing alerts are
     /// re-posted at once, not at the next `resend_interval`.
-    Arc<std::sync::atomic::AtomicBool>,
-);
+    taken_over: Arc<std::sync::atomic::AtomicBool>,
+    /// Per partition, the notifications sent since its last checkpoint:
+    /// their records are written with the next one (see
+    /// [`PartitionSink::pending`]).
+    sent: Arc<Mutex<HashMap<i32, Vec<KeyedChange>>>>,
+    /// Held by the delivery task while it sends one notification and
+    /// records it: a hand-over waits for it, so a notification sent by the
+    /// previous owner is always in the changelog as sent.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
 
 impl Owned {
     fn set(&self, partition: i32, epoch: i64) {
-        self.0
+        self.epochs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(partition, epoch);
-        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.taken_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether a partition was taken over since the last call.
     pub fn taken_over(&self) -> bool {
-        self.1.swap(false, std::sync::atomic::Ordering::Relaxed)
+        self.taken_over
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn release(&self, partition: i32, epoch: i64) {
-        let mut owned = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut owned = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         if owned.get(&partition) == Some(&epoch) {
             owned.remove(&partition);
         }
@@ -212,10 +231,40 @@ impl Owned {
     pub fn holds(&self, partition: i32) -> bool {
         partition == UNPARTITIONED
             || self
-                .0
+                .epochs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains_key(&partition)
+    }
+
+    /// Notes that the notification `key` of `partition` went to
+    /// `receiver`: the changelog learns it with the partition's next
+    /// checkpoint.
+    pub fn sent(&self, partition: i32, receiver: &str, key: &str) {
+        if partition == UNPARTITIONED {
+            return;
+        }
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(partition)
+            .or_default()
+            .push((outbox_key(receiver, key), None));
+    }
+
+    /// The partitions owned now.
+    pub fn partitions(&self) -> Vec<i32> {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The lock the delivery task holds for one notification.
+    pub fn sending(&self) -> &tokio::sync::Mutex<()> {
+        &self.sending
     }
 }
 
@@ -427,18 +476,19 @@ impl Sink for AlertsSink {
         Some(AlertsSink::occupancy(self))
     }
 
-    /// Waits (up to twice the receivers' `timeout`) until no notification
-    /// that may be sent is left: an instance stopped for good (scaled
-    /// down) sends what its last batches raised instead of leaving it in
-    /// its file.
+    /// Waits (up to twice the receivers' `timeout`) until the
+    /// notifications kept without partitions (a replay's) are sent: a
+    /// partition's went with its state to its next owner at the hand-over.
     fn finish(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + self.drain_bound;
             loop {
                 let left = self.with_conn(|c| {
                     c.query_row(
-                        "SELECT COUNT(*) FROM outbox o WHERE partition = -1 OR serial <= coalesce(
-                           (SELECT checkpointed FROM partitions p WHERE p.partition = o.partition), 0)",
+                        // A partition's notifications went with its
+                        // state to the next owner: only those kept
+                        // without partitions are this instance's alone.
+                        "SELECT COUNT(*) FROM outbox WHERE partition = -1",
                         [],
                         |r| r.get::<_, i64>(0),
                     )
@@ -514,5 +564,33 @@ impl PartitionSink for AlertsSink {
 
     fn revoked(&self, partition: i32, epoch: i64) {
         self.owned.release(partition, epoch);
+    }
+
+    fn releasing(&self, partition: i32, epoch: i64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.owned.release(partition, epoch);
+            // A notification of it being sent now finishes (and is noted
+            // as sent) before the hand-over's last checkpoint.
+            drop(self.owned.sending().lock().await);
+        })
+    }
+
+    fn pending(&self, partition: i32) -> Option<(Vec<KeyedChange>, u64)> {
+        let sent = self
+            .owned
+            .sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition)?;
+        let serial = self
+            .with_conn(|c| {
+                c.query_row(
+                    "SELECT serial FROM partitions WHERE partition = ?1",
+                    [partition],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+            .unwrap_or(0);
+        Some((sent, serial as u64))
     }
 }
