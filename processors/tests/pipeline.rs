@@ -757,14 +757,7 @@ async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mut a, sink_a, _stop_a, _) = alerts_host(&log, dir_a.path(), "a");
     a.restore().await.unwrap();
-    a.handle(vec![
-        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
-        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
-        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
-    ])
-    .await
-    .unwrap();
-    a.settle().await.unwrap();
+    three_in_the_lobby(&mut a).await;
     assert_eq!(
         sink_a.occupancy().unwrap(),
         lobby(3),
@@ -774,9 +767,7 @@ async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
     // A sends the raise, then hands the partition over as the consumer
     // does: stop acting, write what was sent, settle.
     wait_for_empty_outbox(&dir_a.path().join("alerts.sqlite")).await;
-    a.release().await;
-    a.flush().await.unwrap();
-    a.settle().await.unwrap();
+    hand_over(&mut a).await;
     drop(a);
     assert!(!sink_a.owns(0), "A stops acting on the partition's alerts");
 
@@ -799,6 +790,27 @@ async fn a_partition_moved_to_another_host_keeps_its_devices_and_its_alert() {
         outbox_keys(&dir_b.path().join("alerts.sqlite")),
         ["alert-resolved-1"]
     );
+}
+
+/// Connects d1, d2 and d3 in the lobby (over the threshold of 2) and
+/// waits for the checkpoint.
+async fn three_in_the_lobby(p: &mut PartitionPipeline) {
+    p.handle(vec![
+        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
+        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
+        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
+    ])
+    .await
+    .unwrap();
+    p.settle().await.unwrap();
+}
+
+/// Hands the partition over as the consumer does: the sinks stop acting
+/// for it, what they did is written, the last checkpoint settles.
+async fn hand_over(p: &mut PartitionPipeline) {
+    p.release().await;
+    p.flush().await.unwrap();
+    p.settle().await.unwrap();
 }
 
 /// Waits (up to 5 s) until the alert file's outbox is empty.
@@ -861,18 +873,9 @@ async fn a_notification_the_old_owner_could_not_send_is_sent_by_the_new_owner_on
     let (mut a, _sink_a, _stop_a, _) =
         alerts_host_with(&config, &log, dir_a.path(), "a", None, None);
     a.restore().await.unwrap();
-    a.handle(vec![
-        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
-        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
-        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
-    ])
-    .await
-    .unwrap();
-    a.settle().await.unwrap();
+    three_in_the_lobby(&mut a).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    a.release().await;
-    a.flush().await.unwrap();
-    a.settle().await.unwrap();
+    hand_over(&mut a).await;
     drop(a);
     // Alertmanager comes back: A no longer owns the partition and sends
     // nothing; B, which took the raise over with the partition, sends it.
@@ -895,9 +898,7 @@ async fn a_notification_the_old_owner_could_not_send_is_sent_by_the_new_owner_on
         ["alert-firing-1"]
     );
     // B hands it back to A, having sent it: A does not send it again.
-    b.release().await;
-    b.flush().await.unwrap();
-    b.settle().await.unwrap();
+    hand_over(&mut b).await;
     drop(b);
     let (mut a, _sink_a, _stop_a, _) =
         alerts_host_with(&config, &log, dir_a.path(), "a", None, None);
@@ -1058,14 +1059,7 @@ async fn a_crash_after_the_changelog_acknowledged_a_batch_loses_none_of_its_noti
     let dir = tempfile::tempdir().unwrap();
     let (mut a, _sink, _stop, _) = alerts_host(&log, dir.path(), "a");
     a.restore().await.unwrap();
-    a.handle(vec![
-        wifi(0, "c1", "device_connected", "lobby", "d1", 1),
-        wifi(1, "c2", "device_connected", "lobby", "d2", 2),
-        wifi(2, "c3", "device_connected", "lobby", "d3", 3),
-    ])
-    .await
-    .unwrap();
-    a.settle().await.unwrap();
+    three_in_the_lobby(&mut a).await;
     drop(a);
     // The process died after the changelog acknowledged the batch and
     // before the file recorded it: the file looks ahead of its changelog.
