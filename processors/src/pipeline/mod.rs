@@ -454,6 +454,55 @@ impl Retry {
     }
 }
 
+impl Retry {
+    /// Records `c`'s applied events in the dedupe store (a blocking
+    /// commit, on the blocking pool), retrying with backoff until it
+    /// succeeds or `stop` is raised.
+    async fn record(
+        &self,
+        dedupe: &Arc<dyn DedupeStore>,
+        c: &Checkpoint,
+        retried: &mut bool,
+    ) -> Result<(), Stopped> {
+        let at = c.at.unwrap_or_else(SystemTime::now);
+        let entries = Arc::new(c.applied.clone());
+        let mut backoff = self.initial;
+        loop {
+            let (store, list) = (dedupe.clone(), entries.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                let batch: Vec<DedupeRecord<'_>> = list
+                    .iter()
+                    .map(|(source, event_id)| DedupeRecord {
+                        source,
+                        event_id,
+                        at,
+                    })
+                    .collect();
+                store.record(&batch).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            match done {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, what = "dedupe", error = %e, retry_in = ?backoff, "retrying");
+                    *retried = true;
+                    let mut stop = self.stop.clone();
+                    if *stop.borrow() {
+                        return Err(Stopped);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped(&mut stop) => return Err(Stopped),
+                    }
+                    backoff = (backoff * 2).min(self.max);
+                }
+            }
+        }
+    }
+}
+
 impl PartitionPipeline {
     /// A fresh partition (nothing read yet).
     pub fn new(partition: i32, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
@@ -1076,6 +1125,7 @@ impl PartitionPipeline {
             max: shared.retry_max,
         };
         let (changelog, ledger) = (stores.changelog.clone(), stores.ledger.clone());
+        let dedupe = shared.dedupe.clone();
         self.writing = Some(tokio::spawn(async move {
             // The ledger first: a position may be durable only once the
             // events below it are remembered as applied.
@@ -1095,6 +1145,11 @@ impl PartitionPipeline {
                     .append(changelog.as_ref(), "changelog", state_records, &mut retried)
                     .await?
             };
+            // Acknowledged: the dedupe store may now take the batch as
+            // applied (its commit overlaps the next batch, as the writes do).
+            if !c.applied.is_empty() {
+                retry.record(&dedupe, &c, &mut retried).await?;
+            }
             Ok(Written {
                 checkpoint: c,
                 ledger_offsets,
@@ -1174,24 +1229,8 @@ impl PartitionPipeline {
                 .with_label_values(&[kind])
                 .inc_by(n as u64);
         }
-        if !c.applied.is_empty() {
-            let at = c.at.unwrap_or_else(SystemTime::now);
-            self.retry_sync("dedupe", || {
-                let batch: Vec<DedupeRecord<'_>> = c
-                    .applied
-                    .iter()
-                    .map(|(source, event_id)| DedupeRecord {
-                        source,
-                        event_id,
-                        at,
-                    })
-                    .collect();
-                shared.dedupe.record(&batch).map_err(|e| e.to_string())
-            })
-            .await?;
-            for key in &c.applied {
-                self.unconfirmed.remove(key);
-            }
+        for key in &c.applied {
+            self.unconfirmed.remove(key);
         }
         if c.position.is_some() {
             self.durable = c.position;
