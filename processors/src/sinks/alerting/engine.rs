@@ -915,10 +915,10 @@ pub(super) fn restore_records(
             };
             match value {
                 None => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "DELETE FROM outbox WHERE partition = ?1 AND receiver = ?2 AND key = ?3",
-                        params![partition, receiver, nkey],
-                    )?;
+                    )?
+                    .execute(params![partition, receiver, nkey])?;
                 }
                 Some(text) => {
                     let Ok(text) = std::str::from_utf8(text) else {
@@ -927,12 +927,14 @@ pub(super) fn restore_records(
                     };
                     // Waiting at the previous owner: this instance sends
                     // it (unless it already did, when it owned it before).
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO outbox (receiver, notification, created_at, partition, serial, key)
                          SELECT ?1, ?2, ?3, ?4, 0, ?5
                          WHERE NOT EXISTS (SELECT 1 FROM outbox
                                            WHERE partition = ?4 AND receiver = ?1 AND key = ?5)
                            AND NOT EXISTS (SELECT 1 FROM sent WHERE receiver = ?1 AND key = ?5)",
+                        )?
+                        .execute(
                         params![receiver, text, now_micros(), partition, nkey],
                     )?;
                 }
@@ -946,28 +948,28 @@ pub(super) fn restore_records(
             };
             match value.as_deref().map(serde_json::from_slice::<AlertState>) {
                 None => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "DELETE FROM alerts WHERE partition = ?1 AND fingerprint = ?2",
-                        params![partition, fp],
-                    )?;
+                    )?
+                    .execute(params![partition, fp])?;
                 }
                 Some(Ok(a)) => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO alerts (partition, fingerprint, rule, state, generation,
                            last_raised_at, alert) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT (partition, fingerprint) DO UPDATE SET rule = excluded.rule,
                            state = excluded.state, generation = excluded.generation,
                            last_raised_at = excluded.last_raised_at, alert = excluded.alert",
-                        params![
-                            partition,
-                            fp,
-                            a.rule,
-                            a.state,
-                            a.generation,
-                            a.last_raised_at,
-                            to_json(&a.alert)
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        partition,
+                        fp,
+                        a.rule,
+                        a.state,
+                        a.generation,
+                        a.last_raised_at,
+                        to_json(&a.alert)
+                    ])?;
                 }
                 Some(Err(_)) => unreadable += 1,
             }
@@ -987,10 +989,10 @@ pub(super) fn restore_records(
         };
         match (k, state) {
             (Key::Device { venue, device }, None) => {
-                tx.execute(
+                tx.prepare_cached(
                     "DELETE FROM devices WHERE partition = ?1 AND venue = ?2 AND device = ?3",
-                    params![partition, venue, device],
-                )?;
+                )?
+                .execute(params![partition, venue, device])?;
             }
             (
                 Key::Device { venue, device },
@@ -1005,19 +1007,24 @@ pub(super) fn restore_records(
                     ..
                 }),
             ) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (partition, venue, device) DO UPDATE SET zone = excluded.zone,
                        connected_at = excluded.connected_at, last_seen = excluded.last_seen",
-                    params![partition, venue, device, zone, connected_at, last_seen],
-                )?;
+                )?
+                .execute(params![
+                    partition,
+                    venue,
+                    device,
+                    zone,
+                    connected_at,
+                    last_seen
+                ])?;
             }
             (Key::Clock { venue }, None) => {
-                tx.execute(
-                    "DELETE FROM venues WHERE partition = ?1 AND venue = ?2",
-                    params![partition, venue],
-                )?;
+                tx.prepare_cached("DELETE FROM venues WHERE partition = ?1 AND venue = ?2")?
+                    .execute(params![partition, venue])?;
             }
             (
                 Key::Clock { venue },
@@ -1026,11 +1033,11 @@ pub(super) fn restore_records(
                     ..
                 }),
             ) => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO venues (partition, venue, watermark) VALUES (?1, ?2, ?3)
                      ON CONFLICT (partition, venue) DO UPDATE SET watermark = excluded.watermark",
-                    params![partition, venue, clock],
-                )?;
+                )?
+                .execute(params![partition, venue, clock])?;
             }
             // A key and a value of different kinds.
             _ => unreadable += 1,
