@@ -37,6 +37,59 @@ const THRESHOLD: i64 = 8;
 /// The CRM requests one instance has in flight at most.
 const CRM_CONCURRENCY: u32 = 4;
 
+/// Where the analytics sink writes: PostgreSQL shared by the instances,
+/// or (one instance, the local stack's defaults) the embedded store in
+/// its data folder.
+enum Store {
+    Postgres(Postgres),
+    Embedded(std::path::PathBuf),
+}
+
+impl Store {
+    /// The sink's settings for an instance whose data folder is `dir`.
+    fn sink(&self, dir: &std::path::Path) -> String {
+        match self {
+            Store::Postgres(pg) => format!("kind = \"postgres\"\nurl = \"{}\"", pg.url()),
+            Store::Embedded(_) => format!(
+                "kind = \"analytics\"\npath = \"{}\"",
+                dir.join("data/analytics.db").display()
+            ),
+        }
+    }
+
+    /// `sql`'s rows, each as its columns joined by `|` (as `psql -At`).
+    fn query(&self, sql: &str) -> String {
+        match self {
+            Store::Postgres(pg) => pg.psql(sql),
+            Store::Embedded(path) => {
+                let Ok(c) = rusqlite::Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                ) else {
+                    return String::new();
+                };
+                let Ok(mut st) = c.prepare(sql) else {
+                    return String::new();
+                };
+                let n = st.column_count();
+                st.query_map([], |r| {
+                    let cols: Vec<String> = (0..n)
+                        .map(|i| match r.get::<_, rusqlite::types::Value>(i) {
+                            Ok(rusqlite::types::Value::Integer(v)) => v.to_string(),
+                            Ok(rusqlite::types::Value::Text(t)) => t,
+                            Ok(rusqlite::types::Value::Real(v)) => v.to_string(),
+                            _ => String::new(),
+                        })
+                        .collect();
+                    Ok(cols.join("|"))
+                })
+                .map(|rows| rows.filter_map(Result::ok).collect::<Vec<_>>().join("\n"))
+                .unwrap_or_default()
+            }
+        }
+    }
+}
+
 /// Records every notification Alertmanager's webhook receiver posts.
 struct Recorder {
     url: String,
@@ -65,7 +118,7 @@ async fn recorder() -> Recorder {
 /// One instance's config: its own data folder `dir`; the group's sinks.
 fn config(
     broker: &Broker,
-    pg: &Postgres,
+    analytics: &str,
     crm: &FakeCrm,
     am: &Alertmanager,
     dir: &std::path::Path,
@@ -100,8 +153,7 @@ listen = "127.0.0.1:0"
 parser = "guest_wifi"
 
 [sinks.analytics]
-kind = "postgres"
-url = "{pg}"
+{analytics}
 
 [sinks.crm]
 kind = "crm"
@@ -151,7 +203,6 @@ sinks = ["crm"]
 "#,
         brokers = broker.brokers(),
         dir = dir.display(),
-        pg = pg.url(),
         crm = crm.url(),
         am = am.url(""),
         template = concat!(
@@ -290,7 +341,26 @@ async fn resend(broker: &Broker, n: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_every_effect_once()
 {
-    let pg = Postgres::start();
+    prove(false).await;
+}
+
+/// The same stream with one instance and the embedded defaults (no
+/// PostgreSQL: the single-host local stack), killed with `kill -9` and
+/// started again mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_with_the_embedded_store_through_a_kill_applies_every_effect_once() {
+    prove(true).await;
+}
+
+/// Runs the stream through the instances (`single`: one, on the embedded
+/// store) and judges every sink against the raw topic.
+async fn prove(single: bool) {
+    let hosts: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let store = if single {
+        Store::Embedded(hosts[0].path().join("data/analytics.db"))
+    } else {
+        Store::Postgres(Postgres::start())
+    };
     let broker = Broker::start();
     broker.create_topic(TOPIC, 8).await;
     broker.create_topic(&format!("{TOPIC}.quarantine"), 1).await;
@@ -309,73 +379,99 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
     let chat = FakeChat::start().await;
     let rec = recorder().await;
     let am = Alertmanager::start_with_webhook(&rec.url).await;
-    let hosts: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let chat_url = chat.url();
     let env = [
         ("E2E_SCALE_CRM_TOKEN", CRM_TOKEN),
         ("E2E_SCALE_SLACK_URL", chat_url.as_str()),
     ];
     let start = |host: usize| {
-        Processor::start_with_env(&config(&broker, &pg, &crm, &am, hosts[host].path()), &env)
+        let dir = hosts[host].path();
+        Processor::start_with_env(&config(&broker, &store.sink(dir), &crm, &am, dir), &env)
     };
     let rows = || {
-        pg.psql("select count(*) from events")
+        store
+            .query("select count(*) from events")
             .parse::<u64>()
             .unwrap_or(0)
     };
 
-    let mut p0 = start(0);
-    let mut p1 = start(1);
-    let mut p2 = start(2);
     let url = ingest.url("/webhooks/purple");
-    let sim = tokio::task::spawn_blocking(move || {
-        simulate(
-            &url,
-            SECRET,
-            &[
-                "--count",
-                "1800",
-                "--rate",
-                "30",
-                "--concurrency",
-                "1",
-                "--venues",
-                "60",
-                "--zones",
-                "3",
-                "--duplicates",
-                "0.1",
-                "--out-of-order",
-                "0.2",
-                "--start",
-                "now",
-                "--seed",
-                "18",
-            ],
-            Duration::from_secs(150),
-        )
-    });
+    let run_simulator = || {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            simulate(
+                &url,
+                SECRET,
+                &[
+                    "--count",
+                    "1800",
+                    "--rate",
+                    "30",
+                    "--concurrency",
+                    "1",
+                    "--venues",
+                    "60",
+                    "--zones",
+                    "3",
+                    "--duplicates",
+                    "0.1",
+                    "--out-of-order",
+                    "0.2",
+                    "--start",
+                    "now",
+                    "--seed",
+                    "18",
+                ],
+                Duration::from_secs(150),
+            )
+        })
+    };
     let mut resent = 0;
-
-    // kill -9 one instance mid-stream, and start it again on its host.
-    progress(200, "200 events applied", &rows, &[&p0, &p1, &p2]).await;
-    p1.kill();
-    resent += resend(&broker, 40).await;
-    let p1 = start(1);
-    // A fourth instance joins.
-    progress(600, "600 events applied", &rows, &[&p0, &p1, &p2]).await;
-    let p3 = start(3);
-    resent += resend(&broker, 40).await;
-    // Two leave with SIGTERM, one after the other.
-    progress(1000, "1000 events applied", &rows, &[&p0, &p1, &p2, &p3]).await;
-    assert!(p0.stop(Duration::from_secs(30)).success(), "{}", p0.log());
-    resent += resend(&broker, 40).await;
-    progress(1300, "1300 events applied", &rows, &[&p1, &p2, &p3]).await;
-    assert!(p2.stop(Duration::from_secs(30)).success(), "{}", p2.log());
-    resent += resend(&broker, 40).await;
-    let report = sim.await.unwrap();
-    resent += resend(&broker, 40).await;
-    let survivors = [&p1, &p3];
+    // Instances stopped or killed: kept for their logs.
+    let mut retired: Vec<Processor> = Vec::new();
+    let (report, survivors) = if single {
+        let mut p0 = start(0);
+        let sim = run_simulator();
+        // kill -9 mid-stream, and start it again on its host.
+        progress(200, "200 events applied", &rows, &[&p0]).await;
+        p0.kill();
+        retired.push(p0);
+        resent += resend(&broker, 40).await;
+        let p0 = start(0);
+        let report = sim.await.unwrap();
+        resent += resend(&broker, 40).await;
+        (report, vec![p0])
+    } else {
+        let p0 = start(0);
+        let mut p1 = start(1);
+        let p2 = start(2);
+        let sim = run_simulator();
+        // kill -9 one instance mid-stream, and start it again on its host.
+        progress(200, "200 events applied", &rows, &[&p0, &p1, &p2]).await;
+        p1.kill();
+        retired.push(p1);
+        resent += resend(&broker, 40).await;
+        let p1 = start(1);
+        // A fourth instance joins.
+        progress(600, "600 events applied", &rows, &[&p0, &p1, &p2]).await;
+        let p3 = start(3);
+        resent += resend(&broker, 40).await;
+        // Two leave with SIGTERM, one after the other.
+        progress(1000, "1000 events applied", &rows, &[&p0, &p1, &p2, &p3]).await;
+        let mut p0 = p0;
+        assert!(p0.stop(Duration::from_secs(30)).success(), "{}", p0.log());
+        retired.push(p0);
+        resent += resend(&broker, 40).await;
+        progress(1300, "1300 events applied", &rows, &[&p1, &p2, &p3]).await;
+        let mut p2 = p2;
+        assert!(p2.stop(Duration::from_secs(30)).success(), "{}", p2.log());
+        retired.push(p2);
+        resent += resend(&broker, 40).await;
+        let report = sim.await.unwrap();
+        resent += resend(&broker, 40).await;
+        (report, vec![p1, p3])
+    };
+    let survivors: Vec<&Processor> = survivors.iter().collect();
 
     let (events, _) = raw_topic(&broker).await;
     assert!(
@@ -387,7 +483,7 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
     loop {
         let mut idle = true;
         let mut seen = Vec::new();
-        for p in survivors {
+        for p in &survivors {
             let (lag, outbox, restoring, assigned) = (
                 p.metric("processors_commit_lag").await,
                 p.metric("processors_alert_outbox_depth").await,
@@ -405,9 +501,13 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
         }
         assert!(
             Instant::now() < deadline,
-            "not every event in PostgreSQL ({stored} of {}), offsets committed and outboxes empty within 120 s: {seen:?}\n{}",
+            "not every event in the analytics store ({stored} of {}), offsets committed and outboxes empty within 120 s: {seen:?}\n{}",
             events.len(),
-            survivors.map(|p| p.log()).join("\n-----\n")
+            survivors
+                .iter()
+                .map(|p| p.log())
+                .collect::<Vec<_>>()
+                .join("\n-----\n")
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -415,8 +515,8 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Analytics: every event exactly once, none late.
-    let counts: HashMap<String, u64> = pg
-        .psql("select event_id, count(*) from events group by event_id")
+    let counts: HashMap<String, u64> = store
+        .query("select event_id, count(*) from events group by event_id")
         .lines()
         .filter_map(|l| {
             let (id, n) = l.split_once('|')?;
@@ -428,12 +528,12 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
     assert_eq!(
         counts.keys().collect::<BTreeSet<_>>(),
         events.keys().collect::<BTreeSet<_>>(),
-        "PostgreSQL holds exactly the events in Kafka"
+        "the analytics store holds exactly the events in Kafka"
     );
     // Events whose sequence slot had passed when they were released: the
     // analytics store keeps them flagged, live state ignores them.
-    let late: BTreeSet<String> = pg
-        .psql("select event_id from events where late")
+    let late: BTreeSet<String> = store
+        .query("select event_id from events where late")
         .lines()
         .map(str::to_owned)
         .collect();
@@ -563,8 +663,9 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
         })
         .map(|e| {
             let needle = e.venue.clone();
-            let lines: Vec<String> = [&p0, &p1, &p2, &p3]
+            let lines: Vec<String> = retired
                 .iter()
+                .chain(survivors.iter().copied())
                 .flat_map(|p| {
                     p.log()
                         .lines()
@@ -584,7 +685,7 @@ async fn four_instances_on_their_own_hosts_through_kill_scale_up_and_down_apply_
     let alert_keys: usize = fired.len();
     eprintln!(
         "scale: simulator sent {} ({} distinct acknowledged), {resent} re-sent; {} events in Kafka, \
-         PostgreSQL {} rows, 0 twice; CRM {} applied, {repeats} repeated (bound {CRM_CONCURRENCY}); \
+         analytics store {} rows, 0 twice; CRM {} applied, {repeats} repeated (bound {CRM_CONCURRENCY}); \
          occupancy {} zones = truth; Alertmanager {} alerts, each fired once, {} active = zones over {THRESHOLD}; \
          Slack {} posts, {slack_repeats} repeated; {} late (each before its venue's first delivered event)",
         report.sent,
