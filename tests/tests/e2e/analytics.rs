@@ -581,6 +581,10 @@ async fn kill_9_during_the_analytics_writes_loses_nothing_and_duplicates_nothing
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("analytics.db");
     let sinks = format!("{}{}", pg_sink(&pg.url()), embedded_sink(&db));
+    // Small batches: each is one transaction per store, so a kill soon
+    // after the first rows land finds the rest still to write (with the
+    // default 500, one batch could hold every event and the first progress
+    // seen was sometimes the end: the run then had no partial kill).
     let config = analytics_config(
         &broker.brokers(),
         "an-kill",
@@ -588,7 +592,8 @@ async fn kill_9_during_the_analytics_writes_loses_nothing_and_duplicates_nothing
         &dir,
         &sinks,
         &["analytics", "embedded"],
-    );
+    )
+    .replace("[processing]", "[processing]\nbatch_max = 5");
     let events = day(4, 20);
     let records = deliveries(&events, 4);
     produce(&broker.brokers(), "an-kill", &records).await;
