@@ -79,7 +79,9 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version == 1 {
         tracing::warn!(path = %path.display(), "alert state file of version 1 (per host): its live state is dropped and rebuilt from the changelog and new events; undelivered notifications are kept");
-        c.execute_batch(DROP_V1)?;
+        // One transaction with the new schema and its version: a crash in
+        // between leaves the version 1 file as it was, to upgrade again.
+        c.execute_batch(&format!("BEGIN IMMEDIATE;{DROP_V1}{SCHEMA}COMMIT;"))?;
     }
     c.execute_batch(SCHEMA)?;
     Ok(c)
