@@ -179,6 +179,45 @@ async fn run_once(
             })
             .collect();
         println!("  changelog records written: {}", by_kind.join(", "));
+        let steps: Vec<String> = metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "processors_state_checkpoint_seconds")
+            .flat_map(|f| {
+                f.get_metric().iter().map(|m| {
+                    let h = m.get_histogram();
+                    let step = m
+                        .get_label()
+                        .iter()
+                        .map(|l| l.value().to_owned())
+                        .collect::<String>();
+                    let n = h.get_sample_count();
+                    let mean_ms = if n == 0 {
+                        0.0
+                    } else {
+                        h.get_sample_sum() * 1e3 / n as f64
+                    };
+                    format!("{step} {n} x {mean_ms:.1} ms")
+                })
+            })
+            .collect();
+        println!("  checkpoint steps (count x mean): {}", steps.join(", "));
+        for f in metrics
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "processors_state_restore_seconds")
+        {
+            for m in f.get_metric() {
+                let h = m.get_histogram();
+                println!(
+                    "  restores: {} taking {:.3} s in all",
+                    h.get_sample_count(),
+                    h.get_sample_sum()
+                );
+            }
+        }
     }
     let _ = stop_tx.send(true);
     tokio::task::spawn_blocking(move || running.join())
@@ -360,13 +399,30 @@ fn main() {
         };
         let (mut bare, mut null, mut null_state) = (Vec::new(), Vec::new(), Vec::new());
         let mut run = 0;
+        // `PROCESSORS_BENCH_ONLY=state`: only the ceiling and the state runs
+        // (for profiling the broker or the runtime during them).
+        let only_state = std::env::var("PROCESSORS_BENCH_ONLY").is_ok_and(|v| v == "state");
+        if only_state {
+            println!("PROCESSORS_BENCH_ONLY=state: the bare consumer and the null sink with state only");
+        }
         for _ in 0..3 {
             bare.push(report("bare consumer", run, bare_consumer(&broker.brokers(), topic, run, n).await));
             run += 1;
-            null.push(report(SinkKind::Null.label(), run, run_once(&broker.brokers(), topic, run, n, &SinkKind::Null, false).await));
+            if !only_state {
+                null.push(report(SinkKind::Null.label(), run, run_once(&broker.brokers(), topic, run, n, &SinkKind::Null, false).await));
+            }
             run += 1;
             null_state.push(report("null sink, state changelog", run, run_once(&broker.brokers(), topic, run, n, &SinkKind::Null, true).await));
             run += 1;
+        }
+        if only_state {
+            println!(
+                "bare consumer (ceiling) {:.0}; null sink, state changelog {:.0}: {:.2}",
+                median(bare.clone()),
+                median(null_state.clone()),
+                median(null_state) / median(bare)
+            );
+            return;
         }
         let mut sqlite = Vec::new();
         for _ in 0..2 {

@@ -120,6 +120,10 @@ pub struct Metrics {
     pub state_restored_records: IntCounterVec,
     /// Partitions restoring their state now (not processing yet).
     pub state_restoring: IntGauge,
+    /// A batch checkpoint's steps (ledger and changelog appends until
+    /// acknowledged, the dedupe store's commit) and the time a partition
+    /// waited for the previous checkpoint before it could write the next.
+    pub state_checkpoint_seconds: HistogramVec,
     /// Changelog records written, by kind (ledger, sequence, position,
     /// claim).
     pub state_changelog_records: IntCounterVec,
@@ -413,6 +417,18 @@ impl Metrics {
                 )?;
                 r.add(&g)?;
                 g
+            },
+            state_checkpoint_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "processors_state_checkpoint_seconds",
+                        "A batch checkpoint's steps, by step: ledger and changelog (append until acknowledged), dedupe (the store's commit), waited (a partition waiting for its previous checkpoint before it writes the next).",
+                    )
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+                    &["step"],
+                )?;
+                r.add(&h)?;
+                h
             },
             state_changelog_records: counter(
                 &r,

@@ -117,11 +117,11 @@ impl Changelog for KafkaChangelog {
                 .create_with_context(QuietCtx)
                 .map_err(|e| e.to_string())?;
             let mut tpl = TopicPartitionList::new();
-            let start = if from <= 0 {
-                Offset::Beginning
-            } else {
-                Offset::Offset(from)
-            };
+            // An explicit offset, even for the log's start: against tansu
+            // the logical beginning cost about half a second more per read
+            // (measured with the processors benchmark). A start that
+            // retention removed is reset to the earliest record left.
+            let start = Offset::Offset(from.max(0));
             tpl.add_partition_offset(&self.topic, partition, start)
                 .map_err(|e| e.to_string())?;
             reader.assign(&tpl).map_err(|e| e.to_string())?;

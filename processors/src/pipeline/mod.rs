@@ -1126,29 +1126,43 @@ impl PartitionPipeline {
         };
         let (changelog, ledger) = (stores.changelog.clone(), stores.ledger.clone());
         let dedupe = shared.dedupe.clone();
+        let timing = shared.metrics.state_checkpoint_seconds.clone();
         self.writing = Some(tokio::spawn(async move {
+            let step = |name: &str, since: Instant| {
+                timing
+                    .with_label_values(&[name])
+                    .observe(since.elapsed().as_secs_f64());
+            };
             // The ledger first: a position may be durable only once the
             // events below it are remembered as applied.
             let mut retried = false;
             let ledger_offsets = match ledger_record {
                 Some(record) => {
-                    retry
+                    let started = Instant::now();
+                    let offsets = retry
                         .append(ledger.as_ref(), "ledger", vec![record], &mut retried)
-                        .await?
+                        .await?;
+                    step("ledger", started);
+                    offsets
                 }
                 None => Vec::new(),
             };
             let state_offsets = if state_records.is_empty() {
                 Vec::new()
             } else {
-                retry
+                let started = Instant::now();
+                let offsets = retry
                     .append(changelog.as_ref(), "changelog", state_records, &mut retried)
-                    .await?
+                    .await?;
+                step("changelog", started);
+                offsets
             };
             // Acknowledged: the dedupe store may now take the batch as
             // applied (its commit overlaps the next batch, as the writes do).
             if !c.applied.is_empty() {
+                let started = Instant::now();
                 retry.record(&dedupe, &c, &mut retried).await?;
+                step("dedupe", started);
             }
             Ok(Written {
                 checkpoint: c,
@@ -1203,8 +1217,14 @@ impl PartitionPipeline {
         let Some(handle) = self.writing.as_mut() else {
             return Ok(());
         };
+        let started = Instant::now();
         let result = handle.await;
         self.writing = None;
+        self.shared
+            .metrics
+            .state_checkpoint_seconds
+            .with_label_values(&["waited"])
+            .observe(started.elapsed().as_secs_f64());
         let w = match result {
             Ok(Ok(w)) => w,
             Ok(Err(Stopped)) => return Err(Stopped),

@@ -222,6 +222,9 @@ pub struct MemoryChangelog {
     /// reads skip them, and a read with nothing left to reach fails, as
     /// the Kafka reader does when it waits for a record that will not come.
     pub deleted_below: std::sync::atomic::AtomicI64,
+    /// Reads started so far (each stands for a reader a Kafka changelog
+    /// would start).
+    pub reads: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryChangelog {
@@ -272,6 +275,8 @@ impl Changelog for MemoryChangelog {
         each: &'a mut EachRecord<'a>,
     ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let gone = self
                 .deleted_below
                 .load(std::sync::atomic::Ordering::Relaxed);
@@ -420,7 +425,7 @@ pub async fn restore(
     .encode(-1);
     let claim = *stores
         .changelog
-        .append(partition, vec![(k, v)])
+        .append(partition, vec![(k.clone(), v.clone())])
         .await?
         .first()
         .ok_or("the changelog acknowledged no offset for the claim")?;
@@ -471,10 +476,16 @@ pub async fn restore(
         }
         Ok(())
     };
-    stores
-        .changelog
-        .read(partition, cached.next_offset, claim, &mut each)
-        .await?;
+    if cached.next_offset == claim {
+        // Nothing was written since what the cache (or an empty log)
+        // reflects but this claim: no reader to start.
+        each(claim, &k, &v)?;
+    } else {
+        stores
+            .changelog
+            .read(partition, cached.next_offset, claim, &mut each)
+            .await?;
+    }
     // Ledger records past the window are deleted by retention: read only
     // what is left (a quiet partition may have nothing left at all).
     let ledger_from = cached.ledger_next.max(ledger_start);
@@ -827,6 +838,49 @@ mod tests {
         assert_eq!(r.position, Some(20));
         assert!(dedupe_a.seen("wifi", "from-b").unwrap());
         assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 7);
+    }
+
+    #[tokio::test]
+    async fn a_partition_with_nothing_new_but_its_claim_is_restored_without_a_reader() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(StateCache::open(dir.path().join("s.redb")).unwrap());
+        let log = logs();
+        let a = stores(&log, Some(cache.clone()), "a");
+        let dedupe = MemoryDedupe::new(Duration::from_secs(3600));
+        // A new partition: its changelog holds only this claim.
+        let r = restore(&a, 0, &dedupe).await.unwrap();
+        assert_eq!(log.0.reads.load(Relaxed), 0, "no reader for an empty log");
+        assert_eq!((r.epoch, r.position), (0, None));
+        let mut state = PartitionState::new(0, &r);
+        write(&a, &mut state, &batch(&["e1"], 3, 10)).await;
+        // Back on the same host with nothing written since: the cache is
+        // the state, the claim the only new record.
+        let r = restore(&a, 0, &dedupe).await.unwrap();
+        assert_eq!(
+            log.0.reads.load(Relaxed),
+            0,
+            "no reader past a current cache"
+        );
+        assert!(r.from_cache);
+        assert_eq!(r.position, Some(10));
+        assert_eq!(r.sequences[&("wifi".to_string(), "v1".to_string())], 3);
+        assert_eq!(
+            r.epoch, 3,
+            "the claim at offset 3 (claim, sequence, position)"
+        );
+        // Another owner wrote meanwhile: that is read.
+        let b = stores(&log, None, "b");
+        let mut state_b = PartitionState::new(
+            0,
+            &restore(&b, 0, &MemoryDedupe::new(Duration::from_secs(3600)))
+                .await
+                .unwrap(),
+        );
+        write(&b, &mut state_b, &batch(&["b1"], 4, 11)).await;
+        let r = restore(&a, 0, &dedupe).await.unwrap();
+        assert!(log.0.reads.load(Relaxed) >= 2, "B's and A's restores read");
+        assert_eq!(r.position, Some(11));
     }
 
     #[tokio::test]
