@@ -12,14 +12,17 @@
 //! |---|---|
 //! | `D`, venue, `0x1F`, device | a [`VenueState`] with a [`Entry::Device`], or none: the device left |
 //! | `W`, venue | a [`VenueState`] with a [`Entry::Clock`] |
+//! | `M`, venue, `0x1F`, minute of the hour (one byte, 0-59) | a [`VenueState`] with a [`Entry::Minute`] (version 2) |
 //!
 //! Venue ids hold no `0x1F` (the processors refuse such events from live
 //! state); a device id may hold anything, so it comes last. Values are
 //! Avro single-object encoded (`C3 01`, the writer schema's CRC-64-AVRO
 //! fingerprint, little-endian, then the datum) with a committed version
 //! of `avro/venue_state/vN.avsc`, read like the envelope: any committed
-//! version decodes.
+//! version decodes. Each entry is written with the oldest version that
+//! holds it (see [`VenueState::encode`]).
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use apache_avro::types::Value;
@@ -31,12 +34,15 @@ use crate::envelope::{
 };
 
 /// Every committed version of the venue-state schema, oldest first.
-pub const VENUE_STATE_SCHEMA_VERSIONS: &[(&str, &str)] =
-    &[("v1", include_str!("../avro/venue_state/v1.avsc"))];
+pub const VENUE_STATE_SCHEMA_VERSIONS: &[(&str, &str)] = &[
+    ("v1", include_str!("../avro/venue_state/v1.avsc")),
+    ("v2", include_str!("../avro/venue_state/v2.avsc")),
+];
 
 const SEP: u8 = 0x1F;
 const DEVICE: u8 = b'D';
 const CLOCK: u8 = b'W';
+const MINUTE: u8 = b'M';
 
 /// One key of a venue's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +72,16 @@ pub enum Entry {
         /// Unix µs.
         clock: i64,
     },
+    /// The venue's occupancy as of the newest event of one minute of its
+    /// clock (version 2).
+    Minute {
+        /// The minute's start (Unix µs, a multiple of 60 s).
+        minute: i64,
+        /// Devices present at the venue, with or without a zone.
+        devices: i64,
+        /// Devices present per zone (zones with none left out).
+        zones: BTreeMap<String, i64>,
+    },
 }
 
 /// What a key names.
@@ -83,6 +99,26 @@ pub enum Key {
         /// The venue id.
         venue: String,
     },
+    /// One minute of a venue's last hour, by its minute of the hour
+    /// (0-59): the 60 newest minutes are the 60 keys.
+    Minute {
+        /// The venue id.
+        venue: String,
+        /// The minute of the hour, 0 to 59.
+        of_hour: u8,
+    },
+}
+
+impl Key {
+    /// The key of the minute that starts at `minute` (Unix µs).
+    pub fn minute(venue: &str, minute: i64) -> Key {
+        let of_hour = minute.div_euclid(60_000_000).rem_euclid(60);
+        Key::Minute {
+            venue: venue.to_owned(),
+            // 0..60 by construction.
+            of_hour: u8::try_from(of_hour).unwrap_or(0),
+        }
+    }
 }
 
 impl Key {
@@ -103,6 +139,14 @@ impl Key {
                 k.extend_from_slice(venue.as_bytes());
                 k
             }
+            Key::Minute { venue, of_hour } => {
+                let mut k = Vec::with_capacity(3 + venue.len());
+                k.push(MINUTE);
+                k.extend_from_slice(venue.as_bytes());
+                k.push(SEP);
+                k.push(*of_hour);
+                k
+            }
         }
     }
 
@@ -120,6 +164,17 @@ impl Key {
             CLOCK => Some(Key::Clock {
                 venue: std::str::from_utf8(rest).ok()?.to_owned(),
             }),
+            MINUTE => {
+                let (&of_hour, venue) = rest.split_last()?;
+                let venue = venue.strip_suffix(&[SEP])?;
+                if of_hour >= 60 || venue.contains(&SEP) {
+                    return None;
+                }
+                Some(Key::Minute {
+                    venue: std::str::from_utf8(venue).ok()?.to_owned(),
+                    of_hour,
+                })
+            }
             _ => None,
         }
     }
@@ -143,10 +198,17 @@ fn versions() -> &'static [(&'static str, Schema, u64)] {
     })
 }
 
-/// The fingerprint records are written with (the newest version's).
+/// The fingerprint of the newest version.
 pub fn current_fingerprint() -> u64 {
     let v = versions();
     v[v.len() - 1].2
+}
+
+fn long(v: Value, field: &'static str) -> Result<i64, DecodeError> {
+    match v {
+        Value::Long(n) => Ok(n),
+        _ => Err(DecodeError::Field(field)),
+    }
 }
 
 fn micros(v: Value, field: &'static str) -> Result<i64, DecodeError> {
@@ -157,10 +219,18 @@ fn micros(v: Value, field: &'static str) -> Result<i64, DecodeError> {
 }
 
 impl VenueState {
-    /// Avro single-object encoding with the newest schema version.
+    /// Avro single-object encoding with the oldest schema version that
+    /// holds the entry: devices and clocks with version 1, minutes with
+    /// version 2, so that an instance of an older build (a rolling
+    /// upgrade) still reads every device and clock a newer one wrote, and
+    /// only skips what it does not know.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let all = versions();
-        let (_, schema, fp) = &all[all.len() - 1];
+        let version = match self.entry {
+            Entry::Device { .. } | Entry::Clock { .. } => 0,
+            Entry::Minute { .. } => 1,
+        };
+        let (_, schema, fp) = &all[version];
         let entry = match &self.entry {
             Entry::Device {
                 device,
@@ -182,6 +252,26 @@ impl VenueState {
                     "clock".into(),
                     Value::TimestampMicros(*clock),
                 )])),
+            ),
+            Entry::Minute {
+                minute,
+                devices,
+                zones,
+            } => Value::Union(
+                2,
+                Box::new(Value::Record(vec![
+                    ("minute".into(), Value::TimestampMicros(*minute)),
+                    ("devices".into(), Value::Long(*devices)),
+                    (
+                        "zones".into(),
+                        Value::Map(
+                            zones
+                                .iter()
+                                .map(|(z, n)| (z.clone(), Value::Long(*n)))
+                                .collect(),
+                        ),
+                    ),
+                ])),
             ),
         };
         let value = Value::Record(vec![
@@ -234,6 +324,29 @@ impl VenueState {
         let Value::Record(fields) = inner else {
             return Err(DecodeError::Field("entry"));
         };
+        if branch == 2 {
+            let (mut minute, mut devices, mut zones) = (None, None, BTreeMap::new());
+            for (name, v) in fields {
+                match name.as_str() {
+                    "minute" => minute = Some(micros(v, "minute")?),
+                    "devices" => devices = Some(long(v, "devices")?),
+                    "zones" => {
+                        let Value::Map(m) = v else {
+                            return Err(DecodeError::Field("zones"));
+                        };
+                        for (zone, n) in m {
+                            zones.insert(zone, long(n, "zones")?);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(Entry::Minute {
+                minute: minute.ok_or(DecodeError::Field("minute"))?,
+                devices: devices.ok_or(DecodeError::Field("devices"))?,
+                zones,
+            });
+        }
         if branch == 1 {
             let clock = fields
                 .into_iter()
@@ -275,19 +388,78 @@ mod tests {
             zone in proptest::option::of(any::<String>()),
             a in any::<i64>(),
             b in any::<i64>(),
-            clock in any::<bool>(),
+            kind in 0..3u8,
+            zones in proptest::collection::btree_map(any::<String>(), any::<i64>(), 0..5),
         ) {
-            let entry = if clock {
-                Entry::Clock { clock: a }
-            } else {
-                Entry::Device { device: device.clone(), zone, connected_at: a, last_seen: b }
+            let entry = match kind {
+                0 => Entry::Clock { clock: a },
+                1 => Entry::Device { device: device.clone(), zone, connected_at: a, last_seen: b },
+                _ => Entry::Minute { minute: a, devices: b, zones },
             };
             let s = VenueState { venue: venue.clone(), entry };
             prop_assert_eq!(VenueState::decode(&s.encode().unwrap()).unwrap(), s);
-            for k in [Key::Device { venue: venue.clone(), device }, Key::Clock { venue }] {
+            for k in [
+                Key::Device { venue: venue.clone(), device },
+                Key::Clock { venue: venue.clone() },
+                Key::minute(&venue, a),
+            ] {
                 prop_assert_eq!(Key::decode(&k.encode()), Some(k));
             }
         }
+    }
+
+    #[test]
+    fn devices_and_clocks_are_written_with_version_1_for_older_readers() {
+        let v1 = fingerprint_of(VENUE_STATE_SCHEMA_VERSIONS[0].1).unwrap();
+        let v2 = fingerprint_of(VENUE_STATE_SCHEMA_VERSIONS[1].1).unwrap();
+        let fp = |e: Entry| {
+            let bytes = VenueState {
+                venue: "v".into(),
+                entry: e,
+            }
+            .encode()
+            .unwrap();
+            u64::from_le_bytes(bytes[2..10].try_into().unwrap())
+        };
+        assert_eq!(fp(Entry::Clock { clock: 1 }), v1);
+        let device = Entry::Device {
+            device: "d".into(),
+            zone: None,
+            connected_at: 1,
+            last_seen: 2,
+        };
+        assert_eq!(fp(device), v1);
+        let minute = Entry::Minute {
+            minute: 0,
+            devices: 3,
+            zones: BTreeMap::from([("lobby".to_string(), 2)]),
+        };
+        assert_eq!(fp(minute), v2);
+    }
+
+    #[test]
+    fn a_minute_key_is_its_minute_of_the_hour() {
+        let at = |h: i64, m: i64, s: i64| ((h * 60 + m) * 60 + s) * 1_000_000;
+        assert_eq!(
+            Key::minute("v", at(13, 7, 59)),
+            Key::Minute {
+                venue: "v".into(),
+                of_hour: 7
+            }
+        );
+        assert_eq!(
+            Key::minute("v", at(14, 7, 0)),
+            Key::minute("v", at(13, 7, 0))
+        );
+        assert_eq!(
+            Key::minute("v", -1),
+            Key::Minute {
+                venue: "v".into(),
+                of_hour: 59
+            }
+        );
+        assert_eq!(Key::decode(b"Mv\x1f\x3c"), None, "60 is no minute");
+        assert_eq!(Key::decode(b"Mv\x07"), None, "no separator");
     }
 
     #[test]

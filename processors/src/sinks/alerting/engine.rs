@@ -863,6 +863,45 @@ fn changes(
             value,
         ));
     }
+    // Every venue whose devices or clock changed: its occupancy for the
+    // minute of its clock (the venue view's live count and trend).
+    let mut venues: BTreeSet<&str> = touched.venues.iter().map(String::as_str).collect();
+    venues.extend(touched.devices.iter().map(|(v, _)| v.as_str()));
+    let mut by_zone = tx.prepare_cached(
+        "SELECT zone, COUNT(*) FROM devices WHERE partition = ?1 AND venue = ?2 GROUP BY zone",
+    )?;
+    for venue in venues {
+        let Some(at) = clock
+            .query_row(params![partition, venue], |r| r.get::<_, i64>(0))
+            .optional()?
+        else {
+            continue;
+        };
+        let minute = at - at.rem_euclid(60_000_000);
+        let mut devices = 0;
+        let mut zones = BTreeMap::new();
+        let rows = by_zone.query_map(params![partition, venue], |r| {
+            Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for row in rows {
+            let (zone, n) = row?;
+            devices += n;
+            if let Some(zone) = zone {
+                zones.insert(zone, n);
+            }
+        }
+        let value = VenueState {
+            venue: venue.to_owned(),
+            entry: Entry::Minute {
+                minute,
+                devices,
+                zones,
+            },
+        }
+        .encode()
+        .map_err(encode_error)?;
+        out.push((Key::minute(venue, minute).encode(), Some(value)));
+    }
     let mut alert = tx.prepare_cached(
         "SELECT rule, state, generation, last_raised_at, alert FROM alerts
          WHERE partition = ?1 AND fingerprint = ?2",
@@ -1024,6 +1063,9 @@ pub(super) fn restore_records(
                     last_seen
                 ])?;
             }
+            // The venue view's occupancy by minute: derived from the
+            // devices, nothing to keep.
+            (Key::Minute { .. }, _) => {}
             (Key::Clock { venue }, None) => {
                 tx.prepare_cached("DELETE FROM venues WHERE partition = ?1 AND venue = ?2")?
                     .execute(params![partition, venue])?;

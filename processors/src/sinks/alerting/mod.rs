@@ -61,9 +61,12 @@
 //!
 //! - Each batch's changes are one record per changed key (a device, a
 //!   venue's clock, an alert) in the state changelog, written with the
-//!   batch's checkpoint, before its offset may be committed. Devices and
-//!   clocks are the venue state (`schemas::venue_state`, an Avro contract
-//!   the venue view reads); alerts are JSON of this sink's own. A resolved
+//!   batch's checkpoint, before its offset may be committed. Devices,
+//!   clocks and each touched venue's occupancy for the minute of its
+//!   clock (derived from the devices, never restored: the venue view's
+//!   live count and last hour) are the venue state
+//!   (`schemas::venue_state`, an Avro contract the venue view reads);
+//!   alerts are JSON of this sink's own. A resolved
 //!   (or one-shot) alert raised longer ago than `applied_retention` or the
 //!   longest rule cooldown, whichever is longer, is forgotten by a later
 //!   batch of its partition, its record replaced by a tombstone: a VIP

@@ -664,3 +664,87 @@ fn a_resolved_alert_past_its_retention_is_forgotten_with_a_tombstone_in_the_chan
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[test]
+fn each_batch_writes_the_occupancy_of_every_venue_it_touched_for_its_minute() {
+    use schemas::venue_state::{Entry, Key, VenueState};
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = 1_790_000_000_000_000 - 1_790_000_000_000_000 % MIN + 10_000_000;
+    let batch = [
+        ev("1", "device_connected", "v", "lobby", "d1", t0),
+        ev("2", "device_connected", "v", "lobby", "d2", t0 + 1),
+        ev("3", "device_connected", "v", "bar", "d3", t0 + 2),
+        ev("4", "device_connected", "w", "lobby", "d9", t0 + 3),
+    ];
+    let minutes = |changes: &[crate::sinks::KeyedChange]| -> Vec<(Key, Entry)> {
+        changes
+            .iter()
+            .filter_map(|(k, v)| match Key::decode(k)? {
+                k @ Key::Minute { .. } => Some((k, VenueState::decode(v.as_ref()?).unwrap().entry)),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = e.apply_in(&mut c, 0, &batch, t0).unwrap();
+    let minute = t0 - t0 % MIN;
+    assert_eq!(
+        minutes(&first.changes),
+        [
+            (
+                Key::minute("v", minute),
+                Entry::Minute {
+                    minute,
+                    devices: 3,
+                    zones: BTreeMap::from([("bar".into(), 1), ("lobby".into(), 2)]),
+                }
+            ),
+            (
+                Key::minute("w", minute),
+                Entry::Minute {
+                    minute,
+                    devices: 1,
+                    zones: BTreeMap::from([("lobby".into(), 1)]),
+                }
+            ),
+        ]
+    );
+    // Two minutes later d2 leaves v and d3 moves to the lobby: v's new
+    // minute, w untouched.
+    let later = t0 + 2 * MIN;
+    let batch = [
+        ev("5", "device_disconnected", "v", "lobby", "d2", later),
+        ev("6", "zone_entered", "v", "lobby", "d3", later + 1),
+    ];
+    let second = e.apply_in(&mut c, 0, &batch, later).unwrap();
+    assert_eq!(
+        minutes(&second.changes),
+        [(
+            Key::minute("v", minute + 2 * MIN),
+            Entry::Minute {
+                minute: minute + 2 * MIN,
+                devices: 2,
+                zones: BTreeMap::from([("lobby".into(), 2)]),
+            }
+        )]
+    );
+}
+
+#[test]
+fn a_restore_passes_over_the_minute_records_without_counting_them_unreadable() {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = 1_790_000_000_000_000;
+    let batch = [ev("1", "device_connected", "v", "lobby", "d1", t0)];
+    let applied = e.apply_in(&mut c, 0, &batch, t0).unwrap();
+    assert!(
+        applied
+            .changes
+            .iter()
+            .any(|(k, _)| k.first() == Some(&b'M')),
+        "a minute record to restore"
+    );
+    let mut fresh = db();
+    assert_eq!(restore_records(&mut fresh, 0, &applied.changes).unwrap(), 0);
+    assert_eq!(devices_in(&fresh, "v"), 1);
+}
