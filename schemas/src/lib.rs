@@ -13,6 +13,8 @@
 //! - [`venue_state`]: the venue state the processors keep per partition
 //!   in their state changelog (`avro/venue_state/vN.avsc`), the contract
 //!   of the venue view.
+//! - [`changelog`]: the records of the processors' state changelog (kinds,
+//!   keys, the writer's epoch), the envelope around the venue state.
 //! - [`bounds`]: refuses Avro data whose declared lengths or counts exceed
 //!   the record, before apache-avro reserves memory for them.
 //!
@@ -20,6 +22,7 @@
 
 pub mod bounds;
 pub mod canonical;
+pub mod changelog;
 pub mod envelope;
 pub mod venue_state;
 

@@ -53,9 +53,7 @@ impl KafkaChangelog {
     }
 }
 
-/// The header of a tombstone that holds its record's value bytes
-/// (version, epoch, `0`), so a restore can fence it like any record.
-const GONE_HEADER: &str = "state-gone";
+use schemas::changelog::GONE_HEADER;
 
 impl Changelog for KafkaChangelog {
     fn append<'a>(
