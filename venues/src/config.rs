@@ -1,0 +1,325 @@
+//! The venue view's configuration: TOML, overridable by `VENUES_`
+//! environment variables (`VENUES_HTTP__LISTEN`), checked as a whole with
+//! one line per problem.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the processors' state changelog is.
+    pub kafka: KafkaConfig,
+    /// The HTTP server.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Bounds of the view.
+    #[serde(default)]
+    pub view: ViewConfig,
+    /// Capacity used where a venue names none.
+    #[serde(default)]
+    pub capacity: CapacityConfig,
+    /// Per venue: capacity and zones.
+    #[serde(default)]
+    pub venues: BTreeMap<String, VenueConfig>,
+    /// Logs.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The changelog to follow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port,...`.
+    pub brokers: String,
+    /// The processors' state changelog (their `state.changelog_topic`,
+    /// by default `<their kafka.group_id>-state`).
+    pub changelog_topic: String,
+    /// The name of the processors' alerting sink, whose venue state the
+    /// view reads (the key of its `[sinks.<name>]` table).
+    pub sink: String,
+    /// This client's id in the brokers' logs.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Extra librdkafka settings (TLS, SASL).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_client_id() -> String {
+    "venues".into()
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The environment variable holding the bearer token every `/api`
+    /// request must carry; none: the API is open (a trusted network).
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            listen: default_listen(),
+            token_env: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8090))
+}
+
+/// How much the view holds at most (its memory bound).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Venues; records of further venues are refused and counted.
+    #[serde(default = "default_max_venues")]
+    pub max_venues: usize,
+    /// Zones per venue.
+    #[serde(default = "default_max_zones")]
+    pub max_zones: usize,
+}
+
+impl Default for ViewConfig {
+    fn default() -> ViewConfig {
+        ViewConfig {
+            max_venues: default_max_venues(),
+            max_zones: default_max_zones(),
+        }
+    }
+}
+
+fn default_max_venues() -> usize {
+    20_000
+}
+
+fn default_max_zones() -> usize {
+    64
+}
+
+/// Capacity where a venue names none.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// Devices a zone holds (the processors' `zone_occupancy` threshold is
+    /// the usual choice).
+    #[serde(default = "default_zone_capacity")]
+    pub zone: u32,
+    /// The share of capacity from which a zone or venue is "near"
+    /// capacity (0 to 1).
+    #[serde(default = "default_near")]
+    pub near: f64,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> CapacityConfig {
+        CapacityConfig {
+            zone: default_zone_capacity(),
+            near: default_near(),
+        }
+    }
+}
+
+fn default_zone_capacity() -> u32 {
+    50
+}
+
+fn default_near() -> f64 {
+    0.8
+}
+
+/// One venue's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VenueConfig {
+    /// A name to show.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Devices the venue holds; none: the sum of its zones' capacities.
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// Devices each zone holds; zones not named use `capacity.zone`.
+    #[serde(default)]
+    pub zones: BTreeMap<String, u32>,
+}
+
+/// Logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default)]
+    pub format: plumbing::LogFormat,
+}
+
+/// A configuration that cannot be used: every problem, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}", path.display(), problems.join("; "))]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, each naming its field.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads `path` with the `VENUES_` environment layer.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        if !path.is_file() {
+            return Err(fail(vec!["file not found or not a regular file".into()]));
+        }
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(
+            Env::prefixed("VENUES_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
+        Self::checked(figment, fail)
+    }
+
+    /// Parses TOML text with no environment layer (tests).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: PathBuf::from("<inline>"),
+            problems,
+        };
+        Self::checked(Figment::new().merge(Toml::string(text)), fail)
+    }
+
+    fn checked(
+        figment: Figment,
+        fail: impl Fn(Vec<String>) -> ConfigError,
+    ) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| {
+            fail(
+                e.into_iter()
+                    .map(|e| plumbing::describe_figment(&e))
+                    .collect(),
+            )
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Cross-field checks; one line per problem.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.kafka.brokers.trim().is_empty() {
+            p.push("kafka.brokers: empty".into());
+        }
+        if !plumbing::valid_topic(&self.kafka.changelog_topic) {
+            p.push(format!(
+                "kafka.changelog_topic: {:?} is not a valid topic name",
+                self.kafka.changelog_topic
+            ));
+        }
+        if self.kafka.sink.is_empty() || self.kafka.sink.contains('\u{1f}') {
+            p.push("kafka.sink: must name the processors' alerting sink".into());
+        }
+        if self.view.max_venues == 0 {
+            p.push("view.max_venues: must be at least 1".into());
+        }
+        if self.view.max_zones == 0 {
+            p.push("view.max_zones: must be at least 1".into());
+        }
+        if self.capacity.zone == 0 {
+            p.push("capacity.zone: must be at least 1".into());
+        }
+        if !(self.capacity.near > 0.0 && self.capacity.near <= 1.0) {
+            p.push(format!(
+                "capacity.near: {} is not a share between 0 (excluded) and 1",
+                self.capacity.near
+            ));
+        }
+        for (id, v) in &self.venues {
+            if v.capacity == Some(0) {
+                p.push(format!("venues.{id}.capacity: must be at least 1"));
+            }
+            for (zone, n) in &v.zones {
+                if *n == 0 {
+                    p.push(format!("venues.{id}.zones.{zone}: must be at least 1"));
+                }
+            }
+        }
+        if let Some(var) = &self.http.token_env {
+            match std::env::var(var) {
+                Ok(t) if t.len() >= 16 => {}
+                Ok(_) => p.push(format!(
+                    "http.token_env: the token in {var} is shorter than 16 characters"
+                )),
+                Err(_) => p.push(format!("http.token_env: {var} is not set")),
+            }
+        }
+        p
+    }
+
+    /// The capacity of `zone` at `venue`.
+    pub fn zone_capacity(&self, venue: &str, zone: &str) -> u32 {
+        self.venues
+            .get(venue)
+            .and_then(|v| v.zones.get(zone))
+            .copied()
+            .unwrap_or(self.capacity.zone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "[kafka]\nbrokers = \"127.0.0.1:9092\"\nchangelog_topic = \"p-state\"\nsink = \"alerts\"\n";
+
+    #[test]
+    fn a_minimal_config_takes_the_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.http.listen.port(), 8090);
+        assert_eq!(c.capacity.zone, 50);
+        assert_eq!(c.zone_capacity("v", "lobby"), 50);
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_field() {
+        let text = format!(
+            "{MINIMAL}[capacity]\nzone = 0\nnear = 1.5\n[view]\nmax_venues = 0\n[venues.v]\ncapacity = 0\nzones = {{ lobby = 0 }}\n[http]\ntoken_env = \"VENUES_TEST_TOKEN_THAT_IS_NOT_SET\"\n"
+        );
+        let e = Config::from_toml(&text).unwrap_err();
+        let all = e.problems.join("\n");
+        for field in [
+            "capacity.zone",
+            "capacity.near: 1.5",
+            "view.max_venues",
+            "venues.v.capacity",
+            "venues.v.zones.lobby",
+            "http.token_env: VENUES_TEST_TOKEN_THAT_IS_NOT_SET is not set",
+        ] {
+            assert!(all.contains(field), "{field} in {all}");
+        }
+        let e = Config::from_toml("[kafka]\nbrokers = \"b\"\n").unwrap_err();
+        assert!(e.problems.join(" ").contains("changelog_topic"), "{e}");
+        let e = Config::from_toml(&format!("{MINIMAL}[http]\nlisten = \"nowhere\"\n")).unwrap_err();
+        assert!(e.problems.join(" ").contains("listen"), "{e}");
+    }
+}

@@ -1,0 +1,558 @@
+//! The HTTP API: `/api/venues`, `/api/venues/{id}` (JSON, read-only,
+//! behind the bearer token when one is configured), `/healthz`, `/readyz`
+//! and `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::Shared;
+use crate::view::{MINUTE, Occupancy};
+
+/// The router of the whole service.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/api/venues", get(list))
+        .route("/api/venues/{id}", get(detail))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// A JSON error: `{"error": "..."}` with `status`.
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &shared.token else {
+        return next.run(request).await;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
+        _ => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required (Authorization: Bearer <token>)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        let left = shared.metrics.catching_up.get();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("catching up: {left} changelog partitions not read to their end yet"),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.metrics.venues.set(shared.venue_count() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.catalogue.render(),
+    )
+        .into_response()
+}
+
+/// How full a zone or venue is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Level {
+    Ok,
+    Near,
+    Over,
+}
+
+fn level(devices: u32, capacity: u32, near: f64) -> Level {
+    let share = f64::from(devices) / f64::from(capacity.max(1));
+    if share >= 1.0 {
+        Level::Over
+    } else if share >= near {
+        Level::Near
+    } else {
+        Level::Ok
+    }
+}
+
+fn percent(devices: u32, capacity: u32) -> f64 {
+    (f64::from(devices) * 1000.0 / f64::from(capacity.max(1))).round() / 10.0
+}
+
+fn rfc3339(micros: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[derive(Serialize)]
+struct Zone {
+    zone: String,
+    devices: u32,
+    capacity: u32,
+    percent: f64,
+    level: Level,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trend: Option<Vec<u32>>,
+}
+
+#[derive(Serialize)]
+struct Venue {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    devices: u32,
+    capacity: u32,
+    percent: f64,
+    level: Level,
+    /// The minute of the venue's clock the counts are as of.
+    as_of: Option<String>,
+    zones_near: Vec<String>,
+    zones_over: Vec<String>,
+    #[serde(skip)]
+    pressure: f64,
+}
+
+/// A venue's summary from its occupancy, with capacities from config.
+fn venue(shared: &Shared, id: &str, now: &Occupancy) -> (Venue, Vec<Zone>) {
+    let c = &shared.config;
+    let near = c.capacity.near;
+    let mut zones: Vec<(String, u32)> = now.zones.clone();
+    // Configured zones show even before a device was seen in them.
+    if let Some(v) = c.venues.get(id) {
+        for z in v.zones.keys() {
+            if !zones.iter().any(|(n, _)| n == z) {
+                zones.push((z.clone(), 0));
+            }
+        }
+    }
+    zones.sort_by(|a, b| a.0.cmp(&b.0));
+    let zones: Vec<Zone> = zones
+        .into_iter()
+        .map(|(zone, devices)| {
+            let capacity = c.zone_capacity(id, &zone);
+            Zone {
+                devices,
+                capacity,
+                percent: percent(devices, capacity),
+                level: level(devices, capacity, near),
+                zone,
+                trend: None,
+            }
+        })
+        .collect();
+    let configured = c.venues.get(id);
+    let capacity = configured
+        .and_then(|v| v.capacity)
+        .unwrap_or_else(|| zones.iter().map(|z| z.capacity).sum::<u32>())
+        .max(1);
+    let pressure = zones
+        .iter()
+        .map(|z| f64::from(z.devices) / f64::from(z.capacity.max(1)))
+        .fold(f64::from(now.devices) / f64::from(capacity), f64::max);
+    let v = Venue {
+        id: id.to_owned(),
+        name: configured.and_then(|v| v.name.clone()),
+        devices: now.devices,
+        capacity,
+        percent: percent(now.devices, capacity),
+        level: level(now.devices, capacity, near),
+        as_of: now.minute.map(rfc3339),
+        zones_near: zones
+            .iter()
+            .filter(|z| z.level == Level::Near)
+            .map(|z| z.zone.clone())
+            .collect(),
+        zones_over: zones
+            .iter()
+            .filter(|z| z.level == Level::Over)
+            .map(|z| z.zone.clone())
+            .collect(),
+        pressure,
+    };
+    (v, zones)
+}
+
+/// `GET /api/venues`: every venue the view holds or the config names.
+///
+/// Parameters: `sort` = `pressure` (default: the fullest zone or venue
+/// first), `name`, `devices`; `level` = `ok`, `near`, `over` (venues whose
+/// venue or any zone is at least that full); `q` (the id or name
+/// contains it, any case); `limit` (1 to 10,000).
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut sort = "pressure";
+    let mut at_least = Level::Ok;
+    let mut q: Option<String> = None;
+    let mut limit = 10_000usize;
+    for (k, v) in &params {
+        match k.as_str() {
+            "sort" => match v.as_str() {
+                "pressure" | "name" | "devices" => sort = v,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("sort: {v:?} is not one of pressure, name, devices"),
+                    );
+                }
+            },
+            "level" => {
+                at_least = match v.as_str() {
+                    "ok" => Level::Ok,
+                    "near" => Level::Near,
+                    "over" => Level::Over,
+                    _ => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            format!("level: {v:?} is not one of ok, near, over"),
+                        );
+                    }
+                }
+            }
+            "q" => q = Some(v.to_lowercase()),
+            "limit" => match v.parse::<usize>() {
+                Ok(n) if (1..=10_000).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("limit: {v:?} is not a number from 1 to 10000"),
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k}: unknown parameter (sort, level, q, limit)"),
+                );
+            }
+        }
+    }
+    let mut venues: Vec<Venue> = shared
+        .snapshot_all()
+        .iter()
+        .map(|(id, now)| venue(&shared, id, now).0)
+        .filter(|v| {
+            let worst = [
+                v.level,
+                if v.zones_near.is_empty() {
+                    Level::Ok
+                } else {
+                    Level::Near
+                },
+                if v.zones_over.is_empty() {
+                    Level::Ok
+                } else {
+                    Level::Over
+                },
+            ]
+            .into_iter()
+            .max()
+            .unwrap_or(Level::Ok);
+            worst >= at_least
+        })
+        .filter(|v| {
+            q.as_ref().is_none_or(|q| {
+                v.id.to_lowercase().contains(q)
+                    || v.name
+                        .as_ref()
+                        .is_some_and(|n| n.to_lowercase().contains(q))
+            })
+        })
+        .collect();
+    match sort {
+        "name" => venues.sort_by(|a, b| {
+            let name = |v: &Venue| v.name.as_ref().unwrap_or(&v.id).to_lowercase();
+            name(a).cmp(&name(b)).then_with(|| a.id.cmp(&b.id))
+        }),
+        "devices" => venues.sort_by(|a, b| b.devices.cmp(&a.devices).then_with(|| a.id.cmp(&b.id))),
+        _ => venues.sort_by(|a, b| {
+            b.pressure
+                .total_cmp(&a.pressure)
+                .then_with(|| a.id.cmp(&b.id))
+        }),
+    }
+    let total = venues.len();
+    venues.truncate(limit);
+    Json(json!({ "total": total, "venues": venues })).into_response()
+}
+
+/// `GET /api/venues/{id}`: the venue, its zones and the last hour.
+///
+/// Parameter: `minutes` (1 to 60, default 60): the trend's length, one
+/// point a minute ending with the current minute.
+async fn detail(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let mut minutes = 60usize;
+    for (k, v) in &params {
+        match k.as_str() {
+            "minutes" => match v.parse::<usize>() {
+                Ok(n) if (1..=60).contains(&n) => minutes = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("minutes: {v:?} is not a number from 1 to 60"),
+                    );
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k}: unknown parameter (minutes)"),
+                );
+            }
+        }
+    }
+    let now_micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let Some((now, trend)) = shared.snapshot(&id, now_micros, minutes) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("venue {id:?} is not known (no occupancy recorded and none configured)"),
+        );
+    };
+    let (v, mut zones) = venue(&shared, &id, &now);
+    for z in &mut zones {
+        z.trend = Some(
+            trend
+                .iter()
+                .map(|o| {
+                    o.zones
+                        .iter()
+                        .find(|(n, _)| *n == z.zone)
+                        .map_or(0, |(_, c)| *c)
+                })
+                .collect(),
+        );
+    }
+    let from = now_micros - now_micros.rem_euclid(MINUTE) - (minutes as i64 - 1) * MINUTE;
+    Json(json!({
+        "venue": v,
+        "zones": zones,
+        "trend": {
+            "from": rfc3339(from),
+            "step_seconds": 60,
+            "devices": trend.iter().map(|o| o.devices).collect::<Vec<_>>(),
+        },
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use schemas::changelog::{Change, Keyed};
+    use schemas::venue_state::{Entry, Key, VenueState};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+
+    fn shared(extra: &str) -> Arc<Shared> {
+        let text = format!(
+            "[kafka]\nbrokers = \"b:9092\"\nchangelog_topic = \"p-state\"\nsink = \"alerts\"\n[capacity]\nzone = 10\n{extra}"
+        );
+        let s = Shared::new(Config::from_toml(&text).unwrap(), Metrics::new().unwrap());
+        Arc::new(s)
+    }
+
+    fn record(s: &Shared, offset: i64, venue: &str, at: i64, zones: &[(&str, i64)]) {
+        let zones: BTreeMap<String, i64> = zones.iter().map(|(z, n)| (z.to_string(), *n)).collect();
+        let value = VenueState {
+            venue: venue.into(),
+            entry: Entry::Minute {
+                minute: at - at.rem_euclid(MINUTE),
+                devices: zones.values().sum(),
+                zones,
+            },
+        }
+        .encode()
+        .unwrap();
+        let (k, v) = Change::Keyed(Keyed {
+            sink: "alerts".into(),
+            key: Key::minute(venue, at).encode(),
+            value: Some(value),
+        })
+        .encode(0);
+        s.apply(0, offset, &k, &v);
+    }
+
+    async fn get(
+        s: &Arc<Shared>,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut r = Request::get(uri);
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = router(s.clone())
+            .oneshot(r.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    }
+
+    #[tokio::test]
+    async fn the_board_lists_every_venue_fullest_first_with_its_zones_levels() {
+        let s = shared("[venues.quiet]\nname = \"Quiet Hall\"\n");
+        let t = now();
+        record(&s, 0, "calm", t, &[("lobby", 2)]);
+        record(&s, 1, "busy", t, &[("lobby", 9), ("bar", 11)]);
+        let (status, body) = get(&s, "/api/venues", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<&str> = body["venues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["busy", "calm", "quiet"]);
+        let busy = &body["venues"][0];
+        assert_eq!(busy["devices"], 20);
+        assert_eq!(busy["capacity"], 20);
+        assert_eq!(busy["level"], "over");
+        assert_eq!(busy["zones_over"], serde_json::json!(["bar"]));
+        assert_eq!(busy["zones_near"], serde_json::json!(["lobby"]));
+        assert_eq!(body["venues"][2]["name"], "Quiet Hall");
+        assert_eq!(body["venues"][2]["devices"], 0);
+        let (_, over) = get(&s, "/api/venues?level=over", None).await;
+        assert_eq!(over["total"], 1);
+        let (_, named) = get(&s, "/api/venues?sort=name&q=AL", None).await;
+        let ids: Vec<&str> = named["venues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["calm", "quiet"], "by name: calm, Quiet Hall");
+    }
+
+    #[tokio::test]
+    async fn a_venue_shows_its_zones_and_the_last_hour_minute_by_minute() {
+        let s = shared("[venues.v]\nzones = { lobby = 4, terrace = 5 }\n");
+        let t = now();
+        let minute = t - t.rem_euclid(MINUTE);
+        record(&s, 0, "v", minute - 10 * MINUTE, &[("lobby", 1)]);
+        record(&s, 1, "v", minute - 2 * MINUTE, &[("lobby", 3), ("bar", 2)]);
+        let (status, body) = get(&s, "/api/venues/v?minutes=12", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["venue"]["devices"], 5);
+        let zones = body["zones"].as_array().unwrap();
+        let names: Vec<&str> = zones.iter().map(|z| z["zone"].as_str().unwrap()).collect();
+        assert_eq!(names, ["bar", "lobby", "terrace"]);
+        assert_eq!(zones[1]["capacity"], 4);
+        assert_eq!(zones[1]["level"], "ok", "75 % is under near (80 %)");
+        assert_eq!(zones[1]["percent"], 75.0);
+        assert_eq!(
+            zones[1]["trend"],
+            serde_json::json!([0, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3])
+        );
+        assert_eq!(zones[2]["trend"], serde_json::json!(vec![0; 12]));
+        assert_eq!(
+            body["trend"]["devices"],
+            serde_json::json!([0, 1, 1, 1, 1, 1, 1, 1, 1, 5, 5, 5])
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_naming_what_is_wrong() {
+        let s = shared("");
+        for (uri, status, names) in [
+            ("/api/venues/nowhere", StatusCode::NOT_FOUND, "\"nowhere\""),
+            ("/api/venues?sort=loud", StatusCode::BAD_REQUEST, "sort"),
+            ("/api/venues?level=red", StatusCode::BAD_REQUEST, "level"),
+            ("/api/venues?limit=0", StatusCode::BAD_REQUEST, "limit"),
+            ("/api/venues?colour=1", StatusCode::BAD_REQUEST, "colour"),
+            (
+                "/api/venues/v?minutes=61",
+                StatusCode::BAD_REQUEST,
+                "minutes",
+            ),
+        ] {
+            let (got, body) = get(&s, uri, None).await;
+            assert_eq!(got, status, "{uri}: {body}");
+            let message = body["error"].as_str().unwrap_or_default();
+            assert!(message.contains(names), "{uri}: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_configured_the_api_wants_it_and_health_does_not() {
+        // SAFETY: this test alone sets this variable.
+        unsafe { std::env::set_var("VENUES_TEST_TOKEN_HTTP", "0123456789abcdef-token") };
+        let s = shared("[http]\ntoken_env = \"VENUES_TEST_TOKEN_HTTP\"\n");
+        let (status, body) = get(&s, "/api/venues", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body["error"].as_str().unwrap().contains("bearer token"));
+        let (status, _) = get(&s, "/api/venues", Some("wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = get(&s, "/api/venues", Some("0123456789abcdef-token")).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = router(s.clone())
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = router(s)
+            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "not caught up");
+    }
+}

@@ -1,0 +1,188 @@
+//! The live venue view for venue operations: every venue's and zone's
+//! occupancy now and over the last hour, built from Kafka alone.
+//!
+//! # Design
+//!
+//! The processors' alerting sink keeps each venue's live state per
+//! raw-topic partition and writes, with every batch's checkpoint, the
+//! occupancy of each venue it touched for the minute of the venue's clock
+//! (`schemas::venue_state`, a `Minute` record keyed by the minute of the
+//! hour, so the compacted changelog holds each venue's last hour in 60
+//! keys). This service follows that changelog ([`follow`]): every
+//! partition, from its start, with no consumer group, so each replica holds
+//! the whole view and a restart rebuilds it; the counts are correct with
+//! any number of processor instances because they come from whichever
+//! instance owns each partition, fenced by the writers' epochs as the
+//! processors' own restore is (a record of an owner that had lost the
+//! partition is ignored). This is the shape of a Kafka Streams global
+//! table / interactive query over a changelog, with the aggregation done
+//! where the state is authoritative and the view a bounded projection.
+//!
+//! The view ([`view::View`]) keeps per venue its zone names and 60
+//! minutes of counts; its size is bounded by `view.max_venues` and
+//! `view.max_zones`, never by traffic. Capacities come from the
+//! configuration ([`config`]).
+//!
+//! Not here yet (the venue view issue's later parts): the live event
+//! stream (SSE), the web page, alerts and VIPs, footfall from the
+//! analytics store, venue time zones.
+
+pub mod config;
+pub mod follow;
+pub mod http;
+pub mod metrics;
+pub mod view;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::view::{Limits, Occupancy, Outcome, View};
+
+/// What the HTTP handlers and the follower share.
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The bearer token `/api` requires, if any.
+    pub token: Option<String>,
+    /// The metrics.
+    pub metrics: Metrics,
+    view: RwLock<View>,
+    ready: AtomicBool,
+}
+
+impl Shared {
+    /// An empty view for `config` (its token read from the environment).
+    pub fn new(config: Config, metrics: Metrics) -> Shared {
+        let token = config
+            .http
+            .token_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok());
+        let limits = Limits {
+            max_venues: config.view.max_venues,
+            max_zones: config.view.max_zones,
+        };
+        Shared {
+            view: RwLock::new(View::new(&config.kafka.sink, limits)),
+            token,
+            metrics,
+            config,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Applies one changelog record.
+    pub fn apply(&self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
+        self.view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .apply(partition, offset, key, value)
+    }
+
+    /// Every venue the view holds or the config names, with its occupancy.
+    pub fn snapshot_all(&self) -> Vec<(String, Occupancy)> {
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<(String, Occupancy)> = view
+            .venue_ids()
+            .filter_map(|id| Some((id.to_owned(), view.now(id)?)))
+            .collect();
+        for id in self.config.venues.keys() {
+            if view.now(id).is_none() {
+                out.push((id.clone(), empty()));
+            }
+        }
+        out
+    }
+
+    /// `venue`'s occupancy and its `points` minutes ending with the one
+    /// holding `until`; `None` for a venue neither held nor configured.
+    pub fn snapshot(
+        &self,
+        venue: &str,
+        until: i64,
+        points: usize,
+    ) -> Option<(Occupancy, Vec<Occupancy>)> {
+        let view = self
+            .view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (view.now(venue), view.trend(venue, until, points)) {
+            (Some(now), Some(trend)) => Some((now, trend)),
+            _ if self.config.venues.contains_key(venue) => Some((empty(), vec![empty(); points])),
+            _ => None,
+        }
+    }
+
+    /// Venues held.
+    pub fn venue_count(&self) -> usize {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Marks the view caught up with the changelog.
+    pub fn set_ready(&self) {
+        if !self.ready.swap(true, Ordering::Relaxed) {
+            tracing::info!("caught up with the state changelog: ready");
+        }
+    }
+
+    /// Whether the view has caught up with the changelog since the start.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+fn empty() -> Occupancy {
+    Occupancy {
+        minute: None,
+        devices: 0,
+        zones: Vec::new(),
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new()?;
+    let listen = config.http.listen;
+    let kafka = config.kafka.clone();
+    let shared = Arc::new(Shared::new(config, metrics));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let follower = tokio::spawn(follow::follow(kafka, shared.clone(), stop_rx.clone()));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.listen: {listen}: {e}"))?;
+    tracing::info!(%listen, "venue view listening");
+    let mut stop = stop_rx;
+    let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
+        let _ = stop.changed().await;
+    });
+    let signals = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        () = signals => {
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        }
+    }
+    follower.abort();
+    Ok(())
+}
