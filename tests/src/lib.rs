@@ -59,5 +59,6 @@ pub use fixtures::{
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use process::{binary, free_port, rss_kib};
 pub use services::{
-    Finished, Ingest, Processor, SimulatorReport, json_log_lines, run_processors, scrape, simulate,
+    Finished, Ingest, Processor, SimulatorReport, Venues, json_log_lines, run_processors, scrape,
+    simulate,
 };

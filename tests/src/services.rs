@@ -379,3 +379,50 @@ pub fn run_processors(args: &[&str], env: &[(&str, &str)], timeout: Duration) ->
         stderr: std::fs::read_to_string(&err).unwrap_or_default(),
     }
 }
+
+/// A running `venues` service (the live venue view).
+pub struct Venues {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Venues {
+    /// Writes `config` to a file, starts `venues run` with `env` added,
+    /// and waits for its "listening on" line.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Venues {
+        let (child, dir, url) = start_service(
+            "venues",
+            "run",
+            ("VENUES_LOG", "info,librdkafka=error"),
+            config,
+            env,
+            "listening on http://",
+        );
+        Venues {
+            addr: url.parse().expect("venues address"),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// `http://addr/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("venues.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Venues {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -20,6 +22,26 @@ use tokio::sync::watch;
 
 use crate::Shared;
 use crate::config::KafkaConfig;
+
+/// librdkafka's logs through `tracing`; reaching a partition's end is how
+/// catching up is noticed, not an error.
+struct Ctx;
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        plumbing::route_librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::debug!(target: "librdkafka", "{reason}");
+        } else {
+            tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {}
 
 fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -87,7 +109,7 @@ pub async fn follow(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     };
-    let consumer: StreamConsumer = client_config(&kafka).create()?;
+    let consumer: StreamConsumer<Ctx> = client_config(&kafka).create_with_context(Ctx)?;
     let mut tpl = TopicPartitionList::new();
     let mut behind: HashSet<i32> = HashSet::new();
     let mut targets = std::collections::HashMap::new();

@@ -158,7 +158,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("http.listen: {listen}: {e}"))?;
-    tracing::info!(%listen, "venue view listening");
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, "venue view listening");
+    // The first stdout line, for scripts and tests that start the service.
+    println!("listening on http://{bound}");
     let mut stop = stop_rx;
     let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
         let _ = stop.changed().await;

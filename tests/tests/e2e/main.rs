@@ -26,3 +26,4 @@ mod secrets;
 mod slow_clients;
 mod sources;
 mod state;
+mod venues;

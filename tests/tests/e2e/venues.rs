@@ -1,0 +1,289 @@
+//! The live venue view end to end: tansu, the `processors` binary with
+//! the alerting sink and its partition state, and the `venues` binary
+//! following the state changelog. The view's counts must equal the truth
+//! computed from the events sent, after a processor instance is killed and
+//! its partitions restored on another "host", and in a second view replica
+//! started from nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use e2e::{Broker, Processor, Venues, produce, purple_envelope_received};
+
+const TOPIC: &str = "venues-raw";
+
+fn config(brokers: &str, dir: &Path) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "venues-e2e"
+topic = "{TOPIC}"
+quarantine_topic = "{TOPIC}.quarantine"
+dlq_topic = "{TOPIC}.dlq"
+
+[processing]
+retry_initial = "50ms"
+retry_max = "1s"
+revoke_timeout = "10s"
+
+[dedupe]
+path = "{dir}/dedupe.redb"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.alerts]
+kind = "alerts"
+path = "{dir}/alerts.sqlite"
+
+[[sinks.alerts.rules]]
+kind = "zone_occupancy"
+threshold = 1000
+
+[[sinks.alerts.receivers]]
+kind = "log"
+
+[[routes]]
+name = "live"
+sources = ["purple"]
+include_late = false
+sinks = ["alerts"]
+"#,
+        dir = dir.display()
+    )
+}
+
+fn view_config(brokers: &str) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+changelog_topic = "venues-e2e-state"
+sink = "alerts"
+
+[http]
+listen = "127.0.0.1:0"
+token_env = "VENUES_E2E_TOKEN"
+
+[capacity]
+zone = 4
+
+[venues.hall-0]
+name = "Hall Zero"
+zones = {{ lobby = 2 }}
+"#
+    )
+}
+
+const TOKEN: &str = "e2e-token-0123456789";
+
+/// The simulated stream and the occupancy it leaves, by venue and zone.
+#[derive(Default)]
+struct Stream {
+    seq: BTreeMap<String, u64>,
+    /// device -> (venue, zone) of the devices present.
+    present: BTreeMap<String, (String, String)>,
+    n: u64,
+}
+
+impl Stream {
+    fn event(&mut self, kind: &str, venue: &str, zone: &str, device: &str) -> (Vec<u8>, Vec<u8>) {
+        self.n += 1;
+        let seq = self.seq.entry(venue.to_owned()).or_insert(0);
+        *seq += 1;
+        let mut zone = zone.to_owned();
+        match kind {
+            "device_disconnected" => {
+                if let Some((_, was)) = self.present.remove(device) {
+                    zone = was;
+                }
+            }
+            _ => {
+                self.present
+                    .insert(device.to_owned(), (venue.to_owned(), zone.clone()));
+            }
+        }
+        let id = format!("e{}", self.n);
+        let at = SystemTime::now();
+        let body = serde_json::json!({
+            "id": id, "type": kind, "sequence": *seq,
+            "occurred_at": humantime::format_rfc3339_millis(at).to_string(),
+            "venue": {"id": venue}, "zone": zone, "device": {"id": device},
+        });
+        let micros = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        (
+            venue.as_bytes().to_vec(),
+            purple_envelope_received(
+                &id,
+                venue,
+                *seq,
+                Some(body.to_string().into_bytes()),
+                micros,
+            ),
+        )
+    }
+
+    /// venue -> zone -> devices.
+    fn truth(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut t: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (venue, zone) in self.present.values() {
+            *t.entry(venue.clone())
+                .or_default()
+                .entry(zone.clone())
+                .or_default() += 1;
+        }
+        t
+    }
+}
+
+/// A round of events over six venues: connects into three zones, moves,
+/// and disconnects.
+fn round(s: &mut Stream, r: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let zones = ["lobby", "bar", "terrace"];
+    let mut out = Vec::new();
+    for v in 0..6 {
+        let venue = format!("hall-{v}");
+        for d in 0..(3 + v) {
+            let device = format!("r{r}-v{v}-d{d}");
+            out.push(s.event("device_connected", &venue, zones[(d + r) % 3], &device));
+        }
+        // One moves, one leaves.
+        out.push(s.event("zone_entered", &venue, "terrace", &format!("r{r}-v{v}-d0")));
+        out.push(s.event("device_disconnected", &venue, "", &format!("r{r}-v{v}-d1")));
+    }
+    out
+}
+
+/// What the view serves: venue -> zone -> devices (zones with none left
+/// out), and each venue's total.
+async fn served(
+    view: &Venues,
+) -> Option<(
+    BTreeMap<String, BTreeMap<String, u64>>,
+    BTreeMap<String, u64>,
+)> {
+    let client = reqwest::Client::new();
+    let list: serde_json::Value = client
+        .get(view.url("/api/venues?sort=name"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mut zones = BTreeMap::new();
+    let mut totals = BTreeMap::new();
+    for v in list["venues"].as_array()? {
+        let id = v["id"].as_str()?.to_owned();
+        let detail: serde_json::Value = client
+            .get(view.url(&format!("/api/venues/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let mut by_zone = BTreeMap::new();
+        for z in detail["zones"].as_array()? {
+            let n = z["devices"].as_u64()?;
+            if n > 0 {
+                by_zone.insert(z["zone"].as_str()?.to_owned(), n);
+            }
+        }
+        totals.insert(id.clone(), v["devices"].as_u64()?);
+        if !by_zone.is_empty() {
+            zones.insert(id, by_zone);
+        }
+    }
+    Some((zones, totals))
+}
+
+async fn wait_for_truth(what: &str, view: &Venues, s: &Stream, logs: &[&Processor]) {
+    let truth = s.truth();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = None;
+    loop {
+        if let Some((zones, totals)) = served(view).await {
+            let totals_ok = truth
+                .iter()
+                .all(|(v, z)| totals.get(v) == Some(&z.values().sum::<u64>()));
+            if zones == truth && totals_ok {
+                return;
+            }
+            last = Some(zones);
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
+            panic!(
+                "{what}: the view never matched the truth\ntruth {truth:?}\nview  {last:?}\n{}\n---\n{}",
+                view.log(),
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_counts_what_the_events_left_across_a_kill_and_in_a_new_replica() {
+    let broker = Broker::start();
+    for (t, n) in [
+        (TOPIC, 4),
+        ("venues-raw.quarantine", 1),
+        ("venues-raw.dlq", 1),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    let (host_a, host_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Processor::start(&config(&broker.brokers(), host_a.path()));
+    let env = [("VENUES_E2E_TOKEN", TOKEN)];
+    let view = Venues::start(&view_config(&broker.brokers()), &env);
+    let mut s = Stream::default();
+    for r in 0..2 {
+        let records = round(&mut s, r);
+        produce(&broker.brokers(), TOPIC, &records).await;
+    }
+    wait_for_truth("after two rounds", &view, &s, &[&a]).await;
+    let ready = reqwest::get(view.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "caught up by now");
+    // Without the token: 401, and the configured venue's name is served.
+    let denied = reqwest::get(view.url("/api/venues")).await.unwrap();
+    assert_eq!(denied.status(), 401);
+    let hall: serde_json::Value = reqwest::Client::new()
+        .get(view.url("/api/venues/hall-0"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hall["venue"]["name"], "Hall Zero");
+    // A is killed; B, on another "host", restores every partition and
+    // carries on: the view follows whoever owns each partition.
+    a.kill();
+    let b = Processor::start(&config(&broker.brokers(), host_b.path()));
+    for r in 2..4 {
+        let records = round(&mut s, r);
+        produce(&broker.brokers(), TOPIC, &records).await;
+    }
+    wait_for_truth("after the kill and two more rounds", &view, &s, &[&b]).await;
+    // A second replica, started from nothing, builds the same view.
+    let replica = Venues::start(&view_config(&broker.brokers()), &env);
+    wait_for_truth("in a new replica", &replica, &s, &[&b]).await;
+    println!(
+        "venue view: {} events, {} devices present in {} venues, matched by two replicas",
+        s.n,
+        s.present.len(),
+        s.truth().len()
+    );
+}
