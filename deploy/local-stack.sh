@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs the pipeline locally on embedded defaults: a tansu broker with sqlite
-# storage under .local/, the topics, and ingest with
-# deploy/config/ingest.local.toml. Prints a curl line that sends a correctly
+# storage under .local/, the topics, ingest with
+# deploy/config/ingest.local.toml, the processors and the live venue view
+# (deploy/config/venues.local.toml). Prints a curl line that sends a correctly
 # signed example event. Ctrl-C stops everything.
 #
 # Unless DEMO_EVENTS=0, it then plays a short demo stream through ingest
 # (the provider simulator: several venues, duplicates, out-of-order
 # deliveries) and prints what the analytics store holds.
 #
-# Settings (environment): KAFKA_PORT (9092), INGEST_PORT (8080),
+# Settings (environment): LOCAL_STACK_PROFILE (release; debug: the test
+# suite's build), KAFKA_PORT (9092), INGEST_PORT (8080), VENUES_PORT (8090),
 # DATA_DIR (.local), PURPLE_WEBHOOK_SECRET (local-demo-secret),
 # DEMO_EVENTS (300), ANALYTICS_DATABASE_URL (unset: the embedded analytics
 # store in $DATA_DIR/analytics.db; set to a postgres:// URL to use PostgreSQL).
@@ -23,14 +25,22 @@ export PURPLE_WEBHOOK_SECRET=${PURPLE_WEBHOOK_SECRET:-local-demo-secret}
 mkdir -p "$data/tansu"
 
 "$root/deploy/install-tansu.sh"
-echo "building ingest and processors (release)..." >&2
-cargo build --release --locked -p ingest --bin ingest -p processors --bin processors
+profile=${LOCAL_STACK_PROFILE:-release}
+case "$profile" in
+  release) build_flag=--release ;;
+  debug) build_flag= ;;
+  *) echo "LOCAL_STACK_PROFILE: $profile is not release or debug" >&2; exit 2 ;;
+esac
+bin="$root/target/$profile"
+echo "building ingest, processors and venues ($profile)..." >&2
+cargo build $build_flag --locked -p ingest --bin ingest -p processors --bin processors \
+  -p venues --bin venues
 
 # Each service runs in its own session (setsid), so Ctrl-C reaches only
 # this script, which then stops them in order: ingest first (no new
 # webhooks), then the processors (they hand over and commit while the
 # broker is still up), then the broker. Each gets a bounded time.
-broker_pid="" ingest_pid="" processors_pid=""
+broker_pid="" ingest_pid="" processors_pid="" venues_pid=""
 alive() {
   local state
   state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
@@ -49,6 +59,7 @@ stop() { # pid name seconds
 cleanup() {
   trap - EXIT INT TERM
   stop "$ingest_pid" ingest 15
+  stop "$venues_pid" venues 10
   stop "$processors_pid" processors 40
   stop "$broker_pid" tansu 10
 }
@@ -62,15 +73,18 @@ for _ in $(seq 1 100); do
   (echo >"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break
   sleep 0.1
 done
+# `tansu topic list` prints the metadata as JSON: a topic that exists (a
+# second start on the same data) is named in it.
+existing=$(tansu topic list --broker "$broker" 2>/dev/null || true)
 for topic in webhooks.raw webhooks.quarantine webhooks.dlq; do
-  if ! tansu topic list --broker "$broker" 2>/dev/null | grep -qx "$topic"; then
+  if ! grep -qF "\"name\":\"$topic\"" <<<"$existing"; then
     tansu topic create "$topic" --broker "$broker" --partitions 3 >/dev/null
   fi
 done
 
 export INGEST_KAFKA__BROKERS="127.0.0.1:$kafka_port"
 export INGEST_SERVER__LISTEN="127.0.0.1:$ingest_port"
-setsid "$root/target/release/ingest" serve --config "$root/deploy/config/ingest.local.toml" \
+setsid "$bin/ingest" serve --config "$root/deploy/config/ingest.local.toml" \
   > "$data/ingest.out" 2> >(tee "$data/ingest.log" >&2) &
 ingest_pid=$!
 for _ in $(seq 1 100); do
@@ -93,7 +107,7 @@ if [ -n "${ANALYTICS_DATABASE_URL:-}" ]; then
 else
   analytics_where="the embedded store $data/analytics.db"
 fi
-setsid "$root/target/release/processors" run --config "$root/deploy/config/processors.local.toml" \
+setsid "$bin/processors" run --config "$root/deploy/config/processors.local.toml" \
   > "$data/processors.out" 2> >(tee "$data/processors.log" >&2) &
 processors_pid=$!
 for _ in $(seq 1 100); do
@@ -101,6 +115,18 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 grep -q "metrics on" "$data/processors.out" || { echo "processors did not start; see $data/processors.log" >&2; exit 1; }
+
+venues_port=${VENUES_PORT:-8090}
+export VENUES_KAFKA__BROKERS="127.0.0.1:$kafka_port"
+export VENUES_HTTP__LISTEN="127.0.0.1:$venues_port"
+setsid "$bin/venues" run --config "$root/deploy/config/venues.local.toml" \
+  > "$data/venues.out" 2> >(tee "$data/venues.log" >&2) &
+venues_pid=$!
+for _ in $(seq 1 100); do
+  grep -q "listening on" "$data/venues.out" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "listening on" "$data/venues.out" || { echo "venues did not start; see $data/venues.log" >&2; exit 1; }
 
 body="$root/deploy/examples/purple-event.json"
 sig=$(python3 -c 'import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), open(sys.argv[2],"rb").read(), hashlib.sha256).hexdigest())' "$PURPLE_WEBHOOK_SECRET" "$body")
@@ -125,6 +151,9 @@ $analytics_where, and log VIP arrivals.
 
 Health: curl http://127.0.0.1:$ingest_port/readyz   Metrics: curl http://127.0.0.1:$ingest_port/metrics
 Processors: curl http://127.0.0.1:$metrics_port/metrics
+Live venue view (occupancy per venue and zone, the last hour):
+  curl http://127.0.0.1:$venues_port/api/venues
+  curl http://127.0.0.1:$venues_port/api/venues/<venue id>
 Ctrl-C stops everything.
 MSG
 
@@ -140,7 +169,7 @@ if [ "$demo_events" -gt 0 ]; then
   curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 \
     || echo "demo: the processors are not ready after 60 s (see their log above); sending anyway" >&2
   echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order)..."
-  "$root/target/release/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
+  "$bin/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
     --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 --start now \
     --duplicates 0.1 --out-of-order 0.2 || echo "demo: the simulator failed" >&2
   if [ -z "${ANALYTICS_DATABASE_URL:-}" ]; then
@@ -170,5 +199,15 @@ for line in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").re
 print("alerts raised (printed above, log target `alerts`): " + (", ".join(f"{r} {n}" for r, n in sorted(raised.items())) or "none"))
 PY
   fi
+  python3 - "$venues_port" <<'PY' || true
+import json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/api/venues"
+# The view follows the processors' changelog: give it a few seconds.
+time.sleep(3)
+venues = json.load(urllib.request.urlopen(url))["venues"]
+print(f"live venue view ({url}): {len(venues)} venues, fullest first")
+for v in venues:
+    print(f"  {v['id']}: {v['devices']} devices, {v['percent']}% of {v['capacity']} ({v['level']}); zones over: {', '.join(v['zones_over']) or 'none'}")
+PY
 fi
 wait

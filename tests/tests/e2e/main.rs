@@ -16,6 +16,7 @@ mod harness;
 mod hostile_input;
 mod ingest;
 mod layout;
+mod local_stack;
 mod membership;
 mod metrics;
 mod monitoring;
