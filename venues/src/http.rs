@@ -313,7 +313,8 @@ async fn list(
 /// `GET /api/venues/{id}`: the venue, its zones and the last hour.
 ///
 /// Parameter: `minutes` (1 to 60, default 60): the trend's length, one
-/// point a minute ending with the current minute.
+/// point a minute ending with the current minute (or the venue's newest,
+/// when its event clock is ahead).
 async fn detail(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -339,9 +340,12 @@ async fn detail(
             }
         }
     }
-    let now_micros = SystemTime::now()
+    let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
+    // The trend ends with the current minute, or with the venue's newest
+    // one when its clock (event time) runs ahead of this host's.
+    let now_micros = shared.newest_minute(&id).map_or(wall, |m| m.max(wall));
     let Some((now, trend)) = shared.snapshot(&id, now_micros, minutes) else {
         return error(
             StatusCode::NOT_FOUND,
@@ -507,6 +511,21 @@ mod tests {
         assert_eq!(
             body["trend"]["devices"],
             serde_json::json!([0, 1, 1, 1, 1, 1, 1, 1, 1, 5, 5, 5])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_venue_whose_clock_runs_ahead_ends_its_trend_at_its_newest_minute() {
+        let s = shared("");
+        let ahead = now() + 5 * MINUTE;
+        record(&s, 0, "v", now(), &[("lobby", 1)]);
+        record(&s, 1, "v", ahead, &[("lobby", 7)]);
+        let (_, body) = get(&s, "/api/venues/v?minutes=6", None).await;
+        assert_eq!(body["venue"]["devices"], 7);
+        assert_eq!(
+            body["trend"]["devices"],
+            serde_json::json!([1, 1, 1, 1, 1, 7]),
+            "the last point is the venue's now"
         );
     }
 

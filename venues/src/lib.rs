@@ -118,6 +118,15 @@ impl Shared {
         }
     }
 
+    /// The minute `venue`'s newest record is as of.
+    pub fn newest_minute(&self, venue: &str) -> Option<i64> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .now(venue)?
+            .minute
+    }
+
     /// Venues held.
     pub fn venue_count(&self) -> usize {
         self.view

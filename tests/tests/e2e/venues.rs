@@ -280,6 +280,20 @@ async fn the_view_counts_what_the_events_left_across_a_kill_and_in_a_new_replica
     // A second replica, started from nothing, builds the same view.
     let replica = Venues::start(&view_config(&broker.brokers()), &env);
     wait_for_truth("in a new replica", &replica, &s, &[&b]).await;
+    // Every claim was read (each restore appends one per partition: A's
+    // four, B's four at least): the fencing sees every owner change.
+    let metrics = reqwest::get(replica.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let claims: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("venues_changelog_records_total{outcome=\"claim\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(claims >= 8.0, "claims read: {claims}\n{metrics}");
     println!(
         "venue view: {} events, {} devices present in {} venues, matched by two replicas",
         s.n,
