@@ -68,6 +68,10 @@ pub struct HttpConfig {
     /// request must carry; none: the API is open (a trusted network).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Live streams (SSE) open at once; more are refused with 503 and
+    /// `Retry-After`.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
 }
 
 impl Default for HttpConfig {
@@ -75,8 +79,13 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_listen(),
             token_env: None,
+            max_streams: default_max_streams(),
         }
     }
+}
+
+fn default_max_streams() -> usize {
+    1_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -240,6 +249,9 @@ impl Config {
         }
         if self.view.max_venues == 0 {
             p.push("view.max_venues: must be at least 1".into());
+        }
+        if self.http.max_streams == 0 {
+            p.push("http.max_streams: must be at least 1".into());
         }
         if self.view.max_zones == 0 {
             p.push("view.max_zones: must be at least 1".into());

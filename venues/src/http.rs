@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -13,18 +13,20 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::Shared;
-use crate::view::{MINUTE, Occupancy};
+use crate::summary::{Level, Venue, rfc3339, venue};
+use crate::view::MINUTE;
 
 /// The router of the whole service.
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
         .route("/api/venues", get(list))
+        .route("/api/venues/events", get(stream_all))
         .route("/api/venues/{id}", get(detail))
+        .route("/api/venues/{id}/events", get(stream_venue))
         .route_layer(middleware::from_fn_with_state(shared.clone(), authorize));
     Router::new()
         .merge(api)
@@ -81,128 +83,15 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     shared.metrics.venues.set(shared.venue_count() as i64);
+    shared
+        .metrics
+        .stream_clients
+        .set(shared.hub.clients() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.metrics.catalogue.render(),
     )
         .into_response()
-}
-
-/// How full a zone or venue is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum Level {
-    Ok,
-    Near,
-    Over,
-}
-
-fn level(devices: u32, capacity: u32, near: f64) -> Level {
-    let share = f64::from(devices) / f64::from(capacity.max(1));
-    if share >= 1.0 {
-        Level::Over
-    } else if share >= near {
-        Level::Near
-    } else {
-        Level::Ok
-    }
-}
-
-fn percent(devices: u32, capacity: u32) -> f64 {
-    (f64::from(devices) * 1000.0 / f64::from(capacity.max(1))).round() / 10.0
-}
-
-fn rfc3339(micros: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
-    humantime::format_rfc3339_seconds(at).to_string()
-}
-
-#[derive(Serialize)]
-struct Zone {
-    zone: String,
-    devices: u32,
-    capacity: u32,
-    percent: f64,
-    level: Level,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trend: Option<Vec<u32>>,
-}
-
-#[derive(Serialize)]
-struct Venue {
-    id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    devices: u32,
-    capacity: u32,
-    percent: f64,
-    level: Level,
-    /// The minute of the venue's clock the counts are as of.
-    as_of: Option<String>,
-    zones_near: Vec<String>,
-    zones_over: Vec<String>,
-    #[serde(skip)]
-    pressure: f64,
-}
-
-/// A venue's summary from its occupancy, with capacities from config.
-fn venue(shared: &Shared, id: &str, now: &Occupancy) -> (Venue, Vec<Zone>) {
-    let c = &shared.config;
-    let near = c.capacity.near;
-    let mut zones: Vec<(String, u32)> = now.zones.clone();
-    // Configured zones show even before a device was seen in them.
-    if let Some(v) = c.venues.get(id) {
-        for z in v.zones.keys() {
-            if !zones.iter().any(|(n, _)| n == z) {
-                zones.push((z.clone(), 0));
-            }
-        }
-    }
-    zones.sort_by(|a, b| a.0.cmp(&b.0));
-    let zones: Vec<Zone> = zones
-        .into_iter()
-        .map(|(zone, devices)| {
-            let capacity = c.zone_capacity(id, &zone);
-            Zone {
-                devices,
-                capacity,
-                percent: percent(devices, capacity),
-                level: level(devices, capacity, near),
-                zone,
-                trend: None,
-            }
-        })
-        .collect();
-    let configured = c.venues.get(id);
-    let capacity = configured
-        .and_then(|v| v.capacity)
-        .unwrap_or_else(|| zones.iter().map(|z| z.capacity).sum::<u32>())
-        .max(1);
-    let pressure = zones
-        .iter()
-        .map(|z| f64::from(z.devices) / f64::from(z.capacity.max(1)))
-        .fold(f64::from(now.devices) / f64::from(capacity), f64::max);
-    let v = Venue {
-        id: id.to_owned(),
-        name: configured.and_then(|v| v.name.clone()),
-        devices: now.devices,
-        capacity,
-        percent: percent(now.devices, capacity),
-        level: level(now.devices, capacity, near),
-        as_of: now.minute.map(rfc3339),
-        zones_near: zones
-            .iter()
-            .filter(|z| z.level == Level::Near)
-            .map(|z| z.zone.clone())
-            .collect(),
-        zones_over: zones
-            .iter()
-            .filter(|z| z.level == Level::Over)
-            .map(|z| z.zone.clone())
-            .collect(),
-        pressure,
-    };
-    (v, zones)
 }
 
 /// `GET /api/venues`: every venue the view holds or the config names.
@@ -264,7 +153,7 @@ async fn list(
     let mut venues: Vec<Venue> = shared
         .snapshot_all()
         .iter()
-        .map(|(id, now)| venue(&shared, id, now).0)
+        .map(|(id, now)| venue(&shared.config, id, now).0)
         .filter(|v| {
             let worst = [
                 v.level,
@@ -352,7 +241,7 @@ async fn detail(
             format!("venue {id:?} is not known (no occupancy recorded and none configured)"),
         );
     };
-    let (v, mut zones) = venue(&shared, &id, &now);
+    let (v, mut zones) = venue(&shared.config, &id, &now);
     for z in &mut zones {
         z.trend = Some(
             trend
@@ -377,6 +266,273 @@ async fn detail(
         },
     }))
     .into_response()
+}
+
+/// Closes the connection a request came on, even when its client reads
+/// nothing (see [`serve`]).
+#[derive(Clone)]
+pub struct Kill(pub Arc<tokio::sync::Notify>);
+
+/// Serves `app` on `listener` until `stop`, each connection in its own
+/// task that ends (closing the socket) when a handler asks through the
+/// request's [`Kill`]: a live stream whose client fell too far behind is
+/// closed at once, whether or not its client reads. At `stop`, live
+/// streams end and open connections get five seconds to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use tower::ServiceExt;
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let kill = Arc::new(tokio::sync::Notify::new());
+        let app = app.clone();
+        let handle = Kill(kill.clone());
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(handle.clone());
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                () = kill.notified() => tracing::debug!("connection of a dropped live-stream client closed"),
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 5 s after the stop: closed");
+    }
+    Ok(())
+}
+
+/// `GET /api/venues/events`: every venue's changes.
+async fn stream_all(
+    State(shared): State<Arc<Shared>>,
+    kill: Option<axum::Extension<Kill>>,
+    headers: HeaderMap,
+) -> Response {
+    live(shared, None, kill.map(|k| k.0), &headers)
+}
+
+/// `GET /api/venues/{id}/events`: one venue's changes.
+async fn stream_venue(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    kill: Option<axum::Extension<Kill>>,
+    headers: HeaderMap,
+) -> Response {
+    if !shared.knows(&id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("venue {id:?} is not known (no occupancy recorded and none configured)"),
+        );
+    }
+    live(shared, Some(id), kill.map(|k| k.0), &headers)
+}
+
+/// What one live-stream client has to go through.
+struct Client {
+    shared: Arc<Shared>,
+    first: std::collections::VecDeque<axum::response::sse::Event>,
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::stream::Change>>,
+    position: crate::stream::Position,
+    venue: Option<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    seen: Arc<std::sync::atomic::AtomicU64>,
+    kill: Option<Kill>,
+    dropped: bool,
+    _guard: crate::stream::ClientGuard,
+}
+
+fn sse_event(c: &crate::stream::Change) -> axum::response::sse::Event {
+    axum::response::sse::Event::default()
+        .event(c.kind)
+        .id(c.id.clone())
+        .data(c.data.clone())
+}
+
+/// The text of the last event a dropped client gets.
+fn dropped_message() -> String {
+    json!({
+        "error": format!(
+            "dropped: more than {} changes behind (a client that does not read fast enough); reconnect with Last-Event-ID to resume",
+            crate::stream::BROADCAST
+        )
+    })
+    .to_string()
+}
+
+fn live(
+    shared: Arc<Shared>,
+    venue: Option<String>,
+    kill: Option<Kill>,
+    headers: &HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use std::sync::atomic::Ordering;
+    let from = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => match crate::stream::parse_id(text) {
+            Some(p) => Some(p),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID: not an id of this stream (partition:offset,...)",
+                );
+            }
+        },
+        Some(Err(_)) => {
+            return error(StatusCode::BAD_REQUEST, "Last-Event-ID: not visible ASCII");
+        }
+    };
+    let Some(guard) = shared.hub.join(shared.config.http.max_streams) else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} live streams are open already (http.max_streams): retry later",
+                shared.config.http.max_streams
+            ),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
+    let seen = Arc::new(std::sync::atomic::AtomicU64::new(shared.hub.published()));
+    let (rx, start, position) = shared.hub.subscribe(from.as_ref());
+    let mut first = std::collections::VecDeque::new();
+    match start {
+        crate::stream::Start::Snapshot => first.push_back(
+            Event::default()
+                .event("snapshot")
+                .id(crate::stream::format_id(&position))
+                .data(shared.snapshot_json(venue.as_deref()).to_string()),
+        ),
+        crate::stream::Start::Changes(changes) => {
+            for c in changes
+                .iter()
+                .filter(|c| venue.as_ref().is_none_or(|v| *v == c.venue))
+            {
+                first.push_back(sse_event(c));
+            }
+        }
+    }
+    // A client that never reads never takes its next change either: a
+    // watchdog drops it once it is as far behind as the buffer holds.
+    if let Some(k) = &kill {
+        let (hub, seen, k, dropped) = (
+            shared.hub.clone(),
+            seen.clone(),
+            k.clone(),
+            shared.metrics.stream_dropped.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                // The client's stream holds the other reference.
+                if Arc::strong_count(&seen) == 1 {
+                    return;
+                }
+                let behind = hub.published().saturating_sub(seen.load(Ordering::Relaxed));
+                if behind > crate::stream::BROADCAST as u64 {
+                    dropped.inc();
+                    tracing::info!(
+                        behind,
+                        "a live-stream client that does not read was dropped"
+                    );
+                    k.0.notify_one();
+                    return;
+                }
+            }
+        });
+    }
+    let client = Client {
+        stop: shared.stop.subscribe(),
+        shared,
+        first,
+        rx,
+        position,
+        venue,
+        seen,
+        kill,
+        dropped: false,
+        _guard: guard,
+    };
+    let events = futures::stream::unfold(client, |mut c| async move {
+        if c.dropped {
+            return None;
+        }
+        if let Some(e) = c.first.pop_front() {
+            return Some((Ok::<_, std::convert::Infallible>(e), c));
+        }
+        loop {
+            let received = tokio::select! {
+                _ = c.stop.changed() => return None,
+                r = c.rx.recv() => r,
+            };
+            match received {
+                Ok(change) => {
+                    c.seen.store(change.seq, Ordering::Relaxed);
+                    if !crate::stream::after(&change, &c.position) {
+                        continue;
+                    }
+                    c.position.insert(change.partition, change.offset);
+                    if c.venue.as_ref().is_some_and(|v| *v != change.venue) {
+                        continue;
+                    }
+                    return Some((Ok(sse_event(&change)), c));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    c.dropped = true;
+                    c.shared.metrics.stream_dropped.inc();
+                    if let Some(k) = &c.kill {
+                        // Once this last event is written.
+                        let k = k.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            k.0.notify_one();
+                        });
+                    }
+                    let e = Event::default().event("error").data(dropped_message());
+                    return Some((Ok(e), c));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(shared_heartbeat()))
+        .into_response()
+}
+
+/// Heartbeats (SSE comments) keep idle streams open through proxies.
+fn shared_heartbeat() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
 }
 
 #[cfg(test)]

@@ -23,14 +23,19 @@
 //! `view.max_zones`, never by traffic. Capacities come from the
 //! configuration ([`config`]).
 //!
-//! Not here yet (the venue view issue's later parts): the live event
-//! stream (SSE), the web page, alerts and VIPs, footfall from the
-//! analytics store, venue time zones.
+//! Every change of a venue's newest minute is published to the live
+//! stream ([`stream`]); ids are changelog positions, so a client resumes
+//! on any replica.
+//!
+//! Not here yet (the venue view issue's later parts): the web page,
+//! alerts and VIPs, footfall from the analytics store, venue time zones.
 
 pub mod config;
 pub mod follow;
 pub mod http;
 pub mod metrics;
+pub mod stream;
+pub mod summary;
 pub mod view;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,8 +53,12 @@ pub struct Shared {
     pub token: Option<String>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The live stream's changes.
+    pub hub: Arc<stream::Hub>,
     view: RwLock<View>,
     ready: AtomicBool,
+    /// Raised at shutdown: live streams end.
+    pub stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -69,16 +78,51 @@ impl Shared {
             token,
             metrics,
             config,
+            hub: Arc::new(stream::Hub::new()),
             ready: AtomicBool::new(false),
+            stop: tokio::sync::watch::channel(false).0,
         }
     }
 
-    /// Applies one changelog record.
+    /// Applies one changelog record, and publishes the venue's new
+    /// occupancy to the live stream when it changed.
     pub fn apply(&self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
-        self.view
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .apply(partition, offset, key, value)
+        let (outcome, changed) = {
+            let mut view = self
+                .view
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (outcome, venue) = view.apply_changed(partition, offset, key, value);
+            let changed = venue.and_then(|v| view.now(&v).map(|now| (v, now)));
+            (outcome, changed)
+        };
+        match changed {
+            Some((venue, now)) => {
+                let data = self.occupancy_json(&venue, &now).to_string();
+                self.hub
+                    .publish(partition, offset, &venue, "occupancy", data);
+            }
+            None => self.hub.advance(partition, offset),
+        }
+        outcome
+    }
+
+    /// A venue's occupancy event: `{"venue": ..., "zones": [...]}`.
+    pub fn occupancy_json(&self, venue: &str, now: &Occupancy) -> serde_json::Value {
+        let (v, zones) = summary::venue(&self.config, venue, now);
+        serde_json::json!({ "venue": v, "zones": zones })
+    }
+
+    /// The whole state as a `snapshot` event's data: `{"venues": [...]}`,
+    /// each as an occupancy event's; only `venue` when given.
+    pub fn snapshot_json(&self, venue: Option<&str>) -> serde_json::Value {
+        let venues: Vec<serde_json::Value> = self
+            .snapshot_all()
+            .iter()
+            .filter(|(id, _)| venue.is_none_or(|v| v == id))
+            .map(|(id, now)| self.occupancy_json(id, now))
+            .collect();
+        serde_json::json!({ "venues": venues })
     }
 
     /// Every venue the view holds or the config names, with its occupancy.
@@ -127,6 +171,17 @@ impl Shared {
             .minute
     }
 
+    /// Whether `venue` is held or configured.
+    pub fn knows(&self, venue: &str) -> bool {
+        self.config.venues.contains_key(venue)
+            || self
+                .view
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .now(venue)
+                .is_some()
+    }
+
     /// Venues held.
     pub fn venue_count(&self) -> usize {
         self.view
@@ -162,7 +217,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.http.listen;
     let kafka = config.kafka.clone();
     let shared = Arc::new(Shared::new(config, metrics));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = shared.stop.clone();
+    let stop_rx = stop_tx.subscribe();
     let follower = tokio::spawn(follow::follow(kafka, shared.clone(), stop_rx.clone()));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -171,17 +227,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %bound, "venue view listening");
     // The first stdout line, for scripts and tests that start the service.
     println!("listening on http://{bound}");
-    let mut stop = stop_rx;
-    let server = axum::serve(listener, http::router(shared)).with_graceful_shutdown(async move {
-        let _ = stop.changed().await;
-    });
+    let mut server = tokio::spawn(http::serve(listener, http::router(shared), stop_rx));
     let signals = async {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) else {
-            return;
+            return std::future::pending().await;
         };
         tokio::select! {
             _ = term.recv() => {}
@@ -189,10 +242,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        r = server => r?,
+        served = &mut server => served??,
         () = signals => {
-            tracing::info!("stopping");
+            tracing::info!("stopping: live streams end, connections get 5 s");
             let _ = stop_tx.send(true);
+            server.await??;
         }
     }
     follower.abort();

@@ -1,7 +1,7 @@
 //! The view's metrics (`/metrics`).
 
 use plumbing::metrics::Catalogue;
-use prometheus::{Gauge, IntCounterVec, IntGauge, Opts};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, Opts};
 
 /// Every metric of the view.
 #[derive(Clone)]
@@ -17,6 +17,10 @@ pub struct Metrics {
     /// Seconds between the newest record's append to the changelog and
     /// its application here.
     pub lag: Gauge,
+    /// Live-stream clients connected now.
+    pub stream_clients: IntGauge,
+    /// Live-stream clients dropped for falling too far behind.
+    pub stream_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -43,7 +47,19 @@ impl Metrics {
             "Seconds between the newest applied record's append to the changelog (its Kafka timestamp) and its application in the view.",
         )?;
         catalogue.add(&lag)?;
+        let stream_clients = IntGauge::new(
+            "venues_stream_clients",
+            "Live-stream (SSE) clients connected now.",
+        )?;
+        catalogue.add(&stream_clients)?;
+        let stream_dropped = IntCounter::new(
+            "venues_stream_dropped_total",
+            "Live-stream clients dropped (their connection closed) because they fell more than the shared buffer behind.",
+        )?;
+        catalogue.add(&stream_dropped)?;
         Ok(Metrics {
+            stream_clients,
+            stream_dropped,
             catalogue,
             records,
             venues,

@@ -99,6 +99,8 @@ pub struct View {
     /// The newest claim read per partition (its epoch: its offset).
     claims: HashMap<i32, i64>,
     venues: HashMap<String, Venue>,
+    /// The venue whose newest minute the last record changed.
+    changed: Option<String>,
 }
 
 impl View {
@@ -110,12 +112,31 @@ impl View {
             limits,
             claims: HashMap::new(),
             venues: HashMap::new(),
+            changed: None,
         }
     }
 
     /// Applies the record at `offset` of changelog partition `partition`
     /// (for a tombstone, `value` is its `state-gone` header's bytes).
     pub fn apply(&mut self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
+        self.apply_changed(partition, offset, key, value).0
+    }
+
+    /// [`apply`](Self::apply), also naming the venue whose newest
+    /// occupancy the record changed, if it did.
+    pub fn apply_changed(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        key: &[u8],
+        value: &[u8],
+    ) -> (Outcome, Option<String>) {
+        let outcome = self.apply_record(partition, offset, key, value);
+        let changed = self.changed.take();
+        (outcome, changed)
+    }
+
+    fn apply_record(&mut self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
         let Ok((epoch, change)) = Change::decode(key, value) else {
             return Outcome::Unreadable;
         };
@@ -144,6 +165,7 @@ impl View {
         let Some(bytes) = keyed.value else {
             if let Some(v) = self.venues.get_mut(&venue) {
                 v.ring[slot] = None;
+                self.changed = Some(venue);
             }
             return Outcome::Applied;
         };
@@ -165,7 +187,7 @@ impl View {
         if !self.venues.contains_key(&venue) && self.venues.len() >= self.limits.max_venues {
             return Outcome::Refused;
         }
-        let v = self.venues.entry(venue).or_insert_with(|| Venue {
+        let v = self.venues.entry(venue.clone()).or_insert_with(|| Venue {
             zones: Vec::new(),
             ring: std::array::from_fn(|_| None),
         });
@@ -187,11 +209,15 @@ impl View {
                 counts[i] = clamp(*n);
             }
         }
+        let newest = v.ring.iter().flatten().map(|c| c.minute).max();
         v.ring[slot] = Some(Counts {
             minute,
             devices: clamp(devices),
             zones: counts.into_boxed_slice(),
         });
+        if newest.is_none_or(|n| minute >= n) {
+            self.changed = Some(venue);
+        }
         Outcome::Applied
     }
 
