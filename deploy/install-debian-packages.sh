@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests start from Debian's packages, if it is
 # missing: PostgreSQL 15 (the analytics sink's real server), Prometheus
-# Alertmanager (the alerting sink's real receiver) and Prometheus (`promtool`
-# checks the alert rules). Needs root (CI
+# Alertmanager (the alerting sink's real receiver), Prometheus (`promtool`
+# checks the alert rules) and Chromium (the venue view's page, headless). Needs root (CI
 # and these machines run as root); elsewhere, install them yourself.
 set -euo pipefail
 
@@ -10,6 +10,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

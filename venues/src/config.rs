@@ -68,6 +68,11 @@ pub struct HttpConfig {
     /// request must carry; none: the API is open (a trusted network).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The environment variable holding `user:password` that the pages and
+    /// the API accept with Basic authentication (what a browser on a wall
+    /// screen sends); with `token_env`, either is accepted.
+    #[serde(default)]
+    pub basic_env: Option<String>,
     /// Live streams (SSE) open at once; more are refused with 503 and
     /// `Retry-After`.
     #[serde(default = "default_max_streams")]
@@ -79,6 +84,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: default_listen(),
             token_env: None,
+            basic_env: None,
             max_streams: default_max_streams(),
         }
     }
@@ -273,6 +279,15 @@ impl Config {
                 if *n == 0 {
                     p.push(format!("venues.{id}.zones.{zone}: must be at least 1"));
                 }
+            }
+        }
+        if let Some(var) = &self.http.basic_env {
+            match std::env::var(var) {
+                Ok(t) if t.split_once(':').is_some_and(|(u, p)| !u.is_empty() && p.len() >= 12) => {}
+                Ok(_) => p.push(format!(
+                    "http.basic_env: {var} must hold user:password, the password 12 characters or more"
+                )),
+                Err(_) => p.push(format!("http.basic_env: {var} is not set")),
             }
         }
         if let Some(var) = &self.http.token_env {

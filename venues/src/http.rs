@@ -23,6 +23,10 @@ use crate::view::MINUTE;
 /// The router of the whole service.
 pub fn router(shared: Arc<Shared>) -> Router {
     let api = Router::new()
+        .route("/", get(page))
+        .route("/venues/{id}", get(page))
+        .route("/assets/app.css", get(css))
+        .route("/assets/app.js", get(js))
         .route("/api/venues", get(list))
         .route("/api/venues/events", get(stream_all))
         .route("/api/venues/{id}", get(detail))
@@ -41,31 +45,78 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// The page (board or venue: the script tells them apart), embedded.
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../assets/page.html"),
+    )
+        .into_response()
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../assets/app.css"),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../assets/app.js"),
+    )
+        .into_response()
+}
+
 async fn authorize(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(token) = &shared.token else {
+    if shared.token.is_none() && shared.basic.is_none() {
         return next.run(request).await;
-    };
+    }
     let given = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(g) if bool::from(g.as_bytes().ct_eq(token.as_bytes())) => next.run(request).await,
-        _ => {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "a bearer token is required (Authorization: Bearer <token>)",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            r
-        }
+        .and_then(|v| v.to_str().ok());
+    let same = |a: &[u8], b: &str| bool::from(a.ct_eq(b.as_bytes()));
+    let ok = match given {
+        Some(v) => match (v.strip_prefix("Bearer "), v.strip_prefix("Basic ")) {
+            (Some(t), _) => shared.token.as_deref().is_some_and(|want| same(t.as_bytes(), want)),
+            (_, Some(b)) => {
+                use base64::Engine;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .unwrap_or_default();
+                shared.basic.as_deref().is_some_and(|want| same(&decoded, want))
+            }
+            _ => false,
+        },
+        None => false,
+    };
+    if ok {
+        return next.run(request).await;
     }
+    let mut r = error(
+        StatusCode::UNAUTHORIZED,
+        match (&shared.token, &shared.basic) {
+            (Some(_), Some(_)) => "credentials are required (Authorization: Bearer <token>, or Basic)",
+            (Some(_), None) => "a bearer token is required (Authorization: Bearer <token>)",
+            _ => "credentials are required (Authorization: Basic)",
+        },
+    );
+    // A browser asks for a user name and password on a Basic challenge.
+    let challenge = if shared.basic.is_some() {
+        "Basic realm=\"venues\", charset=\"UTF-8\""
+    } else {
+        "Bearer"
+    };
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
@@ -682,6 +733,47 @@ mod tests {
             body["trend"]["devices"],
             serde_json::json!([1, 1, 1, 1, 1, 7]),
             "the last point is the venue's now"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_page_is_served_and_a_browser_gets_a_basic_challenge_when_configured() {
+        use base64::Engine;
+        // SAFETY: this test alone sets this variable.
+        unsafe { std::env::set_var("VENUES_TEST_BASIC_HTTP", "duty:manager-secret-1") };
+        let s = shared("[http]\nbasic_env = \"VENUES_TEST_BASIC_HTTP\"\n");
+        let call = |uri: &'static str, auth: Option<String>| {
+            let s = s.clone();
+            async move {
+                let mut r = Request::get(uri);
+                if let Some(a) = auth {
+                    r = r.header("authorization", a);
+                }
+                router(s).oneshot(r.body(Body::empty()).unwrap()).await.unwrap()
+            }
+        };
+        let denied = call("/", None).await;
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            denied.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic realm=")
+        );
+        let good = base64::engine::general_purpose::STANDARD.encode("duty:manager-secret-1");
+        let bad = base64::engine::general_purpose::STANDARD.encode("duty:guess");
+        let wrong = call("/api/venues", Some(format!("Basic {bad}"))).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+        for uri in ["/", "/venues/v", "/assets/app.js", "/assets/app.css", "/api/venues"] {
+            let r = call(uri, Some(format!("Basic {good}"))).await;
+            assert_eq!(r.status(), StatusCode::OK, "{uri}");
+        }
+        let page = call("/", Some(format!("Basic {good}"))).await;
+        assert!(
+            page.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
         );
     }
 

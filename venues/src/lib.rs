@@ -49,8 +49,11 @@ use crate::view::{Limits, Occupancy, Outcome, View};
 pub struct Shared {
     /// The configuration.
     pub config: Config,
-    /// The bearer token `/api` requires, if any.
+    /// The bearer token the API and pages accept, if any.
     pub token: Option<String>,
+    /// The `user:password` they accept with Basic authentication, if any
+    /// (what a browser sends).
+    pub basic: Option<String>,
     /// The metrics.
     pub metrics: Metrics,
     /// The live stream's changes.
@@ -69,6 +72,11 @@ impl Shared {
             .token_env
             .as_ref()
             .and_then(|var| std::env::var(var).ok());
+        let basic = config
+            .http
+            .basic_env
+            .as_ref()
+            .and_then(|var| std::env::var(var).ok());
         let limits = Limits {
             max_venues: config.view.max_venues,
             max_zones: config.view.max_zones,
@@ -76,6 +84,7 @@ impl Shared {
         Shared {
             view: RwLock::new(View::new(&config.kafka.sink, limits)),
             token,
+            basic,
             metrics,
             config,
             hub: Arc::new(stream::Hub::new()),

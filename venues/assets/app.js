@@ -1,0 +1,197 @@
+// The venue view's page: the board ("/") and a venue ("/venues/{id}"),
+// from the JSON API, kept live by the Server-Sent Events stream (the
+// browser's EventSource reconnects by itself and resumes with
+// Last-Event-ID). Text is set with textContent only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+const fmt = (n) => Number(n).toLocaleString("en");
+
+function tick() {
+  $("clock").textContent = new Date().toLocaleTimeString("en-GB");
+}
+setInterval(tick, 1000);
+tick();
+
+function connect(url, handlers) {
+  const es = new EventSource(url);
+  es.onopen = () => { $("dot").className = "dot live"; $("status").textContent = "live"; };
+  es.onerror = () => { $("dot").className = "dot down"; $("status").textContent = "reconnecting"; };
+  for (const [name, fn] of Object.entries(handlers)) {
+    es.addEventListener(name, (e) => fn(JSON.parse(e.data)));
+  }
+  es.addEventListener("error", (e) => {
+    if (e.data) $("status").textContent = JSON.parse(e.data).error;
+  });
+  return es;
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, { credentials: "same-origin" });
+  if (!r.ok) throw new Error(url + ": " + r.status);
+  return r.json();
+}
+
+// A venue or zone tile: name, count of capacity, bar, chips.
+function tile(key, href) {
+  const t = el(href ? "a" : "div", "tile");
+  if (href) t.href = href;
+  t.dataset.key = key;
+  t.append(el("h2"), el("div", "count"), el("div", "bar"), el("div", "chips"));
+  t.querySelector(".bar").append(el("div"));
+  return t;
+}
+
+function fill(t, name, devices, capacity, percent, level, chips) {
+  t.className = "tile " + level;
+  t.querySelector("h2").textContent = name;
+  const count = t.querySelector(".count");
+  count.replaceChildren(document.createTextNode(fmt(devices) + " "), el("small", "", "of " + fmt(capacity)));
+  t.querySelector(".bar > div").style.width = Math.min(100, percent) + "%";
+  const c = t.querySelector(".chips");
+  c.replaceChildren();
+  for (const [cls, text] of chips) c.append(el("span", "chip " + cls, text));
+  if (!chips.length) c.textContent = percent + "% of capacity";
+}
+
+// ---- the board ----------------------------------------------------------
+
+const board = { venues: new Map(), grid: null };
+
+function boardTile(v) {
+  let t = board.grid.querySelector(`[data-key="${CSS.escape(v.id)}"]`);
+  if (!t) {
+    t = tile(v.id, "/venues/" + encodeURIComponent(v.id));
+    board.grid.append(t);
+  }
+  const chips = v.zones_over.map((z) => ["over", z]).concat(v.zones_near.map((z) => ["near", z]));
+  fill(t, v.name || v.id, v.devices, v.capacity, v.percent, v.level, chips);
+}
+
+function boardSummary() {
+  let devices = 0, over = 0;
+  for (const v of board.venues.values()) {
+    devices += v.devices;
+    if (v.level === "over" || v.zones_over.length) over += 1;
+  }
+  $("summary").textContent = `${fmt(board.venues.size)} venues · ${fmt(devices)} devices · ${over} over capacity`;
+}
+
+async function resort() {
+  const list = await getJSON("/api/venues?sort=pressure");
+  for (const v of list.venues) {
+    const t = board.grid.querySelector(`[data-key="${CSS.escape(v.id)}"]`);
+    if (t) board.grid.append(t);
+  }
+}
+
+async function showBoard() {
+  $("title").textContent = "Venues · live occupancy";
+  board.grid = el("div", "grid");
+  $("main").replaceChildren(board.grid);
+  const list = await getJSON("/api/venues?sort=pressure");
+  for (const v of list.venues) { board.venues.set(v.id, v); boardTile(v); }
+  if (!list.venues.length) $("main").append(el("div", "empty", "No venue has reported yet."));
+  boardSummary();
+  connect("/api/venues/events", {
+    snapshot: (s) => { for (const o of s.venues) { board.venues.set(o.venue.id, o.venue); boardTile(o.venue); } boardSummary(); },
+    occupancy: (o) => { board.venues.set(o.venue.id, o.venue); boardTile(o.venue); boardSummary(); },
+  });
+  // Numbers change in place; the order follows pressure once a minute, so
+  // tiles do not jump under the reader's eyes.
+  setInterval(() => resort().catch(() => {}), 60000);
+}
+
+// ---- one venue ------------------------------------------------------------
+
+const venue = { id: null, zones: null, trend: [], from: 0, zoneTrends: new Map() };
+
+function zoneTile(z) {
+  let t = venue.zones.querySelector(`[data-key="${CSS.escape(z.zone)}"]`);
+  if (!t) { t = tile(z.zone); venue.zones.append(t); }
+  fill(t, z.zone, z.devices, z.capacity, z.percent, z.level, z.level === "ok" ? [] : [[z.level, z.percent + "%"]]);
+}
+
+function header(v) {
+  $("title").textContent = v.name || v.id;
+  $("summary").textContent = `${fmt(v.devices)} of ${fmt(v.capacity)} devices · ${v.percent}%` + (v.as_of ? ` · as of ${v.as_of.slice(11, 16)} UTC` : "");
+}
+
+// The last hour: the venue's devices a minute, as an SVG line.
+function chart() {
+  const svg = $("chart");
+  const points = venue.trend;
+  const w = 1000, h = 200, pad = 24;
+  const max = Math.max(1, ...points);
+  const x = (i) => pad + (i * (w - 2 * pad)) / Math.max(1, points.length - 1);
+  const y = (n) => h - pad - (n * (h - 2 * pad)) / max;
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  const axis = document.createElementNS(ns, "line");
+  for (const [k, v] of [["x1", pad], ["y1", h - pad], ["x2", w - pad], ["y2", h - pad], ["stroke", "#2c3640"]]) axis.setAttribute(k, v);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", points.map((n, i) => `${x(i).toFixed(1)},${y(n).toFixed(1)}`).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", "#4aa3ff");
+  line.setAttribute("stroke-width", "4");
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", pad); label.setAttribute("y", 18); label.setAttribute("fill", "#8a97a5");
+  label.setAttribute("font-size", "16");
+  label.textContent = `peak ${fmt(max)} · now ${fmt(points[points.length - 1] || 0)}`;
+  svg.append(axis, line, label);
+}
+
+async function showVenue(id) {
+  venue.id = id;
+  const d = await getJSON("/api/venues/" + encodeURIComponent(id));
+  header(d.venue);
+  venue.zones = el("div", "grid");
+  const trend = el("section");
+  trend.append(el("h3", "", "Devices present, last hour (one point a minute)"));
+  const box = el("div", "chart");
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.id = "chart";
+  svg.setAttribute("viewBox", "0 0 1000 200");
+  svg.setAttribute("preserveAspectRatio", "none");
+  box.append(svg);
+  trend.append(box);
+  const zones = el("section");
+  zones.append(el("h3", "", "Zones"), venue.zones);
+  $("main").replaceChildren(zones, trend);
+  for (const z of d.zones) zoneTile(z);
+  venue.trend = d.trend.devices.slice();
+  venue.from = Date.parse(d.trend.from);
+  chart();
+  const update = (o) => {
+    header(o.venue);
+    for (const z of o.zones) zoneTile(z);
+    // The newest point is now; a new minute shifts the hour along.
+    const minute = o.venue.as_of ? Date.parse(o.venue.as_of) : Date.now();
+    const at = Math.floor((minute - venue.from) / 60000);
+    if (at >= venue.trend.length) {
+      const shift = at - venue.trend.length + 1;
+      const last = venue.trend[venue.trend.length - 1];
+      for (let i = 0; i < shift; i++) venue.trend.push(last);
+      venue.trend.splice(0, shift);
+      venue.from += shift * 60000;
+    }
+    venue.trend[Math.max(0, Math.min(venue.trend.length - 1, at))] = o.venue.devices;
+    chart();
+  };
+  connect("/api/venues/" + encodeURIComponent(id) + "/events", {
+    snapshot: (s) => { for (const o of s.venues) update(o); },
+    occupancy: update,
+  });
+}
+
+const m = location.pathname.match(/^\/venues\/([^/]+)$/);
+(m ? showVenue(decodeURIComponent(m[1])) : showBoard()).catch((e) => {
+  $("dot").className = "dot down";
+  $("status").textContent = String(e.message || e);
+});
