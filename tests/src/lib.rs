@@ -14,7 +14,8 @@
 //!   same port and data; [`read_topic`] (every record of a topic, read back
 //!   with rdkafka) and [`produce`] (records written as ingest would).
 //! - [`services`]: this workspace's binaries: [`Ingest`] (a generated
-//!   config; SIGTERM-able) and [`Processor`] (`processors run`),
+//!   config; SIGTERM-able), [`Processor`] (`processors run`) and
+//!   [`Venues`] (the live venue view),
 //!   [`simulate`] (the real provider simulator, `ingest send --json`, its
 //!   report parsed), [`run_processors`] (one-shot commands), [`scrape`]
 //!   (`/metrics`) and [`json_log_lines`] (a binary's JSON log, line by
@@ -35,6 +36,9 @@
 //! - [`fake_chat::FakeChat`]: a Slack-compatible incoming webhook that
 //!   records the messages posted and can be scripted to fail (500, 429,
 //!   stalls past the client's timeout, outages).
+//! - [`browser`]: [`Browser`], a headless Debian `chromium` driven over
+//!   the DevTools protocol: open a page, evaluate in it, wait for a
+//!   condition, take a screenshot.
 //! - [`exposition`]: parses a `/metrics` scrape and judges it against the
 //!   naming rules; the metric names in a PromQL expression.
 //!
@@ -42,6 +46,7 @@
 
 pub mod alertmanager;
 pub mod broker;
+pub mod browser;
 pub mod exposition;
 pub mod fake_chat;
 pub mod fake_crm;
@@ -52,6 +57,7 @@ pub mod services;
 
 pub use alertmanager::{Alertmanager, alertmanager_binary};
 pub use broker::{Broker, Record, produce, read_topic, tansu_binary};
+pub use browser::{Browser, chromium_binary};
 pub use fixtures::{
     Outcome, processors_config, purple_config, purple_envelope, purple_envelope_received,
     purple_event, purple_signature, send_purple, sink_lines,

@@ -48,8 +48,15 @@ function tile(key, href) {
   return t;
 }
 
+const RANK = { ok: 0, near: 1, over: 2 };
+
+// `level` colours the bar (the venue or zone itself); the tile's border
+// takes the worst of it and its chips (a venue with a zone over capacity
+// stands out on the board).
 function fill(t, name, devices, capacity, percent, level, chips) {
-  t.className = "tile " + level;
+  const worst = chips.reduce((w, [cls]) => (RANK[cls] > RANK[w] ? cls : w), level);
+  t.className = "tile " + worst;
+  t.querySelector(".bar").className = "bar " + level;
   t.querySelector("h2").textContent = name;
   const count = t.querySelector(".count");
   count.replaceChildren(document.createTextNode(fmt(devices) + " "), el("small", "", "of " + fmt(capacity)));
@@ -140,11 +147,8 @@ function chart() {
   line.setAttribute("fill", "none");
   line.setAttribute("stroke", "#4aa3ff");
   line.setAttribute("stroke-width", "4");
-  const label = document.createElementNS(ns, "text");
-  label.setAttribute("x", pad); label.setAttribute("y", 18); label.setAttribute("fill", "#8a97a5");
-  label.setAttribute("font-size", "16");
-  label.textContent = `peak ${fmt(max)} · now ${fmt(points[points.length - 1] || 0)}`;
-  svg.append(axis, line, label);
+  $("peak").textContent = `peak ${fmt(max)} · now ${fmt(points[points.length - 1] || 0)}`;
+  svg.append(axis, line);
 }
 
 async function showVenue(id) {
@@ -155,6 +159,9 @@ async function showVenue(id) {
   const trend = el("section");
   trend.append(el("h3", "", "Devices present, last hour (one point a minute)"));
   const box = el("div", "chart");
+  const peak = el("div", "peak");
+  peak.id = "peak";
+  box.append(peak);
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.id = "chart";
   svg.setAttribute("viewBox", "0 0 1000 200");

@@ -85,13 +85,19 @@ async fn authorize(
     let same = |a: &[u8], b: &str| bool::from(a.ct_eq(b.as_bytes()));
     let ok = match given {
         Some(v) => match (v.strip_prefix("Bearer "), v.strip_prefix("Basic ")) {
-            (Some(t), _) => shared.token.as_deref().is_some_and(|want| same(t.as_bytes(), want)),
+            (Some(t), _) => shared
+                .token
+                .as_deref()
+                .is_some_and(|want| same(t.as_bytes(), want)),
             (_, Some(b)) => {
                 use base64::Engine;
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(b.trim())
                     .unwrap_or_default();
-                shared.basic.as_deref().is_some_and(|want| same(&decoded, want))
+                shared
+                    .basic
+                    .as_deref()
+                    .is_some_and(|want| same(&decoded, want))
             }
             _ => false,
         },
@@ -103,7 +109,9 @@ async fn authorize(
     let mut r = error(
         StatusCode::UNAUTHORIZED,
         match (&shared.token, &shared.basic) {
-            (Some(_), Some(_)) => "credentials are required (Authorization: Bearer <token>, or Basic)",
+            (Some(_), Some(_)) => {
+                "credentials are required (Authorization: Bearer <token>, or Basic)"
+            }
             (Some(_), None) => "a bearer token is required (Authorization: Bearer <token>)",
             _ => "credentials are required (Authorization: Basic)",
         },
@@ -114,8 +122,10 @@ async fn authorize(
     } else {
         "Bearer"
     };
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
     r
 }
 
@@ -749,7 +759,10 @@ mod tests {
                 if let Some(a) = auth {
                     r = r.header("authorization", a);
                 }
-                router(s).oneshot(r.body(Body::empty()).unwrap()).await.unwrap()
+                router(s)
+                    .oneshot(r.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
             }
         };
         let denied = call("/", None).await;
@@ -764,7 +777,13 @@ mod tests {
         let bad = base64::engine::general_purpose::STANDARD.encode("duty:guess");
         let wrong = call("/api/venues", Some(format!("Basic {bad}"))).await;
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-        for uri in ["/", "/venues/v", "/assets/app.js", "/assets/app.css", "/api/venues"] {
+        for uri in [
+            "/",
+            "/venues/v",
+            "/assets/app.js",
+            "/assets/app.css",
+            "/api/venues",
+        ] {
             let r = call(uri, Some(format!("Basic {good}"))).await;
             assert_eq!(r.status(), StatusCode::OK, "{uri}");
         }

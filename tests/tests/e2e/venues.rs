@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use e2e::{Broker, Processor, Venues, produce, purple_envelope_received};
+use e2e::{Broker, Browser, Processor, Venues, produce, purple_envelope_received};
 
 const TOPIC: &str = "venues-raw";
 
@@ -69,6 +69,7 @@ sink = "alerts"
 [http]
 listen = "127.0.0.1:0"
 token_env = "VENUES_E2E_TOKEN"
+basic_env = "VENUES_E2E_BASIC"
 
 [capacity]
 zone = 4
@@ -81,6 +82,8 @@ zones = {{ lobby = 2 }}
 }
 
 const TOKEN: &str = "e2e-token-0123456789";
+const BASIC: &str = "duty:wall-screen-pass";
+const ENV: [(&str, &str); 2] = [("VENUES_E2E_TOKEN", TOKEN), ("VENUES_E2E_BASIC", BASIC)];
 
 /// The simulated stream and the occupancy it leaves, by venue and zone.
 #[derive(Default)]
@@ -245,8 +248,7 @@ async fn the_view_counts_what_the_events_left_across_a_kill_and_in_a_new_replica
     }
     let (host_a, host_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut a = Processor::start(&config(&broker.brokers(), host_a.path()));
-    let env = [("VENUES_E2E_TOKEN", TOKEN)];
-    let view = Venues::start(&view_config(&broker.brokers()), &env);
+    let view = Venues::start(&view_config(&broker.brokers()), &ENV);
     let mut s = Stream::default();
     for r in 0..2 {
         let records = round(&mut s, r);
@@ -278,7 +280,7 @@ async fn the_view_counts_what_the_events_left_across_a_kill_and_in_a_new_replica
     }
     wait_for_truth("after the kill and two more rounds", &view, &s, &[&b]).await;
     // A second replica, started from nothing, builds the same view.
-    let replica = Venues::start(&view_config(&broker.brokers()), &env);
+    let replica = Venues::start(&view_config(&broker.brokers()), &ENV);
     wait_for_truth("in a new replica", &replica, &s, &[&b]).await;
     // Every claim was read (each restore appends one per partition: A's
     // four, B's four at least): the fencing sees every owner change.
@@ -300,4 +302,89 @@ async fn the_view_counts_what_the_events_left_across_a_kill_and_in_a_new_replica
         s.present.len(),
         s.truth().len()
     );
+}
+
+/// The venue count a board tile shows, by venue.
+const TILE_COUNTS: &str = "JSON.stringify(Object.fromEntries([...document.querySelectorAll('.tile')].map(t => [t.dataset.key, parseInt(t.querySelector('.count').firstChild.textContent.replace(/,/g, ''))])))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_the_board_and_a_venue_page_show_the_api_and_follow_new_events_live() {
+    use base64::Engine;
+    let broker = Broker::start();
+    for (t, n) in [
+        (TOPIC, 4),
+        ("venues-raw.quarantine", 1),
+        ("venues-raw.dlq", 1),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    let host = tempfile::tempdir().unwrap();
+    let p = Processor::start(&config(&broker.brokers(), host.path()));
+    let view = Venues::start(&view_config(&broker.brokers()), &ENV);
+    let mut s = Stream::default();
+    for r in 0..2 {
+        let records = round(&mut s, r);
+        produce(&broker.brokers(), TOPIC, &records).await;
+    }
+    wait_for_truth("before the browser", &view, &s, &[&p]).await;
+    let (_, totals) = served(&view).await.expect("the API");
+    let mut b = Browser::start(1600, 1000).await;
+    let basic = base64::engine::general_purpose::STANDARD.encode(BASIC);
+    b.headers(serde_json::json!({"Authorization": format!("Basic {basic}")}))
+        .await;
+    // The board: a tile per venue, each showing the API's count.
+    b.open(&view.url("/")).await;
+    b.wait_for(
+        "document.querySelectorAll('.tile').length === 6 && document.getElementById('status').textContent === 'live'",
+        Duration::from_secs(20),
+    )
+    .await;
+    let shown: BTreeMap<String, u64> =
+        serde_json::from_str(b.eval(TILE_COUNTS).await.as_str().unwrap()).unwrap();
+    assert_eq!(shown, totals, "the board shows the API's numbers");
+    let screens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    b.screenshot(&screens.join("venue-board.png")).await;
+    // Three devices join hall-2's bar (capacity 4, two there): its tile
+    // counts them without a reload, and the bar is flagged over capacity.
+    let truth = s.truth();
+    assert_eq!(truth["hall-2"]["bar"], 2, "the bar starts under capacity");
+    b.eval("window.sameDocument = true").await;
+    let mut records = Vec::new();
+    for d in 0..3 {
+        records.push(s.event("device_connected", "hall-2", "bar", &format!("late-{d}")));
+    }
+    produce(&broker.brokers(), TOPIC, &records).await;
+    let expected = totals["hall-2"] + 3;
+    b.wait_for(
+        &format!("document.querySelector('[data-key=\"hall-2\"] .count').firstChild.textContent.trim() === '{expected}'"),
+        Duration::from_secs(30),
+    )
+    .await;
+    b.wait_for(
+        "[...document.querySelectorAll('[data-key=\"hall-2\"] .chip.over')].some(c => c.textContent === 'bar')",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        b.eval("window.sameDocument === true").await,
+        true,
+        "no reload"
+    );
+    // The venue page: a tile per zone with the API's counts, and the
+    // last hour's line.
+    b.open(&view.url("/venues/hall-2")).await;
+    b.wait_for(
+        "document.querySelectorAll('.tile').length === 3 && document.querySelector('#chart polyline') !== null",
+        Duration::from_secs(20),
+    )
+    .await;
+    let zones: BTreeMap<String, u64> =
+        serde_json::from_str(b.eval(TILE_COUNTS).await.as_str().unwrap()).unwrap();
+    let truth = s.truth();
+    assert_eq!(
+        zones, truth["hall-2"],
+        "the venue page shows each zone's count"
+    );
+    b.screenshot(&screens.join("venue-page.png")).await;
+    println!("screenshots in {}", screens.display());
 }
