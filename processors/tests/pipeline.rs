@@ -1026,13 +1026,20 @@ async fn a_partition_back_on_its_host_reads_only_what_the_other_host_wrote_and_i
         (("v".to_string(), "lobby".to_string()), 1),
     ]);
     assert_eq!(sink_a.occupancy().unwrap(), expected);
-    // Read: B's claim, B's three keys (d1 gone, d3, the clock) and
-    // position and sequence, A's new claim: not A's own records again.
+    // Read: B's claim, B's keys (d1 gone, d3, the venue's minute, its
+    // clock when a new second began), sequence and position, A's new
+    // claim, and B's ledger record: not A's own records again.
     let read = metrics
         .state_restored_records
         .with_label_values(&["applied"])
         .get();
-    assert_eq!(read, 7, "{:?}", log.0.changes(0));
+    let changes = log.0.changes(0);
+    let since_b = changes
+        .iter()
+        .position(|(_, c)| matches!(c, processors::state::changelog::Change::Claim { owner } if owner == "b"))
+        .expect("B's claim");
+    assert_eq!(read, (changes.len() - since_b + 1) as u64, "{changes:?}");
+    assert!(since_b >= 6, "A's own records came first: {changes:?}");
     // B, not knowing yet that A claimed it back, writes on: a later
     // restore ignores it.
     b.handle(vec![wifi(
