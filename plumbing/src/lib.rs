@@ -4,6 +4,8 @@
 //! - [`LogFormat`] and [`init_logs`]: `text` or `json` lines on stderr,
 //!   filtered by an environment variable;
 //! - [`shutdown_signal`]: SIGINT or SIGTERM;
+//! - [`load_config`], [`parse_config`]: a TOML config with environment
+//!   overrides, every problem as a line naming its field;
 //! - [`describe_figment`]: one line per configuration error, naming the
 //!   field;
 //! - [`valid_topic`]: Kafka's topic-name rule;
@@ -63,6 +65,39 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Reads the TOML file `path` with environment overrides
+/// `PREFIX_SECTION__KEY` (`env_prefix` is `PREFIX_`) into `T`; every
+/// problem as a line naming its field. Cross-field checks are the
+/// caller's.
+pub fn load_config<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    env_prefix: &str,
+) -> Result<T, Vec<String>> {
+    use figment::providers::{Env, Format, Toml};
+    if !path.is_file() {
+        return Err(vec!["file not found or not a regular file".into()]);
+    }
+    figment::Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(
+            Env::prefixed(env_prefix)
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        )
+        .extract()
+        .map_err(|e| e.into_iter().map(|e| describe_figment(&e)).collect())
+}
+
+/// [`load_config`] from TOML text, with no environment layer (tests,
+/// examples).
+pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<String>> {
+    use figment::providers::{Format, Toml};
+    figment::Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| e.into_iter().map(|e| describe_figment(&e)).collect())
+}
+
 /// One configuration error as a line: `field.path: what (from origin)`.
 pub fn describe_figment(e: &figment::Error) -> String {
     let path = e.path.join(".");
@@ -89,6 +124,32 @@ pub fn valid_topic(t: &str) -> bool {
         && t != ".."
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The librdkafka settings of a reader that assigns partitions itself and
+/// never commits (replay, `dlq list`, state restores, the venue view):
+/// `options` first, then what such a reader needs; `group` is only its
+/// name, required by librdkafka.
+pub fn reader_config(
+    brokers: &str,
+    options: &std::collections::BTreeMap<String, String>,
+    group: &str,
+    client_id: &str,
+) -> rdkafka::ClientConfig {
+    let mut c = rdkafka::ClientConfig::new();
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000");
+    c
 }
 
 /// Routes one librdkafka log line to `tracing` (target `librdkafka`) at the

@@ -29,9 +29,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
-use figment::providers::{Env, Format, Toml};
-use plumbing::describe_figment;
 use serde::Deserialize;
 
 use crate::event::SourceConfig;
@@ -122,37 +119,20 @@ impl Config {
     /// Loads the file, applies `PROCESSORS_SECTION__KEY` environment
     /// overrides and checks the result.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let fail = |problems: Vec<String>| ConfigError {
-            path: path.to_path_buf(),
-            problems,
-        };
-        if !path.is_file() {
-            return Err(fail(vec!["file not found or not a regular file".into()]));
-        }
-        let figment = Figment::new().merge(Toml::file_exact(path)).merge(
-            Env::prefixed("PROCESSORS_")
-                .filter(|k| k.as_str().contains("__"))
-                .split("__"),
-        );
-        Self::checked(figment, fail)
+        Self::checked(plumbing::load_config(path, "PROCESSORS_"), path)
     }
 
     /// Parses TOML text with no environment layer (tests, examples).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let fail = |problems: Vec<String>| ConfigError {
-            path: PathBuf::from("<inline>"),
-            problems,
-        };
-        Self::checked(Figment::new().merge(Toml::string(text)), fail)
+        Self::checked(plumbing::parse_config(text), Path::new("<inline>"))
     }
 
-    fn checked(
-        figment: Figment,
-        fail: impl Fn(Vec<String>) -> ConfigError,
-    ) -> Result<Config, ConfigError> {
-        let config: Config = figment
-            .extract()
-            .map_err(|e| fail(e.into_iter().map(|e| describe_figment(&e)).collect()))?;
+    fn checked(loaded: Result<Config, Vec<String>>, path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        };
+        let config = loaded.map_err(fail)?;
         let problems = config.problems();
         if problems.is_empty() {
             Ok(config)

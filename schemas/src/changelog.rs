@@ -52,6 +52,15 @@
 /// (version, epoch, `0`), so that a reader can fence it like any record.
 pub const GONE_HEADER: &str = "state-gone";
 
+/// A changelog message's value as readers fence it: its payload, or, for a
+/// tombstone (no payload), the bytes of its [`GONE_HEADER`].
+pub fn message_value<'a>(payload: Option<&'a [u8]>, gone_header: Option<&'a [u8]>) -> &'a [u8] {
+    match (payload, gone_header) {
+        (None | Some([]), Some(bytes)) => bytes,
+        (payload, _) => payload.unwrap_or_default(),
+    }
+}
+
 /// The format version every value starts with.
 const VERSION: u8 = 1;
 /// Separates the source from the event id or ordering key in a key.

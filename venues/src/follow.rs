@@ -44,21 +44,12 @@ impl ClientContext for Ctx {
 impl ConsumerContext for Ctx {}
 
 fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", &kafka.client_id)
-        // Required by librdkafka; nothing is committed under it.
-        .set("group.id", format!("{}-reader", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000");
-    c
+    plumbing::reader_config(
+        &kafka.brokers,
+        &kafka.options,
+        &format!("{}-reader", kafka.client_id),
+        &kafka.client_id,
+    )
 }
 
 /// Each partition's high watermark now, `None` while the topic does not
@@ -158,10 +149,7 @@ pub async fn follow(
             .headers()
             .and_then(|h| h.iter().find(|h| h.key == GONE_HEADER))
             .and_then(|h| h.value);
-        let value = match (m_.payload(), gone) {
-            (None | Some([]), Some(bytes)) => bytes,
-            (payload, _) => payload.unwrap_or_default(),
-        };
+        let value = schemas::changelog::message_value(m_.payload(), gone);
         let (p, offset) = (m_.partition(), m_.offset());
         let outcome = shared.apply(p, offset, key, value);
         m.records.with_label_values(&[outcome.as_str()]).inc();

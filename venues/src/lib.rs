@@ -237,22 +237,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The first stdout line, for scripts and tests that start the service.
     println!("listening on http://{bound}");
     let mut server = tokio::spawn(http::serve(listener, http::router(shared), stop_rx));
-    let signals = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    };
     tokio::select! {
         served = &mut server => served??,
-        () = signals => {
+        () = plumbing::shutdown_signal() => {
             tracing::info!("stopping: live streams end, connections get 5 s");
             let _ = stop_tx.send(true);
             server.await??;

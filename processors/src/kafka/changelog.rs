@@ -147,10 +147,7 @@ impl Changelog for KafkaChangelog {
                     .headers()
                     .and_then(|h| h.iter().find(|h| h.key == GONE_HEADER))
                     .and_then(|h| h.value);
-                let value = match (m.payload(), gone) {
-                    (None | Some([]), Some(bytes)) => bytes,
-                    (payload, _) => payload.unwrap_or_default(),
-                };
+                let value = schemas::changelog::message_value(m.payload(), gone);
                 each(offset, m.key().unwrap_or_default(), value)?;
                 if offset >= until {
                     return Ok(());

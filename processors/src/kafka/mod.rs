@@ -392,20 +392,12 @@ pub type Reader = StreamConsumer<QuietCtx>;
 /// The librdkafka settings of a reader that assigns partitions itself and
 /// never commits (replay, `dlq list`); `group` is only its name.
 pub fn reader_config(kafka: &KafkaConfig, group: &str, role: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", group)
-        .set("client.id", format!("{}-{role}", kafka.client_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "2000");
-    c
+    plumbing::reader_config(
+        &kafka.brokers,
+        &kafka.options,
+        group,
+        &format!("{}-{role}", kafka.client_id),
+    )
 }
 
 #[cfg(test)]
