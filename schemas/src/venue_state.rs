@@ -13,6 +13,7 @@
 //! | `D`, venue, `0x1F`, device | a [`VenueState`] with a [`Entry::Device`], or none: the device left |
 //! | `W`, venue | a [`VenueState`] with a [`Entry::Clock`] |
 //! | `M`, venue, `0x1F`, minute of the hour (one byte, 0-59) | a [`VenueState`] with a [`Entry::Minute`] (version 2) |
+//! | `R`, the alert's fingerprint | a [`VenueState`] with a [`Entry::Alert`] (version 3), or none: the alert is forgotten |
 //!
 //! Venue ids hold no `0x1F` (the processors refuse such events from live
 //! state); a device id may hold anything, so it comes last. Values are
@@ -37,12 +38,14 @@ use crate::envelope::{
 pub const VENUE_STATE_SCHEMA_VERSIONS: &[(&str, &str)] = &[
     ("v1", include_str!("../avro/venue_state/v1.avsc")),
     ("v2", include_str!("../avro/venue_state/v2.avsc")),
+    ("v3", include_str!("../avro/venue_state/v3.avsc")),
 ];
 
 const SEP: u8 = 0x1F;
 const DEVICE: u8 = b'D';
 const CLOCK: u8 = b'W';
 const MINUTE: u8 = b'M';
+const ALERT: u8 = b'R';
 
 /// One key of a venue's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +85,23 @@ pub enum Entry {
         /// Devices present per zone (zones with none left out).
         zones: BTreeMap<String, i64>,
     },
+    /// One alert of the venue (version 3).
+    Alert {
+        /// `ZoneOverCapacity`, `VipArrival`, `DwellOverThreshold`.
+        name: String,
+        /// The zone it is about.
+        zone: Option<String>,
+        /// Firing now; false: resolved or a one-shot notice.
+        firing: bool,
+        /// When it started (event time, Unix µs).
+        starts_at: i64,
+        /// When it cleared (event time, Unix µs).
+        ends_at: Option<i64>,
+        /// What happened; never a guest's name.
+        summary: String,
+        /// The guest it is about (personal data).
+        guest: Option<String>,
+    },
 }
 
 /// What a key names.
@@ -98,6 +118,11 @@ pub enum Key {
     Clock {
         /// The venue id.
         venue: String,
+    },
+    /// One alert, by its fingerprint (its venue is in the value).
+    Alert {
+        /// The alert's fingerprint (the alerting sink's identity).
+        fingerprint: String,
     },
     /// One minute of a venue's last hour, by its minute of the hour
     /// (0-59): the 60 newest minutes are the 60 keys.
@@ -139,6 +164,12 @@ impl Key {
                 k.extend_from_slice(venue.as_bytes());
                 k
             }
+            Key::Alert { fingerprint } => {
+                let mut k = Vec::with_capacity(1 + fingerprint.len());
+                k.push(ALERT);
+                k.extend_from_slice(fingerprint.as_bytes());
+                k
+            }
             Key::Minute { venue, of_hour } => {
                 let mut k = Vec::with_capacity(3 + venue.len());
                 k.push(MINUTE);
@@ -163,6 +194,9 @@ impl Key {
             }
             CLOCK => Some(Key::Clock {
                 venue: std::str::from_utf8(rest).ok()?.to_owned(),
+            }),
+            ALERT => Some(Key::Alert {
+                fingerprint: std::str::from_utf8(rest).ok()?.to_owned(),
             }),
             MINUTE => {
                 let (&of_hour, venue) = rest.split_last()?;
@@ -229,6 +263,7 @@ impl VenueState {
         let version = match self.entry {
             Entry::Device { .. } | Entry::Clock { .. } => 0,
             Entry::Minute { .. } => 1,
+            Entry::Alert { .. } => 2,
         };
         let (_, schema, fp) = &all[version];
         let entry = match &self.entry {
@@ -271,6 +306,32 @@ impl VenueState {
                                 .collect(),
                         ),
                     ),
+                ])),
+            ),
+            Entry::Alert {
+                name,
+                zone,
+                firing,
+                starts_at,
+                ends_at,
+                summary,
+                guest,
+            } => Value::Union(
+                3,
+                Box::new(Value::Record(vec![
+                    ("name".into(), Value::String(name.clone())),
+                    ("zone".into(), opt_string(zone)),
+                    ("firing".into(), Value::Boolean(*firing)),
+                    ("starts_at".into(), Value::TimestampMicros(*starts_at)),
+                    (
+                        "ends_at".into(),
+                        match ends_at {
+                            Some(t) => Value::Union(1, Box::new(Value::TimestampMicros(*t))),
+                            None => Value::Union(0, Box::new(Value::Null)),
+                        },
+                    ),
+                    ("summary".into(), Value::String(summary.clone())),
+                    ("guest".into(), opt_string(guest)),
                 ])),
             ),
         };
@@ -324,6 +385,48 @@ impl VenueState {
         let Value::Record(fields) = inner else {
             return Err(DecodeError::Field("entry"));
         };
+        if branch == 3 {
+            let (
+                mut name,
+                mut zone,
+                mut firing,
+                mut starts_at,
+                mut ends_at,
+                mut summary,
+                mut guest,
+            ) = (None, None, None, None, None, None, None);
+            for (n, v) in fields {
+                match n.as_str() {
+                    "name" => name = Some(string(v, "name")?),
+                    "zone" => zone = opt(v, "zone")?,
+                    "firing" => {
+                        firing = Some(match v {
+                            Value::Boolean(b) => b,
+                            _ => return Err(DecodeError::Field("firing")),
+                        })
+                    }
+                    "starts_at" => starts_at = Some(micros(v, "starts_at")?),
+                    "ends_at" => {
+                        ends_at = match unwrap_union(v) {
+                            Value::Null => None,
+                            other => Some(micros(other, "ends_at")?),
+                        }
+                    }
+                    "summary" => summary = Some(string(v, "summary")?),
+                    "guest" => guest = opt(v, "guest")?,
+                    _ => {}
+                }
+            }
+            return Ok(Entry::Alert {
+                name: name.ok_or(DecodeError::Field("name"))?,
+                zone,
+                firing: firing.ok_or(DecodeError::Field("firing"))?,
+                starts_at: starts_at.ok_or(DecodeError::Field("starts_at"))?,
+                ends_at,
+                summary: summary.ok_or(DecodeError::Field("summary"))?,
+                guest,
+            });
+        }
         if branch == 2 {
             let (mut minute, mut devices, mut zones) = (None, None, BTreeMap::new());
             for (name, v) in fields {
@@ -388,20 +491,31 @@ mod tests {
             zone in proptest::option::of(any::<String>()),
             a in any::<i64>(),
             b in any::<i64>(),
-            kind in 0..3u8,
+            kind in 0..4u8,
+            flag in any::<bool>(),
             zones in proptest::collection::btree_map(any::<String>(), any::<i64>(), 0..5),
         ) {
             let entry = match kind {
                 0 => Entry::Clock { clock: a },
                 1 => Entry::Device { device: device.clone(), zone, connected_at: a, last_seen: b },
-                _ => Entry::Minute { minute: a, devices: b, zones },
+                2 => Entry::Minute { minute: a, devices: b, zones },
+                _ => Entry::Alert {
+                    name: device.clone(),
+                    zone: zone.clone(),
+                    firing: flag,
+                    starts_at: a,
+                    ends_at: flag.then_some(b),
+                    summary: venue.clone(),
+                    guest: zone,
+                },
             };
             let s = VenueState { venue: venue.clone(), entry };
             prop_assert_eq!(VenueState::decode(&s.encode().unwrap()).unwrap(), s);
             for k in [
-                Key::Device { venue: venue.clone(), device },
+                Key::Device { venue: venue.clone(), device: device.clone() },
                 Key::Clock { venue: venue.clone() },
                 Key::minute(&venue, a),
+                Key::Alert { fingerprint: device.clone() },
             ] {
                 prop_assert_eq!(Key::decode(&k.encode()), Some(k));
             }

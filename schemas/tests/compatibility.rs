@@ -125,8 +125,11 @@ fn guest_wifi_versions_match_the_folder_and_stay_readable() {
 
 /// The venue state's committed versions, frozen as the envelope's are:
 /// the venue view reads records written with each of them.
-const VENUE_STATE_FROZEN: &[(&str, u64)] =
-    &[("v1", 0xd878_f808_c967_4298), ("v2", 0xe9ab_d0ed_7766_1970)];
+const VENUE_STATE_FROZEN: &[(&str, u64)] = &[
+    ("v1", 0xd878_f808_c967_4298),
+    ("v2", 0xe9ab_d0ed_7766_1970),
+    ("v3", 0x21f4_7ab6_2460_4b25),
+];
 
 #[test]
 fn venue_state_versions_are_frozen_and_each_reads_the_older_ones() {

@@ -77,7 +77,8 @@ function boardTile(v) {
     t = tile(v.id, "/venues/" + encodeURIComponent(v.id));
     board.grid.append(t);
   }
-  const chips = v.zones_over.map((z) => ["over", z]).concat(v.zones_near.map((z) => ["near", z]));
+  const alerts = v.alerts_firing ? [["over", v.alerts_firing === 1 ? "1 alert" : v.alerts_firing + " alerts"]] : [];
+  const chips = alerts.concat(v.zones_over.map((z) => ["over", z]), v.zones_near.map((z) => ["near", z]));
   fill(t, v.name || v.id, v.devices, v.capacity, v.percent, v.level, chips);
 }
 
@@ -125,6 +126,21 @@ function zoneTile(z) {
   fill(t, z.zone, z.devices, z.capacity, z.percent, z.level, z.level === "ok" ? [] : [[z.level, z.percent + "%"]]);
 }
 
+// The venue's alerts: firing first (as the API orders them).
+function alertList(alerts) {
+  const ul = $("alerts");
+  ul.replaceChildren();
+  if (!alerts.length) { ul.append(el("li", "quiet", "No alert.")); return; }
+  for (const a of alerts) {
+    const li = el("li", a.status);
+    li.append(el("span", "chip " + (a.status === "firing" ? "over" : "done"), a.status),
+      el("strong", "", a.name + (a.zone ? " · " + a.zone : "")),
+      el("span", "what", a.summary + (a.guest ? " (" + a.guest + ")" : "")),
+      el("time", "", a.since.slice(11, 16) + (a.ended ? "–" + a.ended.slice(11, 16) : "")));
+    ul.append(li);
+  }
+}
+
 function header(v) {
   $("title").textContent = v.name || v.id;
   $("summary").textContent = `${fmt(v.devices)} of ${fmt(v.capacity)} devices · ${v.percent}%` + (v.as_of ? ` · as of ${v.as_of.slice(11, 16)} UTC` : "");
@@ -170,7 +186,12 @@ async function showVenue(id) {
   trend.append(box);
   const zones = el("section");
   zones.append(el("h3", "", "Zones"), venue.zones);
-  $("main").replaceChildren(zones, trend);
+  const alerts = el("section");
+  const ul = el("ul", "alerts");
+  ul.id = "alerts";
+  alerts.append(el("h3", "", "Alerts"), ul);
+  $("main").replaceChildren(zones, alerts, trend);
+  alertList(d.alerts || []);
   for (const z of d.zones) zoneTile(z);
   venue.trend = d.trend.devices.slice();
   venue.from = Date.parse(d.trend.from);
@@ -178,6 +199,7 @@ async function showVenue(id) {
   const update = (o) => {
     header(o.venue);
     for (const z of o.zones) zoneTile(z);
+    alertList(o.alerts || []);
     // The newest point is now; a new minute shifts the hour along.
     const minute = o.venue.as_of ? Date.parse(o.venue.as_of) : Date.now();
     const at = Math.floor((minute - venue.from) / 60000);

@@ -106,6 +106,9 @@ pub struct ViewConfig {
     /// Zones per venue.
     #[serde(default = "default_max_zones")]
     pub max_zones: usize,
+    /// Show the guest an alert is about (a VIP's id); off: masked.
+    #[serde(default)]
+    pub show_guest_names: bool,
 }
 
 impl Default for ViewConfig {
@@ -113,6 +116,7 @@ impl Default for ViewConfig {
         ViewConfig {
             max_venues: default_max_venues(),
             max_zones: default_max_zones(),
+            show_guest_names: false,
         }
     }
 }

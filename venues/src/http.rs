@@ -320,6 +320,7 @@ async fn detail(
     Json(json!({
         "venue": v,
         "zones": zones,
+        "alerts": crate::summary::alerts(&shared.config, &now),
         "trend": {
             "from": rfc3339(from),
             "step_seconds": 60,
@@ -794,6 +795,61 @@ mod tests {
                 .unwrap()
                 .starts_with("text/html")
         );
+    }
+
+    fn alerts(s: &Shared) {
+        for (i, (fp, name, firing, guest)) in [
+            ("f1", "VipArrival", false, Some("g-42")),
+            ("f2", "ZoneOverCapacity", true, None),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let value = VenueState {
+                venue: "v".into(),
+                entry: Entry::Alert {
+                    name: name.into(),
+                    zone: Some("lobby".into()),
+                    firing,
+                    starts_at: now(),
+                    ends_at: None,
+                    summary: "what happened".into(),
+                    guest: guest.map(str::to_owned),
+                },
+            }
+            .encode()
+            .unwrap();
+            let (k, v) = Change::Keyed(Keyed {
+                sink: "alerts".into(),
+                key: Key::Alert {
+                    fingerprint: fp.into(),
+                }
+                .encode(),
+                value: Some(value),
+            })
+            .encode(0);
+            s.apply(0, 1 + i as i64, &k, &v);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_venues_alerts_are_listed_firing_first_with_the_guest_masked_unless_configured() {
+        let s = shared("");
+        record(&s, 0, "v", now(), &[("lobby", 3)]);
+        alerts(&s);
+        let (_, list) = get(&s, "/api/venues", None).await;
+        assert_eq!(list["venues"][0]["alerts_firing"], 1);
+        let (_, detail) = get(&s, "/api/venues/v", None).await;
+        let found = detail["alerts"].as_array().unwrap();
+        assert_eq!(found[0]["name"], "ZoneOverCapacity");
+        assert_eq!(found[0]["status"], "firing");
+        assert_eq!(found[1]["status"], "resolved");
+        assert_eq!(found[1]["guest"], "(masked)");
+        assert!(!detail.to_string().contains("g-42"), "the guest is masked");
+        let shown = shared("[view]\nshow_guest_names = true\n");
+        alerts(&shown);
+        let (_, detail) = get(&shown, "/api/venues/v", None).await;
+        assert_eq!(detail["alerts"][1]["guest"], "g-42");
     }
 
     #[tokio::test]

@@ -116,10 +116,12 @@ impl Shared {
         outcome
     }
 
-    /// A venue's occupancy event: `{"venue": ..., "zones": [...]}`.
+    /// A venue's occupancy event: `{"venue": ..., "zones": [...],
+    /// "alerts": [...]}`.
     pub fn occupancy_json(&self, venue: &str, now: &Occupancy) -> serde_json::Value {
         let (v, zones) = summary::venue(&self.config, venue, now);
-        serde_json::json!({ "venue": v, "zones": zones })
+        let alerts = summary::alerts(&self.config, now);
+        serde_json::json!({ "venue": v, "zones": zones, "alerts": alerts })
     }
 
     /// The whole state as a `snapshot` event's data: `{"venues": [...]}`,
@@ -217,6 +219,7 @@ fn empty() -> Occupancy {
         minute: None,
         devices: 0,
         zones: Vec::new(),
+        alerts: Vec::new(),
     }
 }
 

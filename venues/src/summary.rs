@@ -79,6 +79,8 @@ pub struct Venue {
     pub zones_near: Vec<String>,
     /// Zones at or over capacity.
     pub zones_over: Vec<String>,
+    /// Alerts firing now (the processors' alerting sink's).
+    pub alerts_firing: usize,
     /// The fullest of the venue and its zones (0 to 1 and beyond): the
     /// board's order.
     #[serde(skip)]
@@ -140,7 +142,53 @@ pub fn venue(c: &Config, id: &str, now: &Occupancy) -> (Venue, Vec<Zone>) {
             .filter(|z| z.level == Level::Over)
             .map(|z| z.zone.clone())
             .collect(),
+        alerts_firing: now.alerts.iter().filter(|a| a.firing).count(),
         pressure,
     };
     (v, zones)
+}
+
+/// An alert as the API and the stream show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// `ZoneOverCapacity`, `VipArrival`, `DwellOverThreshold`.
+    pub name: String,
+    /// The zone it is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `firing` or `resolved` (a VIP arrival is a notice: `resolved`).
+    pub status: &'static str,
+    /// When it started (event time).
+    pub since: String,
+    /// When it cleared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// What happened.
+    pub summary: String,
+    /// The guest it is about: shown with `view.show_guest_names`, else
+    /// masked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+}
+
+/// The venue's alerts (firing first), guests masked unless configured.
+pub fn alerts(c: &Config, now: &Occupancy) -> Vec<Alert> {
+    now.alerts
+        .iter()
+        .map(|a| Alert {
+            name: a.name.clone(),
+            zone: a.zone.clone(),
+            status: if a.firing { "firing" } else { "resolved" },
+            since: rfc3339(a.starts_at),
+            ended: a.ends_at.map(rfc3339),
+            summary: a.summary.clone(),
+            guest: a.guest.as_ref().map(|g| {
+                if c.view.show_guest_names {
+                    g.clone()
+                } else {
+                    "(masked)".to_owned()
+                }
+            }),
+        })
+        .collect()
 }

@@ -18,6 +18,8 @@ pub const MAX_ZONE_BYTES: usize = 128;
 pub const MAX_VENUE_BYTES: usize = 256;
 /// A minute, in Unix microseconds.
 pub const MINUTE: i64 = 60_000_000;
+/// Alerts kept per venue: past it, the oldest resolved one goes.
+pub const MAX_ALERTS_PER_VENUE: usize = 64;
 
 /// How many venues and zones the view holds at most.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +80,29 @@ struct Venue {
     zones: Vec<String>,
     /// Minutes by minute of the hour, as the changelog keys them.
     ring: [Option<Counts>; 60],
+    /// Alerts by fingerprint.
+    alerts: HashMap<String, AlertInfo>,
+}
+
+/// One alert of a venue, as the processors' alerting sink raised it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertInfo {
+    /// The sink's fingerprint of it.
+    pub fingerprint: String,
+    /// `ZoneOverCapacity`, `VipArrival`, `DwellOverThreshold`.
+    pub name: String,
+    /// The zone it is about.
+    pub zone: Option<String>,
+    /// Firing now.
+    pub firing: bool,
+    /// When it started (event time, Unix µs).
+    pub starts_at: i64,
+    /// When it cleared.
+    pub ends_at: Option<i64>,
+    /// What happened (no guest's name).
+    pub summary: String,
+    /// The guest it is about (personal data: shown only where configured).
+    pub guest: Option<String>,
 }
 
 /// A venue's occupancy at one moment.
@@ -89,6 +114,8 @@ pub struct Occupancy {
     pub devices: u32,
     /// Devices per zone, every zone ever seen at the venue (0 when empty).
     pub zones: Vec<(String, u32)>,
+    /// The venue's alerts: firing first, then the newest.
+    pub alerts: Vec<AlertInfo>,
 }
 
 /// Every venue's occupancy, from the changelog.
@@ -99,6 +126,8 @@ pub struct View {
     /// The newest claim read per partition (its epoch: its offset).
     claims: HashMap<i32, i64>,
     venues: HashMap<String, Venue>,
+    /// Each alert's venue, by fingerprint (a tombstone names no venue).
+    alert_venues: HashMap<String, String>,
     /// The venue whose newest minute the last record changed.
     changed: Option<String>,
 }
@@ -112,6 +141,7 @@ impl View {
             limits,
             claims: HashMap::new(),
             venues: HashMap::new(),
+            alert_venues: HashMap::new(),
             changed: None,
         }
     }
@@ -158,8 +188,10 @@ impl View {
         {
             return Outcome::Stale;
         }
-        let Some(Key::Minute { venue, of_hour }) = Key::decode(&keyed.key) else {
-            return Outcome::Ignored;
+        let (venue, of_hour) = match Key::decode(&keyed.key) {
+            Some(Key::Minute { venue, of_hour }) => (venue, of_hour),
+            Some(Key::Alert { fingerprint }) => return self.alert(fingerprint, keyed.value),
+            _ => return Outcome::Ignored,
         };
         let slot = usize::from(of_hour);
         let Some(bytes) = keyed.value else {
@@ -187,10 +219,7 @@ impl View {
         if !self.venues.contains_key(&venue) && self.venues.len() >= self.limits.max_venues {
             return Outcome::Refused;
         }
-        let v = self.venues.entry(venue.clone()).or_insert_with(|| Venue {
-            zones: Vec::new(),
-            ring: std::array::from_fn(|_| None),
-        });
+        let v = self.venues.entry(venue.clone()).or_insert_with(Venue::new);
         let new_names = zones
             .keys()
             .filter(|z| !v.zones.iter().any(|n| n == *z))
@@ -218,6 +247,74 @@ impl View {
         if newest.is_none_or(|n| minute >= n) {
             self.changed = Some(venue);
         }
+        Outcome::Applied
+    }
+
+    /// An alert's record: stored under its venue, or removed (a
+    /// tombstone).
+    fn alert(&mut self, fingerprint: String, value: Option<Vec<u8>>) -> Outcome {
+        let Some(bytes) = value else {
+            if let Some(venue) = self.alert_venues.remove(&fingerprint) {
+                if let Some(v) = self.venues.get_mut(&venue) {
+                    v.alerts.remove(&fingerprint);
+                }
+                self.changed = Some(venue);
+            }
+            return Outcome::Applied;
+        };
+        let Ok(VenueState {
+            venue,
+            entry:
+                Entry::Alert {
+                    name,
+                    zone,
+                    firing,
+                    starts_at,
+                    ends_at,
+                    summary,
+                    guest,
+                },
+        }) = VenueState::decode(&bytes)
+        else {
+            return Outcome::Unreadable;
+        };
+        if venue.len() > MAX_VENUE_BYTES
+            || (!self.venues.contains_key(&venue) && self.venues.len() >= self.limits.max_venues)
+        {
+            return Outcome::Refused;
+        }
+        let v = self.venues.entry(venue.clone()).or_insert_with(Venue::new);
+        if !v.alerts.contains_key(&fingerprint) && v.alerts.len() >= MAX_ALERTS_PER_VENUE {
+            // Room for it: the oldest resolved alert goes; all firing: refused.
+            let oldest = v
+                .alerts
+                .values()
+                .filter(|a| !a.firing)
+                .min_by_key(|a| a.starts_at)
+                .map(|a| a.fingerprint.clone());
+            match oldest {
+                Some(fp) => {
+                    v.alerts.remove(&fp);
+                    self.alert_venues.remove(&fp);
+                }
+                None => return Outcome::Refused,
+            }
+        }
+        v.alerts.insert(
+            fingerprint.clone(),
+            AlertInfo {
+                fingerprint: fingerprint.clone(),
+                name,
+                zone,
+                firing,
+                starts_at,
+                ends_at,
+                summary,
+                guest,
+            },
+        );
+        self.alert_venues.insert(fingerprint, venue.clone());
+        self.changed = Some(venue);
         Outcome::Applied
     }
 
@@ -262,14 +359,33 @@ impl View {
                 .max_by_key(|c| c.minute);
             let mut o = occupancy(v, newest);
             o.minute = Some(at);
+            o.alerts = Vec::new();
             out.push(o);
         }
         Some(out)
     }
 }
 
+impl Venue {
+    fn new() -> Venue {
+        Venue {
+            zones: Vec::new(),
+            ring: std::array::from_fn(|_| None),
+            alerts: HashMap::new(),
+        }
+    }
+}
+
 fn occupancy(v: &Venue, counts: Option<&Counts>) -> Occupancy {
+    let mut alerts: Vec<AlertInfo> = v.alerts.values().cloned().collect();
+    alerts.sort_by(|a, b| {
+        b.firing
+            .cmp(&a.firing)
+            .then(b.starts_at.cmp(&a.starts_at))
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
     Occupancy {
+        alerts,
         minute: counts.map(|c| c.minute),
         devices: counts.map_or(0, |c| c.devices),
         zones: v
@@ -429,6 +545,86 @@ mod tests {
         let (k, v) = minute("a", T + MINUTE, &[(long.as_str(), 1)], 0);
         assert_eq!(view.apply(0, 10, &k, &v), Outcome::Refused);
         assert_eq!(view.now("a").unwrap().minute, Some(T));
+    }
+
+    fn alert(fp: &str, venue: &str, firing: bool, at: i64) -> (Vec<u8>, Option<Vec<u8>>) {
+        let value = VenueState {
+            venue: venue.into(),
+            entry: Entry::Alert {
+                name: "ZoneOverCapacity".into(),
+                zone: Some("lobby".into()),
+                firing,
+                starts_at: at,
+                ends_at: None,
+                summary: "6 devices".into(),
+                guest: None,
+            },
+        }
+        .encode()
+        .unwrap();
+        (
+            Key::Alert {
+                fingerprint: fp.into(),
+            }
+            .encode(),
+            Some(value),
+        )
+    }
+
+    fn keyed(key: Vec<u8>, value: Option<Vec<u8>>, epoch: i64) -> (Vec<u8>, Vec<u8>) {
+        Change::Keyed(Keyed {
+            sink: "alerts".into(),
+            key,
+            value,
+        })
+        .encode(epoch)
+    }
+
+    #[test]
+    fn alerts_are_kept_per_venue_firing_first_and_go_with_their_tombstone() {
+        let mut view = View::new("alerts", limits());
+        let (k, v) = alert("a1", "v", false, T);
+        let (k, v) = keyed(k, v, 0);
+        assert_eq!(
+            view.apply_changed(0, 0, &k, &v),
+            (Outcome::Applied, Some("v".into()))
+        );
+        let (k, v) = alert("a2", "v", true, T - MINUTE);
+        let (k, v) = keyed(k, v, 0);
+        view.apply(0, 1, &k, &v);
+        let fps: Vec<String> = view
+            .now("v")
+            .unwrap()
+            .alerts
+            .iter()
+            .map(|a| a.fingerprint.clone())
+            .collect();
+        assert_eq!(fps, ["a2", "a1"], "firing first");
+        let (k, v) = keyed(
+            Key::Alert {
+                fingerprint: "a2".into(),
+            }
+            .encode(),
+            None,
+            0,
+        );
+        assert_eq!(
+            view.apply_changed(0, 2, &k, &v),
+            (Outcome::Applied, Some("v".into()))
+        );
+        assert_eq!(view.now("v").unwrap().alerts.len(), 1);
+        // Past the bound the oldest resolved alert makes room.
+        for i in 0..MAX_ALERTS_PER_VENUE {
+            let (k, v) = alert(&format!("b{i}"), "v", false, T + 1 + i as i64);
+            let (k, v) = keyed(k, v, 0);
+            view.apply(0, 10 + i as i64, &k, &v);
+        }
+        let alerts = view.now("v").unwrap().alerts;
+        assert_eq!(alerts.len(), MAX_ALERTS_PER_VENUE);
+        assert!(
+            !alerts.iter().any(|a| a.fingerprint == "a1"),
+            "the oldest went"
+        );
     }
 
     #[test]

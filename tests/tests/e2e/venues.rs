@@ -14,6 +14,11 @@ use e2e::{Broker, Browser, Processor, Venues, produce, purple_envelope_received}
 const TOPIC: &str = "venues-raw";
 
 fn config(brokers: &str, dir: &Path) -> String {
+    config_with(brokers, dir, 1000)
+}
+
+/// With the zone_occupancy rule at `threshold`.
+fn config_with(brokers: &str, dir: &Path, threshold: u32) -> String {
     format!(
         r#"
 [kafka]
@@ -43,7 +48,7 @@ path = "{dir}/alerts.sqlite"
 
 [[sinks.alerts.rules]]
 kind = "zone_occupancy"
-threshold = 1000
+threshold = {threshold}
 
 [[sinks.alerts.receivers]]
 kind = "log"
@@ -319,7 +324,8 @@ async fn in_chromium_the_board_and_a_venue_page_show_the_api_and_follow_new_even
         broker.create_topic(t, n).await;
     }
     let host = tempfile::tempdir().unwrap();
-    let p = Processor::start(&config(&broker.brokers(), host.path()));
+    // The rule fires above 4 devices in a zone, the view's capacity.
+    let p = Processor::start(&config_with(&broker.brokers(), host.path(), 4));
     let view = Venues::start(&view_config(&broker.brokers()), &ENV);
     let mut s = Stream::default();
     for r in 0..2 {
@@ -365,6 +371,12 @@ async fn in_chromium_the_board_and_a_venue_page_show_the_api_and_follow_new_even
         Duration::from_secs(10),
     )
     .await;
+    // The processors' alert for the bar reaches the tile.
+    b.wait_for(
+        "[...document.querySelectorAll('[data-key=\"hall-2\"] .chip.over')].some(c => c.textContent === '1 alert')",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         b.eval("window.sameDocument === true").await,
         true,
@@ -376,6 +388,11 @@ async fn in_chromium_the_board_and_a_venue_page_show_the_api_and_follow_new_even
     b.wait_for(
         "document.querySelectorAll('.tile').length === 3 && document.querySelector('#chart polyline') !== null",
         Duration::from_secs(20),
+    )
+    .await;
+    b.wait_for(
+        "[...document.querySelectorAll('#alerts li.firing')].some(li => li.textContent.includes('ZoneOverCapacity · bar'))",
+        Duration::from_secs(10),
     )
     .await;
     let zones: BTreeMap<String, u64> =

@@ -912,28 +912,68 @@ fn changes(
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()?;
-        let value = match row {
+        let (value, view) = match row {
             Some((rule, state, generation, last_raised_at, doc)) => {
                 let alert: AlertDoc = serde_json::from_str(&doc).map_err(encode_error)?;
-                Some(
-                    to_json(&AlertState {
-                        rule,
-                        state,
-                        generation,
-                        last_raised_at,
-                        alert,
-                    })
-                    .into_bytes(),
-                )
+                let view = venue_alert(&alert, state == "firing")
+                    .map(|v| v.encode().map_err(encode_error))
+                    .transpose()?;
+                let value = to_json(&AlertState {
+                    rule,
+                    state,
+                    generation,
+                    last_raised_at,
+                    alert,
+                })
+                .into_bytes();
+                (Some(value), view)
             }
-            None => None,
+            None => (None, None),
         };
         let mut key = Vec::with_capacity(1 + fp.len());
         key.push(ALERT_KEY);
         key.extend_from_slice(fp.as_bytes());
         out.push((key, value));
+        // The venue view's copy (venue state v3), gone with the alert.
+        let view_key = Key::Alert {
+            fingerprint: fp.clone(),
+        };
+        out.push((view_key.encode(), view));
     }
     Ok(out)
+}
+
+/// The venue view's record of an alert: its name, zone, state and a
+/// summary without a guest's name (a VIP arrival's guest is only named by
+/// id, in its own field, which the view masks unless configured).
+fn venue_alert(alert: &AlertDoc, firing: bool) -> Option<VenueState> {
+    let venue = alert.labels.get("venue")?.clone();
+    let zone = alert.labels.get("zone").cloned();
+    let guest = alert.labels.get("guest").cloned();
+    let summary = if guest.is_some() {
+        match &zone {
+            Some(z) => format!("VIP guest arrived, zone {z}"),
+            None => "VIP guest arrived".to_owned(),
+        }
+    } else {
+        alert
+            .annotations
+            .get("summary")
+            .cloned()
+            .unwrap_or_default()
+    };
+    Some(VenueState {
+        venue,
+        entry: Entry::Alert {
+            name: alert.alertname.clone(),
+            zone,
+            firing,
+            starts_at: alert.starts_at,
+            ends_at: alert.ends_at,
+            summary,
+            guest,
+        },
+    })
 }
 
 /// Applies restored records of `partition` in one transaction; returns
@@ -1063,9 +1103,9 @@ pub(super) fn restore_records(
                     last_seen
                 ])?;
             }
-            // The venue view's occupancy by minute: derived from the
-            // devices, nothing to keep.
-            (Key::Minute { .. }, _) => {}
+            // The venue view's occupancy by minute and alerts: derived
+            // from the devices and the alerts, nothing to keep.
+            (Key::Minute { .. } | Key::Alert { .. }, _) => {}
             (Key::Clock { venue }, None) => {
                 tx.prepare_cached("DELETE FROM venues WHERE partition = ?1 AND venue = ?2")?
                     .execute(params![partition, venue])?;

@@ -748,3 +748,64 @@ fn a_restore_passes_over_the_minute_records_without_counting_them_unreadable() {
     assert_eq!(restore_records(&mut fresh, 0, &applied.changes).unwrap(), 0);
     assert_eq!(devices_in(&fresh, "v"), 1);
 }
+
+#[test]
+fn the_venue_view_gets_each_alert_without_a_guests_name_and_its_tombstone_when_forgotten() {
+    use schemas::venue_state::{Entry, Key, VenueState};
+    let e = engine(
+        "[[rules]]\nkind = \"vip_arrival\"\n[[rules]]\nkind = \"zone_occupancy\"\nthreshold = 1\n",
+    );
+    let mut c = db();
+    let t0 = 1_790_000_000_000_000;
+    let views = |changes: &[crate::sinks::KeyedChange]| -> Vec<Option<Entry>> {
+        changes
+            .iter()
+            .filter(|(k, _)| matches!(Key::decode(k), Some(Key::Alert { .. })))
+            .map(|(_, v)| v.as_ref().map(|b| VenueState::decode(b).unwrap().entry))
+            .collect()
+    };
+    let vip = ev_full("g1", "guest_connects", "v", "lobby", "d1", t0, true, false);
+    let other = ev("c2", "device_connected", "v", "lobby", "d9", t0 + 1);
+    let first = e.apply_in(&mut c, 0, &[vip, other], t0 + 1).unwrap();
+    let mut got = views(&first.changes);
+    got.sort_by_key(|e| format!("{e:?}"));
+    let names: Vec<(String, bool, String, Option<String>)> = got
+        .iter()
+        .map(|e| match e {
+            Some(Entry::Alert {
+                name,
+                firing,
+                summary,
+                guest,
+                ..
+            }) => (name.clone(), *firing, summary.clone(), guest.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (
+                "VipArrival".to_string(),
+                false,
+                "VIP guest arrived, zone lobby".to_string(),
+                Some("g-d1".to_string())
+            ),
+            (
+                "ZoneOverCapacity".to_string(),
+                true,
+                "2 devices in zone lobby at venue v (threshold 1)".to_string(),
+                None
+            ),
+        ]
+    );
+    assert!(
+        !format!("{names:?}").contains("Ana"),
+        "no first name in the view's records"
+    );
+    // 73 hours later the VIP arrival is forgotten: its view record too.
+    let later = t0 + 73 * 60 * MIN;
+    let plain = ev("x", "device_connected", "w", "lobby", "d2", later);
+    let second = e.apply_in(&mut c, 0, &[plain], later).unwrap();
+    assert!(views(&second.changes).contains(&None), "a tombstone");
+}
