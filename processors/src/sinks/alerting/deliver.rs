@@ -153,8 +153,9 @@ impl Receiver {
                     zone = a.labels.get("zone").map_or("", String::as_str),
                     severity = a.labels.get("severity").map_or("", String::as_str),
                     key = n.key.as_str(),
+                    // Never a guest's name in this process's log.
                     "{}",
-                    a.annotations.get("summary").map_or("", String::as_str)
+                    a.public_summary()
                 );
                 Sent::Ok
             }

@@ -104,6 +104,22 @@ pub struct AlertDoc {
     pub one_shot: bool,
 }
 
+impl AlertDoc {
+    /// The summary for places that must not name a guest (this process's
+    /// log, the venue view): a VIP arrival says who only through the
+    /// `guest` label, which these leave out; other alerts name no one.
+    pub fn public_summary(&self) -> String {
+        if !self.labels.contains_key("guest") {
+            return self.annotations.get("summary").cloned().unwrap_or_default();
+        }
+        let venue = self.labels.get("venue").map_or("", String::as_str);
+        match self.labels.get("zone") {
+            Some(z) => format!("VIP guest arrived at venue {venue}, zone {z}"),
+            None => format!("VIP guest arrived at venue {venue}"),
+        }
+    }
+}
+
 /// One notification in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
@@ -950,18 +966,7 @@ fn venue_alert(alert: &AlertDoc, firing: bool) -> Option<VenueState> {
     let venue = alert.labels.get("venue")?.clone();
     let zone = alert.labels.get("zone").cloned();
     let guest = alert.labels.get("guest").cloned();
-    let summary = if guest.is_some() {
-        match &zone {
-            Some(z) => format!("VIP guest arrived, zone {z}"),
-            None => "VIP guest arrived".to_owned(),
-        }
-    } else {
-        alert
-            .annotations
-            .get("summary")
-            .cloned()
-            .unwrap_or_default()
-    };
+    let summary = alert.public_summary();
     Some(VenueState {
         venue,
         entry: Entry::Alert {

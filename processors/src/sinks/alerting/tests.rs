@@ -788,7 +788,7 @@ fn the_venue_view_gets_each_alert_without_a_guests_name_and_its_tombstone_when_f
             (
                 "VipArrival".to_string(),
                 false,
-                "VIP guest arrived, zone lobby".to_string(),
+                "VIP guest arrived at venue v, zone lobby".to_string(),
                 Some("g-d1".to_string())
             ),
             (
