@@ -54,6 +54,7 @@ pub mod fixtures;
 pub mod postgres;
 pub mod process;
 pub mod services;
+pub mod sse;
 
 pub use alertmanager::{Alertmanager, alertmanager_binary};
 pub use broker::{Broker, Record, produce, read_topic, tansu_binary};
@@ -68,3 +69,4 @@ pub use services::{
     Finished, Ingest, Processor, SimulatorReport, Venues, json_log_lines, run_processors, scrape,
     simulate,
 };
+pub use sse::SseClient;

@@ -23,9 +23,13 @@ pub struct Config {
     /// Capacity used where a venue names none.
     #[serde(default)]
     pub capacity: CapacityConfig,
-    /// Per venue: capacity and zones.
+    /// Per venue: capacity, zones, time zone.
     #[serde(default)]
     pub venues: BTreeMap<String, VenueConfig>,
+    /// Where footfall, arrivals and dwell come from (the analytics store);
+    /// none: venue pages show the live numbers and the last hour only.
+    #[serde(default)]
+    pub history: Option<HistoryConfig>,
     /// Logs.
     #[serde(default)]
     pub log: LogConfig,
@@ -97,7 +101,7 @@ fn default_listen() -> SocketAddr {
 }
 
 /// How much the view holds at most (its memory bound).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ViewConfig {
     /// Venues; records of further venues are refused and counted.
@@ -109,6 +113,14 @@ pub struct ViewConfig {
     /// Show the guest an alert is about (a VIP's id); off: masked.
     #[serde(default)]
     pub show_guest_names: bool,
+    /// The time zone of venues that name none (IANA name): their "today"
+    /// and "the same weekday last week".
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 
 impl Default for ViewConfig {
@@ -117,6 +129,7 @@ impl Default for ViewConfig {
             max_venues: default_max_venues(),
             max_zones: default_max_zones(),
             show_guest_names: false,
+            time_zone: default_time_zone(),
         }
     }
 }
@@ -173,6 +186,89 @@ pub struct VenueConfig {
     /// Devices each zone holds; zones not named use `capacity.zone`.
     #[serde(default)]
     pub zones: BTreeMap<String, u32>,
+    /// Its time zone (IANA name, `Europe/London`); none: `view.time_zone`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// The analytics store the venue pages' history is read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// `postgres` (shared by every processor instance) or `sqlite` (the
+    /// embedded store of a single host).
+    pub kind: HistoryKind,
+    /// PostgreSQL: the URL (prefer `url_env`: it may hold a password).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// PostgreSQL: the environment variable holding the URL.
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// SQLite: the processors' analytics file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// How long a venue's history is reused before it is asked again.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub refresh: std::time::Duration,
+}
+
+/// Which analytics store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryKind {
+    /// PostgreSQL.
+    Postgres,
+    /// The embedded SQLite file.
+    Sqlite,
+}
+
+fn default_refresh() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+impl HistoryConfig {
+    /// The PostgreSQL URL, from `url` or the variable `url_env` names.
+    pub fn postgres_url(&self) -> Result<String, String> {
+        match (&self.url, &self.url_env) {
+            (Some(_), Some(_)) => Err("history: give url or url_env, not both".into()),
+            (Some(u), None) => Ok(u.clone()),
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| format!("history.url_env: {var} is not set"))
+            }
+            (None, None) => Err("history: kind = \"postgres\" needs url or url_env".into()),
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        match self.kind {
+            HistoryKind::Postgres => {
+                if let Err(e) = self.postgres_url() {
+                    p.push(e);
+                }
+                if self.path.is_some() {
+                    p.push("history.path: only for kind = \"sqlite\"".into());
+                }
+            }
+            HistoryKind::Sqlite => {
+                match &self.path {
+                    None => p.push("history.path: kind = \"sqlite\" needs the file".into()),
+                    Some(path) if !path.is_file() => p.push(format!(
+                        "history.path: {} is not a file (the processors' analytics store)",
+                        path.display()
+                    )),
+                    Some(_) => {}
+                }
+                if self.url.is_some() || self.url_env.is_some() {
+                    p.push("history.url: only for kind = \"postgres\"".into());
+                }
+            }
+        }
+        if self.refresh.is_zero() {
+            p.push("history.refresh: must be more than zero".into());
+        }
+        p
+    }
 }
 
 /// Logs.
@@ -252,7 +348,25 @@ impl Config {
                 self.capacity.near
             ));
         }
+        if jiff::tz::TimeZone::get(&self.view.time_zone).is_err() {
+            p.push(format!(
+                "view.time_zone: {:?} is not a known time zone (an IANA name such as Europe/London)",
+                self.view.time_zone
+            ));
+        }
+        if let Some(h) = &self.history {
+            p.extend(h.problems());
+        }
         for (id, v) in &self.venues {
+            if let Some(tz) = v
+                .time_zone
+                .as_ref()
+                .filter(|tz| jiff::tz::TimeZone::get(tz).is_err())
+            {
+                p.push(format!(
+                    "venues.{id}.time_zone: {tz:?} is not a known time zone (an IANA name such as Europe/London)"
+                ));
+            }
             if v.capacity == Some(0) {
                 p.push(format!("venues.{id}.capacity: must be at least 1"));
             }
@@ -283,6 +397,14 @@ impl Config {
         p
     }
 
+    /// `venue`'s time zone name.
+    pub fn time_zone(&self, venue: &str) -> &str {
+        self.venues
+            .get(venue)
+            .and_then(|v| v.time_zone.as_deref())
+            .unwrap_or(&self.view.time_zone)
+    }
+
     /// The capacity of `zone` at `venue`.
     pub fn zone_capacity(&self, venue: &str, zone: &str) -> u32 {
         self.venues
@@ -311,7 +433,7 @@ mod tests {
     #[test]
     fn every_problem_is_named_with_its_field() {
         let text = format!(
-            "{MINIMAL}[capacity]\nzone = 0\nnear = 1.5\n[view]\nmax_venues = 0\n[venues.v]\ncapacity = 0\nzones = {{ lobby = 0 }}\n[http]\ntoken_env = \"VENUES_TEST_TOKEN_THAT_IS_NOT_SET\"\n"
+            "{MINIMAL}[capacity]\nzone = 0\nnear = 1.5\n[view]\nmax_venues = 0\n[venues.v]\ncapacity = 0\nzones = {{ lobby = 0 }}\ntime_zone = \"Mars/Olympus\"\n[http]\ntoken_env = \"VENUES_TEST_TOKEN_THAT_IS_NOT_SET\"\n[history]\nkind = \"sqlite\"\npath = \"/nonexistent/analytics.db\"\nrefresh = \"0s\"\n"
         );
         let e = Config::from_toml(&text).unwrap_err();
         let all = e.problems.join("\n");
@@ -322,6 +444,9 @@ mod tests {
             "venues.v.capacity",
             "venues.v.zones.lobby",
             "http.token_env: VENUES_TEST_TOKEN_THAT_IS_NOT_SET is not set",
+            "venues.v.time_zone: \"Mars/Olympus\" is not a known time zone",
+            "history.path: /nonexistent/analytics.db is not a file",
+            "history.refresh",
         ] {
             assert!(all.contains(field), "{field} in {all}");
         }
@@ -329,5 +454,22 @@ mod tests {
         assert!(e.problems.join(" ").contains("changelog_topic"), "{e}");
         let e = Config::from_toml(&format!("{MINIMAL}[http]\nlisten = \"nowhere\"\n")).unwrap_err();
         assert!(e.problems.join(" ").contains("listen"), "{e}");
+        let e =
+            Config::from_toml(&format!("{MINIMAL}[history]\nkind = \"postgres\"\n")).unwrap_err();
+        assert!(e.problems.join(" ").contains("needs url or url_env"), "{e}");
+        let e =
+            Config::from_toml(&format!("{MINIMAL}[view]\ntime_zone = \"Nowhere\"\n")).unwrap_err();
+        assert!(e.problems.join(" ").contains("view.time_zone"), "{e}");
+    }
+
+    #[test]
+    fn a_venue_takes_its_own_time_zone_or_the_views() {
+        let c = Config::from_toml(&format!(
+            "{MINIMAL}[view]\ntime_zone = \"Europe/London\"\n[venues.ny]\ntime_zone = \"America/New_York\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.time_zone("ny"), "America/New_York");
+        assert_eq!(c.time_zone("other"), "Europe/London");
+        assert_eq!(Config::from_toml(MINIMAL).unwrap().time_zone("x"), "UTC");
     }
 }

@@ -317,6 +317,13 @@ async fn detail(
         );
     }
     let from = now_micros - now_micros.rem_euclid(MINUTE) - (minutes as i64 - 1) * MINUTE;
+    let history = match &shared.history {
+        None => serde_json::Value::Null,
+        Some(h) => match h.venue(&id, jiff::Timestamp::now()).await {
+            Ok(h) => json!(*h),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
+    };
     Json(json!({
         "venue": v,
         "zones": zones,
@@ -326,6 +333,7 @@ async fn detail(
             "step_seconds": 60,
             "devices": trend.iter().map(|o| o.devices).collect::<Vec<_>>(),
         },
+        "history": history,
     }))
     .into_response()
 }

@@ -27,11 +27,13 @@
 //! stream ([`stream`]); ids are changelog positions, so a client resumes
 //! on any replica.
 //!
-//! Not here yet (the venue view issue's later parts): the web page,
-//! alerts and VIPs, footfall from the analytics store, venue time zones.
+//! A venue's day (arrivals, dwell, footfall by local hour against the
+//! same weekday last week) is the analytics store's ([`history`]), read
+//! when a venue page asks and cached briefly.
 
 pub mod config;
 pub mod follow;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod stream;
@@ -58,6 +60,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The live stream's changes.
     pub hub: Arc<stream::Hub>,
+    /// The analytics store's history, when configured.
+    pub history: Option<history::History>,
     view: RwLock<View>,
     ready: AtomicBool,
     /// Raised at shutdown: live streams end.
@@ -81,7 +85,18 @@ impl Shared {
             max_venues: config.view.max_venues,
             max_zones: config.view.max_zones,
         };
+        let history = config.history.as_ref().and_then(|h| {
+            let zones = config
+                .venues
+                .iter()
+                .filter_map(|(id, v)| Some((id.clone(), v.time_zone.clone()?)))
+                .collect();
+            history::History::new(h, &config.view.time_zone, zones)
+                .map_err(|e| tracing::error!(error = %e, "history: not served"))
+                .ok()
+        });
         Shared {
+            history,
             view: RwLock::new(View::new(&config.kafka.sink, limits)),
             token,
             basic,

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::SseClient;
 use schemas::changelog::{Change, Keyed};
 use schemas::venue_state::{Entry, Key, VenueState};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use venues::Shared;
 use venues::config::Config;
 use venues::metrics::Metrics;
@@ -63,91 +62,6 @@ fn record(s: &Shared, offset: i64, venue: &str, lobby: i64, pad: usize) {
     s.apply(0, offset, &k, &v);
 }
 
-/// One SSE event: (event, id, data).
-type Ev = (String, String, String);
-
-struct SseClient {
-    reader: BufReader<TcpStream>,
-    buffer: String,
-}
-
-impl SseClient {
-    /// Opens `path`, checks the status, returns the reader past the head.
-    async fn open(
-        addr: std::net::SocketAddr,
-        path: &str,
-        last_id: Option<&str>,
-    ) -> (u16, SseClient) {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("GET {path} HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n");
-        if let Some(id) = last_id {
-            req.push_str(&format!("last-event-id: {id}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut reader = BufReader::new(s);
-        let mut status = String::new();
-        reader.read_line(&mut status).await.unwrap();
-        let code: u16 = status.split(' ').nth(1).unwrap().parse().unwrap();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-        }
-        (
-            code,
-            SseClient {
-                reader,
-                buffer: String::new(),
-            },
-        )
-    }
-
-    /// The next event (heartbeat comments skipped), within 10 s.
-    async fn next(&mut self) -> Ev {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let block: String = self.buffer.drain(..end + 2).collect();
-                    let (mut event, mut id, mut data) =
-                        (String::new(), String::new(), String::new());
-                    for line in block.lines() {
-                        if let Some(v) =
-                            line.strip_prefix("event: ").or(line.strip_prefix("event:"))
-                        {
-                            event = v.to_string();
-                        } else if let Some(v) =
-                            line.strip_prefix("id: ").or(line.strip_prefix("id:"))
-                        {
-                            id = v.to_string();
-                        } else if let Some(v) =
-                            line.strip_prefix("data: ").or(line.strip_prefix("data:"))
-                        {
-                            data.push_str(v);
-                        }
-                    }
-                    if !event.is_empty() || !data.is_empty() {
-                        return (event, id, data);
-                    }
-                    continue;
-                }
-                // Chunked transfer: a size line, the bytes, CRLF.
-                let mut size = String::new();
-                self.reader.read_line(&mut size).await.unwrap();
-                let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
-                assert!(n > 0, "the stream ended");
-                let mut chunk = vec![0; n + 2];
-                self.reader.read_exact(&mut chunk).await.unwrap();
-                self.buffer.push_str(&String::from_utf8_lossy(&chunk[..n]));
-            }
-        })
-        .await
-        .expect("an event within 10 s")
-    }
-}
-
 fn json(data: &str) -> serde_json::Value {
     serde_json::from_str(data).unwrap()
 }
@@ -156,7 +70,7 @@ fn json(data: &str) -> serde_json::Value {
 async fn a_client_gets_the_state_then_each_change_and_resumes_where_it_stood() {
     let (s, addr) = start("").await;
     record(&s, 0, "v", 2, 0);
-    let (code, mut c) = SseClient::open(addr, "/api/venues/events", None).await;
+    let (code, mut c) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
     assert_eq!(code, 200);
     let (event, id, data) = c.next().await;
     assert_eq!(event, "snapshot");
@@ -170,29 +84,29 @@ async fn a_client_gets_the_state_then_each_change_and_resumes_where_it_stood() {
     drop(c);
     record(&s, 2, "w", 1, 0);
     record(&s, 3, "v", 7, 0);
-    let (_, mut c) = SseClient::open(addr, "/api/venues/events", Some("0:1")).await;
+    let (_, mut c) = SseClient::open(addr, "/api/venues/events", Some("0:1"), &[]).await;
     let got = [c.next().await, c.next().await];
     let ids: Vec<&str> = got.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(ids, ["0:2", "0:3"], "nothing lost, nothing twice");
     // One venue's stream carries only its changes.
-    let (_, mut only_w) = SseClient::open(addr, "/api/venues/w/events", Some("0:1")).await;
+    let (_, mut only_w) = SseClient::open(addr, "/api/venues/w/events", Some("0:1"), &[]).await;
     let (_, id, data) = only_w.next().await;
     assert_eq!(
         (id.as_str(), json(&data)["venue"]["id"].as_str()),
         ("0:2", Some("w"))
     );
-    let (code, _) = SseClient::open(addr, "/api/venues/nowhere/events", None).await;
+    let (code, _) = SseClient::open(addr, "/api/venues/nowhere/events", None, &[]).await;
     assert_eq!(code, 404);
-    let (code, _) = SseClient::open(addr, "/api/venues/events", Some("garbage")).await;
+    let (code, _) = SseClient::open(addr, "/api/venues/events", Some("garbage"), &[]).await;
     assert_eq!(code, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_past_the_limit_are_refused_with_retry_after() {
     let (_s, addr) = start("[http]\nmax_streams = 1\n").await;
-    let (code, _first) = SseClient::open(addr, "/api/venues/events", None).await;
+    let (code, _first) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
     assert_eq!(code, 200);
-    let (code, _) = SseClient::open(addr, "/api/venues/events", None).await;
+    let (code, _) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
     assert_eq!(code, 503);
 }
 
@@ -200,9 +114,9 @@ async fn streams_past_the_limit_are_refused_with_retry_after() {
 async fn a_client_that_never_reads_is_dropped_while_another_receives_everything() {
     let (s, addr) = start("").await;
     record(&s, 0, "v", 1, 0);
-    let (_, mut reading) = SseClient::open(addr, "/api/venues/events", None).await;
+    let (_, mut reading) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
     assert_eq!(reading.next().await.0, "snapshot");
-    let (_, stuck) = SseClient::open(addr, "/api/venues/events", None).await;
+    let (_, stuck) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
     let n = 3 * venues::stream::BROADCAST as i64;
     let reader = tokio::spawn(async move {
         let mut last = String::new();
@@ -227,19 +141,8 @@ async fn a_client_that_never_reads_is_dropped_while_another_receives_everything(
     );
     // The stuck client's connection is closed by the server: draining it
     // reaches the end.
-    let mut raw = stuck.reader.into_inner();
-    let mut sink = vec![0u8; 1 << 16];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match raw.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
     assert!(
-        closed.is_ok(),
+        stuck.closed_within(Duration::from_secs(10)).await,
         "the stuck client's connection was not closed"
     );
     assert_eq!(s.metrics.stream_dropped.get(), 1);

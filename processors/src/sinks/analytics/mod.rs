@@ -143,66 +143,17 @@ impl<'a> Row<'a> {
     }
 }
 
-/// `micros` since the Unix epoch as UTC text of one fixed shape,
-/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, for any year 0000 to 9999 (outside
-/// that, the year is clamped: such times are nonsense and must not break
-/// a batch).
-pub(crate) fn utc_text(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let y = y.clamp(0, 9999);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
-}
+/// `micros` as the store's UTC text ([`plumbing::utc_text`]).
+pub(crate) use plumbing::utc_text;
 
 /// The hour `micros` falls in, as [`utc_text`].
 pub(crate) fn utc_hour_text(micros: i64) -> String {
     utc_text(micros - micros.rem_euclid(3_600_000_000))
 }
 
-/// Proleptic Gregorian date of a day number (days since 1970-01-01);
-/// Howard Hinnant's `civil_from_days`.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_text_matches_known_instants() {
-        assert_eq!(utc_text(0), "1970-01-01T00:00:00.000000Z");
-        // 2026-11-22T18:03:11.123456Z
-        assert_eq!(
-            utc_text(1_795_370_591_123_456),
-            "2026-11-22T18:03:11.123456Z"
-        );
-        assert_eq!(utc_text(-1), "1969-12-31T23:59:59.999999Z");
-        // 2024-02-29 (leap day) 12:00:00
-        assert_eq!(
-            utc_text(1_709_208_000_000_000),
-            "2024-02-29T12:00:00.000000Z"
-        );
-        assert_eq!(utc_text(i64::MAX).len(), 27);
-        assert_eq!(utc_text(i64::MIN).len(), 27);
-    }
 
     #[test]
     fn utc_hour_text_truncates_to_the_hour() {

@@ -30,9 +30,10 @@ use crate::event::Event;
 use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     create table if not exists events (
         source text not null,
         event_id text not null,
@@ -70,7 +71,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         primary key (venue_id, hour)
     );
     "#,
-)];
+    ),
+    // The venue view's "median dwell today": sessions of a venue that
+    // ended in a time range.
+    (
+        2,
+        "create index if not exists device_sessions_venue_end
+         on device_sessions (venue_id, disconnected_at)",
+    ),
+];
 
 const INSERT_EVENTS: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,

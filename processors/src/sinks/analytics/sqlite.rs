@@ -29,9 +29,10 @@ use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     create table if not exists events (
         source text not null,
         event_id text not null,
@@ -69,7 +70,15 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         primary key (venue_id, hour)
     );
     "#,
-)];
+    ),
+    // The venue view's "median dwell today": sessions of a venue that
+    // ended in a time range.
+    (
+        2,
+        "create index if not exists device_sessions_venue_end
+         on device_sessions (venue_id, disconnected_at)",
+    ),
+];
 
 const INSERT_EVENT: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
