@@ -107,6 +107,7 @@ fn main() {
         tokio::spawn(venues::http::serve(
             listener,
             venues::http::router(shared.clone()),
+        256 * 1024,
             shared.stop.subscribe(),
         ));
         let mut clients = Vec::new();

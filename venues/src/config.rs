@@ -79,6 +79,18 @@ pub struct HttpConfig {
     /// `Retry-After`.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// The kernel's send buffer of each connection, in bytes (`SO_SNDBUF`;
+    /// Linux doubles it for its bookkeeping). Bounds what a client that
+    /// stopped reading holds in this host's memory, and makes such a
+    /// client fall behind the live stream, and be dropped, after this
+    /// much rather than after the kernel's autotuned maximum (4 MiB a
+    /// connection by default). 0: the kernel's autotuning.
+    #[serde(default = "default_send_buffer")]
+    pub send_buffer: u32,
+}
+
+fn default_send_buffer() -> u32 {
+    256 * 1024
 }
 
 impl Default for HttpConfig {
@@ -88,6 +100,7 @@ impl Default for HttpConfig {
             token_env: None,
             basic_env: None,
             max_streams: default_max_streams(),
+            send_buffer: default_send_buffer(),
         }
     }
 }

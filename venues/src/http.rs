@@ -351,6 +351,7 @@ pub struct Kill(pub Arc<tokio::sync::Notify>);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    send_buffer: u32,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -370,6 +371,12 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        if send_buffer > 0 {
+            let sock = socket2::SockRef::from(&stream);
+            if let Err(e) = sock.set_send_buffer_size(send_buffer as usize) {
+                tracing::warn!(error = %e, "http.send_buffer: not set on a connection");
+            }
+        }
         let kill = Arc::new(tokio::sync::Notify::new());
         let app = app.clone();
         let handle = Kill(kill.clone());
@@ -435,6 +442,7 @@ struct Client {
     venue: Option<String>,
     stop: tokio::sync::watch::Receiver<bool>,
     seen: Arc<std::sync::atomic::AtomicU64>,
+    gone: Arc<std::sync::atomic::AtomicBool>,
     kill: Option<Kill>,
     dropped: bool,
     _guard: crate::stream::ClientGuard,
@@ -494,6 +502,9 @@ fn live(
         return r;
     };
     let seen = Arc::new(std::sync::atomic::AtomicU64::new(shared.hub.published()));
+    // Set by whichever notices first that the client fell behind (the
+    // watchdog or its own stream): it is dropped, and counted, once.
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (rx, start, position) = shared.hub.subscribe(from.as_ref());
     let mut first = std::collections::VecDeque::new();
     match start {
@@ -515,11 +526,12 @@ fn live(
     // A client that never reads never takes its next change either: a
     // watchdog drops it once it is as far behind as the buffer holds.
     if let Some(k) = &kill {
-        let (hub, seen, k, dropped) = (
+        let (hub, seen, k, dropped, gone) = (
             shared.hub.clone(),
             seen.clone(),
             k.clone(),
             shared.metrics.stream_dropped.clone(),
+            gone.clone(),
         );
         tokio::spawn(async move {
             loop {
@@ -530,7 +542,9 @@ fn live(
                 }
                 let behind = hub.published().saturating_sub(seen.load(Ordering::Relaxed));
                 if behind > crate::stream::BROADCAST as u64 {
-                    dropped.inc();
+                    if !gone.swap(true, Ordering::Relaxed) {
+                        dropped.inc();
+                    }
                     tracing::info!(
                         behind,
                         "a live-stream client that does not read was dropped"
@@ -549,6 +563,7 @@ fn live(
         position,
         venue,
         seen,
+        gone,
         kill,
         dropped: false,
         _guard: guard,
@@ -579,7 +594,9 @@ fn live(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     c.dropped = true;
-                    c.shared.metrics.stream_dropped.inc();
+                    if !c.gone.swap(true, Ordering::Relaxed) {
+                        c.shared.metrics.stream_dropped.inc();
+                    }
                     if let Some(k) = &c.kill {
                         // Once this last event is written.
                         let k = k.clone();

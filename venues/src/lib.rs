@@ -254,7 +254,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %bound, "venue view listening");
     // The first stdout line, for scripts and tests that start the service.
     println!("listening on http://{bound}");
-    let mut server = tokio::spawn(http::serve(listener, http::router(shared), stop_rx));
+    let send_buffer = shared.config.http.send_buffer;
+    let mut server = tokio::spawn(http::serve(
+        listener,
+        http::router(shared),
+        send_buffer,
+        stop_rx,
+    ));
     tokio::select! {
         served = &mut server => served??,
         () = plumbing::shutdown_signal() => {

@@ -30,6 +30,7 @@ async fn start(extra: &str) -> (Arc<Shared>, std::net::SocketAddr) {
     tokio::spawn(venues::http::serve(
         listener,
         venues::http::router(shared.clone()),
+        256 * 1024,
         stop,
     ));
     (shared, addr)

@@ -27,4 +27,5 @@ mod secrets;
 mod slow_clients;
 mod sources;
 mod state;
+mod venue_day;
 mod venues;
