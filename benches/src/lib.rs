@@ -7,6 +7,10 @@
 //! - `benches/processors.rs`: records per second through the processors'
 //!   runtime (broker real) with the null sink and the analytics sinks
 //!   (embedded SQLite, PostgreSQL), against a bare consumer's ceiling.
+//! - `benches/venue_latency.rs`: the live venue view's latency, from
+//!   ingest's `200` to the change on 100 Server-Sent-Events clients of
+//!   `venues`, at half the pipeline's maximum rate (the release binaries
+//!   on a real broker).
 //! - `src/bin/load.rs`: the end-to-end load benchmark
 //!   (`cargo run --release -p pipeline-benches --bin load`): ingest on a
 //!   real broker, against the raw producer's ceiling of the same run.
