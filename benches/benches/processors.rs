@@ -270,23 +270,10 @@ async fn bare_consumer(
     (end - first.unwrap_or(started), end - started)
 }
 
-/// CPU seconds (user + system) process `pid` has used so far, from
-/// `/proc/<pid>/stat` (clock ticks of 1/100 s).
+/// CPU seconds (user + system) process `pid` has used so far; 0 once it
+/// is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime the 12th and stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    pipeline_benches::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// The broker's process id, for CPU accounting.

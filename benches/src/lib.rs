@@ -7,12 +7,17 @@
 //! - `benches/processors.rs`: records per second through the processors'
 //!   runtime (broker real) with the null sink and the analytics sinks
 //!   (embedded SQLite, PostgreSQL), against a bare consumer's ceiling.
+//! - `benches/venue_latency.rs`: the live venue view's latency, from
+//!   ingest's `200` to the change on 100 Server-Sent-Events clients of
+//!   `venues`, at half the pipeline's maximum rate (the release binaries
+//!   on a real broker).
 //! - `src/bin/load.rs`: the end-to-end load benchmark
 //!   (`cargo run --release -p pipeline-benches --bin load`): ingest on a
 //!   real broker, against the raw producer's ceiling of the same run.
 //!
 //! This library holds what they share: the benchmark's guest-WiFi body,
-//! latency percentiles, the machine description and the JSON results.
+//! latency percentiles, a process's CPU time, the machine description and
+//! the JSON results.
 
 use std::path::PathBuf;
 
@@ -133,6 +138,20 @@ pub fn machine() -> serde_json::Value {
     })
 }
 
+/// CPU time (user + system, all threads) process `pid` has used so far,
+/// in seconds, from `/proc/PID/stat`; `None` once it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: state is 3rd,
+    // utime the 14th and stime the 15th of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 / hz)
+}
+
 /// `target/bench-results` of this workspace (created).
 pub fn results_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
@@ -170,6 +189,12 @@ mod tests {
         assert_eq!(s.p99_ms, 0.99);
         assert_eq!(s.p999_ms, 0.999);
         assert_eq!(s.max_ms, 1.0);
+    }
+
+    #[test]
+    fn a_running_process_has_a_cpu_time_and_a_gone_one_none() {
+        assert!(cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
+        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! What the tests send and read back: guest-WiFi events, their signatures,
-//! envelopes and requests; the configs of both binaries; a JSON-lines
+//! envelopes and requests; the configs of the binaries; a JSON-lines
 //! sink's file.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -25,6 +25,28 @@ pub fn purple_event(id: &str, venue: &str, sequence: u64) -> Vec<u8> {
         "zone": "lobby",
         "device": {"id": format!("dev_{sequence}")},
         "guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": sequence % 7 == 0}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A guest-WiFi event of type `kind` (`device_connected`, `zone_entered`,
+/// `device_disconnected`, ...) for `device` in `zone` of `venue`, dated
+/// `at`: what drives the alerting sink's live state (which ignores events
+/// dated far from the wall clock), so the venue view counts it.
+pub fn guest_wifi_event(
+    id: &str,
+    kind: &str,
+    venue: &str,
+    zone: &str,
+    device: &str,
+    sequence: u64,
+    at: SystemTime,
+) -> Vec<u8> {
+    serde_json::json!({
+        "id": id, "type": kind, "sequence": sequence,
+        "occurred_at": humantime::format_rfc3339_millis(at).to_string(),
+        "venue": {"id": venue}, "zone": zone, "device": {"id": device},
     })
     .to_string()
     .into_bytes()
@@ -162,6 +184,63 @@ sinks = ["test"]
 "#,
         dedupe = dedupe_path.display(),
         sink = sink_path.display(),
+    )
+}
+
+/// A processors config for the live venue view: the `purple` source parsed
+/// as guest-WiFi, every live event (not late) routed to the alerting sink
+/// `alerts` (its state in `dir`, a `zone_occupancy` rule at `threshold`,
+/// the log receiver), whose state changelog (`<group>-state`) the
+/// `venues` service follows. The processors' own defaults otherwise
+/// (`batch_max` among them).
+pub fn processors_alerting_config(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    dir: &std::path::Path,
+    threshold: u32,
+) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+topic = "{topic}"
+quarantine_topic = "{topic}.quarantine"
+dlq_topic = "{topic}.dlq"
+
+[processing]
+retry_initial = "50ms"
+retry_max = "1s"
+revoke_timeout = "10s"
+
+[dedupe]
+path = "{dir}/dedupe.redb"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.alerts]
+kind = "alerts"
+path = "{dir}/alerts.sqlite"
+
+[[sinks.alerts.rules]]
+kind = "zone_occupancy"
+threshold = {threshold}
+
+[[sinks.alerts.receivers]]
+kind = "log"
+
+[[routes]]
+name = "live"
+sources = ["purple"]
+include_late = false
+sinks = ["alerts"]
+"#,
+        dir = dir.display()
     )
 }
 

@@ -18,13 +18,16 @@
 //!   [`Venues`] (the live venue view),
 //!   [`simulate`] (the real provider simulator, `ingest send --json`, its
 //!   report parsed), [`run_processors`] (one-shot commands), [`scrape`]
-//!   (`/metrics`) and [`json_log_lines`] (a binary's JSON log, line by
-//!   line).
+//!   (`/metrics`), [`metric_sum`] (a metric's samples in a scrape) and
+//!   [`json_log_lines`] (a binary's JSON log, line by line).
 //! - [`fixtures`]: what the tests send and read back: [`purple_event`],
 //!   [`purple_signature`] and [`send_purple`] (signed requests as the
 //!   guest-WiFi platform sends them), [`purple_envelope`] (and
-//!   [`purple_envelope_received`], its receipt time given), the configs of
-//!   both binaries ([`purple_config`], [`processors_config`]) and
+//!   [`purple_envelope_received`], its receipt time given),
+//!   [`guest_wifi_event`] (any event type, dated as asked: what the live
+//!   venue view counts), the configs of the binaries ([`purple_config`],
+//!   [`processors_config`], [`processors_alerting_config`]: the alerting
+//!   sink whose state changelog the venue view follows) and
 //!   [`sink_lines`] (a JSON-lines sink's events).
 //! - [`postgres`]: [`Postgres`], a PostgreSQL server from Debian's packages
 //!   on a free port in a temporary folder, for the analytics sink.
@@ -60,13 +63,14 @@ pub use alertmanager::{Alertmanager, alertmanager_binary};
 pub use broker::{Broker, Record, produce, read_topic, tansu_binary};
 pub use browser::{Browser, chromium_binary};
 pub use fixtures::{
-    Outcome, processors_config, purple_config, purple_envelope, purple_envelope_received,
-    purple_event, purple_signature, send_purple, sink_lines,
+    Outcome, guest_wifi_event, processors_alerting_config, processors_config, purple_config,
+    purple_envelope, purple_envelope_received, purple_event, purple_signature, send_purple,
+    sink_lines,
 };
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use process::{binary, free_port, rss_kib};
 pub use services::{
-    Finished, Ingest, Processor, SimulatorReport, Venues, json_log_lines, run_processors, scrape,
-    simulate,
+    Finished, Ingest, Processor, SimulatorReport, Venues, json_log_lines, metric_sum,
+    run_processors, scrape, simulate,
 };
 pub use sse::SseClient;

@@ -292,14 +292,7 @@ impl Processor {
         let Ok(r) = reqwest::get(&url).await else {
             return 0.0;
         };
-        let text = r.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&r.text().await.unwrap_or_default(), name, &[])
     }
 
     /// Its log so far.
@@ -321,6 +314,27 @@ pub fn json_log_lines(log: &str) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(serde_json::Value::is_object)
         .collect()
+}
+
+/// The sum of the samples of metric `name` in a `/metrics` scrape whose
+/// labels include every `(label, value)` of `labels` (all samples when
+/// empty); 0 if there is none. `name` is a sample's name, so a
+/// histogram's `_sum` and `_count` are read by those names.
+pub fn metric_sum(scrape: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// Scrapes `http://addr/metrics`.
@@ -412,6 +426,31 @@ impl Venues {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until `/readyz` answers 200: every changelog partition read
+    /// to the end it had at the start.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = client.get(self.url("/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "venues never became ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("venues.log")).unwrap_or_default()
@@ -424,5 +463,24 @@ impl Drop for Venues {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn a_metric_is_summed_over_the_label_sets_asked_for() {
+        let scrape = "# HELP x_total X.\n# TYPE x_total counter\nx_total{step=\"ledger\",sink=\"a\"} 2\nx_total{step=\"changelog\",sink=\"a\"} 3.5\nx_total_more 100\ny 7\n";
+        assert_eq!(metric_sum(scrape, "x_total", &[]), 5.5);
+        assert_eq!(metric_sum(scrape, "x_total", &[("step", "ledger")]), 2.0);
+        assert_eq!(
+            metric_sum(scrape, "x_total", &[("step", "changelog"), ("sink", "a")]),
+            3.5
+        );
+        assert_eq!(metric_sum(scrape, "x_total", &[("step", "dedupe")]), 0.0);
+        assert_eq!(metric_sum(scrape, "y", &[]), 7.0);
+        assert_eq!(metric_sum(scrape, "absent", &[]), 0.0);
     }
 }

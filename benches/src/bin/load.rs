@@ -183,19 +183,6 @@ fn memory_kib(pid: u32) -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// CPU time (user + system, all threads) of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may hold spaces: state is 3rd,
-    // utime the 14th and stime the 15th of the whole line.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(ticks as f64 / hz)
-}
-
 /// The pid of our child process named `name` (the broker the harness
 /// started), found through /proc.
 fn child_named(name: &str) -> Option<u32> {
@@ -232,7 +219,7 @@ struct CpuMeter {
 
 impl CpuMeter {
     fn now(&self) -> (Cpu, Instant) {
-        let get = |p: Option<u32>| p.and_then(cpu_seconds).unwrap_or(0.0);
+        let get = |p: Option<u32>| p.and_then(pipeline_benches::cpu_seconds).unwrap_or(0.0);
         (
             Cpu {
                 load: get(Some(self.pids.0)),

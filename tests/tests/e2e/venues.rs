@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use e2e::{Broker, Browser, Processor, Venues, produce, purple_envelope_received};
+use e2e::{
+    Broker, Browser, Processor, Venues, guest_wifi_event, processors_alerting_config, produce,
+    purple_envelope_received,
+};
 
 const TOPIC: &str = "venues-raw";
 
@@ -19,48 +22,7 @@ fn config(brokers: &str, dir: &Path) -> String {
 
 /// With the zone_occupancy rule at `threshold`.
 fn config_with(brokers: &str, dir: &Path, threshold: u32) -> String {
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "venues-e2e"
-topic = "{TOPIC}"
-quarantine_topic = "{TOPIC}.quarantine"
-dlq_topic = "{TOPIC}.dlq"
-
-[processing]
-retry_initial = "50ms"
-retry_max = "1s"
-revoke_timeout = "10s"
-
-[dedupe]
-path = "{dir}/dedupe.redb"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[sources.purple]
-parser = "guest_wifi"
-
-[sinks.alerts]
-kind = "alerts"
-path = "{dir}/alerts.sqlite"
-
-[[sinks.alerts.rules]]
-kind = "zone_occupancy"
-threshold = {threshold}
-
-[[sinks.alerts.receivers]]
-kind = "log"
-
-[[routes]]
-name = "live"
-sources = ["purple"]
-include_late = false
-sinks = ["alerts"]
-"#,
-        dir = dir.display()
-    )
+    processors_alerting_config(brokers, TOPIC, "venues-e2e", dir, threshold)
 }
 
 fn view_config(brokers: &str) -> String {
@@ -118,23 +80,13 @@ impl Stream {
         }
         let id = format!("e{}", self.n);
         let at = SystemTime::now();
-        let body = serde_json::json!({
-            "id": id, "type": kind, "sequence": *seq,
-            "occurred_at": humantime::format_rfc3339_millis(at).to_string(),
-            "venue": {"id": venue}, "zone": zone, "device": {"id": device},
-        });
+        let body = guest_wifi_event(&id, kind, venue, &zone, device, *seq, at);
         let micros = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as i64);
         (
             venue.as_bytes().to_vec(),
-            purple_envelope_received(
-                &id,
-                venue,
-                *seq,
-                Some(body.to_string().into_bytes()),
-                micros,
-            ),
+            purple_envelope_received(&id, venue, *seq, Some(body), micros),
         )
     }
 
