@@ -119,6 +119,13 @@ grep -q "metrics on" "$data/processors.out" || { echo "processors did not start;
 venues_port=${VENUES_PORT:-8090}
 export VENUES_KAFKA__BROKERS="127.0.0.1:$kafka_port"
 export VENUES_HTTP__LISTEN="127.0.0.1:$venues_port"
+# Venue pages' history (footfall, arrivals, dwell): the analytics store the
+# processors above write.
+if [ -n "${ANALYTICS_DATABASE_URL:-}" ]; then
+  export VENUES_HISTORY__KIND=postgres VENUES_HISTORY__URL_ENV=ANALYTICS_DATABASE_URL
+else
+  export VENUES_HISTORY__KIND=sqlite VENUES_HISTORY__PATH="$data/analytics.db"
+fi
 setsid "$bin/venues" run --config "$root/deploy/config/venues.local.toml" \
   > "$data/venues.out" 2> >(tee "$data/venues.log" >&2) &
 venues_pid=$!

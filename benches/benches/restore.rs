@@ -231,6 +231,7 @@ async fn devices(broker: &Broker, kafka: &KafkaConfig, n: usize) -> (f64, Vec<f6
                 zone: Some(["lobby", "bar", "pool"][i % 3].into()),
                 connected_at: now,
                 last_seen: now,
+                vip: None,
             },
         }
         .encode()

@@ -39,6 +39,7 @@ pub const VENUE_STATE_SCHEMA_VERSIONS: &[(&str, &str)] = &[
     ("v1", include_str!("../avro/venue_state/v1.avsc")),
     ("v2", include_str!("../avro/venue_state/v2.avsc")),
     ("v3", include_str!("../avro/venue_state/v3.avsc")),
+    ("v4", include_str!("../avro/venue_state/v4.avsc")),
 ];
 
 const SEP: u8 = 0x1F;
@@ -69,6 +70,8 @@ pub enum Entry {
         connected_at: i64,
         /// Its newest event (event time, Unix µs).
         last_seen: i64,
+        /// The VIP guest it belongs to (version 4; personal data).
+        vip: Option<VipGuest>,
     },
     /// The venue's clock: its newest event time (Unix µs).
     Clock {
@@ -102,6 +105,15 @@ pub enum Entry {
         /// The guest it is about (personal data).
         guest: Option<String>,
     },
+}
+
+/// A VIP guest present at a venue (personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipGuest {
+    /// The platform's guest id.
+    pub id: String,
+    /// First name, when given.
+    pub name: Option<String>,
 }
 
 /// What a key names.
@@ -261,9 +273,10 @@ impl VenueState {
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let all = versions();
         let version = match self.entry {
-            Entry::Device { .. } | Entry::Clock { .. } => 0,
+            Entry::Device { vip: None, .. } | Entry::Clock { .. } => 0,
             Entry::Minute { .. } => 1,
             Entry::Alert { .. } => 2,
+            Entry::Device { vip: Some(_), .. } => 3,
         };
         let (_, schema, fp) = &all[version];
         let entry = match &self.entry {
@@ -272,15 +285,30 @@ impl VenueState {
                 zone,
                 connected_at,
                 last_seen,
-            } => Value::Union(
-                0,
-                Box::new(Value::Record(vec![
+                vip,
+            } => {
+                let mut fields = vec![
                     ("device".into(), Value::String(device.clone())),
                     ("zone".into(), opt_string(zone)),
                     ("connected_at".into(), Value::TimestampMicros(*connected_at)),
                     ("last_seen".into(), Value::TimestampMicros(*last_seen)),
-                ])),
-            ),
+                ];
+                // Version 1 has no such field: only a VIP's device is
+                // written with version 4.
+                if let Some(g) = vip {
+                    fields.push((
+                        "vip".into(),
+                        Value::Union(
+                            1,
+                            Box::new(Value::Record(vec![
+                                ("id".into(), Value::String(g.id.clone())),
+                                ("name".into(), opt_string(&g.name)),
+                            ])),
+                        ),
+                    ));
+                }
+                Value::Union(0, Box::new(Value::Record(fields)))
+            }
             Entry::Clock { clock } => Value::Union(
                 1,
                 Box::new(Value::Record(vec![(
@@ -460,12 +488,29 @@ impl VenueState {
             });
         }
         let (mut device, mut zone, mut connected_at, mut last_seen) = (None, None, None, None);
+        let mut vip = None;
         for (name, v) in fields {
             match name.as_str() {
                 "device" => device = Some(string(v, "device")?),
                 "zone" => zone = opt(v, "zone")?,
                 "connected_at" => connected_at = Some(micros(v, "connected_at")?),
                 "last_seen" => last_seen = Some(micros(v, "last_seen")?),
+                "vip" => {
+                    if let Value::Record(g) = unwrap_union(v) {
+                        let (mut id, mut name) = (None, None);
+                        for (n, v) in g {
+                            match n.as_str() {
+                                "id" => id = Some(string(v, "vip.id")?),
+                                "name" => name = opt(v, "vip.name")?,
+                                _ => {}
+                            }
+                        }
+                        vip = Some(VipGuest {
+                            id: id.ok_or(DecodeError::Field("vip.id"))?,
+                            name,
+                        });
+                    }
+                }
                 _ => {}
             }
         }
@@ -474,6 +519,7 @@ impl VenueState {
             zone,
             connected_at: connected_at.ok_or(DecodeError::Field("connected_at"))?,
             last_seen: last_seen.ok_or(DecodeError::Field("last_seen"))?,
+            vip,
         })
     }
 }
@@ -497,7 +543,13 @@ mod tests {
         ) {
             let entry = match kind {
                 0 => Entry::Clock { clock: a },
-                1 => Entry::Device { device: device.clone(), zone, connected_at: a, last_seen: b },
+                1 => Entry::Device {
+                    device: device.clone(),
+                    zone: zone.clone(),
+                    connected_at: a,
+                    last_seen: b,
+                    vip: flag.then(|| VipGuest { id: venue.clone(), name: zone }),
+                },
                 2 => Entry::Minute { minute: a, devices: b, zones },
                 _ => Entry::Alert {
                     name: device.clone(),
@@ -541,8 +593,44 @@ mod tests {
             zone: None,
             connected_at: 1,
             last_seen: 2,
+            vip: None,
         };
-        assert_eq!(fp(device), v1);
+        assert_eq!(fp(device.clone()), v1);
+        // A VIP's device needs version 4; a reader of version 1 sees it
+        // as a device (the field it does not know is skipped).
+        let Entry::Device {
+            device,
+            zone,
+            connected_at,
+            last_seen,
+            ..
+        } = device
+        else {
+            unreachable!()
+        };
+        let vip = Entry::Device {
+            device,
+            zone,
+            connected_at,
+            last_seen,
+            vip: Some(VipGuest {
+                id: "g1".into(),
+                name: Some("Ana".into()),
+            }),
+        };
+        let v4 = fingerprint_of(VENUE_STATE_SCHEMA_VERSIONS[3].1).unwrap();
+        assert_eq!(fp(vip.clone()), v4);
+        let bytes = VenueState {
+            venue: "v".into(),
+            entry: vip,
+        }
+        .encode()
+        .unwrap();
+        let v1_schema = Schema::parse_str(VENUE_STATE_SCHEMA_VERSIONS[0].1).unwrap();
+        let v4_schema = Schema::parse_str(VENUE_STATE_SCHEMA_VERSIONS[3].1).unwrap();
+        let old = from_avro_datum(&v4_schema, &mut &bytes[10..], Some(&v1_schema)).unwrap();
+        assert!(format!("{old:?}").contains("\"d\""), "{old:?}");
+        assert!(!format!("{old:?}").contains("Ana"), "{old:?}");
         let minute = Entry::Minute {
             minute: 0,
             devices: 3,

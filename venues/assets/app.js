@@ -141,6 +141,56 @@ function alertList(alerts) {
   }
 }
 
+// The VIPs present: the newest arrival first (as the API orders them);
+// names only where the view is configured to show them.
+function vipList(vips) {
+  const ul = $("vips");
+  ul.replaceChildren();
+  if (!vips.length) { ul.append(el("li", "quiet", "No VIP present.")); return; }
+  for (const v of vips) {
+    const li = el("li", "vip");
+    li.append(el("span", "chip vip", "VIP"), el("strong", "", v.guest),
+      el("span", "what", v.zone || ""), el("time", "", "since " + v.since.slice(11, 16)));
+    ul.append(li);
+  }
+}
+
+const dwell = (s) => s == null ? "–" : s < 3600 ? Math.round(s / 60) + " min" : (s / 3600).toFixed(1) + " h";
+
+// Today's footfall by local hour against the same weekday last week, and
+// the day's arrivals and median dwell, from the analytics store.
+function dayChart(h) {
+  const box = $("history");
+  if (!h) { box.replaceChildren(el("div", "quiet", "No history store configured.")); return; }
+  if (h.error) { box.replaceChildren(el("div", "quiet", h.error)); return; }
+  const t = h.today, l = h.last_week;
+  const line = el("div", "peak");
+  line.textContent = `${t.date} (${h.time_zone}): ${fmt(t.arrivals)} arrivals (last week ${fmt(l.arrivals)}) · median dwell ${dwell(t.median_dwell_seconds)} (last week ${dwell(l.median_dwell_seconds)})`;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.id = "footfall";
+  svg.setAttribute("viewBox", "0 0 1000 200");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const w = 1000, h2 = 200, pad = 24, slot = (w - 2 * pad) / 24;
+  const max = Math.max(1, ...t.footfall.map((n) => n || 0), ...l.footfall);
+  const bar = (i, n, cls, inset) => {
+    const r = document.createElementNS(ns, "rect");
+    const height = (n * (h2 - 2 * pad)) / max;
+    for (const [k, v] of [["x", pad + i * slot + inset], ["y", h2 - pad - height], ["width", slot - 2 * inset], ["height", height]]) r.setAttribute(k, v);
+    r.setAttribute("class", cls);
+    r.dataset.hour = i;
+    r.dataset.count = n;
+    return r;
+  };
+  for (let i = 0; i < 24; i++) {
+    svg.append(bar(i, l.footfall[i], "last", 2));
+    if (t.footfall[i] != null) svg.append(bar(i, t.footfall[i], "today", 8));
+  }
+  const legend = el("div", "legend");
+  legend.append(el("span", "today", "today"), el("span", "last", "same day last week (" + l.date + ")"), el("span", "", "00–23 h local"));
+  box.replaceChildren(line, svg, legend);
+}
+
 function header(v) {
   $("title").textContent = v.name || v.id;
   $("summary").textContent = `${fmt(v.devices)} of ${fmt(v.capacity)} devices · ${v.percent}%` + (v.as_of ? ` · as of ${v.as_of.slice(11, 16)} UTC` : "");
@@ -190,8 +240,21 @@ async function showVenue(id) {
   const ul = el("ul", "alerts");
   ul.id = "alerts";
   alerts.append(el("h3", "", "Alerts"), ul);
-  $("main").replaceChildren(zones, alerts, trend);
+  const vips = el("section");
+  const vl = el("ul", "alerts");
+  vl.id = "vips";
+  vips.append(el("h3", "", "VIPs present"), vl);
+  const day = el("section");
+  const hbox = el("div", "chart");
+  hbox.id = "history";
+  day.append(el("h3", "", "Footfall today by hour, against the same day last week"), hbox);
+  $("main").replaceChildren(zones, alerts, vips, trend, day);
   alertList(d.alerts || []);
+  vipList(d.vips || []);
+  dayChart(d.history);
+  // History moves slowly (the store is asked at most every
+  // history.refresh): once a minute is enough.
+  setInterval(() => getJSON("/api/venues/" + encodeURIComponent(id) + "?minutes=1").then((x) => dayChart(x.history)).catch(() => {}), 60000);
   for (const z of d.zones) zoneTile(z);
   venue.trend = d.trend.devices.slice();
   venue.from = Date.parse(d.trend.from);
@@ -200,6 +263,7 @@ async function showVenue(id) {
     header(o.venue);
     for (const z of o.zones) zoneTile(z);
     alertList(o.alerts || []);
+    vipList(o.vips || []);
     // The newest point is now; a new minute shifts the hour along.
     const minute = o.venue.as_of ? Date.parse(o.venue.as_of) : Date.now();
     const at = Math.floor((minute - venue.from) / 60000);

@@ -328,6 +328,7 @@ async fn detail(
         "venue": v,
         "zones": zones,
         "alerts": crate::summary::alerts(&shared.config, &now),
+        "vips": crate::summary::vips(&shared.config, &now),
         "trend": {
             "from": rfc3339(from),
             "step_seconds": 60,

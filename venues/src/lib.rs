@@ -132,11 +132,12 @@ impl Shared {
     }
 
     /// A venue's occupancy event: `{"venue": ..., "zones": [...],
-    /// "alerts": [...]}`.
+    /// "alerts": [...], "vips": [...]}`.
     pub fn occupancy_json(&self, venue: &str, now: &Occupancy) -> serde_json::Value {
         let (v, zones) = summary::venue(&self.config, venue, now);
         let alerts = summary::alerts(&self.config, now);
-        serde_json::json!({ "venue": v, "zones": zones, "alerts": alerts })
+        let vips = summary::vips(&self.config, now);
+        serde_json::json!({ "venue": v, "zones": zones, "alerts": alerts, "vips": vips })
     }
 
     /// The whole state as a `snapshot` event's data: `{"venues": [...]}`,
@@ -235,6 +236,7 @@ fn empty() -> Occupancy {
         devices: 0,
         zones: Vec::new(),
         alerts: Vec::new(),
+        vips: Vec::new(),
     }
 }
 

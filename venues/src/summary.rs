@@ -81,6 +81,8 @@ pub struct Venue {
     pub zones_over: Vec<String>,
     /// Alerts firing now (the processors' alerting sink's).
     pub alerts_firing: usize,
+    /// VIP guests present.
+    pub vips_present: usize,
     /// The fullest of the venue and its zones (0 to 1 and beyond): the
     /// board's order.
     #[serde(skip)]
@@ -143,6 +145,7 @@ pub fn venue(c: &Config, id: &str, now: &Occupancy) -> (Venue, Vec<Zone>) {
             .map(|z| z.zone.clone())
             .collect(),
         alerts_firing: now.alerts.iter().filter(|a| a.firing).count(),
+        vips_present: now.vips.len(),
         pressure,
     };
     (v, zones)
@@ -189,6 +192,36 @@ pub fn alerts(c: &Config, now: &Occupancy) -> Vec<Alert> {
                     "(masked)".to_owned()
                 }
             }),
+        })
+        .collect()
+}
+
+/// A VIP guest present, as the API and the stream show them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Vip {
+    /// The guest's first name (else id) with `view.show_guest_names`,
+    /// else `(masked)`.
+    pub guest: String,
+    /// The zone they are in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// When they arrived (event time).
+    pub since: String,
+}
+
+/// The venue's VIPs present (the newest arrival first), masked unless
+/// configured.
+pub fn vips(c: &Config, now: &Occupancy) -> Vec<Vip> {
+    now.vips
+        .iter()
+        .map(|v| Vip {
+            guest: if c.view.show_guest_names {
+                v.name.clone().unwrap_or_else(|| v.guest.clone())
+            } else {
+                "(masked)".to_owned()
+            },
+            zone: v.zone.clone(),
+            since: rfc3339(v.since),
         })
         .collect()
 }

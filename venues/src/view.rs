@@ -20,6 +20,10 @@ pub const MAX_VENUE_BYTES: usize = 256;
 pub const MINUTE: i64 = 60_000_000;
 /// Alerts kept per venue: past it, the oldest resolved one goes.
 pub const MAX_ALERTS_PER_VENUE: usize = 64;
+/// VIPs listed per venue: past it, a new one is refused (and counted).
+pub const MAX_VIPS_PER_VENUE: usize = 64;
+/// The longest guest id or name kept.
+pub const MAX_GUEST_BYTES: usize = 256;
 
 /// How many venues and zones the view holds at most.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +86,22 @@ struct Venue {
     ring: [Option<Counts>; 60],
     /// Alerts by fingerprint.
     alerts: HashMap<String, AlertInfo>,
+    /// VIP guests present, by device.
+    vips: HashMap<String, VipInfo>,
+}
+
+/// A VIP guest present at a venue (personal data: shown only where
+/// configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipInfo {
+    /// The platform's guest id.
+    pub guest: String,
+    /// First name, when given.
+    pub name: Option<String>,
+    /// The zone of the device's newest connect or move.
+    pub zone: Option<String>,
+    /// When its session started (event time, Unix µs).
+    pub since: i64,
 }
 
 /// One alert of a venue, as the processors' alerting sink raised it.
@@ -116,6 +136,8 @@ pub struct Occupancy {
     pub zones: Vec<(String, u32)>,
     /// The venue's alerts: firing first, then the newest.
     pub alerts: Vec<AlertInfo>,
+    /// VIP guests present: the newest arrival first.
+    pub vips: Vec<VipInfo>,
 }
 
 /// Every venue's occupancy, from the changelog.
@@ -191,6 +213,7 @@ impl View {
         let (venue, of_hour) = match Key::decode(&keyed.key) {
             Some(Key::Minute { venue, of_hour }) => (venue, of_hour),
             Some(Key::Alert { fingerprint }) => return self.alert(fingerprint, keyed.value),
+            Some(Key::Device { venue, device }) => return self.device(venue, device, keyed.value),
             _ => return Outcome::Ignored,
         };
         let slot = usize::from(of_hour);
@@ -318,6 +341,67 @@ impl View {
         Outcome::Applied
     }
 
+    /// A device's record: only VIPs are kept, so a device's record adds,
+    /// updates or removes it from its venue's VIPs present (any other
+    /// device's record is ignored).
+    fn device(&mut self, venue: String, device: String, value: Option<Vec<u8>>) -> Outcome {
+        let vip = match value {
+            None => None,
+            Some(bytes) => match VenueState::decode(&bytes) {
+                Ok(VenueState {
+                    entry:
+                        Entry::Device {
+                            zone,
+                            connected_at,
+                            vip,
+                            ..
+                        },
+                    ..
+                }) => vip.map(|g| VipInfo {
+                    guest: g.id,
+                    name: g.name,
+                    zone,
+                    since: connected_at,
+                }),
+                _ => return Outcome::Unreadable,
+            },
+        };
+        let Some(vip) = vip else {
+            let removed = self
+                .venues
+                .get_mut(&venue)
+                .is_some_and(|v| v.vips.remove(&device).is_some());
+            if !removed {
+                // Not a VIP's: nothing of the view's.
+                return Outcome::Ignored;
+            }
+            self.changed = Some(venue);
+            return Outcome::Applied;
+        };
+        let too_long = |t: &str| t.len() > MAX_GUEST_BYTES;
+        if venue.len() > MAX_VENUE_BYTES
+            || device.len() > MAX_GUEST_BYTES
+            || too_long(&vip.guest)
+            || vip.name.as_deref().is_some_and(too_long)
+            || vip
+                .zone
+                .as_deref()
+                .is_some_and(|z| z.len() > MAX_ZONE_BYTES)
+            || (!self.venues.contains_key(&venue) && self.venues.len() >= self.limits.max_venues)
+        {
+            return Outcome::Refused;
+        }
+        let v = self.venues.entry(venue.clone()).or_insert_with(Venue::new);
+        if !v.vips.contains_key(&device) && v.vips.len() >= MAX_VIPS_PER_VENUE {
+            return Outcome::Refused;
+        }
+        if v.vips.get(&device) != Some(&vip) {
+            v.vips.insert(device, vip);
+            self.changed = Some(venue);
+        }
+        Outcome::Applied
+    }
+
     /// The venue ids, in no order.
     pub fn venue_ids(&self) -> impl Iterator<Item = &str> {
         self.venues.keys().map(String::as_str)
@@ -360,6 +444,7 @@ impl View {
             let mut o = occupancy(v, newest);
             o.minute = Some(at);
             o.alerts = Vec::new();
+            o.vips = Vec::new();
             out.push(o);
         }
         Some(out)
@@ -372,6 +457,7 @@ impl Venue {
             zones: Vec::new(),
             ring: std::array::from_fn(|_| None),
             alerts: HashMap::new(),
+            vips: HashMap::new(),
         }
     }
 }
@@ -384,8 +470,11 @@ fn occupancy(v: &Venue, counts: Option<&Counts>) -> Occupancy {
             .then(b.starts_at.cmp(&a.starts_at))
             .then_with(|| a.fingerprint.cmp(&b.fingerprint))
     });
+    let mut vips: Vec<VipInfo> = v.vips.values().cloned().collect();
+    vips.sort_by(|a, b| b.since.cmp(&a.since).then_with(|| a.guest.cmp(&b.guest)));
     Occupancy {
         alerts,
+        vips,
         minute: counts.map(|c| c.minute),
         devices: counts.map_or(0, |c| c.devices),
         zones: v
@@ -439,6 +528,90 @@ mod tests {
             value: Some(value),
         })
         .encode(epoch)
+    }
+
+    fn device(venue: &str, device: &str, vip: Option<&str>, epoch: i64) -> (Vec<u8>, Vec<u8>) {
+        let value = VenueState {
+            venue: venue.into(),
+            entry: Entry::Device {
+                device: device.into(),
+                zone: Some("lobby".into()),
+                connected_at: T,
+                last_seen: T,
+                vip: vip.map(|name| schemas::venue_state::VipGuest {
+                    id: format!("g-{name}"),
+                    name: Some(name.into()),
+                }),
+            },
+        }
+        .encode()
+        .unwrap();
+        Change::Keyed(Keyed {
+            sink: "alerts".into(),
+            key: Key::Device {
+                venue: venue.into(),
+                device: device.into(),
+            }
+            .encode(),
+            value: Some(value),
+        })
+        .encode(epoch)
+    }
+
+    #[test]
+    fn a_vips_device_is_listed_until_it_leaves_or_its_guest_is_no_vip() {
+        let mut view = View::new("alerts", limits());
+        let names = |view: &View| -> Vec<String> {
+            view.now("v")
+                .map(|o| o.vips.iter().filter_map(|v| v.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        let (k, v) = device("v", "d1", Some("Ana"), 0);
+        assert_eq!(
+            view.apply_changed(0, 0, &k, &v),
+            (Outcome::Applied, Some("v".into()))
+        );
+        let (k, v) = device("v", "d2", Some("Bo"), 0);
+        view.apply(0, 1, &k, &v);
+        let (k, v) = device("v", "d3", None, 0);
+        assert_eq!(
+            view.apply_changed(0, 2, &k, &v),
+            (Outcome::Ignored, None),
+            "no VIP: no change"
+        );
+        let mut got = names(&view);
+        got.sort();
+        assert_eq!(got, ["Ana", "Bo"]);
+        let mut ids: Vec<String> = view
+            .now("v")
+            .unwrap()
+            .vips
+            .into_iter()
+            .map(|v| v.guest)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["g-Ana", "g-Bo"]);
+        // d1's guest is no VIP any more; d2 leaves (its tombstone).
+        let (k, v) = device("v", "d1", None, 0);
+        assert_eq!(view.apply_changed(0, 3, &k, &v).1, Some("v".into()));
+        let (k2, v2) = Change::Keyed(Keyed {
+            sink: "alerts".into(),
+            key: Key::Device {
+                venue: "v".into(),
+                device: "d2".into(),
+            }
+            .encode(),
+            value: None,
+        })
+        .encode(0);
+        assert_eq!(view.apply_changed(0, 4, &k2, &v2).1, Some("v".into()));
+        assert!(names(&view).is_empty());
+        // A device record of an owner that had lost the partition: stale.
+        let (k, v) = claim();
+        view.apply(0, 5, &k, &v);
+        let (k, v) = device("v", "d9", Some("Cy"), 4);
+        assert_eq!(view.apply(0, 6, &k, &v), Outcome::Stale);
+        assert!(names(&view).is_empty());
     }
 
     fn claim() -> (Vec<u8>, Vec<u8>) {

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Broker, Ingest, Postgres, Processor, SseClient, Venues, produce, purple_config,
+    Broker, Browser, Ingest, Postgres, Processor, SseClient, Venues, produce, purple_config,
     purple_envelope_received, send_purple,
 };
 use jiff::Timestamp;
@@ -98,7 +98,7 @@ sinks = ["pg", "lite"]
     )
 }
 
-fn view_config(brokers: &str, history: &str) -> String {
+fn view_config(brokers: &str, history: &str, show_guest_names: bool) -> String {
     format!(
         r#"
 [kafka]
@@ -112,6 +112,7 @@ token_env = "VENUE_DAY_TOKEN"
 
 [view]
 time_zone = "Asia/Kolkata"
+show_guest_names = {show_guest_names}
 
 [venues.hq]
 name = "Headquarters"
@@ -167,6 +168,22 @@ impl Events {
             at,
         });
         (*seq, body.to_string().into_bytes())
+    }
+
+    /// [`Events::body`] of a guest's device: `vip` and a first name.
+    fn guest_body(
+        &mut self,
+        venue: &str,
+        zone: &str,
+        device: &str,
+        at: i64,
+        name: &str,
+    ) -> Vec<u8> {
+        let (_, body) = self.body("device_connected", venue, zone, device, at);
+        let mut v: Value = serde_json::from_slice(&body).unwrap();
+        v["guest"] = json!({"id": format!("g-{device}"), "first_name": name, "vip": true,
+                            "email": format!("{name}@example.com")});
+        v.to_string().into_bytes()
     }
 
     fn record(
@@ -338,6 +355,7 @@ async fn a_week_of_history_then_live_webhooks_reach_both_stores_pages_and_stream
         &view_config(
             &broker.brokers(),
             &format!("kind = \"postgres\"\nurl = \"{}\"", pg.url()),
+            false,
         ),
         &env,
     );
@@ -345,6 +363,7 @@ async fn a_week_of_history_then_live_webhooks_reach_both_stores_pages_and_stream
         &view_config(
             &broker.brokers(),
             &format!("kind = \"sqlite\"\npath = \"{}\"", lite.display()),
+            true,
         ),
         &env,
     );
@@ -537,7 +556,70 @@ async fn a_week_of_history_then_live_webhooks_reach_both_stores_pages_and_stream
             >= Some(3),
         "the last hour's trend ends with the live guests: {hq}"
     );
+    // A VIP arrives through ingest: listed on both replicas, masked on A,
+    // by first name on B (show_guest_names), and in no log.
+    let body = events.guest_body("hq", "lobby", "live-vip", live_at, "Marguerite");
+    assert_eq!(send_purple(&client, &url, SECRET, body).await.status, 200);
+    let vip_on = |data: &Value| -> Option<String> {
+        data["vips"].as_array()?.first()?["guest"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let change = loop {
+        let (_, _, data) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+            .await
+            .expect("the VIP's change on the stream")
+            .expect("stream open");
+        let data: Value = serde_json::from_str(&data).unwrap();
+        if data["venue"]["id"] == "hq" && data["venue"]["vips_present"] == 1 {
+            break data;
+        }
+    };
+    assert_eq!(vip_on(&change).as_deref(), Some("(masked)"), "{change}");
+    assert_eq!(change["vips"][0]["zone"], "lobby");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let named = loop {
+        let hq = get(&b, "/api/venues/hq").await;
+        if let Some(name) = vip_on(&hq) {
+            break name;
+        }
+        assert!(Instant::now() < deadline, "B never listed the VIP: {hq}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(named, "Marguerite");
+    for (who, log) in [("A", a.log()), ("B", b.log()), ("processors", p.log())] {
+        assert!(!log.contains("Marguerite"), "{who}'s log names the guest");
+    }
     wait_for_history("after the live webhooks", &b, &events).await;
+
+    // The venue page in a real browser, on replica B: the footfall bars
+    // are the API's, the VIP is listed by name.
+    let hq = get(&b, "/api/venues/hq").await;
+    let mut browser = Browser::start(1600, 1400).await;
+    browser
+        .headers(json!({"Authorization": format!("Bearer {TOKEN}")}))
+        .await;
+    browser.open(&b.url("/venues/hq")).await;
+    browser
+        .wait_for(
+            "document.querySelectorAll('#footfall rect.last').length === 24 && [...document.querySelectorAll('#vips strong')].some(s => s.textContent === 'Marguerite')",
+            Duration::from_secs(20),
+        )
+        .await;
+    let bars = browser
+        .eval("JSON.stringify([...document.querySelectorAll('#footfall rect.today')].map(r => [Number(r.dataset.hour), Number(r.dataset.count)]))")
+        .await;
+    let bars: Vec<(usize, u64)> = serde_json::from_str(bars.as_str().unwrap()).unwrap();
+    let api: Vec<(usize, u64)> = hq["history"]["today"]["footfall"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter_map(|(h, n)| Some((h, n.as_u64()?)))
+        .collect();
+    assert_eq!(bars, api, "the page's bars are the API's hours");
+    let screens = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    browser.screenshot(&screens.join("venue-day.png")).await;
     reader.abort();
     println!(
         "venue day: {} events ({} crowd changes on the stream), history equal in both stores, resume on the other replica exact",

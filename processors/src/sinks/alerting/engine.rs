@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use schemas::venue_state::{Entry, Key, VenueState};
+use schemas::venue_state::{Entry, Key, VenueState, VipGuest};
 
 use crate::event::Event;
 
@@ -25,6 +25,7 @@ CREATE INDEX IF NOT EXISTS applied_by_time ON applied (applied_at);
 CREATE TABLE IF NOT EXISTS devices (
     partition INTEGER NOT NULL, venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
     connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    vip_id TEXT, vip_name TEXT,
     PRIMARY KEY (partition, venue, device)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS devices_by_zone ON devices (partition, venue, zone);
 CREATE TABLE IF NOT EXISTS venues (
@@ -51,7 +52,7 @@ CREATE INDEX IF NOT EXISTS sent_by_time ON sent (sent_at);
 CREATE TABLE IF NOT EXISTS partitions (
     partition INTEGER PRIMARY KEY, serial INTEGER NOT NULL DEFAULT 0,
     checkpointed INTEGER NOT NULL DEFAULT 0, clean_at INTEGER);
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 ";
 
 /// Tables of the version 1 file, whose rows had no partition: dropped on
@@ -77,6 +78,18 @@ pub fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
     let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version == 2 {
+        // Version 3 keeps each device's VIP guest (the venue view lists
+        // the VIPs present); devices of a version 2 file have none until
+        // their next event names one.
+        c.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE devices ADD COLUMN vip_id TEXT;
+             ALTER TABLE devices ADD COLUMN vip_name TEXT;
+             PRAGMA user_version = 3;
+             COMMIT;",
+        )?;
+    }
     if version == 1 {
         tracing::warn!(path = %path.display(), "alert state file of version 1 (per host): its live state is dropped and rebuilt from the changelog and new events; undelivered notifications are kept");
         // One transaction with the new schema and its version: a crash in
@@ -457,12 +470,28 @@ impl Tx<'_> {
                         .clone()
                         .or_else(|| old.as_ref().and_then(|(z, _)| z.clone()));
                     let connected_at = old.as_ref().map_or(at, |(_, c)| *c);
+                    // The device's VIP follows the newest event that names
+                    // a guest; one naming none leaves it as it was.
+                    let vip = w.guest.as_ref().filter(|g| g.vip);
                     self.tx.execute(
-                        "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                        "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen,
+                                              vip_id, vip_name)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                          ON CONFLICT (partition, venue, device) DO UPDATE SET
-                           zone = excluded.zone, last_seen = max(last_seen, excluded.last_seen)",
-                        params![self.partition, venue, device, zone, connected_at, at],
+                           zone = excluded.zone, last_seen = max(last_seen, excluded.last_seen),
+                           vip_id = CASE WHEN ?9 THEN excluded.vip_id ELSE vip_id END,
+                           vip_name = CASE WHEN ?9 THEN excluded.vip_name ELSE vip_name END",
+                        params![
+                            self.partition,
+                            venue,
+                            device,
+                            zone,
+                            connected_at,
+                            at,
+                            vip.map(|g| g.id.as_str()),
+                            vip.and_then(|g| g.first_name.as_deref()),
+                            w.guest.is_some()
+                        ],
                     )?;
                     if let Some(z) = zone {
                         zones.insert(z);
@@ -823,17 +852,18 @@ fn changes(
         out.push((outbox_key(receiver, key), text.map(String::into_bytes)));
     }
     let mut device = tx.prepare_cached(
-        "SELECT zone, connected_at, last_seen FROM devices
+        "SELECT zone, connected_at, last_seen, vip_id, vip_name FROM devices
          WHERE partition = ?1 AND venue = ?2 AND device = ?3",
     )?;
+    type DeviceRow = (Option<String>, i64, i64, Option<String>, Option<String>);
     for (venue, id) in &touched.devices {
-        let row: Option<(Option<String>, i64, i64)> = device
+        let row: Option<DeviceRow> = device
             .query_row(params![partition, venue, id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()?;
         let value = match row {
-            Some((zone, connected_at, last_seen)) => Some(
+            Some((zone, connected_at, last_seen, vip_id, vip_name)) => Some(
                 VenueState {
                     venue: venue.clone(),
                     entry: Entry::Device {
@@ -841,6 +871,7 @@ fn changes(
                         zone,
                         connected_at,
                         last_seen,
+                        vip: vip_id.map(|id| VipGuest { id, name: vip_name }),
                     },
                 }
                 .encode()
@@ -1088,16 +1119,19 @@ pub(super) fn restore_records(
                             zone,
                             connected_at,
                             last_seen,
+                            vip,
                             ..
                         },
                     ..
                 }),
             ) => {
                 tx.prepare_cached(
-                    "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO devices (partition, venue, device, zone, connected_at, last_seen,
+                                          vip_id, vip_name)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (partition, venue, device) DO UPDATE SET zone = excluded.zone,
-                       connected_at = excluded.connected_at, last_seen = excluded.last_seen",
+                       connected_at = excluded.connected_at, last_seen = excluded.last_seen,
+                       vip_id = excluded.vip_id, vip_name = excluded.vip_name",
                 )?
                 .execute(params![
                     partition,
@@ -1105,7 +1139,9 @@ pub(super) fn restore_records(
                     device,
                     zone,
                     connected_at,
-                    last_seen
+                    last_seen,
+                    vip.as_ref().map(|g| g.id.as_str()),
+                    vip.as_ref().and_then(|g| g.name.as_deref())
                 ])?;
             }
             // The venue view's occupancy by minute and alerts: derived

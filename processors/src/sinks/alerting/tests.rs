@@ -581,7 +581,7 @@ fn a_version_1_file_opens_keeping_its_outbox_and_dropping_per_host_state() {
     let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
     assert_eq!(n("SELECT COUNT(*) FROM outbox"), 1);
     assert_eq!(n("SELECT COUNT(*) FROM devices"), 0);
-    assert_eq!(n("PRAGMA user_version"), 2);
+    assert_eq!(n("PRAGMA user_version"), 3);
     // Opening again changes nothing more.
     drop(c);
     let c = open_db(&path).unwrap();
@@ -727,6 +727,134 @@ fn each_batch_writes_the_occupancy_of_every_venue_it_touched_for_its_minute() {
                 zones: BTreeMap::from([("lobby".into(), 2)]),
             }
         )]
+    );
+}
+
+#[test]
+fn a_vips_device_carries_its_guest_to_the_changelog_and_back_and_ends_with_it() {
+    use schemas::venue_state::{Entry, Key, VenueState, VipGuest};
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = 1_790_000_000_000_000;
+    let devices =
+        |changes: &[crate::sinks::KeyedChange]| -> Vec<(String, Option<Option<VipGuest>>)> {
+            changes
+                .iter()
+                .filter_map(|(k, v)| match Key::decode(k)? {
+                    Key::Device { device, .. } => Some((
+                        device,
+                        v.as_ref()
+                            .map(|v| match VenueState::decode(v).unwrap().entry {
+                                Entry::Device { vip, .. } => vip,
+                                other => panic!("{other:?}"),
+                            }),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+    let ana = Some(Some(VipGuest {
+        id: "g-d1".into(),
+        name: Some("Ana".into()),
+    }));
+    let first = e
+        .apply_in(
+            &mut c,
+            0,
+            &[
+                ev_full("1", "guest_connects", "v", "lobby", "d1", t0, true, false),
+                ev_full(
+                    "2",
+                    "device_connected",
+                    "v",
+                    "lobby",
+                    "d2",
+                    t0,
+                    false,
+                    false,
+                ),
+            ],
+            t0,
+        )
+        .unwrap();
+    assert_eq!(
+        devices(&first.changes),
+        [("d1".into(), ana.clone()), ("d2".into(), Some(None))]
+    );
+    // A restore on another host keeps the VIP: its next record says so.
+    let mut other = db();
+    restore_records(&mut other, 0, &first.changes).unwrap();
+    let mut plain = (*ev("3", "zone_entered", "v", "bar", "d1", t0 + 1)).clone();
+    if let Some(w) = plain.guest_wifi.as_mut() {
+        w.guest = None;
+    }
+    let moved = e
+        .apply_in(&mut other, 0, &[Arc::new(plain)], t0 + 1)
+        .unwrap();
+    assert_eq!(
+        devices(&moved.changes),
+        [("d1".into(), ana)],
+        "an event naming no guest keeps the device's VIP"
+    );
+    // The same device now named for a guest who is no VIP: no VIP.
+    let demoted = e
+        .apply_in(
+            &mut other,
+            0,
+            &[ev_full(
+                "4",
+                "zone_entered",
+                "v",
+                "bar",
+                "d1",
+                t0 + 2,
+                false,
+                false,
+            )],
+            t0 + 2,
+        )
+        .unwrap();
+    assert_eq!(devices(&demoted.changes), [("d1".into(), Some(None))]);
+    // Leaving ends it (the device's tombstone).
+    let gone = e
+        .apply_in(
+            &mut other,
+            0,
+            &[ev("5", "device_disconnected", "v", "bar", "d1", t0 + 3)],
+            t0 + 3,
+        )
+        .unwrap();
+    assert_eq!(devices(&gone.changes), [("d1".into(), None)]);
+}
+
+#[test]
+fn a_version_2_file_gains_the_devices_vip_columns_keeping_its_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts.sqlite");
+    {
+        let c = open_db(&path).unwrap();
+        // As version 2 made it: no VIP columns.
+        c.execute_batch(
+            "DROP TABLE devices;
+             CREATE TABLE devices (
+                partition INTEGER NOT NULL, venue TEXT NOT NULL, device TEXT NOT NULL, zone TEXT,
+                connected_at INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+                PRIMARY KEY (partition, venue, device)) WITHOUT ROWID;
+             INSERT INTO devices VALUES (0, 'v', 'd', 'lobby', 1, 1);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    let c = open_db(&path).unwrap();
+    let n = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+    assert_eq!(n("PRAGMA user_version"), 3);
+    assert_eq!(n("SELECT COUNT(*) FROM devices WHERE vip_id IS NULL"), 1);
+    drop(c);
+    let c = open_db(&path).unwrap();
+    assert_eq!(
+        c.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        1
     );
 }
 
