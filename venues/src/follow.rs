@@ -43,10 +43,17 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {}
 
+/// The reader's settings: a fetch waits at most 100 ms when there is
+/// nothing new (librdkafka's default is 500 ms), so a change reaches the
+/// page soon on any broker; `kafka.options` may change it.
 fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut options = kafka.options.clone();
+    options
+        .entry("fetch.wait.max.ms".into())
+        .or_insert_with(|| "100".into());
     plumbing::reader_config(
         &kafka.brokers,
-        &kafka.options,
+        &options,
         &format!("{}-reader", kafka.client_id),
         &kafka.client_id,
     )
@@ -165,5 +172,27 @@ pub async fn follow(
                 shared.set_ready();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_waits_100_ms_when_idle_unless_the_options_say_otherwise() {
+        let config = |extra: &str| {
+            crate::config::Config::from_toml(&format!(
+                "[kafka]\nbrokers = \"b:9092\"\nchangelog_topic = \"p-state\"\nsink = \"alerts\"\n{extra}"
+            ))
+            .unwrap()
+            .kafka
+        };
+        assert_eq!(
+            client_config(&config("")).get("fetch.wait.max.ms"),
+            Some("100")
+        );
+        let slow = config("options = { \"fetch.wait.max.ms\" = \"500\" }\n");
+        assert_eq!(client_config(&slow).get("fetch.wait.max.ms"), Some("500"));
     }
 }
