@@ -62,9 +62,10 @@
 //! of the loop in `fetch`; Kafka answers at once once `fetch.min.bytes`
 //! are there). With librdkafka's default of 500 ms, each of the two
 //! consumer hops (raw topic to the processors, state changelog to the
-//! view) costs 250 to 500 ms by that reading (the view's
+//! view) cost 250 to 500 ms by that reading (the view's
 //! `venues_view_lag_seconds`, changelog append to applied, read 0.5-0.7 s
-//! at the end of smoke runs with the default, 0.08 s with 10 ms).
+//! at the end of smoke runs with 500 ms, 0.08 s with 10 ms), which is why
+//! both services now default to 100 ms.
 //! `VENUE_LATENCY_FETCH_WAIT_MS` sets
 //! `fetch.wait.max.ms` on both consumers (through their `kafka.options`)
 //! to see the rest of the pipeline; unset, the deployed defaults are
@@ -112,8 +113,8 @@ struct Settings {
     /// A fixed open-loop rate instead (`VENUE_LATENCY_RATE`, events/s).
     rate: Option<f64>,
     /// librdkafka's `fetch.wait.max.ms` for the processors' and the view's
-    /// consumers (`VENUE_LATENCY_FETCH_WAIT_MS`); unset: librdkafka's
-    /// default (500 ms), as deployed. See the module docs.
+    /// consumers (`VENUE_LATENCY_FETCH_WAIT_MS`); unset: the services'
+    /// default (100 ms), as deployed. See the module docs.
     fetch_wait_ms: Option<u64>,
 }
 
@@ -922,7 +923,7 @@ async fn run(
     println!(
         "consumers' fetch.wait.max.ms (processors and venues): {}",
         s.fetch_wait_ms.map_or_else(
-            || "librdkafka's default, 500 (as deployed)".to_owned(),
+            || "the services' default, 100 (as deployed)".to_owned(),
             |ms| format!("{ms} (VENUE_LATENCY_FETCH_WAIT_MS)")
         )
     );
