@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use e2e::fake_chat::FakeChat;
 use e2e::fake_crm::FakeCrm;
 use e2e::{
-    Alertmanager, Broker, Ingest, Postgres, Processor, produce, purple_config, read_topic, simulate,
+    Alertmanager, Broker, Ingest, Postgres, Processor, Venues, produce, purple_config, read_topic,
+    simulate,
 };
 use schemas::Envelope;
 
@@ -282,6 +283,45 @@ fn occupancy_truth(events: &BTreeMap<String, Raw>) -> BTreeMap<(String, String),
     out
 }
 
+/// The occupancy the venue view serves: per venue and zone (`""`: the
+/// devices without a zone, the venue's total less its zones'), from its
+/// API, as a duty manager's page reads it.
+async fn view_occupancy(view: &Venues) -> Option<BTreeMap<(String, String), i64>> {
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(view.url(&path))
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        }
+    };
+    let list = get("/api/venues?limit=10000".into()).await?;
+    let mut out = BTreeMap::new();
+    for v in list["venues"].as_array()? {
+        let id = v["id"].as_str()?;
+        let detail = get(format!("/api/venues/{id}")).await?;
+        let mut zoned = 0;
+        for z in detail["zones"].as_array()? {
+            let n = z["devices"].as_i64()?;
+            zoned += n;
+            if n > 0 {
+                out.insert((id.to_owned(), z["zone"].as_str()?.to_owned()), n);
+            }
+        }
+        let rest = detail["venue"]["devices"].as_i64()? - zoned;
+        if rest > 0 {
+            out.insert((id.to_owned(), String::new()), rest);
+        }
+    }
+    Some(out)
+}
+
 /// The occupancy the instances serve, summed (each serves the partitions
 /// it owns).
 async fn served_occupancy(instances: &[&Processor]) -> BTreeMap<(String, String), i64> {
@@ -384,6 +424,15 @@ async fn prove(single: bool) {
         ("E2E_SCALE_CRM_TOKEN", CRM_TOKEN),
         ("E2E_SCALE_SLACK_URL", chat_url.as_str()),
     ];
+    // The venue view follows the instances' state changelog from the
+    // start, through every kill, join and leave below.
+    let view = Venues::start(
+        &format!(
+            "[kafka]\nbrokers = \"{}\"\nchangelog_topic = \"g-{TOPIC}-state\"\nsink = \"alerts\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            broker.brokers()
+        ),
+        &[],
+    );
     let start = |host: usize| {
         let dir = hosts[host].path();
         Processor::start_with_env(&config(&broker, &store.sink(dir), &crm, &am, dir), &env)
@@ -584,6 +633,21 @@ async fn prove(single: bool) {
     let truth = occupancy_truth(&live);
     let served = served_occupancy(&survivors).await;
     assert_eq!(served, truth, "occupancy served by the survivors");
+    // The venue view, fed only by the changelog the instances wrote as
+    // partitions moved between them, shows the same.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = view_occupancy(&view).await;
+        if shown.as_ref() == Some(&truth) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the venue view never showed the truth\ntruth {truth:?}\nview  {shown:?}\n{}",
+            view.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Alertmanager: each condition (an alert's labels and start: a zone
     // that clears and fills again is a new condition) one alert, fired
@@ -686,7 +750,7 @@ async fn prove(single: bool) {
     eprintln!(
         "scale: simulator sent {} ({} distinct acknowledged), {resent} re-sent; {} events in Kafka, \
          analytics store {} rows, 0 twice; CRM {} applied, {repeats} repeated (bound {CRM_CONCURRENCY}); \
-         occupancy {} zones = truth; Alertmanager {} alerts, each fired once, {} active = zones over {THRESHOLD}; \
+         occupancy {} zones = truth (and on the venue view); Alertmanager {} alerts, each fired once, {} active = zones over {THRESHOLD}; \
          Slack {} posts, {slack_repeats} repeated; {} late (each before its venue's first delivered event)",
         report.sent,
         report.distinct_acknowledged,

@@ -37,44 +37,12 @@ const HOUR: i64 = 60 * MIN;
 const VENUES: [(&str, &str); 2] = [("hq", "America/New_York"), ("annex", "Asia/Kolkata")];
 const ZONES: [&str; 3] = ["lobby", "bar", "terrace"];
 
+/// The venue view's processors (`e2e::processors_alerting_config`, group
+/// `venue-day`) with both analytics stores beside the alerting sink.
 fn processors_config(brokers: &str, dir: &Path, pg: &str) -> String {
+    let live = e2e::processors_alerting_config(brokers, TOPIC, "venue-day", dir, 1000);
     format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "venue-day"
-topic = "{TOPIC}"
-quarantine_topic = "{TOPIC}.quarantine"
-dlq_topic = "{TOPIC}.dlq"
-
-[processing]
-retry_initial = "50ms"
-retry_max = "1s"
-revoke_timeout = "10s"
-# Small batches: each writes a minute record per venue it touched, so the
-# crowd below makes thousands of live-stream changes.
-batch_max = 50
-
-[dedupe]
-path = "{dir}/dedupe.redb"
-
-[metrics]
-listen = "127.0.0.1:0"
-
-[sources.purple]
-parser = "guest_wifi"
-
-[sinks.alerts]
-kind = "alerts"
-path = "{dir}/alerts.sqlite"
-
-[[sinks.alerts.rules]]
-kind = "zone_occupancy"
-threshold = 1000
-
-[[sinks.alerts.receivers]]
-kind = "log"
-
+        r#"{live}
 [sinks.pg]
 kind = "postgres"
 url = "{pg}"
@@ -84,12 +52,6 @@ kind = "analytics"
 path = "{dir}/analytics.sqlite"
 
 [[routes]]
-name = "live"
-sources = ["purple"]
-include_late = false
-sinks = ["alerts"]
-
-[[routes]]
 name = "history"
 sources = ["purple"]
 sinks = ["pg", "lite"]
@@ -97,6 +59,10 @@ sinks = ["pg", "lite"]
         dir = dir.display()
     )
 }
+
+/// Small batches: each writes a minute record per venue it touched, so the
+/// crowd below makes thousands of live-stream changes.
+const SMALL_BATCHES: [(&str, &str); 1] = [("PROCESSORS_PROCESSING__BATCH_MAX", "50")];
 
 fn view_config(brokers: &str, history: &str, show_guest_names: bool) -> String {
     format!(
@@ -340,11 +306,10 @@ async fn a_week_of_history_then_live_webhooks_reach_both_stores_pages_and_stream
     }
     let pg = Postgres::start();
     let host = tempfile::tempdir().unwrap();
-    let p = Processor::start(&processors_config(
-        &broker.brokers(),
-        host.path(),
-        &pg.url(),
-    ));
+    let p = Processor::start_with_env(
+        &processors_config(&broker.brokers(), host.path(), &pg.url()),
+        &SMALL_BATCHES,
+    );
     let lite = host.path().join("analytics.sqlite");
     assert!(
         lite.is_file(),
