@@ -214,7 +214,14 @@ time.sleep(3)
 venues = json.load(urllib.request.urlopen(url))["venues"]
 print(f"live venue view ({url}): {len(venues)} venues, fullest first")
 for v in venues:
-    print(f"  {v['id']}: {v['devices']} devices, {v['percent']}% of {v['capacity']} ({v['level']}); zones over: {', '.join(v['zones_over']) or 'none'}")
+    print(f"  {v['id']}: {v['devices']} devices, {v['percent']}% of {v['capacity']} ({v['level']}); zones over: {', '.join(v['zones_over']) or 'none'}; VIPs present: {v['vips_present']}")
+    h = json.load(urllib.request.urlopen(f"{url}/{v['id']}"))["history"] or {}
+    if "today" in h:
+        t = h["today"]
+        dwell = "-" if t["median_dwell_seconds"] is None else f"{t['median_dwell_seconds'] / 60:.0f} min"
+        print(f"    today ({t['date']}, {h['time_zone']}): {t['arrivals']} arrivals, median dwell {dwell} over {t['sessions_ended']} sessions ended")
+    elif "error" in h:
+        print(f"    history: {h['error']}")
 PY
 fi
 wait

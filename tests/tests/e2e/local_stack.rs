@@ -120,11 +120,16 @@ fn the_local_stack_runs_the_demo_stops_on_sigterm_and_starts_again_on_its_data()
             "run {run}: {}",
             analytics[0]
         );
-        // The demo's three venues, on the live venue view.
-        let view = stack.until("live venue view (", 3, Duration::from_secs(60));
+        // The demo's three venues, on the live venue view, each with its
+        // day from the embedded analytics store in its own time zone.
+        let view = stack.until("live venue view (", 6, Duration::from_secs(60));
         assert!(view[0].contains(": 3 venues"), "run {run}: {view:?}");
-        for line in &view[1..] {
-            assert!(line.contains(" devices, "), "run {run}: {line}");
+        for pair in view[1..].chunks(2) {
+            assert!(pair[0].contains(" devices, "), "run {run}: {view:?}");
+            assert!(
+                pair[1].trim_start().starts_with("today (") && pair[1].contains(" arrivals"),
+                "run {run}: no history from the analytics store: {view:?}"
+            );
         }
         // The demo's VIP arrivals are logged by the log receiver, but no
         // log line names a guest (the simulator's guests have first names).
