@@ -88,6 +88,22 @@ pub fn load_config<T: serde::de::DeserializeOwned>(
         .map_err(|e| e.into_iter().map(|e| describe_figment(&e)).collect())
 }
 
+/// A loaded configuration once its cross-field `problems` are checked
+/// too: the configuration, or every problem (of loading, else of the
+/// checks), one line each.
+pub fn checked<T>(
+    loaded: Result<T, Vec<String>>,
+    problems: impl FnOnce(&T) -> Vec<String>,
+) -> Result<T, Vec<String>> {
+    let config = loaded?;
+    let found = problems(&config);
+    if found.is_empty() {
+        Ok(config)
+    } else {
+        Err(found)
+    }
+}
+
 /// [`load_config`] from TOML text, with no environment layer (tests,
 /// examples).
 pub fn parse_config<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Vec<String>> {

@@ -128,17 +128,10 @@ impl Config {
     }
 
     fn checked(loaded: Result<Config, Vec<String>>, path: &Path) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
+        plumbing::checked(loaded, Config::problems).map_err(|problems| ConfigError {
             path: path.to_path_buf(),
             problems,
-        };
-        let config = loaded.map_err(fail)?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(fail(problems))
-        }
+        })
     }
 
     /// Cross-field checks; one line per problem.
