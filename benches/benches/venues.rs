@@ -66,7 +66,10 @@ fn main() {
             "[kafka]\nbrokers = \"b:9092\"\nchangelog_topic = \"p-state\"\nsink = \"alerts\"\n[view]\nmax_venues = {VENUES}\n[http]\nmax_streams = 20000\n"
         ))
         .expect("config");
-        let shared = Arc::new(Shared::new(config, Metrics::new().expect("metrics")));
+        let shared = Arc::new(Shared::new(config.clone(), Metrics::new().expect("metrics")));
+        // Live: every change summarised and published (a view that has
+        // caught up).
+        shared.set_ready();
         // Memory: every record made as it is applied, so the process
         // holds nothing but the view (and the stream's bounded buffer).
         let before = rss_mib();
@@ -89,6 +92,15 @@ fn main() {
         }
         let took = started.elapsed();
         let rate = sample.len() as f64 / took.as_secs_f64();
+        // Catching up (a replica's start): the same records into a view
+        // not yet ready, which publishes nothing.
+        let fresh = Shared::new(config, Metrics::new().expect("metrics"));
+        let started = Instant::now();
+        for (i, (k, v)) in sample.iter().enumerate() {
+            fresh.apply(0, i as i64, k, v);
+        }
+        let catch_up = sample.len() as f64 / started.elapsed().as_secs_f64();
+        drop(fresh);
         drop(sample);
         println!(
             "{VENUES} venues x {ZONES} zones x 60 minutes ({} records): resident memory {before:.1} MiB before, {held:.1} MiB after: {:.1} MiB for the view and the stream's buffer",
@@ -99,6 +111,9 @@ fn main() {
             "applying: {} records in {:.2}s, {rate:.0}/s (each: the view, the venue's JSON summary, the stream's buffer)",
             VENUES * 6,
             took.as_secs_f64()
+        );
+        println!(
+            "catching up (a replica's start, nothing published yet): {catch_up:.0}/s"
         );
         // Live-stream clients: connected, each given its snapshot, then
         // idle; memory per client.
@@ -145,6 +160,7 @@ fn main() {
             "machine": machine,
             "venues": VENUES, "zones": ZONES, "minutes": 60,
             "apply_per_second": rate,
+            "catch_up_apply_per_second": catch_up,
             "rss_mib_before": before, "rss_mib_held": held,
             "stream_clients": by_count,
             "kib_per_stream_client": per_client_kib,

@@ -22,7 +22,13 @@ tick();
 function connect(url, handlers) {
   const es = new EventSource(url);
   es.onopen = () => { $("dot").className = "dot live"; $("status").textContent = "live"; };
-  es.onerror = () => { $("dot").className = "dot down"; $("status").textContent = "reconnecting"; };
+  es.onerror = () => {
+    $("dot").className = "dot down";
+    $("status").textContent = "reconnecting";
+    // A refusal (the view still catching up, too many streams) closes the
+    // EventSource for good: open a new one (it starts with a snapshot).
+    if (es.readyState === EventSource.CLOSED) setTimeout(() => connect(url, handlers), 3000);
+  };
   for (const [name, fn] of Object.entries(handlers)) {
     es.addEventListener(name, (e) => fn(JSON.parse(e.data)));
   }

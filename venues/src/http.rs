@@ -490,6 +490,17 @@ fn live(
             return error(StatusCode::BAD_REQUEST, "Last-Event-ID: not visible ASCII");
         }
     };
+    if !shared.is_ready() {
+        // Changes are not published while the view catches up: a stream
+        // opened now would show a partial view that does not move.
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the view is catching up with the state changelog (see /readyz): retry shortly",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+        return r;
+    }
     let Some(guard) = shared.hub.join(shared.config.http.max_streams) else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -109,7 +109,8 @@ impl Shared {
     }
 
     /// Applies one changelog record, and publishes the venue's new
-    /// occupancy to the live stream when it changed.
+    /// occupancy to the live stream when it changed (once the view has
+    /// caught up: see [`stream::Hub::skip`]).
     pub fn apply(&self, partition: i32, offset: i64, key: &[u8], value: &[u8]) -> Outcome {
         let (outcome, changed) = {
             let mut view = self
@@ -121,6 +122,10 @@ impl Shared {
             (outcome, changed)
         };
         match changed {
+            // Catching up: no stream is open yet (they wait for ready), so
+            // the change is not summarised; a resume from before it gets
+            // a snapshot.
+            Some(_) if !self.is_ready() => self.hub.skip(partition, offset),
             Some((venue, now)) => {
                 let data = self.occupancy_json(&venue, &now).to_string();
                 self.hub

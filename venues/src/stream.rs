@@ -135,6 +135,18 @@ impl Hub {
         r.position.insert(partition, offset);
     }
 
+    /// Moves the position past a change that is not kept (the view was
+    /// catching up: no client was served yet, and summarising every
+    /// record of a long changelog would slow the catch-up several times):
+    /// a client resuming from before it gets a snapshot, as if the
+    /// change had been evicted.
+    pub fn skip(&self, partition: i32, offset: i64) {
+        let mut r = self.lock();
+        r.position.insert(partition, offset);
+        let gone = r.evicted.entry(partition).or_insert(offset);
+        *gone = (*gone).max(offset);
+    }
+
     /// Publishes a change of `venue` from the record at `offset` of
     /// `partition`.
     pub fn publish(

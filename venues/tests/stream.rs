@@ -16,7 +16,15 @@ use venues::metrics::Metrics;
 const MINUTE: i64 = 60_000_000;
 const T: i64 = 1_790_000_040 * 1_000_000;
 
+/// A view caught up with its (empty) changelog, serving on loopback.
 async fn start(extra: &str) -> (Arc<Shared>, std::net::SocketAddr) {
+    let (shared, addr) = start_catching_up(extra).await;
+    shared.set_ready();
+    (shared, addr)
+}
+
+/// A view still catching up, serving on loopback.
+async fn start_catching_up(extra: &str) -> (Arc<Shared>, std::net::SocketAddr) {
     let text = format!(
         "[kafka]\nbrokers = \"b:9092\"\nchangelog_topic = \"p-state\"\nsink = \"alerts\"\n{extra}"
     );
@@ -65,6 +73,32 @@ fn record(s: &Shared, offset: i64, venue: &str, lobby: i64, pad: usize) {
 
 fn json(data: &str) -> serde_json::Value {
     serde_json::from_str(data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_catching_up_streams_wait_and_a_resume_from_before_the_catch_up_gets_a_snapshot() {
+    let (s, addr) = start_catching_up("").await;
+    let (code, _) = SseClient::open(addr, "/api/venues/events", None, &[]).await;
+    assert_eq!(code, 503, "no stream of a partial view");
+    // The catch-up: applied, not published.
+    for offset in 0..3 {
+        record(&s, offset, "v", offset + 1, 0);
+    }
+    assert_eq!(s.hub.published(), 0);
+    s.set_ready();
+    record(&s, 3, "v", 9, 0);
+    assert_eq!(s.hub.published(), 1);
+    // From before the catch-up's changes: they are not held, so a
+    // snapshot (the whole view as it is), never a silent gap.
+    let (code, mut early) = SseClient::open(addr, "/api/venues/events", Some("0:0"), &[]).await;
+    assert_eq!(code, 200);
+    let (event, id, data) = early.next().await;
+    assert_eq!((event.as_str(), id.as_str()), ("snapshot", "0:3"));
+    assert_eq!(json(&data)["venues"][0]["zones"][0]["devices"], 9);
+    // From the catch-up's last change: the one after it.
+    let (_, mut late) = SseClient::open(addr, "/api/venues/events", Some("0:2"), &[]).await;
+    let (event, id, _) = late.next().await;
+    assert_eq!((event.as_str(), id.as_str()), ("occupancy", "0:3"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

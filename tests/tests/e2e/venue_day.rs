@@ -333,6 +333,9 @@ async fn a_week_of_history_then_live_webhooks_reach_both_stores_pages_and_stream
         &env,
     );
     let auth = vec![format!("authorization: Bearer {TOKEN}")];
+    // Streams open once a replica has caught up (503 before).
+    a.wait_ready(Duration::from_secs(60)).await;
+    b.wait_ready(Duration::from_secs(60)).await;
 
     // Two clients on replica A: one reads everything, one never reads
     // (a small receive buffer: a wall screen on a bad link).
