@@ -146,6 +146,29 @@ fn main() {
             println!("{target} stream clients connected: resident {rss:.1} MiB");
             by_count.push(serde_json::json!({"clients": target, "rss_mib": rss}));
         }
+        // A reconnect storm on the all-venues stream: clients that each
+        // get the whole view (10,000 venues) as their first event and do
+        // not read it. They share one snapshot; what each holds is its
+        // socket's buffers (http.send_buffer).
+        let storm_before = rss_mib();
+        let snapshot_bytes = shared
+            .snapshot_frame(None, &venues::stream::parse_id("").unwrap_or_default())
+            .len();
+        let mut storm = Vec::new();
+        for _ in 0..200 {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(b"GET /api/venues/events HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .expect("request");
+            storm.push(s);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let storm_mib = rss_mib() - storm_before;
+        println!(
+            "200 all-venues clients not reading a {:.1} MiB snapshot: +{storm_mib:.1} MiB resident",
+            snapshot_bytes as f64 / (1024.0 * 1024.0)
+        );
+        drop(storm);
         let per_client_kib = match (by_count.first(), by_count.last()) {
             (Some(a), Some(b)) => {
                 (b["rss_mib"].as_f64().unwrap_or(0.0) - a["rss_mib"].as_f64().unwrap_or(0.0)) * 1024.0
@@ -164,6 +187,8 @@ fn main() {
             "rss_mib_before": before, "rss_mib_held": held,
             "stream_clients": by_count,
             "kib_per_stream_client": per_client_kib,
+            "storm_200_all_venues_clients_mib": storm_mib,
+            "snapshot_bytes": snapshot_bytes,
         });
         let path = pipeline_benches::write_results("venues", &result).expect("results");
         println!("results: {}", path.display());

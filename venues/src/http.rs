@@ -437,7 +437,9 @@ async fn stream_venue(
 /// What one live-stream client has to go through.
 struct Client {
     shared: Arc<Shared>,
-    first: std::collections::VecDeque<axum::response::sse::Event>,
+    first: std::collections::VecDeque<bytes::Bytes>,
+    /// When to send a heartbeat if nothing else was sent.
+    next_beat: tokio::time::Instant,
     rx: tokio::sync::broadcast::Receiver<Arc<crate::stream::Change>>,
     position: crate::stream::Position,
     venue: Option<String>,
@@ -447,13 +449,6 @@ struct Client {
     kill: Option<Kill>,
     dropped: bool,
     _guard: crate::stream::ClientGuard,
-}
-
-fn sse_event(c: &crate::stream::Change) -> axum::response::sse::Event {
-    axum::response::sse::Event::default()
-        .event(c.kind)
-        .id(c.id.clone())
-        .data(c.data.clone())
 }
 
 /// The text of the last event a dropped client gets.
@@ -473,7 +468,6 @@ fn live(
     kill: Option<Kill>,
     headers: &HeaderMap,
 ) -> Response {
-    use axum::response::sse::{Event, KeepAlive, Sse};
     use std::sync::atomic::Ordering;
     let from = match headers.get("last-event-id").map(|v| v.to_str()) {
         None => None,
@@ -520,18 +514,15 @@ fn live(
     let (rx, start, position) = shared.hub.subscribe(from.as_ref());
     let mut first = std::collections::VecDeque::new();
     match start {
-        crate::stream::Start::Snapshot => first.push_back(
-            Event::default()
-                .event("snapshot")
-                .id(crate::stream::format_id(&position))
-                .data(shared.snapshot_json(venue.as_deref()).to_string()),
-        ),
+        crate::stream::Start::Snapshot => {
+            first.push_back(shared.snapshot_frame(venue.as_deref(), &position));
+        }
         crate::stream::Start::Changes(changes) => {
             for c in changes
                 .iter()
                 .filter(|c| venue.as_ref().is_none_or(|v| *v == c.venue))
             {
-                first.push_back(sse_event(c));
+                first.push_back(c.frame.clone());
             }
         }
     }
@@ -568,6 +559,7 @@ fn live(
         });
     }
     let client = Client {
+        next_beat: tokio::time::Instant::now() + shared_heartbeat(),
         stop: shared.stop.subscribe(),
         shared,
         first,
@@ -585,11 +577,17 @@ fn live(
             return None;
         }
         if let Some(e) = c.first.pop_front() {
+            c.next_beat = tokio::time::Instant::now() + shared_heartbeat();
             return Some((Ok::<_, std::convert::Infallible>(e), c));
         }
         loop {
             let received = tokio::select! {
                 _ = c.stop.changed() => return None,
+                () = tokio::time::sleep_until(c.next_beat) => {
+                    // Keeps an idle stream open through proxies.
+                    c.next_beat = tokio::time::Instant::now() + shared_heartbeat();
+                    return Some((Ok(bytes::Bytes::from_static(b":\n\n")), c));
+                }
                 r = c.rx.recv() => r,
             };
             match received {
@@ -602,7 +600,8 @@ fn live(
                     if c.venue.as_ref().is_some_and(|v| *v != change.venue) {
                         continue;
                     }
-                    return Some((Ok(sse_event(&change)), c));
+                    c.next_beat = tokio::time::Instant::now() + shared_heartbeat();
+                    return Some((Ok(change.frame.clone()), c));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     c.dropped = true;
@@ -617,16 +616,23 @@ fn live(
                             k.0.notify_one();
                         });
                     }
-                    let e = Event::default().event("error").data(dropped_message());
+                    let e = crate::stream::frame("error", "", &dropped_message());
                     return Some((Ok(e), c));
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             }
         }
     });
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(shared_heartbeat()))
-        .into_response()
+    // The events are written as they are: a change's frame is made once
+    // and shared by every client sending it.
+    let mut r = axum::body::Body::from_stream(events).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 /// Heartbeats (SSE comments) keep idle streams open through proxies.

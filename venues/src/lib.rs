@@ -64,6 +64,8 @@ pub struct Shared {
     pub history: Option<history::History>,
     view: RwLock<View>,
     ready: AtomicBool,
+    /// The all-venues snapshot event and the published count it is of.
+    snapshot_cache: std::sync::Mutex<Option<(u64, bytes::Bytes)>>,
     /// Raised at shutdown: live streams end.
     pub stop: tokio::sync::watch::Sender<bool>,
 }
@@ -104,6 +106,7 @@ impl Shared {
             config,
             hub: Arc::new(stream::Hub::new()),
             ready: AtomicBool::new(false),
+            snapshot_cache: std::sync::Mutex::new(None),
             stop: tokio::sync::watch::channel(false).0,
         }
     }
@@ -155,6 +158,30 @@ impl Shared {
             .map(|(id, now)| self.occupancy_json(id, now))
             .collect();
         serde_json::json!({ "venues": venues })
+    }
+
+    /// A `snapshot` event at `position` (the stream's position when the
+    /// client subscribed): of `venue`, or of every venue. The all-venues
+    /// one is made once per published change and shared by every client
+    /// that starts meanwhile (a reconnect storm costs one snapshot, not
+    /// one per client); its `id:` may then be an earlier position with no
+    /// change between.
+    pub fn snapshot_frame(&self, venue: Option<&str>, position: &stream::Position) -> bytes::Bytes {
+        let id = stream::format_id(position);
+        if venue.is_some() {
+            return stream::frame("snapshot", &id, &self.snapshot_json(venue).to_string());
+        }
+        let mut cache = self
+            .snapshot_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let published = self.hub.published();
+        if let Some((_, frame)) = cache.as_ref().filter(|(at, _)| *at == published) {
+            return frame.clone();
+        }
+        let frame = stream::frame("snapshot", &id, &self.snapshot_json(None).to_string());
+        *cache = Some((published, frame.clone()));
+        frame
     }
 
     /// Every venue the view holds or the config names, with its occupancy.

@@ -47,8 +47,9 @@ pub struct Change {
     pub venue: String,
     /// The SSE `event:` name (`occupancy`).
     pub kind: &'static str,
-    /// The SSE `data:` (JSON).
-    pub data: String,
+    /// The whole SSE event (`event:`, `id:`, one `data:` line of JSON),
+    /// made once and shared by every client that sends it.
+    pub frame: bytes::Bytes,
     /// The view's position after it (its SSE `id:`).
     pub id: String,
     /// Its number among the hub's changes (from 1).
@@ -161,14 +162,15 @@ impl Hub {
             let mut r = self.lock();
             r.position.insert(partition, offset);
             let seq = self.published.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = format_id(&r.position);
             let change = Arc::new(Change {
                 seq,
                 partition,
                 offset,
                 venue: venue.to_owned(),
                 kind,
-                id: format_id(&r.position),
-                data,
+                frame: frame(kind, &id, &data),
+                id,
             });
             r.bytes += size(&change);
             r.changes.push_back(change.clone());
@@ -250,12 +252,47 @@ impl Drop for ClientGuard {
 }
 
 fn size(c: &Change) -> usize {
-    c.data.len() + c.id.len() + c.venue.len() + 64
+    c.frame.len() + c.id.len() + c.venue.len() + 64
+}
+
+/// One SSE event: `event:`, `id:` (when given) and `data:`. `data` is one
+/// line (JSON as serde_json writes it has no raw line break; any other
+/// line break is split into `data:` lines, as SSE wants).
+pub fn frame(kind: &str, id: &str, data: &str) -> bytes::Bytes {
+    let mut out = String::with_capacity(data.len() + id.len() + kind.len() + 24);
+    out.push_str("event: ");
+    out.push_str(kind);
+    out.push('\n');
+    if !id.is_empty() {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line.strip_suffix('\r').unwrap_or(line));
+        out.push('\n');
+    }
+    out.push('\n');
+    bytes::Bytes::from(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_is_one_sse_event_whatever_its_data_holds() {
+        assert_eq!(
+            &frame("occupancy", "0:3", "{\"a\":1}")[..],
+            b"event: occupancy\nid: 0:3\ndata: {\"a\":1}\n\n"
+        );
+        // A line break in the data cannot end the event or forge a field.
+        assert_eq!(
+            &frame("error", "", "x\r\nid: 9:9\n")[..],
+            b"event: error\ndata: x\ndata: id: 9:9\ndata: \n\n"
+        );
+    }
 
     #[test]
     fn ids_are_positions_and_read_back() {

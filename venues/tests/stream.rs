@@ -182,3 +182,18 @@ async fn a_client_that_never_reads_is_dropped_while_another_receives_everything(
     );
     assert_eq!(s.metrics.stream_dropped.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_starting_together_share_one_snapshot_until_the_next_change() {
+    let (s, _) = start("").await;
+    record(&s, 0, "v", 2, 0);
+    let at = |id: &str| venues::stream::parse_id(id).unwrap();
+    let a = s.snapshot_frame(None, &at("0:0"));
+    let b = s.snapshot_frame(None, &at("0:0"));
+    assert_eq!(a.as_ptr(), b.as_ptr(), "one snapshot, shared");
+    assert!(String::from_utf8_lossy(&a).starts_with("event: snapshot\nid: 0:0\ndata: {"));
+    record(&s, 1, "v", 3, 0);
+    let c = s.snapshot_frame(None, &at("0:1"));
+    assert_ne!(a, c, "a change makes a new one");
+    assert!(String::from_utf8_lossy(&c).contains("id: 0:1\n"));
+}
