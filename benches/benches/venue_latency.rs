@@ -65,8 +65,7 @@
 //! view) cost 250 to 500 ms by that reading (the view's
 //! `venues_view_lag_seconds`, changelog append to applied, read 0.5-0.7 s
 //! at the end of smoke runs with 500 ms, 0.08 s with 10 ms), which is why
-//! the view defaults to 100 ms (the processors keep librdkafka's 500 ms:
-//! see BENCHMARKS.md).
+//! both services default to 100 ms.
 //! `VENUE_LATENCY_FETCH_WAIT_MS` sets
 //! `fetch.wait.max.ms` on both consumers (through their `kafka.options`)
 //! to see the rest of the pipeline; unset, the deployed defaults are
@@ -114,9 +113,8 @@ struct Settings {
     /// A fixed open-loop rate instead (`VENUE_LATENCY_RATE`, events/s).
     rate: Option<f64>,
     /// librdkafka's `fetch.wait.max.ms` for the processors' and the view's
-    /// consumers (`VENUE_LATENCY_FETCH_WAIT_MS`); unset: as deployed (the
-    /// processors librdkafka's 500 ms, the view 100 ms). See the module
-    /// docs.
+    /// consumers (`VENUE_LATENCY_FETCH_WAIT_MS`); unset: the services'
+    /// default (100 ms), as deployed. See the module docs.
     fetch_wait_ms: Option<u64>,
 }
 
@@ -925,7 +923,7 @@ async fn run(
     println!(
         "consumers' fetch.wait.max.ms (processors and venues): {}",
         s.fetch_wait_ms.map_or_else(
-            || "as deployed: the processors librdkafka's 500, the view 100".to_owned(),
+            || "the services' default, 100 (as deployed)".to_owned(),
             |ms| format!("{ms} (VENUE_LATENCY_FETCH_WAIT_MS)")
         )
     );

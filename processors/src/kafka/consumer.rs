@@ -440,6 +440,15 @@ async fn consume(
             &topic,
             &shared.metrics,
         );
+        start_idle_workers(
+            &parts,
+            &failures,
+            &topic,
+            &consumer,
+            &shared,
+            &workers_rt,
+            (batch_max, capacity),
+        );
         shared.metrics.buffered_bytes.set(budget.used() as i64);
         if budget_paused && budget.recovered() {
             budget_paused = false;
@@ -495,6 +504,15 @@ async fn consume(
                     delay,
                 )
             });
+            // A worker started before its first record (see
+            // `start_idle_workers`) is read again from this record if it
+            // dies before it stores a position.
+            let _ = w.position.compare_exchange(
+                NO_RECORD_YET,
+                record.offset,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             (w.tx.clone(), generation)
         };
         if budget_paused && budget.exhausted() {
@@ -750,6 +768,46 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 /// The pause before a partition's worker starts again after its `n`th
 /// unexpected end: 100 ms doubling to 30 s, so a bug that panics on every
 /// record costs a log line and a count per attempt, not a busy loop.
+/// A worker's position before it was given any record.
+const NO_RECORD_YET: i64 = -1;
+
+/// Starts a worker for every assigned partition that has none: its state
+/// is restored (and what its last owner left to send is sent, its firing
+/// alerts re-posted) at once, not when its next record arrives, which for
+/// a partition whose every record was committed may be much later.
+#[allow(clippy::too_many_arguments)]
+fn start_idle_workers(
+    parts: &Mutex<Partitions>,
+    failures: &HashMap<i32, u32>,
+    topic: &str,
+    consumer: &Arc<StreamConsumer<Ctx>>,
+    shared: &Arc<Shared>,
+    rt: &tokio::runtime::Handle,
+    sizes: (usize, usize),
+) {
+    let Ok(mut p) = parts.lock() else { return };
+    let idle: Vec<i32> = p
+        .assigned
+        .iter()
+        .copied()
+        .filter(|partition| !p.workers.contains_key(partition))
+        .collect();
+    for partition in idle {
+        let delay = restart_delay(failures.get(&partition).copied().unwrap_or(0));
+        let w = spawn_worker(
+            partition,
+            NO_RECORD_YET,
+            topic,
+            consumer.clone(),
+            shared.clone(),
+            rt,
+            sizes,
+            delay,
+        );
+        p.workers.insert(partition, w);
+    }
+}
+
 fn restart_delay(n: u32) -> Duration {
     if n == 0 {
         return Duration::ZERO;
@@ -805,7 +863,9 @@ fn restart_dead_workers(
         if held.remove(&partition).is_some() {
             metrics.paused_partitions.dec();
         }
-        if let Err(e) = consumer.seek(
+        if position == NO_RECORD_YET {
+            // It took no record: the fetch position is where it should be.
+        } else if let Err(e) = consumer.seek(
             topic,
             partition,
             Offset::Offset(position),

@@ -34,11 +34,21 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     consumer_config_as(kafka, &kafka.membership())
 }
 
+/// The consumers' default `fetch.wait.max.ms`.
+pub const FETCH_WAIT_MS: &str = "100";
+
 /// The librdkafka consumer settings for `membership`: the guarantees last,
 /// so they win. `group.instance.id` is set here only: the side producer
 /// and the one-shot readers are not group members.
 pub fn consumer_config_as(kafka: &KafkaConfig, membership: &Membership) -> ClientConfig {
     let mut c = ClientConfig::new();
+    // A default `kafka.options` may change: how long an idle fetch waits
+    // (librdkafka's 500 ms). A broker answers as soon as records are
+    // there, so this only bounds idle waits; a broker that waits its
+    // whole fetch wait between passes (tansu) adds up to this much to
+    // every event's way to the sinks (see BENCHMARKS.md, the venue view's
+    // latency).
+    c.set("fetch.wait.max.ms", FETCH_WAIT_MS);
     for (k, v) in &kafka.options {
         c.set(k, v);
     }
@@ -435,6 +445,20 @@ mod tests {
     /// A `[kafka]` section: the brokers and `lines`.
     fn kafka(lines: &str) -> KafkaConfig {
         toml::from_str(&format!("brokers = \"127.0.0.1:9092\"\n{lines}")).unwrap()
+    }
+
+    #[test]
+    fn an_idle_fetch_waits_100_ms_unless_the_options_say_otherwise() {
+        let m = Membership::Dynamic(String::new());
+        assert_eq!(
+            consumer_config_as(&with(&[]), &m).get("fetch.wait.max.ms"),
+            Some("100")
+        );
+        let slow = with(&[("fetch.wait.max.ms", "500")]);
+        assert_eq!(
+            consumer_config_as(&slow, &m).get("fetch.wait.max.ms"),
+            Some("500")
+        );
     }
 
     fn no_host() -> Option<String> {
