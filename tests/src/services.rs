@@ -91,21 +91,13 @@ impl Ingest {
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ingest never became ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready_within(
+            &self.url("/readyz"),
+            Duration::from_secs(30),
+            "ingest",
+            || self.log(),
+        )
+        .await;
     }
 
     /// Its process id, while it runs (to read `/proc/PID/status`).
@@ -434,21 +426,7 @@ impl Venues {
     /// Waits until `/readyz` answers 200: every changelog partition read
     /// to the end it had at the start.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "venues never became ready:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready_within(&self.url("/readyz"), timeout, "venues", || self.log()).await;
     }
 
     /// Its log so far.
@@ -463,6 +441,26 @@ impl Drop for Venues {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Polls `readyz` until it answers 200; panics after `timeout` with
+/// `name`'s log.
+async fn ready_within(readyz: &str, timeout: Duration, name: &str, log: impl Fn() -> String) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = client.get(readyz).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became ready:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
