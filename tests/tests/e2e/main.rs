@@ -21,6 +21,7 @@ mod membership;
 mod metrics;
 mod monitoring;
 mod processors;
+mod producer_patch;
 mod replay;
 mod scale;
 mod secrets;

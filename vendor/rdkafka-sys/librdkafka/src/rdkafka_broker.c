@@ -3977,9 +3977,20 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                     &rktp->rktp_msgq, &rktp->rktp_xmit_msgq,
                     /* Only update the broker thread wakeup time
                      * if connection is up and messages can actually be
-                     * sent, otherwise the wakeup can't do much. */
-                    rkb->rkb_state == RD_KAFKA_BROKER_STATE_UP ? next_wakeup
-                                                               : NULL,
+                     * sent, otherwise the wakeup can't do much.
+                     * PATCHED: nor when the idempotent producer's
+                     * in-flight window for this partition is full: no
+                     * request can be sent until a response arrives, and
+                     * that response wakes the broker thread itself. The
+                     * linger deadline, already in the past while the
+                     * records wait, made the thread poll with a zero
+                     * timeout (busy-wait) until then. */
+                    rkb->rkb_state == RD_KAFKA_BROKER_STATE_UP &&
+                            !(rd_kafka_is_idempotent(rkb->rkb_rk) &&
+                              rd_atomic32_get(&rktp->rktp_reqs_inflight) >=
+                                  RD_KAFKA_IDEMP_MAX_INFLIGHT)
+                        ? next_wakeup
+                        : NULL,
                     now, flushing ? 1 : rkb->rkb_rk->rk_conf.buffering_max_us,
                     /* Batch message count threshold */
                     rkb->rkb_rk->rk_conf.batch_num_messages,
@@ -4059,9 +4070,15 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                 }
 
                 /* Limit the number of in-flight requests (per partition)
-                 * to the broker's sequence de-duplication window. */
-                max_requests = RD_MIN(max_requests,
-                                      RD_KAFKA_IDEMP_MAX_INFLIGHT - inflight);
+                 * to the broker's sequence de-duplication window.
+                 * PATCHED: the window is of requests (the broker keeps the
+                 * last 5 batches of a producer per partition), so count
+                 * requests; counting messages (\p inflight) allowed one
+                 * request at a time as soon as a batch held 5 messages. */
+                max_requests =
+                    RD_MIN(max_requests,
+                           RD_KAFKA_IDEMP_MAX_INFLIGHT -
+                               rd_atomic32_get(&rktp->rktp_reqs_inflight));
         }
 
 
@@ -4140,7 +4157,15 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
         if (cnt > 0) {
                 rd_kafka_toppar_lock(rktp);
                 batch_ready = rd_kafka_msgq_allow_wakeup_at(
-                    &rktp->rktp_msgq, &rktp->rktp_xmit_msgq, next_wakeup, now,
+                    &rktp->rktp_msgq, &rktp->rktp_xmit_msgq,
+                    /* PATCHED: no wake-up while the in-flight window is
+                     * full (see above). */
+                    rd_kafka_is_idempotent(rkb->rkb_rk) &&
+                            rd_atomic32_get(&rktp->rktp_reqs_inflight) >=
+                                RD_KAFKA_IDEMP_MAX_INFLIGHT
+                        ? NULL
+                        : next_wakeup,
+                    now,
                     flushing ? 1 : rkb->rkb_rk->rk_conf.buffering_max_us,
                     /* Batch message count threshold */
                     rkb->rkb_rk->rk_conf.batch_num_messages,
