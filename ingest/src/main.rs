@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 use ingest::config::Config;
 use ingest::source::Source;
 
+/// mimalloc, not glibc's allocator: each request allocates and frees a few
+/// dozen small blocks across two worker threads, and glibc's malloc and
+/// free were a quarter of ingest's CPU at saturation (BENCHMARKS.md,
+/// "Ingest's CPU").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "ingest",
