@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use schemas::{Envelope, Verification};
+use schemas::EnvelopeRef;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -606,48 +606,41 @@ async fn accept(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let envelope = Envelope {
-        event_id,
-        source: source.name.to_string(),
+    let headers = source.forwarded(&parts.headers);
+    let client_addr = client.map(|c| c.to_string());
+    let envelope = EnvelopeRef {
+        event_id: &event_id,
+        source: &source.name,
         received_at_micros,
-        headers: source.forwarded(&parts.headers),
+        headers: &headers,
         content_type: parts
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        client_addr: client.map(|c| c.to_string()),
-        verification: Verification {
-            scheme: verified.scheme.to_string(),
-            secret_id: verified.secret_id.to_string(),
-        },
-        ordering_key: extracted.ordering_key,
+            .and_then(|v| v.to_str().ok()),
+        client_addr: client_addr.as_deref(),
+        scheme: verified.scheme,
+        secret_id: &verified.secret_id,
+        ordering_key: extracted.ordering_key.as_deref(),
         sequence: extracted.sequence,
-        request_id: rid.to_string(),
-        body: body.to_vec(),
+        request_id: rid,
+        body: &body,
     };
-    let payload = envelope.encode().map_err(|e| {
-        tracing::error!(error = %e, "envelope encoding failed");
-        AppError::Internal("envelope encoding failed")
-    })?;
-    let key = envelope
-        .ordering_key
-        .as_deref()
-        .unwrap_or(&envelope.event_id);
+    let payload = envelope.encode();
+    let key = envelope.ordering_key.unwrap_or(&event_id);
     let delivered = state
         .producer
         .deliver(
             key.as_bytes(),
             &payload,
-            &envelope.source,
-            &envelope.event_id,
+            &source.name,
+            &event_id,
             received_at_micros / 1000,
             deadline,
         )
         .await
         .map_err(AppError::Delivery)?;
     Ok(Outcome::Delivered(Accepted {
-        event_id: envelope.event_id,
+        event_id,
         partition: delivered.partition,
         offset: delivered.offset,
     }))

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName};
-use schemas::Header;
 use serde_json::Value;
 
 use crate::address::Cidrs;
@@ -217,7 +216,7 @@ impl Source {
     }
 
     /// The allow-listed headers, in the order received, bounded in size.
-    pub fn forwarded(&self, headers: &HeaderMap) -> Vec<Header> {
+    pub fn forwarded<'a>(&'a self, headers: &'a HeaderMap) -> Vec<(&'a str, &'a str)> {
         let mut out = Vec::new();
         let mut budget = MAX_FORWARDED_HEADER_BYTES;
         for name in &self.forward_headers {
@@ -228,10 +227,7 @@ impl Source {
                     return out;
                 }
                 budget -= cost;
-                out.push(Header {
-                    name: name.as_str().to_string(),
-                    value: value.to_string(),
-                });
+                out.push((name.as_str(), value));
             }
         }
         out
@@ -360,8 +356,9 @@ mod tests {
         h.insert("user-agent", "P/1".parse().unwrap());
         h.insert("authorization", "Bearer x".parse().unwrap());
         h.insert("x-trace", "t1".parse().unwrap());
-        let f = source().forwarded(&h);
-        let names: Vec<_> = f.iter().map(|h| h.name.as_str()).collect();
+        let s = source();
+        let f = s.forwarded(&h);
+        let names: Vec<_> = f.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, ["user-agent", "x-trace"]);
     }
 }

@@ -26,7 +26,7 @@ pub mod changelog;
 pub mod envelope;
 pub mod venue_state;
 
-pub use envelope::{DecodeError, EncodeError, Envelope, Header, Verification};
+pub use envelope::{DecodeError, EncodeError, Envelope, EnvelopeRef, Header, Verification};
 
 /// Every committed version of the normalized guest-WiFi event schema, oldest
 /// first (`avro/guest_wifi/vN.avsc`): what the processors hand to sinks and
