@@ -380,28 +380,78 @@ fn with_image_files(text: &str) -> String {
     text
 }
 
-/// The workspace's binary targets (`cargo metadata`).
-fn workspace_bins() -> BTreeSet<String> {
+/// `cargo metadata` of the workspace (`--no-deps`: its own packages only).
+fn metadata(no_deps: bool) -> Value {
     let cargo = std::env::var_os("CARGO")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("cargo"));
-    let text = output(
-        &cargo,
-        &[
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ],
-    );
-    let meta: Value = serde_json::from_str(&text).expect("cargo metadata prints JSON");
+    let mut args = vec!["metadata", "--format-version", "1", "--offline", "--locked"];
+    if no_deps {
+        args.push("--no-deps");
+    }
+    let text = output(&cargo, &args);
+    serde_json::from_str(&text).expect("cargo metadata prints JSON")
+}
+
+/// The workspace's binary targets.
+fn workspace_bins() -> BTreeSet<String> {
+    let meta = metadata(true);
     items(&meta, "/packages")
         .iter()
         .flat_map(|p| items(p, "/targets"))
         .filter(|t| items(t, "/kind").iter().any(|k| k == "bin"))
         .map(|t| str_at(t, "/name").to_string())
         .collect()
+}
+
+/// What the dependency layer must hold before its cargo build: every
+/// member's manifest, and every path dependency that is not a member (a
+/// `[patch]` of a vendored crate), as paths relative to the repository
+/// (`schemas/Cargo.toml`, `vendor/rdkafka-sys/`).
+fn dependency_layer_needs() -> BTreeSet<String> {
+    let meta = metadata(false);
+    let root = PathBuf::from(str_at(&meta, "/workspace_root"));
+    let members: BTreeSet<&str> = items(&meta, "/workspace_members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut out = BTreeSet::new();
+    for p in items(&meta, "/packages") {
+        let local = p.get("source").is_none_or(Value::is_null);
+        if !local {
+            continue;
+        }
+        let manifest = PathBuf::from(str_at(p, "/manifest_path"));
+        let Ok(rel) = manifest.strip_prefix(&root) else {
+            continue;
+        };
+        if members.contains(str_at(p, "/id")) {
+            out.insert(rel.to_string_lossy().into_owned());
+        } else if let Some(dir) = rel.parent() {
+            out.insert(format!("{}/", dir.to_string_lossy()));
+        }
+    }
+    out
+}
+
+/// The repository paths COPY'd before the Dockerfile's first cargo build.
+fn copied_before_first_build() -> Vec<String> {
+    let mut out = Vec::new();
+    for line in dockerfile_lines() {
+        if line.contains("cargo build") {
+            break;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words
+            .first()
+            .is_some_and(|w| w.eq_ignore_ascii_case("COPY"))
+            && !words.iter().any(|w| w.starts_with("--from"))
+            && let Some((_, from)) = words[1..].split_last()
+        {
+            out.extend(from.iter().map(|f| f.trim_start_matches("./").to_string()));
+        }
+    }
+    out
 }
 
 fn assert_none(what: &str, problems: &[String]) {
@@ -468,6 +518,20 @@ fn the_image_builds_with_ci_s_cargo_line_in_release_and_holds_every_binary_the_m
         if &without != ci {
             problems.push(format!(
                 "Dockerfile: {words:?} is not CI's {ci:?} plus --release"
+            ));
+        }
+    }
+
+    // The cached dependency layer builds: every member's manifest and
+    // every vendored crate is in it.
+    let copied = copied_before_first_build();
+    for need in dependency_layer_needs() {
+        let covered = copied
+            .iter()
+            .any(|c| *c == need || (c.ends_with('/') && need.starts_with(c.as_str())));
+        if !covered {
+            problems.push(format!(
+                "Dockerfile: {need} is not copied before the dependency build (copied: {copied:?})"
             ));
         }
     }
