@@ -12,6 +12,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 "$root/deploy/install-tansu.sh"
 "$root/deploy/install-debian-packages.sh"
+# hadolint and kubectl for tests/tests/e2e/deploy.rs (deploy/Dockerfile, deploy/k8s).
+"$root/deploy/install-tools.sh"
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

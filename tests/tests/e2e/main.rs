@@ -11,6 +11,7 @@
 mod alerting;
 mod analytics;
 mod crm;
+mod deploy;
 mod faults;
 mod harness;
 mod hostile_input;
