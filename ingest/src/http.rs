@@ -36,21 +36,34 @@ use tracing::Instrument;
 use crate::address::{Cidrs, client_addr};
 use crate::durability::{DurabilityConfig, DurabilityState};
 use crate::handshake::{self, HandshakeError};
-use crate::metrics::{Metrics, UNKNOWN_SOURCE};
+use crate::metrics::{Metrics, SourceMetrics, UNKNOWN_SOURCE};
 use crate::producer::{DeliveryError, KafkaProducer};
 use crate::rate_limit::retry_after_secs;
 use crate::signature::VerifyError;
 use crate::source::Source;
 
-/// Everything a request handler needs; cheap to clone.
+/// Everything a request handler needs, shared: a clone (axum makes one
+/// per request) is a single reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(pub Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// Configured sources by name.
     pub sources: Arc<HashMap<String, Arc<Source>>>,
     /// The raw-topic producer.
     pub producer: Arc<KafkaProducer>,
     /// Metrics registry and handles.
     pub metrics: Metrics,
+    /// Each configured source's per-request series, resolved at start.
+    pub source_metrics: HashMap<Arc<str>, SourceMetrics>,
     /// In-flight webhook requests; `try_acquire` so overload is refused,
     /// never queued.
     pub in_flight: Arc<Semaphore>,
@@ -396,22 +409,16 @@ async fn respond(
 
     let resp = match result {
         Ok(Outcome::Delivered(accepted)) => {
-            state
-                .metrics
-                .ack_latency
-                .with_label_values(&[&label])
-                .observe(started.elapsed().as_secs_f64());
+            if let Some(m) = state.source_metrics.get(&label) {
+                m.ack_latency.observe(started.elapsed().as_secs_f64());
+            }
             tracing::debug!(
                 event_id = accepted.event_id.as_str(),
                 partition = accepted.partition,
                 offset = accepted.offset,
                 "accepted"
             );
-            axum::Json(serde_json::json!({
-                "event_id": accepted.event_id,
-                "request_id": rid,
-            }))
-            .into_response()
+            accepted_body(&accepted.event_id, &rid)
         }
         Ok(Outcome::Challenge(challenge)) => {
             handshake_answered(&state, &label, "url_verification");
@@ -538,13 +545,35 @@ fn refuse(state: &AppState, label: &str, rid: &str, e: AppError) -> Response {
     e.into_response_with(state.retry_after)
 }
 
+/// `{"event_id": ..., "request_id": ...}`, written directly.
+fn accepted_body(event_id: &str, rid: &str) -> Response {
+    let mut body = Vec::with_capacity(32 + event_id.len() + rid.len());
+    body.extend_from_slice(b"{\"event_id\":");
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut body, event_id);
+    body.extend_from_slice(b",\"request_id\":");
+    let _ = serde_json::to_writer(&mut body, rid);
+    body.push(b'}');
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 /// Counts the answer and adds the request id.
 fn finish(state: &AppState, label: &str, rid: &str, mut resp: Response) -> Response {
-    state
-        .metrics
-        .requests
-        .with_label_values(&[label, resp.status().as_str()])
-        .inc();
+    match state.source_metrics.get(label) {
+        Some(m) if resp.status() == StatusCode::OK => m.accepted.inc(),
+        _ => state
+            .metrics
+            .requests
+            .with_label_values(&[label, resp.status().as_str()])
+            .inc(),
+    }
     if let Ok(v) = HeaderValue::from_str(rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -575,11 +604,9 @@ async fn accept(
 ) -> Result<Outcome, AppError> {
     let (parts, body) = req.into_parts();
     let body = read_body(body, &parts.headers, source.max_body_bytes, deadline).await?;
-    state
-        .metrics
-        .body_bytes
-        .with_label_values(&[&source.name])
-        .observe(body.len() as f64);
+    if let Some(m) = state.source_metrics.get(&source.name) {
+        m.body_bytes.observe(body.len() as f64);
+    }
     if body.is_empty() {
         return Err(AppError::EmptyBody);
     }

@@ -28,7 +28,7 @@ use tower::ServiceExt as _;
 use crate::address::Cidrs;
 use crate::config::Config;
 use crate::durability::{self, DurabilityState};
-use crate::http::{AppState, admin_router, public_router, router};
+use crate::http::{AppState, Shared, admin_router, public_router, router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
 use crate::source::Source;
@@ -40,10 +40,15 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
     let metrics = Metrics::new().context("registering metrics")?;
     let producer = KafkaProducer::new(&config.kafka, &config.server, metrics.clone())
         .context("creating the Kafka producer")?;
-    Ok(AppState {
+    let source_metrics = sources
+        .values()
+        .map(|s| (s.name.clone(), metrics.source(&s.name)))
+        .collect();
+    Ok(AppState(Arc::new(Shared {
         sources: Arc::new(sources),
         producer: Arc::new(producer),
         metrics,
+        source_metrics,
         in_flight: Arc::new(Semaphore::new(config.server.max_in_flight)),
         request_timeout: config.server.request_timeout,
         retry_after: config.server.retry_after,
@@ -53,7 +58,7 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
         ),
         durability: Arc::new(DurabilityState::default()),
         durability_config: config.kafka.durability.clone(),
-    })
+    })))
 }
 
 /// The settings of the admin client that reads the raw topic's settings:
