@@ -33,6 +33,7 @@ pub mod durability;
 pub mod handshake;
 pub mod http;
 pub mod metrics;
+pub mod pointer;
 pub mod producer;
 pub mod rate_limit;
 pub mod secret;

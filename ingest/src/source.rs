@@ -180,14 +180,20 @@ impl Source {
     /// A body that is not JSON is not an error here: it is stored raw and the
     /// processors quarantine it with a reason.
     pub fn extract(&self, headers: &HeaderMap, body: &[u8]) -> Extracted {
+        let fields = [&self.event_id, &self.ordering_key, &self.sequence];
         let json = if self.needs_json() {
-            serde_json::from_slice::<Value>(body).ok()
+            let pointers = fields.map(|f| match f {
+                Some(Extract::Pointer(p)) => p.as_str(),
+                _ => "",
+            });
+            crate::pointer::values_at(body, &pointers)
         } else {
             None
         };
-        let get = |ex: &Option<Extract>| -> Option<Value> {
-            match ex.as_ref()? {
-                Extract::Pointer(p) => json.as_ref()?.pointer(p).cloned(),
+        let at = |i: usize| json.as_ref().and_then(|v| v[i].clone());
+        let get = |i: usize| -> Option<Value> {
+            match fields[i].as_ref()? {
+                Extract::Pointer(_) => at(i),
                 Extract::Header(h) => headers
                     .get(h.as_str())?
                     .to_str()
@@ -205,9 +211,9 @@ impl Source {
                 .then_some(s)
         };
         Extracted {
-            event_id: get(&self.event_id).and_then(as_id),
-            ordering_key: get(&self.ordering_key).and_then(as_id),
-            sequence: get(&self.sequence).and_then(|v| match v {
+            event_id: get(0).and_then(as_id),
+            ordering_key: get(1).and_then(as_id),
+            sequence: get(2).and_then(|v| match v {
                 Value::Number(n) => n.as_i64(),
                 Value::String(s) => s.parse().ok(),
                 _ => None,
