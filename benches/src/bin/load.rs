@@ -473,77 +473,229 @@ impl PhaseResult {
     }
 }
 
-/// Builds one signed request's body and signature; `n` makes it unique.
-fn request(n: u64, body_bytes: usize) -> (Vec<u8>, String) {
-    let venue = format!("venue-{:03}", n % VENUES);
-    let body = guest_wifi_body(&format!("evt-{n}"), &venue, n / VENUES, body_bytes);
-    let sig = e2e::purple_signature(SECRET, &body);
-    (body, sig)
+/// The bodies of the load: one 1 KiB guest-WiFi body per venue, made once,
+/// whose event id (a fixed-width number) is rewritten for each request, so
+/// that every request is unique and the load generator spends its CPU on
+/// HTTP, not on building JSON.
+struct Bodies {
+    /// Per venue: the body and where its 12-digit event number sits.
+    templates: Vec<(Vec<u8>, usize)>,
 }
 
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    n: u64,
-    body_bytes: usize,
-) -> Result<u16, reqwest::Error> {
-    let (body, sig) = request(n, body_bytes);
-    let r = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-purple-signature", sig)
-        .body(body)
-        .send()
-        .await?;
-    let status = r.status().as_u16();
-    // Read the (small) answer so the connection goes back to the pool.
-    let _ = r.bytes().await;
-    Ok(status)
+const ID_DIGITS: usize = 12;
+
+impl Bodies {
+    fn new(body_bytes: usize) -> Bodies {
+        let templates = (0..VENUES)
+            .map(|v| {
+                let marker = "9".repeat(ID_DIGITS);
+                let body = guest_wifi_body(
+                    &format!("evt-{marker}"),
+                    &format!("venue-{v:03}"),
+                    0,
+                    body_bytes,
+                );
+                let at = body
+                    .windows(ID_DIGITS + 4)
+                    .position(|w| w == format!("evt-{marker}").as_bytes())
+                    .map(|p| p + 4)
+                    .unwrap_or(0);
+                (body, at)
+            })
+            .collect();
+        Bodies { templates }
+    }
+
+    /// Request `n`'s body (into `out`) and its `X-Purple-Signature`.
+    fn request(&self, n: u64, out: &mut Vec<u8>) -> String {
+        let (template, at) = &self.templates[(n % VENUES) as usize];
+        out.clear();
+        out.extend_from_slice(template);
+        let digits = format!(
+            "{:0width$}",
+            n % 10u64.pow(ID_DIGITS as u32),
+            width = ID_DIGITS
+        );
+        out[*at..*at + ID_DIGITS].copy_from_slice(digits.as_bytes());
+        e2e::purple_signature(SECRET, out)
+    }
 }
 
-fn http_client(connections: usize) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(connections)
-        .timeout(Duration::from_secs(30))
-        .build()?)
+/// A minimal HTTP/1.1 keep-alive client connection: one request at a time,
+/// the answer read in full (status line, headers, `Content-Length` body).
+/// The load generator shares the two cores with ingest and the broker, so
+/// it must be cheap: a general client (reqwest) took 35-55 µs of CPU per
+/// request, as much as ingest itself.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    /// The request being written.
+    out: Vec<u8>,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// Scratch for the body.
+    body: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            out: Vec::with_capacity(2048),
+            buf: Vec::with_capacity(1024),
+            body: Vec::with_capacity(2048),
+        })
+    }
+
+    /// Sends request `n` to `path` and answers its status; an error means
+    /// the connection is unusable.
+    async fn post(&mut self, path: &str, bodies: &Bodies, n: u64) -> std::io::Result<u16> {
+        use std::io::{Error, ErrorKind};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut body = std::mem::take(&mut self.body);
+        let sig = bodies.request(n, &mut body);
+        self.out.clear();
+        self.out.extend_from_slice(
+            format!(
+                "POST {path} HTTP/1.1\r\nhost: load\r\ncontent-type: application/json\r\nx-purple-signature: {sig}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.out.extend_from_slice(&body);
+        self.body = body;
+        self.stream.write_all(&self.out).await?;
+        // Read until the head is complete.
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(Error::new(ErrorKind::InvalidData, "answer head too long"));
+            }
+            let mut chunk = [0u8; 4096];
+            let k = self.stream.read(&mut chunk).await?;
+            if k == 0 {
+                return Err(Error::new(ErrorKind::UnexpectedEof, "closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..k]);
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end])
+            .map_err(|_| Error::new(ErrorKind::InvalidData, "head not UTF-8"))?;
+        let status: u16 = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| Error::new(ErrorKind::InvalidData, "no status"))?;
+        let mut length = 0usize;
+        let mut close = false;
+        for line in head.split("\r\n").skip(1) {
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("connection")
+                    && value.trim().eq_ignore_ascii_case("close")
+                {
+                    close = true;
+                }
+            }
+        }
+        while self.buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let k = self.stream.read(&mut chunk).await?;
+            if k == 0 {
+                return Err(Error::new(ErrorKind::UnexpectedEof, "closed"));
+            }
+            self.buf.extend_from_slice(&chunk[..k]);
+        }
+        self.buf.drain(..head_end + length);
+        if close {
+            return Err(Error::new(
+                ErrorKind::ConnectionAborted,
+                "connection: close",
+            ));
+        }
+        Ok(status)
+    }
+}
+
+/// Idle connections of an open loop, reused.
+#[derive(Default)]
+struct Pool(Mutex<Vec<Conn>>);
+
+impl Pool {
+    async fn post(&self, addr: SocketAddr, path: &str, bodies: &Bodies, n: u64) -> Option<u16> {
+        let idle = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => Conn::connect(addr).await.ok()?,
+        };
+        let status = conn.post(path, bodies, n).await.ok()?;
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        Some(status)
+    }
 }
 
 /// Closed loop: `connections` tasks, each sending its next request when the
 /// previous one is answered, for `duration`.
 async fn closed_loop(
-    url: &str,
+    addr: SocketAddr,
+    path: &str,
     connections: usize,
     duration: Duration,
-    body_bytes: usize,
+    bodies: &Arc<Bodies>,
     counter: &Arc<AtomicU64>,
 ) -> anyhow::Result<PhaseResult> {
-    let client = http_client(connections)?;
-    let started = Instant::now();
-    let end = started + duration;
+    // Every connection is open before the clock starts: hundreds of
+    // connects at once overflow the accept queue, and a SYN retried a
+    // second later is not the receiver's latency.
+    let ready = Arc::new(tokio::sync::Barrier::new(connections + 1));
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let client = client.clone();
-        let url = url.to_string();
+        let path = path.to_string();
         let counter = counter.clone();
+        let bodies = bodies.clone();
+        let ready = ready.clone();
         tasks.push(tokio::spawn(async move {
             let mut r = PhaseResult::default();
+            let mut conn = None;
+            for _ in 0..50 {
+                if let Ok(c) = Conn::connect(addr).await {
+                    conn = Some(c);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            ready.wait().await;
+            let end = Instant::now() + duration;
             while Instant::now() < end {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                match send(&client, &url, n, body_bytes).await {
+                if conn.is_none() {
+                    conn = Conn::connect(addr).await.ok();
+                }
+                let Some(c) = conn.as_mut() else {
+                    *r.refused.entry(0).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                match c.post(&path, &bodies, n).await {
                     Ok(s) if (200..300).contains(&s) => {
                         r.accepted += 1;
                         r.latency.record(t.elapsed());
                     }
                     Ok(s) => *r.refused.entry(s).or_default() += 1,
-                    Err(_) => *r.refused.entry(0).or_default() += 1,
+                    Err(_) => {
+                        conn = None;
+                        *r.refused.entry(0).or_default() += 1;
+                    }
                 }
             }
             r
         }));
     }
+    ready.wait().await;
+    let started = Instant::now();
     let mut total = PhaseResult::default();
     for t in tasks {
         let r = t.await?;
@@ -561,14 +713,21 @@ async fn closed_loop(
 /// the answers before it do; its latency counts from when it was due. At
 /// most `cap` outstanding: a request due beyond that is counted not sent.
 async fn open_loop(
-    url: &str,
+    addr: SocketAddr,
+    path: &str,
     rate: f64,
     duration: Duration,
-    body_bytes: usize,
+    bodies: &Arc<Bodies>,
     counter: &Arc<AtomicU64>,
     cap: usize,
 ) -> anyhow::Result<PhaseResult> {
-    let client = http_client(cap)?;
+    let pool = Arc::new(Pool::default());
+    // Keep-alive connections open before the clock starts, as a sender's
+    // would be (see `closed_loop`); more are opened if the load needs them.
+    let warm: Vec<_> = (0..cap.min(128)).map(|_| Conn::connect(addr)).collect();
+    for c in futures::future::join_all(warm).await.into_iter().flatten() {
+        pool.0.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
     let limit = Arc::new(tokio::sync::Semaphore::new(cap));
     let shared = Arc::new(Mutex::new(PhaseResult::default()));
     let started = Instant::now();
@@ -588,22 +747,23 @@ async fn open_loop(
                 not_sent += 1;
                 continue;
             };
-            let client = client.clone();
-            let url = url.to_string();
+            let pool = pool.clone();
+            let path = path.to_string();
+            let bodies = bodies.clone();
             let shared = shared.clone();
             let n = counter.fetch_add(1, Ordering::Relaxed);
             tasks.spawn(async move {
-                let outcome = send(&client, &url, n, body_bytes).await;
+                let outcome = pool.post(addr, &path, &bodies, n).await;
                 let latency = due.elapsed();
                 drop(permit);
                 let mut r = shared.lock().unwrap_or_else(|p| p.into_inner());
                 match outcome {
-                    Ok(s) if (200..300).contains(&s) => {
+                    Some(s) if (200..300).contains(&s) => {
                         r.accepted += 1;
                         r.latency.record(latency);
                     }
-                    Ok(s) => *r.refused.entry(s).or_default() += 1,
-                    Err(_) => *r.refused.entry(0).or_default() += 1,
+                    Some(s) => *r.refused.entry(s).or_default() += 1,
+                    None => *r.refused.entry(0).or_default() += 1,
                 }
             });
         }
@@ -810,7 +970,8 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (ingest, addr) = start_ingest(&bin, dir.path(), &config)?;
     let pid = ingest.0.id();
-    let url = format!("http://{addr}/webhooks/purple");
+    let path = "/webhooks/purple";
+    let bodies = Arc::new(Bodies::new(args.body_bytes));
 
     // Ready: /readyz answers 200 once the producer reached the topic.
     let probe = reqwest::Client::new();
@@ -867,14 +1028,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     let counter = Arc::new(AtomicU64::new(0));
     set_phase("warm-up");
     let most = args.connections.iter().copied().max().unwrap_or(128);
-    closed_loop(
-        &url,
-        most,
-        Duration::from_secs(3),
-        args.body_bytes,
-        &counter,
-    )
-    .await?;
+    closed_loop(addr, path, most, Duration::from_secs(3), &bodies, &counter).await?;
     ceiling(&producer, &records, window, Duration::from_secs(2)).await?;
 
     let meter = CpuMeter {
@@ -889,7 +1043,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     let mut steps = Vec::new();
     for &c in &args.connections {
         let m = meter.now();
-        let r = closed_loop(&url, c, args.duration, args.body_bytes, &counter).await?;
+        let r = closed_loop(addr, path, c, args.duration, &bodies, &counter).await?;
         let cpu = meter.since(m);
         eprintln!("  {c} connections: {:.0}/s", r.rate());
         steps.push((c, r, cpu));
@@ -928,12 +1082,12 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         set_phase("python-peer");
         broker.create_topic(PEER_TOPIC, args.partitions).await;
         let (group, paddr) = start_python_peer(&broker.brokers(), PEER_TOPIC, dir.path()).await?;
-        let purl = format!("http://{paddr}/webhooks/purple");
         closed_loop(
-            &purl,
+            paddr,
+            path,
             args.peer_connections,
             Duration::from_secs(3),
-            args.body_bytes,
+            &bodies,
             &counter,
         )
         .await?;
@@ -943,10 +1097,11 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         };
         let m = pmeter.now();
         let r = closed_loop(
-            &purl,
+            paddr,
+            path,
             args.peer_connections,
             args.duration,
-            args.body_bytes,
+            &bodies,
             &counter,
         )
         .await?;
@@ -972,10 +1127,11 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     set_phase("half-load");
     let m = meter.now();
     let mut half = open_loop(
-        &url,
+        addr,
+        path,
         half_rate,
         args.sustain,
-        args.body_bytes,
+        &bodies,
         &counter,
         ingest_config.server.max_in_flight,
     )
