@@ -2,35 +2,46 @@
 //! loopback into `ingest` (release build) on a real tansu broker (sqlite),
 //! against the raw producer ceiling measured in the same run.
 //!
-//! `cargo run --release -p pipeline-benches --bin load` (about 2-3 min;
+//! `cargo run --release -p pipeline-benches --bin load` (about 3-4 min;
 //! `--sustain 5m` for the five-minute memory check). Phases, in order, on
-//! one broker and one topic:
+//! one broker:
 //!
 //! 1. warm-up: closed loop, not recorded;
-//! 2. ceiling: rdkafka alone, the same records with ingest's own producer
-//!    settings (`ingest::producer::client_config`: `acks=all`, idempotence,
-//!    same linger and queue), up to `max_in_flight` records outstanding;
+//! 2. same-window ceiling: rdkafka alone, the same records with ingest's
+//!    own producer settings (`ingest::producer::client_config`: `acks=all`,
+//!    idempotence, same linger and queue), up to `max_in_flight` records
+//!    outstanding, the most ingest can hold;
 //! 3. saturation: closed loop, `--connections` keep-alive connections each
 //!    sending the next request when the previous one is answered, one step
-//!    per connection count (128, 512, 1000): ingest waits for the broker's
-//!    acknowledgement, so its rate is concurrency / ack latency, and the
-//!    ceiling has up to `max_in_flight` records outstanding; the best step
-//!    is the maximum rate;
-//! 4. ceiling again (the mean of 2 and 4 is the ceiling: the broker's
-//!    sqlite file grows during the run, so one side alone would favour one);
-//! 5. the producer alone, open loop at 50 % of the saturation rate: the
+//!    per connection count (128, 256, 512, 1000): ingest waits for the
+//!    broker's acknowledgement, so its rate is concurrency / ack latency;
+//!    the best step is the maximum rate;
+//! 4. the same-window ceiling again (the mean of 2 and 4 is the ceiling:
+//!    the broker's sqlite file grows during the run);
+//! 5. raw ceiling: a producer with librdkafka's throughput settings (its
+//!    default queue, linger 5 ms), `acks=all` and idempotence, no window:
+//!    the broker's own limit on this machine, a reference;
+//! 6. the Python peer (benches/peers/fastapi_receiver.py: FastAPI and
+//!    confluent-kafka under uvicorn, two workers, 200 after the delivery
+//!    report), closed loop at `--peer-connections`, unless
+//!    `--no-python-peer`;
+//! 7. the producer alone, open loop at 50 % of the maximum rate: the
 //!    broker's own ack latency at that rate;
-//! 6. half load: open loop at 50 % of the saturation rate for `--sustain`,
+//! 8. half load: open loop at 50 % of the maximum rate for `--sustain`,
 //!    latency counted from each request's scheduled time (no coordinated
 //!    omission); ingest's RSS sampled every second to judge it flat.
 //!
-//! The CPU time of the three processes (this one, ingest, tansu) is read
-//! from `/proc/PID/stat` around each phase: cores used and CPU µs per record
-//! say who takes the two cores. Ingest's `VmRSS` and `VmHWM` are read from `/proc/PID/status` every
-//! second through all phases. Results go to `target/bench-results/load.json`
-//! and a table on stdout. Every child process (tansu, ingest) dies with this
-//! one (`PR_SET_PDEATHSIG`) and is killed on drop; every phase is bounded in
-//! time, so the run ends by itself.
+//! The load is a minimal HTTP/1.1 keep-alive client (see [`Conn`]), so that
+//! the generator's own CPU stays small beside ingest's. The CPU time of the
+//! three processes (this one, the receiver, tansu) is read from
+//! `/proc/PID/stat` around each phase: cores used and CPU µs per record say
+//! who takes the two cores. Ingest's `VmRSS` and `VmHWM` are read from
+//! `/proc/PID/status` every second through all phases. Results go to
+//! `target/bench-results/load.json` and a table on stdout, with the issue's
+//! targets (CPU per webhook, ingest / same-window ceiling, latency added,
+//! leaner than the peer) marked met or missed. Every child process dies
+//! with this one (`PR_SET_PDEATHSIG`, the peer's process group killed on
+//! drop); every phase is bounded in time, so the run ends by itself.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
