@@ -637,11 +637,29 @@ struct Pool(Mutex<Vec<Conn>>);
 impl Pool {
     async fn post(&self, addr: SocketAddr, path: &str, bodies: &Bodies, n: u64) -> Option<u16> {
         let idle = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => Conn::connect(addr).await.ok()?,
+        let (mut conn, reused) = match idle {
+            Some(c) => (c, true),
+            None => (Conn::connect(addr).await.ok()?, false),
         };
-        let status = conn.post(path, bodies, n).await.ok()?;
+        let status = match conn.post(path, bodies, n).await {
+            Ok(s) => s,
+            // A pooled connection the server closed while it sat idle
+            // (ingest's keep-alive timeout): as an HTTP client does, send
+            // again on a new one.
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionReset
+                    ) =>
+            {
+                conn = Conn::connect(addr).await.ok()?;
+                conn.post(path, bodies, n).await.ok()?
+            }
+            Err(_) => return None,
+        };
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         Some(status)
     }
