@@ -28,6 +28,7 @@ use crate::durability::DurabilityConfig;
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::{SecretRef, valid_secret_id};
 use crate::signature::config::SignatureConfig;
+use crate::tls::TlsConfig;
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +99,11 @@ pub struct ServerConfig {
     /// connection closed.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Serve the webhook port over TLS: `{ cert_file, key_file }` (PEM),
+    /// reloaded when they change. Absent: plain HTTP, e.g. behind a load
+    /// balancer that ends TLS. The admin port stays plain either way.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Kafka producer settings.
@@ -311,6 +317,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            tls: None,
         }
     }
 }
@@ -557,6 +564,9 @@ impl Config {
         {
             p.push("server.admin_listen: must differ from server.listen".into());
         }
+        if let Some(tls) = &s.tls {
+            p.extend(tls.problems("server.tls"));
+        }
         if let Err(bad) = Cidrs::parse(&s.trusted_proxies) {
             for (i, why) in bad {
                 p.push(format!("server.trusted_proxies[{i}]: {why}"));
@@ -781,6 +791,42 @@ mod tests {
         let e = Config::from_toml(&text).unwrap_err();
         let all = e.problems.join("\n");
         assert!(all.contains("request_timout"), "{all}");
+    }
+
+    #[test]
+    fn tls_parses_with_defaults_and_refuses_unknown_keys() {
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"/etc/ingest/tls.crt\", key_file = \"/etc/ingest/tls.key\" }",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let tls = c.server.tls.expect("server.tls");
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/ingest/tls.crt"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/ingest/tls.key"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(5));
+        assert!(Config::from_toml(GOOD).unwrap().server.tls.is_none());
+
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"a.crt\", key_file = \"a.key\", ciphers = \"ALL\" }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("ciphers"), "{all}");
+
+        let text = GOOD.replace("[server]", "[server]\ntls = { cert_file = \"a.crt\" }");
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("key_file"), "{all}");
+
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"\", key_file = \"a.key\", reload_interval = \"1ms\" }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("server.tls.cert_file: must name a PEM file"),
+            "{all}"
+        );
+        assert!(all.contains("server.tls.reload_interval"), "{all}");
     }
 
     #[test]
