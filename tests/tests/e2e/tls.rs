@@ -177,10 +177,9 @@ async fn post_h1(client: &reqwest::Client, url: &str, id: &str) -> Answer {
     }
 }
 
-/// One signed webhook over HTTP/2 (ALPN `h2`), with tokio-rustls and the
-/// h2 crate: answers the status, the ALPN protocol and the peer
-/// certificate.
-async fn post_h2(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> Answer {
+/// A tokio-rustls connector that trusts only the test CA and offers
+/// `alpn`.
+fn connector(pki: &Pki, alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
@@ -191,8 +190,15 @@ async fn post_h2(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> Answer {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// One signed webhook over HTTP/2 (ALPN `h2`), with tokio-rustls and the
+/// h2 crate: answers the status, the ALPN protocol and the peer
+/// certificate.
+async fn post_h2(pki: &Pki, addr: std::net::SocketAddr, id: &str) -> Answer {
+    let connector = connector(pki, b"h2");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector.connect(name, tcp).await.expect("TLS handshake");
@@ -333,6 +339,69 @@ async fn signed_webhooks_are_accepted_over_tls_with_http1_http2_and_curl_and_not
         ["evt_tls_curl1", "evt_tls_curl2", "evt_tls_h1", "evt_tls_h2"],
         "exactly the webhooks sent over TLS are stored"
     );
+}
+
+/// Whether the server closed `s` within 10 s (the header timeout is 1 s).
+async fn closed_by_server(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_stalled_handshake_is_closed_within_the_header_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let broker = Broker::start();
+    broker.create_topic("tls-slow", 1).await;
+    let pki = Pki::new();
+    pki.install(&pki.leaf("ingest-slow", (-1, 30)));
+    let ingest = Ingest::start_tls(
+        &purple_config(
+            &broker.brokers(),
+            "tls-slow",
+            &[("current", "E2E_SECRET")],
+            &format!(
+                "header_read_timeout = \"1s\"\n{}",
+                pki.server_lines(free_port())
+            ),
+        ),
+        &env(),
+    );
+    let client = h1_client(&pki, false);
+    ingest.wait_ready_with(&client).await;
+
+    // Nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
+    // The first bytes of a ClientHello, then nothing.
+    let mut stalled = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    // A complete handshake, then no request.
+    let tcp = tokio::net::TcpStream::connect(ingest.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut idle = connector(&pki, b"http/1.1")
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    assert!(
+        closed_by_server(&mut silent).await,
+        "silent connection kept"
+    );
+    assert!(
+        closed_by_server(&mut stalled).await,
+        "stalled handshake kept"
+    );
+    assert!(
+        closed_by_server(&mut idle).await,
+        "idle TLS connection kept"
+    );
+
+    // And ingest still serves.
+    let ok = post_h1(&client, &ingest.url("/webhooks/purple"), "evt_slow_after").await;
+    assert_eq!(ok.status, 200, "{ok:?}");
 }
 
 /// Waits until `ingest_tls_reloads_total{outcome}` on the admin port
