@@ -28,7 +28,7 @@ use crate::durability::DurabilityConfig;
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::{SecretRef, valid_secret_id};
 use crate::signature::config::SignatureConfig;
-use crate::tls::TlsConfig;
+use crate::tls::{MtlsConfig, TlsConfig};
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +210,12 @@ pub struct SourceConfig {
     /// ...&hub.verify_token=...`) with its challenge. Absent: GET is 405.
     #[serde(default)]
     pub subscription: Option<SubscriptionConfig>,
+    /// Require a client certificate that chains to `ca_file` (PEM): a
+    /// request without one is refused with 403
+    /// `client_certificate_required` before the body is read. Needs
+    /// `server.tls`. Absent: no client certificate asked of this source.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -529,6 +535,12 @@ impl Config {
         }
     }
 
+    /// Whether the TLS handshake asks clients for a certificate: some
+    /// source has `mtls`.
+    pub fn asks_client_certificates(&self) -> bool {
+        self.sources.values().any(|s| s.mtls.is_some())
+    }
+
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -655,6 +667,11 @@ impl Config {
                 }
             }
             p.extend(src.signature.problems(&format!("{at}.signature")));
+            if src.mtls.is_some() && s.tls.is_none() {
+                p.push(format!(
+                    "{at}.mtls: client certificates come with TLS: set server.tls"
+                ));
+            }
             access_problems(&at, src, &mut p);
         }
         p
@@ -827,6 +844,33 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("server.tls.reload_interval"), "{all}");
+    }
+
+    #[test]
+    fn mtls_needs_server_tls_and_refuses_unknown_keys() {
+        let mtls = GOOD.replace(
+            "[sources.purple]",
+            "[sources.purple]\nmtls = { ca_file = \"/etc/ingest/purple-ca.pem\" }",
+        );
+        let all = Config::from_toml(&mtls).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("sources.purple.mtls: client certificates come with TLS"),
+            "{all}"
+        );
+        let with_tls = mtls.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"a.crt\", key_file = \"a.key\" }",
+        );
+        let c = Config::from_toml(&with_tls).unwrap();
+        assert!(c.asks_client_certificates());
+        assert_eq!(
+            c.sources["purple"].mtls.as_ref().unwrap().ca_file,
+            PathBuf::from("/etc/ingest/purple-ca.pem")
+        );
+        let unknown = with_tls.replace("ca_file =", "required = true, ca_file =");
+        let all = Config::from_toml(&unknown).unwrap_err().problems.join("\n");
+        assert!(all.contains("required"), "{all}");
+        assert!(!Config::from_toml(GOOD).unwrap().asks_client_certificates());
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             problems.extend(p);
         }
         if let Some(tls) = &config.server.tls
-            && let Err(p) = Tls::load(tls, "server.tls")
+            && let Err(p) = Tls::load(tls, "server.tls", config.asks_client_certificates())
         {
             problems.extend(p);
         }
@@ -290,7 +290,7 @@ fn serve(path: &std::path::Path) -> ExitCode {
         .server
         .tls
         .as_ref()
-        .map(|t| Tls::load(t, "server.tls"))
+        .map(|t| Tls::load(t, "server.tls", config.asks_client_certificates()))
     {
         None => None,
         Some(Ok(tls)) => Some(tls),

@@ -38,7 +38,7 @@ use crate::http::{AppState, Shared, admin_router, public_router, router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
 use crate::source::Source;
-use crate::tls::Tls;
+use crate::tls::{PeerCertificates, Tls};
 
 /// Builds the application state: loads secrets, creates the producer.
 pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
@@ -304,12 +304,14 @@ pub async fn serve_connections(
                     // known; until then, bound the wait for the first
                     // bytes here.
                     if protocol_known_within(&stream, header_timeout).await {
-                        conn.serve(stream).await;
+                        conn.serve(stream, None).await;
                     }
                 }
                 Some(acceptor) => {
-                    if let Some(io) = tls_within(acceptor, stream, header_timeout, peer).await {
-                        conn.serve(io).await;
+                    if let Some((io, certs)) =
+                        tls_within(acceptor, stream, header_timeout, peer).await
+                    {
+                        conn.serve(io, certs).await;
                     }
                 }
             }
@@ -334,8 +336,9 @@ struct Conn {
 
 impl Conn {
     /// Serves HTTP on `io` until the connection closes or the graceful
-    /// shutdown ends it.
-    async fn serve<I>(self, io: I)
+    /// shutdown ends it; each request carries the client's certificate
+    /// chain, when it presented one.
+    async fn serve<I>(self, io: I, certs: Option<PeerCertificates>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -347,6 +350,9 @@ impl Conn {
         } = self;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(certs) = &certs {
+                req.extensions_mut().insert(certs.clone());
+            }
             app.clone().oneshot(req.map(Body::new))
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -394,15 +400,19 @@ async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration
 
 /// Completes the TLS handshake on `stream` and reads the first bytes of
 /// HTTP inside it until they tell HTTP/1 from HTTP/2, all within
-/// `timeout`; answers the stream with those bytes put back in front, or
-/// `None` (the connection is dropped) when the handshake fails, the
-/// client closes or the time runs out.
+/// `timeout`; answers the stream with those bytes put back in front and
+/// the client's certificate chain if it presented one, or `None` (the
+/// connection is dropped) when the handshake fails, the client closes or
+/// the time runs out.
 async fn tls_within(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
     timeout: Duration,
     peer: SocketAddr,
-) -> Option<Replay<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+) -> Option<(
+    Replay<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    Option<PeerCertificates>,
+)> {
     let wait = async {
         let mut tls = match acceptor.accept(stream).await {
             Ok(tls) => tls,
@@ -419,11 +429,18 @@ async fn tls_within(
                 Ok(n) => seen += n,
             }
         }
-        Some(Replay {
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .filter(|c| !c.is_empty())
+            .map(|c| PeerCertificates(c.to_vec().into()));
+        let io = Replay {
             first: first[..seen].to_vec(),
             at: 0,
             inner: tls,
-        })
+        };
+        Some((io, certs))
     };
     tokio::time::timeout(timeout, wait).await.ok().flatten()
 }

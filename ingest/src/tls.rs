@@ -18,15 +18,27 @@
 //!
 //! The key's bytes are never logged: messages about the key file name the
 //! field and the path only.
+//!
+//! Client certificates (a source's `mtls = { ca_file }`): when any source
+//! has one, the handshake asks every client for a certificate but requires
+//! none, and checks only that the client holds the key of the one it
+//! presents ([`RequestClientCert`]). The chain goes with each request
+//! ([`PeerCertificates`]), and a source with `mtls` checks it against its
+//! own CA ([`ClientCa`]) before the body is read: one CA cannot open
+//! another source.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::{self, PemObject as _};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -50,6 +62,137 @@ pub struct TlsConfig {
 
 const fn default_reload_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// A source's `mtls`: its requests must come with a client certificate
+/// that chains to one of these CAs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// PEM file with the CA certificates the source's client certificates
+    /// must chain to. Read at start.
+    pub ca_file: PathBuf,
+}
+
+/// The certificate chain the client presented on this request's
+/// connection (end entity first), put in each request's extensions by the
+/// connection loop. Only proof of the key was checked at the handshake.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+
+/// One source's client CAs: checks a presented chain.
+#[derive(Debug)]
+pub struct ClientCa {
+    /// webpki's verifier over these CAs only.
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    /// Reads and checks `mtls.ca_file`; `at` is where the table is
+    /// (`sources.NAME.mtls`).
+    pub fn load(config: &MtlsConfig, at: &str) -> Result<ClientCa, String> {
+        let at = format!("{at}.ca_file");
+        let path = config.ca_file.display();
+        let pem =
+            std::fs::read(&config.ca_file).map_err(|e| format!("{at}: cannot read {path}: {e}"))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{at}: {path} is not valid PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{at}: no PEM certificate in {path}"));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for (i, cert) in certs.into_iter().enumerate() {
+            roots.add(cert).map_err(|e| {
+                format!(
+                    "{at}: certificate {} in {path} is not a usable CA: {e}",
+                    i + 1
+                )
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .map_err(|e| format!("{at}: {path}: {e}"))?;
+        Ok(ClientCa { verifier })
+    }
+
+    /// Whether `chain` (end entity first) is valid now and chains to
+    /// these CAs for client authentication.
+    pub fn verifies(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// Asks each client for a certificate, requires none, and at the
+/// handshake checks only that the client holds the key of the certificate
+/// it presents: whether the chain is good is each source's question
+/// ([`ClientCa`]), so a request to a source without `mtls` is not refused
+/// for a certificate it never asked for.
+#[derive(Debug)]
+pub struct RequestClientCert {
+    /// The signature algorithms accepted for that proof.
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl RequestClientCert {
+    fn new() -> RequestClientCert {
+        RequestClientCert {
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }
 
 /// The ALPN protocols offered, in order of preference.
@@ -89,20 +232,25 @@ pub struct Tls {
     at: String,
     /// A digest of the two files' contents in use now.
     in_use: [u8; 32],
+    /// Whether clients are asked for a certificate (some source has
+    /// `mtls`).
+    ask_client_cert: bool,
 }
 
 impl Tls {
     /// Reads and checks the two files; `at` is where the table is
     /// (`server.tls`). Every problem is returned, one line each naming the
-    /// field.
-    pub fn load(config: &TlsConfig, at: &str) -> Result<Tls, Vec<String>> {
+    /// field. With `ask_client_cert` (some source has `mtls`), clients are
+    /// asked for a certificate (see [`RequestClientCert`]).
+    pub fn load(config: &TlsConfig, at: &str, ask_client_cert: bool) -> Result<Tls, Vec<String>> {
         let (cert, key) = read_files(config, at)?;
-        let server = server_config(config, at, &cert, &key, SystemTime::now())?;
+        let server = server_config(config, at, &cert, &key, ask_client_cert, SystemTime::now())?;
         Ok(Tls {
             current: Arc::new(ArcSwap::from_pointee(server)),
             config: config.clone(),
             at: at.to_string(),
             in_use: digest(&cert, &key),
+            ask_client_cert,
         })
     }
 
@@ -142,7 +290,14 @@ impl Tls {
                 continue;
             }
             let built = read.and_then(|(cert, key)| {
-                server_config(&self.config, &self.at, &cert, &key, SystemTime::now())
+                server_config(
+                    &self.config,
+                    &self.at,
+                    &cert,
+                    &key,
+                    self.ask_client_cert,
+                    SystemTime::now(),
+                )
             });
             match built {
                 Ok(server) => {
@@ -207,6 +362,7 @@ fn server_config(
     at: &str,
     cert_pem: &[u8],
     key_pem: &[u8],
+    ask_client_cert: bool,
     now: SystemTime,
 ) -> Result<ServerConfig, Vec<String>> {
     let cert_at = format!("{at}.cert_file");
@@ -271,8 +427,12 @@ fn server_config(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| vec![format!("{at}: the TLS settings cannot be built: {e}")])?
-        .with_no_client_auth();
+        .map_err(|e| vec![format!("{at}: the TLS settings cannot be built: {e}")])?;
+    let builder = if ask_client_cert {
+        builder.with_client_cert_verifier(Arc::new(RequestClientCert::new()))
+    } else {
+        builder.with_no_client_auth()
+    };
     let mut server = builder.with_single_cert(certs, key).map_err(|e| {
         vec![match e {
             rustls::Error::InconsistentKeys(_) => format!(
@@ -415,7 +575,7 @@ mod tests {
     }
 
     fn problems(config: &TlsConfig) -> String {
-        match Tls::load(config, "server.tls") {
+        match Tls::load(config, "server.tls", false) {
             Ok(_) => String::new(),
             Err(p) => p.join("\n"),
         }
@@ -425,7 +585,7 @@ mod tests {
     fn a_good_pair_loads_with_alpn_h2_then_http11() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, _) = self_signed(2020, 2200);
-        let tls = Tls::load(&files(dir.path(), &cert, &key), "server.tls").unwrap();
+        let tls = Tls::load(&files(dir.path(), &cert, &key), "server.tls", false).unwrap();
         let server = tls.current.load_full();
         assert_eq!(
             server.alpn_protocols,
@@ -520,12 +680,70 @@ mod tests {
         assert_eq!(validity(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
     }
 
+    /// A CA, and a client certificate it signed valid from `from` to `to`
+    /// (1 January each): the CA's PEM and the client's DER.
+    fn client_chain(from: i32, to: i32) -> (String, Vec<u8>) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["sender.example".to_string()]).unwrap();
+        params.not_before = date_time_ymd(from, 1, 1);
+        params.not_after = date_time_ymd(to, 1, 1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (ca_cert.pem(), cert.der().to_vec())
+    }
+
+    #[test]
+    fn a_client_ca_takes_only_chains_to_itself_valid_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, client) = client_chain(2020, 2200);
+        let (other_ca_pem, other_client) = client_chain(2020, 2200);
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        let config = MtlsConfig {
+            ca_file: dir.path().join("ca.pem"),
+        };
+        let ca = ClientCa::load(&config, "sources.s.mtls").unwrap();
+        let chain = |der: &[u8]| vec![CertificateDer::from(der.to_vec())];
+        assert!(ca.verifies(&chain(&client)));
+        assert!(!ca.verifies(&chain(&other_client)), "another CA's client");
+        assert!(!ca.verifies(&[]), "no certificate");
+        let (_, _, self_signed_der) = self_signed(2020, 2200);
+        assert!(!ca.verifies(&chain(&self_signed_der)));
+        let _ = other_ca_pem;
+
+        // Expired, from the right CA: refused too.
+        let (ca_pem, expired) = client_chain(2020, 2021);
+        std::fs::write(dir.path().join("ca.pem"), &ca_pem).unwrap();
+        let ca = ClientCa::load(&config, "sources.s.mtls").unwrap();
+        assert!(!ca.verifies(&chain(&expired)));
+    }
+
+    #[test]
+    fn client_ca_file_problems_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = MtlsConfig {
+            ca_file: dir.path().join("absent.pem"),
+        };
+        let e = ClientCa::load(&config, "sources.s.mtls").unwrap_err();
+        assert!(e.starts_with("sources.s.mtls.ca_file: cannot read"), "{e}");
+        std::fs::write(dir.path().join("absent.pem"), "not pem").unwrap();
+        let e = ClientCa::load(&config, "sources.s.mtls").unwrap_err();
+        assert!(
+            e.starts_with("sources.s.mtls.ca_file: no PEM certificate"),
+            "{e}"
+        );
+    }
+
     #[tokio::test]
     async fn a_changed_pair_is_swapped_in_and_a_bad_one_refused_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, _) = self_signed(2020, 2200);
         let config = files(dir.path(), &cert, &key);
-        let tls = Tls::load(&config, "server.tls").unwrap();
+        let tls = Tls::load(&config, "server.tls", false).unwrap();
         let metrics = Metrics::new().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
         let watcher = tokio::spawn(tls.clone().watch(metrics.clone(), stop_rx));

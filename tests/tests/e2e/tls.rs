@@ -93,6 +93,21 @@ impl Pki {
         }
     }
 
+    /// A client certificate (for TLS client authentication), PEM, with its
+    /// key after it: what reqwest's `Identity::from_pem` and curl's
+    /// `--cert` take.
+    fn client(&self, name: &str) -> String {
+        let key = KeyPair::generate().expect("client key");
+        let mut params =
+            CertificateParams::new(vec![format!("{name}.example")]).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("client certificate");
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -339,6 +354,92 @@ async fn signed_webhooks_are_accepted_over_tls_with_http1_http2_and_curl_and_not
         ["evt_tls_curl1", "evt_tls_curl2", "evt_tls_h1", "evt_tls_h2"],
         "exactly the webhooks sent over TLS are stored"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_mtls_takes_only_client_certificates_from_its_ca() {
+    let broker = Broker::start();
+    broker.create_topic("tls-mtls", 1).await;
+    let pki = Pki::new();
+    pki.install(&pki.leaf("ingest-mtls", (-1, 30)));
+    let senders = Pki::new();
+    let ca_file = senders.ca_path();
+    let config = format!(
+        "{}\n[sources.secure]\nmtls = {{ ca_file = {ca_file:?} }}\nsignature = {{ scheme = \"purple\", secrets = [{{ id = \"current\", env = \"E2E_SECRET\" }}] }}\n",
+        purple_config(
+            &broker.brokers(),
+            "tls-mtls",
+            &[("current", "E2E_SECRET")],
+            &pki.server_lines(free_port()),
+        )
+    );
+    let ingest = Ingest::start_tls(&config, &env());
+    let anonymous = h1_client(&pki, false);
+    ingest.wait_ready_with(&anonymous).await;
+    let with_identity = |pem: &str| {
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("client identity"))
+            .build()
+            .unwrap()
+    };
+    let trusted = with_identity(&senders.client("sender"));
+    // Signed by a CA the source does not trust (the server's own).
+    let stranger = with_identity(&pki.client("stranger"));
+    let secure = ingest.url("/webhooks/secure");
+
+    for (who, client) in [("no certificate", &anonymous), ("another CA", &stranger)] {
+        let body = purple_event(&format!("evt_mtls_{}", who.len()), "venue-tls", 1);
+        let r = client
+            .post(&secure)
+            .header("x-purple-signature", purple_signature(SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), 403, "{who}");
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            json["error"]["code"], "client_certificate_required",
+            "{who}"
+        );
+    }
+    let ok = post_h1(&trusted, &secure, "evt_mtls_trusted").await;
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", ingest.log());
+    // curl with the sender's certificate and key.
+    let identity = senders.path("sender.pem");
+    std::fs::write(&identity, senders.client("curl-sender")).unwrap();
+    let body = purple_event("evt_mtls_curl", "venue-tls", 1);
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(pki.ca_path())
+        .arg("--cert")
+        .arg(&identity)
+        .arg("-H")
+        .arg(format!(
+            "x-purple-signature: {}",
+            purple_signature(SECRET, &body)
+        ))
+        .arg("--data-binary")
+        .arg(String::from_utf8(body).unwrap())
+        .arg(&secure)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    // A source without mtls asks nothing of the client.
+    let open = post_h1(&anonymous, &ingest.url("/webhooks/purple"), "evt_mtls_open").await;
+    assert_eq!(open.status, 200, "{open:?}");
+
+    let mut ids: Vec<String> = read_topic(&broker.brokers(), "tls-mtls")
+        .await
+        .iter()
+        .filter_map(|r| r.header("event-id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["evt_mtls_curl", "evt_mtls_open", "evt_mtls_trusted"]);
 }
 
 /// Whether the server closed `s` within 10 s (the header timeout is 1 s).
