@@ -28,6 +28,7 @@ use crate::durability::DurabilityConfig;
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::{SecretRef, valid_secret_id};
 use crate::signature::config::SignatureConfig;
+use crate::tls::{MtlsConfig, TlsConfig};
 
 /// The whole ingest configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +99,11 @@ pub struct ServerConfig {
     /// connection closed.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// Serve the webhook port over TLS: `{ cert_file, key_file }` (PEM),
+    /// reloaded when they change. Absent: plain HTTP, e.g. behind a load
+    /// balancer that ends TLS. The admin port stays plain either way.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Kafka producer settings.
@@ -204,6 +210,12 @@ pub struct SourceConfig {
     /// ...&hub.verify_token=...`) with its challenge. Absent: GET is 405.
     #[serde(default)]
     pub subscription: Option<SubscriptionConfig>,
+    /// Require a client certificate that chains to `ca_file` (PEM): a
+    /// request without one is refused with 403
+    /// `client_certificate_required` before the body is read. Needs
+    /// `server.tls`. Absent: no client certificate asked of this source.
+    #[serde(default)]
+    pub mtls: Option<MtlsConfig>,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -311,6 +323,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            tls: None,
         }
     }
 }
@@ -522,6 +535,12 @@ impl Config {
         }
     }
 
+    /// Whether the TLS handshake asks clients for a certificate: some
+    /// source has `mtls`.
+    pub fn asks_client_certificates(&self) -> bool {
+        self.sources.values().any(|s| s.mtls.is_some())
+    }
+
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
@@ -556,6 +575,9 @@ impl Config {
             && admin == self.server.listen
         {
             p.push("server.admin_listen: must differ from server.listen".into());
+        }
+        if let Some(tls) = &s.tls {
+            p.extend(tls.problems("server.tls"));
         }
         if let Err(bad) = Cidrs::parse(&s.trusted_proxies) {
             for (i, why) in bad {
@@ -645,6 +667,11 @@ impl Config {
                 }
             }
             p.extend(src.signature.problems(&format!("{at}.signature")));
+            if src.mtls.is_some() && s.tls.is_none() {
+                p.push(format!(
+                    "{at}.mtls: client certificates come with TLS: set server.tls"
+                ));
+            }
             access_problems(&at, src, &mut p);
         }
         p
@@ -781,6 +808,69 @@ mod tests {
         let e = Config::from_toml(&text).unwrap_err();
         let all = e.problems.join("\n");
         assert!(all.contains("request_timout"), "{all}");
+    }
+
+    #[test]
+    fn tls_parses_with_defaults_and_refuses_unknown_keys() {
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"/etc/ingest/tls.crt\", key_file = \"/etc/ingest/tls.key\" }",
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let tls = c.server.tls.expect("server.tls");
+        assert_eq!(tls.cert_file, PathBuf::from("/etc/ingest/tls.crt"));
+        assert_eq!(tls.key_file, PathBuf::from("/etc/ingest/tls.key"));
+        assert_eq!(tls.reload_interval, Duration::from_secs(5));
+        assert!(Config::from_toml(GOOD).unwrap().server.tls.is_none());
+
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"a.crt\", key_file = \"a.key\", ciphers = \"ALL\" }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("ciphers"), "{all}");
+
+        let text = GOOD.replace("[server]", "[server]\ntls = { cert_file = \"a.crt\" }");
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("key_file"), "{all}");
+
+        let text = GOOD.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"\", key_file = \"a.key\", reload_interval = \"1ms\" }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("server.tls.cert_file: must name a PEM file"),
+            "{all}"
+        );
+        assert!(all.contains("server.tls.reload_interval"), "{all}");
+    }
+
+    #[test]
+    fn mtls_needs_server_tls_and_refuses_unknown_keys() {
+        let mtls = GOOD.replace(
+            "[sources.purple]",
+            "[sources.purple]\nmtls = { ca_file = \"/etc/ingest/purple-ca.pem\" }",
+        );
+        let all = Config::from_toml(&mtls).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("sources.purple.mtls: client certificates come with TLS"),
+            "{all}"
+        );
+        let with_tls = mtls.replace(
+            "[server]",
+            "[server]\ntls = { cert_file = \"a.crt\", key_file = \"a.key\" }",
+        );
+        let c = Config::from_toml(&with_tls).unwrap();
+        assert!(c.asks_client_certificates());
+        assert_eq!(
+            c.sources["purple"].mtls.as_ref().unwrap().ca_file,
+            PathBuf::from("/etc/ingest/purple-ca.pem")
+        );
+        let unknown = with_tls.replace("ca_file =", "required = true, ca_file =");
+        let all = Config::from_toml(&unknown).unwrap_err().problems.join("\n");
+        assert!(all.contains("required"), "{all}");
+        assert!(!Config::from_toml(GOOD).unwrap().asks_client_certificates());
     }
 
     #[test]

@@ -41,6 +41,7 @@ use crate::producer::{DeliveryError, KafkaProducer};
 use crate::rate_limit::retry_after_secs;
 use crate::signature::VerifyError;
 use crate::source::Source;
+use crate::tls::PeerCertificates;
 
 /// Everything a request handler needs, shared: a clone (axum makes one
 /// per request) is a single reference count.
@@ -134,6 +135,9 @@ pub enum AppError {
     EmptyBody,
     /// The client address is not in the source's allow-list.
     AddressNotAllowed,
+    /// The source requires a client certificate from its CA (`mtls`) and
+    /// the connection presented none that chains to it.
+    ClientCertificateRequired,
     /// The source's rate limit is exhausted; retry after this many seconds.
     RateLimited(u64),
     /// A challenge handshake that cannot be answered.
@@ -157,7 +161,9 @@ impl AppError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             AppError::BodyRead | AppError::EmptyBody => StatusCode::BAD_REQUEST,
-            AppError::AddressNotAllowed => StatusCode::FORBIDDEN,
+            AppError::AddressNotAllowed | AppError::ClientCertificateRequired => {
+                StatusCode::FORBIDDEN
+            }
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Handshake(
                 HandshakeError::ChallengeMissing(_) | HandshakeError::ChallengeInvalid(_),
@@ -183,6 +189,7 @@ impl AppError {
             AppError::BodyTimeout => "body_timeout",
             AppError::EmptyBody => "empty_body",
             AppError::AddressNotAllowed => "address_not_allowed",
+            AppError::ClientCertificateRequired => "client_certificate_required",
             AppError::RateLimited(_) => "rate_limited",
             AppError::Handshake(e) => e.code(),
             AppError::Signature(e) => e.code(),
@@ -206,6 +213,9 @@ impl AppError {
             AppError::EmptyBody => "the request body is empty".into(),
             AppError::AddressNotAllowed => {
                 "this source does not accept requests from this client address".into()
+            }
+            AppError::ClientCertificateRequired => {
+                "this source requires a valid TLS client certificate from its CA".into()
             }
             AppError::RateLimited(secs) => {
                 format!("this source's rate limit is exhausted; retry in {secs} s")
@@ -245,6 +255,7 @@ impl AppError {
                 | AppError::BodyRead
                 | AppError::BodyTimeout
                 | AppError::AddressNotAllowed
+                | AppError::ClientCertificateRequired
                 | AppError::RateLimited(_)
         )
     }
@@ -467,11 +478,22 @@ async fn subscribe(
     finish(&state, &label, &rid, resp)
 }
 
-/// The checks made before the body is read: the client address against
-/// the source's allow-list, then a token of its rate limit. Returns the
-/// client address (`None` when the connection's peer is unknown, which an
-/// allow-list refuses).
+/// The checks made before the body is read: the client certificate (for
+/// a source with `mtls`), the client address against the source's
+/// allow-list, then a token of its rate limit. Returns the client address
+/// (`None` when the connection's peer is unknown, which an allow-list
+/// refuses).
 fn admit(state: &AppState, source: &Source, req: &Request) -> Result<Option<IpAddr>, AppError> {
+    if let Some(ca) = &source.client_ca {
+        let chain = req.extensions().get::<PeerCertificates>();
+        if !chain.is_some_and(|c| ca.verifies(&c.0)) {
+            tracing::info!(
+                presented = chain.is_some(),
+                "no client certificate that chains to the source's CA"
+            );
+            return Err(AppError::ClientCertificateRequired);
+        }
+    }
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

@@ -24,7 +24,10 @@
 //! - [`metrics`]: the Prometheus registry and every metric ingest exports.
 //! - [`http`]: the axum router, the webhook handler and the error mapping
 //!   to status codes and stable error codes.
-//! - [`server`]: wiring, signals and graceful shutdown.
+//! - [`server`]: wiring, the connection loop (plain or TLS), signals and
+//!   graceful shutdown.
+//! - [`tls`]: the webhook port's TLS: the certificate and key files,
+//!   their checks, and their reload while serving.
 //! - [`simulator`]: the provider simulator behind `ingest send`.
 
 pub mod address;
@@ -41,3 +44,4 @@ pub mod server;
 pub mod signature;
 pub mod simulator;
 pub mod source;
+pub mod tls;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ingest::config::Config;
 use ingest::source::Source;
+use ingest::tls::Tls;
 
 /// mimalloc, not glibc's allocator: each request allocates and frees a few
 /// dozen small blocks across two worker threads, and glibc's malloc and
@@ -248,10 +249,15 @@ fn send(args: SendArgs) -> ExitCode {
 /// checks, and every secret (read, never printed). Exit 1 on any problem.
 fn check_config(path: &std::path::Path) -> ExitCode {
     let (config, mut problems) = Config::check(path);
-    if let Some(config) = config
-        && let Err(p) = Source::build_all(&config)
-    {
-        problems.extend(p);
+    if let Some(config) = config {
+        if let Err(p) = Source::build_all(&config) {
+            problems.extend(p);
+        }
+        if let Some(tls) = &config.server.tls
+            && let Err(p) = Tls::load(tls, "server.tls", config.asks_client_certificates())
+        {
+            problems.extend(p);
+        }
     }
     if problems.is_empty() {
         println!("{}: ok", path.display());
@@ -279,6 +285,24 @@ fn serve(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The certificate and key are checked before anything listens.
+    let tls = match config
+        .server
+        .tls
+        .as_ref()
+        .map(|t| Tls::load(t, "server.tls", config.asks_client_certificates()))
+    {
+        None => None,
+        Some(Ok(tls)) => Some(tls),
+        Some(Err(problems)) => {
+            let e = ingest::config::ConfigError {
+                path: path.to_path_buf(),
+                problems,
+            };
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     plumbing::init_logs(config.log.format, "INGEST_LOG");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -297,8 +321,9 @@ fn serve(path: &std::path::Path) -> ExitCode {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, sources = config.sources.len(), topic = %config.kafka.topic, "listening");
         // One machine-readable line on stdout for scripts and test harnesses.
-        println!("listening on http://{addr}");
-        ingest::server::serve(config, listener, ingest::server::shutdown_signal()).await
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("listening on {scheme}://{addr}");
+        ingest::server::serve(config, listener, tls, ingest::server::shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,6 +77,10 @@ pub struct MetricSet {
     pub broker_errors: IntCounterVec,
     /// 1 when the last broker probe succeeded.
     pub broker_up: IntGauge,
+    /// Changed TLS certificate and key files read while serving, by
+    /// outcome (`ok`: in use for new connections; `refused`: the previous
+    /// pair kept).
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +167,16 @@ impl Metrics {
             "ingest_broker_up",
             "1 when the last metadata request to the brokers for the raw topic succeeded.",
         )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "ingest_tls_reloads_total",
+                "Changed TLS certificate and key files read while serving, by outcome (ok: in use for new connections; refused: the previous pair kept).",
+            ),
+            &["outcome"],
+        )?;
+        for outcome in ["ok", "refused"] {
+            tls_reloads.with_label_values(&[outcome]);
+        }
         catalogue.add(&requests)?;
         catalogue.add(&verification_failures)?;
         catalogue.add(&refusals)?;
@@ -175,6 +189,7 @@ impl Metrics {
         catalogue.add(&producer_queue_depth)?;
         catalogue.add(&broker_errors)?;
         catalogue.add(&broker_up)?;
+        catalogue.add(&tls_reloads)?;
         Ok(Metrics(Arc::new(MetricSet {
             registry: catalogue.registry().clone(),
             catalogue,
@@ -190,6 +205,7 @@ impl Metrics {
             producer_queue_depth,
             broker_errors,
             broker_up,
+            tls_reloads,
         })))
     }
 

@@ -9,8 +9,13 @@
 //! `server.header_read_timeout` (a slowloris sender is disconnected),
 //! `server.max_header_bytes` and `server.max_headers` (431, connection
 //! closed). The body is bounded by the handler (`request_timeout`: 408).
+//! With `server.tls` it also ends TLS there ([`crate::tls`]), the handshake
+//! bounded by the same header timeout; the admin port stays plain.
 
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt as _;
@@ -32,6 +38,7 @@ use crate::http::{AppState, Shared, admin_router, public_router, router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
 use crate::source::Source;
+use crate::tls::{PeerCertificates, Tls};
 
 /// Builds the application state: loads secrets, creates the producer.
 pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
@@ -110,10 +117,13 @@ async fn watch_durability(
     }
 }
 
-/// Serves until `shutdown` resolves, then drains and flushes.
+/// Serves until `shutdown` resolves, then drains and flushes. With `tls`
+/// (loaded and checked by [`Tls::load`]), the webhook port is served over
+/// TLS and its files are watched for a new pair.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
+    tls: Option<Tls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = build_state(&config)?;
@@ -139,6 +149,9 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let supervisor = tokio::spawn(producer.clone().supervise(stop_rx.clone()));
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(state.metrics.clone(), stop_rx.clone()));
+    }
     tokio::spawn(watch_durability(
         admin,
         config.kafka.topic.clone(),
@@ -172,7 +185,7 @@ pub async fn serve(
         }
     };
     let limits = ConnLimits::from(&config.server);
-    let server = serve_connections(listener, app, limits, async move {
+    let server = serve_connections(listener, app, limits, tls, async move {
         let _ = graceful_rx.wait_for(|v| *v).await;
         tracing::info!("shutdown requested: no new connections, draining in-flight requests");
     });
@@ -224,10 +237,17 @@ impl From<&crate::config::ServerConfig> for ConnLimits {
     }
 }
 
-/// Serves `app` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge)
-/// under `limits`, each request carrying its peer as
-/// `ConnectInfo<SocketAddr>`, until `stop` resolves; then stops accepting
-/// and waits for open connections to finish their requests and close.
+/// Serves `app` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge,
+/// or over TLS with ALPN when `tls` is given) under `limits`, each request
+/// carrying its peer as `ConnectInfo<SocketAddr>`, until `stop` resolves;
+/// then stops accepting and waits for open connections to finish their
+/// requests and close.
+///
+/// Before hyper sees a connection, its first bytes must tell HTTP/1 from
+/// HTTP/2 within the header timeout; with TLS, the handshake counts in that
+/// same time, so a slow handshake cannot pin a connection either. Each TLS
+/// connection takes the settings of [`Tls`] at accept: a reload changes
+/// later connections only.
 ///
 /// HTTP/1.1: a request head not complete within the header timeout (on a
 /// kept-alive connection, counted from the end of the previous answer)
@@ -239,6 +259,7 @@ pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<Tls>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -268,23 +289,31 @@ pub async fn serve_connections(
             },
             () = &mut stop => break,
         };
-        let app = app.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let conn = Conn {
+            app: app.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
         let header_timeout = limits.header_read_timeout;
+        let acceptor = tls.as_ref().map(Tls::acceptor);
         tokio::spawn(async move {
-            // hyper's header timeout starts once the protocol is known;
-            // until then, bound the wait for the first bytes here.
-            if !protocol_known_within(&stream, header_timeout).await {
-                return;
-            }
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                app.clone().oneshot(req.map(Body::new))
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match acceptor {
+                None => {
+                    // hyper's header timeout starts once the protocol is
+                    // known; until then, bound the wait for the first
+                    // bytes here.
+                    if protocol_known_within(&stream, header_timeout).await {
+                        conn.serve(stream, None).await;
+                    }
+                }
+                Some(acceptor) => {
+                    if let Some((io, certs)) =
+                        tls_within(acceptor, stream, header_timeout, peer).await
+                    {
+                        conn.serve(io, certs).await;
+                    }
+                }
             }
         });
     }
@@ -293,8 +322,54 @@ pub async fn serve_connections(
     Ok(())
 }
 
+/// What serving one accepted connection needs.
+struct Conn {
+    /// The router.
+    app: Router,
+    /// hyper's connection builder, with the limits.
+    builder: auto::Builder<TokioExecutor>,
+    /// Keeps the graceful shutdown waiting for this connection.
+    watcher: hyper_util::server::graceful::Watcher,
+    /// The TCP peer, handed to the handlers as `ConnectInfo`.
+    peer: SocketAddr,
+}
+
+impl Conn {
+    /// Serves HTTP on `io` until the connection closes or the graceful
+    /// shutdown ends it; each request carries the client's certificate
+    /// chain, when it presented one.
+    async fn serve<I>(self, io: I, certs: Option<PeerCertificates>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Conn {
+            app,
+            builder,
+            watcher,
+            peer,
+        } = self;
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(certs) = &certs {
+                req.extensions_mut().insert(certs.clone());
+            }
+            app.clone().oneshot(req.map(Body::new))
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+}
+
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the first bytes of a connection tell HTTP/1 from HTTP/2: a
+/// byte off the HTTP/2 preface, or all of it.
+fn protocol_known(first: &[u8]) -> bool {
+    first.len() >= H2_PREFACE.len() || first != &H2_PREFACE[..first.len()]
+}
 
 /// Waits, at most `timeout`, until the first bytes of `stream` tell
 /// HTTP/1 from HTTP/2 (a byte off the HTTP/2 preface, or all of it), so a
@@ -309,7 +384,7 @@ async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration
                 Ok(0) | Err(_) => return false,
                 Ok(n) => n,
             };
-            if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            if protocol_known(&buf[..n]) {
                 return true;
             }
             if n == seen {
@@ -321,6 +396,111 @@ async fn protocol_known_within(stream: &tokio::net::TcpStream, timeout: Duration
         }
     };
     tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
+/// Completes the TLS handshake on `stream` and reads the first bytes of
+/// HTTP inside it until they tell HTTP/1 from HTTP/2, all within
+/// `timeout`; answers the stream with those bytes put back in front and
+/// the client's certificate chain if it presented one, or `None` (the
+/// connection is dropped) when the handshake fails, the client closes or
+/// the time runs out.
+async fn tls_within(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Option<(
+    Replay<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    Option<PeerCertificates>,
+)> {
+    let wait = async {
+        let mut tls = match acceptor.accept(stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                return None;
+            }
+        };
+        let mut first = [0u8; H2_PREFACE.len()];
+        let mut seen = 0;
+        while !protocol_known(&first[..seen]) {
+            match tls.read(&mut first[seen..]).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => seen += n,
+            }
+        }
+        let certs = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .filter(|c| !c.is_empty())
+            .map(|c| PeerCertificates(c.to_vec().into()));
+        let io = Replay {
+            first: first[..seen].to_vec(),
+            at: 0,
+            inner: tls,
+        };
+        Some((io, certs))
+    };
+    tokio::time::timeout(timeout, wait).await.ok().flatten()
+}
+
+/// A stream whose first bytes were read already: reads give them back
+/// first, then go on with the stream.
+struct Replay<S> {
+    /// The bytes read already.
+    first: Vec<u8>,
+    /// How many of them were given back.
+    at: usize,
+    /// The stream.
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(left) = this.first.get(this.at..).filter(|l| !l.is_empty()) {
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left[..n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Resolves on SIGINT (ctrl-c) or SIGTERM.

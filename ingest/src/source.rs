@@ -14,6 +14,7 @@ use crate::config::{Config, Extract, SourceConfig};
 use crate::handshake::Subscription;
 use crate::rate_limit::TokenBucket;
 use crate::signature::{self, Scheme};
+use crate::tls::ClientCa;
 
 /// Longest event id or ordering key taken from a request; a longer one is
 /// ignored (the event id is then derived from the body).
@@ -68,6 +69,8 @@ pub struct Source {
     pub url_verification: bool,
     /// The GET subscription check, if configured.
     pub subscription: Option<Subscription>,
+    /// The CAs a client certificate must chain to (`mtls`), if any.
+    pub client_ca: Option<ClientCa>,
 }
 
 /// What was taken out of one request.
@@ -123,6 +126,18 @@ impl Source {
                 None
             }
         };
+        let client_ca = match config
+            .mtls
+            .as_ref()
+            .map(|m| ClientCa::load(m, &format!("{at}.mtls")))
+        {
+            None => None,
+            Some(Ok(ca)) => Some(ca),
+            Some(Err(e)) => {
+                problems.push(e);
+                None
+            }
+        };
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -148,6 +163,7 @@ impl Source {
                 .map(|r| TokenBucket::new(r.per_second, r.burst, std::time::Instant::now())),
             url_verification: config.url_verification,
             subscription,
+            client_ca,
         })
     }
 

@@ -801,3 +801,96 @@ async fn with_an_admin_port_metrics_leave_the_webhook_port() {
         same.problems
     );
 }
+
+/// A CA that signs client certificates: its PEM, and the DER of one
+/// client certificate it signed.
+fn client_ca_and_cert() -> (String, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["sender.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.der().to_vec())
+}
+
+fn with_chain(der: &[u8], mut req: Request<Body>) -> Request<Body> {
+    let chain = vec![rustls::pki_types::CertificateDer::from(der.to_vec())];
+    req.extensions_mut()
+        .insert(ingest::tls::PeerCertificates(chain.into()));
+    req
+}
+
+#[tokio::test]
+async fn a_source_with_mtls_refuses_requests_without_a_client_certificate_from_its_ca_before_the_body()
+ {
+    // SAFETY: see app(); every test sets the same values.
+    unsafe {
+        std::env::set_var(SECRET_ENV, "current-secret");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, client) = client_ca_and_cert();
+    let (_, stranger) = client_ca_and_cert();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca_pem).unwrap();
+    let purple = format!(
+        r#"signature = {{ scheme = "purple", secrets = [{{ id = "current", env = "{SECRET_ENV}" }}] }}"#
+    );
+    // server.tls is only read by `serve`: the router needs no files.
+    let config = Config::from_toml(&format!(
+        r#"
+        [server]
+        request_timeout = "300ms"
+        tls = {{ cert_file = "unused.crt", key_file = "unused.key" }}
+        [kafka]
+        brokers = "127.0.0.1:1"
+        [sources.secure]
+        mtls = {{ ca_file = {ca_path:?} }}
+        {purple}
+        [sources.open]
+        {purple}
+        "#
+    ))
+    .unwrap();
+    let app = ingest::http::router(build_state(&config).unwrap());
+
+    // No certificate, or one from another CA: 403 before the body is read,
+    // and the connection closed.
+    let (req, _tx) = endless_post("/webhooks/secure");
+    let no_cert = answer(&app, from("127.0.0.1", req)).await;
+    let (req, _tx2) = endless_post("/webhooks/secure");
+    let wrong_ca = answer(&app, from("127.0.0.1", with_chain(&stranger, req))).await;
+    for a in [&no_cert, &wrong_ca] {
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::FORBIDDEN, "client_certificate_required")
+        );
+        assert_eq!(a.header("connection"), Some("close"));
+    }
+    // From its CA: on to the signature check.
+    let a = answer(
+        &app,
+        from(
+            "127.0.0.1",
+            with_chain(&client, post("/webhooks/secure", BODY, None)),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "signature_missing")
+    );
+    // A source without mtls asks nothing of the client.
+    let a = answer(&app, from("127.0.0.1", post("/webhooks/open", BODY, None))).await;
+    assert_eq!(a.code(), "signature_missing");
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(
+            r#"ingest_refusals_total{code="client_certificate_required",source="secure"} 2"#
+        ),
+        "{text}"
+    );
+}

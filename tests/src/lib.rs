@@ -14,7 +14,7 @@
 //!   same port and data; [`read_topic`] (every record of a topic, read back
 //!   with rdkafka) and [`produce`] (records written as ingest would).
 //! - [`services`]: this workspace's binaries: [`Ingest`] (a generated
-//!   config; SIGTERM-able), [`Processor`] (`processors run`) and
+//!   config, plain or TLS; SIGTERM-able), [`Processor`] (`processors run`) and
 //!   [`Venues`] (the live venue view),
 //!   [`simulate`] (the real provider simulator, `ingest send --json`, its
 //!   report parsed), [`run_processors`] (one-shot commands), [`scrape`]

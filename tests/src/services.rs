@@ -14,6 +14,8 @@ use crate::process::{binary, die_with_parent, signal};
 pub struct Ingest {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `http`, or `https` when it serves TLS (`server.tls`).
+    scheme: &'static str,
     /// The process.
     child: Option<Child>,
     /// Holds the config file and the log.
@@ -68,25 +70,49 @@ impl Ingest {
     /// Writes `config` to a file, starts `ingest serve` with `env` added, and
     /// waits for its "listening on" line.
     pub fn start(config: &str, env: &[(&str, &str)]) -> Ingest {
+        Self::start_as("http", config, env)
+    }
+
+    /// Like [`Ingest::start`], for a config with `server.tls`: waits for
+    /// its "listening on https://" line.
+    pub fn start_tls(config: &str, env: &[(&str, &str)]) -> Ingest {
+        Self::start_as("https", config, env)
+    }
+
+    fn start_as(scheme: &'static str, config: &str, env: &[(&str, &str)]) -> Ingest {
         let (child, dir, url) = start_service(
             "ingest",
             "serve",
             ("INGEST_LOG", "info,librdkafka=error"),
             config,
             env,
-            "listening on http://",
+            &format!("listening on {scheme}://"),
         );
         let addr = url.parse().expect("listen address");
         Ingest {
             addr,
+            scheme,
             child: Some(child),
             dir,
         }
     }
 
-    /// `http://addr/path`.
+    /// `http://addr/path` (`https://` with TLS).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// Waits until `/readyz` answers 200 to `client` (one that trusts the
+    /// test CA, when ingest serves TLS).
+    pub async fn wait_ready_with(&self, client: &reqwest::Client) {
+        ready_with(
+            client,
+            &self.url("/readyz"),
+            Duration::from_secs(30),
+            "ingest",
+            || self.log(),
+        )
+        .await;
     }
 
     /// Waits until `/readyz` answers 200.
@@ -447,7 +473,17 @@ impl Drop for Venues {
 /// Polls `readyz` until it answers 200; panics after `timeout` with
 /// `name`'s log.
 async fn ready_within(readyz: &str, timeout: Duration, name: &str, log: impl Fn() -> String) {
-    let client = reqwest::Client::new();
+    ready_with(&reqwest::Client::new(), readyz, timeout, name, log).await;
+}
+
+/// [`ready_within`] with the client given.
+async fn ready_with(
+    client: &reqwest::Client,
+    readyz: &str,
+    timeout: Duration,
+    name: &str,
+    log: impl Fn() -> String,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(r) = client.get(readyz).send().await

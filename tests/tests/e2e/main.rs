@@ -29,5 +29,6 @@ mod secrets;
 mod slow_clients;
 mod sources;
 mod state;
+mod tls;
 mod venue_day;
 mod venues;
