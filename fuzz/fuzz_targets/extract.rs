@@ -26,6 +26,7 @@ fn sources() -> &'static [Source; 2] {
             rate_limit: None,
             url_verification: false,
             subscription: None,
+            client_ca: None,
         };
         [
             source(
