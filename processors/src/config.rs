@@ -36,7 +36,7 @@ use crate::kafka::KafkaConfig;
 use crate::pipeline::ProcessingConfig;
 use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
-use crate::sinks::SinkConfig;
+use crate::sinks::SinkSection;
 use crate::state::StateConfig;
 
 /// The whole configuration.
@@ -66,7 +66,7 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, SinkSection>,
     /// Routing rules; an event goes to the union of the sinks of every rule
     /// it matches.
     #[serde(default)]

@@ -473,7 +473,14 @@ impl Redrive<'_> {
             let wanted = self.opts.sink.as_ref().is_none_or(|s| *s == sink)
                 && self.opts.older_than.is_none_or(|d| l.age(self.now) >= d)
                 && self.sinks.contains_key(&sink);
-            let event = wanted.then(|| self.decode(&l)).flatten();
+            // Past the routes, but not past minimisation: the sink gets
+            // only the personal fields its section allows.
+            let event = wanted.then(|| self.decode(&l)).flatten().map(|e| {
+                match self.config.sinks.get(&sink) {
+                    Some(section) => section.minimise().apply(&e).unwrap_or(e),
+                    None => e,
+                }
+            });
             match event {
                 Some(e) => offer.entry(sink).or_default().push((l, Arc::new(e))),
                 None => {

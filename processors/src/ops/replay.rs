@@ -743,7 +743,8 @@ pub async fn replay(
             side,
             metrics.clone(),
         )
-        .map_err(ReplayError::Usage)?,
+        .map_err(ReplayError::Usage)?
+        .with_fields(&config.sinks),
     );
 
     let (spans, consumer) = spans(&config.kafka, opts).await?;
