@@ -10,7 +10,9 @@
 //! acknowledged (503); SCRAM-SHA-512 over TLS (`sasl_ssl`) with the
 //! password from a file authenticates against tansu's own user store, and
 //! a wrong password from the environment is refused (503, the log says
-//! so, and the password is in no log).
+//! so, and the password is in no log); SCRAM-SHA-256 without TLS
+//! (`sasl_plaintext`) works for ingest and the processors, and PLAIN,
+//! which tansu 0.6 does not offer, fails with a log line that says so.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -335,4 +337,91 @@ async fn scram_over_tls_authenticates_against_tansu_and_a_wrong_password_is_refu
     assert!(!log.contains(wrong) && !log.contains(password), "{log}");
     assert!(!ingest.log().contains(password));
     assert_eq!(read_topic_with(&brokers, &sasl, topic).await.len(), 1);
+}
+
+/// SASL without TLS (`sasl_plaintext`) with SCRAM-SHA-256: ingest
+/// produces and the processors consume against tansu with authentication
+/// required. tansu 0.6 offers SCRAM only: a PLAIN handshake is cut off
+/// (librdkafka: "SASL PLAIN mechanism handshake failed"), so PLAIN is
+/// shown here to fail against tansu, not to work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_without_tls_reaches_tansu_and_plain_is_not_offered_by_it() {
+    let mut broker = Broker::start();
+    let brokers = broker.brokers();
+    let topic = "kt-sasl-plain";
+    broker.create_topic(topic, 1).await;
+    let password = "scram-256-e2e-Pa55word";
+    broker.create_scram_user("pipeline", password, "scram256");
+    broker.require_authentication();
+    let env = [
+        ("E2E_SECRET", SECRET),
+        ("E2E_KAFKA_PASSWORD", password),
+        ("INGEST_LOG", "info,librdkafka=warn"),
+    ];
+    let client = reqwest::Client::new();
+
+    let plain = "{ protocol = \"sasl_plaintext\", sasl = { mechanism = \"PLAIN\", username = \"pipeline\", password_env = \"E2E_KAFKA_PASSWORD\" } }";
+    let refused = Ingest::start(&ingest_config(&brokers, topic, plain), &env);
+    let out = send_purple(
+        &client,
+        &refused.url("/webhooks/purple"),
+        SECRET,
+        purple_event("kt-plain-1", "venue-1", 1),
+    )
+    .await;
+    assert_eq!(out.status, 503, "{:?}", out.body);
+    wait_for_log(
+        || refused.log(),
+        "SASL PLAIN mechanism handshake failed",
+        Duration::from_secs(10),
+    );
+
+    let scram = "{ protocol = \"sasl_plaintext\", sasl = { mechanism = \"SCRAM-SHA-256\", username = \"pipeline\", password_env = \"E2E_KAFKA_PASSWORD\" } }";
+    let ingest = Ingest::start(&ingest_config(&brokers, topic, scram), &env);
+    ingest.wait_ready().await;
+    let out = send_purple(
+        &client,
+        &ingest.url("/webhooks/purple"),
+        SECRET,
+        purple_event("kt-scram256-1", "venue-1", 2),
+    )
+    .await;
+    assert_eq!(out.status, 200, "{:?}\n{}", out.body, ingest.log());
+
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let password_file = dir.path().join("kafka-password");
+    std::fs::write(&password_file, password).unwrap();
+    let security = format!(
+        "{{ protocol = \"sasl_plaintext\", sasl = {{ mechanism = \"SCRAM-SHA-256\", username = \"pipeline\", password_file = {:?} }} }}",
+        text(&password_file)
+    );
+    let config = with_security(
+        &processors_config(
+            &brokers,
+            topic,
+            "kt-sasl-group",
+            &dir.path().join("dedupe"),
+            &sink,
+            "",
+        ),
+        "instance_id = \"\"",
+        &security,
+    );
+    let processor = Processor::start(&config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink_lines(&sink).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the processors did not deliver with SCRAM-SHA-256:\n{}",
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = sink_lines(&sink)
+        .iter()
+        .filter_map(|l| l["event_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(ids, ["kt-scram256-1"]);
+    assert!(!ingest.log().contains(password) && !processor.log().contains(password));
 }
