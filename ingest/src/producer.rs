@@ -217,13 +217,15 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// Builds the librdkafka settings: the guarantees first, then the user's
-/// options (config load already refused those that fight a guarantee).
-pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
+/// Builds the librdkafka settings: the user's options and the security
+/// settings ([`plumbing::kafka::client_config`]), then the guarantees
+/// (config load already refused options that fight a guarantee). Fails
+/// when a secret cannot be read.
+pub fn client_config(
+    kafka: &KafkaConfig,
+    server: &ServerConfig,
+) -> Result<ClientConfig, KafkaError> {
+    let mut c = plumbing::kafka::client_config(&kafka.brokers, &kafka.options, &kafka.security)?;
     let timeout_ms = kafka
         .delivery_timeout
         .unwrap_or(server.request_timeout)
@@ -235,8 +237,7 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
     // already answered 503 and that are still being retried; past it, sends
     // fail fast with a full queue (503), so memory stays bounded.
     let queue_max = (server.max_in_flight.saturating_mul(2) + 128).to_string();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", &kafka.client_id)
+    c.set("client.id", &kafka.client_id)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("max.in.flight.requests.per.connection", "5")
@@ -247,7 +248,7 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
         .set("socket.keepalive.enable", "true");
-    c
+    Ok(c)
 }
 
 /// The raw-topic producer, replaceable after a fatal error.
@@ -276,7 +277,7 @@ impl KafkaProducer {
         server: &ServerConfig,
         metrics: Metrics,
     ) -> Result<KafkaProducer, KafkaError> {
-        let settings = client_config(kafka, server);
+        let settings = client_config(kafka, server)?;
         let signals = Arc::new(Signals::default());
         let first = create(&settings, 1, &signals)?;
         Ok(KafkaProducer {
@@ -655,12 +656,12 @@ mod tests {
             .options
             .insert("compression.type".into(), "lz4".into());
         let server = ServerConfig::default();
-        let c = client_config(&kafka, &server);
+        let c = client_config(&kafka, &server).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("message.timeout.ms"), Some("2000"));
         kafka.delivery_timeout = Some(Duration::from_secs(30));
-        let c = client_config(&kafka, &server);
+        let c = client_config(&kafka, &server).unwrap();
         assert_eq!(c.get("message.timeout.ms"), Some("30000"));
         assert_eq!(c.get("compression.type"), Some("lz4"));
     }

@@ -432,4 +432,19 @@ mod tests {
         let e = Config::load(Path::new("/nonexistent/p.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/p.toml: "), "{e}");
     }
+
+    #[test]
+    fn kafka_security_problems_are_reported_with_the_field() {
+        let text = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\noptions = { \"security.protocol\" = \"ssl\" }\nsecurity = { protocol = \"sasl_plaintext\", sasl = { mechanism = \"PLAIN\", username = \"p\", password_env = \"PROCESSORS_TEST_UNSET_PW\" } }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for needle in [
+            "kafka.options.security.protocol: TLS and SASL are set with [kafka.security]",
+            "kafka.security.sasl.password_env: the environment variable PROCESSORS_TEST_UNSET_PW is not set",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
 }

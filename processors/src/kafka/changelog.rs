@@ -37,7 +37,7 @@ pub struct KafkaChangelog {
 impl KafkaChangelog {
     /// Creates the producer (does not contact the brokers yet).
     pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<KafkaChangelog, KafkaError> {
-        let mut settings = producer_config(kafka);
+        let mut settings = producer_config(kafka)?;
         settings.set("client.id", format!("{}-state", kafka.client_id));
         if !kafka.options.contains_key("linger.ms") {
             // A worker waits for each batch's changelog write: send it at
@@ -48,7 +48,7 @@ impl KafkaChangelog {
             producer: settings.create()?,
             topic: topic.to_owned(),
             kafka: kafka.clone(),
-            watermarks: Arc::new(admin_config(kafka).create()?),
+            watermarks: Arc::new(admin_config(kafka)?.create()?),
         })
     }
 }
@@ -112,7 +112,7 @@ impl Changelog for KafkaChangelog {
             }
             let group = format!("{}-restore", self.kafka.group_id);
             let reader: Reader = reader_config(&self.kafka, &group, "restore")
-                .create_with_context(QuietCtx)
+                .and_then(|c| c.create_with_context(QuietCtx))
                 .map_err(|e| e.to_string())?;
             let mut tpl = TopicPartitionList::new();
             // An explicit offset, even for the log's start: against tansu
@@ -204,8 +204,9 @@ pub async fn ensure_topic(
             kafka.topic
         )),
         None => {
-            let admin: AdminClient<DefaultClientContext> =
-                admin_config(kafka).create().map_err(|e| e.to_string())?;
+            let admin: AdminClient<DefaultClientContext> = admin_config(kafka)
+                .and_then(|c| c.create())
+                .map_err(|e| e.to_string())?;
             let retention;
             let topic = NewTopic::new(changelog, raw, TopicReplication::Fixed(-1));
             let topic = match cleanup {
@@ -260,8 +261,9 @@ async fn check_cleanup(
     cleanup: Cleanup,
 ) -> Result<(), String> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> =
-        admin_config(kafka).create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = admin_config(kafka)
+        .and_then(|c| c.create())
+        .map_err(|e| e.to_string())?;
     let policy = match admin
         .describe_configs(
             &[ResourceSpecifier::Topic(topic)],
@@ -303,19 +305,15 @@ async fn check_cleanup(
     }
 }
 
-fn admin_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
-    let mut c = rdkafka::ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", format!("{}-admin", kafka.client_id));
-    c
+fn admin_config(kafka: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
+    let mut c = kafka.base_config()?;
+    c.set("client.id", format!("{}-admin", kafka.client_id));
+    Ok(c)
 }
 
 /// The partition count of `topic`, `None` when it does not exist.
 async fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<Option<i32>, String> {
-    let config = admin_config(kafka);
+    let config = admin_config(kafka).map_err(|e| e.to_string())?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = config.create().map_err(|e| e.to_string())?;

@@ -131,7 +131,7 @@ async fn pending(
 ) -> Result<Option<(Reader, Vec<Pending>)>, ReplayError> {
     let kafka = &config.kafka;
     let consumer: Reader =
-        reader_config(kafka, &redrive_group(config), "dlq").create_with_context(QuietCtx)?;
+        reader_config(kafka, &redrive_group(config), "dlq")?.create_with_context(QuietCtx)?;
     let consumer = Arc::new(consumer);
     let c = consumer.clone();
     let topic = kafka.dlq_topic.clone();
@@ -396,7 +396,7 @@ pub async fn redrive(
         report.complete = true;
         return Ok(report);
     };
-    let producer: FutureProducer = producer_config(&config.kafka).create()?;
+    let producer: FutureProducer = producer_config(&config.kafka)?.create()?;
     let by_name: HashMap<String, Arc<dyn Sink>> = sinks
         .into_iter()
         .map(|s| (s.name().to_owned(), s))
