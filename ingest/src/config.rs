@@ -99,6 +99,13 @@ pub struct ServerConfig {
     /// connection closed.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// HTTP/2 only: most requests (streams) open at once on one
+    /// connection, advertised to the client in its SETTINGS; a stream past
+    /// it is refused. Each stream's headers are bounded by
+    /// `max_header_bytes`, and a connection buffers at most 1 MiB of bodies
+    /// not yet read (its flow-control window).
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: u32,
     /// Serve the webhook port over TLS: `{ cert_file, key_file }` (PEM),
     /// reloaded when they change. Absent: plain HTTP, e.g. behind a load
     /// balancer that ends TLS. The admin port stays plain either way.
@@ -265,6 +272,10 @@ const fn default_max_in_flight() -> usize {
 const fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
+const fn default_http2_max_streams() -> u32 {
+    100
+}
+
 const fn default_max_header_bytes() -> usize {
     16 * 1024
 }
@@ -327,6 +338,7 @@ impl Default for ServerConfig {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
+            http2_max_streams: default_http2_max_streams(),
             tls: None,
         }
     }
@@ -571,6 +583,9 @@ impl Config {
         }
         if !(8..=1000).contains(&s.max_headers) {
             p.push("server.max_headers: must be between 8 and 1000".into());
+        }
+        if !(1..=1000).contains(&s.http2_max_streams) {
+            p.push("server.http2_max_streams: must be between 1 and 1000".into());
         }
         if s.retry_after.as_secs() == 0 {
             p.push("server.retry_after: must be at least 1s".into());

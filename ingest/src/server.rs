@@ -213,6 +213,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// HTTP/2: bodies a connection may have in flight before they are read.
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2: the same per stream.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2: streams the client may reset before ingest took them up, at
+/// once; past it the connection is closed (CVE-2023-44487, rapid reset).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// HTTP/2: streams ingest may reset for the client's errors on one
+/// connection; past it the connection is closed.
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 256;
+
 /// What a client may send before the handler sees its request.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnLimits {
@@ -222,6 +233,9 @@ pub struct ConnLimits {
     pub max_header_bytes: usize,
     /// Most header fields (`server.max_headers`).
     pub max_headers: usize,
+    /// Most concurrent HTTP/2 streams per connection
+    /// (`server.http2_max_streams`).
+    pub http2_max_streams: u32,
 }
 
 impl From<&crate::config::ServerConfig> for ConnLimits {
@@ -230,6 +244,7 @@ impl From<&crate::config::ServerConfig> for ConnLimits {
             header_read_timeout: s.header_read_timeout,
             max_header_bytes: s.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
             max_headers: s.max_headers,
+            http2_max_streams: s.http2_max_streams,
         }
     }
 }
@@ -251,7 +266,11 @@ impl From<&crate::config::ServerConfig> for ConnLimits {
 /// closes the connection without an answer; a head over `max_header_bytes`
 /// or with more than `max_headers` fields is answered 431 and the
 /// connection closed, by hyper, before any handler runs. HTTP/2: header
-/// lists are capped at `max_header_bytes`.
+/// lists are capped at `max_header_bytes`, streams per connection at
+/// `http2_max_streams`, the bodies a connection buffers unread at its
+/// 1 MiB window (256 KiB per stream); a client that resets streams faster
+/// than they are served (the "rapid reset" attack) or keeps making the
+/// server reset them is sent GOAWAY and disconnected.
 pub async fn serve_connections(
     listener: TcpListener,
     app: Router,
@@ -269,7 +288,12 @@ pub async fn serve_connections(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.http2_max_streams)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {

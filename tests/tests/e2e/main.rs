@@ -15,6 +15,7 @@ mod deploy;
 mod faults;
 mod harness;
 mod hostile_input;
+mod http2;
 mod ingest;
 mod kafka_tls;
 mod layout;
