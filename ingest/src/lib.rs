@@ -29,6 +29,9 @@
 //! - [`tls`]: the webhook port's TLS: the certificate and key files,
 //!   their checks, and their reload while serving.
 //! - [`simulator`]: the provider simulator behind `ingest send`.
+//! - [`provider_api`]: the provider's REST history API the simulator
+//!   serves beside its webhooks (paged, conditional, rate limited, and
+//!   misbehaving on request).
 
 pub mod address;
 pub mod config;
@@ -38,6 +41,7 @@ pub mod http;
 pub mod metrics;
 pub mod pointer;
 pub mod producer;
+pub mod provider_api;
 pub mod rate_limit;
 pub mod secret;
 pub mod server;

@@ -36,7 +36,7 @@ enum Command {
     },
     /// Simulate the guest-WiFi platform: send signed, realistic traffic and
     /// report what was acknowledged and refused.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Load a configuration and its secrets, report every problem, and exit
     /// non-zero if there is any.
     CheckConfig {
@@ -105,6 +105,59 @@ struct SendArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Share of webhooks lost on purpose, never sent (0-1); the events stay
+    /// in the provider's history API.
+    #[arg(long, default_value_t = 0.0)]
+    lose: f64,
+    /// Stop delivering webhooks after this many deliveries, for
+    /// --pause-for: every webhook due in that stretch is lost.
+    #[arg(long)]
+    pause_after: Option<usize>,
+    /// How long the stretch without webhooks lasts (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pause_for: std::time::Duration,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The provider's REST history API (`ingest send --api-listen`).
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Serve the provider's history API here (e.g. 127.0.0.1:0); the first
+    /// stdout line is then `api on http://ADDR`.
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Environment variable holding the API's bearer token.
+    #[arg(long, default_value = "PURPLE_API_TOKEN")]
+    api_token_env: String,
+    /// Keep serving the API this long after the last webhook (or until
+    /// SIGINT/SIGTERM).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    api_linger: std::time::Duration,
+    /// Requests the API accepts in any 60 s; past it 429 with Retry-After.
+    #[arg(long)]
+    api_limit_per_minute: Option<u32>,
+    /// The Retry-After of a 429 (whole seconds).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    api_retry_after: std::time::Duration,
+    /// Share of API requests answered 503 (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_errors: f64,
+    /// Share of pages served slowly (0-1), after --api-slow-delay.
+    #[arg(long, default_value_t = 0.0)]
+    api_slow: f64,
+    /// How long a slow page takes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    api_slow_delay: std::time::Duration,
+    /// Share of pages that are not valid JSON (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_malformed: f64,
+    /// Share of items served without their id (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_missing_id: f64,
+    /// Share of pages whose next_cursor goes backwards (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_cursor_back: f64,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +165,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
-        Command::Send(args) => send(args),
+        Command::Send(args) => send(*args),
     }
 }
 
@@ -145,8 +198,22 @@ fn send(args: SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = share("bursts", args.bursts) {
-        eprintln!("ingest send: {e}");
+    for (name, v) in [
+        ("bursts", args.bursts),
+        ("lose", args.lose),
+        ("api-errors", args.api.api_errors),
+        ("api-slow", args.api.api_slow),
+        ("api-malformed", args.api.api_malformed),
+        ("api-missing-id", args.api.api_missing_id),
+        ("api-cursor-back", args.api.api_cursor_back),
+    ] {
+        if let Err(e) = share(name, v) {
+            eprintln!("ingest send: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if args.api.api_limit_per_minute == Some(0) {
+        eprintln!("ingest send: --api-limit-per-minute must be at least 1");
         return ExitCode::from(2);
     }
     if !(1..=10_000).contains(&args.burst_size) {
@@ -201,7 +268,40 @@ fn send(args: SendArgs) -> ExitCode {
         bursts: args.bursts,
         burst_size: args.burst_size,
         timeout: args.timeout,
+        lose: args.lose,
+        pause_after: args.pause_after,
+        pause_for: args.pause_for,
     };
+    let api = match &args.api.api_listen {
+        None => None,
+        Some(addr) => {
+            let Some(token) = std::env::var(&args.api.api_token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+            else {
+                eprintln!(
+                    "ingest send: environment variable {} (the API's bearer token) is not set",
+                    args.api.api_token_env
+                );
+                return ExitCode::from(2);
+            };
+            let faults = ingest::provider_api::ApiFaults {
+                limit_per_minute: args.api.api_limit_per_minute,
+                retry_after: args.api.api_retry_after,
+                errors: args.api.api_errors,
+                slow: args.api.api_slow,
+                slow_delay: args.api.api_slow_delay,
+                malformed: args.api.api_malformed,
+                missing_id: args.api.api_missing_id,
+                cursor_back: args.api.api_cursor_back,
+            };
+            Some((
+                *addr,
+                ingest::provider_api::History::new(faults, token, args.seed),
+            ))
+        }
+    };
+    let linger = args.api.api_linger;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -212,8 +312,21 @@ fn send(args: SendArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ingest::simulator::run(config)) {
-        Ok(report) => {
+    let outcome = runtime.block_on(async {
+        let Some((addr, history)) = api else {
+            return ingest::simulator::run(config).await.map(|r| (r, None));
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        println!("api on http://{}", listener.local_addr()?);
+        let app = ingest::provider_api::router(history.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let report = ingest::simulator::run_with(config, Some(history)).await?;
+        Ok((report, Some(server)))
+    });
+    match outcome {
+        Ok((report, server)) => {
             if args.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
@@ -234,6 +347,20 @@ fn send(args: SendArgs) -> ExitCode {
                     report.distinct_acknowledged,
                     report.refused
                 );
+                if report.lost > 0 {
+                    println!("lost on purpose: {} webhooks", report.lost);
+                }
+            }
+            if let Some(server) = server {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(linger) => {}
+                        _ = ingest::server::shutdown_signal() => {}
+                    }
+                    server.abort();
+                });
             }
             ExitCode::SUCCESS
         }
