@@ -34,6 +34,13 @@ enum Command {
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
     },
+    /// Poll the sources that have a `poll` table from their providers' REST
+    /// history APIs, into the raw topic, until SIGINT/SIGTERM.
+    Poll {
+        /// The TOML configuration file (the same as `serve`'s).
+        #[arg(short, long, env = "INGEST_CONFIG")]
+        config: PathBuf,
+    },
     /// Simulate the guest-WiFi platform: send signed, realistic traffic and
     /// report what was acknowledged and refused.
     Send(Box<SendArgs>),
@@ -165,6 +172,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
+        Command::Poll { config } => poll(&config),
         Command::Send(args) => send(*args),
     }
 }
@@ -380,6 +388,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         if let Err(p) = Source::build_all(&config) {
             problems.extend(p);
         }
+        for (name, src) in &config.sources {
+            if let Some(poll) = &src.poll
+                && let Err(e) = poll.token()
+            {
+                let field = if poll.token_env.is_some() {
+                    "token_env"
+                } else {
+                    "token_file"
+                };
+                problems.push(format!("sources.{name}.poll.{field}: {e}"));
+            }
+        }
         if let Some(tls) = &config.server.tls
             && let Err(p) = Tls::load(tls, "server.tls", config.asks_client_certificates())
         {
@@ -459,4 +479,158 @@ fn serve(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ingest poll`: one task per source with a `poll` table, the raw-topic
+/// producer and the cursor topic shared, `/metrics` on
+/// `poller.metrics_listen`.
+fn poll(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sources = match Source::build_all(&config) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!(
+                "{}",
+                ingest::config::ConfigError {
+                    path: path.to_path_buf(),
+                    problems
+                }
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut polled = Vec::new();
+    let mut problems = Vec::new();
+    for (name, src) in &config.sources {
+        if let Some(poll) = &src.poll {
+            match poll.token() {
+                Ok(token) => polled.push((sources[name].clone(), poll.clone(), token)),
+                Err(e) => problems.push(format!("sources.{name}.poll: {e}")),
+            }
+        }
+    }
+    if polled.is_empty() {
+        problems.push("sources: no source has a `poll` table; nothing to poll".into());
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "{}",
+            ingest::config::ConfigError {
+                path: path.to_path_buf(),
+                problems
+            }
+        );
+        return ExitCode::FAILURE;
+    }
+    plumbing::init_logs(config.log.format, "INGEST_LOG");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run_poller(config, polled));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingest poll: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_poller(
+    config: Config,
+    polled: Vec<(
+        std::sync::Arc<Source>,
+        ingest::poller::config::PollConfig,
+        ingest::secret::Secret,
+    )>,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let metrics = ingest::poller::PollMetrics::new()?;
+    let producer = Arc::new(ingest::producer::KafkaProducer::new(
+        &config.kafka,
+        &config.server,
+        ingest::metrics::Metrics::new()?,
+    )?);
+    let cursors = Arc::new(ingest::poller::cursor::CursorStore::new(
+        &config.kafka,
+        &config.poller.cursor_topic,
+    )?);
+    let loader = cursors.clone();
+    let mut stored =
+        tokio::task::spawn_blocking(move || loader.load_all(std::time::Duration::from_secs(30)))
+            .await??;
+    let listener = tokio::net::TcpListener::bind(config.poller.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.poller.metrics_listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(producer.clone().supervise(stop_rx.clone()));
+    let catalogue = metrics.catalogue.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let c = catalogue.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        c.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let mut stop_metrics = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_metrics.changed().await;
+            })
+            .await;
+    });
+    let delivery_timeout = config
+        .kafka
+        .delivery_timeout
+        .unwrap_or(config.server.request_timeout);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (source, poll, token) in polled {
+        let cursor = stored.remove(&*source.name);
+        let poller = ingest::poller::SourcePoller::new(
+            source,
+            poll,
+            token,
+            producer.clone(),
+            cursors.clone(),
+            delivery_timeout,
+            metrics.clone(),
+            cursor,
+        )?;
+        tasks.spawn(poller.run(stop_rx.clone()));
+    }
+    tracing::info!(%addr, sources = tasks.len(), "poller started");
+    // One machine-readable line on stdout for scripts and test harnesses.
+    println!("poller metrics on http://{addr}");
+    ingest::server::shutdown_signal().await;
+    tracing::info!("shutting down: a page cut short is read again after a restart");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(std::time::Duration::from_secs(10))).await;
+    Ok(())
 }
