@@ -162,7 +162,8 @@ struct ApiArgs {
     /// Share of items served without their id (0-1).
     #[arg(long, default_value_t = 0.0)]
     api_missing_id: f64,
-    /// Share of pages whose next_cursor goes backwards (0-1).
+    /// Share of pages whose next_cursor goes back to the page's own start
+    /// (0-1): a client that follows it loops.
     #[arg(long, default_value_t = 0.0)]
     api_cursor_back: f64,
 }

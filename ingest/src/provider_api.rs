@@ -21,7 +21,8 @@
 //!
 //! Misbehaviour, configured per run ([`ApiFaults`]): a rate limit answered
 //! `429` with `Retry-After`, a share of `503`, slow pages, malformed pages,
-//! items without `id`, and a `next_cursor` that goes backwards. Every
+//! items without `id`, and a `next_cursor` that goes back to the page's
+//! own start. Every
 //! request is recorded with its arrival time and status and listed at
 //! `GET /_sim/stats`, so tests can check a client's manners from the
 //! provider's side.
@@ -59,8 +60,9 @@ pub struct ApiFaults {
     pub malformed: f64,
     /// Share of items served without their `id` (0-1).
     pub missing_id: f64,
-    /// Share of non-empty pages whose `next_cursor` goes back to the start
-    /// of the page, or before it (0-1).
+    /// Share of non-empty pages whose `next_cursor` goes back to the
+    /// page's own start: a client that follows it reads the same page
+    /// forever (0-1).
     pub cursor_back: f64,
 }
 
@@ -357,7 +359,7 @@ async fn answer(
     };
     let mut next_cursor = format!("p{next}");
     if !items.is_empty() && h.roll(h.faults.cursor_back) {
-        next_cursor = format!("p{}", start.saturating_sub(1));
+        next_cursor = format!("p{start}");
     }
     let mut body = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 64);
     body.extend_from_slice(b"{\"items\":[");
@@ -584,7 +586,7 @@ mod tests {
         let (_, _, body) = get(&h, "/api/v1/events?cursor=p2&limit=1", &[]).await;
         assert_eq!(
             body,
-            r#"{"items":[{"sequence":2}],"next_cursor":"p1","has_more":true}"#
+            r#"{"items":[{"sequence":2}],"next_cursor":"p2","has_more":true}"#
         );
     }
 }

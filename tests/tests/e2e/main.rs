@@ -21,6 +21,7 @@ mod local_stack;
 mod membership;
 mod metrics;
 mod monitoring;
+mod polling;
 mod processors;
 mod producer_patch;
 mod replay;
