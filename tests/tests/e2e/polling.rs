@@ -491,6 +491,18 @@ async fn bad_pages_are_counted_and_logged_never_a_crash_or_a_loop() {
             .count();
         assert!(in_minute <= 100, "{in_minute} requests in a minute");
     }
+    // The poller's /metrics follows the naming rules, its labels are
+    // bounded and never carry the token.
+    let text = e2e::scrape(poller.metrics_addr).await;
+    let families = e2e::exposition::parse(&text).unwrap();
+    let problems = e2e::exposition::scrape_problems(&families, &[TOKEN.to_string()]);
+    assert!(problems.is_empty(), "{problems:#?}\n{text}");
+    for outcome in ["200", "5xx"] {
+        assert!(
+            e2e::metric_sum(&text, "ingest_poll_requests_total", &[("outcome", outcome)]) > 0.0,
+            "no {outcome}:\n{text}"
+        );
+    }
     let truth: HashSet<String> = truth(1, 200, 5).into_iter().map(|(id, _)| id).collect();
     for r in read_topic(&broker.brokers(), "pbad-raw").await {
         let e = Envelope::decode(&r.value).unwrap();
@@ -531,4 +543,60 @@ poll = { url = "not a url", token_env = "E2E_SURELY_UNSET_POLL_TOKEN", page_size
     ] {
         assert!(err.contains(want), "{want:?} not in:\n{err}");
     }
+}
+
+/// A source polled by the sweep alone (no scheduled polling) recovers
+/// events lost at the end of a stream, where no later sequence reveals a
+/// gap: every sweep reads the window by time range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciliation_sweep_reads_its_window_and_recovers_the_tail() {
+    let (broker, provider) = provider_only("psweep", 60, &[]).await;
+    let poller = Poller::start(
+        &poller_config(
+            &broker.brokers(),
+            "psweep-raw",
+            "psweep-cursors",
+            &format!(
+                "url = \"{}/api/v1/events\", page_size = 25, reconcile = {{ window = \"10m\", interval = \"2s\" }}",
+                provider.api
+            ),
+        ),
+        POLLER_ENV,
+    );
+    let truth: HashSet<String> = truth(1, 60, 5).into_iter().map(|(id, _)| id).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let polled: HashSet<String> = read_topic(&broker.brokers(), "psweep-raw")
+            .await
+            .iter()
+            .filter_map(|r| Envelope::decode(&r.value).ok())
+            .map(|e| e.event_id)
+            .collect();
+        if polled == truth {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 60 events after the sweeps:\n{}",
+            polled.len(),
+            poller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let requests = provider.stats().await.requests;
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.uri.contains("since=") && r.uri.contains("until=")),
+        "{requests:?}"
+    );
+    // Three pages a sweep (25 + 25 + 10), the first without a cursor.
+    assert!(!requests[0].uri.contains("cursor="), "{:?}", requests[0]);
+    assert!(requests[1].uri.contains("cursor=p25"), "{:?}", requests[1]);
+    assert!(
+        poller
+            .metric("ingest_poll_events_total", &[("mode", "reconcile")])
+            .await
+            >= 60.0
+    );
 }
