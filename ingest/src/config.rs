@@ -626,11 +626,18 @@ impl Config {
                 ));
             }
         }
-        if !valid_topic(&self.poller.cursor_topic) {
-            p.push(format!(
-                "poller.cursor_topic: {:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)",
-                self.poller.cursor_topic
-            ));
+        for (field, topic) in [
+            ("cursor_topic", Some(&self.poller.cursor_topic)),
+            ("unfillable_topic", Some(&self.poller.unfillable_topic)),
+            ("reconcile_topic", self.poller.reconcile_topic.as_ref()),
+        ] {
+            if let Some(t) = topic
+                && !valid_topic(t)
+            {
+                p.push(format!(
+                    "poller.{field}: {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
+                ));
+            }
         }
         if self.sources.is_empty() {
             p.push("sources: no source configured; add a [sources.NAME] table".into());

@@ -41,6 +41,13 @@ enum Command {
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
     },
+    /// List the sequence gaps the provider could not fill either (the
+    /// poller's unfillable topic), one line each.
+    Unfillable {
+        /// The TOML configuration file (the same as `poll`'s).
+        #[arg(short, long, env = "INGEST_CONFIG")]
+        config: PathBuf,
+    },
     /// Simulate the guest-WiFi platform: send signed, realistic traffic and
     /// report what was acknowledged and refused.
     Send(Box<SendArgs>),
@@ -162,6 +169,10 @@ struct ApiArgs {
     /// Share of items served without their id (0-1).
     #[arg(long, default_value_t = 0.0)]
     api_missing_id: f64,
+    /// Share of the lost webhooks whose events the API forgets too (0-1):
+    /// gaps nobody can fill.
+    #[arg(long, default_value_t = 0.0)]
+    api_forget: f64,
     /// Share of pages whose next_cursor goes back to the page's own start
     /// (0-1): a client that follows it loops.
     #[arg(long, default_value_t = 0.0)]
@@ -174,6 +185,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
         Command::Poll { config } => poll(&config),
+        Command::Unfillable { config } => unfillable(&config),
         Command::Send(args) => send(*args),
     }
 }
@@ -215,6 +227,7 @@ fn send(args: SendArgs) -> ExitCode {
         ("api-malformed", args.api.api_malformed),
         ("api-missing-id", args.api.api_missing_id),
         ("api-cursor-back", args.api.api_cursor_back),
+        ("api-forget", args.api.api_forget),
     ] {
         if let Err(e) = share(name, v) {
             eprintln!("ingest send: {e}");
@@ -280,6 +293,7 @@ fn send(args: SendArgs) -> ExitCode {
         lose: args.lose,
         pause_after: args.pause_after,
         pause_for: args.pause_for,
+        forget: args.api.api_forget,
     };
     let api = match &args.api.api_listen {
         None => None,
@@ -550,6 +564,65 @@ fn poll(path: &std::path::Path) -> ExitCode {
     }
 }
 
+fn poller_name(p: &ingest::poller::SourcePoller) -> String {
+    p.source_name().to_string()
+}
+
+/// `ingest unfillable`: every gap the provider could not fill, one line
+/// each, from the unfillable topic.
+fn unfillable(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match ingest::poller::cursor::CursorStore::new(
+        &config.kafka,
+        &config.poller.cursor_topic,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ingest unfillable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let topic = &config.poller.unfillable_topic;
+    match store.read_latest(topic, std::time::Duration::from_secs(30)) {
+        Ok(records) => {
+            let mut gaps: Vec<ingest::poller::gaps::Unfillable> = records
+                .values()
+                .filter_map(|v| serde_json::from_slice(v).ok())
+                .collect();
+            gaps.sort_by(|a, b| {
+                (&a.source, &a.ordering_key, a.from_sequence).cmp(&(
+                    &b.source,
+                    &b.ordering_key,
+                    b.from_sequence,
+                ))
+            });
+            for g in &gaps {
+                let missing: Vec<String> = g.missing.iter().map(i64::to_string).collect();
+                println!(
+                    "{} {} sequences {}-{}: missing {}",
+                    g.source,
+                    g.ordering_key,
+                    g.from_sequence,
+                    g.to_sequence,
+                    missing.join(",")
+                );
+            }
+            println!("{} unfillable gaps", gaps.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ingest unfillable: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn run_poller(
     config: Config,
     polled: Vec<(
@@ -610,8 +683,10 @@ async fn run_poller(
         .delivery_timeout
         .unwrap_or(config.server.request_timeout);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut routes = std::collections::HashMap::new();
     for (source, poll, token) in polled {
         let cursor = stored.remove(&*source.name);
+        let wants_gaps = config.poller.reconcile_topic.is_some() && poll.range_url.is_some();
         let poller = ingest::poller::SourcePoller::new(
             source,
             poll,
@@ -622,7 +697,23 @@ async fn run_poller(
             metrics.clone(),
             cursor,
         )?;
+        let poller = if wants_gaps {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            routes.insert(poller_name(&poller), tx);
+            poller.with_gaps(rx, &config.poller.unfillable_topic)
+        } else {
+            poller
+        };
         tasks.spawn(poller.run(stop_rx.clone()));
+    }
+    if let Some(topic) = config.poller.reconcile_topic.clone() {
+        let kafka = config.kafka.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ingest::poller::gaps::follow(&kafka, &topic, routes, stop).await {
+                tracing::error!(%topic, error = %e, "cannot read the reconcile topic: gaps are not fetched");
+            }
+        });
     }
     tracing::info!(%addr, sources = tasks.len(), "poller started");
     // One machine-readable line on stdout for scripts and test harnesses.

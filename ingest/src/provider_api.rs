@@ -77,6 +77,10 @@ struct Recorded {
     at_ms: i64,
     /// The exact JSON of the event.
     body: Vec<u8>,
+    /// The event id.
+    id: String,
+    /// Not in the history at all (`--api-forget`): a gap nobody can fill.
+    forgotten: bool,
 }
 
 /// One request the API received.
@@ -100,6 +104,10 @@ pub struct History {
     window: Mutex<VecDeque<std::time::Instant>>,
     /// Webhooks lost on purpose so far.
     pub lost: std::sync::atomic::AtomicU64,
+    /// Their event ids.
+    lost_ids: Mutex<Vec<String>>,
+    /// Lost events the history forgot too.
+    forgotten_ids: Mutex<Vec<String>>,
     /// Set when the sender has generated everything.
     pub done: std::sync::atomic::AtomicBool,
     /// The fault dice.
@@ -118,6 +126,8 @@ impl History {
             seen: Mutex::new(Vec::new()),
             window: Mutex::new(VecDeque::new()),
             lost: Default::default(),
+            lost_ids: Default::default(),
+            forgotten_ids: Default::default(),
             done: Default::default(),
             rng: Mutex::new(StdRng::seed_from_u64(seed ^ 0xa91)),
             faults,
@@ -129,12 +139,32 @@ impl History {
     /// sent or lost).
     pub fn record(&self, venue: &str, sequence: u64, body: &[u8]) {
         let mut events = lock(&self.events);
+        let id = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["id"].as_str().map(str::to_string))
+            .unwrap_or_default();
         events.push(Recorded {
             venue: venue.to_string(),
             sequence,
             at_ms: now_ms(),
             body: body.to_vec(),
+            id,
+            forgotten: false,
         });
+    }
+
+    /// Notes that the webhook of event `id` was lost; with `forget`, the
+    /// event leaves the history too (the API never serves it).
+    pub fn lose(&self, id: &str, forget: bool) {
+        self.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.lost_ids).push(id.to_string());
+        if forget {
+            let mut events = lock(&self.events);
+            if let Some(e) = events.iter_mut().rev().find(|e| e.id == id) {
+                e.forgotten = true;
+            }
+            lock(&self.forgotten_ids).push(id.to_string());
+        }
     }
 
     fn roll(&self, share: f64) -> bool {
@@ -188,7 +218,8 @@ struct Filter {
 
 impl Filter {
     fn keeps(&self, e: &Recorded) -> bool {
-        self.venue.as_ref().is_none_or(|v| *v == e.venue)
+        !e.forgotten
+            && self.venue.as_ref().is_none_or(|v| *v == e.venue)
             && self.since_ms.is_none_or(|s| e.at_ms >= s)
             && self.until_ms.is_none_or(|u| e.at_ms < u)
             && self.from_sequence.is_none_or(|f| e.sequence >= f)
@@ -439,6 +470,10 @@ struct Stats<'a> {
     lost: u64,
     /// Whether the sender has generated everything.
     done: bool,
+    /// The ids of the lost webhooks' events.
+    lost_ids: &'a [String],
+    /// Those the history forgot too.
+    forgotten_ids: &'a [String],
     /// Every API request so far (this endpoint excluded).
     requests: &'a [Seen],
 }
@@ -446,10 +481,14 @@ struct Stats<'a> {
 async fn stats(State(h): State<Arc<History>>) -> Response {
     let recorded = lock(&h.events).len();
     let seen = lock(&h.seen);
+    let lost_ids = lock(&h.lost_ids);
+    let forgotten_ids = lock(&h.forgotten_ids);
     axum::Json(Stats {
         recorded,
         lost: h.lost.load(std::sync::atomic::Ordering::Relaxed),
         done: h.done.load(std::sync::atomic::Ordering::Relaxed),
+        lost_ids: &lost_ids,
+        forgotten_ids: &forgotten_ids,
         requests: &seen,
     })
     .into_response()

@@ -485,6 +485,9 @@ pub struct SendConfig {
     pub pause_after: Option<usize>,
     /// How long that stretch lasts.
     pub pause_for: Duration,
+    /// Share of the lost webhooks whose events the provider's history
+    /// forgets too (0-1): gaps nobody can fill.
+    pub forget: f64,
 }
 
 /// What a run did.
@@ -574,7 +577,8 @@ pub async fn run_with(
             if paused || (config.lose > 0.0 && loss.random::<f64>() < config.lose) {
                 report.lost += 1;
                 if let Some(h) = &history {
-                    h.lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let forget = config.forget > 0.0 && loss.random::<f64>() < config.forget;
+                    h.lose(&event.id, forget);
                 }
                 continue;
             }
@@ -817,6 +821,7 @@ mod tests {
             lose: 0.0,
             pause_after: None,
             pause_for: Duration::ZERO,
+            forget: 0.0,
         }
     }
 

@@ -624,6 +624,12 @@ pub struct ProviderStats {
     pub lost: u64,
     /// Whether every event was generated.
     pub done: bool,
+    /// The ids of the lost webhooks' events.
+    #[serde(default)]
+    pub lost_ids: Vec<String>,
+    /// Those the provider's history forgot too.
+    #[serde(default)]
+    pub forgotten_ids: Vec<String>,
     /// Every API request.
     pub requests: Vec<ApiRequest>,
 }

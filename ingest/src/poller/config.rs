@@ -23,6 +23,15 @@ pub struct PollerConfig {
     /// where the last one stopped.
     #[serde(default = "default_cursor_topic")]
     pub cursor_topic: String,
+    /// The processors' reconcile topic (their `kafka.reconcile_topic`):
+    /// each skipped sequence gap there is fetched from its source's
+    /// `range_url`. Absent: gaps are not asked for.
+    #[serde(default)]
+    pub reconcile_topic: Option<String>,
+    /// The compacted topic where gaps the provider could not fill either
+    /// are recorded, once per gap (`ingest unfillable` lists them).
+    #[serde(default = "default_unfillable_topic")]
+    pub unfillable_topic: String,
 }
 
 impl Default for PollerConfig {
@@ -30,6 +39,8 @@ impl Default for PollerConfig {
         PollerConfig {
             metrics_listen: default_metrics_listen(),
             cursor_topic: default_cursor_topic(),
+            reconcile_topic: None,
+            unfillable_topic: default_unfillable_topic(),
         }
     }
 }
@@ -39,6 +50,9 @@ fn default_metrics_listen() -> SocketAddr {
 }
 fn default_cursor_topic() -> String {
     "webhooks.poll-cursors".into()
+}
+fn default_unfillable_topic() -> String {
+    "webhooks.unfillable-gaps".into()
 }
 
 /// `[sources.NAME.poll]`: read the provider's REST history API.
@@ -70,6 +84,13 @@ pub struct PollConfig {
     /// every `interval`. Absent: no sweep.
     #[serde(default)]
     pub reconcile: Option<ReconcileConfig>,
+    /// One ordering key's events by sequence, `{key}` standing for the
+    /// ordering key, e.g.
+    /// `https://api.example.com/api/v1/venues/{key}/events` (asked with
+    /// `from_sequence` and `to_sequence`): where a gap the processors
+    /// skipped is fetched. Absent: this source's gaps are not fetched.
+    #[serde(default)]
+    pub range_url: Option<String>,
     /// Longest wait for one page.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -156,9 +177,23 @@ impl PollConfig {
                 p.push(format!("{at}.reconcile.interval: must be at least 100ms"));
             }
         }
-        if self.interval.is_none() && self.reconcile.is_none() {
+        if let Some(r) = &self.range_url {
+            let sample = r.replace("{key}", "k");
+            if !r.contains("{key}") {
+                p.push(format!(
+                    "{at}.range_url: {r:?} must contain {{key}} (the ordering key)"
+                ));
+            } else if !reqwest::Url::parse(&sample)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            {
+                p.push(format!(
+                    "{at}.range_url: {r:?} must be an http or https URL"
+                ));
+            }
+        }
+        if self.interval.is_none() && self.reconcile.is_none() && self.range_url.is_none() {
             p.push(format!(
-                "{at}: set `interval` (scheduled polling), `reconcile` (the sweep), or both"
+                "{at}: set `interval` (scheduled polling), `reconcile` (the sweep), `range_url` (gaps), or several"
             ));
         }
         p
@@ -210,7 +245,7 @@ mod tests {
             "sources.p.poll: name exactly one of `token_env` or `token_file`",
             "sources.p.poll.page_size: 0 must be between 1 and 1000",
             "sources.p.poll.max_requests_per_minute: 0 must be between 1 and 100000",
-            "sources.p.poll: set `interval` (scheduled polling), `reconcile` (the sweep), or both",
+            "sources.p.poll: set `interval` (scheduled polling), `reconcile` (the sweep), `range_url` (gaps), or several",
         ] {
             assert!(all.contains(want), "{want:?} not in:\n{all}");
         }

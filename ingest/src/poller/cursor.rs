@@ -85,8 +85,22 @@ impl CursorStore {
     /// Every source's last cursor, reading the topic from its start to its
     /// end as it is now (blocking; run it on a blocking thread).
     pub fn load_all(&self, within: Duration) -> Result<HashMap<String, String>, CursorError> {
+        Ok(self
+            .read_latest(&self.topic, within)?
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, serde_json::from_slice::<Stored>(&v).ok()?.cursor)))
+            .collect())
+    }
+
+    /// The last value of every key of `topic`, read from its start to its
+    /// end as it is now (blocking).
+    pub fn read_latest(
+        &self,
+        topic: &str,
+        within: Duration,
+    ) -> Result<HashMap<String, Vec<u8>>, CursorError> {
         let kafka = |source| CursorError::Kafka {
-            topic: self.topic.clone(),
+            topic: topic.to_string(),
             source,
         };
         let consumer: BaseConsumer = self
@@ -99,26 +113,24 @@ impl CursorStore {
             .map_err(kafka)?;
         let started = Instant::now();
         let md = consumer
-            .fetch_metadata(Some(&self.topic), within)
+            .fetch_metadata(Some(topic), within)
             .map_err(kafka)?;
         let partitions: Vec<i32> = md
             .topics()
             .iter()
-            .filter(|t| t.name() == self.topic && t.error().is_none())
+            .filter(|t| t.name() == topic && t.error().is_none())
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(CursorError::Missing(self.topic.clone()));
+            return Err(CursorError::Missing(topic.to_string()));
         }
         let mut ends = HashMap::new();
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&self.topic, p, within)
-                .map_err(kafka)?;
+            let (low, high) = consumer.fetch_watermarks(topic, p, within).map_err(kafka)?;
             if high > low {
                 ends.insert(p, high);
-                tpl.add_partition_offset(&self.topic, p, Offset::Offset(low))
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))
                     .map_err(kafka)?;
             }
         }
@@ -129,19 +141,16 @@ impl CursorStore {
         consumer.assign(&tpl).map_err(kafka)?;
         while !ends.is_empty() {
             if started.elapsed() > within {
-                return Err(CursorError::Timeout(self.topic.clone(), within));
+                return Err(CursorError::Timeout(topic.to_string(), within));
             }
             let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
                 continue;
             };
             let msg = msg.map_err(kafka)?;
             if let (Some(key), Some(value)) = (msg.key(), msg.payload())
-                && let (Ok(source), Ok(stored)) = (
-                    std::str::from_utf8(key),
-                    serde_json::from_slice::<Stored>(value),
-                )
+                && let Ok(key) = std::str::from_utf8(key)
             {
-                cursors.insert(source.to_string(), stored.cursor);
+                cursors.insert(key.to_string(), value.to_vec());
             }
             if ends
                 .get(&msg.partition())
@@ -151,6 +160,21 @@ impl CursorStore {
             }
         }
         Ok(cursors)
+    }
+
+    /// Writes `value` under `key` to `topic`, waiting for `acks=all`.
+    pub async fn write(&self, topic: &str, key: &str, value: &[u8]) -> Result<(), CursorError> {
+        self.producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(source, _)| CursorError::Kafka {
+                topic: topic.to_string(),
+                source,
+            })
     }
 
     /// Stores `cursor` as `source`'s, waiting for the brokers' `acks=all`.

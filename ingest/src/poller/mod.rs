@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: `[poller]` and each source's `poll` table, and their checks.
 //! - [`cursor`]: each source's feed cursor, kept in a compacted Kafka topic.
+//! - [`gaps`]: gap-triggered reconciliation: the processors' reconcile
+//!   requests in, unfillable gaps recorded.
 //! - [`SourcePoller`]: one source's loop: scheduled polling of the feed
 //!   from its cursor and the reconciliation sweep over a recent window,
 //!   with conditional requests, `Retry-After`, backoff with jitter and a
@@ -21,6 +23,7 @@
 
 pub mod config;
 pub mod cursor;
+pub mod gaps;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -76,6 +79,9 @@ pub struct PollMetrics {
     pub budget_used: IntGaugeVec,
     /// The source's `max_requests_per_minute`.
     pub budget_limit: IntGaugeVec,
+    /// Gaps the processors asked for, by source and outcome
+    /// (`requested`, `filled`, `unfillable`, `failed`).
+    pub gaps: IntCounterVec,
 }
 
 impl PollMetrics {
@@ -117,6 +123,14 @@ impl PollMetrics {
             ),
             &["source"],
         )?;
+        let gaps = IntCounterVec::new(
+            Opts::new(
+                "ingest_poll_gaps_total",
+                "Sequence gaps the processors asked the poller to fetch, by source and outcome.",
+            ),
+            &["source", "outcome"],
+        )?;
+        catalogue.add(&gaps)?;
         catalogue.add(&requests)?;
         catalogue.add(&events)?;
         catalogue.add(&problems)?;
@@ -129,6 +143,7 @@ impl PollMetrics {
             problems,
             budget_used,
             budget_limit,
+            gaps,
         })
     }
 }
@@ -252,6 +267,10 @@ pub struct SourcePoller {
     validators: HashMap<String, (Option<String>, Option<String>)>,
     /// The feed cursor.
     cursor: Option<String>,
+    /// Gaps to fetch (from the reconcile topic), if any.
+    gap_requests: Option<tokio::sync::mpsc::Receiver<gaps::GapRequest>>,
+    /// Where unfillable gaps are recorded.
+    unfillable_topic: String,
 }
 
 impl SourcePoller {
@@ -288,7 +307,26 @@ impl SourcePoller {
             not_before: Instant::now(),
             validators: HashMap::new(),
             cursor,
+            gap_requests: None,
+            unfillable_topic: String::new(),
         })
+    }
+
+    /// The source's name.
+    pub fn source_name(&self) -> &str {
+        &self.source.name
+    }
+
+    /// Fetches the gaps that arrive on `requests` from `poll.range_url`,
+    /// recording those the provider cannot fill in `unfillable_topic`.
+    pub fn with_gaps(
+        mut self,
+        requests: tokio::sync::mpsc::Receiver<gaps::GapRequest>,
+        unfillable_topic: &str,
+    ) -> SourcePoller {
+        self.gap_requests = Some(requests);
+        self.unfillable_topic = unfillable_topic.to_string();
+        self
     }
 
     /// Polls and reconciles on schedule until `shutdown` changes.
@@ -298,14 +336,29 @@ impl SourcePoller {
         let mut next_sweep = self.poll.reconcile.as_ref().map(|_| start);
         tracing::info!(source = %self.source.name, cursor = ?self.cursor, "polling");
         loop {
+            // With neither, only gap requests wake the loop.
+            let far = Instant::now() + Duration::from_secs(86_400 * 365);
             let due = match (next_poll, next_sweep) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) | (None, Some(a)) => a,
+                (None, None) if self.gap_requests.is_some() => far,
                 (None, None) => return,
             };
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                _ = shutdown.changed() => return,
+            let gap = {
+                let requests = self.gap_requests.as_mut();
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => None,
+                    Some(g) = async { match requests { Some(r) => r.recv().await, None => None } } => Some(g),
+                    _ = shutdown.changed() => return,
+                }
+            };
+            if let Some(gap) = gap {
+                let work = self.fill_gap(gap);
+                tokio::select! {
+                    _ = work => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
             }
             if next_poll.is_some_and(|t| t <= Instant::now()) {
                 let work = self.follow_feed();
@@ -405,20 +458,7 @@ impl SourcePoller {
 
     /// The feed URL with `params` added to its query.
     fn url(&self, params: &[(&str, Option<&str>)]) -> String {
-        let mut url = match reqwest::Url::parse(&self.poll.url) {
-            Ok(u) => u,
-            // Checked at load.
-            Err(_) => return self.poll.url.clone(),
-        };
-        {
-            let mut q = url.query_pairs_mut();
-            for (k, v) in params {
-                if let Some(v) = v {
-                    q.append_pair(k, v);
-                }
-            }
-        }
-        url.to_string()
+        with_query(&self.poll.url, params)
     }
 
     /// Fetches one page and produces its events. Answers the number of
@@ -431,8 +471,22 @@ impl SourcePoller {
         mode: &str,
         used: &HashSet<Option<String>>,
     ) -> Result<(usize, Option<String>, bool), Stopped> {
+        self.page_with(url, conditional, mode, used)
+            .await
+            .map(|(n, next, more, _)| (n, next, more))
+    }
+
+    /// [`Self::page`], also answering the (ordering key, sequence) of each
+    /// event produced.
+    async fn page_with(
+        &mut self,
+        url: &str,
+        conditional: bool,
+        mode: &str,
+        used: &HashSet<Option<String>>,
+    ) -> Result<PageOutcome, Stopped> {
         let (body, rid) = match self.fetch(url, conditional).await {
-            Fetched::NotModified => return Ok((0, None, false)),
+            Fetched::NotModified => return Ok((0, None, false, Vec::new())),
             Fetched::Failed => return Err(Stopped),
             Fetched::Page(body, rid) => (body, rid),
         };
@@ -451,11 +505,95 @@ impl SourcePoller {
             return Err(Stopped);
         }
         let produced = self.produce(&page.items, &rid, mode).await?;
-        Ok((produced, page.next_cursor, page.has_more))
+        Ok((produced.len(), page.next_cursor, page.has_more, produced))
+    }
+
+    /// Fetches exactly the gap's range from `poll.range_url`, produces what
+    /// the provider has, and records the rest as unfillable (once).
+    async fn fill_gap(&mut self, gap: gaps::GapRequest) {
+        let name = self.source.name.clone();
+        let gaps_metric = self.metrics.gaps.clone();
+        let count = |outcome: &str| {
+            gaps_metric.with_label_values(&[&name, outcome]).inc();
+        };
+        count("requested");
+        let Some(template) = self.poll.range_url.clone() else {
+            count("failed");
+            tracing::warn!(source = %name, ordering_key = %gap.ordering_key, "a gap asked for, but the source has no poll.range_url");
+            return;
+        };
+        let key: String = url_component(&gap.ordering_key);
+        let base = template.replace("{key}", &key);
+        let (from, to) = (gap.from_sequence.to_string(), gap.to_sequence.to_string());
+        let mut used: HashSet<Option<String>> = HashSet::new();
+        let mut cursor: Option<String> = None;
+        let mut found: HashSet<i64> = HashSet::new();
+        loop {
+            used.insert(cursor.clone());
+            let url = with_query(
+                &base,
+                &[
+                    ("from_sequence", Some(&from)),
+                    ("to_sequence", Some(&to)),
+                    ("cursor", cursor.as_deref()),
+                    ("limit", Some(&self.poll.page_size.to_string())),
+                ],
+            );
+            let Ok((n, next, has_more, produced)) = self.page_with(&url, false, "gap", &used).await
+            else {
+                count("failed");
+                tracing::warn!(source = %name, ordering_key = %gap.ordering_key, from_sequence = gap.from_sequence, to_sequence = gap.to_sequence, "gap not fetched (the reconciliation sweep may still find it)");
+                return;
+            };
+            found.extend(
+                produced
+                    .into_iter()
+                    .filter(|(k, _)| k.as_deref() == Some(gap.ordering_key.as_str()))
+                    .filter_map(|(_, s)| s),
+            );
+            if n == 0 || !has_more || next.is_none() {
+                break;
+            }
+            cursor = next;
+        }
+        let missing: Vec<i64> = (gap.from_sequence..=gap.to_sequence)
+            .filter(|s| !found.contains(s))
+            .collect();
+        if missing.is_empty() {
+            count("filled");
+            tracing::info!(source = %name, ordering_key = %gap.ordering_key, from_sequence = gap.from_sequence, to_sequence = gap.to_sequence, "gap filled from the provider");
+            return;
+        }
+        let record = gaps::Unfillable {
+            source: gap.source.clone(),
+            ordering_key: gap.ordering_key.clone(),
+            from_sequence: gap.from_sequence,
+            to_sequence: gap.to_sequence,
+            missing,
+            recorded_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        };
+        count("unfillable");
+        tracing::warn!(source = %name, ordering_key = %gap.ordering_key, from_sequence = gap.from_sequence, to_sequence = gap.to_sequence, missing = ?record.missing, "gap the provider cannot fill either: recorded as unfillable");
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = self
+            .cursors
+            .write(&self.unfillable_topic, &record.key(), &value)
+            .await
+        {
+            tracing::warn!(source = %name, error = %e, "unfillable gap not recorded");
+        }
     }
 
     /// Produces a page's items; fails if any record was not acknowledged.
-    async fn produce(&self, items: &[&RawValue], rid: &str, mode: &str) -> Result<usize, Stopped> {
+    async fn produce(
+        &self,
+        items: &[&RawValue],
+        rid: &str,
+        mode: &str,
+    ) -> Result<Vec<(Option<String>, Option<i64>)>, Stopped> {
         let received_at_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -463,6 +601,7 @@ impl SourcePoller {
         let deadline = Instant::now() + self.delivery_timeout;
         let empty = HeaderMap::new();
         let mut records = Vec::with_capacity(items.len());
+        let mut keys = Vec::with_capacity(items.len());
         for item in items {
             let body = item.get().as_bytes();
             let extracted = self.source.extract(&empty, body);
@@ -491,6 +630,7 @@ impl SourcePoller {
                 .clone()
                 .unwrap_or_else(|| event_id.clone());
             records.push((key, payload, event_id));
+            keys.push((extracted.ordering_key, extracted.sequence));
         }
         let deliveries = records.iter().map(|(key, payload, id)| {
             self.producer.deliver(
@@ -513,7 +653,7 @@ impl SourcePoller {
             .events
             .with_label_values(&[&self.source.name, mode])
             .inc_by(records.len() as u64);
-        Ok(records.len())
+        Ok(keys)
     }
 
     /// Sends one GET, within the budget and after any `Retry-After`, with
@@ -612,6 +752,46 @@ impl SourcePoller {
         tracing::warn!(source = %name, attempts = MAX_ATTEMPTS, "giving up on this page until the next turn");
         Fetched::Failed
     }
+}
+
+/// One page's outcome: events produced, the next cursor, whether more
+/// follow, and each produced event's (ordering key, sequence).
+type PageOutcome = (
+    usize,
+    Option<String>,
+    bool,
+    Vec<(Option<String>, Option<i64>)>,
+);
+
+/// `base` with `params` added to its query.
+fn with_query(base: &str, params: &[(&str, Option<&str>)]) -> String {
+    let mut url = match reqwest::Url::parse(base) {
+        Ok(u) => u,
+        // Checked at load.
+        Err(_) => return base.to_string(),
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in params {
+            if let Some(v) = v {
+                q.append_pair(k, v);
+            }
+        }
+    }
+    url.to_string()
+}
+
+/// `s` percent-encoded for one path segment.
+fn url_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn header_text(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {

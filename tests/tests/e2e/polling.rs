@@ -538,7 +538,7 @@ poll = { url = "not a url", token_env = "E2E_SURELY_UNSET_POLL_TOKEN", page_size
         "sources.purple.poll.url: \"not a url\" is not a URL",
         "sources.purple.poll.page_size: 5000 must be between 1 and 1000",
         "sources.purple.poll.max_requests_per_minute: 0 must be between 1 and 100000",
-        "sources.purple.poll: set `interval` (scheduled polling), `reconcile` (the sweep), or both",
+        "sources.purple.poll: set `interval` (scheduled polling), `reconcile` (the sweep), `range_url` (gaps), or several",
         "sources.purple.poll.token_env: secret \"poll-token\": environment variable E2E_SURELY_UNSET_POLL_TOKEN is not set",
     ] {
         assert!(err.contains(want), "{want:?} not in:\n{err}");
@@ -598,5 +598,209 @@ async fn the_reconciliation_sweep_reads_its_window_and_recovers_the_tail() {
             .metric("ingest_poll_events_total", &[("mode", "reconcile")])
             .await
             >= 60.0
+    );
+}
+
+/// Gap-triggered reconciliation: webhooks lost mid-stream leave sequence
+/// gaps; the processors skip each after `gap_timeout` and ask for it on
+/// their reconcile topic; the poller (no scheduled polling, no sweep)
+/// fetches exactly that range, and the events reach the sink once, late.
+/// Gaps the provider forgot too are recorded as unfillable, once each,
+/// and `ingest unfillable` lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipped_gaps_are_fetched_and_unfillable_ones_listed_once() {
+    const COUNT: usize = 300;
+    const SEED: u64 = 7;
+    let broker = Broker::start();
+    for (t, n) in [
+        ("pgap-raw", 3),
+        ("pgap-raw.quarantine", 1),
+        ("pgap-raw.dlq", 1),
+        ("pgap-reconcile", 1),
+    ] {
+        broker.create_topic(t, n).await;
+    }
+    for t in ["pgap-cursors", "pgap-unfillable"] {
+        broker
+            .create_topic_with(t, 1, &[("cleanup.policy", "compact")])
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let processor = Processor::start(
+        &processors_config(
+            &broker.brokers(),
+            "pgap-raw",
+            "g-pgap",
+            &dir.path().join("dedupe.redb"),
+            &sink,
+            "gap_timeout = \"2s\"",
+        )
+        .replace(
+            "dlq_topic = \"pgap-raw.dlq\"",
+            "dlq_topic = \"pgap-raw.dlq\"\nreconcile_topic = \"pgap-reconcile\"",
+        ),
+    );
+    let ingest = Ingest::start(
+        &purple_config(
+            &broker.brokers(),
+            "pgap-raw",
+            &[("k1", "E2E_POLL_SECRET")],
+            "",
+        ),
+        &[("E2E_POLL_SECRET", SECRET)],
+    );
+    ingest.wait_ready().await;
+    let provider = Provider::start(
+        &ingest.url("/webhooks/purple"),
+        SECRET,
+        TOKEN,
+        &[
+            "--count",
+            &COUNT.to_string(),
+            "--rate",
+            "30",
+            "--venues",
+            "2",
+            "--seed",
+            &SEED.to_string(),
+            "--lose",
+            "0.08",
+            "--api-forget",
+            "0.3",
+        ],
+    );
+    let config = poller_config(
+        &broker.brokers(),
+        "pgap-raw",
+        "pgap-cursors",
+        &format!(
+            "url = \"{api}/api/v1/events\", range_url = \"{api}/api/v1/venues/{{key}}/events\"",
+            api = provider.api
+        ),
+    )
+    .replace(
+        "[poller]\n",
+        "[poller]\nreconcile_topic = \"pgap-reconcile\"\nunfillable_topic = \"pgap-unfillable\"\n",
+    );
+    let poller = Poller::start(&config, POLLER_ENV);
+    let stats = provider.wait_done(Duration::from_secs(60)).await;
+    assert!(!stats.forgotten_ids.is_empty(), "{stats:?}");
+
+    // What the processors can see as gaps: lost events between a venue's
+    // first and last delivered sequence.
+    let lost: HashSet<&String> = stats.lost_ids.iter().collect();
+    let forgotten: HashSet<&String> = stats.forgotten_ids.iter().collect();
+    let events: Vec<(String, String, i64)> = truth(SEED, COUNT, 2)
+        .into_iter()
+        .map(|(id, body)| {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let venue = v["venue"]["id"].as_str().unwrap().to_string();
+            (id, venue, v["sequence"].as_i64().unwrap())
+        })
+        .collect();
+    let mut bounds: HashMap<&str, (i64, i64)> = HashMap::new();
+    for (id, venue, seq) in &events {
+        if !lost.contains(id) {
+            let b = bounds.entry(venue).or_insert((*seq, *seq));
+            b.0 = b.0.min(*seq);
+            b.1 = b.1.max(*seq);
+        }
+    }
+    let revealed =
+        |venue: &str, seq: i64| bounds.get(venue).is_some_and(|b| b.0 < seq && seq < b.1);
+    let want: HashSet<&String> = events
+        .iter()
+        .filter(|(id, venue, seq)| {
+            !lost.contains(id) || (revealed(venue, *seq) && !forgotten.contains(id))
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    let want_unfillable: HashSet<(String, i64)> = events
+        .iter()
+        .filter(|(id, venue, seq)| forgotten.contains(id) && revealed(venue, *seq))
+        .map(|(_, venue, seq)| (venue.clone(), *seq))
+        .collect();
+    assert!(
+        !want_unfillable.is_empty(),
+        "no forgotten event inside a gap: pick another seed"
+    );
+    assert!(
+        want.len() > COUNT - lost.len(),
+        "no gap fillable: pick another seed"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while sink_ids(&sink).len() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events in the sink:\n{}\n{}",
+            sink_ids(&sink).len(),
+            want.len(),
+            processor.log(),
+            poller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = sink_ids(&sink);
+    let got_ids: HashSet<&String> = got.keys().collect();
+    assert_eq!(
+        got_ids, want,
+        "the sink holds other events than the fillable ones"
+    );
+    assert!(got.values().all(|n| *n == 1), "an event written twice");
+    // The poller asked only the venues' by-sequence endpoint.
+    assert!(
+        provider
+            .stats()
+            .await
+            .requests
+            .iter()
+            .all(|r| r.uri.starts_with("/api/v1/venues/") && r.uri.contains("from_sequence=")),
+    );
+
+    // Every unfillable sequence is listed, each gap once.
+    let cfg = dir.path().join("poller.toml");
+    std::fs::write(&cfg, &config).unwrap();
+    let out = std::process::Command::new(binary("ingest"))
+        .args(["unfillable", "--config"])
+        .arg(&cfg)
+        .envs(POLLER_ENV.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut listed = Vec::new();
+    for line in listing.lines().filter(|l| l.starts_with("purple ")) {
+        // purple venue-000 sequences 12-14: missing 13
+        let venue = line.split(' ').nth(1).unwrap().to_string();
+        let missing = line.rsplit("missing ").next().unwrap();
+        for s in missing.split(',') {
+            listed.push((venue.clone(), s.parse::<i64>().unwrap()));
+        }
+    }
+    let listed_set: HashSet<(String, i64)> = listed.iter().cloned().collect();
+    assert_eq!(
+        listed.len(),
+        listed_set.len(),
+        "a sequence listed twice:\n{listing}"
+    );
+    assert_eq!(listed_set, want_unfillable, "{listing}");
+    assert!(
+        poller
+            .metric("ingest_poll_gaps_total", &[("outcome", "unfillable")])
+            .await
+            >= 1.0
+    );
+    assert!(
+        poller
+            .metric("ingest_poll_gaps_total", &[("outcome", "filled")])
+            .await
+            >= 1.0
     );
 }
