@@ -117,10 +117,10 @@ impl SideTopics for KafkaSide {
         })
     }
 
-    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<(), String>> {
+    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
             let Some(topic) = &self.reconcile_topic else {
-                return Ok(());
+                return Ok(false);
             };
             let value = serde_json::to_vec(gap).map_err(|e| e.to_string())?;
             let key = format!("{}/{}", gap.source, gap.ordering_key);
@@ -130,7 +130,7 @@ impl SideTopics for KafkaSide {
                     SIDE_TIMEOUT,
                 )
                 .await
-                .map(|_| ())
+                .map(|_| true)
                 .map_err(|(e, _)| format!("{topic}: {e}"))
         })
     }

@@ -250,11 +250,11 @@ pub trait SideTopics: Send + Sync {
 
     /// Asks the poller to fetch a skipped gap from the provider: the
     /// missing sequences `from..=to` of `(source, ordering_key)`. Best
-    /// effort (the reconciliation sweep covers a lost request); the default
-    /// (replay, no reconcile topic) asks nothing.
-    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<(), String>> {
+    /// effort (the reconciliation sweep covers a lost request). Answers
+    /// whether a request was written; the default (replay) asks nothing.
+    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<bool, String>> {
         let _ = gap;
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(false) })
     }
 }
 
@@ -972,7 +972,8 @@ impl PartitionPipeline {
         // covered by the poller's reconciliation sweep).
         for gap in std::mem::take(&mut self.gaps) {
             match shared.side.reconcile(&gap).await {
-                Ok(()) => tracing::info!(
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
                     partition = self.partition,
                     source = %gap.source,
                     ordering_key = %gap.ordering_key,
