@@ -25,6 +25,7 @@ use serde::Deserialize;
 
 use crate::address::Cidrs;
 use crate::durability::DurabilityConfig;
+use crate::poller::config::{PollConfig, PollerConfig};
 use crate::rate_limit::{MAX_BURST, RATE_RANGE};
 use crate::secret::{SecretRef, valid_secret_id};
 use crate::signature::config::SignatureConfig;
@@ -46,6 +47,9 @@ pub struct Config {
     /// The webhook sources, by name: `POST /webhooks/{name}`.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `ingest poll` as a whole: its metrics address and cursor topic.
+    #[serde(default)]
+    pub poller: PollerConfig,
 }
 
 /// HTTP server settings.
@@ -227,6 +231,11 @@ pub struct SourceConfig {
     /// `server.tls`. Absent: no client certificate asked of this source.
     #[serde(default)]
     pub mtls: Option<MtlsConfig>,
+    /// Read this source's events from the provider's REST history API too
+    /// (`ingest poll`): scheduled polling, a reconciliation sweep, or both.
+    /// Absent: webhooks only.
+    #[serde(default)]
+    pub poll: Option<PollConfig>,
 }
 
 /// A token bucket: `burst` requests at once, refilled at `per_second`.
@@ -480,6 +489,7 @@ impl Config {
             kafka: KafkaConfig::default(),
             log: LogConfig::default(),
             sources: BTreeMap::new(),
+            poller: PollerConfig::default(),
         };
         fn section<T: serde::de::DeserializeOwned>(
             at: &str,
@@ -506,6 +516,7 @@ impl Config {
                 "server" => config.server = section(key, value, &mut p).unwrap_or_default(),
                 "kafka" => config.kafka = section(key, value, &mut p).unwrap_or_default(),
                 "log" => config.log = section(key, value, &mut p).unwrap_or_default(),
+                "poller" => config.poller = section(key, value, &mut p).unwrap_or_default(),
                 "sources" => {
                     let all: BTreeMap<String, figment::value::Value> =
                         section(key, value, &mut p).unwrap_or_default();
@@ -519,7 +530,7 @@ impl Config {
                     }
                 }
                 other => p.push(format!(
-                    "{other}: unknown field `{other}`, expected one of `server`, `kafka`, `log`, `sources`"
+                    "{other}: unknown field `{other}`, expected one of `server`, `kafka`, `log`, `sources`, `poller`"
                 )),
             }
         }
@@ -637,6 +648,19 @@ impl Config {
         }
         p.extend(plumbing::kafka::options_problems(&k.options));
         p.extend(k.security.problems());
+        for (field, topic) in [
+            ("cursor_topic", Some(&self.poller.cursor_topic)),
+            ("unfillable_topic", Some(&self.poller.unfillable_topic)),
+            ("reconcile_topic", self.poller.reconcile_topic.as_ref()),
+        ] {
+            if let Some(t) = topic
+                && !valid_topic(t)
+            {
+                p.push(format!(
+                    "poller.{field}: {t:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
+                ));
+            }
+        }
         if self.sources.is_empty() {
             p.push("sources: no source configured; add a [sources.NAME] table".into());
         }
@@ -695,6 +719,9 @@ impl Config {
                 ));
             }
             access_problems(&at, src, &mut p);
+            if let Some(poll) = &src.poll {
+                p.extend(poll.problems(&format!("{at}.poll")));
+            }
         }
         p
     }

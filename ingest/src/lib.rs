@@ -29,6 +29,12 @@
 //! - [`tls`]: the webhook port's TLS: the certificate and key files,
 //!   their checks, and their reload while serving.
 //! - [`simulator`]: the provider simulator behind `ingest send`.
+//! - [`poller`]: `ingest poll`: reads sources' events from providers'
+//!   REST history APIs (scheduled polling, reconciliation sweeps) into the
+//!   raw topic as the same envelope; its config, cursors and metrics.
+//! - [`provider_api`]: the provider's REST history API the simulator
+//!   serves beside its webhooks (paged, conditional, rate limited, and
+//!   misbehaving on request).
 
 pub mod address;
 pub mod config;
@@ -37,7 +43,9 @@ pub mod handshake;
 pub mod http;
 pub mod metrics;
 pub mod pointer;
+pub mod poller;
 pub mod producer;
+pub mod provider_api;
 pub mod rate_limit;
 pub mod secret;
 pub mod server;

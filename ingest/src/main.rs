@@ -34,9 +34,23 @@ enum Command {
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
     },
+    /// Poll the sources that have a `poll` table from their providers' REST
+    /// history APIs, into the raw topic, until SIGINT/SIGTERM.
+    Poll {
+        /// The TOML configuration file (the same as `serve`'s).
+        #[arg(short, long, env = "INGEST_CONFIG")]
+        config: PathBuf,
+    },
+    /// List the sequence gaps the provider could not fill either (the
+    /// poller's unfillable topic), one line each.
+    Unfillable {
+        /// The TOML configuration file (the same as `poll`'s).
+        #[arg(short, long, env = "INGEST_CONFIG")]
+        config: PathBuf,
+    },
     /// Simulate the guest-WiFi platform: send signed, realistic traffic and
     /// report what was acknowledged and refused.
-    Send(SendArgs),
+    Send(Box<SendArgs>),
     /// Load a configuration and its secrets, report every problem, and exit
     /// non-zero if there is any.
     CheckConfig {
@@ -105,6 +119,64 @@ struct SendArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Share of webhooks lost on purpose, never sent (0-1); the events stay
+    /// in the provider's history API.
+    #[arg(long, default_value_t = 0.0)]
+    lose: f64,
+    /// Stop delivering webhooks after this many deliveries, for
+    /// --pause-for: every webhook due in that stretch is lost.
+    #[arg(long)]
+    pause_after: Option<usize>,
+    /// How long the stretch without webhooks lasts (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pause_for: std::time::Duration,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// The provider's REST history API (`ingest send --api-listen`).
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Serve the provider's history API here (e.g. 127.0.0.1:0); the first
+    /// stdout line is then `api on http://ADDR`.
+    #[arg(long)]
+    api_listen: Option<std::net::SocketAddr>,
+    /// Environment variable holding the API's bearer token.
+    #[arg(long, default_value = "PURPLE_API_TOKEN")]
+    api_token_env: String,
+    /// Keep serving the API this long after the last webhook (or until
+    /// SIGINT/SIGTERM).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    api_linger: std::time::Duration,
+    /// Requests the API accepts in any 60 s; past it 429 with Retry-After.
+    #[arg(long)]
+    api_limit_per_minute: Option<u32>,
+    /// The Retry-After of a 429 (whole seconds).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    api_retry_after: std::time::Duration,
+    /// Share of API requests answered 503 (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_errors: f64,
+    /// Share of pages served slowly (0-1), after --api-slow-delay.
+    #[arg(long, default_value_t = 0.0)]
+    api_slow: f64,
+    /// How long a slow page takes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    api_slow_delay: std::time::Duration,
+    /// Share of pages that are not valid JSON (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_malformed: f64,
+    /// Share of items served without their id (0-1).
+    #[arg(long, default_value_t = 0.0)]
+    api_missing_id: f64,
+    /// Share of the lost webhooks whose events the API forgets too (0-1):
+    /// gaps nobody can fill.
+    #[arg(long, default_value_t = 0.0)]
+    api_forget: f64,
+    /// Share of pages whose next_cursor goes back to the page's own start
+    /// (0-1): a client that follows it loops.
+    #[arg(long, default_value_t = 0.0)]
+    api_cursor_back: f64,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +184,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => serve(&config),
-        Command::Send(args) => send(args),
+        Command::Poll { config } => poll(&config),
+        Command::Unfillable { config } => unfillable(&config),
+        Command::Send(args) => send(*args),
     }
 }
 
@@ -145,8 +219,23 @@ fn send(args: SendArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = share("bursts", args.bursts) {
-        eprintln!("ingest send: {e}");
+    for (name, v) in [
+        ("bursts", args.bursts),
+        ("lose", args.lose),
+        ("api-errors", args.api.api_errors),
+        ("api-slow", args.api.api_slow),
+        ("api-malformed", args.api.api_malformed),
+        ("api-missing-id", args.api.api_missing_id),
+        ("api-cursor-back", args.api.api_cursor_back),
+        ("api-forget", args.api.api_forget),
+    ] {
+        if let Err(e) = share(name, v) {
+            eprintln!("ingest send: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if args.api.api_limit_per_minute == Some(0) {
+        eprintln!("ingest send: --api-limit-per-minute must be at least 1");
         return ExitCode::from(2);
     }
     if !(1..=10_000).contains(&args.burst_size) {
@@ -201,7 +290,41 @@ fn send(args: SendArgs) -> ExitCode {
         bursts: args.bursts,
         burst_size: args.burst_size,
         timeout: args.timeout,
+        lose: args.lose,
+        pause_after: args.pause_after,
+        pause_for: args.pause_for,
+        forget: args.api.api_forget,
     };
+    let api = match &args.api.api_listen {
+        None => None,
+        Some(addr) => {
+            let Some(token) = std::env::var(&args.api.api_token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+            else {
+                eprintln!(
+                    "ingest send: environment variable {} (the API's bearer token) is not set",
+                    args.api.api_token_env
+                );
+                return ExitCode::from(2);
+            };
+            let faults = ingest::provider_api::ApiFaults {
+                limit_per_minute: args.api.api_limit_per_minute,
+                retry_after: args.api.api_retry_after,
+                errors: args.api.api_errors,
+                slow: args.api.api_slow,
+                slow_delay: args.api.api_slow_delay,
+                malformed: args.api.api_malformed,
+                missing_id: args.api.api_missing_id,
+                cursor_back: args.api.api_cursor_back,
+            };
+            Some((
+                *addr,
+                ingest::provider_api::History::new(faults, token, args.seed),
+            ))
+        }
+    };
+    let linger = args.api.api_linger;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -212,8 +335,21 @@ fn send(args: SendArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ingest::simulator::run(config)) {
-        Ok(report) => {
+    let outcome = runtime.block_on(async {
+        let Some((addr, history)) = api else {
+            return ingest::simulator::run(config).await.map(|r| (r, None));
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        println!("api on http://{}", listener.local_addr()?);
+        let app = ingest::provider_api::router(history.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let report = ingest::simulator::run_with(config, Some(history)).await?;
+        Ok((report, Some(server)))
+    });
+    match outcome {
+        Ok((report, server)) => {
             if args.json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
             } else {
@@ -234,6 +370,20 @@ fn send(args: SendArgs) -> ExitCode {
                     report.distinct_acknowledged,
                     report.refused
                 );
+                if report.lost > 0 {
+                    println!("lost on purpose: {} webhooks", report.lost);
+                }
+            }
+            if let Some(server) = server {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(linger) => {}
+                        _ = ingest::server::shutdown_signal() => {}
+                    }
+                    server.abort();
+                });
             }
             ExitCode::SUCCESS
         }
@@ -252,6 +402,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     if let Some(config) = config {
         if let Err(p) = Source::build_all(&config) {
             problems.extend(p);
+        }
+        for (name, src) in &config.sources {
+            if let Some(poll) = &src.poll
+                && let Err(e) = poll.token()
+            {
+                let field = if poll.token_env.is_some() {
+                    "token_env"
+                } else {
+                    "token_file"
+                };
+                problems.push(format!("sources.{name}.poll.{field}: {e}"));
+            }
         }
         if let Some(tls) = &config.server.tls
             && let Err(p) = Tls::load(tls, "server.tls", config.asks_client_certificates())
@@ -332,4 +494,235 @@ fn serve(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ingest poll`: one task per source with a `poll` table, the raw-topic
+/// producer and the cursor topic shared, `/metrics` on
+/// `poller.metrics_listen`.
+fn poll(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sources = match Source::build_all(&config) {
+        Ok(s) => s,
+        Err(problems) => {
+            eprintln!(
+                "{}",
+                ingest::config::ConfigError {
+                    path: path.to_path_buf(),
+                    problems
+                }
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut polled = Vec::new();
+    let mut problems = Vec::new();
+    for (name, src) in &config.sources {
+        if let Some(poll) = &src.poll {
+            match poll.token() {
+                Ok(token) => polled.push((sources[name].clone(), poll.clone(), token)),
+                Err(e) => problems.push(format!("sources.{name}.poll: {e}")),
+            }
+        }
+    }
+    if polled.is_empty() {
+        problems.push("sources: no source has a `poll` table; nothing to poll".into());
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "{}",
+            ingest::config::ConfigError {
+                path: path.to_path_buf(),
+                problems
+            }
+        );
+        return ExitCode::FAILURE;
+    }
+    plumbing::init_logs(config.log.format, "INGEST_LOG");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run_poller(config, polled));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingest poll: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn poller_name(p: &ingest::poller::SourcePoller) -> String {
+    p.source_name().to_string()
+}
+
+/// `ingest unfillable`: every gap the provider could not fill, one line
+/// each, from the unfillable topic.
+fn unfillable(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match ingest::poller::cursor::CursorStore::new(
+        &config.kafka,
+        &config.poller.cursor_topic,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ingest unfillable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let topic = &config.poller.unfillable_topic;
+    match store.read_latest(topic, std::time::Duration::from_secs(30)) {
+        Ok(records) => {
+            let mut gaps: Vec<ingest::poller::gaps::Unfillable> = records
+                .values()
+                .filter_map(|v| serde_json::from_slice(v).ok())
+                .collect();
+            gaps.sort_by(|a, b| {
+                (&a.source, &a.ordering_key, a.from_sequence).cmp(&(
+                    &b.source,
+                    &b.ordering_key,
+                    b.from_sequence,
+                ))
+            });
+            for g in &gaps {
+                let missing: Vec<String> = g.missing.iter().map(i64::to_string).collect();
+                println!(
+                    "{} {} sequences {}-{}: missing {}",
+                    g.source,
+                    g.ordering_key,
+                    g.from_sequence,
+                    g.to_sequence,
+                    missing.join(",")
+                );
+            }
+            println!("{} unfillable gaps", gaps.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ingest unfillable: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_poller(
+    config: Config,
+    polled: Vec<(
+        std::sync::Arc<Source>,
+        ingest::poller::config::PollConfig,
+        ingest::secret::Secret,
+    )>,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let metrics = ingest::poller::PollMetrics::new()?;
+    let producer = Arc::new(ingest::producer::KafkaProducer::new(
+        &config.kafka,
+        &config.server,
+        ingest::metrics::Metrics::new()?,
+    )?);
+    let cursors = Arc::new(ingest::poller::cursor::CursorStore::new(
+        &config.kafka,
+        &config.poller.cursor_topic,
+    )?);
+    let loader = cursors.clone();
+    let mut stored =
+        tokio::task::spawn_blocking(move || loader.load_all(std::time::Duration::from_secs(30)))
+            .await??;
+    let listener = tokio::net::TcpListener::bind(config.poller.metrics_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.poller.metrics_listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(producer.clone().supervise(stop_rx.clone()));
+    let catalogue = metrics.catalogue.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let c = catalogue.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        c.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let mut stop_metrics = stop_rx.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_metrics.changed().await;
+            })
+            .await;
+    });
+    let delivery_timeout = config
+        .kafka
+        .delivery_timeout
+        .unwrap_or(config.server.request_timeout);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut routes = std::collections::HashMap::new();
+    for (source, poll, token) in polled {
+        let cursor = stored.remove(&*source.name);
+        let wants_gaps = config.poller.reconcile_topic.is_some() && poll.range_url.is_some();
+        let poller = ingest::poller::SourcePoller::new(
+            source,
+            poll,
+            token,
+            producer.clone(),
+            cursors.clone(),
+            delivery_timeout,
+            metrics.clone(),
+            cursor,
+        )?;
+        let poller = if wants_gaps {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            routes.insert(poller_name(&poller), tx);
+            poller.with_gaps(rx, &config.poller.unfillable_topic)
+        } else {
+            poller
+        };
+        tasks.spawn(poller.run(stop_rx.clone()));
+    }
+    if let Some(topic) = config.poller.reconcile_topic.clone() {
+        let kafka = config.kafka.clone();
+        let stop = stop_rx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ingest::poller::gaps::follow(&kafka, &topic, routes, stop).await {
+                tracing::error!(%topic, error = %e, "cannot read the reconcile topic: gaps are not fetched");
+            }
+        });
+    }
+    tracing::info!(%addr, sources = tasks.len(), "poller started");
+    // One machine-readable line on stdout for scripts and test harnesses.
+    println!("poller metrics on http://{addr}");
+    ingest::server::shutdown_signal().await;
+    tracing::info!("shutting down: a page cut short is read again after a restart");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    let p = producer.clone();
+    let _ = tokio::task::spawn_blocking(move || p.flush(std::time::Duration::from_secs(10))).await;
+    Ok(())
 }

@@ -477,6 +477,17 @@ pub struct SendConfig {
     pub burst_size: usize,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Webhooks lost on purpose: a share of them, never sent (0-1). The
+    /// events stay in the provider's history ([`crate::provider_api`]).
+    pub lose: f64,
+    /// A stretch with no webhooks at all: after this many deliveries,
+    /// every webhook due within [`SendConfig::pause_for`] is lost.
+    pub pause_after: Option<usize>,
+    /// How long that stretch lasts.
+    pub pause_for: Duration,
+    /// Share of the lost webhooks whose events the provider's history
+    /// forgets too (0-1): gaps nobody can fill.
+    pub forget: f64,
 }
 
 /// What a run did.
@@ -494,12 +505,26 @@ pub struct Report {
     pub bursts: u64,
     /// Requests sent inside bursts (counted in `sent` too).
     pub burst_requests: u64,
+    /// Webhooks lost on purpose (`--lose`, `--pause-for`): never sent.
+    pub lost: u64,
     /// Wall time of the run in seconds.
     pub seconds: f64,
 }
 
 /// Sends the generated traffic and reports the outcome.
 pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
+    run_with(config, None).await
+}
+
+/// [`run`], recording every generated event in `history` (the provider's
+/// REST API serves it) whether its webhook is sent or lost.
+pub async fn run_with(
+    config: SendConfig,
+    history: Option<Arc<crate::provider_api::History>>,
+) -> anyhow::Result<Report> {
+    let mut loss = StdRng::seed_from_u64(config.generator.seed ^ 0x1055);
+    let mut events_made = 0usize;
+    let mut pause_until: Option<tokio::time::Instant> = None;
     let client = reqwest::Client::builder()
         .timeout(config.timeout)
         .pool_max_idle_per_host(config.concurrency.max(1))
@@ -521,7 +546,11 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
     'outer: loop {
         let batch = if produced < config.count && !finishing {
             produced += 1;
-            schedule.push(generator.next_event())
+            let event = generator.next_event();
+            if let Some(h) = &history {
+                h.record(&event.venue, event.sequence, &event.body);
+            }
+            schedule.push(event)
         } else if !finishing {
             finishing = true;
             schedule.drain()
@@ -539,6 +568,19 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
             } else if let Some(iv) = interval {
                 tokio::time::sleep_until(next_at).await;
                 next_at += iv;
+            }
+            events_made += 1;
+            if pause_until.is_none() && config.pause_after.is_some_and(|n| events_made > n) {
+                pause_until = Some(tokio::time::Instant::now() + config.pause_for);
+            }
+            let paused = pause_until.is_some_and(|u| tokio::time::Instant::now() < u);
+            if paused || (config.lose > 0.0 && loss.random::<f64>() < config.lose) {
+                report.lost += 1;
+                if let Some(h) = &history {
+                    let forget = config.forget > 0.0 && loss.random::<f64>() < config.forget;
+                    h.lose(&event.id, forget);
+                }
+                continue;
             }
             let permit = slots.clone().acquire_owned().await?;
             let (client, url, secret, tx) = (
@@ -579,6 +621,9 @@ pub async fn run(config: SendConfig) -> anyhow::Result<Report> {
     report.bursts = bursts.started;
     report.burst_requests = bursts.delivered;
     report.seconds = started.elapsed().as_secs_f64();
+    if let Some(h) = &history {
+        h.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(report)
 }
 
@@ -756,6 +801,70 @@ mod tests {
                     .is_err()
             );
         }
+    }
+
+    fn send_config(count: usize) -> SendConfig {
+        SendConfig {
+            // Nothing listens on port 1: every webhook sent is refused ("0").
+            url: "http://127.0.0.1:1/webhooks/purple".into(),
+            secret: b"s".to_vec(),
+            signer: Signer::Purple,
+            count,
+            rate: 0.0,
+            concurrency: 8,
+            duration: None,
+            generator: GeneratorConfig::default(),
+            faults: Faults::default(),
+            bursts: 0.0,
+            burst_size: 1,
+            timeout: Duration::from_secs(1),
+            lose: 0.0,
+            pause_after: None,
+            pause_for: Duration::ZERO,
+            forget: 0.0,
+        }
+    }
+
+    /// Lost webhooks are never sent, yet every event is in the history.
+    #[tokio::test]
+    async fn lost_webhooks_are_not_sent_but_stay_in_the_history() {
+        let history = crate::provider_api::History::new(Default::default(), "t".into(), 1);
+        let report = run_with(
+            SendConfig {
+                lose: 0.1,
+                ..send_config(400)
+            },
+            Some(history.clone()),
+        )
+        .await
+        .unwrap();
+        assert!(
+            (20..70).contains(&report.lost),
+            "{} lost of 400",
+            report.lost
+        );
+        assert_eq!(report.sent + report.lost, 400);
+        assert_eq!(report.refused.get("0"), Some(&report.sent));
+        assert_eq!(
+            history.lost.load(std::sync::atomic::Ordering::Relaxed),
+            report.lost
+        );
+        assert!(history.done.load(std::sync::atomic::Ordering::Relaxed));
+
+        // A pause longer than the rest of the run: everything after the
+        // first 50 deliveries is lost.
+        let report = run_with(
+            SendConfig {
+                rate: 200.0,
+                pause_after: Some(50),
+                pause_for: Duration::from_secs(30),
+                ..send_config(150)
+            },
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!((report.sent, report.lost), (50, 100));
     }
 
     #[test]

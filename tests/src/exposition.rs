@@ -154,11 +154,18 @@ const FORBIDDEN_LABEL_WORDS: &[&str] = &[
 const TIME_WORDS: &[&str] = &["latency", "duration", "time", "delay", "age", "elapsed"];
 const SIZE_WORDS: &[&str] = &["size", "bytes"];
 
-/// Every family ingest and the processors declare.
+/// Every family ingest (its server and its poller) and the processors
+/// declare.
 pub fn declared() -> Vec<Family> {
     let mut all = ingest::metrics::Metrics::new()
         .expect("ingest metrics register")
         .families();
+    all.extend(
+        ingest::poller::PollMetrics::new()
+            .expect("poller metrics register")
+            .catalogue
+            .families(),
+    );
     all.extend(
         processors::metrics::Metrics::new()
             .expect("processors metrics register")

@@ -78,8 +78,8 @@ pub use fixtures::{
 pub use postgres::{Postgres, postgres_bin_dir};
 pub use process::{binary, free_port, rss_kib};
 pub use services::{
-    Finished, Ingest, Processor, SimulatorReport, Venues, json_log_lines, metric_sum,
-    run_processors, scrape, simulate,
+    ApiRequest, Finished, Ingest, Poller, Processor, Provider, ProviderStats, SimulatorReport,
+    Venues, json_log_lines, metric_sum, run_processors, scrape, simulate,
 };
 pub use sse::SseClient;
 pub use stunnel::Stunnel;

@@ -518,3 +518,205 @@ mod tests {
         assert_eq!(metric_sum(scrape, "absent", &[]), 0.0);
     }
 }
+
+/// A running `ingest poll`, killed when dropped.
+pub struct Poller {
+    /// Where its `/metrics` is served.
+    pub metrics_addr: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Poller {
+    /// Writes `config` (an ingest config with `poll` tables) to a file,
+    /// starts `ingest poll` with `env` added, and waits for its "poller
+    /// metrics on" line.
+    pub fn start(config: &str, env: &[(&str, &str)]) -> Poller {
+        let (child, dir, url) = start_service(
+            "ingest",
+            "poll",
+            ("INGEST_LOG", "info,librdkafka=error"),
+            config,
+            env,
+            "poller metrics on http://",
+        );
+        Poller {
+            metrics_addr: url.parse().expect("metrics address"),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The sum of a metric's samples with these labels.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&scrape(self.metrics_addr).await, name, labels)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit.
+    pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the poller is running");
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the poller") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the poller did not exit within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ingest.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The provider simulator with its REST history API
+/// (`ingest send --api-listen`), running until it has sent everything and
+/// then serving the API until dropped.
+pub struct Provider {
+    /// Base URL of the API, `http://ADDR`.
+    pub api: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+/// One API request as the provider recorded it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ApiRequest {
+    /// Arrival, Unix milliseconds.
+    pub at_ms: i64,
+    /// Status answered.
+    pub status: u16,
+    /// Path and query.
+    pub uri: String,
+}
+
+/// What `/_sim/stats` answers.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ProviderStats {
+    /// Events generated.
+    pub recorded: usize,
+    /// Webhooks lost on purpose.
+    pub lost: u64,
+    /// Whether every event was generated.
+    pub done: bool,
+    /// The ids of the lost webhooks' events.
+    #[serde(default)]
+    pub lost_ids: Vec<String>,
+    /// Those the provider's history forgot too.
+    #[serde(default)]
+    pub forgotten_ids: Vec<String>,
+    /// Every API request.
+    pub requests: Vec<ApiRequest>,
+}
+
+impl Provider {
+    /// Starts `ingest send --api-listen 127.0.0.1:0 ARGS...` sending to
+    /// `url` signed with `secret`, the API guarded by `token`; waits for
+    /// its "api on" line.
+    pub fn start(url: &str, secret: &str, token: &str, args: &[&str]) -> Provider {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let err = dir.path().join("send.log");
+        let mut cmd = Command::new(binary("ingest"));
+        cmd.args(["send", "--url", url, "--secret-env", "E2E_PROVIDER_SECRET"])
+            .args([
+                "--api-listen",
+                "127.0.0.1:0",
+                "--api-token-env",
+                "E2E_PROVIDER_TOKEN",
+            ])
+            .args(["--api-linger", "1h"])
+            .args(args)
+            .env("E2E_PROVIDER_SECRET", secret)
+            .env("E2E_PROVIDER_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&err).expect("log file"));
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().expect("starting ingest send");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("reading ingest send's stdout");
+        // Keep reading: the report comes at the end, and a closed pipe
+        // would end the process.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let Some(addr) = line.trim().strip_prefix("api on ") else {
+            panic!(
+                "ingest send did not serve its API: {line:?}\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        };
+        Provider {
+            api: addr.to_string(),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// What the provider has recorded so far.
+    pub async fn stats(&self) -> ProviderStats {
+        reqwest::get(format!("{}/_sim/stats", self.api))
+            .await
+            .expect("asking the provider's stats")
+            .json()
+            .await
+            .expect("the provider's stats")
+    }
+
+    /// Waits (bounded) until every event was generated; answers the stats.
+    pub async fn wait_done(&self, within: Duration) -> ProviderStats {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.stats().await;
+            if s.done {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the provider did not finish within {within:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("send.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -107,6 +107,12 @@ pub struct KafkaConfig {
     /// Where events a sink refused for good go, with the sink and reason.
     #[serde(default = "default_dlq")]
     pub dlq_topic: String,
+    /// Where a skipped sequence gap is asked for (JSON `{source,
+    /// ordering_key, from_sequence, to_sequence}`, key `source/ordering
+    /// key`), for `ingest poll` to fetch from the provider. Absent: gaps
+    /// are skipped and counted only.
+    #[serde(default)]
+    pub reconcile_topic: Option<String>,
     /// Client id shown in broker logs.
     #[serde(default = "default_client_id")]
     pub client_id: String,
@@ -303,6 +309,13 @@ impl KafkaConfig {
                     "kafka.{field}: {topic:?} is not a valid topic name (1-249 of a-z A-Z 0-9 . _ -)"
                 ));
             }
+        }
+        if let Some(t) = &k.reconcile_topic
+            && (!valid_topic(t) || *t == k.topic)
+        {
+            p.push(format!(
+                "kafka.reconcile_topic: {t:?} is not a valid topic name other than the raw topic"
+            ));
         }
         if k.quarantine_topic == k.topic || k.dlq_topic == k.topic {
             p.push(
@@ -563,6 +576,24 @@ mod tests {
                 .get("group.instance.id"),
             None
         );
+    }
+
+    #[test]
+    fn a_reconcile_topic_must_be_valid_and_not_the_raw_topic() {
+        assert!(
+            kafka("reconcile_topic = \"webhooks.reconcile\"")
+                .problems()
+                .is_empty()
+        );
+        for bad in ["a b", "webhooks.raw"] {
+            let p = kafka(&format!("reconcile_topic = {bad:?}")).problems();
+            assert_eq!(
+                p,
+                [format!(
+                    "kafka.reconcile_topic: {bad:?} is not a valid topic name other than the raw topic"
+                )]
+            );
+        }
     }
 
     #[test]

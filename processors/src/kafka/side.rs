@@ -8,7 +8,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use super::{KafkaConfig, SIDE_TIMEOUT, producer_config};
 use crate::event::{Event, Quarantine};
-use crate::pipeline::{RawRecord, SideTopics};
+use crate::pipeline::{GapRequest, RawRecord, SideTopics};
 use crate::sinks::BoxFuture;
 
 /// Longest header value copied from a quarantine reason.
@@ -19,6 +19,8 @@ pub struct KafkaSide {
     producer: FutureProducer,
     quarantine_topic: String,
     dlq_topic: String,
+    /// Where skipped gaps are asked for (`kafka.reconcile_topic`).
+    reconcile_topic: Option<String>,
 }
 
 impl KafkaSide {
@@ -28,6 +30,7 @@ impl KafkaSide {
             producer: producer_config(kafka)?.create()?,
             quarantine_topic: kafka.quarantine_topic.clone(),
             dlq_topic: kafka.dlq_topic.clone(),
+            reconcile_topic: kafka.reconcile_topic.clone(),
         })
     }
 
@@ -111,6 +114,24 @@ impl SideTopics for KafkaSide {
                 ("reason", clip(reason)),
             ];
             self.write(&self.dlq_topic, record, &headers).await
+        })
+    }
+
+    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let Some(topic) = &self.reconcile_topic else {
+                return Ok(false);
+            };
+            let value = serde_json::to_vec(gap).map_err(|e| e.to_string())?;
+            let key = format!("{}/{}", gap.source, gap.ordering_key);
+            self.producer
+                .send(
+                    FutureRecord::to(topic).key(&key).payload(&value),
+                    SIDE_TIMEOUT,
+                )
+                .await
+                .map(|_| true)
+                .map_err(|(e, _)| format!("{topic}: {e}"))
         })
     }
 }

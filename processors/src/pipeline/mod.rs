@@ -250,6 +250,28 @@ pub trait SideTopics: Send + Sync {
         sink: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Asks the poller to fetch a skipped gap from the provider: the
+    /// missing sequences `from..=to` of `(source, ordering_key)`. Best
+    /// effort (the reconciliation sweep covers a lost request). Answers
+    /// whether a request was written; the default (replay) asks nothing.
+    fn reconcile<'a>(&'a self, gap: &'a GapRequest) -> BoxFuture<'a, Result<bool, String>> {
+        let _ = gap;
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A sequence gap the reorderer gave up on, for the reconcile topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GapRequest {
+    /// The source whose events are missing.
+    pub source: String,
+    /// The ordering key (the venue id for the guest-WiFi platform).
+    pub ordering_key: String,
+    /// The first missing sequence.
+    pub from_sequence: i64,
+    /// The last missing sequence.
+    pub to_sequence: i64,
 }
 
 /// Everything the partitions of one process share.
@@ -397,6 +419,8 @@ pub struct PartitionPipeline {
     first_seen: bool,
     /// Reorder keys that released something since the last checkpoint.
     dirty: HashSet<ReorderKey>,
+    /// Gaps skipped since the last `apply`, to ask the poller for.
+    gaps: Vec<GapRequest>,
     /// With state: the input position of the last checkpoint the
     /// changelog acknowledged, the only one that may be committed (a batch
     /// abandoned before its checkpoint was written must be read again).
@@ -540,6 +564,7 @@ impl PartitionPipeline {
             skip_below: None,
             first_seen: false,
             dirty: HashSet::new(),
+            gaps: Vec::new(),
             durable: None,
             durable_returned: None,
             writing: None,
@@ -896,6 +921,17 @@ impl PartitionPipeline {
                     "reorder key reset: its sequence jumped beyond processing.max_sequence_jump"
                 );
             }
+            if let (Reason::AfterGap { skipped }, Some(seq)) = (r.reason, r.seq)
+                && skipped > 0
+            {
+                let (source, ordering_key) = &r.key;
+                self.gaps.push(GapRequest {
+                    source: source.clone(),
+                    ordering_key: ordering_key.clone(),
+                    from_sequence: seq - skipped as i64,
+                    to_sequence: seq - 1,
+                });
+            }
             let Slot::Event(p) = r.item else {
                 continue;
             };
@@ -951,6 +987,30 @@ impl PartitionPipeline {
     ) -> Result<(), Stopped> {
         let shared = self.shared.clone();
         let m = &shared.metrics;
+        // 0. Ask for the gaps just skipped (best effort: a lost request is
+        // covered by the poller's reconciliation sweep).
+        for gap in std::mem::take(&mut self.gaps) {
+            match shared.side.reconcile(&gap).await {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(
+                    partition = self.partition,
+                    source = %gap.source,
+                    ordering_key = %gap.ordering_key,
+                    from_sequence = gap.from_sequence,
+                    to_sequence = gap.to_sequence,
+                    "gap skipped: reconciliation requested"
+                ),
+                Err(e) => tracing::warn!(
+                    partition = self.partition,
+                    source = %gap.source,
+                    ordering_key = %gap.ordering_key,
+                    from_sequence = gap.from_sequence,
+                    to_sequence = gap.to_sequence,
+                    error = %e,
+                    "gap skipped: the reconcile request was not written"
+                ),
+            }
+        }
         // 1. Quarantine.
         for q in &quarantined {
             self.retry("quarantine", || {
