@@ -11,10 +11,10 @@
 //! adds later (a phone number, a surname) reaches no sink that did not ask
 //! for it.
 //!
-//! Without `fields`, a sink gets what its kind needs by default
-//! ([`default_fields`]): alerting no e-mail address and no name (Slack and
-//! Alertmanager messages name a VIP by guest id), every other kind the whole
-//! event. The quarantine and dead-letter topics keep the original envelope:
+//! Without `fields`, a sink gets what its kind needs by default (the sinks'
+//! `SinkConfig::default_fields`): alerting no e-mail address and no name
+//! (Slack and Alertmanager messages name a VIP by guest id), every other
+//! kind the whole event. The quarantine and dead-letter topics keep the original envelope:
 //! they are Kafka, like the raw topic, with its retention.
 
 use std::collections::BTreeSet;
@@ -22,7 +22,6 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::event::Event;
-use crate::sinks::SinkConfig;
 
 /// The objects of a body that hold personal data.
 const PERSONAL: [&str; 2] = ["guest", "device"];
@@ -37,19 +36,6 @@ pub struct Minimise {
     keep: Option<BTreeSet<String>>,
 }
 
-/// Alerting's default: enough to track presence and VIPs, nothing to
-/// contact or name anyone with.
-const ALERTS_DEFAULT: [&str; 3] = ["guest.id", "guest.vip", "device.id"];
-
-/// The fields a sink of this kind gets when its section sets none (`None`:
-/// everything).
-pub fn default_fields(sink: &SinkConfig) -> Option<Vec<String>> {
-    match sink {
-        SinkConfig::Alerts(_) => Some(ALERTS_DEFAULT.iter().map(|s| s.to_string()).collect()),
-        _ => None,
-    }
-}
-
 impl Minimise {
     /// Everything passes (tests, and sinks whose kind needs it all).
     pub fn everything() -> Minimise {
@@ -60,17 +46,6 @@ impl Minimise {
     pub fn only<S: AsRef<str>>(fields: &[S]) -> Minimise {
         Minimise {
             keep: Some(fields.iter().map(|f| f.as_ref().to_owned()).collect()),
-        }
-    }
-
-    /// The policy of a sink section: its `fields`, else its kind's default.
-    pub fn for_sink(sink: &SinkConfig, fields: Option<&[String]>) -> Minimise {
-        match fields {
-            Some(f) => Minimise::only(f),
-            None => match default_fields(sink) {
-                Some(f) => Minimise::only(&f),
-                None => Minimise::everything(),
-            },
         }
     }
 
@@ -259,18 +234,6 @@ mod tests {
     }
 
     #[test]
-    fn alerting_gets_no_email_and_no_name_by_default() {
-        let alerts: SinkConfig = toml::from_str("kind = \"alerts\"\npath = \"a.sqlite\"").unwrap();
-        let m = Minimise::for_sink(&alerts, None);
-        assert!(!m.allows("guest.email") && !m.allows("guest.first_name"));
-        assert!(m.allows("guest.vip") && m.allows("device.id"));
-        let crm: SinkConfig = toml::from_str("kind = \"log\"").unwrap();
-        assert_eq!(Minimise::for_sink(&crm, None), Minimise::everything());
-        let set = vec!["guest.id".to_string(), "guest.first_name".to_string()];
-        assert!(Minimise::for_sink(&alerts, Some(&set)).allows("guest.first_name"));
-    }
-
-    #[test]
     fn bad_fields_are_named() {
         let p = problems(
             "sinks.crm.fields",
@@ -286,39 +249,5 @@ mod tests {
         assert!(p[4].contains("without guest.id"));
         assert!(problems("x", &["guest.id".into(), "guest.email".into()]).is_empty());
         assert!(problems("x", &["device.id".into()]).is_empty());
-    }
-
-    #[test]
-    fn check_config_names_a_bad_fields_entry_and_its_sink() {
-        let text = |fields: &str| {
-            format!(
-                r#"
-[kafka]
-brokers = "127.0.0.1:9092"
-group_id = "g"
-topic = "t"
-[dedupe]
-path = "d.redb"
-[sinks.db]
-kind = "analytics"
-path = "a.sqlite"
-{fields}
-[[routes]]
-name = "r"
-sinks = ["db"]
-"#
-            )
-        };
-        let ok = crate::config::Config::from_toml(&text(r#"fields = ["guest.id", "device.id"]"#))
-            .unwrap();
-        assert!(!ok.sinks["db"].minimise().allows("guest.email"));
-        let err = crate::config::Config::from_toml(&text(r#"fields = ["guest.id", "email"]"#))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("sinks.db.fields: \"email\""), "{err}");
-        let err = crate::config::Config::from_toml(&text("fields = \"guest.id\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("fields"), "{err}");
     }
 }

@@ -35,6 +35,7 @@ pub use contract::{
 };
 
 use crate::metrics::Metrics;
+use crate::pipeline::minimise::{self, Minimise};
 
 /// One `[sinks.NAME]` section: the sink, and the guests' personal fields
 /// it may receive (see [`crate::pipeline::minimise`]).
@@ -85,17 +86,19 @@ impl SinkSection {
     pub fn problems(&self, at: &str) -> Vec<String> {
         let mut p = self.sink.problems(at);
         if let Some(fields) = &self.fields {
-            p.extend(crate::pipeline::minimise::problems(
-                &format!("{at}.fields"),
-                fields,
-            ));
+            p.extend(minimise::problems(&format!("{at}.fields"), fields));
         }
         p
     }
 
-    /// What this sink may receive of the guests' personal data.
-    pub fn minimise(&self) -> crate::pipeline::minimise::Minimise {
-        crate::pipeline::minimise::Minimise::for_sink(&self.sink, self.fields.as_deref())
+    /// What this sink may receive of the guests' personal data: its
+    /// `fields`, else its kind's default.
+    pub fn minimise(&self) -> Minimise {
+        match (&self.fields, self.sink.default_fields()) {
+            (Some(f), _) => Minimise::only(f),
+            (None, Some(f)) => Minimise::only(f),
+            (None, None) => Minimise::everything(),
+        }
     }
 }
 
@@ -180,6 +183,17 @@ impl SinkConfig {
         }
     }
 
+    /// The guests' personal fields a sink of this kind gets when its
+    /// section sets no `fields` (`None`: everything). Alerting gets enough
+    /// to track presence and VIPs and nothing to contact or name anyone
+    /// with: Slack and Alertmanager name a VIP by guest id.
+    pub fn default_fields(&self) -> Option<&'static [&'static str]> {
+        match self {
+            SinkConfig::Alerts(_) => Some(&["guest.id", "guest.vip", "device.id"]),
+            _ => None,
+        }
+    }
+
     /// Every problem of this sink's settings, each naming its field under
     /// `at` (`sinks.NAME`).
     pub fn problems(&self, at: &str) -> Vec<String> {
@@ -239,4 +253,61 @@ pub async fn build(
         built.push(sink);
     }
     Ok(built)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerting_gets_no_email_and_no_name_by_default() {
+        let section = |text: &str| -> SinkSection { toml::from_str(text).unwrap() };
+        let alerts = section("kind = \"alerts\"\npath = \"a.sqlite\"");
+        let m = alerts.minimise();
+        assert!(!m.allows("guest.email") && !m.allows("guest.first_name"));
+        assert!(m.allows("guest.vip") && m.allows("device.id"));
+        assert_eq!(section("kind = \"log\"").minimise(), Minimise::everything());
+        let named = section(
+            "kind = \"alerts\"\npath = \"a.sqlite\"\nfields = [\"guest.id\", \"guest.first_name\"]",
+        );
+        assert!(named.minimise().allows("guest.first_name"));
+        assert!(
+            !named.minimise().allows("guest.vip"),
+            "fields replace the default"
+        );
+    }
+
+    #[test]
+    fn check_config_names_a_bad_fields_entry_and_its_sink() {
+        let text = |fields: &str| {
+            format!(
+                r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topic = "t"
+[dedupe]
+path = "d.redb"
+[sinks.db]
+kind = "analytics"
+path = "a.sqlite"
+{fields}
+[[routes]]
+name = "r"
+sinks = ["db"]
+"#
+            )
+        };
+        let ok = crate::config::Config::from_toml(&text(r#"fields = ["guest.id", "device.id"]"#))
+            .unwrap();
+        assert!(!ok.sinks["db"].minimise().allows("guest.email"));
+        let err = crate::config::Config::from_toml(&text(r#"fields = ["guest.id", "email"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sinks.db.fields: \"email\""), "{err}");
+        let err = crate::config::Config::from_toml(&text("fields = \"guest.id\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fields"), "{err}");
+    }
 }
