@@ -33,6 +33,7 @@ use serde::Deserialize;
 
 use crate::event::SourceConfig;
 use crate::kafka::KafkaConfig;
+use crate::ops::topics::TopicsConfig;
 use crate::pipeline::ProcessingConfig;
 use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
@@ -54,6 +55,10 @@ pub struct Config {
     /// cache.
     #[serde(default)]
     pub state: StateConfig,
+    /// Partitions, replication and retention of every topic
+    /// (`processors topics apply|check|strimzi`).
+    #[serde(default)]
+    pub topics: TopicsConfig,
     /// Where `/metrics` is served.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -134,13 +139,56 @@ impl Config {
         })
     }
 
+    /// Loads the file and environment overrides as [`Config::load`] does,
+    /// checking only what the topic definitions use (`kafka`, `dedupe`,
+    /// `state`, `topics`): `processors topics` needs no sink's secrets.
+    pub fn load_for_topics(path: &Path) -> Result<Config, ConfigError> {
+        plumbing::checked(
+            plumbing::load_config(path, "PROCESSORS_"),
+            Config::topic_problems,
+        )
+        .map_err(|problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
+        let mut p = self.topic_problems();
+        p.extend(self.processing.problems());
+        for (name, source) in &self.sources {
+            p.extend(source.problems(&format!("sources.{name}")));
+        }
+        for (name, sink) in &self.sinks {
+            p.extend(sink.problems(&format!("sinks.{name}")));
+        }
+        if self.routes.is_empty() {
+            p.push("routes: at least one route is needed, or every event is dropped".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", route.name);
+            if route.sinks.is_empty() {
+                p.push(format!("{at}.sinks: must name at least one sink"));
+            }
+            for sink in &route.sinks {
+                if !self.sinks.contains_key(sink) {
+                    p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
+                }
+            }
+            p.extend(route.problems(&at, self.processing.gap_timeout));
+        }
+        p
+    }
+
+    /// The checks of what names and shapes the topics: `kafka`, `dedupe`
+    /// (the ledger's retention), `state` and `topics`.
+    pub fn topic_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         p.extend(self.kafka.problems());
-        p.extend(self.processing.problems());
         p.extend(self.dedupe.problems());
         p.extend(self.state.problems());
+        p.extend(self.topics.problems());
         for (field, topic) in [
             (
                 "changelog_topic",
@@ -162,27 +210,6 @@ impl Config {
                     "state.{field}: {topic:?} must differ from the raw, quarantine and dead-letter topics"
                 ));
             }
-        }
-        for (name, source) in &self.sources {
-            p.extend(source.problems(&format!("sources.{name}")));
-        }
-        for (name, sink) in &self.sinks {
-            p.extend(sink.problems(&format!("sinks.{name}")));
-        }
-        if self.routes.is_empty() {
-            p.push("routes: at least one route is needed, or every event is dropped".into());
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}] ({})", route.name);
-            if route.sinks.is_empty() {
-                p.push(format!("{at}.sinks: must name at least one sink"));
-            }
-            for sink in &route.sinks {
-                if !self.sinks.contains_key(sink) {
-                    p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
-                }
-            }
-            p.extend(route.problems(&at, self.processing.gap_timeout));
         }
         p
     }

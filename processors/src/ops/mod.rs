@@ -1,2 +1,3 @@
 pub mod dlq;
 pub mod replay;
+pub mod topics;
