@@ -33,12 +33,12 @@ use serde::Deserialize;
 
 use crate::event::SourceConfig;
 use crate::kafka::KafkaConfig;
-use crate::ops::topics::TopicsConfig;
 use crate::pipeline::ProcessingConfig;
 use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
 use crate::sinks::SinkConfig;
 use crate::state::StateConfig;
+use crate::topics::{TopicNames, TopicSpec, TopicsConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +179,20 @@ impl Config {
             p.extend(route.problems(&at, self.processing.gap_timeout));
         }
         p
+    }
+
+    /// Every topic this configuration uses, as it wants them
+    /// (`processors topics`).
+    pub fn topic_definitions(&self) -> Vec<TopicSpec> {
+        let group = &self.kafka.group_id;
+        let names = TopicNames {
+            raw: self.kafka.topic.clone(),
+            quarantine: self.kafka.quarantine_topic.clone(),
+            dlq: self.kafka.dlq_topic.clone(),
+            changelog: self.state.changelog_topic(group),
+            ledger: self.state.ledger_topic(group),
+        };
+        crate::topics::definitions(&names, self.dedupe.window, &self.topics)
     }
 
     /// The checks of what names and shapes the topics: `kafka`, `dedupe`

@@ -1,5 +1,5 @@
 //! `processors topics apply|check|strimzi`: the topic definitions
-//! (`processors::ops::topics`) against the brokers (`processors::kafka::topics`),
+//! (`processors::topics`) against the brokers (`processors::kafka::topics`),
 //! printed one line per topic and finding. Exit codes: 0 every topic exists
 //! as defined; 1 a topic differs, or is missing (`check`) or was not
 //! created (`apply`); 2 bad configuration or arguments, or a replication
@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use processors::config::Config;
 use processors::kafka::topics as broker;
-use processors::ops::topics::{self, Standing, TopicSpec};
+use processors::topics::{self, Standing, TopicSpec};
 
 /// `processors topics ...`.
 #[derive(Subcommand)]
@@ -53,7 +53,7 @@ pub fn topics(command: TopicsCommand) -> ExitCode {
             return match Config::load_for_topics(&config) {
                 Ok(c) => {
                     let yaml = topics::strimzi_yaml(
-                        &topics::definitions(&c),
+                        &c.topic_definitions(),
                         &cluster,
                         &config.display().to_string(),
                     );
@@ -93,7 +93,7 @@ pub fn topics(command: TopicsCommand) -> ExitCode {
 }
 
 async fn run(config: &Config, apply: bool, timeout: Duration) -> u8 {
-    let specs = topics::definitions(config);
+    let specs = config.topic_definitions();
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let cluster = match broker::observe(&config.kafka, &names, timeout).await {
         Ok(c) => c,

@@ -1,7 +1,7 @@
 //! The brokers' side of `processors topics`: what exists (metadata for
 //! partitions and replicas, DescribeConfigs for topic configs) and the
 //! creation of missing topics. The definitions and the comparison are in
-//! `crate::ops::topics`; nothing here changes an existing topic.
+//! `crate::topics`; nothing here changes an existing topic.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::{KafkaConfig, QuietCtx, admin_config};
-use crate::ops::topics::{Observed, TopicSpec};
+use crate::topics::{Observed, TopicSpec};
 
 /// The cluster as far as the topics are concerned.
 #[derive(Debug, Clone)]

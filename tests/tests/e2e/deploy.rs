@@ -1045,13 +1045,13 @@ type TopicShape = (i64, i64, BTreeMap<String, String>);
 #[test]
 fn the_strimzi_topics_are_generated_from_the_topic_definitions_and_each_overlay_renders_its_own_config_s()
  {
-    use processors::ops::topics::{definitions, strimzi_yaml};
+    use processors::topics::strimzi_yaml;
     // The base file is the command's output for the base config, byte for
     // byte (a hand edit, or a config change not generated again, fails).
     let source = "deploy/k8s/base/config/processors.toml";
     let base: processors::config::Config = plumbing::parse_config(&read(source))
         .unwrap_or_else(|e| panic!("{source}: {}", e.join("\n")));
-    let generated = strimzi_yaml(&definitions(&base), "pipeline", source);
+    let generated = strimzi_yaml(&base.topic_definitions(), "pipeline", source);
     assert!(
         read("deploy/k8s/base/topics.yaml") == generated,
         "deploy/k8s/base/topics.yaml is not what the definitions give: run\n  \
@@ -1067,7 +1067,8 @@ fn the_strimzi_topics_are_generated_from_the_topic_definitions_and_each_overlay_
         let (text, _) = r.config_of("processors");
         let config: processors::config::Config = plumbing::parse_config(&with_image_files(&text))
             .unwrap_or_else(|e| panic!("{overlay}: the processors' config: {}", e.join("\n")));
-        let want: BTreeMap<String, TopicShape> = definitions(&config)
+        let want: BTreeMap<String, TopicShape> = config
+            .topic_definitions()
             .into_iter()
             .map(|t| {
                 (

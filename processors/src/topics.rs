@@ -1,9 +1,11 @@
 //! Topic settings as code: every topic the pipeline uses, with its
 //! partitions, replication factor and topic configs, derived from the
 //! processors' configuration (whose `kafka` and `state` sections name every
-//! topic) and its `[topics]` table. One source for `processors topics
-//! apply|check` (the Kafka side is `crate::kafka::topics`) and for the
-//! Strimzi `KafkaTopic` resources (`processors topics strimzi`).
+//! topic: `Config::topic_definitions`) and its `[topics]` table. One source
+//! for `processors topics apply|check` (the Kafka side is
+//! `crate::kafka::topics`) and for the Strimzi `KafkaTopic` resources
+//! (`processors topics strimzi`). No Kafka client here: the definitions,
+//! the comparison with what a broker reported, and the YAML.
 //!
 //! What is fixed by the code, not by settings: the cleanup policy of each
 //! topic (the state changelog compacted, every other topic deleted by time),
@@ -16,8 +18,6 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::config::Config;
 
 /// How long the ledger keeps records past the dedupe window (Kafka Streams
 /// keeps windowed changelogs a day past their window too).
@@ -209,12 +209,31 @@ pub struct TopicSpec {
     pub configs: BTreeMap<String, String>,
 }
 
-/// Every topic the configuration uses, raw topic first.
-pub fn definitions(config: &Config) -> Vec<TopicSpec> {
-    let t = &config.topics;
-    let group = &config.kafka.group_id;
+/// The names of the pipeline's topics, as the configuration gives them
+/// (`Config::topic_definitions` fills them in).
+#[derive(Debug, Clone)]
+pub struct TopicNames {
+    /// `kafka.topic`.
+    pub raw: String,
+    /// `kafka.quarantine_topic`.
+    pub quarantine: String,
+    /// `kafka.dlq_topic`.
+    pub dlq: String,
+    /// `state.changelog_topic` (or its default).
+    pub changelog: String,
+    /// `state.ledger_topic` (or its default).
+    pub ledger: String,
+}
+
+/// Every topic, raw topic first: `names` with the settings of `t`; the
+/// ledger keeps `dedupe_window` plus [`LEDGER_PAST_WINDOW`].
+pub fn definitions(
+    names: &TopicNames,
+    dedupe_window: Duration,
+    t: &TopicsConfig,
+) -> Vec<TopicSpec> {
     let isr = t.min_insync_replicas.to_string();
-    let spec = |role, name: String, partitions, cleanup: &str, retention: Option<Duration>| {
+    let spec = |role, name: &String, partitions, cleanup: &str, retention: Option<Duration>| {
         let mut configs = BTreeMap::from([
             ("cleanup.policy".to_string(), cleanup.to_string()),
             ("min.insync.replicas".to_string(), isr.clone()),
@@ -224,7 +243,7 @@ pub fn definitions(config: &Config) -> Vec<TopicSpec> {
         }
         TopicSpec {
             role,
-            name,
+            name: name.clone(),
             partitions,
             replication_factor: t.replication_factor,
             configs,
@@ -233,38 +252,38 @@ pub fn definitions(config: &Config) -> Vec<TopicSpec> {
     vec![
         spec(
             Role::Raw,
-            config.kafka.topic.clone(),
+            &names.raw,
             t.partitions,
             "delete",
             Some(t.retention),
         ),
         spec(
             Role::Quarantine,
-            config.kafka.quarantine_topic.clone(),
+            &names.quarantine,
             t.side_partitions,
             "delete",
             Some(t.side_retention),
         ),
         spec(
             Role::DeadLetters,
-            config.kafka.dlq_topic.clone(),
+            &names.dlq,
             t.side_partitions,
             "delete",
             Some(t.side_retention),
         ),
         spec(
             Role::StateChangelog,
-            config.state.changelog_topic(group),
+            &names.changelog,
             t.partitions,
             "compact",
             None,
         ),
         spec(
             Role::Ledger,
-            config.state.ledger_topic(group),
+            &names.ledger,
             t.partitions,
             "delete",
-            Some(config.dedupe.window + LEDGER_PAST_WINDOW),
+            Some(dedupe_window + LEDGER_PAST_WINDOW),
         ),
     ]
 }
@@ -531,6 +550,7 @@ fn resource_name(topic: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     const BASE: &str = r#"
         [kafka]
@@ -560,7 +580,7 @@ mod tests {
 
     #[test]
     fn the_defaults_name_every_topic_with_the_code_s_cleanup_and_a_14_day_replay_horizon() {
-        let specs = definitions(&config("").unwrap());
+        let specs = config("").unwrap().topic_definitions();
         let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
@@ -600,7 +620,7 @@ mod tests {
             "[topics]\npartitions = 4\nside_partitions = 1\nreplication_factor = 1\nmin_insync_replicas = 1\nretention = \"7d\"\nside_retention = \"2d\"\n[state]\nchangelog_topic = \"s\"",
         )
         .unwrap();
-        let specs = definitions(&c);
+        let specs = c.topic_definitions();
         let raw = by_name(&specs, "webhooks.raw");
         assert_eq!((raw.partitions, raw.replication_factor), (4, 1));
         assert_eq!(raw.configs["retention.ms"], (7 * 86_400_000u64).to_string());
@@ -646,7 +666,7 @@ mod tests {
 
     #[test]
     fn a_topic_as_defined_has_no_finding_and_equal_values_in_other_spellings_match() {
-        let raw = definitions(&config("").unwrap()).remove(0);
+        let raw = config("").unwrap().topic_definitions().remove(0);
         assert_eq!(diff(&raw, &observed(&raw)), []);
         let mut have = observed(&raw);
         have.configs
@@ -661,7 +681,7 @@ mod tests {
 
     #[test]
     fn every_difference_is_reported_and_an_unreported_config_is_not_a_match() {
-        let raw = definitions(&config("").unwrap()).remove(0);
+        let raw = config("").unwrap().topic_definitions().remove(0);
         let mut have = observed(&raw);
         have.partitions = 3;
         have.replication_factor = 1;
@@ -686,7 +706,7 @@ mod tests {
 
     #[test]
     fn missing_topics_are_creatable_unless_the_raw_topic_has_another_partition_count() {
-        let specs = definitions(&config("").unwrap());
+        let specs = config("").unwrap().topic_definitions();
         let mut existing = BTreeMap::new();
         let standings = compare(&specs, &existing);
         assert!(
@@ -728,7 +748,7 @@ mod tests {
 
     #[test]
     fn the_strimzi_resources_carry_every_definition() {
-        let specs = definitions(&config("").unwrap());
+        let specs = config("").unwrap().topic_definitions();
         let yaml = strimzi_yaml(&specs, "pipeline", "x.toml");
         assert_eq!(yaml.matches("kind: KafkaTopic").count(), 5, "{yaml}");
         assert!(
