@@ -469,6 +469,38 @@ mod tests {
     }
 
     #[test]
+    fn the_topics_load_needs_no_sink_secret_but_checks_what_shapes_the_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let with_secret = GOOD.replace(
+            "[sinks.log]",
+            "[sinks.db]\nkind = \"postgres\"\nurl_env = \"NO_SUCH_VARIABLE_FOR_TOPICS_TESTS\"\n[sinks.log]",
+        );
+        std::fs::write(&path, &with_secret).unwrap();
+        let all = Config::load(&path).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("NO_SUCH_VARIABLE_FOR_TOPICS_TESTS is not set"),
+            "{all}"
+        );
+        let c = Config::load_for_topics(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.topic_definitions().len(), 5);
+        std::fs::write(
+            &path,
+            with_secret.replace("[dedupe]", "[topics]\nreplication_factor = 0\n[dedupe]"),
+        )
+        .unwrap();
+        let all = Config::load_for_topics(&path)
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            all.contains("topics.replication_factor: must be at least 1 (got 0)"),
+            "{all}"
+        );
+        assert!(!all.contains("NO_SUCH_VARIABLE"), "{all}");
+    }
+
+    #[test]
     fn a_missing_file_is_an_error_naming_it() {
         let e = Config::load(Path::new("/nonexistent/p.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/p.toml: "), "{e}");
