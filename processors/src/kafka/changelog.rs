@@ -48,7 +48,7 @@ impl KafkaChangelog {
             producer: settings.create()?,
             topic: topic.to_owned(),
             kafka: kafka.clone(),
-            watermarks: Arc::new(admin_config(kafka).create()?),
+            watermarks: Arc::new(admin_config(kafka)?.create()?),
         })
     }
 }
@@ -204,8 +204,9 @@ pub async fn ensure_topic(
             kafka.topic
         )),
         None => {
-            let admin: AdminClient<DefaultClientContext> =
-                admin_config(kafka).create().map_err(|e| e.to_string())?;
+            let admin: AdminClient<DefaultClientContext> = admin_config(kafka)
+                .and_then(|c| c.create())
+                .map_err(|e| e.to_string())?;
             let retention;
             let topic = NewTopic::new(changelog, raw, TopicReplication::Fixed(-1));
             let topic = match cleanup {
@@ -260,8 +261,9 @@ async fn check_cleanup(
     cleanup: Cleanup,
 ) -> Result<(), String> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> =
-        admin_config(kafka).create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = admin_config(kafka)
+        .and_then(|c| c.create())
+        .map_err(|e| e.to_string())?;
     let policy = match admin
         .describe_configs(
             &[ResourceSpecifier::Topic(topic)],
@@ -305,7 +307,7 @@ async fn check_cleanup(
 
 /// The partition count of `topic`, `None` when it does not exist.
 async fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<Option<i32>, String> {
-    let config = admin_config(kafka);
+    let config = admin_config(kafka).map_err(|e| e.to_string())?;
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer = config.create().map_err(|e| e.to_string())?;

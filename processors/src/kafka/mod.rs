@@ -96,15 +96,16 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// The settings of an admin client or metadata reader (state topics,
 /// `processors topics`): `kafka.options` (security settings included), the
-/// brokers and a client id of its own.
-pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
+/// brokers and a client id of its own. A `Result` so that settings which
+/// can fail to load (secrets from files) fail here, naming themselves.
+pub fn admin_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
     let mut c = ClientConfig::new();
     for (k, v) in &kafka.options {
         c.set(k, v);
     }
     c.set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("{}-admin", kafka.client_id));
-    c
+    Ok(c)
 }
 
 /// Kafka settings.

@@ -28,7 +28,7 @@ pub async fn observe(
     names: &[String],
     timeout: Duration,
 ) -> Result<Cluster, String> {
-    let config = admin_config(kafka);
+    let config = admin_config(kafka).map_err(|e| e.to_string())?;
     let wanted = names.to_vec();
     let (brokers, mut found) = tokio::task::spawn_blocking(move || {
         let c: BaseConsumer<QuietCtx> = config
@@ -65,8 +65,9 @@ pub async fn observe(
     .await
     .map_err(|e| e.to_string())??;
     if !found.is_empty() {
-        let admin: AdminClient<DefaultClientContext> =
-            admin_config(kafka).create().map_err(|e| e.to_string())?;
+        let admin: AdminClient<DefaultClientContext> = admin_config(kafka)
+            .and_then(|c| c.create())
+            .map_err(|e| e.to_string())?;
         let names: Vec<String> = found.keys().cloned().collect();
         let specifiers: Vec<ResourceSpecifier<'_>> = names
             .iter()
@@ -108,15 +109,16 @@ pub async fn create(
     if specs.is_empty() {
         return Vec::new();
     }
-    let admin: AdminClient<DefaultClientContext> = match admin_config(kafka).create() {
-        Ok(a) => a,
-        Err(e) => {
-            return specs
-                .iter()
-                .map(|s| (s.name.clone(), Err(e.to_string())))
-                .collect();
-        }
-    };
+    let admin: AdminClient<DefaultClientContext> =
+        match admin_config(kafka).and_then(|c| c.create()) {
+            Ok(a) => a,
+            Err(e) => {
+                return specs
+                    .iter()
+                    .map(|s| (s.name.clone(), Err(e.to_string())))
+                    .collect();
+            }
+        };
     let new: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|s| {
@@ -161,9 +163,8 @@ async fn wait_for(
     timeout: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
-    let names = [topic.to_string()];
     loop {
-        let seen = observe_partitions(kafka, &names, timeout).await?;
+        let seen = observe_partitions(kafka, topic, timeout).await?;
         if seen == Some(partitions) {
             return Ok(());
         }
@@ -179,11 +180,11 @@ async fn wait_for(
 
 async fn observe_partitions(
     kafka: &KafkaConfig,
-    names: &[String],
+    name: &str,
     timeout: Duration,
 ) -> Result<Option<i32>, String> {
-    let config = admin_config(kafka);
-    let name = names[0].clone();
+    let config = admin_config(kafka).map_err(|e| e.to_string())?;
+    let name = name.to_owned();
     tokio::task::spawn_blocking(move || {
         let c: BaseConsumer<QuietCtx> = config
             .create_with_context(QuietCtx)
