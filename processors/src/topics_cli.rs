@@ -112,12 +112,13 @@ async fn run(config: &Config, apply: bool, timeout: Duration) -> u8 {
         && let Some(problem) = topics::cluster_problem(&config.topics, cluster.brokers)
     {
         eprintln!(
-            "{problem}: {} cannot be created as defined; nothing was created",
+            "{problem}: {} cannot be created as defined{}",
             missing
                 .iter()
                 .map(|t| t.name.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if apply { "; nothing was created" } else { "" }
         );
         return 2;
     }
