@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests start from Debian's packages, if it is
-# missing: PostgreSQL 15 (the analytics sink's real server), Prometheus
+# Installs what the build and the end-to-end tests need from Debian's
+# packages, if it is missing: pkg-config and libssl-dev (librdkafka is built
+# with TLS against the system's OpenSSL), stunnel4 (TLS in front of the
+# tansu broker in tests/tests/e2e/kafka_tls.rs), PostgreSQL 15 (the analytics sink's real server), Prometheus
 # Alertmanager (the alerting sink's real receiver), Prometheus (`promtool`
 # checks the alert rules) and Chromium (the venue view's page, headless). Needs root (CI
 # and these machines run as root); elsewhere, install them yourself.
 set -euo pipefail
 
 need=()
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

@@ -244,7 +244,7 @@ async fn bare_consumer(
         &SinkKind::Null,
     );
     let consumer: StreamConsumer = processors::kafka::consumer_config(&config.kafka)
-        .create()
+        .and_then(|c| c.create())
         .expect("bare consumer");
     let started = Instant::now();
     consumer.subscribe(&[topic]).expect("subscribe");

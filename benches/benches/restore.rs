@@ -316,7 +316,10 @@ fn alerts_config(path: &std::path::Path) -> processors::sinks::alerting::AlertsC
     ))
     .expect("alerts config");
     match config.sinks.get("alerts") {
-        Some(processors::sinks::SinkConfig::Alerts(a)) => (**a).clone(),
+        Some(processors::sinks::SinkSection {
+            sink: processors::sinks::SinkConfig::Alerts(a),
+            ..
+        }) => (**a).clone(),
         _ => panic!("an alerts sink"),
     }
 }

@@ -144,11 +144,15 @@ pub struct KafkaConfig {
     /// every source's body limit must fit in it.
     #[serde(default = "default_message_max_bytes")]
     pub message_max_bytes: usize,
-    /// Extra librdkafka settings (e.g. TLS). Settings that would weaken
-    /// delivery guarantees (`acks`, `enable.idempotence`, timeouts) are
-    /// refused at start-up.
+    /// Extra librdkafka settings. Settings that would weaken delivery
+    /// guarantees (`acks`, `enable.idempotence`, timeouts) are refused at
+    /// start-up, and so are TLS and SASL settings: they go in `security`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// TLS and SASL to the brokers, secrets from the environment or files
+    /// (see [`plumbing::kafka::Security`]).
+    #[serde(default)]
+    pub security: plumbing::kafka::Security,
     /// The least replication the raw topic must have for a `2xx` to mean
     /// what it says (see [`crate::durability`]).
     #[serde(default)]
@@ -338,6 +342,7 @@ impl Default for KafkaConfig {
             delivery_timeout: None,
             message_max_bytes: default_message_max_bytes(),
             options: BTreeMap::new(),
+            security: plumbing::kafka::Security::default(),
             durability: DurabilityConfig::default(),
         }
     }
@@ -615,6 +620,8 @@ impl Config {
                 ));
             }
         }
+        p.extend(plumbing::kafka::options_problems(&k.options));
+        p.extend(k.security.problems());
         if self.sources.is_empty() {
             p.push("sources: no source configured; add a [sources.NAME] table".into());
         }
@@ -1225,5 +1232,32 @@ mod tests {
     fn a_missing_file_is_an_error_not_a_panic() {
         let e = Config::load(Path::new("/nonexistent/ingest.toml")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/ingest.toml"));
+    }
+
+    #[test]
+    fn kafka_security_problems_are_reported_with_the_field() {
+        let wrong = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\noptions = { \"sasl.password\" = \"in-the-text\" }\nsecurity = { protocol = \"sasl_ssl\", ca_file = \"/nonexistent/ca.pem\" }",
+        );
+        let e = Config::from_toml(&wrong).unwrap_err();
+        let all = e.problems.join("\n");
+        for needle in [
+            "kafka.options.sasl.password: TLS and SASL are set with [kafka.security]",
+            "kafka.security.ca_file: /nonexistent/ca.pem cannot be read",
+            "kafka.security.protocol: sasl_ssl needs a [kafka.security.sasl] table",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert!(!all.contains("in-the-text"), "{all}");
+        let plain = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\nsecurity = { protocol = \"plaintext\", sasl = { mechanism = \"SCRAM-SHA-512\", username = \"ingest\", password_env = \"INGEST_TEST_UNSET_PW\" } }",
+        );
+        let all = Config::from_toml(&plain).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("kafka.security.sasl: set, but protocol is plaintext (no SASL)"),
+            "{all}"
+        );
     }
 }

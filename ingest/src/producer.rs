@@ -10,6 +10,15 @@
 //! - [`KafkaProducer::supervise`] probes the brokers for `/readyz`, and
 //!   replaces the producer if librdkafka reports a fatal error (an idempotent
 //!   producer that lost its sequence state cannot recover by itself).
+//!
+//! Delivery reports are served on the tokio side, not by a thread of their
+//! own: librdkafka calls [`queue_became_non_empty`] when its main queue goes
+//! from empty to non-empty, which wakes one task that drains the queue and
+//! completes each waiting request's channel from a tokio worker. rdkafka's
+//! `FutureProducer` instead keeps a thread blocked on that queue, so every
+//! batch of reports woke that thread and then, from it, the workers: two
+//! cross-thread wake-ups per batch where this takes one (BENCHMARKS.md,
+//! "Ingest's CPU").
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,8 +30,11 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
-use tokio::sync::Notify;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
+};
+use rdkafka::{Message, bindings};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{KafkaConfig, ServerConfig};
@@ -69,12 +81,102 @@ impl ClientContext for Context {
     }
 }
 
+/// What a delivery report answers a waiting request.
+type Outcome = Result<Delivered, DeliveryError>;
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<oneshot::Sender<Outcome>>;
+
+    /// Runs on the tokio worker that drains the main queue
+    /// ([`serve_reports`]); the request may have given up (deadline), in
+    /// which case nobody listens and the outcome is dropped.
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
+        let outcome = match result {
+            Ok(m) => Ok(Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            }),
+            Err((e, _)) => Err(classify(e)),
+        };
+        let _ = reply.send(outcome);
+    }
+}
+
 /// One producer instance and its generation number.
+///
+/// Field order is drop order, and it matters: the main-queue reference must
+/// be released before the producer is destroyed (librdkafka waits for every
+/// queue reference), and the wake-up must outlive the producer whose
+/// callback points at it.
 struct Generation {
     /// Counts up from 1 with each replacement.
     id: u64,
+    /// Set when a newer generation replaced this one: its report task ends
+    /// once every record it held has been reported.
+    retired: AtomicBool,
+    /// librdkafka's main queue (delivery reports, errors, logs).
+    main_queue: MainQueue,
     /// The librdkafka producer.
-    producer: FutureProducer<Context>,
+    producer: BaseProducer<Context>,
+    /// Woken by librdkafka when the main queue becomes non-empty.
+    wake: Arc<Notify>,
+}
+
+/// A reference to a producer's main queue, released on drop.
+struct MainQueue(*mut bindings::rd_kafka_queue_t);
+
+// SAFETY: librdkafka's queue handles are thread-safe (its documentation:
+// every queue operation takes the queue's lock).
+unsafe impl Send for MainQueue {}
+// SAFETY: as above.
+unsafe impl Sync for MainQueue {}
+
+impl MainQueue {
+    fn len(&self) -> usize {
+        // SAFETY: the pointer is a live queue reference until drop.
+        unsafe { bindings::rd_kafka_queue_length(self.0) }
+    }
+}
+
+impl Drop for MainQueue {
+    fn drop(&mut self) {
+        // SAFETY: our own reference, released once.
+        unsafe { bindings::rd_kafka_queue_destroy(self.0) }
+    }
+}
+
+/// librdkafka's queue event callback: called on one of its threads, with
+/// the queue's lock held, each time the main queue goes from empty to
+/// non-empty. It only wakes the report task.
+unsafe extern "C" fn queue_became_non_empty(
+    _rk: *mut bindings::rd_kafka_t,
+    opaque: *mut std::ffi::c_void,
+) {
+    // SAFETY: `opaque` is `Arc::as_ptr` of the generation's `wake`, which
+    // outlives the producer (field order of `Generation`).
+    let wake = unsafe { &*(opaque as *const Notify) };
+    wake.notify_one();
+}
+
+/// Serves one generation's delivery reports until it is retired and has
+/// nothing left to report, then destroys it off the workers.
+async fn serve_reports(generation: Arc<Generation>) {
+    loop {
+        // Drain to empty: the callback fires only on the empty-to-non-empty
+        // transition, and a permit stored by `notify_one` while we drain
+        // just makes the next wait return at once.
+        while generation.main_queue.len() > 0 {
+            generation.producer.poll(Duration::ZERO);
+        }
+        if generation.retired.load(Ordering::Acquire) && generation.producer.in_flight_count() == 0
+        {
+            break;
+        }
+        // Bounded wait: a retired generation is re-checked even if its last
+        // records leave without a report (purged before they were queued).
+        let _ = tokio::time::timeout(PROBE_INTERVAL, generation.wake.notified()).await;
+    }
+    tokio::task::spawn_blocking(move || drop(generation));
 }
 
 /// Why a record was not acknowledged.
@@ -115,13 +217,15 @@ pub struct Delivered {
     pub offset: i64,
 }
 
-/// Builds the librdkafka settings: the guarantees first, then the user's
-/// options (config load already refused those that fight a guarantee).
-pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
+/// Builds the librdkafka settings: the user's options and the security
+/// settings ([`plumbing::kafka::client_config`]), then the guarantees
+/// (config load already refused options that fight a guarantee). Fails
+/// when a secret cannot be read.
+pub fn client_config(
+    kafka: &KafkaConfig,
+    server: &ServerConfig,
+) -> Result<ClientConfig, KafkaError> {
+    let mut c = plumbing::kafka::client_config(&kafka.brokers, &kafka.options, &kafka.security)?;
     let timeout_ms = kafka
         .delivery_timeout
         .unwrap_or(server.request_timeout)
@@ -133,8 +237,7 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
     // already answered 503 and that are still being retried; past it, sends
     // fail fast with a full queue (503), so memory stays bounded.
     let queue_max = (server.max_in_flight.saturating_mul(2) + 128).to_string();
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", &kafka.client_id)
+    c.set("client.id", &kafka.client_id)
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("max.in.flight.requests.per.connection", "5")
@@ -145,7 +248,7 @@ pub fn client_config(kafka: &KafkaConfig, server: &ServerConfig) -> ClientConfig
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
         .set("socket.keepalive.enable", "true");
-    c
+    Ok(c)
 }
 
 /// The raw-topic producer, replaceable after a fatal error.
@@ -174,13 +277,13 @@ impl KafkaProducer {
         server: &ServerConfig,
         metrics: Metrics,
     ) -> Result<KafkaProducer, KafkaError> {
-        let settings = client_config(kafka, server);
+        let settings = client_config(kafka, server)?;
         let signals = Arc::new(Signals::default());
         let first = create(&settings, 1, &signals)?;
         Ok(KafkaProducer {
             settings,
             topic: kafka.topic.clone(),
-            current: ArcSwap::from_pointee(first),
+            current: ArcSwap::new(first),
             used_generation: AtomicU64::new(0),
             signals,
             ready: AtomicBool::new(false),
@@ -220,7 +323,7 @@ impl KafkaProducer {
         let started = Instant::now();
         let generation = self.current.load_full();
         let producer = &generation.producer;
-        let headers = OwnedHeaders::new()
+        let headers = OwnedHeaders::new_with_capacity(2)
             .insert(Header {
                 key: "source",
                 value: Some(source),
@@ -229,14 +332,15 @@ impl KafkaProducer {
                 key: "event-id",
                 value: Some(event_id),
             });
-        let mut record = FutureRecord::to(&self.topic)
+        let (reply, answer) = oneshot::channel();
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(reply))
             .key(key)
             .payload(payload)
             .headers(headers)
             .timestamp(timestamp_ms);
-        let future = loop {
-            match producer.send_result(record) {
-                Ok(f) => break f,
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     if Instant::now() + QUEUE_FULL_BACKOFF >= deadline {
                         return Err(self.failed(DeliveryError::QueueFull));
@@ -246,18 +350,14 @@ impl KafkaProducer {
                 }
                 Err((e, _)) => return Err(self.failed(classify(&e))),
             }
-        };
-        let outcome = match tokio::time::timeout_at(deadline, future).await {
-            // Dropping the future does not withdraw the record: it may still
-            // be delivered. The sender got a non-2xx and retries; the
+        }
+        let outcome = match tokio::time::timeout_at(deadline, answer).await {
+            // Dropping the receiver does not withdraw the record: it may
+            // still be delivered. The sender got a non-2xx and retries; the
             // processors drop the duplicate by event id.
             Err(_) => Err(DeliveryError::Timeout),
-            Ok(Err(_canceled)) => Err(DeliveryError::Broker("producer was replaced".into())),
-            Ok(Ok(Err((e, _msg)))) => Err(classify(&e)),
-            Ok(Ok(Ok(d))) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
+            Ok(Err(_dropped)) => Err(DeliveryError::Broker("producer was replaced".into())),
+            Ok(Ok(outcome)) => outcome,
         };
         match outcome {
             Ok(d) => {
@@ -307,12 +407,14 @@ impl KafkaProducer {
         match create(&self.settings, next, &self.signals) {
             Ok(fresh) => {
                 tracing::warn!(generation = next, "{why}: replacing the producer");
-                self.current.store(Arc::new(fresh));
+                self.current.store(fresh);
+                current.retired.store(true, Ordering::Release);
                 // Its records fail now (their requests answer 503) rather
                 // than reach a broker under the old producer id.
                 current
                     .producer
                     .purge(PurgeConfig::default().queue().inflight());
+                current.wake.notify_one();
             }
             Err(e) => tracing::error!(error = %e, "could not create a replacement producer"),
         }
@@ -367,16 +469,40 @@ impl KafkaProducer {
     }
 }
 
+/// Creates generation `id` and starts its report task (which must run on a
+/// tokio runtime).
 fn create(
     settings: &ClientConfig,
     id: u64,
     signals: &Arc<Signals>,
-) -> Result<Generation, KafkaError> {
-    let producer = settings.create_with_context(Context {
+) -> Result<Arc<Generation>, KafkaError> {
+    let producer: BaseProducer<Context> = settings.create_with_context(Context {
         generation: id,
         signals: signals.clone(),
     })?;
-    Ok(Generation { id, producer })
+    let wake = Arc::new(Notify::new());
+    let rk = producer.client().native_ptr();
+    // SAFETY: `rk` is the live client; the queue reference is released by
+    // `MainQueue`'s drop, before the producer's (field order); the opaque
+    // points at `wake`, which outlives the producer.
+    let main_queue = unsafe {
+        let q = bindings::rd_kafka_queue_get_main(rk);
+        bindings::rd_kafka_queue_cb_event_enable(
+            q,
+            Some(queue_became_non_empty),
+            Arc::as_ptr(&wake) as *mut std::ffi::c_void,
+        );
+        MainQueue(q)
+    };
+    let generation = Arc::new(Generation {
+        id,
+        retired: AtomicBool::new(false),
+        main_queue,
+        producer,
+        wake,
+    });
+    tokio::spawn(serve_reports(generation.clone()));
+    Ok(generation)
 }
 
 fn classify(e: &KafkaError) -> DeliveryError {
@@ -478,6 +604,51 @@ mod tests {
         );
     }
 
+    /// A replaced generation's records are answered (purged: 503), its
+    /// report task ends, and the producer is destroyed: a broker that keeps
+    /// failing must not leave one live librdkafka client (and its threads)
+    /// behind per replacement.
+    #[tokio::test]
+    async fn a_replaced_generation_answers_its_records_and_is_destroyed() {
+        let p = Arc::new(stuck_producer());
+        let old = Arc::downgrade(&p.current.load_full());
+        let waiting = {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.deliver(
+                    b"k",
+                    b"v",
+                    "s",
+                    "e",
+                    0,
+                    Instant::now() + Duration::from_secs(10),
+                )
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let current = p.current.load_full();
+        p.replace(&current, "test");
+        drop(current);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the purged record's request was never answered")
+            .unwrap();
+        assert!(
+            matches!(outcome, Err(DeliveryError::Broker(_))),
+            "purged record: {outcome:?}"
+        );
+        let gone = async {
+            while old.upgrade().is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), gone)
+            .await
+            .expect("the replaced generation was never destroyed");
+        assert_eq!(p.current.load().id, 2);
+    }
+
     #[test]
     fn guarantees_win_over_user_options() {
         let mut kafka = KafkaConfig::default();
@@ -485,12 +656,12 @@ mod tests {
             .options
             .insert("compression.type".into(), "lz4".into());
         let server = ServerConfig::default();
-        let c = client_config(&kafka, &server);
+        let c = client_config(&kafka, &server).unwrap();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
         assert_eq!(c.get("message.timeout.ms"), Some("2000"));
         kafka.delivery_timeout = Some(Duration::from_secs(30));
-        let c = client_config(&kafka, &server);
+        let c = client_config(&kafka, &server).unwrap();
         assert_eq!(c.get("message.timeout.ms"), Some("30000"));
         assert_eq!(c.get("compression.type"), Some("lz4"));
     }

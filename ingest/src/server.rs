@@ -69,16 +69,13 @@ pub fn build_state(config: &Config) -> anyhow::Result<AppState> {
 }
 
 /// The settings of the admin client that reads the raw topic's settings:
-/// the brokers and the user's extra options (TLS, SASL), nothing of the
-/// producer's.
-fn admin_settings(config: &Config) -> rdkafka::ClientConfig {
-    let mut c = rdkafka::ClientConfig::new();
-    for (k, v) in &config.kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &config.kafka.brokers)
-        .set("client.id", format!("{}-admin", config.kafka.client_id));
-    c
+/// the brokers, the user's extra options and the security settings,
+/// nothing of the producer's.
+fn admin_settings(config: &Config) -> Result<rdkafka::ClientConfig, rdkafka::error::KafkaError> {
+    let k = &config.kafka;
+    let mut c = plumbing::kafka::client_config(&k.brokers, &k.options, &k.security)?;
+    c.set("client.id", format!("{}-admin", k.client_id));
+    Ok(c)
 }
 
 /// Reads the raw topic's replication now, then every
@@ -128,7 +125,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let state = build_state(&config)?;
     let producer = state.producer.clone();
-    let admin = admin_settings(&config);
+    let admin = admin_settings(&config)?;
     if config.kafka.durability.require {
         // Refuse to take webhooks a topic cannot keep. Brokers that cannot
         // be asked now do not stop the start: `/readyz` says 503 until a

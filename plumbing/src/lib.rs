@@ -10,11 +10,15 @@
 //!   field;
 //! - [`valid_topic`]: Kafka's topic-name rule;
 //! - [`route_librdkafka_log`]: librdkafka's log lines into `tracing`;
+//! - [`kafka`]: TLS and SASL to the brokers (`[kafka.security]`) and
+//!   [`kafka::client_config`], where every librdkafka client's settings
+//!   start;
 //! - [`metrics::Catalogue`]: one Prometheus registry per process that also
 //!   lists what was declared in it (for the naming and dashboard checks).
 //!
 //! It holds no business logic and depends on no other crate of ours.
 
+pub mod kafka;
 pub mod metrics;
 
 use rdkafka::config::RDKafkaLogLevel;
@@ -144,20 +148,17 @@ pub fn valid_topic(t: &str) -> bool {
 
 /// The librdkafka settings of a reader that assigns partitions itself and
 /// never commits (replay, `dlq list`, state restores, the venue view):
-/// `options` first, then what such a reader needs; `group` is only its
-/// name, required by librdkafka.
+/// [`kafka::client_config`], then what such a reader needs; `group` is
+/// only its name, required by librdkafka.
 pub fn reader_config(
     brokers: &str,
     options: &std::collections::BTreeMap<String, String>,
+    security: &kafka::Security,
     group: &str,
     client_id: &str,
-) -> rdkafka::ClientConfig {
-    let mut c = rdkafka::ClientConfig::new();
-    for (k, v) in options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
+) -> Result<rdkafka::ClientConfig, rdkafka::error::KafkaError> {
+    let mut c = kafka::client_config(brokers, options, security)?;
+    c.set("group.id", group)
         .set("client.id", client_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -165,7 +166,7 @@ pub fn reader_config(
         .set("enable.partition.eof", "true")
         .set("reconnect.backoff.ms", "100")
         .set("reconnect.backoff.max.ms", "2000");
-    c
+    Ok(c)
 }
 
 /// Routes one librdkafka log line to `tracing` (target `librdkafka`) at the

@@ -104,6 +104,7 @@ pub fn shared(
         side,
         metrics,
     )
+    .map(|s| s.with_fields(&config.sinks))
     .map_err(|e| anyhow::anyhow!(e))
 }
 

@@ -36,7 +36,7 @@ use crate::kafka::KafkaConfig;
 use crate::pipeline::ProcessingConfig;
 use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
-use crate::sinks::SinkConfig;
+use crate::sinks::SinkSection;
 use crate::state::StateConfig;
 use crate::topics::{TopicNames, TopicSpec, TopicsConfig};
 
@@ -71,7 +71,7 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Sinks by name.
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, SinkSection>,
     /// Routing rules; an event goes to the union of the sinks of every rule
     /// it matches.
     #[serde(default)]
@@ -504,5 +504,20 @@ mod tests {
     fn a_missing_file_is_an_error_naming_it() {
         let e = Config::load(Path::new("/nonexistent/p.toml")).unwrap_err();
         assert!(e.to_string().starts_with("/nonexistent/p.toml: "), "{e}");
+    }
+
+    #[test]
+    fn kafka_security_problems_are_reported_with_the_field() {
+        let text = GOOD.replace(
+            "brokers = \"127.0.0.1:9092\"",
+            "brokers = \"127.0.0.1:9092\"\noptions = { \"security.protocol\" = \"ssl\" }\nsecurity = { protocol = \"sasl_plaintext\", sasl = { mechanism = \"PLAIN\", username = \"p\", password_env = \"PROCESSORS_TEST_UNSET_PW\" } }",
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for needle in [
+            "kafka.options.security.protocol: TLS and SASL are set with [kafka.security]",
+            "kafka.security.sasl.password_env: the environment variable PROCESSORS_TEST_UNSET_PW is not set",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 }

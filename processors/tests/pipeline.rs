@@ -712,7 +712,8 @@ fn alerts_host_with(
     dedupe: Option<Arc<MemoryDedupe>>,
 ) -> AlertsHost {
     let config = Config::from_toml(config).unwrap();
-    let processors::sinks::SinkConfig::Alerts(mut alerts) = config.sinks["alerts"].clone() else {
+    let processors::sinks::SinkConfig::Alerts(mut alerts) = config.sinks["alerts"].sink.clone()
+    else {
         panic!("an alerts sink");
     };
     alerts.path = dir.join("alerts.sqlite");

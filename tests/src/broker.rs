@@ -42,6 +42,11 @@ pub fn tansu_binary() -> PathBuf {
 pub struct Broker {
     /// The port it listens on (kept across restarts).
     pub port: u16,
+    /// The port it names in metadata: its own, or that of a TLS proxy in
+    /// front of it (the clients then reach it only through the proxy).
+    advertised_port: u16,
+    /// Started with `--authentication` (SASL required).
+    authentication: bool,
     /// Holds the sqlite file and the log.
     dir: tempfile::TempDir,
     /// The running process, if any.
@@ -51,14 +56,50 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Broker {
+        Broker::start_advertising(None)
+    }
+
+    /// Starts a broker that names `advertised_port` on loopback in its
+    /// metadata (a TLS proxy's port), or its own port with `None`.
+    pub fn start_advertising(advertised_port: Option<u16>) -> Broker {
         let dir = tempfile::tempdir().expect("temporary folder");
+        let port = free_port();
         let mut b = Broker {
-            port: free_port(),
+            port,
+            advertised_port: advertised_port.unwrap_or(port),
+            authentication: false,
             dir,
             child: None,
         };
         b.spawn();
         b
+    }
+
+    /// Restarts the broker (same port and data) with SASL required
+    /// (`--authentication`): PLAIN and SCRAM, the SCRAM users being those
+    /// [`Broker::create_scram_user`] made before.
+    pub fn require_authentication(&mut self) {
+        self.authentication = true;
+        self.restart();
+    }
+
+    /// Creates a SCRAM user (`mechanism`: `scram256` or `scram512`) with
+    /// `tansu user create`, straight to the broker's own port; before
+    /// [`Broker::require_authentication`], which the command cannot pass.
+    pub fn create_scram_user(&self, name: &str, password: &str, mechanism: &str) {
+        let out = Command::new(tansu_binary())
+            .args(["user", "create", "--broker"])
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .args(["--mechanism", mechanism, name, password])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running tansu user create");
+        assert!(
+            out.status.success(),
+            "tansu user create: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `host:port` for clients.
@@ -68,6 +109,7 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,11 +123,14 @@ impl Broker {
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
         die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().expect("starting tansu"));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -142,10 +187,30 @@ impl Broker {
 
     /// [`Broker::create_topic`] with topic settings (`cleanup.policy`, ...).
     pub async fn create_topic_with(&self, name: &str, partitions: i32, settings: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.brokers())
-            .create()
-            .expect("admin client");
+        create_topic_at(&self.brokers(), &[], name, partitions, settings).await;
+    }
+}
+
+/// Creates a topic through `brokers` with extra client settings
+/// (`client`: TLS, SASL) and waits until its metadata shows every
+/// partition.
+pub async fn create_topic_at(
+    brokers: &str,
+    client: &[(&str, &str)],
+    name: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) {
+    let with_client = |c: &mut ClientConfig| {
+        c.set("bootstrap.servers", brokers);
+        for (k, v) in client {
+            c.set(*k, *v);
+        }
+    };
+    {
+        let mut config = ClientConfig::new();
+        with_client(&mut config);
+        let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         for (k, v) in settings {
             topic = topic.set(k, v);
@@ -157,13 +222,11 @@ impl Broker {
         for r in res {
             r.expect("topic created");
         }
-        let brokers = self.brokers();
+        let mut config = ClientConfig::new();
+        with_client(&mut config);
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            let c: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .create()
-                .expect("consumer");
+            let c: BaseConsumer = config.create().expect("consumer");
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok(md) = c.fetch_metadata(Some(&name), Duration::from_secs(2))
@@ -219,21 +282,28 @@ impl Record {
 /// Every record in `topic`, read from the start of each partition up to its
 /// high watermark.
 pub async fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
-    let brokers = brokers.to_string();
+    read_topic_with(brokers, &[], topic).await
+}
+
+/// [`read_topic`] with extra client settings (`client`: TLS, SASL).
+pub async fn read_topic_with(brokers: &str, client: &[(&str, &str)], topic: &str) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    for (k, v) in client {
+        config.set(*k, *v);
+    }
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", free_port()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic))
+    tokio::task::spawn_blocking(move || read_topic_blocking(config, &topic))
         .await
         .expect("reader thread")
 }
 
-fn read_topic_blocking(brokers: &str, topic: &str) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-reader-{}", free_port()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("reader consumer");
+fn read_topic_blocking(config: ClientConfig, topic: &str) -> Vec<Record> {
+    let consumer: BaseConsumer = config.create().expect("reader consumer");
     let md = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .expect("topic metadata");

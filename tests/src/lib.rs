@@ -11,8 +11,13 @@
 //!   memory).
 //! - [`broker`]: [`Broker`], a tansu broker with sqlite storage in a
 //!   temporary folder, which can be killed (`SIGKILL`) and restarted on the
-//!   same port and data; [`read_topic`] (every record of a topic, read back
-//!   with rdkafka) and [`produce`] (records written as ingest would).
+//!   same port and data, advertise a TLS proxy's port and require SASL
+//!   (with SCRAM users made by `tansu user create`); [`read_topic`] (every
+//!   record of a topic, read back with rdkafka; [`read_topic_with`] with
+//!   TLS or SASL settings), [`create_topic_at`] and [`produce`] (records
+//!   written as ingest would).
+//! - [`stunnel`]: [`Stunnel`], Debian's stunnel serving TLS in front of
+//!   the broker (tansu 0.6 has none of its own).
 //! - [`services`]: this workspace's binaries: [`Ingest`] (a generated
 //!   config, plain or TLS; SIGTERM-able), [`Processor`] (`processors run`) and
 //!   [`Venues`] (the live venue view),
@@ -58,9 +63,12 @@ pub mod postgres;
 pub mod process;
 pub mod services;
 pub mod sse;
+pub mod stunnel;
 
 pub use alertmanager::{Alertmanager, alertmanager_binary};
-pub use broker::{Broker, Record, produce, read_topic, tansu_binary};
+pub use broker::{
+    Broker, Record, create_topic_at, produce, read_topic, read_topic_with, tansu_binary,
+};
 pub use browser::{Browser, chromium_binary};
 pub use fixtures::{
     Outcome, guest_wifi_event, processors_alerting_config, processors_config, purple_config,
@@ -74,3 +82,4 @@ pub use services::{
     run_processors, scrape, simulate,
 };
 pub use sse::SseClient;
+pub use stunnel::Stunnel;

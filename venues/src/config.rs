@@ -50,9 +50,13 @@ pub struct KafkaConfig {
     /// This client's id in the brokers' logs.
     #[serde(default = "default_client_id")]
     pub client_id: String,
-    /// Extra librdkafka settings (TLS, SASL).
+    /// Extra librdkafka settings; TLS and SASL go in `security`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// TLS and SASL to the brokers, secrets from the environment or files
+    /// (see [`plumbing::kafka::Security`]).
+    #[serde(default)]
+    pub security: plumbing::kafka::Security,
 }
 
 fn default_client_id() -> String {
@@ -327,6 +331,8 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             p.push("kafka.brokers: empty".into());
         }
+        p.extend(plumbing::kafka::options_problems(&self.kafka.options));
+        p.extend(self.kafka.security.problems());
         if !plumbing::valid_topic(&self.kafka.changelog_topic) {
             p.push(format!(
                 "kafka.changelog_topic: {:?} is not a valid topic name",
@@ -477,5 +483,21 @@ mod tests {
         assert_eq!(c.time_zone("ny"), "America/New_York");
         assert_eq!(c.time_zone("other"), "Europe/London");
         assert_eq!(Config::from_toml(MINIMAL).unwrap().time_zone("x"), "UTC");
+    }
+
+    #[test]
+    fn kafka_security_problems_are_reported_with_the_field() {
+        let text = format!(
+            "{MINIMAL}options = {{ \"ssl.ca.location\" = \"/ca.pem\" }}\n[kafka.security]\nprotocol = \"ssl\"\ncert_file = \"/nonexistent/client.pem\"\n[kafka.security.sasl]\nmechanism = \"OAUTHBEARER\"\n"
+        );
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        for needle in [
+            "kafka.options.ssl.ca.location: TLS and SASL are set with [kafka.security]",
+            "kafka.security.cert_file: /nonexistent/client.pem cannot be read",
+            "kafka.security.cert_file: set without key_file",
+            "kafka.security.sasl: set, but protocol is ssl (no SASL)",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 }

@@ -46,7 +46,7 @@ impl ConsumerContext for Ctx {}
 /// The reader's settings: a fetch waits at most 100 ms when there is
 /// nothing new (librdkafka's default is 500 ms), so a change reaches the
 /// page soon on any broker; `kafka.options` may change it.
-fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+fn client_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
     let mut options = kafka.options.clone();
     options
         .entry("fetch.wait.max.ms".into())
@@ -54,6 +54,7 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     plumbing::reader_config(
         &kafka.brokers,
         &options,
+        &kafka.security,
         &format!("{}-reader", kafka.client_id),
         &kafka.client_id,
     )
@@ -62,7 +63,9 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 /// Each partition's high watermark now, `None` while the topic does not
 /// exist.
 fn ends(kafka: &KafkaConfig) -> Result<Option<Vec<(i32, i64)>>, String> {
-    let c: BaseConsumer = client_config(kafka).create().map_err(|e| e.to_string())?;
+    let c: BaseConsumer = client_config(kafka)
+        .and_then(|c| c.create())
+        .map_err(|e| e.to_string())?;
     let topic = &kafka.changelog_topic;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -107,7 +110,7 @@ pub async fn follow(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     };
-    let consumer: StreamConsumer<Ctx> = client_config(&kafka).create_with_context(Ctx)?;
+    let consumer: StreamConsumer<Ctx> = client_config(&kafka)?.create_with_context(Ctx)?;
     let mut tpl = TopicPartitionList::new();
     let mut behind: HashSet<i32> = HashSet::new();
     let mut targets = std::collections::HashMap::new();
@@ -189,10 +192,13 @@ mod tests {
             .kafka
         };
         assert_eq!(
-            client_config(&config("")).get("fetch.wait.max.ms"),
+            client_config(&config("")).unwrap().get("fetch.wait.max.ms"),
             Some("100")
         );
         let slow = config("options = { \"fetch.wait.max.ms\" = \"500\" }\n");
-        assert_eq!(client_config(&slow).get("fetch.wait.max.ms"), Some("500"));
+        assert_eq!(
+            client_config(&slow).unwrap().get("fetch.wait.max.ms"),
+            Some("500")
+        );
     }
 }

@@ -1049,7 +1049,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
 
     // The ceiling producer: ingest's own settings from the same config.
     let ingest_config = ingest::config::Config::from_toml(&config)?;
-    let settings = ingest::producer::client_config(&ingest_config.kafka, &ingest_config.server);
+    let settings = ingest::producer::client_config(&ingest_config.kafka, &ingest_config.server)?;
     let producer: FutureProducer = settings.create()?;
     let window = ingest_config.server.max_in_flight;
     let records = envelopes(20_000, args.body_bytes)?;

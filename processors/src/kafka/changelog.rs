@@ -37,7 +37,7 @@ pub struct KafkaChangelog {
 impl KafkaChangelog {
     /// Creates the producer (does not contact the brokers yet).
     pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<KafkaChangelog, KafkaError> {
-        let mut settings = producer_config(kafka);
+        let mut settings = producer_config(kafka)?;
         settings.set("client.id", format!("{}-state", kafka.client_id));
         if !kafka.options.contains_key("linger.ms") {
             // A worker waits for each batch's changelog write: send it at
@@ -112,7 +112,7 @@ impl Changelog for KafkaChangelog {
             }
             let group = format!("{}-restore", self.kafka.group_id);
             let reader: Reader = reader_config(&self.kafka, &group, "restore")
-                .create_with_context(QuietCtx)
+                .and_then(|c| c.create_with_context(QuietCtx))
                 .map_err(|e| e.to_string())?;
             let mut tpl = TopicPartitionList::new();
             // An explicit offset, even for the log's start: against tansu

@@ -368,7 +368,7 @@ pub fn start(
             "static group membership off: a stop hands this instance's partitions over at once, a restart joins as a new member"
         ),
     }
-    let mut settings = consumer_config_as(kafka, &membership);
+    let mut settings = consumer_config_as(kafka, &membership)?;
     // librdkafka's own prefetch queue counts against the same memory: keep
     // it to a quarter of the budget (at least 1 MiB, at most its default).
     let prefetch_kib = (processing.max_buffered_bytes / 4 / 1024).clamp(1024, 65_536);

@@ -33,30 +33,32 @@ pub(crate) const SIDE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The librdkafka consumer settings, membership as [`KafkaConfig::membership`]
 /// decides (which may read the host name).
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub fn consumer_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
     consumer_config_as(kafka, &kafka.membership())
 }
 
 /// The consumers' default `fetch.wait.max.ms`.
 pub const FETCH_WAIT_MS: &str = "100";
 
-/// The librdkafka consumer settings for `membership`: the guarantees last,
-/// so they win. `group.instance.id` is set here only: the side producer
-/// and the one-shot readers are not group members.
-pub fn consumer_config_as(kafka: &KafkaConfig, membership: &Membership) -> ClientConfig {
-    let mut c = ClientConfig::new();
+/// The librdkafka consumer settings for `membership`: the options and
+/// security ([`KafkaConfig::base_config`]), then the guarantees, so they
+/// win. `group.instance.id` is set here only: the side producer and the
+/// one-shot readers are not group members.
+pub fn consumer_config_as(
+    kafka: &KafkaConfig,
+    membership: &Membership,
+) -> Result<ClientConfig, KafkaError> {
+    let mut c = kafka.base_config()?;
     // A default `kafka.options` may change: how long an idle fetch waits
     // (librdkafka's 500 ms). A broker answers as soon as records are
     // there, so this only bounds idle waits; a broker that waits its
     // whole fetch wait between passes (tansu) adds up to this much to
     // every event's way to the sinks (see BENCHMARKS.md, the venue view's
     // latency).
-    c.set("fetch.wait.max.ms", FETCH_WAIT_MS);
-    for (k, v) in &kafka.options {
-        c.set(k, v);
+    if !kafka.options.contains_key("fetch.wait.max.ms") {
+        c.set("fetch.wait.max.ms", FETCH_WAIT_MS);
     }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", &kafka.group_id)
+    c.set("group.id", &kafka.group_id)
         .set("client.id", &kafka.client_id)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -77,34 +79,25 @@ pub fn consumer_config_as(kafka: &KafkaConfig, membership: &Membership) -> Clien
     if let Membership::Static { instance_id, .. } = membership {
         c.set("group.instance.id", instance_id);
     }
-    c
+    Ok(c)
 }
 
 /// The side-topic producer settings: durable like ingest's.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", format!("{}-side", kafka.client_id))
+pub fn producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
+    let mut c = kafka.base_config()?;
+    c.set("client.id", format!("{}-side", kafka.client_id))
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", SIDE_TIMEOUT.as_millis().to_string());
-    c
+    Ok(c)
 }
 
 /// The settings of an admin client or metadata reader (state topics,
-/// `processors topics`): `kafka.options` (security settings included), the
-/// brokers and a client id of its own. A `Result` so that settings which
-/// can fail to load (secrets from files) fail here, naming themselves.
+/// `processors topics`): [`KafkaConfig::base_config`] (options, brokers,
+/// `[kafka.security]`) and a client id of its own.
 pub fn admin_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
-    let mut c = ClientConfig::new();
-    for (k, v) in &kafka.options {
-        c.set(k, v);
-    }
-    c.set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", format!("{}-admin", kafka.client_id));
+    let mut c = kafka.base_config()?;
+    c.set("client.id", format!("{}-admin", kafka.client_id));
     Ok(c)
 }
 
@@ -170,12 +163,16 @@ pub struct KafkaConfig {
     /// catches a consumer that is really stuck.
     #[serde(default = "default_max_poll_interval", with = "humantime_serde")]
     pub max_poll_interval: Duration,
-    /// Extra librdkafka settings (TLS, SASL). Settings the runtime relies on
-    /// (offset storage, commit, group id) are refused, and so are those
-    /// a field above sets (`group.instance.id`, `session.timeout.ms`,
-    /// `max.poll.interval.ms`).
+    /// Extra librdkafka settings. Settings the runtime relies on (offset
+    /// storage, commit, group id) are refused, and so are those a field
+    /// sets (`group.instance.id`, `session.timeout.ms`,
+    /// `max.poll.interval.ms`, TLS and SASL).
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// TLS and SASL to the brokers, secrets from the environment or files
+    /// (see [`plumbing::kafka::Security`]).
+    #[serde(default)]
+    pub security: plumbing::kafka::Security,
 }
 
 fn default_group() -> String {
@@ -363,7 +360,15 @@ impl KafkaConfig {
                 ));
             }
         }
+        p.extend(plumbing::kafka::options_problems(&k.options));
+        p.extend(k.security.problems());
         p
+    }
+
+    /// Where every client's settings start: the options, the brokers and
+    /// the security settings ([`plumbing::kafka::client_config`]).
+    pub fn base_config(&self) -> Result<ClientConfig, KafkaError> {
+        plumbing::kafka::client_config(&self.brokers, &self.options, &self.security)
     }
 
     /// How this instance joins the group: `instance_id` if set (`""`:
@@ -418,10 +423,15 @@ pub type Reader = StreamConsumer<QuietCtx>;
 
 /// The librdkafka settings of a reader that assigns partitions itself and
 /// never commits (replay, `dlq list`); `group` is only its name.
-pub fn reader_config(kafka: &KafkaConfig, group: &str, role: &str) -> ClientConfig {
+pub fn reader_config(
+    kafka: &KafkaConfig,
+    group: &str,
+    role: &str,
+) -> Result<ClientConfig, KafkaError> {
     plumbing::reader_config(
         &kafka.brokers,
         &kafka.options,
+        &kafka.security,
         group,
         &format!("{}-{role}", kafka.client_id),
     )
@@ -468,12 +478,16 @@ mod tests {
     fn an_idle_fetch_waits_100_ms_unless_the_options_say_otherwise() {
         let m = Membership::Dynamic(String::new());
         assert_eq!(
-            consumer_config_as(&with(&[]), &m).get("fetch.wait.max.ms"),
+            consumer_config_as(&with(&[]), &m)
+                .unwrap()
+                .get("fetch.wait.max.ms"),
             Some("100")
         );
         let slow = with(&[("fetch.wait.max.ms", "500")]);
         assert_eq!(
-            consumer_config_as(&slow, &m).get("fetch.wait.max.ms"),
+            consumer_config_as(&slow, &m)
+                .unwrap()
+                .get("fetch.wait.max.ms"),
             Some("500")
         );
     }
@@ -495,7 +509,7 @@ mod tests {
                 from_host: true
             }
         );
-        let c = consumer_config_as(&k, &m);
+        let c = consumer_config_as(&k, &m).unwrap();
         assert_eq!(c.get("group.instance.id"), Some("web-1"));
         assert_eq!(c.get("session.timeout.ms"), Some("45000"));
         // HOSTNAME first, else /etc/hostname's first line; blanks skipped.
@@ -522,7 +536,7 @@ mod tests {
             panic!("static under an invalid host name")
         };
         assert!(why.contains("\"my host\" is not a valid"), "{why}");
-        let c = consumer_config_as(&k, &k.membership_with(|| None));
+        let c = consumer_config_as(&k, &k.membership_with(|| None)).unwrap();
         assert_eq!(c.get("group.instance.id"), None);
     }
 
@@ -539,7 +553,7 @@ mod tests {
             }
         );
         assert_eq!(
-            consumer_config_as(&k, &m).get("group.instance.id"),
+            consumer_config_as(&k, &m).unwrap().get("group.instance.id"),
             Some("processors-0")
         );
 
@@ -547,11 +561,18 @@ mod tests {
         assert_eq!(off.problems(), Vec::<String>::new());
         let m = off.membership_with(no_host);
         assert!(matches!(m, Membership::Dynamic(_)), "{m:?}");
-        assert_eq!(consumer_config_as(&off, &m).get("group.instance.id"), None);
-        // Only the consumer is a group member.
-        assert_eq!(producer_config(&k).get("group.instance.id"), None);
         assert_eq!(
-            reader_config(&k, "g-replay", "replay").get("group.instance.id"),
+            consumer_config_as(&off, &m)
+                .unwrap()
+                .get("group.instance.id"),
+            None
+        );
+        // Only the consumer is a group member.
+        assert_eq!(producer_config(&k).unwrap().get("group.instance.id"), None);
+        assert_eq!(
+            reader_config(&k, "g-replay", "replay")
+                .unwrap()
+                .get("group.instance.id"),
             None
         );
     }
@@ -591,7 +612,9 @@ mod tests {
         let k = kafka("session_timeout = \"6s\"");
         assert_eq!(k.problems(), Vec::<String>::new());
         assert_eq!(
-            consumer_config_as(&k, &Membership::Dynamic(String::new())).get("session.timeout.ms"),
+            consumer_config_as(&k, &Membership::Dynamic(String::new()))
+                .unwrap()
+                .get("session.timeout.ms"),
             Some("6000")
         );
     }
@@ -625,7 +648,7 @@ mod tests {
         let ok = with(&[
             ("partition.assignment.strategy", "roundrobin,range"),
             ("group.protocol", "classic"),
-            ("security.protocol", "ssl"),
+            ("compression.type", "lz4"),
         ]);
         assert_eq!(ok.problems(), Vec::<String>::new());
     }

@@ -25,7 +25,7 @@ impl KafkaSide {
     /// Creates the producer (does not contact the brokers yet).
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
         Ok(KafkaSide {
-            producer: producer_config(kafka).create()?,
+            producer: producer_config(kafka)?.create()?,
             quarantine_topic: kafka.quarantine_topic.clone(),
             dlq_topic: kafka.dlq_topic.clone(),
         })

@@ -131,7 +131,7 @@ async fn pending(
 ) -> Result<Option<(Reader, Vec<Pending>)>, ReplayError> {
     let kafka = &config.kafka;
     let consumer: Reader =
-        reader_config(kafka, &redrive_group(config), "dlq").create_with_context(QuietCtx)?;
+        reader_config(kafka, &redrive_group(config), "dlq")?.create_with_context(QuietCtx)?;
     let consumer = Arc::new(consumer);
     let c = consumer.clone();
     let topic = kafka.dlq_topic.clone();
@@ -396,7 +396,7 @@ pub async fn redrive(
         report.complete = true;
         return Ok(report);
     };
-    let producer: FutureProducer = producer_config(&config.kafka).create()?;
+    let producer: FutureProducer = producer_config(&config.kafka)?.create()?;
     let by_name: HashMap<String, Arc<dyn Sink>> = sinks
         .into_iter()
         .map(|s| (s.name().to_owned(), s))
@@ -473,7 +473,14 @@ impl Redrive<'_> {
             let wanted = self.opts.sink.as_ref().is_none_or(|s| *s == sink)
                 && self.opts.older_than.is_none_or(|d| l.age(self.now) >= d)
                 && self.sinks.contains_key(&sink);
-            let event = wanted.then(|| self.decode(&l)).flatten();
+            // Past the routes, but not past minimisation: the sink gets
+            // only the personal fields its section allows.
+            let event = wanted.then(|| self.decode(&l)).flatten().map(|e| {
+                match self.config.sinks.get(&sink) {
+                    Some(section) => section.minimise().apply(&e).unwrap_or(e),
+                    None => e,
+                }
+            });
             match event {
                 Some(e) => offer.entry(sink).or_default().push((l, Arc::new(e))),
                 None => {

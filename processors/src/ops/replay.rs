@@ -591,7 +591,7 @@ impl Progress {
 /// fast with one line.
 pub async fn probe(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<(), ReplayError> {
     let c: BaseConsumer<QuietCtx> =
-        reader_config(kafka, &format!("{}-replay", kafka.group_id), "probe")
+        reader_config(kafka, &format!("{}-replay", kafka.group_id), "probe")?
             .create_with_context(QuietCtx)?;
     let topic = topic.to_owned();
     let brokers = kafka.brokers.clone();
@@ -619,9 +619,9 @@ async fn spans(
     opts: &ReplayOptions,
 ) -> Result<(Vec<Span>, Reader), ReplayError> {
     let group = format!("{}-replay", kafka.group_id);
-    let consumer: Reader = reader_config(kafka, &group, "replay").create_with_context(QuietCtx)?;
+    let consumer: Reader = reader_config(kafka, &group, "replay")?.create_with_context(QuietCtx)?;
     let probe: BaseConsumer<QuietCtx> =
-        reader_config(kafka, &group, "replay").create_with_context(QuietCtx)?;
+        reader_config(kafka, &group, "replay")?.create_with_context(QuietCtx)?;
     let topic = kafka.topic.clone();
     let (from, to, timeout) = (opts.from_ms, opts.to_ms, opts.timeout);
     let brokers = kafka.brokers.clone();
@@ -743,7 +743,8 @@ pub async fn replay(
             side,
             metrics.clone(),
         )
-        .map_err(ReplayError::Usage)?,
+        .map_err(ReplayError::Usage)?
+        .with_fields(&config.sinks),
     );
 
     let (spans, consumer) = spans(&config.kafka, opts).await?;

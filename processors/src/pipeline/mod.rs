@@ -42,6 +42,7 @@
 
 pub mod budget;
 pub mod dedupe;
+pub mod minimise;
 pub mod offsets;
 pub mod reorder;
 pub mod route;
@@ -58,9 +59,11 @@ use tokio::time::Instant;
 use crate::event::{self, Event, Quarantine, SourceConfig};
 use crate::metrics::Metrics;
 use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
+use crate::pipeline::minimise::Minimise;
 use crate::pipeline::offsets::PartitionOffsets;
 use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
 use crate::pipeline::route::{RouteConfig, Router};
+use crate::sinks::SinkSection;
 use crate::sinks::{BoxFuture, Outcome, Sink};
 use crate::state::{Checkpoint, PartitionState, Stores};
 use schemas::Envelope;
@@ -273,6 +276,9 @@ pub struct Shared {
     /// partition to its next owner (`None`: replay, and tests that do not
     /// need it; the partition then starts from nothing).
     pub state: Option<Arc<Stores>>,
+    /// What each sink may receive of the guests' personal data, indexed
+    /// as `sinks` (everything, until [`Shared::with_fields`]).
+    pub minimise: Vec<Minimise>,
 }
 
 impl Shared {
@@ -287,6 +293,7 @@ impl Shared {
         metrics: Metrics,
     ) -> Result<Shared, String> {
         let names: Vec<String> = sinks.iter().map(|s| s.name().to_owned()).collect();
+        let minimise = vec![Minimise::everything(); sinks.len()];
         Ok(Shared {
             sources: sources.clone(),
             router: Router::new(routes, &names)?,
@@ -298,7 +305,19 @@ impl Shared {
             retry_max: processing.retry_max,
             reorder: processing.reorder(),
             state: None,
+            minimise,
         })
+    }
+
+    /// Gives each sink only the personal fields its section allows
+    /// (`fields`, else its kind's default; see [`minimise`]).
+    pub fn with_fields(mut self, sections: &BTreeMap<String, SinkSection>) -> Shared {
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Some(section) = sections.get(sink.name()) {
+                self.minimise[i] = section.minimise();
+            }
+        }
+        self
     }
 
     /// Keeps each partition's state in `stores` (see [`crate::state`]).
@@ -997,7 +1016,11 @@ impl PartitionPipeline {
             let i = items.len();
             let event = Arc::new(p.event.clone());
             for s in sinks {
-                per_sink[s].push((i, event.clone()));
+                let given = match shared.minimise[s].apply(&event) {
+                    Some(minimised) => Arc::new(minimised),
+                    None => event.clone(),
+                };
+                per_sink[s].push((i, given));
             }
             applied.push(i);
             items.push(p);

@@ -28,13 +28,76 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 pub use contract::{
     Accepted, Applied, BoxFuture, KeyedChange, Occupancy, Outcome, PartitionSink, Sink, SinkError,
 };
 
 use crate::metrics::Metrics;
+
+/// One `[sinks.NAME]` section: the sink, and the guests' personal fields
+/// it may receive (see [`crate::pipeline::minimise`]).
+#[derive(Debug, Clone)]
+pub struct SinkSection {
+    /// The sink (`kind` and its settings).
+    pub sink: SinkConfig,
+    /// `fields = [...]`: the `guest.*` and `device.*` members this sink
+    /// may receive; unset, its kind's default.
+    pub fields: Option<Vec<String>>,
+}
+
+impl std::ops::Deref for SinkSection {
+    type Target = SinkConfig;
+
+    fn deref(&self) -> &SinkConfig {
+        &self.sink
+    }
+}
+
+impl From<SinkConfig> for SinkSection {
+    fn from(sink: SinkConfig) -> SinkSection {
+        SinkSection { sink, fields: None }
+    }
+}
+
+/// `fields` is taken out first, and the rest is the sink's own section,
+/// which still refuses unknown keys.
+impl<'de> Deserialize<'de> for SinkSection {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SinkSection, D::Error> {
+        use serde::de::Error;
+        let mut table = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let fields = match table.remove("fields") {
+            None => None,
+            Some(v) => Some(
+                Vec::<String>::deserialize(v)
+                    .map_err(|e| D::Error::custom(format!("fields: {e}")))?,
+            ),
+        };
+        let sink = SinkConfig::deserialize(serde_json::Value::Object(table))
+            .map_err(|e| D::Error::custom(e.to_string()))?;
+        Ok(SinkSection { sink, fields })
+    }
+}
+
+impl SinkSection {
+    /// Every problem of the section, each naming its field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let mut p = self.sink.problems(at);
+        if let Some(fields) = &self.fields {
+            p.extend(crate::pipeline::minimise::problems(
+                &format!("{at}.fields"),
+                fields,
+            ));
+        }
+        p
+    }
+
+    /// What this sink may receive of the guests' personal data.
+    pub fn minimise(&self) -> crate::pipeline::minimise::Minimise {
+        crate::pipeline::minimise::Minimise::for_sink(&self.sink, self.fields.as_deref())
+    }
+}
 
 /// One sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,12 +206,12 @@ impl SinkConfig {
 /// Builds every configured sink, in name order; the first that cannot be
 /// built stops the start (its error names the field).
 pub async fn build(
-    sinks: &BTreeMap<String, SinkConfig>,
+    sinks: &BTreeMap<String, SinkSection>,
     metrics: &Metrics,
 ) -> Result<Vec<Arc<dyn Sink>>, SinkError> {
     let mut built: Vec<Arc<dyn Sink>> = Vec::new();
     for (name, s) in sinks {
-        let sink: Arc<dyn Sink> = match s {
+        let sink: Arc<dyn Sink> = match &s.sink {
             SinkConfig::Log => Arc::new(basic::LogSink::new(name)),
             SinkConfig::Null => Arc::new(basic::NullSink::new(name)),
             SinkConfig::Postgres { url, url_env } => Arc::new(

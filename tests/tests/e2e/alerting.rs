@@ -29,7 +29,8 @@ fn wifi(
         "venue": {"id": venue},
         "zone": zone,
         "device": {"id": device},
-        "guest": {"id": format!("g-{device}"), "first_name": "Ana", "vip": vip},
+        "guest": {"id": format!("g-{device}"), "first_name": "Ana", "vip": vip,
+                  "email": format!("g-{device}@example.com")},
     });
     (
         venue.as_bytes().to_vec(),
@@ -538,4 +539,82 @@ async fn kill_9_during_alert_work_loses_nothing_and_duplicates_nothing() {
             m
         })
     );
+}
+
+/// The VIP arrival alert as Slack and Alertmanager receive it: by default
+/// the guest is named by id, with neither e-mail address nor first name
+/// anywhere in what either receiver got; with `fields` naming the first
+/// name, the message greets the guest by it, and still carries no e-mail
+/// address (issue 22, minimisation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_and_alertmanager_get_no_email_or_name_unless_configured() {
+    let broker = Broker::start();
+    let rules = r#"
+[[sinks.alerts.rules]]
+kind = "vip_arrival"
+"#;
+    for (topic, fields, named) in [
+        ("al-pii-default", None, false),
+        (
+            "al-pii-named",
+            Some(r#"fields = ["guest.id", "guest.first_name", "guest.vip", "device.id"]"#),
+            true,
+        ),
+    ] {
+        broker.create_topic(topic, 1).await;
+        let am = Alertmanager::start().await;
+        let chat = FakeChat::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        // A group (and so a state changelog) of its own: the second run must
+        // not restore the first one's alert and re-post it.
+        let mut cfg = config(&broker.brokers(), topic, dir.path(), &am.url(""), rules).replace(
+            "group_id = \"alerting\"",
+            &format!("group_id = \"{topic}\""),
+        );
+        if let Some(fields) = fields {
+            cfg = cfg.replace(
+                "[sinks.alerts]\nkind = \"alerts\"",
+                &format!("[sinks.alerts]\nkind = \"alerts\"\n{fields}"),
+            );
+            assert!(cfg.contains(fields), "{cfg}");
+        }
+        let p = Processor::start_with_env(&cfg, &[("ALERTS_SLACK_URL", &chat.url())]);
+        let vip = wifi(
+            "vip-1",
+            "device_connected",
+            "v1",
+            1,
+            "lobby",
+            "dvip",
+            true,
+            SystemTime::now(),
+        );
+        produce(&broker.brokers(), topic, &[vip]).await;
+        wait_until(
+            "the VIP message in chat and the alert in Alertmanager",
+            Duration::from_secs(60),
+            &[&p],
+            || async { !chat.posted().is_empty() && !active(&am, "VipArrival").await.is_empty() },
+        )
+        .await;
+        let posted = chat.posted();
+        let alerts = active(&am, "VipArrival").await;
+        let everything = format!("{posted:?} {alerts:?}");
+        assert!(
+            everything.contains("g-dvip"),
+            "the guest is named by id: {everything}"
+        );
+        assert!(
+            !everything.contains("example.com"),
+            "an e-mail address reached a receiver: {everything}"
+        );
+        assert_eq!(
+            everything.contains("Ana"),
+            named,
+            "first name with fields = {fields:?}: {everything}"
+        );
+        if named {
+            assert!(posted[0].1.contains("VIP guest Ana arrived"), "{posted:?}");
+        }
+    }
 }

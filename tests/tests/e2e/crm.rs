@@ -85,7 +85,7 @@ sinks = ["crm"]
         },
     );
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
-    let SinkConfig::Crm(crm) = &config.sinks["crm"] else {
+    let SinkConfig::Crm(crm) = &config.sinks["crm"].sink else {
         panic!("not a crm sink");
     };
     // SAFETY: each test sets its own variable, once, before any thread of

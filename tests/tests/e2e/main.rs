@@ -16,6 +16,7 @@ mod faults;
 mod harness;
 mod hostile_input;
 mod ingest;
+mod kafka_tls;
 mod layout;
 mod local_stack;
 mod membership;

@@ -78,7 +78,8 @@ async fn several_requests_wait_on_a_silent_broker_without_a_busy_wait_and_every_
         "",
     );
     let config = ingest::config::Config::from_toml(&config).expect("ingest config");
-    let mut settings = ingest::producer::client_config(&config.kafka, &config.server);
+    let mut settings =
+        ingest::producer::client_config(&config.kafka, &config.server).expect("producer settings");
     settings.set("statistics.interval.ms", "100");
     let stats = Arc::new(Mutex::new(None));
     let producer: FutureProducer<Stats> = settings

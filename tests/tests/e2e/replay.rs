@@ -457,6 +457,9 @@ max_attempts = 2
 backoff_initial = "10ms"
 backoff_max = "20ms"
 breaker_failures = 1000
+# No e-mail address for this CRM: neither the live path nor a re-drive
+# (which goes past the routes) may send one.
+fields = ["guest.id", "guest.vip"]
 [sinks.log]
 kind = "null"
 [[routes]]
@@ -583,6 +586,15 @@ sinks = ["crm"]
             "an event was sent again: {:?}",
             s.repeats
         );
+        // The sink's `fields` held on the live path and on the re-drive.
+        assert!(s.requests.len() > n as usize, "{}", s.requests.len());
+        for seen in &s.requests {
+            assert!(
+                !seen.body.to_string().contains("example.com"),
+                "an e-mail address reached the CRM: {}",
+                seen.body
+            );
+        }
     }
     let list = run_processors(
         &["dlq", "list", "--config", &config],

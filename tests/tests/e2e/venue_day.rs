@@ -40,7 +40,13 @@ const ZONES: [&str; 3] = ["lobby", "bar", "terrace"];
 /// The venue view's processors (`e2e::processors_alerting_config`, group
 /// `venue-day`) with both analytics stores beside the alerting sink.
 fn processors_config(brokers: &str, dir: &Path, pg: &str) -> String {
-    let live = e2e::processors_alerting_config(brokers, TOPIC, "venue-day", dir, 1000);
+    // The view lists VIPs by first name (show_guest_names): the alerting
+    // sink must be allowed it, or it keeps no names (issue 22, minimisation).
+    let live = e2e::processors_alerting_config(brokers, TOPIC, "venue-day", dir, 1000).replace(
+        "[sinks.alerts]\nkind = \"alerts\"",
+        "[sinks.alerts]\nkind = \"alerts\"\nfields = [\"guest.id\", \"guest.first_name\", \"guest.vip\", \"device.id\"]",
+    );
+    assert!(live.contains("guest.first_name"), "{live}");
     format!(
         r#"{live}
 [sinks.pg]
