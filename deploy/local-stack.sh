@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the pipeline locally on embedded defaults: a tansu broker with sqlite
-# storage under .local/, the topics, ingest with
+# storage under .local/, the topics (`processors topics apply`), ingest with
 # deploy/config/ingest.local.toml, the processors and the live venue view
 # (deploy/config/venues.local.toml). Prints a curl line that sends a correctly
 # signed example event. Ctrl-C stops everything.
@@ -83,14 +83,18 @@ for _ in $(seq 1 100); do
   (echo >"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break
   sleep 0.1
 done
-# `tansu topic list` prints the metadata as JSON: a topic that exists (a
-# second start on the same data) is named in it.
-existing=$(tansu topic list --broker "$broker" 2>/dev/null || true)
-for topic in webhooks.raw webhooks.quarantine webhooks.dlq; do
-  if ! grep -qF "\"name\":\"$topic\"" <<<"$existing"; then
-    tansu topic create "$topic" --broker "$broker" --partitions 3 >/dev/null
-  fi
-done
+# Every topic the pipeline uses, as deploy/config/processors.local.toml
+# defines them ([topics]): created when missing; an existing topic that
+# differs (data from an older version of this script) is reported and left
+# as it is (exit 1, or 4 when the broker does not report a setting).
+topics_rc=0
+PROCESSORS_KAFKA__BROKERS="127.0.0.1:$kafka_port" "$bin/processors" topics apply \
+  --config "$root/deploy/config/processors.local.toml" || topics_rc=$?
+case "$topics_rc" in
+  0) ;;
+  1|4) echo "topics: not all as defined (above); left as they are" >&2 ;;
+  *) echo "topics: processors topics apply failed (exit $topics_rc)" >&2; exit 1 ;;
+esac
 
 export INGEST_KAFKA__BROKERS="127.0.0.1:$kafka_port"
 export INGEST_SERVER__LISTEN="127.0.0.1:$ingest_port"

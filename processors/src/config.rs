@@ -38,6 +38,7 @@ use crate::pipeline::dedupe::DedupeSettings;
 use crate::pipeline::route::RouteConfig;
 use crate::sinks::SinkSection;
 use crate::state::StateConfig;
+use crate::topics::{TopicNames, TopicSpec, TopicsConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,10 @@ pub struct Config {
     /// cache.
     #[serde(default)]
     pub state: StateConfig,
+    /// Partitions, replication and retention of every topic
+    /// (`processors topics apply|check|strimzi`).
+    #[serde(default)]
+    pub topics: TopicsConfig,
     /// Where `/metrics` is served.
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -134,13 +139,70 @@ impl Config {
         })
     }
 
+    /// Loads the file and environment overrides as [`Config::load`] does,
+    /// checking only what the topic definitions use (`kafka`, `dedupe`,
+    /// `state`, `topics`): `processors topics` needs no sink's secrets.
+    pub fn load_for_topics(path: &Path) -> Result<Config, ConfigError> {
+        plumbing::checked(
+            plumbing::load_config(path, "PROCESSORS_"),
+            Config::topic_problems,
+        )
+        .map_err(|problems| ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
+        let mut p = self.topic_problems();
+        p.extend(self.processing.problems());
+        for (name, source) in &self.sources {
+            p.extend(source.problems(&format!("sources.{name}")));
+        }
+        for (name, sink) in &self.sinks {
+            p.extend(sink.problems(&format!("sinks.{name}")));
+        }
+        if self.routes.is_empty() {
+            p.push("routes: at least one route is needed, or every event is dropped".into());
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", route.name);
+            if route.sinks.is_empty() {
+                p.push(format!("{at}.sinks: must name at least one sink"));
+            }
+            for sink in &route.sinks {
+                if !self.sinks.contains_key(sink) {
+                    p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
+                }
+            }
+            p.extend(route.problems(&at, self.processing.gap_timeout));
+        }
+        p
+    }
+
+    /// Every topic this configuration uses, as it wants them
+    /// (`processors topics`).
+    pub fn topic_definitions(&self) -> Vec<TopicSpec> {
+        let group = &self.kafka.group_id;
+        let names = TopicNames {
+            raw: self.kafka.topic.clone(),
+            quarantine: self.kafka.quarantine_topic.clone(),
+            dlq: self.kafka.dlq_topic.clone(),
+            changelog: self.state.changelog_topic(group),
+            ledger: self.state.ledger_topic(group),
+        };
+        crate::topics::definitions(&names, self.dedupe.window, &self.topics)
+    }
+
+    /// The checks of what names and shapes the topics: `kafka`, `dedupe`
+    /// (the ledger's retention), `state` and `topics`.
+    pub fn topic_problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         p.extend(self.kafka.problems());
-        p.extend(self.processing.problems());
         p.extend(self.dedupe.problems());
         p.extend(self.state.problems());
+        p.extend(self.topics.problems());
         for (field, topic) in [
             (
                 "changelog_topic",
@@ -162,27 +224,6 @@ impl Config {
                     "state.{field}: {topic:?} must differ from the raw, quarantine and dead-letter topics"
                 ));
             }
-        }
-        for (name, source) in &self.sources {
-            p.extend(source.problems(&format!("sources.{name}")));
-        }
-        for (name, sink) in &self.sinks {
-            p.extend(sink.problems(&format!("sinks.{name}")));
-        }
-        if self.routes.is_empty() {
-            p.push("routes: at least one route is needed, or every event is dropped".into());
-        }
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}] ({})", route.name);
-            if route.sinks.is_empty() {
-                p.push(format!("{at}.sinks: must name at least one sink"));
-            }
-            for sink in &route.sinks {
-                if !self.sinks.contains_key(sink) {
-                    p.push(format!("{at}.sinks: no sink named {sink:?} in [sinks]"));
-                }
-            }
-            p.extend(route.problems(&at, self.processing.gap_timeout));
         }
         p
     }
@@ -425,6 +466,38 @@ mod tests {
         );
         let all = problems("\"a fortnight\"");
         assert!(all.contains("max_event_age"), "{all}");
+    }
+
+    #[test]
+    fn the_topics_load_needs_no_sink_secret_but_checks_what_shapes_the_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let with_secret = GOOD.replace(
+            "[sinks.log]",
+            "[sinks.db]\nkind = \"postgres\"\nurl_env = \"NO_SUCH_VARIABLE_FOR_TOPICS_TESTS\"\n[sinks.log]",
+        );
+        std::fs::write(&path, &with_secret).unwrap();
+        let all = Config::load(&path).unwrap_err().problems.join("\n");
+        assert!(
+            all.contains("NO_SUCH_VARIABLE_FOR_TOPICS_TESTS is not set"),
+            "{all}"
+        );
+        let c = Config::load_for_topics(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.topic_definitions().len(), 5);
+        std::fs::write(
+            &path,
+            with_secret.replace("[dedupe]", "[topics]\nreplication_factor = 0\n[dedupe]"),
+        )
+        .unwrap();
+        let all = Config::load_for_topics(&path)
+            .unwrap_err()
+            .problems
+            .join("\n");
+        assert!(
+            all.contains("topics.replication_factor: must be at least 1 (got 0)"),
+            "{all}"
+        );
+        assert!(!all.contains("NO_SUCH_VARIABLE"), "{all}");
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //!   instance owns it: the state changelog's format, its restore (with
 //!   fencing of stale owners) and the local cache; the pipeline writes a
 //!   checkpoint after every batch and restores before the first.
+//! - [`topics`]: topic settings as code: every topic's partitions,
+//!   replication and configs from the configuration's names and `[topics]`
+//!   table, compared with what a broker reports, and as Strimzi resources
+//!   (`processors topics`; the Kafka side is `kafka::topics`).
 //! - [`ops`]: the offline commands, `replay` (a time range of the raw topic
 //!   read again into sinks, without touching the live group) and `dlq`
 //!   (list and re-drive dead letters); they read Kafka themselves.
@@ -50,5 +54,6 @@ pub mod ops;
 pub mod pipeline;
 pub mod sinks;
 pub mod state;
+pub mod topics;
 
 pub use schemas::Envelope;

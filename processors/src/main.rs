@@ -1,9 +1,11 @@
 //! `processors`: the consumer group's command line and its exit codes:
 //! `run` (the work is in `processors::app`), `check-config`, `replay` and
 //! `dlq list|redrive` (their arguments and summaries in `replay_cli.rs`,
-//! the work in `processors::ops`).
+//! the work in `processors::ops`) and `topics apply|check|strimzi`
+//! (`topics_cli.rs`).
 
 mod replay_cli;
+mod topics_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,6 +48,14 @@ enum Command {
         #[command(subcommand)]
         command: replay_cli::DlqCommand,
     },
+    /// Topic settings as code: create missing topics, report how existing
+    /// ones differ (never changing them), print the Strimzi resources.
+    /// Exit 0 as defined, 1 a difference, 2 bad input, 3 broker error, 4
+    /// some setting not reported by the brokers.
+    Topics {
+        #[command(subcommand)]
+        command: topics_cli::TopicsCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +73,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Replay(args) => replay_cli::replay(args),
         Command::Dlq { command } => replay_cli::dlq(command),
+        Command::Topics { command } => topics_cli::topics(command),
     }
 }
 

@@ -14,7 +14,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{KafkaConfig, QuietCtx, Reader, producer_config, reader_config};
+use super::{KafkaConfig, QuietCtx, Reader, admin_config, producer_config, reader_config};
 use crate::sinks::BoxFuture;
 use crate::state::{Changelog, EachRecord};
 
@@ -303,12 +303,6 @@ async fn check_cleanup(
             "{field}: {topic:?} has cleanup.policy={policy}, it must be {want}"
         )),
     }
-}
-
-fn admin_config(kafka: &KafkaConfig) -> Result<rdkafka::ClientConfig, KafkaError> {
-    let mut c = kafka.base_config()?;
-    c.set("client.id", format!("{}-admin", kafka.client_id));
-    Ok(c)
 }
 
 /// The partition count of `topic`, `None` when it does not exist.

@@ -9,11 +9,14 @@
 //! - [`consumer`]: the group runtime, one worker per partition, offsets
 //!   stored only as far as everything was handled;
 //! - [`side`]: the producer of the quarantine and dead-letter topics;
-//! - [`changelog`]: the state changelog topic (see [`crate::state`]).
+//! - [`changelog`]: the state changelog topic (see [`crate::state`]);
+//! - [`topics`]: what `processors topics` asks and creates: each topic's
+//!   partitions, replicas and configs as the brokers report them.
 
 pub mod changelog;
 pub mod consumer;
 pub mod side;
+pub mod topics;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -86,6 +89,15 @@ pub fn producer_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> 
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("message.timeout.ms", SIDE_TIMEOUT.as_millis().to_string());
+    Ok(c)
+}
+
+/// The settings of an admin client or metadata reader (state topics,
+/// `processors topics`): [`KafkaConfig::base_config`] (options, brokers,
+/// `[kafka.security]`) and a client id of its own.
+pub fn admin_config(kafka: &KafkaConfig) -> Result<ClientConfig, KafkaError> {
+    let mut c = kafka.base_config()?;
+    c.set("client.id", format!("{}-admin", kafka.client_id));
     Ok(c)
 }
 

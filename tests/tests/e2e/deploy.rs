@@ -15,7 +15,8 @@
 //!   accepts its config with the environment its container gets;
 //! - the Strimzi topics are the ones the configs and the code use, with the
 //!   partition, cleanup and replication rules the processors and ingest
-//!   enforce;
+//!   enforce; `base/topics.yaml` is `processors topics strimzi` of the base
+//!   config, and each overlay renders its own config's topic definitions;
 //! - the PrometheusRule holds exactly the rules of `deploy/prometheus/rules`
 //!   (which `monitoring.rs` tests with promtool) and the ServiceMonitors
 //!   scrape under the job names those rules select;
@@ -1035,6 +1036,89 @@ fn the_kafka_topics_are_the_ones_the_configs_use_with_the_code_s_partition_clean
         }
     }
     assert_none("topics", &problems);
+}
+
+/// A topic as a KafkaTopic resource or a definition states it: partitions,
+/// replicas and every config as text.
+type TopicShape = (i64, i64, BTreeMap<String, String>);
+
+#[test]
+fn the_strimzi_topics_are_generated_from_the_topic_definitions_and_each_overlay_renders_its_own_config_s()
+ {
+    use processors::topics::strimzi_yaml;
+    // The base file is the command's output for the base config, byte for
+    // byte (a hand edit, or a config change not generated again, fails).
+    let source = "deploy/k8s/base/config/processors.toml";
+    let base: processors::config::Config = plumbing::parse_config(&read(source))
+        .unwrap_or_else(|e| panic!("{source}: {}", e.join("\n")));
+    let generated = strimzi_yaml(&base.topic_definitions(), "pipeline", source);
+    assert!(
+        read("deploy/k8s/base/topics.yaml") == generated,
+        "deploy/k8s/base/topics.yaml is not what the definitions give: run\n  \
+         processors topics strimzi --config {source} > deploy/k8s/base/topics.yaml\n\
+         wanted:\n{generated}"
+    );
+    // Each overlay, patches applied, has exactly the topics its own
+    // processors config defines: production 3 replicas and 12 partitions,
+    // local 1 and 3 (its config's [topics]).
+    let mut problems = Vec::new();
+    for overlay in OVERLAYS {
+        let r = render(overlay);
+        let (text, _) = r.config_of("processors");
+        let config: processors::config::Config = plumbing::parse_config(&with_image_files(&text))
+            .unwrap_or_else(|e| panic!("{overlay}: the processors' config: {}", e.join("\n")));
+        let want: BTreeMap<String, TopicShape> = config
+            .topic_definitions()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.name,
+                    (
+                        i64::from(t.partitions),
+                        i64::from(t.replication_factor),
+                        t.configs,
+                    ),
+                )
+            })
+            .collect();
+        let have: BTreeMap<String, TopicShape> = r
+            .of_kind("KafkaTopic")
+            .map(|t| {
+                let configs = t
+                    .pointer("/spec/config")
+                    .and_then(Value::as_object)
+                    .map(|c| {
+                        c.iter()
+                            .map(|(k, v)| {
+                                let v = match v {
+                                    Value::String(s) => s.clone(),
+                                    other => other.to_string(),
+                                };
+                                (k.clone(), v)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    str_at(t, "/spec/topicName").to_string(),
+                    (
+                        topic_int(t, "/spec/partitions").unwrap_or(-1),
+                        topic_int(t, "/spec/replicas").unwrap_or(-1),
+                        configs,
+                    ),
+                )
+            })
+            .collect();
+        if have != want {
+            problems.push(format!(
+                "{overlay}: the KafkaTopics render as\n{have:#?}\nthe processors' config defines\n{want:#?}"
+            ));
+        }
+        if overlay == "production" && want.values().any(|(_, replicas, _)| *replicas < 3) {
+            problems.push(format!("{overlay}: fewer than 3 replicas: {want:?}"));
+        }
+    }
+    assert_none("strimzi topics", &problems);
 }
 
 /// The rule groups of a YAML file or PrometheusRule `spec`.

@@ -1,6 +1,7 @@
 //! `./deploy/local-stack.sh`, the README's first command, as a user runs
-//! it: up with the demo stream, stopped with one SIGTERM, and up again on
-//! the same data folder. It builds with the test suite's debug profile
+//! it: its topics created by `processors topics apply` (and found as
+//! defined on the second start), up with the demo stream, stopped with one
+//! SIGTERM, and up again on the same data folder. It builds with the test suite's debug profile
 //! (`LOCAL_STACK_PROFILE=debug`) and runs on free ports.
 
 use std::io::{BufRead, BufReader};
@@ -114,6 +115,18 @@ fn the_local_stack_runs_the_demo_stops_on_sigterm_and_starts_again_on_its_data()
     ];
     for run in 1..=2 {
         let mut stack = Stack::start(data.path(), run, &ports);
+        // The topics, from `processors topics apply`: created by the first
+        // run, found as defined by the second.
+        let topics = stack.until("webhooks.raw (kafka.topic): ", 5, Duration::from_secs(200));
+        for line in &topics[..5] {
+            let want = if run == 1 { ": created: " } else { ": ok" };
+            assert!(line.contains(want), "run {run}: {topics:?}");
+        }
+        assert_eq!(
+            topics[5],
+            "5 topics: 5 as defined, 0 differing or missing, 0 not fully reported, 0 failed",
+            "run {run}"
+        );
         let analytics = stack.until("analytics (", 0, Duration::from_secs(200));
         assert!(
             analytics[0].contains(" events, "),

@@ -33,5 +33,6 @@ mod slow_clients;
 mod sources;
 mod state;
 mod tls;
+mod topics;
 mod venue_day;
 mod venues;
