@@ -191,6 +191,7 @@ impl Config {
             dlq: self.kafka.dlq_topic.clone(),
             changelog: self.state.changelog_topic(group),
             ledger: self.state.ledger_topic(group),
+            reconcile: self.kafka.reconcile_topic.clone(),
         };
         crate::topics::definitions(&names, self.dedupe.window, &self.topics)
     }

@@ -157,6 +157,9 @@ pub enum Role {
     StateChangelog,
     /// The processors' ledger of applied events, deleted by time.
     Ledger,
+    /// Requests to fetch a skipped sequence gap from the provider
+    /// (`kafka.reconcile_topic`, read by `ingest poll`).
+    Reconcile,
 }
 
 impl Role {
@@ -168,6 +171,7 @@ impl Role {
             Role::DeadLetters => "kafka.dlq_topic",
             Role::StateChangelog => "state.changelog_topic",
             Role::Ledger => "state.ledger_topic",
+            Role::Reconcile => "kafka.reconcile_topic",
         }
     }
 
@@ -188,6 +192,9 @@ impl Role {
             }
             Role::Ledger => {
                 "The processors' ledger (state.ledger_topic): deleted a day past dedupe.window, the raw topic's partitions."
+            }
+            Role::Reconcile => {
+                "Gap reconciliation requests (kafka.reconcile_topic): the processors write them, ingest poll fetches the ranges."
             }
         }
     }
@@ -223,6 +230,8 @@ pub struct TopicNames {
     pub changelog: String,
     /// `state.ledger_topic` (or its default).
     pub ledger: String,
+    /// `kafka.reconcile_topic`, when gaps are reconciled.
+    pub reconcile: Option<String>,
 }
 
 /// Every topic, raw topic first: `names` with the settings of `t`; the
@@ -249,7 +258,7 @@ pub fn definitions(
             configs,
         }
     };
-    vec![
+    [
         spec(
             Role::Raw,
             &names.raw,
@@ -286,6 +295,17 @@ pub fn definitions(
             Some(dedupe_window + LEDGER_PAST_WINDOW),
         ),
     ]
+    .into_iter()
+    .chain(names.reconcile.as_ref().map(|name| {
+        spec(
+            Role::Reconcile,
+            name,
+            t.side_partitions,
+            "delete",
+            Some(t.side_retention),
+        )
+    }))
+    .collect()
 }
 
 /// An existing topic as the broker describes it.
@@ -611,6 +631,21 @@ mod tests {
             dlq.configs["retention.ms"],
             (30 * 86_400_000u64).to_string()
         );
+    }
+
+    #[test]
+    fn a_reconcile_topic_is_defined_when_gaps_are_reconciled() {
+        let none = config("").unwrap().topic_definitions();
+        assert!(none.iter().all(|s| s.role != Role::Reconcile));
+        let mut c = config("").unwrap();
+        c.kafka.reconcile_topic = Some("webhooks.reconcile".into());
+        let specs = c.topic_definitions();
+        let r = by_name(&specs, "webhooks.reconcile");
+        assert_eq!(r.role, Role::Reconcile);
+        assert_eq!((r.partitions, r.replication_factor), (3, 3));
+        assert_eq!(r.configs["cleanup.policy"], "delete");
+        assert_eq!(r.configs["retention.ms"], (30 * 86_400_000u64).to_string());
+        assert_eq!(specs[0].role, Role::Raw, "raw topic first");
     }
 
     #[test]
