@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the end-to-end tests need from Debian's
-# packages, if it is missing: pkg-config and libssl-dev (librdkafka is built
-# with TLS against the system's OpenSSL), stunnel4 (TLS in front of the
+# packages, if it is missing: pkg-config, libssl-dev and libcurl4-openssl-dev
+# (librdkafka is built with TLS against the system's OpenSSL, and with
+# libcurl for OAUTHBEARER's OpenID Connect token requests), stunnel4 (TLS in front of the
 # tansu broker in tests/tests/e2e/kafka_tls.rs), PostgreSQL 15 (the analytics sink's real server), Prometheus
 # Alertmanager (the alerting sink's real receiver), Prometheus (`promtool`
 # checks the alert rules) and Chromium (the venue view's page, headless). Needs root (CI
@@ -11,6 +12,7 @@ set -euo pipefail
 need=()
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || need+=(libssl-dev)
+pkg-config --exists libcurl 2>/dev/null || need+=(libcurl4-openssl-dev)
 command -v stunnel >/dev/null 2>&1 || need+=(stunnel4)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)

@@ -32,15 +32,15 @@ case "$profile" in
   *) echo "LOCAL_STACK_PROFILE: $profile is not release or debug" >&2; exit 2 ;;
 esac
 bin="$root/target/$profile"
-# librdkafka is built with TLS against Debian's OpenSSL: its headers and
-# pkg-config must be there.
-if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl; }; then
+# librdkafka is built with TLS against Debian's OpenSSL and with libcurl
+# (OAUTHBEARER's OpenID Connect): their headers and pkg-config must be there.
+if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openssl && pkg-config --exists libcurl; }; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "missing Debian packages: pkg-config libssl-dev (run as root, or apt-get install them)" >&2
+    echo "missing Debian packages: pkg-config libssl-dev libcurl4-openssl-dev (run as root, or apt-get install them)" >&2
     exit 1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pkg-config libssl-dev >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pkg-config libssl-dev libcurl4-openssl-dev >/dev/null
 fi
 echo "building ingest, processors and venues ($profile)..." >&2
 cargo build $build_flag --locked -p ingest --bin ingest -p processors --bin processors \

@@ -119,11 +119,12 @@ impl Protocol {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Sasl {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (`sasl.mechanism`).
-    /// `OAUTHBEARER` is recognised and refused: this build of librdkafka
-    /// has no token source for it (see the README).
+    /// `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (a user name and a
+    /// password) or `OAUTHBEARER` (tokens from an OpenID Connect provider
+    /// by the client-credentials grant, fetched and refreshed by librdkafka)
+    /// (`sasl.mechanism`).
     pub mechanism: Mechanism,
-    /// The user name (`sasl.username`); not a secret.
+    /// The user name (`sasl.username`); not a secret. PLAIN and SCRAM.
     #[serde(default)]
     pub username: Option<String>,
     /// The environment variable holding the password.
@@ -133,6 +134,25 @@ pub struct Sasl {
     /// not part of it).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// OAUTHBEARER: the provider's token endpoint
+    /// (`sasl.oauthbearer.token.endpoint.url`), `https://` (or `http://`
+    /// on a loopback address, for tests).
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// OAUTHBEARER: this client's id at the provider
+    /// (`sasl.oauthbearer.client.id`); not a secret.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// OAUTHBEARER: the environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// OAUTHBEARER: a file holding the client secret (its first line).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// OAUTHBEARER: the scope asked for (`sasl.oauthbearer.scope`), if the
+    /// provider wants one.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 /// `sasl.mechanism`.
@@ -147,7 +167,7 @@ pub enum Mechanism {
     /// Salted challenge-response, SHA-512.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
-    /// OAuth 2 bearer tokens: refused (no token source in this build).
+    /// OAuth 2 bearer tokens from an OpenID Connect provider.
     #[serde(rename = "OAUTHBEARER")]
     OAuthBearer,
 }
@@ -306,10 +326,26 @@ impl Security {
             );
         }
         if let (true, Some(sasl)) = (self.protocol.sasl(), &self.sasl) {
-            if sasl.mechanism == Mechanism::OAuthBearer {
-                return Err(oauthbearer_refused());
-            }
             c.set("sasl.mechanism", sasl.mechanism.as_str());
+            if sasl.mechanism == Mechanism::OAuthBearer {
+                let secret = secret(client_secret(sasl))?.ok_or_else(|| {
+                    format!("{AT}.sasl: OAUTHBEARER needs client_secret_env or client_secret_file")
+                })?;
+                c.set("sasl.oauthbearer.method", "oidc")
+                    .set(
+                        "sasl.oauthbearer.token.endpoint.url",
+                        sasl.token_endpoint.as_deref().unwrap_or(""),
+                    )
+                    .set(
+                        "sasl.oauthbearer.client.id",
+                        sasl.client_id.as_deref().unwrap_or(""),
+                    )
+                    .set("sasl.oauthbearer.client.secret", secret);
+                if let Some(scope) = &sasl.scope {
+                    c.set("sasl.oauthbearer.scope", scope);
+                }
+                return Ok(());
+            }
             c.set("sasl.username", sasl.username.as_deref().unwrap_or(""));
             match secret(sasl_password(sasl))? {
                 Some(pw) => c.set("sasl.password", pw),
@@ -329,9 +365,54 @@ impl Sasl {
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let m = self.mechanism.as_str();
+        let oauth_fields = [
+            ("token_endpoint", self.token_endpoint.is_some()),
+            ("client_id", self.client_id.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("scope", self.scope.is_some()),
+        ];
         if self.mechanism == Mechanism::OAuthBearer {
-            p.push(oauthbearer_refused());
+            for (field, set) in [
+                ("username", self.username.is_some()),
+                ("password_env", self.password_env.is_some()),
+                ("password_file", self.password_file.is_some()),
+            ] {
+                if set {
+                    p.push(format!(
+                        "{AT}.sasl.{field}: OAUTHBEARER takes no user name or password; it uses token_endpoint, client_id and client_secret_env or client_secret_file"
+                    ));
+                }
+            }
+            match self.token_endpoint.as_deref() {
+                None | Some("") => p.push(format!(
+                    "{AT}.sasl.token_endpoint: OAUTHBEARER needs the provider's token endpoint (https://...)"
+                )),
+                Some(url) if !token_endpoint_ok(url) => p.push(format!(
+                    "{AT}.sasl.token_endpoint: {url:?} must be an https:// URL (http:// only to a loopback address)"
+                )),
+                Some(_) => {}
+            }
+            if self.client_id.as_deref().is_none_or(str::is_empty) {
+                p.push(format!(
+                    "{AT}.sasl.client_id: OAUTHBEARER needs the client's id"
+                ));
+            }
+            match secret(client_secret(self)) {
+                Ok(Some(_)) => {}
+                Ok(None) => p.push(format!(
+                    "{AT}.sasl: OAUTHBEARER needs a client secret: set client_secret_env (an environment variable's name) or client_secret_file"
+                )),
+                Err(e) => p.push(e),
+            }
             return p;
+        }
+        for (field, set) in oauth_fields {
+            if set {
+                p.push(format!(
+                    "{AT}.sasl.{field}: an OAUTHBEARER setting, but the mechanism is {m}"
+                ));
+            }
         }
         if self.username.as_deref().is_none_or(str::is_empty) {
             p.push(format!("{AT}.sasl.username: {m} needs a user name"));
@@ -347,10 +428,26 @@ impl Sasl {
     }
 }
 
-fn oauthbearer_refused() -> String {
-    format!(
-        "{AT}.sasl.mechanism: OAUTHBEARER is not available: this build of librdkafka has no token source (no OIDC, it is built without libcurl); use SCRAM-SHA-512 or SCRAM-SHA-256"
-    )
+/// `https://`, or `http://` to a loopback address (a token endpoint in a
+/// test): a client secret never crosses a network in the clear.
+fn token_endpoint_ok(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return url.len() > "https://".len();
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Where one secret comes from: the fields' names and what they hold.
@@ -370,6 +467,16 @@ fn sasl_password(s: &Sasl) -> SecretAt<'_> {
         file_field: "sasl.password_file",
         env: &s.password_env,
         file: &s.password_file,
+    }
+}
+
+/// The OAUTHBEARER client secret's fields.
+fn client_secret(s: &Sasl) -> SecretAt<'_> {
+    SecretAt {
+        env_field: "sasl.client_secret_env",
+        file_field: "sasl.client_secret_file",
+        env: &s.client_secret_env,
+        file: &s.client_secret_file,
     }
 }
 
@@ -678,15 +785,70 @@ mod tests {
     }
 
     #[test]
-    fn oauthbearer_is_refused_with_the_reason() {
+    fn oauthbearer_needs_an_https_endpoint_a_client_id_and_a_secret() {
         let s = parse("protocol = \"sasl_ssl\"\nsasl = { mechanism = \"OAUTHBEARER\" }");
         let p = s.problems();
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(
-            p[0].starts_with("kafka.security.sasl.mechanism: OAUTHBEARER is not available"),
-            "{p:?}"
-        );
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].starts_with("kafka.security.sasl.token_endpoint: OAUTHBEARER needs"));
+        assert!(p[1].starts_with("kafka.security.sasl.client_id:"));
+        assert!(p[2].contains("client_secret_env"));
         assert!(client_config("b:1", &BTreeMap::new(), &s).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("client-secret");
+        std::fs::write(&secret, "s3cr3t-client\n").unwrap();
+        let good = |endpoint: &str| {
+            parse(&format!(
+                "protocol = \"sasl_ssl\"\nsasl = {{ mechanism = \"OAUTHBEARER\", token_endpoint = \"{endpoint}\", client_id = \"pipeline\", client_secret_file = {:?}, scope = \"kafka\" }}",
+                secret.display()
+            ))
+        };
+        let s = good("https://login.example.com/oauth2/token");
+        assert_eq!(s.problems(), Vec::<String>::new());
+        let c = client_config("b:1", &BTreeMap::new(), &s).unwrap();
+        assert_eq!(c.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(c.get("sasl.oauthbearer.method"), Some("oidc"));
+        assert_eq!(c.get("sasl.oauthbearer.client.id"), Some("pipeline"));
+        assert_eq!(
+            c.get("sasl.oauthbearer.client.secret"),
+            Some("s3cr3t-client")
+        );
+        assert_eq!(c.get("sasl.oauthbearer.scope"), Some("kafka"));
+        assert_eq!(
+            c.get("sasl.oauthbearer.token.endpoint.url"),
+            Some("https://login.example.com/oauth2/token")
+        );
+        assert_eq!(c.get("sasl.password"), None);
+        assert!(!format!("{s:?}").contains("s3cr3t"), "the secret in Debug");
+
+        // The client secret never crosses a network in the clear.
+        for (url, ok) in [
+            ("http://login.example.com/token", false),
+            ("http://10.0.0.1:8080/token", false),
+            ("ftp://x/token", false),
+            ("https://", false),
+            ("http://127.0.0.1:4000/token", true),
+            ("http://localhost/token", true),
+            ("http://[::1]:80/t", true),
+        ] {
+            let p = good(url).problems();
+            assert_eq!(p.is_empty(), ok, "{url}: {p:?}");
+        }
+
+        // Each mechanism's fields only with that mechanism.
+        let mixed = parse(&format!(
+            "protocol = \"sasl_ssl\"\nsasl = {{ mechanism = \"OAUTHBEARER\", token_endpoint = \"https://x/t\", client_id = \"c\", client_secret_file = {:?}, username = \"u\" }}",
+            secret.display()
+        ));
+        let p = mixed.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("kafka.security.sasl.username: OAUTHBEARER takes no"));
+        let scram = parse(
+            "protocol = \"sasl_ssl\"\nsasl = { mechanism = \"SCRAM-SHA-512\", username = \"u\", password_env = \"PATH\", client_id = \"c\" }",
+        );
+        let p = scram.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("kafka.security.sasl.client_id: an OAUTHBEARER setting"));
     }
 
     #[test]

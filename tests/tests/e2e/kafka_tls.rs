@@ -425,3 +425,115 @@ async fn scram_sha_256_without_tls_reaches_tansu_and_plain_is_not_offered_by_it(
     assert_eq!(ids, ["kt-scram256-1"]);
     assert!(!ingest.log().contains(password) && !processor.log().contains(password));
 }
+
+/// What the fake OpenID Connect provider was asked: (authorization
+/// header, form body) per token request.
+type TokenRequests = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A fake OpenID Connect provider's token endpoint on loopback: records
+/// each request and answers an unsigned JWT for `pipeline`, valid an hour
+/// (librdkafka reads `exp` and `sub` from it).
+async fn fake_token_endpoint() -> (String, TokenRequests) {
+    use base64::Engine as _;
+    let seen: TokenRequests = Default::default();
+    let record = seen.clone();
+    let app = axum::Router::new().route(
+        "/oauth2/token",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                record.lock().unwrap().push((auth, body));
+                let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                let exp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+                    + 3600;
+                let token = format!(
+                    "{}.{}.{}",
+                    b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+                    b64.encode(format!(
+                        r#"{{"sub":"pipeline","exp":{exp},"scope":"kafka"}}"#
+                    )),
+                    b64.encode("unsigned")
+                );
+                axum::Json(serde_json::json!({
+                    "access_token": token,
+                    "token_type": "bearer",
+                    "expires_in": 3600
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// OAUTHBEARER by OpenID Connect: librdkafka (built with libcurl) asks the
+/// provider's token endpoint for a token with the client-credentials
+/// grant, the client id and the secret from the file, and the scope. tansu
+/// 0.6 does not offer OAUTHBEARER, so the broker then refuses the handshake
+/// and nothing is acknowledged; the secret is in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_fetches_its_token_from_the_oidc_provider_with_the_client_secret() {
+    use base64::Engine as _;
+    let mut broker = Broker::start();
+    let brokers = broker.brokers();
+    let topic = "kt-oauth";
+    broker.create_topic(topic, 1).await;
+    broker.require_authentication();
+    let (endpoint, seen) = fake_token_endpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client_secret = "oidc-client-Secr3t";
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, format!("{client_secret}\n")).unwrap();
+    let security = format!(
+        "{{ protocol = \"sasl_plaintext\", sasl = {{ mechanism = \"OAUTHBEARER\", token_endpoint = \"{endpoint}\", client_id = \"pipeline\", client_secret_file = {:?}, scope = \"kafka\" }} }}",
+        text(&secret_file)
+    );
+    let env = [
+        ("E2E_SECRET", SECRET),
+        ("INGEST_LOG", "info,librdkafka=debug"),
+    ];
+    let ingest = Ingest::start(&ingest_config(&brokers, topic, &security), &env);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no token request reached the provider:\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (auth, body) = seen.lock().unwrap()[0].clone();
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("pipeline:{client_secret}"));
+    assert_eq!(auth, format!("Basic {basic}"), "client id and secret");
+    assert!(body.contains("grant_type=client_credentials"), "{body}");
+    assert!(body.contains("scope=kafka"), "{body}");
+
+    let out = send_purple(
+        &reqwest::Client::new(),
+        &ingest.url("/webhooks/purple"),
+        SECRET,
+        purple_event("kt-oauth-1", "venue-1", 1),
+    )
+    .await;
+    assert_eq!(
+        out.status, 503,
+        "tansu offers no OAUTHBEARER: {:?}",
+        out.body
+    );
+    assert!(
+        !ingest.log().contains(client_secret),
+        "the client secret in the log"
+    );
+}
