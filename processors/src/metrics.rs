@@ -47,6 +47,10 @@ pub struct Metrics {
     pub late: IntCounterVec,
     /// Duplicates dropped (same source and event id), by source.
     pub duplicates: IntCounterVec,
+    /// Events first known through polling (`verification.scheme =
+    /// "polled"`) and applied: lost webhooks the poller recovered, by
+    /// source.
+    pub recovered: IntCounterVec,
     /// Events delivered and accepted, by sink.
     pub routed: IntCounterVec,
     /// Events no route matched, by source.
@@ -254,6 +258,12 @@ impl Metrics {
                 &r,
                 "processors_duplicates_dropped_total",
                 "Duplicates (same source and event id) dropped, by source.",
+                &["source"],
+            )?,
+            recovered: counter(
+                &r,
+                "processors_recovered_events_total",
+                "Events the poller produced that no webhook had delivered, applied, by source.",
                 &["source"],
             )?,
             routed: counter(

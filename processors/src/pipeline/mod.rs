@@ -357,7 +357,12 @@ struct Pending {
     /// Ingest's request id (from the envelope), on every log line about
     /// this event, so it can be followed from the HTTP request on.
     request_id: String,
+    /// It came from `ingest poll`, not from a webhook.
+    polled: bool,
 }
+
+/// The envelope's `verification.scheme` of an event `ingest poll` fetched.
+const POLLED: &str = "polled";
 
 /// A record on its way to the quarantine topic.
 struct ToQuarantine {
@@ -814,6 +819,7 @@ impl PartitionPipeline {
                             record,
                             event,
                             request_id: envelope.request_id.clone(),
+                            polled: envelope.verification.scheme == POLLED,
                         })),
                         now,
                     );
@@ -1057,6 +1063,12 @@ impl PartitionPipeline {
                 continue;
             }
             in_batch.insert(key);
+            if p.polled {
+                // The first copy of this event to reach the processors came
+                // from polling: its webhook was lost (or is still to come
+                // and will be dropped as a duplicate).
+                m.recovered.with_label_values(&[&p.event.source]).inc();
+            }
             if p.event.late {
                 m.late.with_label_values(&[&p.event.source]).inc();
             }

@@ -193,6 +193,18 @@ async fn lossy_run(
             "the API token is in the poller's log"
         );
     }
+    // Events applied whose first copy came from the poller: at least every
+    // lost webhook (a polled copy can also beat its webhook).
+    let recovered = processor.metric("processors_recovered_events_total").await;
+    if with_poller {
+        assert!(
+            recovered >= stats.lost as f64 && recovered <= COUNT as f64,
+            "{recovered} recovered, {} lost",
+            stats.lost
+        );
+    } else {
+        assert_eq!(recovered, 0.0, "nothing polled, nothing recovered");
+    }
     (sink_ids(&sink), truth, stats.lost, polled)
 }
 
