@@ -88,6 +88,27 @@ impl SinkSection {
         if let Some(fields) = &self.fields {
             p.extend(minimise::problems(&format!("{at}.fields"), fields));
         }
+        // A CRM template or required path naming a personal field this sink
+        // may not receive would send it empty: say so now.
+        if let (SinkConfig::Crm(crm), Some(_)) = (&self.sink, &self.fields)
+            && let Ok(template) = crm.load_template()
+        {
+            let m = self.minimise();
+            let named = template
+                .paths()
+                .into_iter()
+                .map(|path| ("template", path))
+                .chain(crm.required.iter().map(|r| ("required", r.clone())));
+            for (field, path) in named {
+                if let Some(personal) = personal_field(&path)
+                    && !m.allows(&personal)
+                {
+                    p.push(format!(
+                        "{at}.{field}: {path} is {personal}, which {at}.fields does not allow; add it to fields or take it out"
+                    ));
+                }
+            }
+        }
         p
     }
 
@@ -100,6 +121,24 @@ impl SinkSection {
             (None, None) => Minimise::everything(),
         }
     }
+}
+
+/// The personal field a CRM template path reads, if any: `guest.email`
+/// and `body.guest.email` read `guest.email`, `device_id` and
+/// `body.device.id` read `device.id`; a whole `guest` or `device` object is
+/// read as its id.
+fn personal_field(path: &str) -> Option<String> {
+    let path = path.strip_prefix("body.").unwrap_or(path);
+    if path == "device_id" {
+        return Some("device.id".into());
+    }
+    let mut parts = path.splitn(3, '.');
+    let object = parts.next()?;
+    if !matches!(object, "guest" | "device") {
+        return None;
+    }
+    let member = parts.next().unwrap_or("id");
+    Some(format!("{object}.{member}"))
 }
 
 /// One sink.
@@ -258,6 +297,51 @@ pub async fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_crm_template_naming_a_field_its_sink_may_not_receive_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("t.json");
+        std::fs::write(
+            &template,
+            r#"{"email": "{{guest.email}}", "name": "{{ body.guest.first_name }}", "id": "{{guest.id}}", "dev": "{{device_id}}", "zone": "{{zone}}"}"#,
+        )
+        .unwrap();
+        let section = |fields: &str| -> SinkSection {
+            toml::from_str(&format!(
+                "kind = \"crm\"\nurl = \"https://crm.example.com/x\"\ntemplate = {:?}\nrequired = [\"guest.email\"]\n{fields}",
+                template.display()
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            section("").problems("sinks.crm"),
+            Vec::<String>::new(),
+            "no fields: all"
+        );
+        let all =
+            section(r#"fields = ["guest.id", "guest.email", "guest.first_name", "device.id"]"#);
+        assert_eq!(all.problems("sinks.crm"), Vec::<String>::new());
+        let p = section(r#"fields = ["guest.id"]"#).problems("sinks.crm");
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p.iter().any(|l| l.starts_with("sinks.crm.template: guest.email is guest.email, which sinks.crm.fields does not allow")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l
+                    .starts_with("sinks.crm.template: body.guest.first_name is guest.first_name")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("sinks.crm.template: device_id is device.id")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("sinks.crm.required: guest.email")),
+            "{p:?}"
+        );
+    }
 
     #[test]
     fn alerting_gets_no_email_and_no_name_by_default() {

@@ -136,6 +136,27 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, String> {
 }
 
 impl Template {
+    /// Every placeholder's path, in document order (`guest.email`, ...).
+    pub fn paths(&self) -> Vec<String> {
+        fn walk(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::String(s) => {
+                    for p in pieces(s).unwrap_or_default() {
+                        if let Piece::Field(path) = p {
+                            out.push(path.to_owned());
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                Value::Object(m) => m.values().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.doc, &mut out);
+        out
+    }
+
     /// Parses a JSON template and checks every placeholder's path.
     pub fn parse(text: &str) -> Result<Template, String> {
         let doc: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
