@@ -9,6 +9,8 @@
 //! - [`metrics`]: the one Prometheus catalogue of the processors.
 //! - [`event`]: normalized events, the per-source parsers and their
 //!   [`event::SourceConfig`], and quarantine reasons.
+//! - [`minimise`]: the guests' personal fields each sink may receive
+//!   (`fields`), removed before the sink sees an event.
 //! - [`pipeline`]: one partition's processing, with no Kafka in it: decode,
 //!   parse, [`pipeline::reorder`] by sequence per key,
 //!   [`pipeline::dedupe`] by (source, event id), [`pipeline::route`] to
@@ -50,6 +52,7 @@ pub mod config;
 pub mod event;
 pub mod kafka;
 pub mod metrics;
+pub mod minimise;
 pub mod ops;
 pub mod pipeline;
 pub mod sinks;

@@ -42,7 +42,6 @@
 
 pub mod budget;
 pub mod dedupe;
-pub mod minimise;
 pub mod offsets;
 pub mod reorder;
 pub mod route;
@@ -58,8 +57,8 @@ use tokio::time::Instant;
 
 use crate::event::{self, Event, Quarantine, SourceConfig};
 use crate::metrics::Metrics;
+use crate::minimise::Minimise;
 use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
-use crate::pipeline::minimise::Minimise;
 use crate::pipeline::offsets::PartitionOffsets;
 use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
 use crate::pipeline::route::{RouteConfig, Router};

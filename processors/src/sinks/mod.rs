@@ -35,10 +35,10 @@ pub use contract::{
 };
 
 use crate::metrics::Metrics;
-use crate::pipeline::minimise::{self, Minimise};
+use crate::minimise::{self, Minimise};
 
 /// One `[sinks.NAME]` section: the sink, and the guests' personal fields
-/// it may receive (see [`crate::pipeline::minimise`]).
+/// it may receive (see [`crate::minimise`]).
 #[derive(Debug, Clone)]
 pub struct SinkSection {
     /// The sink (`kind` and its settings).
