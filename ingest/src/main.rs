@@ -57,7 +57,21 @@ enum Command {
         /// The TOML configuration file.
         #[arg(short, long, env = "INGEST_CONFIG")]
         config: PathBuf,
+        /// Check only what this command reads: `serve` does not read the
+        /// poll tables' API tokens, `poll` needs a source with a `poll`
+        /// table. Default: what either reads.
+        #[arg(long = "for", value_enum)]
+        command: Option<Checked>,
     },
+}
+
+/// The command `check-config --for` checks a configuration for.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Checked {
+    /// `ingest serve`.
+    Serve,
+    /// `ingest poll`.
+    Poll,
 }
 
 #[derive(clap::Args)]
@@ -182,7 +196,7 @@ struct ApiArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, command } => check_config(&config, command),
         Command::Serve { config } => serve(&config),
         Command::Poll { config } => poll(&config),
         Command::Unfillable { config } => unfillable(&config),
@@ -396,15 +410,20 @@ fn send(args: SendArgs) -> ExitCode {
 
 /// Every problem of the file at once, one line each naming the file, then
 /// the source and field: parse errors section by section, cross-field
-/// checks, and every secret (read, never printed). Exit 1 on any problem.
-fn check_config(path: &std::path::Path) -> ExitCode {
+/// checks, and every secret `command` reads (read, never printed; both
+/// commands' when `None`). Exit 1 on any problem.
+fn check_config(path: &std::path::Path, command: Option<Checked>) -> ExitCode {
     let (config, mut problems) = Config::check(path);
     if let Some(config) = config {
         if let Err(p) = Source::build_all(&config) {
             problems.extend(p);
         }
+        if command == Some(Checked::Poll) && config.sources.values().all(|s| s.poll.is_none()) {
+            problems.push("sources: no source has a `poll` table; nothing to poll".into());
+        }
         for (name, src) in &config.sources {
-            if let Some(poll) = &src.poll
+            if command != Some(Checked::Serve)
+                && let Some(poll) = &src.poll
                 && let Err(e) = poll.token()
             {
                 let field = if poll.token_env.is_some() {
@@ -623,6 +642,21 @@ fn unfillable(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The poller's `/readyz`: 200 while its last probe reached the brokers
+/// and found the raw topic (what it polls can be written), else 503.
+fn poller_ready(
+    producer: &ingest::producer::KafkaProducer,
+) -> (axum::http::StatusCode, &'static str) {
+    if producer.is_ready() {
+        (axum::http::StatusCode::OK, "ready")
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the brokers are unreachable or the raw topic is missing",
+        )
+    }
+}
+
 async fn run_poller(
     config: Config,
     polled: Vec<(
@@ -653,6 +687,7 @@ async fn run_poller(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(producer.clone().supervise(stop_rx.clone()));
     let catalogue = metrics.catalogue.clone();
+    let ready = producer.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
@@ -669,7 +704,11 @@ async fn run_poller(
                 }
             }),
         )
-        .route("/healthz", axum::routing::get(|| async { "ok" }));
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || async move { poller_ready(&ready) }),
+        );
     let mut stop_metrics = stop_rx.clone();
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)

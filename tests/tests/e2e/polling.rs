@@ -2,7 +2,8 @@
 //! send` with its REST history API) loses webhooks on purpose, the real
 //! poller (`ingest poll`) reads the API into the raw topic on a real
 //! broker, and the real processors de-duplicate webhook and polled copies
-//! into their JSON-lines sink. Then the poller's manners, seen from the
+//! into their JSON-lines sink and the analytics store on a real
+//! PostgreSQL, whose sessions and footfall are compared with the truth. Then the poller's manners, seen from the
 //! provider's side (its own request log): 304 on a repeat with nothing new,
 //! `Retry-After` honoured, the budget never exceeded, the cursor kept in
 //! Kafka across a restart; bad pages counted and logged, never a crash; a
@@ -12,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Broker, Ingest, Poller, Processor, Provider, binary, json_log_lines, processors_config,
-    purple_config, read_topic, sink_lines,
+    Broker, Ingest, Poller, Postgres, Processor, Provider, binary, json_log_lines,
+    processors_config, purple_config, read_topic, sink_lines,
 };
 use ingest::simulator::{Generator, GeneratorConfig};
 use schemas::Envelope;
@@ -63,6 +64,91 @@ fn truth(seed: u64, count: usize, venues: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// What the analytics store must hold for `events` (bodies in any order):
+/// its `events` ids, `footfall_hourly` and `device_sessions`, one line per
+/// row, in the shapes of [`ANALYTICS_SQL`]. Straight from the bodies, by
+/// the store's documented rules: footfall counts `device_connected` per
+/// venue and UTC hour of occurrence (and distinct devices); a session is a
+/// `device_connected` paired with the device's next connect or disconnect
+/// in occurrence order, when that is a `device_disconnected`.
+fn analytics_truth(events: &[(String, Vec<u8>)]) -> [String; 3] {
+    use std::collections::{BTreeMap, BTreeSet};
+    struct Ev {
+        id: String,
+        kind: String,
+        seq: i64,
+        at: String,
+        venue: String,
+        device: String,
+    }
+    let evs: Vec<Ev> = events
+        .iter()
+        .map(|(id, body)| {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap().to_string();
+            Ev {
+                id: id.clone(),
+                kind: text("/type"),
+                seq: v["sequence"].as_i64().unwrap(),
+                at: text("/occurred_at"),
+                venue: text("/venue/id"),
+                device: text("/device/id"),
+            }
+        })
+        .collect();
+    let ids: BTreeSet<&str> = evs.iter().map(|e| e.id.as_str()).collect();
+    let mut footfall: BTreeMap<(&str, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e.kind == "device_connected") {
+        let f = footfall.entry((&e.venue, &e.at[..13])).or_default();
+        f.0 += 1;
+        f.1.insert(&e.device);
+    }
+    let mut by_device: BTreeMap<(&str, &str), Vec<&Ev>> = BTreeMap::new();
+    for e in evs
+        .iter()
+        .filter(|e| e.kind == "device_connected" || e.kind == "device_disconnected")
+    {
+        by_device.entry((&e.venue, &e.device)).or_default().push(e);
+    }
+    let mut sessions = BTreeSet::new();
+    for ((venue, device), mut list) in by_device {
+        // Times of one shape (milliseconds, Z) sort as text.
+        list.sort_by(|a, b| (&a.at, a.seq, &a.id).cmp(&(&b.at, b.seq, &b.id)));
+        for (i, e) in list.iter().enumerate() {
+            if e.kind != "device_connected" {
+                continue;
+            }
+            let end = list
+                .get(i + 1)
+                .filter(|n| n.kind == "device_disconnected")
+                .map_or("", |n| n.id.as_str());
+            sessions.insert(format!("{venue}|{device}|{}|{end}", e.id));
+        }
+    }
+    let lines = |rows: Vec<String>| rows.join("\n");
+    [
+        lines(ids.into_iter().map(str::to_string).collect()),
+        lines(
+            footfall
+                .into_iter()
+                .map(|((v, h), (n, d))| format!("{v}|{h}|{n}|{}", d.len()))
+                .collect(),
+        ),
+        lines(sessions.into_iter().collect()),
+    ]
+}
+
+/// The analytics store's rows in [`analytics_truth`]'s shapes: event ids
+/// (each row once: the primary key), footfall per venue and UTC hour, and
+/// sessions by their connect and disconnect event ids.
+const ANALYTICS_SQL: [&str; 3] = [
+    "select event_id from events order by 1",
+    "select venue_id || '|' || to_char(hour at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24') || '|' \
+     || connections || '|' || unique_devices from footfall_hourly order by 1",
+    "select venue_id || '|' || device_id || '|' || connect_event_id || '|' \
+     || coalesce(disconnect_event_id, '') from device_sessions order by 1",
+];
+
 /// The sink's event ids, each with how often it was written.
 fn sink_ids(path: &std::path::Path) -> HashMap<String, usize> {
     let mut ids = HashMap::new();
@@ -73,19 +159,39 @@ fn sink_ids(path: &std::path::Path) -> HashMap<String, usize> {
     ids
 }
 
+/// What a lossy run leaves: the JSON-lines sink's ids with their counts,
+/// the truth, how many webhooks were lost, the raw topic's polled
+/// envelopes and the analytics store's rows ([`ANALYTICS_SQL`], each
+/// sorted).
+struct Run {
+    sink: HashMap<String, usize>,
+    truth: Vec<(String, Vec<u8>)>,
+    lost: u64,
+    polled: Vec<Envelope>,
+    analytics: [String; 3],
+}
+
+/// The lines only one side has, marked `-` (store) and `+` (truth).
+fn diff_lines(have: &str, want: &str) -> String {
+    let h: HashSet<&str> = have.lines().collect();
+    let w: HashSet<&str> = want.lines().collect();
+    let mut out: Vec<String> = h.difference(&w).map(|l| format!("- {l}")).collect();
+    out.extend(w.difference(&h).map(|l| format!("+ {l}")));
+    out.sort();
+    out.join("\n")
+}
+
+/// Lines of `text`, sorted (PostgreSQL's collation need not be bytewise).
+fn sorted(text: &str) -> String {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
 /// The headline run: 5 % of webhooks lost and 30 s with none at all
-/// mid-stream, with or without the poller. Answers what the sink holds,
-/// the truth, how many webhooks were lost and the raw topic's polled
-/// envelopes.
-async fn lossy_run(
-    name: &str,
-    with_poller: bool,
-) -> (
-    HashMap<String, usize>,
-    Vec<(String, Vec<u8>)>,
-    u64,
-    Vec<Envelope>,
-) {
+/// mid-stream, with or without the poller, into the JSON-lines sink and
+/// the analytics store on PostgreSQL.
+async fn lossy_run(name: &str, with_poller: bool) -> Run {
     const COUNT: usize = 1100;
     const SEED: u64 = 20;
     let broker = Broker::start();
@@ -102,13 +208,19 @@ async fn lossy_run(
         .await;
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("sink.jsonl");
-    let processor = Processor::start(&processors_config(
+    let pg = Postgres::start();
+    let config = processors_config(
         &broker.brokers(),
         &raw,
         &format!("g-{name}"),
         &dir.path().join("dedupe.redb"),
         &sink,
         "gap_timeout = \"20s\"",
+    )
+    .replace("sinks = [\"test\"]", "sinks = [\"test\", \"analytics\"]");
+    let processor = Processor::start(&format!(
+        "{config}\n[sinks.analytics]\nkind = \"analytics\"\nurl = \"{}\"\n",
+        pg.url()
     ));
     let ingest = Ingest::start(
         &purple_config(&broker.brokers(), &raw, &[("k1", "E2E_POLL_SECRET")], ""),
@@ -179,8 +291,19 @@ async fn lossy_run(
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The analytics store commits its batches on its own schedule.
+    while pg.psql("select count(*) from events").trim() != want.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} events in the analytics store:\n{}",
+            pg.psql("select count(*) from events"),
+            processor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     // Let anything wrongly released twice show up before judging.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let analytics = ANALYTICS_SQL.map(|q| sorted(&pg.psql(q)));
     let polled = read_topic(&broker.brokers(), &raw)
         .await
         .into_iter()
@@ -205,12 +328,37 @@ async fn lossy_run(
     } else {
         assert_eq!(recovered, 0.0, "nothing polled, nothing recovered");
     }
-    (sink_ids(&sink), truth, stats.lost, polled)
+    Run {
+        sink: sink_ids(&sink),
+        truth,
+        lost: stats.lost,
+        polled,
+        analytics,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_webhooks_are_recovered_by_polling_exactly_once() {
-    let (sink, truth, lost, polled) = lossy_run("poll-on", true).await;
+    let Run {
+        sink,
+        truth,
+        lost,
+        polled,
+        analytics,
+    } = lossy_run("poll-on", true).await;
+    // The analytics store: every event once, and sessions and footfall as
+    // the provider's whole stream makes them.
+    let want = analytics_truth(&truth).map(|t| sorted(&t));
+    for (i, what) in ["events", "footfall_hourly", "device_sessions"]
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            analytics[i] == want[i],
+            "{what} differs from the truth ({lost} webhooks lost):\n{}",
+            diff_lines(&analytics[i], &want[i])
+        );
+    }
     let want: HashSet<&String> = truth.iter().map(|(id, _)| id).collect();
     let got: HashSet<&String> = sink.keys().collect();
     let missing: Vec<_> = want.difference(&got).collect();
@@ -244,8 +392,26 @@ async fn lost_webhooks_are_recovered_by_polling_exactly_once() {
 /// test above can fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_poller_the_lost_webhooks_stay_missing() {
-    let (sink, truth, lost, polled) = lossy_run("poll-off", false).await;
+    let Run {
+        sink,
+        truth,
+        lost,
+        polled,
+        analytics,
+    } = lossy_run("poll-off", false).await;
     assert!(polled.is_empty());
+    // The store holds exactly the delivered events, so its footfall and
+    // sessions are not the truth's.
+    let delivered: Vec<(String, Vec<u8>)> = truth
+        .iter()
+        .filter(|(id, _)| sink.contains_key(id))
+        .cloned()
+        .collect();
+    let partial = analytics_truth(&delivered).map(|t| sorted(&t));
+    let whole = analytics_truth(&truth).map(|t| sorted(&t));
+    assert_eq!(analytics, partial, "the store holds what was delivered");
+    assert_ne!(analytics[1], whole[1], "footfall without the lost webhooks");
+    assert_ne!(analytics[2], whole[2], "sessions without the lost webhooks");
     let missing = truth
         .iter()
         .filter(|(id, _)| !sink.contains_key(id))
@@ -286,7 +452,7 @@ fn polled_count(records: &[e2e::Record]) -> usize {
 
 /// A repeat poll with nothing new is conditional and answered 304, and
 /// produces nothing; a restarted poller continues from the cursor it kept
-/// in Kafka.
+/// in Kafka; `/readyz` says whether the brokers take its records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_poll_is_304_and_a_restart_continues_from_the_kept_cursor() {
     let (broker, provider) = provider_only("p304", 30, &[]).await;
@@ -353,6 +519,25 @@ async fn a_repeat_poll_is_304_and_a_restart_continues_from_the_kept_cursor() {
         30,
         "the restart produced nothing again"
     );
+    // Ready while the brokers take its records; not once they are gone.
+    let readyz = || async {
+        reqwest::get(format!("http://{}/readyz", poller.metrics_addr))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(readyz().await, 200);
+    let mut broker = broker;
+    broker.kill();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz().await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "still ready without brokers:\n{}",
+            poller.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `429` with `Retry-After: 5`: no request before 5 s have passed; and the
@@ -555,6 +740,50 @@ poll = { url = "not a url", token_env = "E2E_SURELY_UNSET_POLL_TOKEN", page_size
     ] {
         assert!(err.contains(want), "{want:?} not in:\n{err}");
     }
+    // For `serve`, which never reads the API token (its container need
+    // not hold it), the same file's table is judged but not the token.
+    let check = |args: &[&str], text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(binary("ingest"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bad = std::fs::read_to_string(&path).unwrap();
+    let (ok, err) = check(&["--for", "serve"], &bad);
+    assert!(!ok && err.contains("sources.purple.poll.url: "), "{err}");
+    assert!(!err.contains("E2E_SURELY_UNSET_POLL_TOKEN"), "{err}");
+    let good = bad
+        .replace("not a url", "https://api.example.com/v1/events")
+        .replace(
+            "page_size = 5000, max_requests_per_minute = 0",
+            "interval = \"1m\"",
+        );
+    assert_eq!(check(&["--for", "serve"], &good), (true, String::new()));
+    let (ok, err) = check(&["--for", "poll"], &good);
+    assert!(
+        !ok && err.contains("E2E_SURELY_UNSET_POLL_TOKEN is not set"),
+        "{err}"
+    );
+    // For `poll`, a file without a poll table is named.
+    let receives: String = good
+        .lines()
+        .filter(|l| !l.starts_with("poll ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (ok, err) = check(&["--for", "poll"], &receives);
+    assert!(
+        !ok && err.contains("sources: no source has a `poll` table; nothing to poll"),
+        "{err}"
+    );
+    let (ok, err) = check(&["--for", "nonsense"], &good);
+    assert!(!ok && err.contains("nonsense"), "{err}");
 }
 
 /// A source polled by the sweep alone (no scheduled polling) recovers
