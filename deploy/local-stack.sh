@@ -7,12 +7,15 @@
 #
 # Unless DEMO_EVENTS=0, it then plays a short demo stream through ingest
 # (the provider simulator: several venues, duplicates, out-of-order
-# deliveries) and prints what the analytics store holds.
+# deliveries, 5% of webhooks lost on purpose), runs `ingest poll` against
+# the simulator's history API, which recovers the lost ones, and prints
+# what the analytics store holds.
 #
 # Settings (environment): LOCAL_STACK_PROFILE (release; debug: the test
 # suite's build), KAFKA_PORT (9092), INGEST_PORT (8080), VENUES_PORT (8090),
 # DATA_DIR (.local), PURPLE_WEBHOOK_SECRET (local-demo-secret),
-# DEMO_EVENTS (300), ANALYTICS_DATABASE_URL (unset: the embedded analytics
+# DEMO_EVENTS (300), PROVIDER_API_PORT (8081), POLLER_METRICS_PORT (9464),
+# PURPLE_API_TOKEN (local-demo-api-token), ANALYTICS_DATABASE_URL (unset: the embedded analytics
 # store in $DATA_DIR/analytics.db; set to a postgres:// URL to use PostgreSQL).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +25,13 @@ kafka_port=${KAFKA_PORT:-9092}
 ingest_port=${INGEST_PORT:-8080}
 data=${DATA_DIR:-$root/.local}
 export PURPLE_WEBHOOK_SECRET=${PURPLE_WEBHOOK_SECRET:-local-demo-secret}
+export PURPLE_API_TOKEN=${PURPLE_API_TOKEN:-local-demo-api-token}
+api_port=${PROVIDER_API_PORT:-8081}
+poller_port=${POLLER_METRICS_PORT:-9464}
+# ingest.local.toml's poll table names the simulator's API on :8081.
+export INGEST_SOURCES__PURPLE__POLL__URL="http://127.0.0.1:$api_port/api/v1/events"
+export INGEST_SOURCES__PURPLE__POLL__RANGE_URL="http://127.0.0.1:$api_port/api/v1/venues/{key}/events"
+export INGEST_POLLER__METRICS_LISTEN="127.0.0.1:$poller_port"
 mkdir -p "$data/tansu"
 
 "$root/deploy/install-tansu.sh"
@@ -50,7 +60,7 @@ cargo build $build_flag --locked -p ingest --bin ingest -p processors --bin proc
 # this script, which then stops them in order: ingest first (no new
 # webhooks), then the processors (they hand over and commit while the
 # broker is still up), then the broker. Each gets a bounded time.
-broker_pid="" ingest_pid="" processors_pid="" venues_pid=""
+broker_pid="" ingest_pid="" processors_pid="" venues_pid="" provider_pid="" poller_pid=""
 alive() {
   local state
   state=$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null) || return 1
@@ -68,6 +78,8 @@ stop() { # pid name seconds
 }
 cleanup() {
   trap - EXIT INT TERM
+  stop "$provider_pid" "the provider simulator" 10
+  stop "$poller_pid" "ingest poll" 15
   stop "$ingest_pid" ingest 15
   stop "$venues_pid" venues 10
   stop "$processors_pid" processors 40
@@ -84,12 +96,14 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 # Every topic the pipeline uses, as deploy/config/processors.local.toml
-# defines them ([topics]): created when missing; an existing topic that
+# defines them ([topics]), and the poller's topics named in ingest's config
+# (--ingest-config): created when missing; an existing topic that
 # differs (data from an older version of this script) is reported and left
 # as it is (exit 1, or 4 when the broker does not report a setting).
 topics_rc=0
 PROCESSORS_KAFKA__BROKERS="127.0.0.1:$kafka_port" "$bin/processors" topics apply \
-  --config "$root/deploy/config/processors.local.toml" || topics_rc=$?
+  --config "$root/deploy/config/processors.local.toml" \
+  --ingest-config "$root/deploy/config/ingest.local.toml" || topics_rc=$?
 case "$topics_rc" in
   0) ;;
   1|4) echo "topics: not all as defined (above); left as they are" >&2 ;;
@@ -189,10 +203,30 @@ if [ "$demo_events" -gt 0 ]; then
   done
   curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 \
     || echo "demo: the processors are not ready after 60 s (see their log above); sending anyway" >&2
-  echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order)..."
-  "$bin/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
+  echo "demo: the simulator sends $demo_events events from 3 venues (10% duplicates, 20% out of order, 5% of webhooks lost), its history API on :$api_port..."
+  # The provider: webhooks to ingest, and its REST history API (every
+  # event, lost webhooks included) kept up until the stack stops.
+  setsid "$bin/ingest" send --url "http://127.0.0.1:$ingest_port/webhooks/purple" \
     --scheme purple --count "$demo_events" --venues 3 --concurrency 8 --rate 100 --start now \
-    --duplicates 0.1 --out-of-order 0.2 || echo "demo: the simulator failed" >&2
+    --duplicates 0.1 --out-of-order 0.2 --lose 0.05 \
+    --api-listen "127.0.0.1:$api_port" --api-token-env PURPLE_API_TOKEN --api-linger 7d \
+    > "$data/provider.out" 2> "$data/provider.log" &
+  provider_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "^api on" "$data/provider.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  # The poller: the feed from its cursor (kept in webhooks.poll-cursors)
+  # every 2 s, and the gaps the processors skip.
+  setsid "$bin/ingest" poll --config "$root/deploy/config/ingest.local.toml" \
+    > "$data/poller.out" 2> "$data/poller.log" &
+  poller_pid=$!
+  for _ in $(seq 1 600); do
+    grep -q "^sent " "$data/provider.out" 2>/dev/null && break
+    alive "$provider_pid" || break
+    sleep 0.1
+  done
+  grep -v "^api on" "$data/provider.out" || echo "demo: the simulator failed (see $data/provider.log)" >&2
   if [ -z "${ANALYTICS_DATABASE_URL:-}" ]; then
     python3 - "$data/analytics.db" "$metrics_port" "$demo_events" <<'PY' || true
 import sqlite3, sys, time, urllib.request
@@ -220,6 +254,31 @@ for line in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/metrics").re
 print("alerts raised (printed above, log target `alerts`): " + (", ".join(f"{r} {n}" for r, n in sorted(raised.items())) or "none"))
 PY
   fi
+  python3 - "$data/provider.out" "$metrics_port" "$poller_port" <<'PY' || true
+import re, sys, time, urllib.request
+def metric(port, prefix):
+    """The sum of every series whose line starts with prefix (a name and "{")."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix))
+m = re.search(r"^lost on purpose: (\d+) webhooks", open(sys.argv[1]).read(), re.M)
+lost = int(m.group(1)) if m else 0
+# Until every lost webhook came in through the poller, or (a later run on
+# the same data: the store has them already) the poller is at the feed's
+# end (a 304) and the processors had a moment; at most 30 s.
+start = time.time()
+while True:
+    recovered = metric(sys.argv[2], "processors_recovered_events_total{")
+    caught_up = metric(sys.argv[3], 'ingest_poll_requests_total{outcome="304"') >= 1
+    if recovered >= lost or time.time() - start > 30 or (caught_up and time.time() - start > 5):
+        break
+    time.sleep(0.5)
+polled = metric(sys.argv[3], "ingest_poll_events_total{")
+print(f"polling: {lost} webhooks lost on purpose; ingest poll read {polled:.0f} events from the provider's "
+      f"history API, {recovered:.0f} of them new to the processors (recovered), the rest duplicates, dropped")
+PY
   python3 - "$venues_port" <<'PY' || true
 import json, sys, time, urllib.request
 url = f"http://127.0.0.1:{sys.argv[1]}/api/venues"

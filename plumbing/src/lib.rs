@@ -135,6 +135,13 @@ pub fn describe_figment(e: &figment::Error) -> String {
     }
 }
 
+/// The default of ingest's `poller.cursor_topic`: each polled source's
+/// cursor, compacted (ingest reads it; `processors topics` creates it).
+pub const DEFAULT_POLL_CURSOR_TOPIC: &str = "webhooks.poll-cursors";
+/// The default of ingest's `poller.unfillable_topic`: gaps the provider
+/// could not fill, once each, compacted.
+pub const DEFAULT_UNFILLABLE_TOPIC: &str = "webhooks.unfillable-gaps";
+
 /// Kafka's rule for topic names: 1-249 of `a-z A-Z 0-9 . _ -`, not `.` or
 /// `..`.
 pub fn valid_topic(t: &str) -> bool {

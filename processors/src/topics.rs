@@ -160,6 +160,12 @@ pub enum Role {
     /// Requests to fetch a skipped sequence gap from the provider
     /// (`kafka.reconcile_topic`, read by `ingest poll`).
     Reconcile,
+    /// Each polled source's cursor (ingest's `poller.cursor_topic`),
+    /// compacted.
+    PollCursors,
+    /// Gaps the provider could not fill (ingest's
+    /// `poller.unfillable_topic`), compacted.
+    Unfillable,
 }
 
 impl Role {
@@ -172,6 +178,8 @@ impl Role {
             Role::StateChangelog => "state.changelog_topic",
             Role::Ledger => "state.ledger_topic",
             Role::Reconcile => "kafka.reconcile_topic",
+            Role::PollCursors => "ingest's poller.cursor_topic",
+            Role::Unfillable => "ingest's poller.unfillable_topic",
         }
     }
 
@@ -195,6 +203,12 @@ impl Role {
             }
             Role::Reconcile => {
                 "Gap reconciliation requests (kafka.reconcile_topic): the processors write them, ingest poll fetches the ranges."
+            }
+            Role::PollCursors => {
+                "Each polled source's cursor (ingest's poller.cursor_topic): compacted, one partition; a restarted ingest poll continues from it."
+            }
+            Role::Unfillable => {
+                "Gaps the provider could not fill (ingest's poller.unfillable_topic): compacted, once per gap; ingest unfillable lists them."
             }
         }
     }
@@ -306,6 +320,114 @@ pub fn definitions(
         )
     }))
     .collect()
+}
+
+/// What the topics commands read of ingest's configuration
+/// (`--ingest-config`): the raw topic it writes and what `ingest poll`
+/// uses. Read leniently (ingest's own `check-config` judges the rest of
+/// its file), with ingest's defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IngestTopics {
+    #[serde(default)]
+    kafka: IngestKafka,
+    #[serde(default)]
+    poller: Option<IngestPoller>,
+    #[serde(default)]
+    sources: BTreeMap<String, IngestSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct IngestKafka {
+    topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct IngestPoller {
+    cursor_topic: Option<String>,
+    unfillable_topic: Option<String>,
+    reconcile_topic: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct IngestSource {
+    poll: Option<serde::de::IgnoredAny>,
+}
+
+impl IngestTopics {
+    /// Whether `ingest poll` has work: a `[poller]` table or a source with
+    /// a `poll` table.
+    pub fn polls(&self) -> bool {
+        self.poller.is_some() || self.sources.values().any(|s| s.poll.is_some())
+    }
+
+    /// The poller's cursor and unfillable-gap topics, when it polls:
+    /// compacted, one partition (a record per source or per gap), the
+    /// cluster's replication.
+    pub fn definitions(&self, t: &TopicsConfig) -> Vec<TopicSpec> {
+        if !self.polls() {
+            return Vec::new();
+        }
+        let poller = self.poller.clone().unwrap_or_default();
+        let cursors = poller
+            .cursor_topic
+            .unwrap_or_else(|| plumbing::DEFAULT_POLL_CURSOR_TOPIC.into());
+        let unfillable = poller
+            .unfillable_topic
+            .unwrap_or_else(|| plumbing::DEFAULT_UNFILLABLE_TOPIC.into());
+        [(Role::PollCursors, cursors), (Role::Unfillable, unfillable)]
+            .into_iter()
+            .map(|(role, name)| TopicSpec {
+                role,
+                name,
+                partitions: 1,
+                replication_factor: t.replication_factor,
+                configs: BTreeMap::from([
+                    ("cleanup.policy".to_string(), "compact".to_string()),
+                    (
+                        "min.insync.replicas".to_string(),
+                        t.min_insync_replicas.to_string(),
+                    ),
+                ]),
+            })
+            .collect()
+    }
+
+    /// Where ingest's file and the processors' disagree on a topic both
+    /// name: the raw topic (`raw`, their `kafka.topic`) and the reconcile
+    /// topic (`reconcile`, their `kafka.reconcile_topic`). `path` names
+    /// ingest's file in each line.
+    pub fn problems(&self, path: &str, raw: &str, reconcile: Option<&str>) -> Vec<String> {
+        let mut p = Vec::new();
+        let ingest_raw = self.kafka.topic.as_deref().unwrap_or_default();
+        if ingest_raw != raw {
+            p.push(format!(
+                "{path}: kafka.topic {ingest_raw:?} is not the processors' kafka.topic {raw:?}: ingest would write where no processor reads"
+            ));
+        }
+        let asked = self
+            .poller
+            .as_ref()
+            .and_then(|p| p.reconcile_topic.as_deref());
+        match (asked, reconcile) {
+            (Some(a), Some(r)) if a != r => p.push(format!(
+                "{path}: poller.reconcile_topic {a:?} is not the processors' kafka.reconcile_topic {r:?}: no gap they skip would be fetched"
+            )),
+            (Some(a), None) => p.push(format!(
+                "{path}: poller.reconcile_topic {a:?} is set but the processors' kafka.reconcile_topic is not: they would never ask for a gap"
+            )),
+            _ => {}
+        }
+        for spec in self.definitions(&TopicsConfig::default()) {
+            if !plumbing::valid_topic(&spec.name) {
+                let field = spec.role.field().trim_start_matches("ingest's ");
+                p.push(format!(
+                    "{path}: {field}: {:?} is not a valid topic name",
+                    spec.name
+                ));
+            }
+        }
+        p
+    }
 }
 
 /// An existing topic as the broker describes it.
@@ -492,8 +614,10 @@ pub fn cluster_problem(topics: &TopicsConfig, brokers: usize) -> Option<String> 
 /// cleanup.policy=delete, ...`.
 pub fn summary(spec: &TopicSpec) -> String {
     let mut s = format!(
-        "{} partitions, replication factor {}",
-        spec.partitions, spec.replication_factor
+        "{} partition{}, replication factor {}",
+        spec.partitions,
+        if spec.partitions == 1 { "" } else { "s" },
+        spec.replication_factor
     );
     for (k, v) in &spec.configs {
         s.push_str(&format!(", {k}={v}"));
@@ -646,6 +770,93 @@ mod tests {
         assert_eq!(r.configs["cleanup.policy"], "delete");
         assert_eq!(r.configs["retention.ms"], (30 * 86_400_000u64).to_string());
         assert_eq!(specs[0].role, Role::Raw, "raw topic first");
+    }
+
+    fn ingest(text: &str) -> IngestTopics {
+        plumbing::parse_config(text).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    const POLLED: &str = r#"
+        [kafka]
+        brokers = "b:9092"
+        topic = "webhooks.raw"
+        [server]
+        listen = "0.0.0.0:8080"
+        [sources.purple]
+        ordering_key = { pointer = "/venue/id" }
+        poll = { url = "https://api.example.com/v1/events", token_env = "T", interval = "1m" }
+    "#;
+
+    #[test]
+    fn a_polling_ingest_adds_its_cursor_and_unfillable_topics_compacted_with_one_partition() {
+        let t = TopicsConfig {
+            replication_factor: 2,
+            min_insync_replicas: 2,
+            ..TopicsConfig::default()
+        };
+        let specs = ingest(POLLED).definitions(&t);
+        let names: Vec<(&str, Role)> = specs.iter().map(|s| (s.name.as_str(), s.role)).collect();
+        assert_eq!(
+            names,
+            [
+                ("webhooks.poll-cursors", Role::PollCursors),
+                ("webhooks.unfillable-gaps", Role::Unfillable)
+            ]
+        );
+        for s in &specs {
+            assert_eq!((s.partitions, s.replication_factor), (1, 2), "{s:?}");
+            assert_eq!(s.configs["cleanup.policy"], "compact");
+            assert_eq!(s.configs["min.insync.replicas"], "2");
+            assert!(!s.configs.contains_key("retention.ms"), "{s:?}");
+        }
+        // Names from its [poller] table.
+        let named = ingest(&format!(
+            "{POLLED}\n[poller]\ncursor_topic = \"c\"\nunfillable_topic = \"u\""
+        ));
+        let names: Vec<String> = named.definitions(&t).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["c", "u"]);
+        // An ingest that only receives needs neither.
+        let receives = ingest(&POLLED.replace("poll = ", "# poll = "));
+        assert!(!receives.polls());
+        assert!(receives.definitions(&t).is_empty());
+    }
+
+    #[test]
+    fn ingest_and_processors_disagreeing_on_a_topic_is_named() {
+        let i = ingest(POLLED);
+        assert_eq!(
+            i.problems("i.toml", "webhooks.raw", None),
+            Vec::<String>::new()
+        );
+        let raw = i.problems("i.toml", "events.raw", None);
+        assert_eq!(raw.len(), 1, "{raw:?}");
+        assert!(
+            raw[0].starts_with(r#"i.toml: kafka.topic "webhooks.raw" is not the processors' kafka.topic "events.raw""#),
+            "{raw:?}"
+        );
+        let asks = ingest(&format!("{POLLED}\n[poller]\nreconcile_topic = \"r1\""));
+        assert!(
+            asks.problems("i.toml", "webhooks.raw", Some("r1"))
+                .is_empty()
+        );
+        let other = asks.problems("i.toml", "webhooks.raw", Some("r2"));
+        assert!(
+            other[0].contains(
+                r#"poller.reconcile_topic "r1" is not the processors' kafka.reconcile_topic "r2""#
+            ),
+            "{other:?}"
+        );
+        let unset = asks.problems("i.toml", "webhooks.raw", None);
+        assert!(
+            unset[0].contains("the processors' kafka.reconcile_topic is not"),
+            "{unset:?}"
+        );
+        let bad = ingest(&format!("{POLLED}\n[poller]\ncursor_topic = \"a b\""));
+        let bad = bad.problems("i.toml", "webhooks.raw", None);
+        assert_eq!(
+            bad,
+            [r#"i.toml: poller.cursor_topic: "a b" is not a valid topic name"#]
+        );
     }
 
     #[test]

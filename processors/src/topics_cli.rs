@@ -32,7 +32,44 @@ pub enum TopicsCommand {
         /// The Strimzi Kafka cluster (the `strimzi.io/cluster` label).
         #[arg(long, default_value = "pipeline")]
         cluster: String,
+        #[command(flatten)]
+        ingest: IngestArg,
     },
+}
+
+/// Ingest's configuration, for the topics `ingest poll` uses.
+#[derive(Args)]
+pub struct IngestArg {
+    /// Ingest's TOML configuration: adds the poller's cursor and
+    /// unfillable-gap topics when it polls, and checks that it writes the
+    /// raw topic the processors read.
+    #[arg(long, env = "INGEST_CONFIG")]
+    ingest_config: Option<PathBuf>,
+}
+
+/// Every topic definition: the processors' `config`, then what ingest's
+/// file adds; or every problem, one line each.
+fn definitions(config: &Config, ingest: &IngestArg) -> Result<Vec<TopicSpec>, Vec<String>> {
+    let mut specs = config.topic_definitions();
+    let Some(path) = &ingest.ingest_config else {
+        return Ok(specs);
+    };
+    let shown = path.display().to_string();
+    let ingest: topics::IngestTopics = plumbing::load_config(path, "INGEST_").map_err(|p| {
+        p.into_iter()
+            .map(|l| format!("{shown}: {l}"))
+            .collect::<Vec<_>>()
+    })?;
+    let problems = ingest.problems(
+        &shown,
+        &config.kafka.topic,
+        config.kafka.reconcile_topic.as_deref(),
+    );
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    specs.extend(ingest.definitions(&config.topics));
+    Ok(specs)
 }
 
 /// The arguments of the commands that ask the brokers.
@@ -44,24 +81,38 @@ pub struct BrokerArgs {
     /// Longest wait for each broker answer.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    ingest: IngestArg,
 }
 
 /// Runs one `topics` subcommand.
 pub fn topics(command: TopicsCommand) -> ExitCode {
     let (args, apply) = match command {
-        TopicsCommand::Strimzi { config, cluster } => {
-            return match Config::load_for_topics(&config) {
-                Ok(c) => {
-                    let yaml = topics::strimzi_yaml(
-                        &c.topic_definitions(),
-                        &cluster,
-                        &config.display().to_string(),
-                    );
-                    print!("{yaml}");
-                    ExitCode::SUCCESS
-                }
+        TopicsCommand::Strimzi {
+            config,
+            cluster,
+            ingest,
+        } => {
+            let specs = match Config::load_for_topics(&config) {
+                Ok(c) => definitions(&c, &ingest),
                 Err(e) => {
                     eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            return match specs {
+                Ok(specs) => {
+                    let mut source = config.display().to_string();
+                    if let Some(i) = &ingest.ingest_config {
+                        source = format!("{source} --ingest-config {}", i.display());
+                    }
+                    print!("{}", topics::strimzi_yaml(&specs, &cluster, &source));
+                    ExitCode::SUCCESS
+                }
+                Err(problems) => {
+                    for p in problems {
+                        eprintln!("{p}");
+                    }
                     ExitCode::from(2)
                 }
             };
@@ -87,13 +138,21 @@ pub fn topics(command: TopicsCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(run(&config, apply, args.timeout));
+    let specs = match definitions(&config, &args.ingest) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let code = rt.block_on(run(&config, specs, apply, args.timeout));
     rt.shutdown_timeout(Duration::from_millis(200));
     ExitCode::from(code)
 }
 
-async fn run(config: &Config, apply: bool, timeout: Duration) -> u8 {
-    let specs = config.topic_definitions();
+async fn run(config: &Config, specs: Vec<TopicSpec>, apply: bool, timeout: Duration) -> u8 {
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let cluster = match broker::observe(&config.kafka, &names, timeout).await {
         Ok(c) => c,

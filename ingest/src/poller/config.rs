@@ -49,10 +49,10 @@ fn default_metrics_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 fn default_cursor_topic() -> String {
-    "webhooks.poll-cursors".into()
+    plumbing::DEFAULT_POLL_CURSOR_TOPIC.into()
 }
 fn default_unfillable_topic() -> String {
-    "webhooks.unfillable-gaps".into()
+    plumbing::DEFAULT_UNFILLABLE_TOPIC.into()
 }
 
 /// `[sources.NAME.poll]`: read the provider's REST history API.

@@ -1,6 +1,8 @@
 //! `./deploy/local-stack.sh`, the README's first command, as a user runs
 //! it: its topics created by `processors topics apply` (and found as
-//! defined on the second start), up with the demo stream, stopped with one
+//! defined on the second start), up with the demo stream (whose lost
+//! webhooks `ingest poll` recovers from the simulator's history API),
+//! stopped with one
 //! SIGTERM, and up again on the same data folder. It builds with the test suite's debug profile
 //! (`LOCAL_STACK_PROFILE=debug`) and runs on free ports.
 
@@ -112,19 +114,32 @@ fn the_local_stack_runs_the_demo_stops_on_sigterm_and_starts_again_on_its_data()
         ("INGEST_PORT", free_port()),
         ("VENUES_PORT", free_port()),
         ("PROCESSORS_METRICS_PORT", free_port()),
+        ("PROVIDER_API_PORT", free_port()),
+        ("POLLER_METRICS_PORT", free_port()),
     ];
     for run in 1..=2 {
         let mut stack = Stack::start(data.path(), run, &ports);
-        // The topics, from `processors topics apply`: created by the first
-        // run, found as defined by the second.
-        let topics = stack.until("webhooks.raw (kafka.topic): ", 5, Duration::from_secs(200));
-        for line in &topics[..5] {
+        // The topics, from `processors topics apply`, the poller's from
+        // ingest's config: created by the first run, found as defined by
+        // the second.
+        let topics = stack.until("webhooks.raw (kafka.topic): ", 8, Duration::from_secs(200));
+        for line in &topics[..8] {
             let want = if run == 1 { ": created: " } else { ": ok" };
             assert!(line.contains(want), "run {run}: {topics:?}");
         }
+        for name in [
+            "webhooks.reconcile (kafka.reconcile_topic)",
+            "webhooks.poll-cursors (ingest's poller.cursor_topic)",
+            "webhooks.unfillable-gaps (ingest's poller.unfillable_topic)",
+        ] {
+            assert!(
+                topics.iter().any(|l| l.starts_with(name)),
+                "run {run}: no {name}: {topics:?}"
+            );
+        }
         assert_eq!(
-            topics[5],
-            "5 topics: 5 as defined, 0 differing or missing, 0 not fully reported, 0 failed",
+            topics[8],
+            "8 topics: 8 as defined, 0 differing or missing, 0 not fully reported, 0 failed",
             "run {run}"
         );
         let analytics = stack.until("analytics (", 0, Duration::from_secs(200));
@@ -133,6 +148,25 @@ fn the_local_stack_runs_the_demo_stops_on_sigterm_and_starts_again_on_its_data()
             "run {run}: {}",
             analytics[0]
         );
+        // The webhooks the simulator lost on purpose came in through the
+        // poller (the second run's events are the first run's, already
+        // stored: nothing new to recover).
+        let polling = stack.until("polling: ", 0, Duration::from_secs(60));
+        let numbers: Vec<u64> = polling[0]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let [lost, read, recovered] = numbers[..] else {
+            panic!("run {run}: {}", polling[0]);
+        };
+        assert!(lost > 0, "run {run}: nothing lost: {}", polling[0]);
+        if run == 1 {
+            assert!(
+                recovered >= lost && read >= recovered,
+                "run {run}: {}",
+                polling[0]
+            );
+        }
         // The demo's three venues, on the live venue view, each with its
         // day from the embedded analytics store in its own time zone.
         let view = stack.until("live venue view (", 6, Duration::from_secs(60));
