@@ -218,6 +218,12 @@ impl Rendered {
             .unwrap_or_default()
     }
 
+    /// The subcommand a container runs (its first argument: `serve`,
+    /// `poll`, `run`).
+    fn subcommand(c: &Container<'_>) -> String {
+        str_at(c.spec, "/args/0").to_string()
+    }
+
     /// The config file a container's binary reads (`--config PATH`) and its
     /// text, from the ConfigMap mounted there.
     fn config(&self, c: &Container<'_>) -> Result<(String, String), String> {
@@ -254,12 +260,13 @@ impl Rendered {
         Ok((path.to_string(), text.to_string()))
     }
 
-    /// The config of the one container that runs `binary`.
+    /// The config of the container that runs `binary` (for ingest, `ingest
+    /// serve`; the poller reads the same ConfigMap).
     fn config_of(&self, binary: &str) -> (String, toml::Table) {
         let cs = self.containers();
         let c = cs
             .iter()
-            .find(|c| Self::binary(c) == binary)
+            .find(|c| Self::binary(c) == binary && Self::subcommand(c) != "poll")
             .unwrap_or_else(|| panic!("{}: no container runs {binary}", self.overlay));
         let (_, text) = self.config(c).unwrap_or_else(|e| panic!("{e}"));
         let table = text
@@ -658,6 +665,7 @@ fn health_listen(r: &Rendered, c: &Container<'_>) -> Result<std::net::SocketAddr
         v.and_then(toml::Value::as_str).map(str::to_string)
     };
     let listen = match Rendered::binary(c).as_str() {
+        "ingest" if Rendered::subcommand(c) == "poll" => get(&["poller", "metrics_listen"]),
         // /healthz and /readyz move to admin_listen when it is set.
         "ingest" => get(&["server", "admin_listen"]).or_else(|| get(&["server", "listen"])),
         "processors" => get(&["metrics", "listen"]),
@@ -794,6 +802,21 @@ fn every_secret_an_overlay_uses_is_documented_and_every_config_accepts_its_conta
                     continue;
                 }
             };
+            // `ingest serve` never reads the poll tables' API tokens; only
+            // the poller's container holds them.
+            let bin = Rendered::binary(&c);
+            let command = Rendered::subcommand(&c);
+            let mut table = table;
+            if bin == "ingest"
+                && command != "poll"
+                && let Some(sources) = table.get_mut("sources").and_then(toml::Value::as_table_mut)
+            {
+                for (_, source) in sources.iter_mut() {
+                    if let Some(t) = source.as_table_mut() {
+                        t.remove("poll");
+                    }
+                }
+            }
             let mut wanted = BTreeSet::new();
             secret_variables(&table, "", &mut wanted);
             for var in &wanted {
@@ -804,13 +827,18 @@ fn every_secret_an_overlay_uses_is_documented_and_every_config_accepts_its_conta
                 }
             }
             // The binary itself checks the config (and reads every secret
-            // it names) with exactly that environment.
-            let bin = Rendered::binary(&c);
+            // it names) with exactly that environment; ingest for the
+            // command the container runs.
             let dir = tempfile::tempdir().expect("a temporary folder");
             let file = dir.path().join(format!("{bin}.toml"));
             std::fs::write(&file, with_image_files(&text)).expect("writing the config");
-            let out = Command::new(e2e::process::binary(&bin))
-                .arg("check-config")
+            let mut check = Command::new(e2e::process::binary(&bin));
+            if bin == "ingest" {
+                check.args(["check-config", "--for", &command]);
+            } else {
+                check.arg("check-config");
+            }
+            let out = check
                 .arg("--config")
                 .arg(&file)
                 .env_clear()
@@ -911,7 +939,12 @@ fn the_kafka_topics_are_the_ones_the_configs_use_with_the_code_s_partition_clean
                 (n.to_string(), t)
             })
             .collect();
-        let wanted: BTreeSet<String> = [
+        // The poller's topics where ingest's config polls (the production
+        // overlay), the reconcile topic where the processors ask for gaps.
+        let ingest_topics: processors::topics::IngestTopics = plumbing::parse_config(&ingest_text)
+            .unwrap_or_else(|e| panic!("{overlay}: ingest's config: {}", e.join("\n")));
+        let poller_topics = ingest_topics.definitions(&processors.topics);
+        let mut wanted: BTreeSet<String> = [
             raw.clone(),
             processors.kafka.quarantine_topic.clone(),
             processors.kafka.dlq_topic.clone(),
@@ -919,6 +952,23 @@ fn the_kafka_topics_are_the_ones_the_configs_use_with_the_code_s_partition_clean
             ledger.clone(),
         ]
         .into();
+        wanted.extend(processors.kafka.reconcile_topic.clone());
+        wanted.extend(poller_topics.iter().map(|t| t.name.clone()));
+        problems.extend(ingest_topics.problems(
+            &format!("{overlay}: ingest's config"),
+            &raw,
+            processors.kafka.reconcile_topic.as_deref(),
+        ));
+        let polls = r
+            .containers()
+            .iter()
+            .any(|c| Rendered::binary(c) == "ingest" && Rendered::subcommand(c) == "poll");
+        if polls != ingest_topics.polls() {
+            problems.push(format!(
+                "{overlay}: a poller container runs: {polls}; ingest's config polls: {}",
+                ingest_topics.polls()
+            ));
+        }
         let have: BTreeSet<String> = topics.keys().cloned().collect();
         if have != wanted {
             problems.push(format!(
@@ -977,6 +1027,15 @@ fn the_kafka_topics_are_the_ones_the_configs_use_with_the_code_s_partition_clean
             ),
         );
         expect(&mut problems, &raw, "cleanup.policy", Some("delete".into()));
+        for t in &poller_topics {
+            expect(
+                &mut problems,
+                &t.name,
+                "cleanup.policy",
+                Some("compact".into()),
+            );
+            expect(&mut problems, &t.name, "retention.ms", None);
+        }
         expect(
             &mut problems,
             &raw,
@@ -1049,13 +1108,20 @@ fn the_strimzi_topics_are_generated_from_the_topic_definitions_and_each_overlay_
     // The base file is the command's output for the base config, byte for
     // byte (a hand edit, or a config change not generated again, fails).
     let source = "deploy/k8s/base/config/processors.toml";
+    let ingest_source = "deploy/k8s/base/config/ingest.toml";
     let base: processors::config::Config = plumbing::parse_config(&read(source))
         .unwrap_or_else(|e| panic!("{source}: {}", e.join("\n")));
-    let generated = strimzi_yaml(&base.topic_definitions(), "pipeline", source);
+    let base_ingest: processors::topics::IngestTopics =
+        plumbing::parse_config(&read(ingest_source))
+            .unwrap_or_else(|e| panic!("{ingest_source}: {}", e.join("\n")));
+    let mut definitions = base.topic_definitions();
+    definitions.extend(base_ingest.definitions(&base.topics));
+    let command = format!("{source} --ingest-config {ingest_source}");
+    let generated = strimzi_yaml(&definitions, "pipeline", &command);
     assert!(
         read("deploy/k8s/base/topics.yaml") == generated,
         "deploy/k8s/base/topics.yaml is not what the definitions give: run\n  \
-         processors topics strimzi --config {source} > deploy/k8s/base/topics.yaml\n\
+         processors topics strimzi --config {command} > deploy/k8s/base/topics.yaml\n\
          wanted:\n{generated}"
     );
     // Each overlay, patches applied, has exactly the topics its own
@@ -1067,8 +1133,12 @@ fn the_strimzi_topics_are_generated_from_the_topic_definitions_and_each_overlay_
         let (text, _) = r.config_of("processors");
         let config: processors::config::Config = plumbing::parse_config(&with_image_files(&text))
             .unwrap_or_else(|e| panic!("{overlay}: the processors' config: {}", e.join("\n")));
-        let want: BTreeMap<String, TopicShape> = config
-            .topic_definitions()
+        let (ingest_text, _) = r.config_of("ingest");
+        let ingest: processors::topics::IngestTopics = plumbing::parse_config(&ingest_text)
+            .unwrap_or_else(|e| panic!("{overlay}: ingest's config: {}", e.join("\n")));
+        let mut definitions = config.topic_definitions();
+        definitions.extend(ingest.definitions(&config.topics));
+        let want: BTreeMap<String, TopicShape> = definitions
             .into_iter()
             .map(|t| {
                 (
@@ -1222,8 +1292,13 @@ fn the_prometheus_rule_is_deploy_prometheus_rules_and_the_service_monitors_keep_
                 scraped.insert(job.to_string());
             }
         }
+        // The poller's job only where it runs.
+        let polls = r
+            .containers()
+            .iter()
+            .any(|c| Rendered::binary(c) == "ingest" && Rendered::subcommand(c) == "poll");
         for job in &jobs {
-            if !scraped.contains(job) {
+            if !scraped.contains(job) && (polls || job != "poller") {
                 problems.push(format!(
                     "{overlay}: the alerts select job {job:?}, which no ServiceMonitor scrapes (jobs: {scraped:?})"
                 ));
