@@ -339,15 +339,9 @@ fn send(args: SendArgs) -> ExitCode {
         }
     };
     let linger = args.api.api_linger;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = runtime.block_on(async {
         let Some((addr, history)) = api else {
@@ -458,13 +452,40 @@ fn check_config(path: &std::path::Path, command: Option<Checked>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The configuration at `path`, or its problems printed (naming the file)
+/// and the exit code to return.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints `problems` of the file at `path`, one line each; the exit code.
+fn config_failure(path: &std::path::Path, problems: Vec<String>) -> ExitCode {
+    let e = ingest::config::ConfigError {
+        path: path.to_path_buf(),
+        problems,
+    };
+    eprintln!("{e}");
+    ExitCode::FAILURE
+}
+
+/// A multi-threaded tokio runtime, or the reason printed and the exit code.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn serve(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // The certificate and key are checked before anything listens.
     let tls = match config
@@ -475,25 +496,12 @@ fn serve(path: &std::path::Path) -> ExitCode {
     {
         None => None,
         Some(Ok(tls)) => Some(tls),
-        Some(Err(problems)) => {
-            let e = ingest::config::ConfigError {
-                path: path.to_path_buf(),
-                problems,
-            };
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Some(Err(problems)) => return config_failure(path, problems),
     };
     plumbing::init_logs(config.log.format, "INGEST_LOG");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -519,25 +527,13 @@ fn serve(path: &std::path::Path) -> ExitCode {
 /// producer and the cursor topic shared, `/metrics` on
 /// `poller.metrics_listen`.
 fn poll(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let sources = match Source::build_all(&config) {
         Ok(s) => s,
-        Err(problems) => {
-            eprintln!(
-                "{}",
-                ingest::config::ConfigError {
-                    path: path.to_path_buf(),
-                    problems
-                }
-            );
-            return ExitCode::FAILURE;
-        }
+        Err(problems) => return config_failure(path, problems),
     };
     let mut polled = Vec::new();
     let mut problems = Vec::new();
@@ -553,25 +549,12 @@ fn poll(path: &std::path::Path) -> ExitCode {
         problems.push("sources: no source has a `poll` table; nothing to poll".into());
     }
     if !problems.is_empty() {
-        eprintln!(
-            "{}",
-            ingest::config::ConfigError {
-                path: path.to_path_buf(),
-                problems
-            }
-        );
-        return ExitCode::FAILURE;
+        return config_failure(path, problems);
     }
     plumbing::init_logs(config.log.format, "INGEST_LOG");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(run_poller(config, polled));
     match result {
@@ -590,12 +573,9 @@ fn poller_name(p: &ingest::poller::SourcePoller) -> String {
 /// `ingest unfillable`: every gap the provider could not fill, one line
 /// each, from the unfillable topic.
 fn unfillable(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+    let config = match load(path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let store = match ingest::poller::cursor::CursorStore::new(
         &config.kafka,
