@@ -750,8 +750,9 @@ sinks = ["crm"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_older_than_max_event_age_sends_no_crm_request_but_lands_in_the_jsonl_sink() {
+async fn a_backlog_older_than_max_event_age_sends_no_crm_request_but_lands_in_analytics() {
     let broker = Broker::start();
+    let pg = e2e::Postgres::start();
     broker.create_topic("c-old", 1).await;
     broker.create_topic("c-old.quarantine", 1).await;
     broker.create_topic("c-old.dlq", 1).await;
@@ -785,6 +786,10 @@ parser = "guest_wifi"
 kind = "jsonl"
 path = "{audit}"
 
+[sinks.analytics]
+kind = "analytics"
+url = "{pg}"
+
 [sinks.crm]
 kind = "crm"
 url = "{url}"
@@ -795,7 +800,7 @@ timeout = "2s"
 
 [[routes]]
 name = "everything"
-sinks = ["audit"]
+sinks = ["audit", "analytics"]
 
 [[routes]]
 name = "welcome"
@@ -806,6 +811,7 @@ sinks = ["crm"]
         brokers = broker.brokers(),
         dedupe = dir.path().join("dedupe.redb").display(),
         audit = audit.display(),
+        pg = pg.url(),
         url = crm.url(),
         template = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -861,6 +867,17 @@ sinks = ["crm"]
         .map(|l| l["event_id"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(ids, ["o1", "o2", "o3", "o4", "o5", "o6", "o7"]);
+    // The analysts' store has the whole backlog: too old to greet, not too
+    // old to count.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let stored = pg.psql("select string_agg(event_id, ',' order by sequence) from events");
+        if stored.trim().split(',').count() == 7 || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stored.trim(), "o1,o2,o3,o4,o5,o6,o7", "{}", processor.log());
     assert_eq!(
         processor.metric("processors_route_skipped_total").await,
         5.0
