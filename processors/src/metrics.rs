@@ -61,6 +61,9 @@ pub struct Metrics {
     pub routes_skipped: IntCounterVec,
     /// Events a sink asked to retry, by sink.
     pub sink_retries: IntCounterVec,
+    /// Events a sink's retries held past the `max_event_age` of the routes
+    /// that sent them there: dropped for that sink, never sent late.
+    pub sink_expired: IntCounterVec,
     /// Events a sink refused for good (dead-lettered), by sink.
     pub dead_lettered: IntCounterVec,
     /// One sink call, by sink.
@@ -288,6 +291,12 @@ impl Metrics {
                 &r,
                 "processors_sink_retries_total",
                 "Events a sink asked to offer again later, by sink.",
+                &["sink"],
+            )?,
+            sink_expired: counter(
+                &r,
+                "processors_sink_expired_total",
+                "Events a sink's retries held past the max_event_age of the routes that sent them there: dropped for that sink, not sent late.",
                 &["sink"],
             )?,
             dead_lettered: counter(

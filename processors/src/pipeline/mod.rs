@@ -46,7 +46,7 @@ pub mod offsets;
 pub mod reorder;
 pub mod route;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -61,7 +61,7 @@ use crate::minimise::Minimise;
 use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
 use crate::pipeline::offsets::PartitionOffsets;
 use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
-use crate::pipeline::route::{RouteConfig, Router};
+use crate::pipeline::route::{RouteConfig, Routed, Router};
 use crate::sinks::SinkSection;
 use crate::sinks::{BoxFuture, Outcome, Sink};
 use crate::state::{Checkpoint, PartitionState, Stores};
@@ -1041,6 +1041,9 @@ impl PartitionPipeline {
         // 2. Dedupe and route.
         let mut in_batch: HashSet<(String, String)> = HashSet::new();
         let mut per_sink: Vec<Vec<(usize, Arc<Event>)>> = vec![Vec::new(); shared.sinks.len()];
+        // Per sink, the items it may only be given before a deadline (their
+        // routes' max_event_age): a retry past it drops them.
+        let mut expiring: Vec<HashMap<usize, i64>> = vec![HashMap::new(); shared.sinks.len()];
         let mut finished: Vec<i64> = Vec::new();
         let mut applied: Vec<usize> = Vec::new();
         let mut items: Vec<Pending> = Vec::with_capacity(released.len());
@@ -1075,7 +1078,7 @@ impl PartitionPipeline {
             for skip in &routed.skipped {
                 m.route_skipped(skip, &p.event, &p.request_id);
             }
-            let sinks = routed.sinks;
+            let Routed { sinks, expires, .. } = routed;
             if sinks.is_empty() {
                 // Skipped by every route it matched: counted as skipped.
                 if routed.skipped.is_empty() {
@@ -1086,6 +1089,9 @@ impl PartitionPipeline {
             }
             let i = items.len();
             let event = Arc::new(p.event.clone());
+            for (s, deadline) in expires {
+                expiring[s].insert(i, deadline);
+            }
             for s in sinks {
                 let given = match shared.minimise[s].apply(&event) {
                     Some(minimised) => Arc::new(minimised),
@@ -1099,9 +1105,10 @@ impl PartitionPipeline {
         // 3. Deliver to every sink concurrently; each retries in order.
         let deliveries = per_sink
             .into_iter()
+            .zip(expiring)
             .enumerate()
-            .filter(|(_, batch)| !batch.is_empty())
-            .map(|(s, batch)| self.deliver(s, batch, &items));
+            .filter(|(_, (batch, _))| !batch.is_empty())
+            .map(|(s, (batch, expiring))| self.deliver(s, batch, &items, expiring));
         let results = futures::future::join_all(deliveries).await;
         let mut keyed = Vec::new();
         let mut sink_serials = Vec::new();
@@ -1379,6 +1386,7 @@ impl PartitionPipeline {
         s: usize,
         mut batch: Vec<(usize, Arc<Event>)>,
         items: &[Pending],
+        expiring: HashMap<usize, i64>,
     ) -> Result<Delivered, Stopped> {
         let sink = &self.shared.sinks[s];
         let m = &self.shared.metrics;
@@ -1461,15 +1469,7 @@ impl PartitionPipeline {
                 }
             }
             if again.is_empty() {
-                done.changes = changed
-                    .into_iter()
-                    .map(|(key, value)| crate::state::changelog::Keyed {
-                        sink: name.to_owned(),
-                        key,
-                        value,
-                    })
-                    .collect();
-                return Ok(done);
+                break;
             }
             m.sink_retries
                 .with_label_values(&[name])
@@ -1490,8 +1490,37 @@ impl PartitionPipeline {
             );
             self.pause(backoff).await?;
             backoff = (backoff * 2).min(self.shared.retry_max);
+            // What its routes' max_event_age says is no longer worth
+            // sending (a welcome offer hours after the guest arrived) is
+            // dropped for this sink, not sent late when it recovers.
+            let now = route::now_micros();
+            again.retain(|(i, e)| match expiring.get(i) {
+                Some(&deadline) if now > deadline => {
+                    m.sink_expired.with_label_values(&[name]).inc();
+                    tracing::info!(
+                        sink = name,
+                        source = %e.source,
+                        event_id = e.event_id.as_str(),
+                        request_id = %items[*i].request_id,
+                        late_by = %humantime::format_duration(Duration::from_secs(
+                            u64::try_from((now - deadline) / 1_000_000).unwrap_or(0)
+                        )),
+                        "sink retries held the event past its routes' max_event_age: not sent"
+                    );
+                    false
+                }
+                _ => true,
+            });
             batch = again;
         }
+        done.changes = changed
+            .into_iter()
+            .map(|(key, value)| crate::state::changelog::Keyed {
+                sink: name.to_owned(),
+                key,
+                value,
+            })
+            .collect();
         Ok(done)
     }
 

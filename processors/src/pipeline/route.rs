@@ -117,6 +117,13 @@ pub struct Routed<'a> {
     pub sinks: Vec<usize>,
     /// Rules that matched the event but did not take it.
     pub skipped: Vec<Skip<'a>>,
+    /// The sinks this event reaches only through routes with a
+    /// `max_event_age`, each with when it stops being worth sending (Unix
+    /// microseconds: `occurred_at` plus the longest such limit). A sink
+    /// still retrying the event past then drops it rather than send it
+    /// late. A sink also reached through a route without a limit is not
+    /// here.
+    pub expires: Vec<(usize, i64)>,
 }
 
 /// A rule that matched an event but did not take it.
@@ -170,7 +177,11 @@ impl Router {
         let mut out = Routed {
             sinks: Vec::new(),
             skipped: Vec::new(),
+            expires: Vec::new(),
         };
+        // Per sink reached: the latest deadline of the routes taking the
+        // event there, `None` once a route without a limit does.
+        let mut deadlines: Vec<(usize, Option<i64>)> = Vec::new();
         for rule in &self.rules {
             if !rule.matches(event) {
                 continue;
@@ -186,12 +197,26 @@ impl Router {
                     continue;
                 }
             }
+            let deadline = match (rule.max_age_micros, event.occurred_at_micros) {
+                (Some(max), Some(at)) => Some(at.saturating_add(max)),
+                _ => None,
+            };
             for &s in &rule.sinks {
                 if !out.sinks.contains(&s) {
                     out.sinks.push(s);
+                    deadlines.push((s, deadline));
+                } else if let Some(d) = deadlines.iter_mut().find(|(x, _)| *x == s) {
+                    d.1 = match (d.1, deadline) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        _ => None,
+                    };
                 }
             }
         }
+        out.expires = deadlines
+            .into_iter()
+            .filter_map(|(s, d)| d.map(|d| (s, d)))
+            .collect();
         out
     }
 }
@@ -333,10 +358,12 @@ mod tests {
             e.occurred_at_micros = ago.map(|a| now - a);
             e
         };
-        // 14 minutes old: both routes.
+        // 14 minutes old: both routes; the CRM only for one more minute
+        // (a retry past then drops it), analytics without a limit.
         let fresh = r.route(&at(Some(14 * min), Value::Null), now);
         assert_eq!(fresh.sinks, vec![idx("analytics"), idx("crm")]);
         assert!(fresh.skipped.is_empty());
+        assert_eq!(fresh.expires, vec![(idx("crm"), now + min)]);
         // 16 minutes old: the welcome route skips it, analytics still has it.
         let old = r.route(&at(Some(16 * min), Value::Null), now);
         assert_eq!(old.sinks, vec![idx("analytics")]);
@@ -375,6 +402,16 @@ mod tests {
         );
         assert_eq!(vip.sinks, vec![idx("analytics"), idx("crm")]);
         assert_eq!(vip.skipped.len(), 1);
+        // A fresh VIP arrival reaches the CRM through both routes: the
+        // vip-audit route has no limit, so the CRM has none for it.
+        let fresh_vip = r.route(
+            &at(Some(min), serde_json::json!({"guest": {"vip": true}})),
+            now,
+        );
+        assert_eq!(fresh_vip.sinks, vec![idx("analytics"), idx("crm")]);
+        assert!(fresh_vip.expires.is_empty(), "{fresh_vip:?}");
+        // Without occurred_at: no deadline.
+        assert!(unknown.expires.is_empty());
         // A route that does not match is not "skipped".
         let mut other = at(Some(60 * min), Value::Null);
         other.event_type = "device_connected".into();

@@ -1081,3 +1081,179 @@ async fn https_crm_is_verified_against_the_configured_ca() {
     assert!(matches!(&outcomes[..], [Outcome::Retry(_)]), "{outcomes:?}");
     assert_eq!(crm.state.lock().unwrap().requests.len(), 1);
 }
+
+/// A CRM outage that outlasts a welcome's `max_event_age`: the arrival
+/// was fresh when routed, but the retries held it past its limit, so it is
+/// dropped for the CRM rather than sent late when the CRM returns; a VIP
+/// arrival in the same batch, which also reaches the CRM through a route
+/// without a limit, is sent once the CRM is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_welcome_held_by_a_crm_outage_past_max_event_age_is_never_sent_late() {
+    let broker = Broker::start();
+    broker.create_topic("c-exp", 1).await;
+    broker.create_topic("c-exp.quarantine", 1).await;
+    broker.create_topic("c-exp.dlq", 1).await;
+    let crm = FakeCrm::start().await;
+    crm.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let config = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "g-crm-exp"
+topic = "c-exp"
+quarantine_topic = "c-exp.quarantine"
+dlq_topic = "c-exp.dlq"
+
+[processing]
+gap_timeout = "1s"
+retry_initial = "200ms"
+retry_max = "1s"
+
+[dedupe]
+path = "{dedupe}"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.audit]
+kind = "jsonl"
+path = "{audit}"
+
+[sinks.crm]
+kind = "crm"
+url = "{url}"
+auth_header = "Authorization"
+auth_env = "CRM_EXP_TOKEN"
+template = "{template}"
+timeout = "2s"
+max_attempts = 1000
+attempts_per_call = 1
+backoff_max = "500ms"
+breaker_cooldown = "1s"
+
+[[routes]]
+name = "everything"
+sinks = ["audit"]
+
+[[routes]]
+name = "welcome"
+types = ["guest_connects"]
+max_event_age = "8s"
+sinks = ["crm"]
+
+[[routes]]
+name = "vip"
+where = {{ "/guest/vip" = true }}
+sinks = ["crm"]
+"#,
+        brokers = broker.brokers(),
+        dedupe = dir.path().join("dedupe.redb").display(),
+        audit = audit.display(),
+        url = crm.url(),
+        template = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/crm/salesforce-journey.json"
+        ),
+    );
+    // SAFETY: set before the child starts; only the child reads it.
+    unsafe { std::env::set_var("CRM_EXP_TOKEN", SECRET) };
+    let processor = Processor::start(&config);
+    // Ready (in the group, nothing restoring) before the arrivals happen,
+    // so they are fresh when routed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = reqwest::get(format!("http://{}/readyz", processor.metrics_addr))
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", processor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    // Two arrivals happening now at two venues: x1 an ordinary guest, x7 a
+    // VIP (the fixture's guest is a VIP at sequences divisible by 7).
+    let records: Vec<_> = [("x1", "v-exp-a", 1), ("x7", "v-exp-b", 7)]
+        .into_iter()
+        .map(|(id, venue, s)| {
+            let text = String::from_utf8(e2e::purple_event(id, venue, s))
+                .unwrap()
+                .replace("device_connected", "guest_connects")
+                .replace("2026-11-22T18:03:11.123Z", &now);
+            (
+                venue.as_bytes().to_vec(),
+                purple_envelope(id, venue, s, Some(text.into_bytes())),
+            )
+        })
+        .collect();
+    produce(&broker.brokers(), "c-exp", &records).await;
+    // Both are offered to the CRM while it is down, and offered again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys: HashSet<String> = crm
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .map(|r| r.key.clone())
+            .collect();
+        if keys.contains("purple:x1") && keys.contains("purple:x7") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", processor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The outage outlasts x1's limit (8 s after it occurred), then ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processor.metric("processors_sink_expired_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "{}", processor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crm.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crm.state.lock().unwrap().applied_count("purple:x7") == 0 {
+        assert!(Instant::now() < deadline, "{}", processor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a wrongly kept x1 the time to be sent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let s = crm.state.lock().unwrap();
+        assert_eq!(s.applied_count("purple:x1"), 0, "a stale welcome was sent");
+        assert_eq!(s.applied_count("purple:x7"), 1);
+        let after_recovery = s
+            .requests
+            .iter()
+            .filter(|r| r.key == "purple:x1" && r.status < 300)
+            .count();
+        assert_eq!(after_recovery, 0, "x1 offered after the CRM recovered");
+    }
+    // (Only the CRM has routes with a limit.)
+    assert_eq!(processor.metric("processors_sink_expired_total").await, 1.0);
+    // Both are in the audit sink: dropped for the CRM only.
+    let ids: HashSet<String> = e2e::sink_lines(&audit)
+        .iter()
+        .map(|l| l["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, HashSet::from(["x1".to_string(), "x7".to_string()]));
+    assert_eq!(
+        processor.metric("processors_dead_lettered_total").await,
+        0.0
+    );
+    let log = processor.log();
+    assert!(
+        log.contains("held the event past its routes' max_event_age"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("a@example.com") && !log.contains("Ana"),
+        "{log}"
+    );
+}
