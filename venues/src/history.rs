@@ -7,13 +7,15 @@
 //! with the store's own definitions, so the page and an analyst's query
 //! agree:
 //!
-//! - **footfall** of an hour: the `device_connected` events that occurred
-//!   in it (the store's `footfall_hourly.connections`), per local hour of
+//! - **footfall** of an hour: the visits that began in it (the store's
+//!   `device_sessions`, whose starts `footfall_hourly.connections` counts
+//!   per UTC hour: a device's first `device_connected`, `guest_connects`
+//!   or `guest_registered` with no visit open), per local hour of
 //!   the venue's time zone (`venues.<id>.time_zone`, else
 //!   `view.time_zone`, else UTC). A day has 24 hours by label; on the day
 //!   clocks go forward the skipped hour is empty, on the day they go back
 //!   the repeated hour holds both.
-//! - **arrivals**: distinct devices with a `device_connected` that day.
+//! - **arrivals**: distinct devices that began a visit that day.
 //! - **median dwell**: of the sessions (`device_sessions`) that ended that
 //!   day, so far.
 //!
@@ -54,7 +56,7 @@ pub struct Day {
     pub sessions_ended: u64,
     /// The median dwell of those sessions, in seconds; none without any.
     pub median_dwell_seconds: Option<f64>,
-    /// `device_connected` events per local hour 0 to 23; today's hours
+    /// Visits begun per local hour 0 to 23; today's hours
     /// that have not begun are null.
     pub footfall: Vec<Option<u64>>,
 }
@@ -96,9 +98,9 @@ pub fn local_hours(date: Date, tz: &TimeZone) -> Result<Vec<(i64, i64)>, String>
 /// What the store counted for one day.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counts {
-    /// `device_connected` events per range asked for.
+    /// Visits begun per range asked for.
     pub hours: Vec<u64>,
-    /// Distinct connecting devices over the day.
+    /// Distinct devices that began a visit over the day.
     pub arrivals: u64,
     /// Sessions ended over the day.
     pub sessions_ended: u64,
@@ -307,19 +309,19 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 const PG_HOURS: &str = "
-    select count(e.event_id)::int8
+    select count(s.device_id)::int8
     from unnest($2::int8[], $3::int8[]) with ordinality as k(lo, hi, i)
-    left join events e
-      on e.venue_id = $1 and e.event_type = 'device_connected'
-     and e.occurred_at >= timestamptz 'epoch' + k.lo * interval '1 microsecond'
-     and e.occurred_at < timestamptz 'epoch' + k.hi * interval '1 microsecond'
+    left join device_sessions s
+      on s.venue_id = $1
+     and s.connected_at >= timestamptz 'epoch' + k.lo * interval '1 microsecond'
+     and s.connected_at < timestamptz 'epoch' + k.hi * interval '1 microsecond'
     group by k.i order by k.i";
 
 const PG_ARRIVALS: &str = "
-    select count(distinct device_id)::int8 from events
-    where venue_id = $1 and event_type = 'device_connected'
-      and occurred_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond'
-      and occurred_at < timestamptz 'epoch' + $3::int8 * interval '1 microsecond'";
+    select count(distinct device_id)::int8 from device_sessions
+    where venue_id = $1
+      and connected_at >= timestamptz 'epoch' + $2::int8 * interval '1 microsecond'
+      and connected_at < timestamptz 'epoch' + $3::int8 * interval '1 microsecond'";
 
 const PG_DWELL: &str = "
     select count(*)::int8, percentile_cont(0.5) within group (order by dwell_seconds)
@@ -368,9 +370,8 @@ fn sqlite_counts(
     conn.busy_timeout(Duration::from_secs(2))?;
     conn.pragma_update(None, "query_only", true)?;
     let mut count = conn.prepare(
-        "select count(*), count(distinct device_id) from events
-         where venue_id = ?1 and event_type = 'device_connected'
-           and occurred_at >= ?2 and occurred_at < ?3",
+        "select count(*), count(distinct device_id) from device_sessions
+         where venue_id = ?1 and connected_at >= ?2 and connected_at < ?3",
     )?;
     let mut by_hour = Vec::with_capacity(hours.len());
     for (a, b) in hours {
@@ -449,34 +450,32 @@ mod tests {
     }
 
     /// The columns the queries read, as the processors' embedded store
-    /// has them (the end-to-end test reads a real one).
-    fn store(events: &[(&str, &str, &str, &str)], sessions: &[(&str, f64)]) -> tempfile::TempDir {
+    /// has them (the end-to-end test reads a real one): visits begun
+    /// (venue, start, device) and visits ended (end, dwell; begun days
+    /// before).
+    fn store(visits: &[(&str, &str, &str)], ended: &[(&str, f64)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let c = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
         c.execute_batch(
-            "create table events (event_id text, event_type text, occurred_at text,
-                                  venue_id text, device_id text);
-             create table device_sessions (venue_id text, disconnected_at text,
-                                           dwell_seconds real);",
+            "create table device_sessions (venue_id text, device_id text, connected_at text,
+                                           disconnected_at text, dwell_seconds real);",
         )
         .unwrap();
-        for (i, (venue, kind, at, device)) in events.iter().enumerate() {
+        for (venue, at, device) in visits {
             c.execute(
-                "insert into events values (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![
-                    i.to_string(),
-                    kind,
-                    plumbing::utc_text(us(at)),
-                    venue,
-                    device
-                ],
+                "insert into device_sessions values (?1, ?2, ?3, null, null)",
+                rusqlite::params![venue, device, plumbing::utc_text(us(at))],
             )
             .unwrap();
         }
-        for (at, dwell) in sessions {
+        for (at, dwell) in ended {
             c.execute(
-                "insert into device_sessions values ('v', ?1, ?2)",
-                rusqlite::params![plumbing::utc_text(us(at)), dwell],
+                "insert into device_sessions values ('v', 'x', ?1, ?2, ?3)",
+                rusqlite::params![
+                    plumbing::utc_text(us("2026-11-20T00:00:00Z")),
+                    plumbing::utc_text(us(at)),
+                    dwell
+                ],
             )
             .unwrap();
         }
@@ -484,15 +483,14 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_store_counts_connects_per_hour_distinct_arrivals_and_the_median_dwell() {
+    fn the_embedded_store_counts_visits_per_hour_distinct_arrivals_and_the_median_dwell() {
         let dir = store(
             &[
-                ("v", "device_connected", "2026-11-30T00:10:00Z", "a"),
-                ("v", "device_connected", "2026-11-30T00:59:59.999999Z", "b"),
-                ("v", "device_connected", "2026-11-30T01:00:00Z", "a"),
-                ("v", "device_disconnected", "2026-11-30T01:30:00Z", "a"),
-                ("w", "device_connected", "2026-11-30T01:30:00Z", "c"),
-                ("v", "device_connected", "2026-12-01T00:00:00Z", "d"),
+                ("v", "2026-11-30T00:10:00Z", "a"),
+                ("v", "2026-11-30T00:59:59.999999Z", "b"),
+                ("v", "2026-11-30T01:00:00Z", "a"),
+                ("w", "2026-11-30T01:30:00Z", "c"),
+                ("v", "2026-12-01T00:00:00Z", "d"),
             ],
             &[
                 ("2026-11-30T02:00:00Z", 600.0),
@@ -509,7 +507,7 @@ mod tests {
         assert_eq!(
             c.hours.iter().sum::<u64>(),
             3,
-            "the next day's connect is not today's"
+            "the next day's visit is not today's"
         );
         assert_eq!(c.arrivals, 2, "a and b; a twice is one arrival");
         assert_eq!(c.sessions_ended, 3);

@@ -1219,3 +1219,145 @@ async fn two_embedded_writers_on_the_same_venue_hours_lose_no_event() {
     .collect();
     assert!(wrong.is_empty(), "after {why}:\n{}", wrong.join("\n"));
 }
+
+/// What one step of [`visits_step_by_step`] must leave: sessions as
+/// `device|connect id|disconnect id` and footfall as
+/// `hour|visits|devices`, each sorted.
+type Visits = (Vec<&'static str>, Vec<&'static str>);
+
+/// Visits, batch by batch, each batch late for the one before: every
+/// arrival type counts, an arrival inside an open visit does not start
+/// another, `venue_left` ends a visit, and a late event splits a visit or
+/// moves its start to an earlier hour, taking its footfall along.
+fn visits_step_by_step() -> Vec<(Vec<std::sync::Arc<processors::event::Event>>, Visits)> {
+    let hour = RACE_DAY + 10 * 60 * MINUTE_MICROS;
+    let at = |h: i64, m: i64| hour + (h - 10) * 60 * MINUTE_MICROS + m * MINUTE_MICROS;
+    let ev = |id: &str, kind: &str, device: &str, seq: i64, t: i64| {
+        race_event("visits", id.to_string(), kind, device.to_string(), seq, t)
+    };
+    vec![
+        // d arrives on the WiFi at 10:50, logs in as a guest at 10:55
+        // (the same visit), leaves at 12:10.
+        (
+            vec![
+                ev("d-conn", "device_connected", "d", 2, at(10, 50)),
+                ev("d-guest", "guest_connects", "d", 3, at(10, 55)),
+                ev("d-left", "device_disconnected", "d", 9, at(12, 10)),
+            ],
+            (vec!["d|d-conn|d-left"], vec!["10|1|1"]),
+        ),
+        // Late: d had dropped off at 10:52, so 10:55 began a second visit.
+        (
+            vec![ev("d-drop", "device_disconnected", "d", 4, at(10, 52))],
+            (vec!["d|d-conn|d-drop", "d|d-guest|d-left"], vec!["10|2|1"]),
+        ),
+        // e registers at 11:05 and the platform says the guest left at
+        // 11:30; a departure with no arrival before it makes no visit.
+        (
+            vec![
+                ev("e-gone", "device_disconnected", "e", 5, at(11, 1)),
+                ev("e-reg", "guest_registered", "e", 6, at(11, 5)),
+                ev("e-left", "venue_left", "e", 7, at(11, 30)),
+            ],
+            (
+                vec!["d|d-conn|d-drop", "d|d-guest|d-left", "e|e-reg|e-left"],
+                vec!["10|2|1", "11|1|1"],
+            ),
+        ),
+        // Late: d was already there at 09:58, so its first visit began in
+        // the hour before: 10:00 loses that visit, 09:00 gains it.
+        (
+            vec![ev("d-early", "device_connected", "d", 1, at(9, 58))],
+            (
+                vec!["d|d-early|d-drop", "d|d-guest|d-left", "e|e-reg|e-left"],
+                vec!["09|1|1", "10|1|1", "11|1|1"],
+            ),
+        ),
+    ]
+}
+
+fn lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn visits_count_every_arrival_type_once_and_late_events_move_them_between_hours() {
+    use processors::sinks::Sink;
+    use processors::sinks::analytics::{PostgresSink, SqliteSink};
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("analytics.sqlite");
+    let postgres = PostgresSink::connect("pg", &pg.url())
+        .await
+        .expect("pg sink");
+    let embedded = SqliteSink::open("embedded", &path)
+        .await
+        .expect("sqlite sink");
+    for (step, (batch, (sessions, footfall))) in visits_step_by_step().into_iter().enumerate() {
+        for sink in [&postgres as &dyn Sink, &embedded] {
+            let outcomes = sink.accept(&batch).await;
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, processors::sinks::Outcome::Accepted)),
+                "step {step}, {}: {outcomes:?}",
+                sink.name()
+            );
+        }
+        let want = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pg_sessions = lines(&pg.psql(
+            "select device_id || '|' || connect_event_id || '|' || coalesce(disconnect_event_id, '') \
+             from device_sessions",
+        ));
+        let pg_footfall = lines(&pg.psql(
+            "select to_char(hour at time zone 'UTC', 'HH24') || '|' || connections || '|' \
+             || unique_devices from footfall_hourly",
+        ));
+        assert_eq!(
+            pg_sessions,
+            want(&sessions),
+            "PostgreSQL sessions, step {step}"
+        );
+        assert_eq!(
+            pg_footfall,
+            want(&footfall),
+            "PostgreSQL footfall, step {step}"
+        );
+        let embedded_sessions = lines(&sqlite(
+            &path,
+            "select device_id || '|' || connect_event_id || '|' || coalesce(disconnect_event_id, '') \
+             from device_sessions",
+        ));
+        let embedded_footfall = lines(&sqlite(
+            &path,
+            "select substr(hour, 12, 2) || '|' || connections || '|' || unique_devices \
+             from footfall_hourly",
+        ));
+        assert_eq!(
+            embedded_sessions,
+            want(&sessions),
+            "embedded sessions, step {step}"
+        );
+        assert_eq!(
+            embedded_footfall,
+            want(&footfall),
+            "embedded footfall, step {step}"
+        );
+    }
+    // Dwell of e's visit, ended by venue_left: 25 minutes, on both.
+    assert_eq!(
+        pg.psql("select dwell_seconds from device_sessions where device_id = 'e'")
+            .trim(),
+        "1500"
+    );
+    assert_eq!(
+        sqlite(
+            &path,
+            "select cast(dwell_seconds as integer) from device_sessions where device_id = 'e'"
+        )
+        .trim(),
+        "1500"
+    );
+}

@@ -161,10 +161,18 @@ fn the_local_stack_runs_the_demo_stops_on_sigterm_and_starts_again_on_its_data()
         };
         assert!(lost > 0, "run {run}: nothing lost: {}", polling[0]);
         if run == 1 {
+            // A lost delivery can be a duplicate whose event another
+            // delivery brought: what the poller must bring is the events
+            // no webhook did, and then the store has all 60.
             assert!(
-                recovered >= lost && read >= recovered,
+                recovered >= 1 && read >= recovered,
                 "run {run}: {}",
                 polling[0]
+            );
+            assert!(
+                analytics[0].contains(": 60 events, "),
+                "run {run}: {}",
+                analytics[0]
             );
         }
         // The demo's three venues, on the live venue view, each with its

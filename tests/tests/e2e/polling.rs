@@ -67,10 +67,12 @@ fn truth(seed: u64, count: usize, venues: usize) -> Vec<(String, Vec<u8>)> {
 /// What the analytics store must hold for `events` (bodies in any order):
 /// its `events` ids, `footfall_hourly` and `device_sessions`, one line per
 /// row, in the shapes of [`ANALYTICS_SQL`]. Straight from the bodies, by
-/// the store's documented rules: footfall counts `device_connected` per
-/// venue and UTC hour of occurrence (and distinct devices); a session is a
-/// `device_connected` paired with the device's next connect or disconnect
-/// in occurrence order, when that is a `device_disconnected`.
+/// the store's documented rules: a device's arrivals (`device_connected`,
+/// `guest_connects`, `guest_registered`) and departures
+/// (`device_disconnected`, `venue_left`) in occurrence order make visits:
+/// the first arrival with no visit open starts one, the next departure
+/// ends it; footfall counts the visits begun per venue and UTC hour (and
+/// their distinct devices).
 fn analytics_truth(events: &[(String, Vec<u8>)]) -> [String; 3] {
     use std::collections::{BTreeMap, BTreeSet};
     struct Ev {
@@ -97,32 +99,37 @@ fn analytics_truth(events: &[(String, Vec<u8>)]) -> [String; 3] {
         })
         .collect();
     let ids: BTreeSet<&str> = evs.iter().map(|e| e.id.as_str()).collect();
-    let mut footfall: BTreeMap<(&str, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
-    for e in evs.iter().filter(|e| e.kind == "device_connected") {
-        let f = footfall.entry((&e.venue, &e.at[..13])).or_default();
-        f.0 += 1;
-        f.1.insert(&e.device);
-    }
+    const ARRIVALS: [&str; 3] = ["device_connected", "guest_connects", "guest_registered"];
+    const DEPARTURES: [&str; 2] = ["device_disconnected", "venue_left"];
     let mut by_device: BTreeMap<(&str, &str), Vec<&Ev>> = BTreeMap::new();
     for e in evs
         .iter()
-        .filter(|e| e.kind == "device_connected" || e.kind == "device_disconnected")
+        .filter(|e| ARRIVALS.contains(&e.kind.as_str()) || DEPARTURES.contains(&e.kind.as_str()))
     {
         by_device.entry((&e.venue, &e.device)).or_default().push(e);
     }
     let mut sessions = BTreeSet::new();
+    let mut footfall: BTreeMap<(&str, &str), (u64, BTreeSet<&str>)> = BTreeMap::new();
     for ((venue, device), mut list) in by_device {
         // Times of one shape (milliseconds, Z) sort as text.
         list.sort_by(|a, b| (&a.at, a.seq, &a.id).cmp(&(&b.at, b.seq, &b.id)));
-        for (i, e) in list.iter().enumerate() {
-            if e.kind != "device_connected" {
-                continue;
+        let mut open: Option<&Ev> = None;
+        let mut visits: Vec<(&Ev, &str)> = Vec::new();
+        for e in list {
+            if DEPARTURES.contains(&e.kind.as_str()) {
+                if let Some(start) = open.take() {
+                    visits.push((start, e.id.as_str()));
+                }
+            } else if open.is_none() {
+                open = Some(e);
             }
-            let end = list
-                .get(i + 1)
-                .filter(|n| n.kind == "device_disconnected")
-                .map_or("", |n| n.id.as_str());
-            sessions.insert(format!("{venue}|{device}|{}|{end}", e.id));
+        }
+        visits.extend(open.map(|start| (start, "")));
+        for (start, end) in visits {
+            sessions.insert(format!("{venue}|{device}|{}|{end}", start.id));
+            let f = footfall.entry((venue, &start.at[..13])).or_default();
+            f.0 += 1;
+            f.1.insert(device);
         }
     }
     let lines = |rows: Vec<String>| rows.join("\n");

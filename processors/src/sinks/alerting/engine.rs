@@ -464,7 +464,7 @@ impl Tx<'_> {
                     )?;
                     self.resolve_dwell(venue, device, at)?;
                 }
-                "device_connected" | "guest_connects" | "zone_entered" => {
+                "device_connected" | "guest_connects" | "guest_registered" | "zone_entered" => {
                     let zone = w
                         .zone
                         .clone()

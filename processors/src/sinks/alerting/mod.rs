@@ -9,6 +9,7 @@
 //!   over `threshold` → `ZoneOverCapacity`; it resolves when the count is at
 //!   or below `clear_at` (default: the threshold; lower it for hysteresis).
 //!   A device is in the zone of its last `device_connected`,
+//!   `guest_registered`,
 //!   `guest_connects` or `zone_entered` event and leaves the venue with
 //!   `device_disconnected`; a device not heard of for `session_timeout`
 //!   (venue event time) is no longer counted, so a lost disconnect cannot

@@ -937,3 +937,26 @@ fn the_venue_view_gets_each_alert_without_a_guests_name_and_its_tombstone_when_f
     let second = e.apply_in(&mut c, 0, &[plain], later).unwrap();
     assert!(views(&second.changes).contains(&None), "a tombstone");
 }
+
+/// A guest who registers on the captive portal is at the venue: every
+/// arrival type puts a device in its zone (as the analytics store's
+/// visits begin with it), so occupancy counts them.
+#[test]
+fn every_arrival_type_puts_the_device_in_its_zone() {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = now_micros();
+    let arrivals = [
+        ev("a1", "device_connected", "v1", "lobby", "a", t0),
+        ev("a2", "guest_connects", "v1", "lobby", "b", t0),
+        ev("a3", "guest_registered", "v1", "lobby", "c", t0),
+    ];
+    let s = e.apply(&mut c, &arrivals, t0).unwrap();
+    assert_eq!(s.raised.get("zone_occupancy"), Some(&1), "3 devices over 2");
+    let present: i64 = c
+        .query_row("SELECT count(*) FROM devices WHERE venue = 'v1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(present, 3);
+}

@@ -12,11 +12,18 @@
 //! - `events`: one row per (source, event id), any source: type, ordering
 //!   key, sequence, occurred/received times, the late flag, the guest-WiFi
 //!   fields (venue, zone, device, guest, vip) and the parsed body.
-//! - `device_sessions`: per venue and device, each `device_connected` paired
-//!   with the next `device_disconnected` in occurrence order: connected and
-//!   disconnected times, dwell in seconds (null while still connected).
-//! - `footfall_hourly`: per venue and hour (UTC, of occurrence):
-//!   `connections` (device_connected events) and `unique_devices`.
+//! - `device_sessions`: per venue and device, its visits. A device's
+//!   arrivals ([`ARRIVALS`]: `device_connected`, `guest_connects`,
+//!   `guest_registered`) and departures ([`DEPARTURES`]:
+//!   `device_disconnected`, `venue_left`), in occurrence order, make
+//!   visits: an arrival with no visit open begins one (a device that
+//!   connects and then logs in as a guest arrives once), the next
+//!   departure ends it (a departure with no visit open is ignored). Each
+//!   row: the first arrival's time and id, the departure's (null while
+//!   still there), dwell in seconds.
+//! - `footfall_hourly`: per venue and hour (UTC) in which visits began:
+//!   `connections` (visits begun) and `unique_devices` (devices that
+//!   began them), from `device_sessions`.
 //!
 //! Times are `timestamptz` on PostgreSQL and, on the embedded store, UTC
 //! text of one fixed shape (`2026-11-22T18:03:11.123000Z`, hours as
@@ -27,9 +34,11 @@
 //!
 //! A batch is one transaction. Events are inserted with `ON CONFLICT DO
 //! NOTHING`, so a re-delivered or replayed event changes nothing. The
-//! rollups are not incremented: for every (venue, hour) and (venue, device)
-//! the batch touched with a new row, they are recomputed from `events` in
-//! the same transaction. A late event, or one that arrives out of order,
+//! rollups are not incremented: the sessions of every (venue, device) the
+//! batch added a row for are recomputed from `events`, then the footfall of
+//! every hour a session of theirs began in before or after, in the same
+//! transaction (a late event can split a visit, or move its start to
+//! another hour). A late event, or one that arrives out of order,
 //! therefore leaves the same rows as if it had come in order, and a replay
 //! into an empty store yields the same tables as the live path.
 //!
@@ -56,6 +65,14 @@ pub use sqlite::SqliteSink;
 
 use crate::event::Event;
 use crate::sinks::contract::SinkError;
+
+/// The event types that mean a device is at the venue: an arrival begins
+/// a visit unless one is already open (a device that connects and then
+/// logs in as a guest arrives once), as SQL literals.
+pub(crate) const ARRIVALS: &str = "'device_connected', 'guest_connects', 'guest_registered'";
+/// The event types that end a visit (the device left the WiFi, or the
+/// platform says the guest left the venue), as SQL literals.
+pub(crate) const DEPARTURES: &str = "'device_disconnected', 'venue_left'";
 
 /// The PostgreSQL analytics sink, its URL given or read from the
 /// environment variable `url_env` (never logged: it may hold a password).

@@ -30,7 +30,13 @@ use crate::event::Event;
 use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[
+fn migrations() -> [(i32, &'static str); 3] {
+    let [a, b] = MIGRATIONS;
+    [a, b, (3, VISITS_MIGRATION.as_str())]
+}
+
+/// Schema migrations 1 and 2 ([`migrations`] adds the third).
+const MIGRATIONS: [(i32, &str); 2] = [
     (
         1,
         r#"
@@ -94,50 +100,116 @@ const INSERT_EVENTS: &str = r#"
          as t(source, event_id, event_type, ordering_key, sequence, occurred,
               received, late, venue_id, zone, device_id, guest_id, vip, body)
     on conflict (source, event_id) do nothing
-    returning venue_id, device_id, date_trunc('hour', occurred_at)::text
+    returning venue_id, device_id
 "#;
 
-const FOOTFALL: &str = r#"
+/// Deletes the footfall rows of the (venue, hour text) keys `$1`, `$2`;
+/// [`FOOTFALL_INSERT`] then writes them again from the sessions.
+const FOOTFALL_DELETE: &str = r#"
+    delete from footfall_hourly f
+    using unnest($1::text[], $2::text[]) as k(venue_id, hour)
+    where f.venue_id = k.venue_id and f.hour = k.hour::timestamptz
+"#;
+
+/// Footfall of the (venue, hour) keys: the visits that began in the hour
+/// and the distinct devices that began them, from `device_sessions`.
+const FOOTFALL_INSERT: &str = r#"
     insert into footfall_hourly (venue_id, hour, connections, unique_devices)
-    select e.venue_id, date_trunc('hour', e.occurred_at), count(*), count(distinct e.device_id)
-    from events e
-    join unnest($1::text[], $2::text[]) as k(venue_id, hour)
-      on e.venue_id = k.venue_id and date_trunc('hour', e.occurred_at) = k.hour::timestamptz
-    where e.event_type = 'device_connected'
-    group by 1, 2
-    on conflict (venue_id, hour) do update
-      set connections = excluded.connections, unique_devices = excluded.unique_devices
+    select s.venue_id, k.hour::timestamptz, count(*), count(distinct s.device_id)
+    from unnest($1::text[], $2::text[]) as k(venue_id, hour)
+    join device_sessions s
+      on s.venue_id = k.venue_id
+     and s.connected_at >= k.hour::timestamptz
+     and s.connected_at < k.hour::timestamptz + interval '1 hour'
+    group by s.venue_id, k.hour
 "#;
 
+/// Deletes the sessions of the (venue, device) keys `$1`, `$2`, answering
+/// the hours they began in (their footfall must be recomputed).
 const SESSIONS_DELETE: &str = r#"
     delete from device_sessions s
     using unnest($1::text[], $2::text[]) as k(venue_id, device_id)
     where s.venue_id = k.venue_id and s.device_id = k.device_id
+    returning s.venue_id, date_trunc('hour', s.connected_at)::text
 "#;
 
-const SESSIONS_INSERT: &str = r#"
-    insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
-                                 dwell_seconds, connect_event_id, disconnect_event_id)
+/// The sessions of every device `join` selects from `events e`, as rows of
+/// `device_sessions`. A device's arrival and departure events, in
+/// occurrence order, fall into visits, each closed by a departure: a visit
+/// that holds an arrival is a session, from its first arrival to its
+/// departure (none yet: still there). A departure with no arrival before
+/// it in its visit makes no session.
+fn sessions_select(join: &str) -> String {
+    use super::{ARRIVALS, DEPARTURES};
+    format!(
+        r#"
     select venue_id, device_id, occurred_at,
-           case when next_type = 'device_disconnected' then next_at end,
-           case when next_type = 'device_disconnected'
-                then extract(epoch from next_at - occurred_at)::float8 end,
+           case when last_end = 1 then last_at end,
+           case when last_end = 1 then extract(epoch from last_at - occurred_at)::float8 end,
            event_id,
-           case when next_type = 'device_disconnected' then next_id end
+           case when last_end = 1 then last_id end
     from (
-        select e.venue_id, e.device_id, e.event_type, e.occurred_at, e.event_id,
-               lead(e.event_type) over w as next_type,
-               lead(e.occurred_at) over w as next_at,
-               lead(e.event_id) over w as next_id
-        from events e
-        join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
-          on e.venue_id = k.venue_id and e.device_id = k.device_id
-        where e.event_type in ('device_connected', 'device_disconnected')
-        window w as (partition by e.venue_id, e.device_id
-                     order by e.occurred_at, e.sequence, e.event_id)
+        select v.*,
+               row_number() over g as pos,
+               last_value(is_end) over gf as last_end,
+               last_value(occurred_at) over gf as last_at,
+               last_value(event_id) over gf as last_id
+        from (
+            select e.venue_id, e.device_id, e.occurred_at, e.sequence, e.event_id,
+                   case when e.event_type in ({DEPARTURES}) then 1 else 0 end as is_end,
+                   coalesce(sum(case when e.event_type in ({DEPARTURES}) then 1 else 0 end)
+                       over (partition by e.venue_id, e.device_id
+                             order by e.occurred_at, e.sequence, e.event_id
+                             rows between unbounded preceding and 1 preceding), 0) as visit
+            from events e
+            {join}
+            where e.occurred_at is not null and e.device_id is not null and e.venue_id is not null
+              and e.event_type in ({ARRIVALS}, {DEPARTURES})
+        ) v
+        window g as (partition by venue_id, device_id, visit
+                     order by occurred_at, sequence, event_id),
+               gf as (partition by venue_id, device_id, visit
+                      order by occurred_at, sequence, event_id
+                      rows between unbounded preceding and unbounded following)
     ) x
-    where event_type = 'device_connected'
-"#;
+    where pos = 1 and is_end = 0
+"#
+    )
+}
+
+/// Recomputes the sessions of the (venue, device) keys `$1`, `$2`,
+/// answering the hours they begin in.
+static SESSIONS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
+                                      dwell_seconds, connect_event_id, disconnect_event_id)
+         {}
+         returning venue_id, date_trunc('hour', connected_at)::text",
+        sessions_select(
+            "join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
+               on e.venue_id = k.venue_id and e.device_id = k.device_id"
+        )
+    )
+});
+
+/// Migration 3: visits from every arrival type (`guest_connects` and
+/// `guest_registered` too), ended by `venue_left` too: every session and
+/// footfall row recomputed from `events` once.
+static VISITS_MIGRATION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "create index if not exists device_sessions_venue_start
+           on device_sessions (venue_id, connected_at);
+         delete from device_sessions;
+         insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
+                                      dwell_seconds, connect_event_id, disconnect_event_id)
+         {};
+         delete from footfall_hourly;
+         insert into footfall_hourly (venue_id, hour, connections, unique_devices)
+         select venue_id, date_trunc('hour', connected_at), count(*), count(distinct device_id)
+         from device_sessions group by 1, 2;",
+        sessions_select("")
+    )
+});
 
 /// The first key of the per-venue advisory locks (two-key form, a key
 /// space apart from the migration lock's single key): "anlv".
@@ -230,11 +302,11 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
     )
     .await
     .map_err(e)?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in migrations() {
         let done = tx
             .query_opt(
                 "select 1 from schema_migrations where version = $1",
-                &[version],
+                &[&version],
             )
             .await
             .map_err(e)?
@@ -243,7 +315,7 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
             tx.batch_execute(sql).await.map_err(e)?;
             tx.execute(
                 "insert into schema_migrations (version) values ($1)",
-                &[version],
+                &[&version],
             )
             .await
             .map_err(e)?;
@@ -316,21 +388,14 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         )
         .await
         .map_err(err("insert events"))?;
-    let mut hours: BTreeSet<(String, String)> = BTreeSet::new();
     let mut devices: BTreeSet<(String, String)> = BTreeSet::new();
     let mut locks: BTreeSet<i32> = BTreeSet::new();
     for row in &rows {
         let venue: Option<String> = row.get(0);
         let device: Option<String> = row.get(1);
-        let hour: Option<String> = row.get(2);
-        if let Some(v) = venue {
+        if let (Some(v), Some(d)) = (venue, device) {
             locks.insert(venue_lock_key(&v));
-            if let Some(h) = hour {
-                hours.insert((v.clone(), h));
-            }
-            if let Some(d) = device {
-                devices.insert((v, d));
-            }
+            devices.insert((v, d));
         }
     }
     // One writer at a time per venue from here to the commit (module
@@ -343,20 +408,27 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         .await
         .map_err(err("venue lock"))?;
     }
-    if !hours.is_empty() {
-        let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
-        tx.execute(FOOTFALL, &[&v, &h])
-            .await
-            .map_err(err("footfall"))?;
-    }
+    // The touched devices' sessions, then the footfall of every hour a
+    // session of theirs began in, before or after (a late event can move
+    // a visit's start to another hour, or split one visit in two).
     if !devices.is_empty() {
         let (v, d): (Vec<String>, Vec<String>) = devices.into_iter().unzip();
-        tx.execute(SESSIONS_DELETE, &[&v, &d])
-            .await
-            .map_err(err("sessions"))?;
-        tx.execute(SESSIONS_INSERT, &[&v, &d])
-            .await
-            .map_err(err("sessions"))?;
+        let mut hours: BTreeSet<(String, String)> = BTreeSet::new();
+        for statement in [SESSIONS_DELETE, SESSIONS_INSERT.as_str()] {
+            let rows = tx
+                .query(statement, &[&v, &d])
+                .await
+                .map_err(err("sessions"))?;
+            hours.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+        if !hours.is_empty() {
+            let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
+            for statement in [FOOTFALL_DELETE, FOOTFALL_INSERT] {
+                tx.execute(statement, &[&v, &h])
+                    .await
+                    .map_err(err("footfall"))?;
+            }
+        }
     }
     tx.commit().await.map_err(err("commit"))
 }

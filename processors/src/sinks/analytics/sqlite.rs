@@ -28,7 +28,8 @@ use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 /// before it answers `Retry`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Schema migrations, applied in order, each once.
+/// Schema migrations 1 and 2 ([`migrate`] applies a third,
+/// [`visits_migration`]).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -87,48 +88,92 @@ const INSERT_EVENT: &str = r#"
     on conflict (source, event_id) do nothing
 "#;
 
-/// Recomputes one (venue, hour): `?1` venue, `?2` hour start, `?3` hour end.
-const FOOTFALL: &str = r#"
+/// Recomputes one (venue, hour) from the sessions that began in it: `?1`
+/// venue, `?2` hour start, `?3` hour end (the row is gone when none did).
+const FOOTFALL_DELETE: &str = "delete from footfall_hourly where venue_id = ?1 and hour = ?2";
+const FOOTFALL_INSERT: &str = r#"
     insert into footfall_hourly (venue_id, hour, connections, unique_devices)
     select venue_id, ?2, count(*), count(distinct device_id)
-    from events
-    where venue_id = ?1 and event_type = 'device_connected'
-      and occurred_at >= ?2 and occurred_at < ?3
+    from device_sessions
+    where venue_id = ?1 and connected_at >= ?2 and connected_at < ?3
     group by venue_id
-    on conflict (venue_id, hour) do update
-      set connections = excluded.connections, unique_devices = excluded.unique_devices
 "#;
+
+/// The hours (Unix seconds of their start) the sessions of one (venue,
+/// device) begin in.
+const SESSION_HOURS: &str = "select distinct unixepoch(connected_at) / 3600 * 3600
+    from device_sessions where venue_id = ?1 and device_id = ?2";
 
 const SESSIONS_DELETE: &str = "delete from device_sessions where venue_id = ?1 and device_id = ?2";
 
 /// Seconds between two times of the fixed text shape, to the microsecond
 /// (SQLite's own date functions keep milliseconds only).
-const DWELL: &str = "(unixepoch(next_at) - unixepoch(occurred_at)) \
-    + (cast(substr(next_at, 21, 6) as integer) - cast(substr(occurred_at, 21, 6) as integer)) / 1e6";
+const DWELL: &str = "(unixepoch(last_at) - unixepoch(occurred_at)) \
+    + (cast(substr(last_at, 21, 6) as integer) - cast(substr(occurred_at, 21, 6) as integer)) / 1e6";
+
+/// The sessions of the events `filter` selects, as `device_sessions` rows:
+/// the same visits as on PostgreSQL (`postgres.rs`, `sessions_select`).
+fn sessions_select(filter: &str) -> String {
+    use super::{ARRIVALS, DEPARTURES};
+    format!(
+        r#"
+    select venue_id, device_id, occurred_at,
+           case when last_end = 1 then last_at end,
+           case when last_end = 1 then {DWELL} end,
+           event_id,
+           case when last_end = 1 then last_id end
+    from (
+        select v.*,
+               row_number() over g as pos,
+               last_value(is_end) over gf as last_end,
+               last_value(occurred_at) over gf as last_at,
+               last_value(event_id) over gf as last_id
+        from (
+            select venue_id, device_id, occurred_at, sequence, event_id,
+                   case when event_type in ({DEPARTURES}) then 1 else 0 end as is_end,
+                   coalesce(sum(case when event_type in ({DEPARTURES}) then 1 else 0 end)
+                       over (partition by venue_id, device_id
+                             order by occurred_at, sequence, event_id
+                             rows between unbounded preceding and 1 preceding), 0) as visit
+            from events
+            where {filter} occurred_at is not null and device_id is not null
+              and venue_id is not null and event_type in ({ARRIVALS}, {DEPARTURES})
+        ) v
+        window g as (partition by venue_id, device_id, visit
+                     order by occurred_at, sequence, event_id),
+               gf as (partition by venue_id, device_id, visit
+                      order by occurred_at, sequence, event_id
+                      rows between unbounded preceding and unbounded following)
+    )
+    where pos = 1 and is_end = 0
+"#
+    )
+}
+
+const SESSIONS_COLUMNS: &str = "insert into device_sessions (venue_id, device_id, connected_at,
+    disconnected_at, dwell_seconds, connect_event_id, disconnect_event_id)";
 
 fn sessions_insert() -> String {
     format!(
-        r#"
-    insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
-                                 dwell_seconds, connect_event_id, disconnect_event_id)
-    select venue_id, device_id, occurred_at,
-           case when next_type = 'device_disconnected' then next_at end,
-           case when next_type = 'device_disconnected' then {DWELL} end,
-           event_id,
-           case when next_type = 'device_disconnected' then next_id end
-    from (
-        select venue_id, device_id, event_type, occurred_at, event_id,
-               lead(event_type) over w as next_type,
-               lead(occurred_at) over w as next_at,
-               lead(event_id) over w as next_id
-        from events
-        where venue_id = ?1 and device_id = ?2 and occurred_at is not null
-          and event_type in ('device_connected', 'device_disconnected')
-        window w as (partition by venue_id, device_id
-                     order by occurred_at, sequence, event_id)
+        "{SESSIONS_COLUMNS} {}",
+        sessions_select("venue_id = ?1 and device_id = ?2 and")
     )
-    where event_type = 'device_connected'
-"#
+}
+
+/// Migration 3: the sessions and footfall of every arrival type, ended by
+/// `venue_left` too, recomputed from `events` once (see `postgres.rs`).
+fn visits_migration() -> String {
+    format!(
+        "create index if not exists device_sessions_venue_start
+           on device_sessions (venue_id, connected_at);
+         delete from device_sessions;
+         {SESSIONS_COLUMNS} {};
+         delete from footfall_hourly;
+         insert into footfall_hourly (venue_id, hour, connections, unique_devices)
+         select venue_id, strftime('%Y-%m-%dT%H:00:00.000000Z', connected_at), count(*),
+                count(distinct device_id)
+         from device_sessions group by 1, 2;",
+        sessions_select("")
     )
 }
 
@@ -205,7 +250,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             version integer primary key,
             applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
     )?;
-    for (version, sql) in MIGRATIONS {
+    let visits = visits_migration();
+    let all = MIGRATIONS
+        .iter()
+        .copied()
+        .chain(std::iter::once((3, visits.as_str())));
+    for (version, sql) in all {
         let done = tx
             .query_row(
                 "select 1 from schema_migrations where version = ?1",
@@ -231,7 +281,6 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<(), String
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err("begin"))?;
-    let mut hours: BTreeSet<(String, i64)> = BTreeSet::new();
     let mut devices: BTreeSet<(String, String)> = BTreeSet::new();
     {
         let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(err("prepare"))?;
@@ -258,40 +307,51 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<(), String
             if inserted == 0 {
                 continue;
             }
-            if let Some(venue) = r.venue {
-                if let Some(t) = r.occurred_micros {
-                    hours.insert((venue.to_string(), t - t.rem_euclid(3_600_000_000)));
-                    if let Some(device) = r.device {
-                        devices.insert((venue.to_string(), device.to_string()));
-                    }
-                }
+            if let (Some(venue), Some(device), Some(_)) = (r.venue, r.device, r.occurred_micros) {
+                devices.insert((venue.to_string(), device.to_string()));
             }
         }
     }
-    if !hours.is_empty() {
-        let mut footfall = tx.prepare_cached(FOOTFALL).map_err(err("prepare"))?;
-        for (venue, start) in &hours {
-            footfall
-                .execute(params![
-                    venue,
-                    utc_hour_text(*start),
-                    utc_text(start + 3_600_000_000)
-                ])
-                .map_err(err("footfall"))?;
-        }
-    }
+    // The touched devices' sessions, then the footfall of every hour a
+    // session of theirs began in, before or after (a late event can move
+    // a visit's start to another hour, or split one visit in two).
+    let mut hours: BTreeSet<(String, i64)> = BTreeSet::new();
     if !devices.is_empty() {
+        let mut started = tx.prepare_cached(SESSION_HOURS).map_err(err("prepare"))?;
         let mut delete = tx.prepare_cached(SESSIONS_DELETE).map_err(err("prepare"))?;
         let mut insert = tx
             .prepare_cached(&sessions_insert())
             .map_err(err("prepare"))?;
         for (venue, device) in &devices {
+            let mut collect = |hours: &mut BTreeSet<(String, i64)>| -> Result<(), String> {
+                let found = started
+                    .query_map(params![venue, device], |r| r.get::<_, i64>(0))
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<i64>>>())
+                    .map_err(err("sessions"))?;
+                hours.extend(found.into_iter().map(|h| (venue.clone(), h * 1_000_000)));
+                Ok(())
+            };
+            collect(&mut hours)?;
             delete
                 .execute(params![venue, device])
                 .map_err(err("sessions"))?;
             insert
                 .execute(params![venue, device])
                 .map_err(err("sessions"))?;
+            collect(&mut hours)?;
+        }
+    }
+    if !hours.is_empty() {
+        let mut delete = tx.prepare_cached(FOOTFALL_DELETE).map_err(err("prepare"))?;
+        let mut insert = tx.prepare_cached(FOOTFALL_INSERT).map_err(err("prepare"))?;
+        for (venue, start) in &hours {
+            let hour = utc_hour_text(*start);
+            delete
+                .execute(params![venue, hour])
+                .map_err(err("footfall"))?;
+            insert
+                .execute(params![venue, hour, utc_text(start + 3_600_000_000)])
+                .map_err(err("footfall"))?;
         }
     }
     tx.commit().map_err(err("commit"))
