@@ -18,6 +18,17 @@
 //! Locks are released by the commit or rollback. Event inserts wait for
 //! no advisory lock, so a duplicate (source, event id) from a writer still
 //! in flight never waits in a circle with them either.
+//!
+//! # Retention sweeps
+//!
+//! A sweep ([`super`]'s *Retention*) runs on a connection of its own, so
+//! it never holds up the write path: it moves the horizon forward
+//! (`greatest`, so an instance whose horizon is behind never moves it
+//! back), commits, then deletes in statements of `retention_batch` rows,
+//! each picking its rows `FOR UPDATE SKIP LOCKED`: two instances sweeping
+//! at once delete disjoint rows and never wait on each other, and a
+//! writer recomputing a device's sessions keeps its rows locked from the
+//! sweep until it commits.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,7 +36,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
-use super::Row;
+use super::{Retention, Row, kept_by};
 use crate::event::Event;
 use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
@@ -79,7 +90,56 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "create index if not exists device_sessions_venue_end
          on device_sessions (venue_id, disconnected_at)",
     ),
+    // Retention: the horizon a sweep deleted up to, and the indexes its
+    // batched deletes walk.
+    (
+        3,
+        r#"
+    create table if not exists analytics_retention (
+        id int primary key check (id = 1),
+        deleted_before timestamptz not null
+    );
+    create index if not exists events_retention_time
+        on events ((coalesce(occurred_at, received_at)));
+    create index if not exists device_sessions_connected on device_sessions (connected_at);
+    "#,
+    ),
 ];
+
+/// The horizon in microseconds, or none before the first sweep.
+const HORIZON: &str = "select (extract(epoch from deleted_before) * 1000000)::int8
+    from analytics_retention where id = 1";
+
+/// The horizon as a `timestamptz` expression inside a statement (so the
+/// statement reads it in its own snapshot); `-infinity` before any sweep.
+const HORIZON_EXPR: &str =
+    "coalesce((select deleted_before from analytics_retention where id = 1), '-infinity')";
+
+/// Moves the horizon to `$1` (microseconds) unless it is already later;
+/// answers the horizon in force.
+const HORIZON_SET: &str = r#"
+    insert into analytics_retention (id, deleted_before)
+    values (1, timestamptz 'epoch' + $1::int8 * interval '1 microsecond')
+    on conflict (id) do update
+      set deleted_before = greatest(analytics_retention.deleted_before, excluded.deleted_before)
+    returning (extract(epoch from deleted_before) * 1000000)::int8
+"#;
+
+const SWEEP_EVENTS: &str = r#"
+    delete from events where (source, event_id) in (
+        select source, event_id from events
+        where coalesce(occurred_at, received_at) < timestamptz 'epoch' + $1::int8 * interval '1 microsecond'
+        limit $2::int8
+        for update skip locked)
+"#;
+
+const SWEEP_SESSIONS: &str = r#"
+    delete from device_sessions where (venue_id, device_id, connect_event_id) in (
+        select venue_id, device_id, connect_event_id from device_sessions
+        where connected_at < timestamptz 'epoch' + $1::int8 * interval '1 microsecond'
+        limit $2::int8
+        for update skip locked)
+"#;
 
 const INSERT_EVENTS: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
@@ -97,17 +157,24 @@ const INSERT_EVENTS: &str = r#"
     returning venue_id, device_id, date_trunc('hour', occurred_at)::text
 "#;
 
-const FOOTFALL: &str = r#"
+/// Recomputes the touched (venue, hour)s, none before the horizon (an
+/// hour a sweep deleted from keeps its counts).
+fn footfall() -> String {
+    format!(
+        r#"
     insert into footfall_hourly (venue_id, hour, connections, unique_devices)
     select e.venue_id, date_trunc('hour', e.occurred_at), count(*), count(distinct e.device_id)
     from events e
     join unnest($1::text[], $2::text[]) as k(venue_id, hour)
       on e.venue_id = k.venue_id and date_trunc('hour', e.occurred_at) = k.hour::timestamptz
     where e.event_type = 'device_connected'
+      and k.hour::timestamptz >= {HORIZON_EXPR}
     group by 1, 2
     on conflict (venue_id, hour) do update
       set connections = excluded.connections, unique_devices = excluded.unique_devices
-"#;
+"#
+    )
+}
 
 const SESSIONS_DELETE: &str = r#"
     delete from device_sessions s
@@ -115,7 +182,11 @@ const SESSIONS_DELETE: &str = r#"
     where s.venue_id = k.venue_id and s.device_id = k.device_id
 "#;
 
-const SESSIONS_INSERT: &str = r#"
+/// Recomputes the touched (venue, device)s' sessions from their events
+/// at or after the horizon (what a sweep leaves).
+fn sessions_insert() -> String {
+    format!(
+        r#"
     insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
                                  dwell_seconds, connect_event_id, disconnect_event_id)
     select venue_id, device_id, occurred_at,
@@ -133,11 +204,14 @@ const SESSIONS_INSERT: &str = r#"
         join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
           on e.venue_id = k.venue_id and e.device_id = k.device_id
         where e.event_type in ('device_connected', 'device_disconnected')
+          and coalesce(e.occurred_at, e.received_at) >= {HORIZON_EXPR}
         window w as (partition by e.venue_id, e.device_id
                      order by e.occurred_at, e.sequence, e.event_id)
     ) x
     where event_type = 'device_connected'
-"#;
+"#
+    )
+}
 
 /// The first key of the per-venue advisory locks (two-key form, a key
 /// space apart from the migration lock's single key): "anlv".
@@ -159,6 +233,13 @@ pub struct PostgresSink {
     name: String,
     url: String,
     client: Arc<Mutex<Option<Client>>>,
+    /// The retention in force, if `retention` is set.
+    retention: Option<Retention>,
+    /// The sweeps' own connection, apart from the write path's.
+    sweeper: Mutex<Option<Client>>,
+    /// Counts events older than the horizon, not stored (whichever
+    /// instance swept the store).
+    refused: Option<prometheus::IntCounter>,
 }
 
 impl PostgresSink {
@@ -169,6 +250,9 @@ impl PostgresSink {
             name: name.into(),
             url: url.into(),
             client: Arc::new(Mutex::new(None)),
+            retention: None,
+            sweeper: Mutex::new(None),
+            refused: None,
         };
         let mut guard = sink.client.lock().await;
         let client = open(url)
@@ -179,7 +263,20 @@ impl PostgresSink {
         Ok(sink)
     }
 
-    async fn write(&self, batch: &[Arc<Event>]) -> Result<(), String> {
+    /// Sweeps past `settings`' retention, if it sets one, counting in
+    /// `metrics`.
+    pub fn with_retention(
+        mut self,
+        settings: Option<super::RetentionSettings>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        self.retention = Retention::of(settings);
+        self.refused = Some(metrics.retention_refused.with_label_values(&[&self.name]));
+        self
+    }
+
+    /// Answers the number of events refused as older than the horizon.
+    async fn write(&self, batch: &[Arc<Event>]) -> Result<u64, String> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = Some(open(&self.url).await?);
@@ -253,7 +350,57 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
     tx.commit().await.map_err(e)
 }
 
-async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), String> {
+/// One sweep: moves the horizon to `horizon` (or keeps a later one), then
+/// deletes what lies before it, `batch` rows per statement.
+async fn sweep(client: &Client, horizon: i64, batch: u32) -> Result<(u64, u64), String> {
+    let err =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
+    let horizon: i64 = client
+        .query_one(HORIZON_SET, &[&horizon])
+        .await
+        .map_err(err("retention horizon"))?
+        .get(0);
+    let batch = i64::from(batch);
+    let mut removed = [0u64; 2];
+    for (i, sql) in [SWEEP_EVENTS, SWEEP_SESSIONS].into_iter().enumerate() {
+        loop {
+            let n = client
+                .execute(sql, &[&horizon, &batch])
+                .await
+                .map_err(err("retention delete"))?;
+            removed[i] += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok((removed[0], removed[1]))
+}
+
+async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<u64, String> {
+    let err =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(err("begin"))?;
+    // Events older than the horizon are not stored (late, or replayed):
+    // their hours' rollups are kept as they were when swept.
+    let horizon: Option<i64> = tx
+        .query_opt(HORIZON, &[])
+        .await
+        .map_err(err("retention horizon"))?
+        .map(|r| r.get(0));
+    let (batch, refused): (Vec<&Arc<Event>>, Vec<&Arc<Event>>) = batch
+        .iter()
+        .partition(|e| horizon.is_none_or(|h| kept_by(e) >= h));
+    let refused = refused.len() as u64;
+    if batch.is_empty() {
+        tx.commit().await.map_err(err("commit"))?;
+        return Ok(refused);
+    }
     let n = batch.len();
     let mut source = Vec::with_capacity(n);
     let mut event_id = Vec::with_capacity(n);
@@ -269,7 +416,7 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
     let mut guest: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut vip: Vec<Option<bool>> = Vec::with_capacity(n);
     let mut body = Vec::with_capacity(n);
-    for e in batch {
+    for e in &batch {
         let r = Row::of(e);
         source.push(r.source);
         event_id.push(r.event_id);
@@ -286,14 +433,6 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         vip.push(r.vip);
         body.push(r.body);
     }
-    let err =
-        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()
-        .await
-        .map_err(err("begin"))?;
     let rows = tx
         .query(
             INSERT_EVENTS,
@@ -345,7 +484,7 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
     }
     if !hours.is_empty() {
         let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
-        tx.execute(FOOTFALL, &[&v, &h])
+        tx.execute(&footfall(), &[&v, &h])
             .await
             .map_err(err("footfall"))?;
     }
@@ -354,16 +493,52 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         tx.execute(SESSIONS_DELETE, &[&v, &d])
             .await
             .map_err(err("sessions"))?;
-        tx.execute(SESSIONS_INSERT, &[&v, &d])
+        tx.execute(&sessions_insert(), &[&v, &d])
             .await
             .map_err(err("sessions"))?;
     }
-    tx.commit().await.map_err(err("commit"))
+    tx.commit().await.map_err(err("commit"))?;
+    Ok(refused)
+}
+
+impl crate::sinks::Retained for PostgresSink {
+    fn sweep_interval(&self) -> std::time::Duration {
+        self.retention
+            .as_ref()
+            .map_or(super::default_sweep_interval(), |r| r.interval)
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, String>> {
+        Box::pin(async move {
+            let Some(retention) = &self.retention else {
+                return Ok(Vec::new());
+            };
+            let mut guard = self.sweeper.lock().await;
+            if guard.as_ref().is_none_or(Client::is_closed) {
+                *guard = Some(open(&self.url).await?);
+            }
+            let Some(client) = guard.as_ref() else {
+                return Err("no connection".into());
+            };
+            let result = sweep(client, retention.horizon_now(), retention.batch).await;
+            if result.is_err() && client.is_closed() {
+                *guard = None;
+            }
+            let (events, sessions) = result?;
+            Ok(vec![("events", events), ("device_sessions", sessions)])
+        })
+    }
 }
 
 impl Sink for PostgresSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn retained(&self) -> Option<&dyn crate::sinks::Retained> {
+        self.retention
+            .as_ref()
+            .map(|_| self as &dyn crate::sinks::Retained)
     }
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
@@ -377,7 +552,11 @@ impl Sink for PostgresSink {
             let written = if storable.is_empty() {
                 Ok(())
             } else {
-                self.write(&storable).await
+                self.write(&storable).await.map(|refused| {
+                    if let Some(c) = &self.refused {
+                        c.inc_by(refused);
+                    }
+                })
             };
             batch
                 .iter()
