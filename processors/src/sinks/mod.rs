@@ -213,6 +213,14 @@ pub enum SinkConfig {
     Jsonl {
         /// The file.
         path: PathBuf,
+        /// How long lines are kept, by their event's time (`occurred_at`,
+        /// else `received_at`), e.g. `"30d"`. Unset: no limit.
+        #[serde(default, with = "humantime_serde")]
+        retention: Option<Duration>,
+        /// Time between two sweeps, which rewrite the file without the
+        /// lines past the retention (default 1h).
+        #[serde(default = "jsonl::default_sweep_interval", with = "humantime_serde")]
+        retention_interval: Duration,
     },
     /// Posts each event to a CRM (contact upsert, journey entry) through a
     /// JSON template, idempotently, with retries, a circuit breaker and a
@@ -291,7 +299,12 @@ impl SinkConfig {
                 p.extend(self.analytics_retention_problems(at));
                 p
             }
-            SinkConfig::Log | SinkConfig::Null | SinkConfig::Jsonl { .. } => Vec::new(),
+            SinkConfig::Jsonl {
+                retention,
+                retention_interval,
+                ..
+            } => jsonl::retention_problems(at, *retention, *retention_interval),
+            SinkConfig::Log | SinkConfig::Null => Vec::new(),
         }
     }
 }
@@ -364,7 +377,15 @@ pub async fn build(
                     )
                 }
             },
-            SinkConfig::Jsonl { path } => Arc::new(jsonl::JsonlSink::open(name, path)?),
+            SinkConfig::Jsonl {
+                path,
+                retention,
+                retention_interval,
+            } => Arc::new(jsonl::JsonlSink::open(name, path)?.with_retention(
+                *retention,
+                *retention_interval,
+                metrics,
+            )),
             SinkConfig::Crm(crm) => Arc::new(crm::CrmSink::new(name, crm, metrics)?),
             SinkConfig::Alerts(alerts) => {
                 Arc::new(alerting::AlertsSink::start(name, alerts, metrics)?)

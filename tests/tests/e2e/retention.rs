@@ -20,7 +20,11 @@ group_id = "g-{topic}"
 topic = "{topic}"
 quarantine_topic = "{topic}.quarantine"
 dlq_topic = "{topic}.dlq"
+# The second instance joins after the first left; should the leave be
+# lost, the group moves on after 6 s rather than librdkafka's 45 s.
+session_timeout = "6s"
 instance_id = ""
+options = {{ "heartbeat.interval.ms" = "1000" }}
 [processing]
 gap_timeout = "20s"
 retry_initial = "50ms"
@@ -312,4 +316,140 @@ async fn rows_older_than_the_embedded_retention_are_removed_and_counted() {
         SQLITE_FOOTFALL,
     )
     .await;
+}
+
+/// Two instances sweeping one PostgreSQL store at once (a rolling restart,
+/// two replicas with the same config): every old row is deleted and
+/// counted once in all, none waits on the other, and recent rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sweeping_one_postgres_store_at_once_count_each_row_once() {
+    use processors::sinks::Sink;
+    use processors::sinks::analytics::{PostgresSink, RetentionSettings};
+    let pg = Postgres::start();
+    let url = pg.url();
+    let settings = Some(RetentionSettings {
+        keep: Some(Duration::from_secs(30 * 86_400)),
+        interval: Duration::from_secs(1),
+        batch: 50,
+    });
+    let metrics = processors::metrics::Metrics::new().unwrap();
+    let a = PostgresSink::connect("analytics", &url)
+        .await
+        .unwrap()
+        .with_retention(settings, &metrics);
+    let b = PostgresSink::connect("analytics", &url)
+        .await
+        .unwrap()
+        .with_retention(settings, &metrics);
+    // 4,000 events 40 days old over 20 venues and 200 devices, with their
+    // sessions and hourly rows, and 100 recent ones.
+    pg.psql(
+        "insert into events (source, event_id, event_type, occurred_at, received_at, late, venue_id, device_id, body)
+         select 'purple', 'old-' || i, 'device_connected', now() - interval '40 days' + i * interval '1 second',
+                now(), false, 'v' || (i % 20), 'd' || (i % 200), '{}'::jsonb
+         from generate_series(1, 4000) i;
+         insert into events (source, event_id, event_type, occurred_at, received_at, late, venue_id, device_id, body)
+         select 'purple', 'new-' || i, 'device_connected', now() - interval '1 hour',
+                now(), false, 'v' || (i % 20), 'd' || (i % 200), '{}'::jsonb
+         from generate_series(1, 100) i;
+         insert into device_sessions (venue_id, device_id, connected_at, connect_event_id)
+         select venue_id, device_id, occurred_at, event_id from events;",
+    );
+    let (ra, rb) = tokio::join!(a.retained().unwrap().sweep(), b.retained().unwrap().sweep());
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    eprintln!("the two sweeps removed {ra:?} and {rb:?}");
+    let total = |table: &str| -> u64 {
+        ra.iter()
+            .chain(rb.iter())
+            .filter(|(t, _)| *t == table)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(total("events"), 4000, "{ra:?} {rb:?}");
+    assert_eq!(total("device_sessions"), 4000, "{ra:?} {rb:?}");
+    assert_eq!(pg.psql("select count(*) from events"), "100");
+    assert_eq!(pg.psql("select count(*) from device_sessions"), "100");
+    assert_eq!(
+        pg.psql("select count(*) from events where event_id like 'old-%'"),
+        "0"
+    );
+}
+
+/// The JSON-lines file: lines written before a retention was set and older
+/// than it are gone after the first sweep, counted; recent ones stay, and
+/// an old event offered afterwards is not written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_older_than_the_jsonl_retention_are_removed_and_counted() {
+    let broker = Broker::start();
+    let topic = "ret-jsonl";
+    broker.create_topic(topic, 2).await;
+    broker.create_topic(&format!("{topic}.quarantine"), 1).await;
+    broker.create_topic(&format!("{topic}.dlq"), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let sink = |extra: &str| {
+        format!(
+            "[sinks.analytics]\nkind = \"jsonl\"\npath = \"{}\"\n{extra}",
+            path.display()
+        )
+    };
+    let ids = || -> Vec<String> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let hour = 3_600_000_000;
+    let now = now_micros();
+    let (old, recent) = (now - 40 * 24 * hour, now - 2 * hour);
+    let mut first = Processor::start(&config(&broker.brokers(), topic, &dir, &sink("")));
+    produce(&broker.brokers(), topic, &visits(old, recent)).await;
+    wait_until("eight lines written", &first, async || ids().len() == 8).await;
+    first.stop(Duration::from_secs(20));
+
+    let second = Processor::start(&config(
+        &broker.brokers(),
+        topic,
+        &dir,
+        &sink("retention = \"30d\"\nretention_interval = \"1s\"\n"),
+    ));
+    wait_until("the old lines swept and counted", &second, async || {
+        second.metric("processors_retention_removed_total").await >= 4.0
+    })
+    .await;
+    assert_eq!(ids(), ["ret-5", "ret-6", "ret-7", "ret-8"]);
+    let s = scrape(second.metrics_addr).await;
+    assert_eq!(
+        metric_sum(
+            &s,
+            "processors_retention_removed_total",
+            &[("store", "analytics"), ("table", "lines")]
+        ),
+        4.0,
+        "{s}"
+    );
+    produce(
+        &broker.brokers(),
+        topic,
+        &[
+            record(9, "device_connected", "ret-dev-c", old),
+            record(10, "device_connected", "ret-dev-c", recent),
+        ],
+    )
+    .await;
+    wait_until("the recent event written", &second, async || {
+        ids().len() == 5
+    })
+    .await;
+    assert_eq!(ids()[4], "ret-10");
+    assert_eq!(
+        second.metric("processors_retention_refused_total").await,
+        1.0
+    );
 }
