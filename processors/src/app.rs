@@ -157,12 +157,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             })
             .await
     });
-    // Expire old dedupe entries every minute.
+    // Expire old dedupe entries every minute: the dedupe store's
+    // retention is its window.
     let mut expiry_stop = stop_rx.clone();
     let expiry_metrics = metrics.clone();
+    expiry_metrics
+        .retention_removed
+        .with_label_values(&["dedupe", "seen"]);
     let expiry = tokio::spawn(async move {
         loop {
             let d = dedupe.clone();
+            let started = std::time::Instant::now();
             let res = tokio::task::spawn_blocking(move || {
                 let removed = d.expire(std::time::SystemTime::now())?;
                 Ok::<_, crate::pipeline::dedupe::DedupeError>((removed, d.len()?))
@@ -172,7 +177,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                 Ok(Ok((removed, len))) => {
                     expiry_metrics.dedupe_entries.set(len as i64);
                     if removed > 0 {
-                        tracing::info!(removed, "dedupe entries expired");
+                        expiry_metrics.retention_swept(
+                            "dedupe",
+                            &[("seen", removed)],
+                            started.elapsed(),
+                        );
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "dedupe expiry failed"),
@@ -184,6 +193,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+
+    let sweepers = sweep_retention(&sinks, &metrics, &stop_rx);
 
     plumbing::shutdown_signal().await;
     tracing::info!("stopping: handing partitions over");
@@ -197,6 +208,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::time::timeout(bound, tokio::task::spawn_blocking(move || running.join())).await;
     let _ = http.await;
     let _ = expiry.await;
+    for s in sweepers {
+        let _ = s.await;
+    }
     // Every partition handed over: what the sinks still hold goes out.
     for sink in &sinks {
         sink.finish().await;
@@ -214,6 +228,44 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             humantime::format_duration(SHUTDOWN_GRACE),
         )),
     }
+}
+
+/// Sweeps each sink that has a retention ([`Sink::retained`]) at once and
+/// then every its `sweep_interval`, until `stop`; each sweep is counted
+/// and logged by [`Metrics::retention_swept`]. A failed sweep is logged
+/// and tried again at the next interval: what it left is removed then.
+fn sweep_retention(
+    sinks: &[Arc<dyn Sink>],
+    metrics: &Metrics,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for sink in sinks.iter().filter(|s| s.retained().is_some()) {
+        let sink = sink.clone();
+        let metrics = metrics.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let Some(retained) = sink.retained() else {
+                return;
+            };
+            let interval = retained.sweep_interval();
+            loop {
+                let started = std::time::Instant::now();
+                tokio::select! {
+                    swept = retained.sweep() => match swept {
+                        Ok(removed) => metrics.retention_swept(sink.name(), &removed, started.elapsed()),
+                        Err(e) => tracing::warn!(store = sink.name(), error = %e, "retention sweep failed; tried again at the next interval"),
+                    },
+                    _ = crate::pipeline::stopped(&mut stop) => break,
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = crate::pipeline::stopped(&mut stop) => break,
+                }
+            }
+        }));
+    }
+    tasks
 }
 
 /// How long, past `revoke_timeout`, a stopping process waits for the

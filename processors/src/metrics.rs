@@ -140,6 +140,13 @@ pub struct Metrics {
     /// Events not offered to a sink again because its effect was recorded
     /// in the partition's state (before a crash or a hand-over), by sink.
     pub effects_already_applied: IntCounterVec,
+    /// Rows a store removed because they were past its retention, by
+    /// store (the sink's name, or `dedupe`) and table. Count through
+    /// [`Metrics::retention_swept`], which logs the same sweep.
+    pub retention_removed: IntCounterVec,
+    /// Events a store did not keep because they were older than its
+    /// retention horizon when offered (late, or replayed), by store.
+    pub retention_refused: IntCounterVec,
 }
 
 fn counter(
@@ -475,6 +482,18 @@ impl Metrics {
                 "Partition workers that ended unexpectedly (a panic) and were restarted from their last stored position, by partition.",
                 &["partition"],
             )?,
+            retention_removed: counter(
+                &r,
+                "processors_retention_removed_total",
+                "Rows a store removed because they were older than its retention, by store (sink name, or dedupe) and table.",
+                &["store", "table"],
+            )?,
+            retention_refused: counter(
+                &r,
+                "processors_retention_refused_total",
+                "Events a store accepted without keeping them because they were older than its retention horizon (late or replayed), by store.",
+                &["store"],
+            )?,
             dlq_redriven: counter(
                 &r,
                 "processors_dlq_redriven_total",
@@ -509,6 +528,30 @@ impl Metrics {
             event_id = %event.event_id,
             request_id,
             "route skipped the event"
+        );
+    }
+
+    /// A retention sweep of `store` removed `removed` rows (by table):
+    /// counted and logged here in one place, so the two cannot drift. The
+    /// line names the store, the tables and the counts, never a row.
+    pub fn retention_swept(&self, store: &str, removed: &[(&str, u64)], took: Duration) {
+        for (table, n) in removed {
+            self.retention_removed
+                .with_label_values(&[store, table])
+                .inc_by(*n);
+        }
+        let total: u64 = removed.iter().map(|(_, n)| n).sum();
+        let tables = removed
+            .iter()
+            .map(|(t, n)| format!("{t}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::info!(
+            store,
+            removed = total,
+            tables = %tables,
+            took_ms = took.as_millis() as u64,
+            "retention sweep"
         );
     }
 

@@ -177,6 +177,25 @@ pub trait Sink: Send + Sync {
     fn finish(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// The sink's retention, if it removes what it keeps once older than a
+    /// configured age (see [`Retained`]). The processors then sweep it
+    /// every [`Retained::sweep_interval`].
+    fn retained(&self) -> Option<&dyn Retained> {
+        None
+    }
+}
+
+/// A store that removes rows older than its retention, in sweeps.
+pub trait Retained: Send + Sync {
+    /// Time between two sweeps.
+    fn sweep_interval(&self) -> std::time::Duration;
+
+    /// One sweep: removes what is older than the retention now, in bounded
+    /// batches (never one statement over the whole backlog); answers the
+    /// rows removed by table (or file kind). Safe when several instances
+    /// sweep one store at once: each row is removed, and counted, once.
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, String>>;
 }
 
 /// Devices connected per (venue, zone); `""` for devices without a zone.

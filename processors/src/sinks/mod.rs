@@ -27,11 +27,13 @@ pub mod util;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 pub use contract::{
-    Accepted, Applied, BoxFuture, KeyedChange, Occupancy, Outcome, PartitionSink, Sink, SinkError,
+    Accepted, Applied, BoxFuture, KeyedChange, Occupancy, Outcome, PartitionSink, Retained, Sink,
+    SinkError,
 };
 
 use crate::metrics::Metrics;
@@ -160,6 +162,21 @@ pub enum SinkConfig {
         /// password: secrets never live in the config text).
         #[serde(default)]
         url_env: Option<String>,
+        /// How long rows of `events` and `device_sessions` are kept, by
+        /// the time they name (`occurred_at`, else `received_at`), e.g.
+        /// `"400d"`. Unset: no limit. `footfall_hourly` (counts per venue
+        /// and hour, no personal data) is kept.
+        #[serde(default, with = "humantime_serde")]
+        retention: Option<Duration>,
+        /// Time between two retention sweeps (default 1h).
+        #[serde(
+            default = "analytics::default_sweep_interval",
+            with = "humantime_serde"
+        )]
+        retention_interval: Duration,
+        /// Rows removed per delete statement (default 1000).
+        #[serde(default = "analytics::default_sweep_batch")]
+        retention_batch: u32,
     },
     /// The analytics store (the same tables on either engine): PostgreSQL
     /// when `url` or `url_env` is given, else the embedded store in the
@@ -175,12 +192,35 @@ pub enum SinkConfig {
         /// The embedded store's file (SQLite), used when no URL is given.
         #[serde(default)]
         path: Option<PathBuf>,
+        /// How long rows of `events` and `device_sessions` are kept, by
+        /// the time they name (`occurred_at`, else `received_at`), e.g.
+        /// `"400d"`. Unset: no limit. `footfall_hourly` (counts per venue
+        /// and hour, no personal data) is kept.
+        #[serde(default, with = "humantime_serde")]
+        retention: Option<Duration>,
+        /// Time between two retention sweeps (default 1h).
+        #[serde(
+            default = "analytics::default_sweep_interval",
+            with = "humantime_serde"
+        )]
+        retention_interval: Duration,
+        /// Rows removed per delete statement (default 1000).
+        #[serde(default = "analytics::default_sweep_batch")]
+        retention_batch: u32,
     },
     /// Appends each event as one JSON line to a file, once per (source,
     /// event id) even across processes on one host (tests, audits).
     Jsonl {
         /// The file.
         path: PathBuf,
+        /// How long lines are kept, by their event's time (`occurred_at`,
+        /// else `received_at`), e.g. `"30d"`. Unset: no limit.
+        #[serde(default, with = "humantime_serde")]
+        retention: Option<Duration>,
+        /// Time between two sweeps, which rewrite the file without the
+        /// lines past the retention (default 1h).
+        #[serde(default = "jsonl::default_sweep_interval", with = "humantime_serde")]
+        retention_interval: Duration,
     },
     /// Posts each event to a CRM (contact upsert, journey entry) through a
     /// JSON template, idempotently, with retries, a circuit breaker and a
@@ -239,9 +279,15 @@ impl SinkConfig {
         match self {
             SinkConfig::Crm(crm) => crm.problems(at),
             SinkConfig::Alerts(alerts) => alerts.problems(at),
-            SinkConfig::Postgres { url, url_env } => analytics::url_problems(at, url, url_env),
-            SinkConfig::Analytics { url, url_env, path } => {
-                if url.is_some() || url_env.is_some() {
+            SinkConfig::Postgres { url, url_env, .. } => {
+                let mut p = analytics::url_problems(at, url, url_env);
+                p.extend(self.analytics_retention_problems(at));
+                p
+            }
+            SinkConfig::Analytics {
+                url, url_env, path, ..
+            } => {
+                let mut p = if url.is_some() || url_env.is_some() {
                     analytics::url_problems(at, url, url_env)
                 } else if path.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
                     vec![format!(
@@ -249,10 +295,49 @@ impl SinkConfig {
                     )]
                 } else {
                     Vec::new()
-                }
+                };
+                p.extend(self.analytics_retention_problems(at));
+                p
             }
-            SinkConfig::Log | SinkConfig::Null | SinkConfig::Jsonl { .. } => Vec::new(),
+            SinkConfig::Jsonl {
+                retention,
+                retention_interval,
+                ..
+            } => jsonl::retention_problems(at, *retention, *retention_interval),
+            SinkConfig::Log | SinkConfig::Null => Vec::new(),
         }
+    }
+}
+
+impl SinkConfig {
+    /// An analytics sink's retention settings, as they were written (the
+    /// default interval and batch when unset); `None` for other kinds.
+    pub fn analytics_retention(&self) -> Option<analytics::RetentionSettings> {
+        match self {
+            SinkConfig::Postgres {
+                retention,
+                retention_interval,
+                retention_batch,
+                ..
+            }
+            | SinkConfig::Analytics {
+                retention,
+                retention_interval,
+                retention_batch,
+                ..
+            } => Some(analytics::RetentionSettings {
+                keep: *retention,
+                interval: *retention_interval,
+                batch: *retention_batch,
+            }),
+            _ => None,
+        }
+    }
+
+    fn analytics_retention_problems(&self, at: &str) -> Vec<String> {
+        self.analytics_retention()
+            .map(|r| r.problems(at))
+            .unwrap_or_default()
     }
 }
 
@@ -267,23 +352,40 @@ pub async fn build(
         let sink: Arc<dyn Sink> = match &s.sink {
             SinkConfig::Log => Arc::new(basic::LogSink::new(name)),
             SinkConfig::Null => Arc::new(basic::NullSink::new(name)),
-            SinkConfig::Postgres { url, url_env } => Arc::new(
-                analytics::connect_postgres(name, url.as_deref(), url_env.as_deref()).await?,
+            SinkConfig::Postgres { url, url_env, .. } => Arc::new(
+                analytics::connect_postgres(name, url.as_deref(), url_env.as_deref())
+                    .await?
+                    .with_retention(s.sink.analytics_retention(), metrics),
             ),
-            SinkConfig::Analytics { url, url_env, path } => match (url, url_env, path) {
+            SinkConfig::Analytics {
+                url, url_env, path, ..
+            } => match (url, url_env, path) {
                 (None, None, Some(path)) => {
                     tracing::info!(sink = %name, path = %path.display(), "analytics: embedded store");
-                    Arc::new(analytics::SqliteSink::open(name, path).await?)
+                    Arc::new(
+                        analytics::SqliteSink::open(name, path)
+                            .await?
+                            .with_retention(s.sink.analytics_retention(), metrics),
+                    )
                 }
                 _ => {
                     tracing::info!(sink = %name, "analytics: PostgreSQL");
                     Arc::new(
                         analytics::connect_postgres(name, url.as_deref(), url_env.as_deref())
-                            .await?,
+                            .await?
+                            .with_retention(s.sink.analytics_retention(), metrics),
                     )
                 }
             },
-            SinkConfig::Jsonl { path } => Arc::new(jsonl::JsonlSink::open(name, path)?),
+            SinkConfig::Jsonl {
+                path,
+                retention,
+                retention_interval,
+            } => Arc::new(jsonl::JsonlSink::open(name, path)?.with_retention(
+                *retention,
+                *retention_interval,
+                metrics,
+            )),
             SinkConfig::Crm(crm) => Arc::new(crm::CrmSink::new(name, crm, metrics)?),
             SinkConfig::Alerts(alerts) => {
                 Arc::new(alerting::AlertsSink::start(name, alerts, metrics)?)
@@ -358,6 +460,64 @@ mod tests {
         assert!(
             !named.minimise().allows("guest.vip"),
             "fields replace the default"
+        );
+    }
+
+    #[test]
+    fn check_config_reads_an_analytics_retention_and_names_a_bad_one() {
+        let text = |extra: &str| {
+            format!(
+                r#"
+[kafka]
+brokers = "127.0.0.1:9092"
+group_id = "g"
+topic = "t"
+[dedupe]
+path = "d.redb"
+[sinks.db]
+kind = "analytics"
+path = "a.sqlite"
+{extra}
+[[routes]]
+name = "r"
+sinks = ["db"]
+"#
+            )
+        };
+        let ok = crate::config::Config::from_toml(&text(
+            "retention = \"400d\"\nretention_interval = \"10m\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.sinks["db"].analytics_retention(),
+            Some(analytics::RetentionSettings {
+                keep: Some(Duration::from_secs(400 * 86_400)),
+                interval: Duration::from_secs(600),
+                batch: 1000,
+            })
+        );
+        let none = crate::config::Config::from_toml(&text("")).unwrap();
+        assert_eq!(none.sinks["db"].analytics_retention().unwrap().keep, None);
+        let err = crate::config::Config::from_toml(&text("retention = \"5m\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.db.retention: must be at least 1h (got 5m)"),
+            "{err}"
+        );
+        let err = crate::config::Config::from_toml(&text("retention_interval = \"5m\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.db.retention_interval: set without retention"),
+            "{err}"
+        );
+        let err = crate::config::Config::from_toml(&text("retention = \"a year\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.db") && err.contains("expected a duration"),
+            "{err}"
         );
     }
 

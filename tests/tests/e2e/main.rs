@@ -27,6 +27,7 @@ mod polling;
 mod processors;
 mod producer_patch;
 mod replay;
+mod retention;
 mod scale;
 mod secrets;
 mod slow_clients;

@@ -490,9 +490,10 @@ impl Deliverer {
         let cutoff = now_micros().saturating_sub(micros(self.config.applied_retention));
         let max = i64::try_from(self.config.max_outbox).unwrap_or(i64::MAX);
         let names: Vec<String> = self.receivers.iter().map(|(n, _)| n.clone()).collect();
+        let started = std::time::Instant::now();
         let res = Self::db(conn, move |c| {
-            c.execute("DELETE FROM applied WHERE applied_at < ?1", [cutoff])?;
-            c.execute("DELETE FROM sent WHERE sent_at < ?1", [cutoff])?;
+            let applied = c.execute("DELETE FROM applied WHERE applied_at < ?1", [cutoff])?;
+            let sent = c.execute("DELETE FROM sent WHERE sent_at < ?1", [cutoff])?;
             let mut dropped = Vec::new();
             for n in names {
                 let d = c.execute(
@@ -502,11 +503,20 @@ impl Deliverer {
                 )?;
                 dropped.push((n, d));
             }
-            Ok(dropped)
+            Ok((applied as u64, sent as u64, dropped))
         })
         .await;
         match res {
-            Ok(dropped) => {
+            Ok((applied, sent, dropped)) => {
+                // The state's retention: applied ids and sent keys past
+                // `applied_retention`.
+                if applied + sent > 0 {
+                    self.metrics.retention_swept(
+                        &self.sink,
+                        &[("applied", applied), ("sent", sent)],
+                        started.elapsed(),
+                    );
+                }
                 for (n, d) in dropped {
                     if d > 0 {
                         self.metrics

@@ -56,9 +56,34 @@
 //! A failure (database down or locked, connection lost, disk full) answers
 //! `Retry` for the whole batch: the pipeline offers it again with backoff,
 //! the partition waits, nothing past it is committed.
+//!
+//! # Retention
+//!
+//! With `retention` set, the processors sweep the store every
+//! `retention_interval` ([`crate::sinks::Retained`]): the horizon is the
+//! start of the UTC hour `retention` ago, and rows of `events` whose time
+//! (`occurred_at`, else `received_at`) and of `device_sessions` whose
+//! `connected_at` lie before it are deleted, `retention_batch` rows per
+//! statement, each statement its own transaction. `footfall_hourly` holds
+//! counts per venue and hour, no personal data, and is kept.
+//!
+//! The store remembers the horizon (`analytics_retention`, one row, only
+//! ever moved forward), and a sweep records it before it deletes anything.
+//! A writer compares each event with it: an event older than the horizon
+//! (late, or replayed from Kafka) is accepted and not stored (counted in
+//! `processors_retention_refused_total`), and no rollup of an hour before
+//! the horizon is recomputed, so an hour whose events were (partly)
+//! deleted keeps the counts it had. The recompute statements read the
+//! horizon themselves: a statement that still sees an older horizon sees
+//! the hour whole, since the newer horizon was committed before any of its
+//! deletes. On PostgreSQL two instances may sweep at once: a batch picks
+//! its rows `FOR UPDATE SKIP LOCKED`, so each row is deleted, and counted,
+//! by one of them; the horizon is the later of theirs.
 
 mod postgres;
 mod sqlite;
+
+use std::time::Duration;
 
 pub use postgres::PostgresSink;
 pub use sqlite::SqliteSink;
@@ -160,6 +185,121 @@ impl<'a> Row<'a> {
     }
 }
 
+/// An analytics sink's `retention`, `retention_interval` and
+/// `retention_batch`, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// `retention`: how long rows are kept; `None`: no limit.
+    pub keep: Option<Duration>,
+    /// `retention_interval`: time between two sweeps.
+    pub interval: Duration,
+    /// `retention_batch`: rows per delete statement.
+    pub batch: u32,
+}
+
+/// Default `retention_interval`: hourly (the horizon moves by the hour).
+pub const fn default_sweep_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Default `retention_batch`: small enough that a delete holds its locks
+/// for milliseconds, large enough to keep up with any ingest rate.
+pub const fn default_sweep_batch() -> u32 {
+    1000
+}
+
+/// The shortest `retention` accepted: less is a typo, not a choice.
+const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
+impl RetentionSettings {
+    /// Every problem of the settings, each naming its field under `at`.
+    pub fn problems(&self, at: &str) -> Vec<String> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let mut p = Vec::new();
+        match self.keep {
+            Some(keep) if keep < MIN_RETENTION => p.push(format!(
+                "{at}.retention: must be at least 1h (got {})",
+                show(keep)
+            )),
+            Some(keep) if i64::try_from(keep.as_micros()).is_err() => {
+                p.push(format!("{at}.retention: {} is too long", show(keep)))
+            }
+            Some(_) => {}
+            None => {
+                if self.interval != default_sweep_interval() {
+                    p.push(format!(
+                        "{at}.retention_interval: set without retention (nothing is swept)"
+                    ));
+                }
+                if self.batch != default_sweep_batch() {
+                    p.push(format!(
+                        "{at}.retention_batch: set without retention (nothing is swept)"
+                    ));
+                }
+            }
+        }
+        if self.interval < Duration::from_secs(1) {
+            p.push(format!(
+                "{at}.retention_interval: must be at least 1s (got {})",
+                show(self.interval)
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch) {
+            p.push(format!(
+                "{at}.retention_batch: must be 1 to 100000 (got {})",
+                self.batch
+            ));
+        }
+        p
+    }
+}
+
+/// A sink's retention in force: the settings and the counters.
+#[derive(Clone)]
+pub(crate) struct Retention {
+    /// How long rows are kept.
+    keep: Duration,
+    /// Time between two sweeps.
+    interval: Duration,
+    /// Rows per delete statement.
+    batch: u32,
+}
+
+impl Retention {
+    /// The retention in force for `store`, if `settings` set one.
+    pub(crate) fn of(settings: Option<RetentionSettings>) -> Option<Retention> {
+        let s = settings?;
+        Some(Retention {
+            keep: s.keep?,
+            interval: s.interval,
+            batch: s.batch,
+        })
+    }
+
+    /// The horizon of a sweep now: the start of the UTC hour `keep` ago.
+    fn horizon_now(&self) -> i64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+        horizon(now, self.keep)
+    }
+}
+
+/// The start of the UTC hour `keep` before `now` (microseconds): rows
+/// older than it are past the retention. Whole hours, so that a sweep
+/// deletes whole hours of `footfall_hourly`'s events and never recomputes
+/// one it cut in two.
+pub(crate) fn horizon(now_micros: i64, keep: Duration) -> i64 {
+    let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+    let t = now_micros.saturating_sub(keep);
+    t - t.rem_euclid(3_600_000_000)
+}
+
+/// The time an `events` row is kept by: `occurred_at`, else `received_at`.
+fn kept_by(e: &Event) -> i64 {
+    e.occurred_at_micros.unwrap_or(e.received_at_micros)
+}
+
 /// `micros` as the store's UTC text ([`plumbing::utc_text`]).
 pub(crate) use plumbing::utc_text;
 
@@ -179,6 +319,55 @@ mod tests {
             "2026-11-22T18:00:00.000000Z"
         );
         assert_eq!(utc_hour_text(-1), "1969-12-31T23:00:00.000000Z");
+    }
+
+    #[test]
+    fn the_horizon_is_the_start_of_the_hour_the_retention_ago() {
+        let now = 1_795_370_591_123_456; // 2026-11-22T18:03:11.123456Z
+        let day = Duration::from_secs(86_400);
+        assert_eq!(utc_text(horizon(now, day)), "2026-11-21T18:00:00.000000Z");
+        assert_eq!(
+            utc_text(horizon(now, Duration::from_secs(90 * 60))),
+            "2026-11-22T16:00:00.000000Z"
+        );
+        assert!(horizon(now, Duration::MAX) < 0, "no overflow");
+    }
+
+    #[test]
+    fn retention_settings_are_checked_naming_the_field() {
+        let ok = RetentionSettings {
+            keep: Some(Duration::from_secs(400 * 86_400)),
+            interval: default_sweep_interval(),
+            batch: default_sweep_batch(),
+        };
+        assert_eq!(ok.problems("sinks.a"), Vec::<String>::new());
+        let unset = RetentionSettings { keep: None, ..ok };
+        assert_eq!(unset.problems("sinks.a"), Vec::<String>::new());
+        let short = RetentionSettings {
+            keep: Some(Duration::from_secs(600)),
+            interval: Duration::from_millis(10),
+            batch: 0,
+        };
+        assert_eq!(
+            short.problems("sinks.a"),
+            [
+                "sinks.a.retention: must be at least 1h (got 10m)",
+                "sinks.a.retention_interval: must be at least 1s (got 10ms)",
+                "sinks.a.retention_batch: must be 1 to 100000 (got 0)",
+            ]
+        );
+        let orphan = RetentionSettings {
+            keep: None,
+            interval: Duration::from_secs(5),
+            batch: 10,
+        };
+        assert_eq!(
+            orphan.problems("sinks.a"),
+            [
+                "sinks.a.retention_interval: set without retention (nothing is swept)",
+                "sinks.a.retention_batch: set without retention (nothing is swept)",
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,17 @@
 //! Locks are released by the commit or rollback. Event inserts wait for
 //! no advisory lock, so a duplicate (source, event id) from a writer still
 //! in flight never waits in a circle with them either.
+//!
+//! # Retention sweeps
+//!
+//! A sweep ([`super`]'s *Retention*) runs on a connection of its own, so
+//! it never holds up the write path: it moves the horizon forward
+//! (`greatest`, so an instance whose horizon is behind never moves it
+//! back), commits, then deletes in statements of `retention_batch` rows,
+//! each picking its rows `FOR UPDATE SKIP LOCKED`: two instances sweeping
+//! at once delete disjoint rows and never wait on each other, and a
+//! writer recomputing a device's sessions keeps its rows locked from the
+//! sweep until it commits.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,18 +36,19 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
-use super::Row;
+use super::{Retention, Row, kept_by};
 use crate::event::Event;
 use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
 /// Schema migrations, applied in order, each once.
-fn migrations() -> [(i32, &'static str); 3] {
-    let [a, b] = MIGRATIONS;
-    [a, b, (3, VISITS_MIGRATION.as_str())]
+fn migrations() -> [(i32, &'static str); 4] {
+    let [a, b, d] = MIGRATIONS;
+    [a, b, (3, VISITS_MIGRATION.as_str()), d]
 }
 
-/// Schema migrations 1 and 2 ([`migrations`] adds the third).
-const MIGRATIONS: [(i32, &str); 2] = [
+/// Schema migrations 1, 2 and 4 ([`migrations`] adds the third, built from
+/// the session query).
+const MIGRATIONS: [(i32, &str); 3] = [
     (
         1,
         r#"
@@ -85,7 +97,56 @@ const MIGRATIONS: [(i32, &str); 2] = [
         "create index if not exists device_sessions_venue_end
          on device_sessions (venue_id, disconnected_at)",
     ),
+    // Retention: the horizon a sweep deleted up to, and the indexes its
+    // batched deletes walk.
+    (
+        4,
+        r#"
+    create table if not exists analytics_retention (
+        id int primary key check (id = 1),
+        deleted_before timestamptz not null
+    );
+    create index if not exists events_retention_time
+        on events ((coalesce(occurred_at, received_at)));
+    create index if not exists device_sessions_connected on device_sessions (connected_at);
+    "#,
+    ),
 ];
+
+/// The horizon in microseconds, or none before the first sweep.
+const HORIZON: &str = "select (extract(epoch from deleted_before) * 1000000)::int8
+    from analytics_retention where id = 1";
+
+/// The horizon as a `timestamptz` expression inside a statement (so the
+/// statement reads it in its own snapshot); `-infinity` before any sweep.
+const HORIZON_EXPR: &str =
+    "coalesce((select deleted_before from analytics_retention where id = 1), '-infinity')";
+
+/// Moves the horizon to `$1` (microseconds) unless it is already later;
+/// answers the horizon in force.
+const HORIZON_SET: &str = r#"
+    insert into analytics_retention (id, deleted_before)
+    values (1, timestamptz 'epoch' + $1::int8 * interval '1 microsecond')
+    on conflict (id) do update
+      set deleted_before = greatest(analytics_retention.deleted_before, excluded.deleted_before)
+    returning (extract(epoch from deleted_before) * 1000000)::int8
+"#;
+
+const SWEEP_EVENTS: &str = r#"
+    delete from events where (source, event_id) in (
+        select source, event_id from events
+        where coalesce(occurred_at, received_at) < timestamptz 'epoch' + $1::int8 * interval '1 microsecond'
+        limit $2::int8
+        for update skip locked)
+"#;
+
+const SWEEP_SESSIONS: &str = r#"
+    delete from device_sessions where (venue_id, device_id, connect_event_id) in (
+        select venue_id, device_id, connect_event_id from device_sessions
+        where connected_at < timestamptz 'epoch' + $1::int8 * interval '1 microsecond'
+        limit $2::int8
+        for update skip locked)
+"#;
 
 const INSERT_EVENTS: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
@@ -103,26 +164,35 @@ const INSERT_EVENTS: &str = r#"
     returning venue_id, device_id
 "#;
 
-/// Deletes the footfall rows of the (venue, hour text) keys `$1`, `$2`;
-/// [`FOOTFALL_INSERT`] then writes them again from the sessions.
-const FOOTFALL_DELETE: &str = r#"
-    delete from footfall_hourly f
-    using unnest($1::text[], $2::text[]) as k(venue_id, hour)
-    where f.venue_id = k.venue_id and f.hour = k.hour::timestamptz
-"#;
+/// Deletes the footfall rows of the (venue, hour text) keys `$1`, `$2`,
+/// none before the retention horizon (an hour a sweep deleted from keeps
+/// its counts); [`FOOTFALL_INSERT`] then writes them again from the
+/// sessions.
+static FOOTFALL_DELETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "delete from footfall_hourly f
+         using unnest($1::text[], $2::text[]) as k(venue_id, hour)
+         where f.venue_id = k.venue_id and f.hour = k.hour::timestamptz
+           and k.hour::timestamptz >= {HORIZON_EXPR}"
+    )
+});
 
-/// Footfall of the (venue, hour) keys: the visits that began in the hour
-/// and the distinct devices that began them, from `device_sessions`.
-const FOOTFALL_INSERT: &str = r#"
-    insert into footfall_hourly (venue_id, hour, connections, unique_devices)
-    select s.venue_id, k.hour::timestamptz, count(*), count(distinct s.device_id)
-    from unnest($1::text[], $2::text[]) as k(venue_id, hour)
-    join device_sessions s
-      on s.venue_id = k.venue_id
-     and s.connected_at >= k.hour::timestamptz
-     and s.connected_at < k.hour::timestamptz + interval '1 hour'
-    group by s.venue_id, k.hour
-"#;
+/// Footfall of the (venue, hour) keys at or after the horizon: the visits
+/// that began in the hour and the distinct devices that began them, from
+/// `device_sessions`.
+static FOOTFALL_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "insert into footfall_hourly (venue_id, hour, connections, unique_devices)
+         select s.venue_id, k.hour::timestamptz, count(*), count(distinct s.device_id)
+         from unnest($1::text[], $2::text[]) as k(venue_id, hour)
+         join device_sessions s
+           on s.venue_id = k.venue_id
+          and s.connected_at >= k.hour::timestamptz
+          and s.connected_at < k.hour::timestamptz + interval '1 hour'
+         where k.hour::timestamptz >= {HORIZON_EXPR}
+         group by s.venue_id, k.hour"
+    )
+});
 
 /// Deletes the sessions of the (venue, device) keys `$1`, `$2`, answering
 /// the hours they began in (their footfall must be recomputed).
@@ -138,9 +208,15 @@ const SESSIONS_DELETE: &str = r#"
 /// occurrence order, fall into visits, each closed by a departure: a visit
 /// that holds an arrival is a session, from its first arrival to its
 /// departure (none yet: still there). A departure with no arrival before
-/// it in its visit makes no session.
-fn sessions_select(join: &str) -> String {
+/// it in its visit makes no session. `horizon`: only events at or after
+/// the retention horizon (what a sweep leaves).
+fn sessions_select(join: &str, horizon: bool) -> String {
     use super::{ARRIVALS, DEPARTURES};
+    let horizon = if horizon {
+        format!("and coalesce(e.occurred_at, e.received_at) >= {HORIZON_EXPR}")
+    } else {
+        String::new()
+    };
     format!(
         r#"
     select venue_id, device_id, occurred_at,
@@ -165,6 +241,7 @@ fn sessions_select(join: &str) -> String {
             {join}
             where e.occurred_at is not null and e.device_id is not null and e.venue_id is not null
               and e.event_type in ({ARRIVALS}, {DEPARTURES})
+              {horizon}
         ) v
         window g as (partition by venue_id, device_id, visit
                      order by occurred_at, sequence, event_id),
@@ -187,7 +264,8 @@ static SESSIONS_INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
          returning venue_id, date_trunc('hour', connected_at)::text",
         sessions_select(
             "join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
-               on e.venue_id = k.venue_id and e.device_id = k.device_id"
+               on e.venue_id = k.venue_id and e.device_id = k.device_id",
+            true
         )
     )
 });
@@ -207,7 +285,8 @@ static VISITS_MIGRATION: std::sync::LazyLock<String> = std::sync::LazyLock::new(
          insert into footfall_hourly (venue_id, hour, connections, unique_devices)
          select venue_id, date_trunc('hour', connected_at), count(*), count(distinct device_id)
          from device_sessions group by 1, 2;",
-        sessions_select("")
+        // Before any sweep (retention's table comes in migration 4).
+        sessions_select("", false)
     )
 });
 
@@ -231,6 +310,13 @@ pub struct PostgresSink {
     name: String,
     url: String,
     client: Arc<Mutex<Option<Client>>>,
+    /// The retention in force, if `retention` is set.
+    retention: Option<Retention>,
+    /// The sweeps' own connection, apart from the write path's.
+    sweeper: Mutex<Option<Client>>,
+    /// Counts events older than the horizon, not stored (whichever
+    /// instance swept the store).
+    refused: Option<prometheus::IntCounter>,
 }
 
 impl PostgresSink {
@@ -241,6 +327,9 @@ impl PostgresSink {
             name: name.into(),
             url: url.into(),
             client: Arc::new(Mutex::new(None)),
+            retention: None,
+            sweeper: Mutex::new(None),
+            refused: None,
         };
         let mut guard = sink.client.lock().await;
         let client = open(url)
@@ -251,7 +340,20 @@ impl PostgresSink {
         Ok(sink)
     }
 
-    async fn write(&self, batch: &[Arc<Event>]) -> Result<(), String> {
+    /// Sweeps past `settings`' retention, if it sets one, counting in
+    /// `metrics`.
+    pub fn with_retention(
+        mut self,
+        settings: Option<super::RetentionSettings>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        self.retention = Retention::of(settings);
+        self.refused = Some(metrics.retention_refused.with_label_values(&[&self.name]));
+        self
+    }
+
+    /// Answers the number of events refused as older than the horizon.
+    async fn write(&self, batch: &[Arc<Event>]) -> Result<u64, String> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = Some(open(&self.url).await?);
@@ -325,7 +427,57 @@ async fn migrate(client: &mut Client) -> Result<(), String> {
     tx.commit().await.map_err(e)
 }
 
-async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), String> {
+/// One sweep: moves the horizon to `horizon` (or keeps a later one), then
+/// deletes what lies before it, `batch` rows per statement.
+async fn sweep(client: &Client, horizon: i64, batch: u32) -> Result<(u64, u64), String> {
+    let err =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
+    let horizon: i64 = client
+        .query_one(HORIZON_SET, &[&horizon])
+        .await
+        .map_err(err("retention horizon"))?
+        .get(0);
+    let batch = i64::from(batch);
+    let mut removed = [0u64; 2];
+    for (i, sql) in [SWEEP_EVENTS, SWEEP_SESSIONS].into_iter().enumerate() {
+        loop {
+            let n = client
+                .execute(sql, &[&horizon, &batch])
+                .await
+                .map_err(err("retention delete"))?;
+            removed[i] += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok((removed[0], removed[1]))
+}
+
+async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<u64, String> {
+    let err =
+        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(err("begin"))?;
+    // Events older than the horizon are not stored (late, or replayed):
+    // their hours' rollups are kept as they were when swept.
+    let horizon: Option<i64> = tx
+        .query_opt(HORIZON, &[])
+        .await
+        .map_err(err("retention horizon"))?
+        .map(|r| r.get(0));
+    let (batch, refused): (Vec<&Arc<Event>>, Vec<&Arc<Event>>) = batch
+        .iter()
+        .partition(|e| horizon.is_none_or(|h| kept_by(e) >= h));
+    let refused = refused.len() as u64;
+    if batch.is_empty() {
+        tx.commit().await.map_err(err("commit"))?;
+        return Ok(refused);
+    }
     let n = batch.len();
     let mut source = Vec::with_capacity(n);
     let mut event_id = Vec::with_capacity(n);
@@ -341,7 +493,7 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
     let mut guest: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut vip: Vec<Option<bool>> = Vec::with_capacity(n);
     let mut body = Vec::with_capacity(n);
-    for e in batch {
+    for e in &batch {
         let r = Row::of(e);
         source.push(r.source);
         event_id.push(r.event_id);
@@ -358,14 +510,6 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         vip.push(r.vip);
         body.push(r.body);
     }
-    let err =
-        |what: &'static str| move |e: tokio_postgres::Error| format!("{what}: {}", describe(&e));
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::ReadCommitted)
-        .start()
-        .await
-        .map_err(err("begin"))?;
     let rows = tx
         .query(
             INSERT_EVENTS,
@@ -423,19 +567,55 @@ async fn write_batch(client: &mut Client, batch: &[Arc<Event>]) -> Result<(), St
         }
         if !hours.is_empty() {
             let (v, h): (Vec<String>, Vec<String>) = hours.into_iter().unzip();
-            for statement in [FOOTFALL_DELETE, FOOTFALL_INSERT] {
+            for statement in [FOOTFALL_DELETE.as_str(), FOOTFALL_INSERT.as_str()] {
                 tx.execute(statement, &[&v, &h])
                     .await
                     .map_err(err("footfall"))?;
             }
         }
     }
-    tx.commit().await.map_err(err("commit"))
+    tx.commit().await.map_err(err("commit"))?;
+    Ok(refused)
+}
+
+impl crate::sinks::Retained for PostgresSink {
+    fn sweep_interval(&self) -> std::time::Duration {
+        self.retention
+            .as_ref()
+            .map_or(super::default_sweep_interval(), |r| r.interval)
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, String>> {
+        Box::pin(async move {
+            let Some(retention) = &self.retention else {
+                return Ok(Vec::new());
+            };
+            let mut guard = self.sweeper.lock().await;
+            if guard.as_ref().is_none_or(Client::is_closed) {
+                *guard = Some(open(&self.url).await?);
+            }
+            let Some(client) = guard.as_ref() else {
+                return Err("no connection".into());
+            };
+            let result = sweep(client, retention.horizon_now(), retention.batch).await;
+            if result.is_err() && client.is_closed() {
+                *guard = None;
+            }
+            let (events, sessions) = result?;
+            Ok(vec![("events", events), ("device_sessions", sessions)])
+        })
+    }
 }
 
 impl Sink for PostgresSink {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn retained(&self) -> Option<&dyn crate::sinks::Retained> {
+        self.retention
+            .as_ref()
+            .map(|_| self as &dyn crate::sinks::Retained)
     }
 
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
@@ -449,7 +629,11 @@ impl Sink for PostgresSink {
             let written = if storable.is_empty() {
                 Ok(())
             } else {
-                self.write(&storable).await
+                self.write(&storable).await.map(|refused| {
+                    if let Some(c) = &self.refused {
+                        c.inc_by(refused);
+                    }
+                })
             };
             batch
                 .iter()

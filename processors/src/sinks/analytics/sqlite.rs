@@ -12,6 +12,10 @@
 //!   database answers `Retry`.
 //! - SQLite is blocking: batches run on tokio's blocking pool, one at a
 //!   time per sink.
+//! - Retention sweeps ([`super`]'s *Retention*) run on a connection of
+//!   their own; the horizon and each delete of `retention_batch` rows are
+//!   transactions of their own, taking the write lock like a batch, so
+//!   writers wait for at most one delete statement.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Row, utc_hour_text, utc_text};
+use super::{Retention, RetentionSettings, Row, kept_by, utc_hour_text, utc_text};
 use crate::event::Event;
 use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 
@@ -28,8 +32,8 @@ use crate::sinks::contract::{BoxFuture, Outcome, Sink, SinkError};
 /// before it answers `Retry`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Schema migrations 1 and 2 ([`migrate`] applies a third,
-/// [`visits_migration`]).
+/// Schema migrations 1, 2 and 4 ([`migrate`] applies the third,
+/// [`visits_migration`], between them).
 const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -79,7 +83,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "create index if not exists device_sessions_venue_end
          on device_sessions (venue_id, disconnected_at)",
     ),
+    // Retention: the horizon a sweep deleted up to, and the indexes its
+    // batched deletes walk.
+    (
+        4,
+        r#"
+    create table if not exists analytics_retention (
+        id integer primary key check (id = 1),
+        deleted_before text not null
+    );
+    create index if not exists events_retention_time
+        on events (coalesce(occurred_at, received_at));
+    create index if not exists device_sessions_connected on device_sessions (connected_at);
+    "#,
+    ),
 ];
+
+/// The horizon as UTC text, or none before the first sweep.
+const HORIZON: &str = "select deleted_before from analytics_retention where id = 1";
+
+/// Moves the horizon to `?1` unless it is already later; answers the
+/// horizon in force.
+const HORIZON_SET: &str = r#"
+    insert into analytics_retention (id, deleted_before) values (1, ?1)
+    on conflict (id) do update
+      set deleted_before = max(deleted_before, excluded.deleted_before)
+    returning deleted_before
+"#;
+
+const SWEEP_EVENTS: &str = "delete from events where rowid in (
+    select rowid from events where coalesce(occurred_at, received_at) < ?1 limit ?2)";
+
+const SWEEP_SESSIONS: &str = "delete from device_sessions where rowid in (
+    select rowid from device_sessions where connected_at < ?1 limit ?2)";
 
 const INSERT_EVENT: &str = r#"
     insert into events (source, event_id, event_type, ordering_key, sequence, occurred_at,
@@ -156,7 +192,10 @@ const SESSIONS_COLUMNS: &str = "insert into device_sessions (venue_id, device_id
 fn sessions_insert() -> String {
     format!(
         "{SESSIONS_COLUMNS} {}",
-        sessions_select("venue_id = ?1 and device_id = ?2 and")
+        sessions_select(
+            "venue_id = ?1 and device_id = ?2 and occurred_at >= coalesce(
+               (select deleted_before from analytics_retention where id = 1), '') and"
+        )
     )
 }
 
@@ -182,6 +221,12 @@ pub struct SqliteSink {
     name: String,
     path: PathBuf,
     conn: Arc<Mutex<Option<Connection>>>,
+    /// The retention in force, if `retention` is set.
+    retention: Option<Retention>,
+    /// The sweeps' own connection, apart from the write path's.
+    sweeper: Arc<Mutex<Option<Connection>>>,
+    /// Counts events older than the horizon, not stored.
+    refused: Option<prometheus::IntCounter>,
 }
 
 impl SqliteSink {
@@ -199,10 +244,26 @@ impl SqliteSink {
             name: name.into(),
             path: path.to_path_buf(),
             conn: Arc::new(Mutex::new(Some(conn))),
+            retention: None,
+            sweeper: Arc::new(Mutex::new(None)),
+            refused: None,
         })
     }
 
-    async fn write(&self, batch: &[Arc<Event>]) -> Result<(), String> {
+    /// Sweeps past `settings`' retention, if it sets one, counting in
+    /// `metrics`.
+    pub fn with_retention(
+        mut self,
+        settings: Option<RetentionSettings>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Self {
+        self.retention = Retention::of(settings);
+        self.refused = Some(metrics.retention_refused.with_label_values(&[&self.name]));
+        self
+    }
+
+    /// Answers the number of events refused as older than the horizon.
+    async fn write(&self, batch: &[Arc<Event>]) -> Result<u64, String> {
         let conn = self.conn.clone();
         let path = self.path.clone();
         let batch: Vec<Arc<Event>> = batch.to_vec();
@@ -251,10 +312,12 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
     )?;
     let visits = visits_migration();
-    let all = MIGRATIONS
+    let (before, after) = MIGRATIONS.split_at(2);
+    let all = before
         .iter()
         .copied()
-        .chain(std::iter::once((3, visits.as_str())));
+        .chain(std::iter::once((3, visits.as_str())))
+        .chain(after.iter().copied());
     for (version, sql) in all {
         let done = tx
             .query_row(
@@ -276,15 +339,56 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<(), String> {
+/// One sweep: moves the horizon to `horizon` (or keeps a later one), then
+/// deletes what lies before it, `batch` rows per transaction.
+fn sweep(conn: &mut Connection, horizon: i64, batch: u32) -> Result<(u64, u64), String> {
     let err = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err("begin"))?;
+    let horizon: String = tx
+        .query_row(HORIZON_SET, [utc_text(horizon)], |r| r.get(0))
+        .map_err(err("retention horizon"))?;
+    tx.commit().map_err(err("commit"))?;
+    let mut removed = [0u64; 2];
+    for (i, sql) in [SWEEP_EVENTS, SWEEP_SESSIONS].into_iter().enumerate() {
+        loop {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err("begin"))?;
+            let n = tx
+                .execute(sql, params![horizon, batch])
+                .map_err(err("retention delete"))?;
+            tx.commit().map_err(err("commit"))?;
+            removed[i] += n as u64;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok((removed[0], removed[1]))
+}
+
+fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<u64, String> {
+    let err = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err("begin"))?;
+    // Events older than the horizon are not stored (late, or replayed),
+    // and no hour before it is recomputed: it keeps its counts as swept.
+    let horizon: Option<String> = tx
+        .query_row(HORIZON, [], |r| r.get(0))
+        .optional()
+        .map_err(err("retention horizon"))?;
+    let mut refused = 0u64;
     let mut devices: BTreeSet<(String, String)> = BTreeSet::new();
     {
         let mut insert = tx.prepare_cached(INSERT_EVENT).map_err(err("prepare"))?;
         for e in batch {
+            if horizon.as_ref().is_some_and(|h| utc_text(kept_by(e)) < *h) {
+                refused += 1;
+                continue;
+            }
             let r = Row::of(e);
             let inserted = insert
                 .execute(params![
@@ -346,6 +450,10 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<(), String
         let mut insert = tx.prepare_cached(FOOTFALL_INSERT).map_err(err("prepare"))?;
         for (venue, start) in &hours {
             let hour = utc_hour_text(*start);
+            // No hour before the horizon: it keeps its counts as swept.
+            if horizon.as_ref().is_some_and(|h| hour < *h) {
+                continue;
+            }
             delete
                 .execute(params![venue, hour])
                 .map_err(err("footfall"))?;
@@ -354,7 +462,43 @@ fn write_batch(conn: &mut Connection, batch: &[Arc<Event>]) -> Result<(), String
                 .map_err(err("footfall"))?;
         }
     }
-    tx.commit().map_err(err("commit"))
+    tx.commit().map_err(err("commit"))?;
+    Ok(refused)
+}
+
+impl crate::sinks::Retained for SqliteSink {
+    fn sweep_interval(&self) -> Duration {
+        self.retention
+            .as_ref()
+            .map_or(super::default_sweep_interval(), |r| r.interval)
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, Result<Vec<(&'static str, u64)>, String>> {
+        Box::pin(async move {
+            let Some(retention) = self.retention.clone() else {
+                return Ok(Vec::new());
+            };
+            let conn = self.sweeper.clone();
+            let path = self.path.clone();
+            let (events, sessions) = tokio::task::spawn_blocking(move || {
+                let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                if guard.is_none() {
+                    *guard = Some(open(&path)?);
+                }
+                let Some(c) = guard.as_mut() else {
+                    return Err("no connection".to_string());
+                };
+                let result = sweep(c, retention.horizon_now(), retention.batch);
+                if result.is_err() {
+                    *guard = None;
+                }
+                result
+            })
+            .await
+            .map_err(|e| format!("sweep: {e}"))??;
+            Ok(vec![("events", events), ("device_sessions", sessions)])
+        })
+    }
 }
 
 impl Sink for SqliteSink {
@@ -362,12 +506,161 @@ impl Sink for SqliteSink {
         &self.name
     }
 
+    fn retained(&self) -> Option<&dyn crate::sinks::Retained> {
+        self.retention
+            .as_ref()
+            .map(|_| self as &dyn crate::sinks::Retained)
+    }
+
     fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
             match self.write(batch).await {
-                Ok(()) => vec![Outcome::Accepted; batch.len()],
+                Ok(refused) => {
+                    if let Some(c) = &self.refused {
+                        c.inc_by(refused);
+                    }
+                    vec![Outcome::Accepted; batch.len()]
+                }
                 Err(e) => vec![Outcome::Retry(e); batch.len()],
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::GuestWifi;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn event(id: &str, kind: &str, device: &str, at: i64) -> Arc<Event> {
+        Arc::new(Event {
+            source: "purple".into(),
+            event_id: id.into(),
+            event_type: kind.into(),
+            ordering_key: Some("v".into()),
+            sequence: None,
+            received_at_micros: at,
+            occurred_at_micros: Some(at),
+            late: false,
+            guest_wifi: Some(GuestWifi {
+                event_type: kind.into(),
+                sequence: 0,
+                occurred_at_micros: at,
+                venue_id: "v".into(),
+                venue_name: None,
+                zone: None,
+                device_id: Some(device.into()),
+                guest: None,
+            }),
+            body: serde_json::json!({}),
+        })
+    }
+
+    fn rows(path: &Path, sql: &str) -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        let mut st = c.prepare(sql).unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    const FOOTFALL_ROWS: &str = "select hour || ' ' || connections || ' ' || unique_devices from footfall_hourly order by hour";
+
+    #[tokio::test]
+    async fn a_sweep_removes_old_rows_in_batches_keeps_the_rollup_and_later_refuses_old_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sqlite");
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let settings = RetentionSettings {
+            keep: Some(Duration::from_secs(30 * 86_400)),
+            interval: Duration::from_secs(1),
+            batch: 2,
+        };
+        let sink = SqliteSink::open("a", &path)
+            .await
+            .unwrap()
+            .with_retention(Some(settings), &metrics);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64;
+        let old = now - 40 * 24 * HOUR;
+        let old = old - old.rem_euclid(HOUR) + 60_000_000;
+        let recent = now - 2 * HOUR;
+        let mut batch = Vec::new();
+        for (n, at) in [(0, old), (4, recent)] {
+            batch.push(event(&format!("e{}", n + 1), "device_connected", "a", at));
+            batch.push(event(
+                &format!("e{}", n + 2),
+                "device_connected",
+                "b",
+                at + 1,
+            ));
+            batch.push(event(
+                &format!("e{}", n + 3),
+                "device_disconnected",
+                "a",
+                at + 2,
+            ));
+            batch.push(event(
+                &format!("e{}", n + 4),
+                "device_disconnected",
+                "b",
+                at + 3,
+            ));
+        }
+        assert_eq!(sink.accept(&batch).await, vec![Outcome::Accepted; 8]);
+        let footfall = rows(&path, FOOTFALL_ROWS);
+        assert_eq!(footfall.len(), 2, "{footfall:?}");
+        assert!(footfall[0].ends_with(" 2 2"), "{footfall:?}");
+
+        // Five events and two sessions past the retention, two rows per
+        // delete: several batches, every row counted once.
+        let removed = sink.retained().unwrap().sweep().await.unwrap();
+        assert_eq!(removed, vec![("events", 4), ("device_sessions", 2)]);
+        assert_eq!(
+            rows(&path, "select event_id from events order by event_id"),
+            ["e5", "e6", "e7", "e8"]
+        );
+        assert_eq!(
+            rows(
+                &path,
+                "select connect_event_id from device_sessions order by 1"
+            ),
+            ["e5", "e6"]
+        );
+        assert_eq!(rows(&path, FOOTFALL_ROWS), footfall, "the rollup is kept");
+        let again = sink.retained().unwrap().sweep().await.unwrap();
+        assert_eq!(again, vec![("events", 0), ("device_sessions", 0)]);
+
+        // An old event offered now (late, replayed): accepted, not stored,
+        // and its swept hour is not recomputed from what is left.
+        let late = [
+            event("e9", "device_connected", "c", old + 5),
+            event("e10", "device_connected", "c", recent + 4),
+        ];
+        assert_eq!(sink.accept(&late).await, vec![Outcome::Accepted; 2]);
+        assert_eq!(
+            rows(&path, "select event_id from events order by event_id"),
+            ["e10", "e5", "e6", "e7", "e8"]
+        );
+        assert_eq!(rows(&path, FOOTFALL_ROWS)[0], footfall[0]);
+        assert_eq!(metrics.retention_refused.with_label_values(&["a"]).get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_horizon_only_moves_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sqlite");
+        let mut conn = open(&path).unwrap();
+        sweep(&mut conn, 10 * HOUR, 100).unwrap();
+        sweep(&mut conn, 5 * HOUR, 100).unwrap();
+        assert_eq!(
+            rows(&path, "select deleted_before from analytics_retention"),
+            [utc_text(10 * HOUR)]
+        );
     }
 }
