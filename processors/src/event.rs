@@ -5,9 +5,13 @@
 //! original envelope to the quarantine topic with that reason and carry on
 //! with the next record. A parser never panics and never stops a partition.
 //!
-//! - `guest_wifi`: the guest-WiFi platform (DESIGN.md), validated strictly
-//!   into [`GuestWifi`], whose Avro contract is
-//!   `schemas/avro/guest_wifi/v1.avsc`.
+//! - `guest_wifi`: the guest-WiFi platform (DESIGN.md), validated into
+//!   [`GuestWifi`], whose Avro contract is `schemas/avro/guest_wifi/v2.avsc`.
+//!   A type the platform documents ([`GUEST_WIFI_TYPES`]) is validated
+//!   strictly; any other type is passed on, never quarantined for its type:
+//!   typed where the fields every event has (`/occurred_at`, `/venue/id`,
+//!   `/sequence`) are valid, else as a generic event (its type, ordering
+//!   key, sequence from the envelope and body, like the `json` parser's).
 //! - `json`: any JSON body, kept as a typed envelope: the event type comes
 //!   from a configured pointer or forwarded header (default `/type`).
 
@@ -31,7 +35,8 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ParserKind {
-    /// The guest-WiFi platform: strictly validated typed events.
+    /// The guest-WiFi platform: typed events, strictly validated for the
+    /// documented types, other types passed on.
     GuestWifi,
     /// Any JSON body: a typed envelope with the event type.
     Json,
@@ -100,7 +105,8 @@ pub struct Event {
 /// The guest-WiFi platform's event, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestWifi {
-    /// One of [`GUEST_WIFI_TYPES`].
+    /// The type as sent: one of [`GUEST_WIFI_TYPES`], or another the
+    /// platform added since (see [`GuestWifi::is_documented`]).
     pub event_type: String,
     /// Increases per venue.
     pub sequence: i64,
@@ -131,14 +137,36 @@ pub struct Guest {
     pub vip: bool,
 }
 
-/// The guest-WiFi platform's event types.
+/// The guest-WiFi platform's documented event types, in the order of the
+/// Avro enum's symbols (v2, which adds `other` for any other type).
 pub const GUEST_WIFI_TYPES: &[&str] = &[
     "guest_connects",
     "guest_registered",
     "device_connected",
     "device_disconnected",
     "zone_entered",
+    // A guest leaving the venue: ends the device's session and presence
+    // as `device_disconnected` does.
+    "venue_left",
+    // Marketing consent given or withdrawn.
+    "guest_opted_in",
+    "guest_opted_out",
 ];
+
+/// The guest-WiFi types that end a device's session (analytics) and its
+/// presence at the venue (the alerting sink's live state).
+pub const SESSION_END_TYPES: &[&str] = &["device_disconnected", "venue_left"];
+
+/// The Avro enum symbol (v2) of a type [`GUEST_WIFI_TYPES`] does not name.
+const OTHER_SYMBOL: &str = "other";
+
+impl GuestWifi {
+    /// Whether its type is one the platform documents
+    /// ([`GUEST_WIFI_TYPES`]); `false` for a type passed on as it came.
+    pub fn is_documented(&self) -> bool {
+        GUEST_WIFI_TYPES.contains(&self.event_type.as_str())
+    }
+}
 
 /// The current guest-WiFi event schema (`schemas/avro/guest_wifi`), parsed
 /// once.
@@ -163,10 +191,12 @@ impl Event {
             None => A::Union(0, Box::new(A::Null)),
             Some(s) => A::Union(1, Box::new(A::String(s.clone()))),
         };
-        let symbol = GUEST_WIFI_TYPES
-            .iter()
-            .position(|t| *t == w.event_type)
-            .unwrap_or(0);
+        // A type the schema does not name is `other` (the enum's last
+        // symbol); `type_name` keeps it as sent.
+        let (symbol, name) = match GUEST_WIFI_TYPES.iter().position(|t| *t == w.event_type) {
+            Some(i) => (i, w.event_type.as_str()),
+            None => (GUEST_WIFI_TYPES.len(), OTHER_SYMBOL),
+        };
         let guest = match &w.guest {
             None => A::Union(0, Box::new(A::Null)),
             Some(g) => A::Union(
@@ -182,8 +212,15 @@ impl Event {
         let record = A::Record(vec![
             ("event_id".into(), A::String(self.event_id.clone())),
             ("source".into(), A::String(self.source.clone())),
-            ("type".into(), A::Enum(symbol as u32, w.event_type.clone())),
-            ("sequence".into(), A::Long(w.sequence)),
+            ("type".into(), A::Enum(symbol as u32, name.to_owned())),
+            (
+                "type_name".into(),
+                A::Union(1, Box::new(A::String(w.event_type.clone()))),
+            ),
+            (
+                "sequence".into(),
+                A::Union(1, Box::new(A::Long(w.sequence))),
+            ),
             (
                 "occurred_at".into(),
                 A::TimestampMicros(w.occurred_at_micros),
@@ -243,7 +280,6 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
     };
     match source.map_or(ParserKind::Json, |s| s.parser) {
         ParserKind::GuestWifi => {
-            let wifi = guest_wifi(&body)?;
             if let Some(id) = body.get("id").and_then(Value::as_str)
                 && id != envelope.event_id
             {
@@ -252,6 +288,31 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
                     envelope.event_id
                 )));
             }
+            let wifi = match guest_wifi(&body) {
+                Ok(w) => w,
+                Err(q) => {
+                    // A type the platform added since, without the fields
+                    // every event has: passed on as a generic event rather
+                    // than quarantined for rules this parser cannot know.
+                    let Some(t) = undocumented_type(&body) else {
+                        return Err(q);
+                    };
+                    event.event_type = t.to_owned();
+                    event.occurred_at_micros = body
+                        .get("occurred_at")
+                        .and_then(Value::as_str)
+                        .and_then(rfc3339_micros);
+                    if event.ordering_key.is_none() {
+                        event.ordering_key = body
+                            .pointer("/venue/id")
+                            .and_then(Value::as_str)
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned);
+                    }
+                    event.body = body;
+                    return Ok(event);
+                }
+            };
             if let Some(seq) = envelope.sequence
                 && seq != wifi.sequence
             {
@@ -302,6 +363,32 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
     Ok(event)
 }
 
+/// The body's `/type` when it is one the platform does not document and
+/// could be an event type ([`is_type_name`]).
+fn undocumented_type(body: &Value) -> Option<&str> {
+    body.get("type")
+        .and_then(Value::as_str)
+        .filter(|t| is_type_name(t) && !GUEST_WIFI_TYPES.contains(t))
+}
+
+/// What an undocumented guest-WiFi type must look like to be passed on:
+/// 1 to [`MAX_TYPE_LEN`] ASCII letters, digits, `_`, `.`, `-` or `:` (the
+/// platform's types are identifiers; anything else is a broken body).
+fn is_type_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+}
+
+/// An RFC 3339 time after 1970 as Unix microseconds.
+fn rfc3339_micros(text: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+}
+
 fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
     let Some(obj) = body.as_object() else {
         return Err(Quarantine::invalid("body is not a JSON object"));
@@ -319,10 +406,18 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         string(ptr)?.ok_or_else(|| Quarantine::invalid(format!("{ptr} is missing")))
     };
     let event_type = required("/type")?;
-    if !GUEST_WIFI_TYPES.contains(&event_type.as_str()) {
+    if event_type.len() > MAX_TYPE_LEN {
         return Err(Quarantine::invalid(format!(
-            "/type {event_type:?} is not one of {}",
-            GUEST_WIFI_TYPES.join(", ")
+            "/type is {} bytes, more than {MAX_TYPE_LEN}",
+            event_type.len()
+        )));
+    }
+    // The type-specific rules below hold for the documented types only.
+    let documented = GUEST_WIFI_TYPES.contains(&event_type.as_str());
+    if !documented && !is_type_name(&event_type) {
+        return Err(Quarantine::invalid(format!(
+            "/type {event_type:?} is neither a documented type nor a type name \
+             (letters, digits, _ . - :)"
         )));
     }
     let sequence = match obj.get("sequence") {
@@ -333,18 +428,17 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         None => return Err(Quarantine::invalid("/sequence is missing")),
     };
     let occurred = required("/occurred_at")?;
-    let occurred_at_micros = humantime::parse_rfc3339_weak(&occurred)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_micros()).ok())
-        .ok_or_else(|| {
-            Quarantine::invalid(format!(
-                "/occurred_at {occurred:?} is not an RFC 3339 time after 1970"
-            ))
-        })?;
+    let occurred_at_micros = rfc3339_micros(&occurred).ok_or_else(|| {
+        Quarantine::invalid(format!(
+            "/occurred_at {occurred:?} is not an RFC 3339 time after 1970"
+        ))
+    })?;
     let venue_id = required("/venue/id")?;
     let device_id = string("/device/id")?;
-    if event_type.starts_with("device_") && device_id.is_none() {
+    if documented
+        && (event_type.starts_with("device_") || event_type == "venue_left")
+        && device_id.is_none()
+    {
         return Err(Quarantine::invalid(format!(
             "/device/id is missing (required for {event_type})"
         )));
@@ -363,7 +457,7 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         }),
         Some(_) => return Err(Quarantine::invalid("/guest must be an object")),
     };
-    if event_type.starts_with("guest_") && guest.is_none() {
+    if documented && event_type.starts_with("guest_") && guest.is_none() {
         return Err(Quarantine::invalid(format!(
             "/guest is missing (required for {event_type})"
         )));
@@ -439,9 +533,27 @@ mod tests {
         for (body, needle, reason) in [
             ("not json", "not JSON", "not_json"),
             ("[1]", "not a JSON object", "invalid"),
+            (&GOOD.replace("\"guest_connects\"", "7"), "/type", "invalid"),
             (
-                &GOOD.replace("guest_connects", "teleported"),
+                &GOOD.replace("guest_connects", "guest connects"),
                 "/type",
+                "invalid",
+            ),
+            (
+                &GOOD.replace("guest_connects", "guest\\u0000connects"),
+                "/type",
+                "invalid",
+            ),
+            (
+                &GOOD.replace("guest_connects", &"x".repeat(MAX_TYPE_LEN + 1)),
+                "/type",
+                "invalid",
+            ),
+            (
+                &GOOD
+                    .replace("guest_connects", "venue_left")
+                    .replace("dev_9f2c", ""),
+                "/device/id",
                 "invalid",
             ),
             (&GOOD.replace("1042", "-3"), "/sequence", "invalid"),
@@ -470,8 +582,10 @@ mod tests {
         let e = parse(&envelope(GOOD), Some(&wifi_cfg())).unwrap();
         let bytes = e.guest_wifi_avro().unwrap().unwrap();
         // Read with only the .avsc text, as any Avro library would.
-        let schema =
-            apache_avro::Schema::parse_str(schemas::GUEST_WIFI_SCHEMA_VERSIONS[0].1).unwrap();
+        let (name, text) =
+            schemas::GUEST_WIFI_SCHEMA_VERSIONS[schemas::GUEST_WIFI_SCHEMA_VERSIONS.len() - 1];
+        assert_eq!(name, "v2");
+        let schema = apache_avro::Schema::parse_str(text).unwrap();
         let value = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
         let apache_avro::types::Value::Record(fields) = value else {
             panic!("not a record: {value:?}");
@@ -485,7 +599,11 @@ mod tests {
         };
         use apache_avro::types::Value as A;
         assert_eq!(get("type"), A::Enum(0, "guest_connects".into()));
-        assert_eq!(get("sequence"), A::Long(1042));
+        assert_eq!(
+            get("type_name"),
+            A::Union(1, Box::new(A::String("guest_connects".into())))
+        );
+        assert_eq!(get("sequence"), A::Union(1, Box::new(A::Long(1042))));
         assert_eq!(get("venue_id"), A::String("venue-017".into()));
         assert_eq!(
             get("occurred_at"),
@@ -505,6 +623,109 @@ mod tests {
                 .guest_wifi_avro()
                 .is_none()
         );
+    }
+
+    /// Reads the current schema's record of `e`: (`type` symbol,
+    /// `type_name`).
+    fn avro_type(e: &Event) -> (String, String) {
+        use apache_avro::types::Value as A;
+        let bytes = e.guest_wifi_avro().unwrap().unwrap();
+        let value =
+            apache_avro::from_avro_datum(guest_wifi_schema(), &mut bytes.as_slice(), None).unwrap();
+        let A::Record(fields) = value else {
+            panic!("not a record")
+        };
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        let (A::Enum(_, symbol), A::Union(1, name)) = (get("type"), get("type_name")) else {
+            panic!("type and type_name: {fields:?}")
+        };
+        let A::String(name) = *name else {
+            panic!("type_name not a string")
+        };
+        (symbol, name)
+    }
+
+    #[test]
+    fn a_guest_leaving_the_venue_is_a_documented_type_with_its_device() {
+        let body = GOOD.replace("guest_connects", "venue_left");
+        let e = parse(&envelope(&body), Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "venue_left");
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert!(w.is_documented());
+        assert_eq!(w.device_id.as_deref(), Some("dev_9f2c"));
+        assert!(SESSION_END_TYPES.contains(&"venue_left"));
+        assert_eq!(avro_type(&e), ("venue_left".into(), "venue_left".into()));
+        // Consent changes name their guest, as every guest_* type does.
+        let no_guest = GOOD
+            .replace("guest_connects", "guest_opted_out")
+            .replace(r#""guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": true}"#, r#""guest": null"#);
+        let q = parse(&envelope(&no_guest), Some(&wifi_cfg())).unwrap_err();
+        assert!(q.detail.contains("/guest is missing"), "{q:?}");
+    }
+
+    #[test]
+    fn an_undocumented_type_is_passed_on_typed_with_its_body() {
+        // Every field an event has, and an unknown member: typed, the
+        // type-specific rules (device, guest) not applied.
+        let body = GOOD
+            .replace("guest_connects", "guest_feedback")
+            .replace(r#""device": {"id": "dev_9f2c"},"#, r#""rating": 5,"#);
+        let e = parse(&envelope(&body), Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "guest_feedback");
+        assert_eq!(e.sequence, Some(1042));
+        assert_eq!(e.body["rating"], 5);
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert!(!w.is_documented());
+        assert_eq!(w.venue_id, "venue-017");
+        assert_eq!(w.device_id, None);
+        // Its Avro record says `other` and keeps the type as sent.
+        assert_eq!(avro_type(&e), ("other".into(), "guest_feedback".into()));
+        // A device_* type it does not know needs no device either.
+        let e = parse(
+            &envelope(
+                &GOOD
+                    .replace("guest_connects", "device_roamed")
+                    .replace("dev_9f2c", ""),
+            ),
+            Some(&wifi_cfg()),
+        );
+        assert!(e.is_ok(), "{e:?}");
+    }
+
+    #[test]
+    fn an_undocumented_type_without_the_common_fields_is_passed_on_generic() {
+        // No venue, no sequence, an occurred_at: a platform-wide event.
+        let body = r#"{"id": "evt_1", "type": "account_updated",
+            "occurred_at": "2026-11-22T18:03:11.123Z", "plan": "pro"}"#;
+        let mut env = envelope(body);
+        env.ordering_key = None;
+        env.sequence = None;
+        let e = parse(&env, Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "account_updated");
+        assert_eq!(e.guest_wifi, None);
+        assert_eq!(e.ordering_key, None);
+        assert_eq!(e.sequence, None);
+        assert_eq!(e.occurred_at_micros, Some(1_795_370_591_123_000));
+        assert_eq!(e.body["plan"], "pro");
+        assert!(e.guest_wifi_avro().is_none());
+        // The venue from the body when the envelope has no ordering key.
+        let mut env = envelope(r#"{"type": "x_y", "venue": {"id": "v9"}, "sequence": "n"}"#);
+        env.ordering_key = None;
+        let e = parse(&env, Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.ordering_key.as_deref(), Some("v9"));
+        assert_eq!(e.sequence, Some(1042), "the envelope's sequence");
+        // Still quarantined: no type at all, or an id that is not the
+        // envelope's.
+        for bad in [
+            r#"{"venue": {"id": "v9"}}"#,
+            r#"{"id": "evt_2", "type": "x"}"#,
+        ] {
+            assert_eq!(
+                parse(&envelope(bad), Some(&wifi_cfg())).unwrap_err().reason,
+                "invalid",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

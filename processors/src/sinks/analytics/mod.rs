@@ -9,12 +9,16 @@
 //! # Tables (created and migrated at start-up; `schema_migrations` records
 //! the applied versions)
 //!
-//! - `events`: one row per (source, event id), any source: type, ordering
+//! - `events`: one row per (source, event id), any source and any type
+//!   (a guest-WiFi type the parser does not document too): type, ordering
 //!   key, sequence, occurred/received times, the late flag, the guest-WiFi
 //!   fields (venue, zone, device, guest, vip) and the parsed body.
 //! - `device_sessions`: per venue and device, each `device_connected` paired
-//!   with the next `device_disconnected` in occurrence order: connected and
-//!   disconnected times, dwell in seconds (null while still connected).
+//!   with the next event that ends a session in occurrence order
+//!   (`device_disconnected`, or `venue_left`: the guest left the venue;
+//!   [`crate::event::SESSION_END_TYPES`]): connected and disconnected
+//!   times, dwell in seconds (null while still connected). Any other type,
+//!   one the platform added since among them, is kept in `events` only.
 //! - `footfall_hourly`: per venue and hour (UTC, of occurrence):
 //!   `connections` (device_connected events) and `unique_devices`.
 //!

@@ -119,11 +119,11 @@ const SESSIONS_INSERT: &str = r#"
     insert into device_sessions (venue_id, device_id, connected_at, disconnected_at,
                                  dwell_seconds, connect_event_id, disconnect_event_id)
     select venue_id, device_id, occurred_at,
-           case when next_type = 'device_disconnected' then next_at end,
-           case when next_type = 'device_disconnected'
+           case when next_type in ('device_disconnected', 'venue_left') then next_at end,
+           case when next_type in ('device_disconnected', 'venue_left')
                 then extract(epoch from next_at - occurred_at)::float8 end,
            event_id,
-           case when next_type = 'device_disconnected' then next_id end
+           case when next_type in ('device_disconnected', 'venue_left') then next_id end
     from (
         select e.venue_id, e.device_id, e.event_type, e.occurred_at, e.event_id,
                lead(e.event_type) over w as next_type,
@@ -132,7 +132,7 @@ const SESSIONS_INSERT: &str = r#"
         from events e
         join unnest($1::text[], $2::text[]) as k(venue_id, device_id)
           on e.venue_id = k.venue_id and e.device_id = k.device_id
-        where e.event_type in ('device_connected', 'device_disconnected')
+        where e.event_type in ('device_connected', 'device_disconnected', 'venue_left')
         window w as (partition by e.venue_id, e.device_id
                      order by e.occurred_at, e.sequence, e.event_id)
     ) x

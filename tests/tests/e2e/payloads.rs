@@ -1,0 +1,258 @@
+//! Real provider payloads (issue 22, part 2), end to end: tansu, the
+//! `processors` binary, PostgreSQL for the analytics store and the
+//! alerting sink's live state. An event type the guest-WiFi parser does
+//! not know is passed on, routable by its type and stored by analytics
+//! with its body; a guest leaving the venue (`venue_left`) ends the
+//! device's session in analytics and its presence in the alerting state.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use e2e::{Broker, Postgres, Processor, produce, purple_envelope_received, sink_lines};
+
+/// A guest-WiFi event at venue `pl-v1`, happening (and received) at `at`.
+fn wifi(id: &str, kind: &str, seq: u64, device: &str, at: SystemTime) -> (Vec<u8>, Vec<u8>) {
+    let mut body = serde_json::json!({
+        "id": id,
+        "type": kind,
+        "sequence": seq,
+        "occurred_at": humantime::format_rfc3339_micros(at).to_string(),
+        "venue": {"id": "pl-v1", "name": "Airport Hotel"},
+        "zone": "lobby",
+        "device": {"id": device},
+    });
+    if kind == "guest_feedback" {
+        body["rating"] = serde_json::json!(5);
+        body["comment"] = serde_json::json!("fast wifi");
+    }
+    let received = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    (
+        b"pl-v1".to_vec(),
+        purple_envelope_received(
+            id,
+            "pl-v1",
+            seq,
+            Some(body.to_string().into_bytes()),
+            received,
+        ),
+    )
+}
+
+/// Processors reading `topic`: the `purple` source parsed as guest-WiFi,
+/// every event to the PostgreSQL analytics sink and the alerting sink,
+/// and events of type `guest_feedback` also to a JSON-lines sink.
+fn config(brokers: &str, topic: &str, dir: &Path, pg: &str) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{topic}-g"
+topic = "{topic}"
+quarantine_topic = "{topic}.quarantine"
+dlq_topic = "{topic}.dlq"
+instance_id = ""
+
+[processing]
+retry_initial = "50ms"
+retry_max = "1s"
+
+[dedupe]
+path = "{dir}/dedupe.redb"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[sources.purple]
+parser = "guest_wifi"
+
+[sinks.analytics]
+kind = "postgres"
+url = "{pg}"
+
+[sinks.alerts]
+kind = "alerts"
+path = "{dir}/alerts.sqlite"
+
+[[sinks.alerts.rules]]
+kind = "zone_occupancy"
+threshold = 100
+
+[[sinks.alerts.receivers]]
+kind = "log"
+
+[sinks.feedback]
+kind = "jsonl"
+path = "{dir}/feedback.jsonl"
+
+[[routes]]
+name = "everything"
+sinks = ["analytics", "alerts"]
+
+[[routes]]
+name = "feedback"
+types = ["guest_feedback"]
+sinks = ["feedback"]
+"#,
+        dir = dir.display()
+    )
+}
+
+async fn wait_until<F, Fut>(what: &str, within: Duration, p: &Processor, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{}",
+            p.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The live occupancy the processor serves, as `venue|zone|devices` lines.
+async fn occupancy(p: &Processor) -> String {
+    let rows: Vec<serde_json::Value> =
+        reqwest::get(format!("http://{}/state/occupancy", p.metrics_addr))
+            .await
+            .expect("GET /state/occupancy")
+            .json()
+            .await
+            .expect("occupancy JSON");
+    rows.iter()
+        .map(|r| format!("{}|{}|{}", r["venue"], r["zone"], r["devices"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A time `minutes` before now, on a whole second.
+fn minutes_ago(minutes: u64) -> SystemTime {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    UNIX_EPOCH + Duration::from_secs(now - minutes * 60)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_type_reaches_analytics_with_its_body_and_is_routed_by_its_type() {
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("pl-unknown", 1).await;
+    broker.create_topic("pl-unknown.quarantine", 1).await;
+    broker.create_topic("pl-unknown.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Processor::start(&config(
+        &broker.brokers(),
+        "pl-unknown",
+        dir.path(),
+        &pg.url(),
+    ));
+    produce(
+        &broker.brokers(),
+        "pl-unknown",
+        &[
+            wifi("u1", "device_connected", 1, "d1", minutes_ago(5)),
+            wifi("u2", "guest_feedback", 2, "d1", minutes_ago(4)),
+        ],
+    )
+    .await;
+    wait_until(
+        "both events in analytics",
+        Duration::from_secs(60),
+        &p,
+        || async { pg.psql("select count(*) from events") == "2" },
+    )
+    .await;
+    assert_eq!(
+        pg.psql(
+            "select event_type, sequence, venue_id, zone, device_id, body->>'rating', body->>'comment' \
+             from events where event_id = 'u2'"
+        ),
+        "guest_feedback|2|pl-v1|lobby|d1|5|fast wifi"
+    );
+    // Routed by its type: only it reached the `feedback` route's sink.
+    wait_until("the feedback sink", Duration::from_secs(30), &p, || async {
+        !sink_lines(&dir.path().join("feedback.jsonl")).is_empty()
+    })
+    .await;
+    let lines = sink_lines(&dir.path().join("feedback.jsonl"));
+    let types: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event_type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(types, ["guest_feedback"], "{lines:?}");
+    assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
+    // A type it does not know neither opens nor ends a session.
+    assert_eq!(
+        pg.psql("select device_id, coalesce(disconnect_event_id, '-') from device_sessions"),
+        "d1|-"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_leaving_the_venue_ends_the_session_in_analytics_and_the_presence_in_alerting() {
+    let pg = Postgres::start();
+    let broker = Broker::start();
+    broker.create_topic("pl-left", 1).await;
+    broker.create_topic("pl-left.quarantine", 1).await;
+    broker.create_topic("pl-left.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = Processor::start(&config(&broker.brokers(), "pl-left", dir.path(), &pg.url()));
+    let start = minutes_ago(10);
+    produce(
+        &broker.brokers(),
+        "pl-left",
+        &[
+            wifi("l1", "device_connected", 1, "d1", start),
+            wifi("l2", "device_connected", 2, "d2", start),
+        ],
+    )
+    .await;
+    wait_until(
+        "two devices in the lobby",
+        Duration::from_secs(60),
+        &p,
+        || async { occupancy(&p).await == r#""pl-v1"|"lobby"|2"# },
+    )
+    .await;
+    produce(
+        &broker.brokers(),
+        "pl-left",
+        &[wifi(
+            "l3",
+            "venue_left",
+            3,
+            "d1",
+            start + Duration::from_secs(8 * 60),
+        )],
+    )
+    .await;
+    wait_until(
+        "the leave in analytics",
+        Duration::from_secs(60),
+        &p,
+        || async { pg.psql("select count(*) from events") == "3" },
+    )
+    .await;
+    assert_eq!(
+        pg.psql(
+            "select device_id, coalesce(disconnect_event_id, '-'), coalesce(dwell_seconds::bigint::text, '-') \
+             from device_sessions order by device_id"
+        ),
+        "d1|l3|480\nd2|-|-"
+    );
+    wait_until(
+        "one device left in the lobby",
+        Duration::from_secs(30),
+        &p,
+        || async { occupancy(&p).await == r#""pl-v1"|"lobby"|1"# },
+    )
+    .await;
+    assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
+}
