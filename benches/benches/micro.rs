@@ -254,6 +254,7 @@ fn normalize(c: &mut Criterion) {
     let source = SourceConfig {
         parser: ParserKind::GuestWifi,
         event_type: None,
+        order_by: Default::default(),
     };
     let bytes = env.encode().expect("encodes");
     assert!(

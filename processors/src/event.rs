@@ -29,6 +29,25 @@ pub struct SourceConfig {
     /// Where a `json` source's event type is (default `/type`).
     #[serde(default)]
     pub event_type: Option<Locate>,
+    /// How each ordering key's events are released: `sequence` (the
+    /// default: by the sequence the source sends, `/sequence` required for
+    /// `guest_wifi`) or `occurred_at` (a source without one: by event
+    /// time, each event held up to `processing.gap_timeout` for earlier
+    /// ones; `/sequence` optional).
+    #[serde(default)]
+    pub order_by: OrderBy,
+}
+
+/// How a source's events are ordered per ordering key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderBy {
+    /// By the source's sequence (`crate::pipeline::reorder`).
+    #[default]
+    Sequence,
+    /// By `occurred_at`, within a bounded wait
+    /// (`crate::pipeline::time_order`).
+    OccurredAt,
 }
 
 /// The parsers.
@@ -62,6 +81,11 @@ impl SourceConfig {
         {
             p.push(format!(
                 "{at}.event_type.pointer: {ptr:?} must start with '/'"
+            ));
+        }
+        if self.parser == ParserKind::Json && self.order_by == OrderBy::OccurredAt {
+            p.push(format!(
+                "{at}.order_by: \"occurred_at\" needs the guest_wifi parser (the json parser reads no occurred_at)"
             ));
         }
         if self.parser == ParserKind::GuestWifi && self.event_type.is_some() {
@@ -108,8 +132,9 @@ pub struct GuestWifi {
     /// The type as sent: one of [`GUEST_WIFI_TYPES`], or another the
     /// platform added since (see [`GuestWifi::is_documented`]).
     pub event_type: String,
-    /// Increases per venue.
-    pub sequence: i64,
+    /// Increases per venue; `None` from a source ordered by `occurred_at`
+    /// that sent none.
+    pub sequence: Option<i64>,
     /// When it happened, Unix microseconds.
     pub occurred_at_micros: i64,
     /// The venue id (the ordering key).
@@ -219,7 +244,10 @@ impl Event {
             ),
             (
                 "sequence".into(),
-                A::Union(1, Box::new(A::Long(w.sequence))),
+                match w.sequence {
+                    Some(s) => A::Union(1, Box::new(A::Long(s))),
+                    None => A::Union(0, Box::new(A::Null)),
+                },
             ),
             (
                 "occurred_at".into(),
@@ -288,7 +316,8 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
                     envelope.event_id
                 )));
             }
-            let wifi = match guest_wifi(&body) {
+            let order_by = source.map_or(OrderBy::Sequence, |s| s.order_by);
+            let wifi = match guest_wifi(&body, order_by) {
                 Ok(w) => w,
                 Err(q) => {
                     // A type the platform added since, without the fields
@@ -313,16 +342,15 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
                     return Ok(event);
                 }
             };
-            if let Some(seq) = envelope.sequence
-                && seq != wifi.sequence
+            if let (Some(seq), Some(body_seq)) = (envelope.sequence, wifi.sequence)
+                && seq != body_seq
             {
                 return Err(Quarantine::invalid(format!(
-                    "/sequence {} differs from the envelope's sequence {seq}",
-                    wifi.sequence
+                    "/sequence {body_seq} differs from the envelope's sequence {seq}"
                 )));
             }
             event.event_type = wifi.event_type.clone();
-            event.sequence = Some(wifi.sequence);
+            event.sequence = wifi.sequence.or(envelope.sequence);
             event.occurred_at_micros = Some(wifi.occurred_at_micros);
             event
                 .ordering_key
@@ -389,7 +417,7 @@ fn rfc3339_micros(text: &str) -> Option<i64> {
         .and_then(|d| i64::try_from(d.as_micros()).ok())
 }
 
-fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
+fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> {
     let Some(obj) = body.as_object() else {
         return Err(Quarantine::invalid("body is not a JSON object"));
     };
@@ -421,11 +449,17 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         )));
     }
     let sequence = match obj.get("sequence") {
-        Some(v) => v
-            .as_i64()
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| Quarantine::invalid("/sequence must be a non-negative integer"))?,
-        None => return Err(Quarantine::invalid("/sequence is missing")),
+        Some(v) => Some(
+            v.as_i64()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| Quarantine::invalid("/sequence must be a non-negative integer"))?,
+        ),
+        None if order_by == OrderBy::OccurredAt => None,
+        None => {
+            return Err(Quarantine::invalid(
+                "/sequence is missing (a source that sends none sets order_by = \"occurred_at\")",
+            ));
+        }
     };
     let occurred = required("/occurred_at")?;
     let occurred_at_micros = rfc3339_micros(&occurred).ok_or_else(|| {
@@ -505,6 +539,7 @@ mod tests {
         SourceConfig {
             parser: ParserKind::GuestWifi,
             event_type: None,
+            order_by: OrderBy::Sequence,
         }
     }
 
@@ -729,12 +764,61 @@ mod tests {
     }
 
     #[test]
+    fn a_source_ordered_by_time_needs_no_sequence_and_says_so_in_its_config() {
+        let body = GOOD.replace(r#""sequence": 1042,"#, "");
+        let mut env = envelope(&body);
+        env.sequence = None;
+        // Ordered by sequence (the default): the missing field is named,
+        // with the setting for a source that sends none.
+        let q = parse(&env, Some(&wifi_cfg())).unwrap_err();
+        assert!(
+            q.detail.contains("/sequence is missing") && q.detail.contains("occurred_at"),
+            "{q:?}"
+        );
+        let by_time = SourceConfig {
+            order_by: OrderBy::OccurredAt,
+            ..wifi_cfg()
+        };
+        let e = parse(&env, Some(&by_time)).unwrap();
+        assert_eq!(e.sequence, None);
+        assert_eq!(e.guest_wifi.as_ref().unwrap().sequence, None);
+        assert_eq!(e.occurred_at_micros, Some(1_795_370_591_123_000));
+        // The Avro record has a null sequence.
+        use apache_avro::types::Value as A;
+        let bytes = e.guest_wifi_avro().unwrap().unwrap();
+        let A::Record(fields) =
+            apache_avro::from_avro_datum(guest_wifi_schema(), &mut bytes.as_slice(), None).unwrap()
+        else {
+            panic!("not a record")
+        };
+        assert!(fields.contains(&("sequence".into(), A::Union(0, Box::new(A::Null)))));
+        // A sequence it does send is still checked and kept.
+        assert_eq!(
+            parse(&envelope(GOOD), Some(&by_time)).unwrap().sequence,
+            Some(1042)
+        );
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"guest_wifi\"\norder_by = \"occurred_at\"").unwrap();
+        assert_eq!(cfg.order_by, OrderBy::OccurredAt);
+        assert!(cfg.problems("sources.p").is_empty());
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"json\"\norder_by = \"occurred_at\"").unwrap();
+        assert_eq!(
+            cfg.problems("sources.j"),
+            [
+                "sources.j.order_by: \"occurred_at\" needs the guest_wifi parser (the json parser reads no occurred_at)"
+            ]
+        );
+    }
+
+    #[test]
     fn json_sources_take_their_type_from_pointer_or_header() {
         let e = parse(&envelope(r#"{"type": "charge.succeeded"}"#), None).unwrap();
         assert_eq!(e.event_type, "charge.succeeded");
         let cfg = SourceConfig {
             parser: ParserKind::Json,
             event_type: Some(Locate::Header("X-GitHub-Event".into())),
+            order_by: OrderBy::Sequence,
         };
         let e = parse(&envelope(r#"{"zen": "hi"}"#), Some(&cfg)).unwrap();
         assert_eq!(e.event_type, "push");

@@ -3,12 +3,16 @@
 //! alerting sink's live state. An event type the guest-WiFi parser does
 //! not know is passed on, routable by its type and stored by analytics
 //! with its body; a guest leaving the venue (`venue_left`) ends the
-//! device's session in analytics and its presence in the alerting state.
+//! device's session in analytics and its presence in the alerting state;
+//! a source that sends no sequence (`order_by = "occurred_at"`) has each
+//! venue's events released in time order.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::{Broker, Postgres, Processor, produce, purple_envelope_received, sink_lines};
+use e2e::{
+    Broker, Postgres, Processor, processors_config, produce, purple_envelope_received, sink_lines,
+};
 
 /// A guest-WiFi event at venue `pl-v1`, happening (and received) at `at`.
 fn wifi(id: &str, kind: &str, seq: u64, device: &str, at: SystemTime) -> (Vec<u8>, Vec<u8>) {
@@ -254,5 +258,127 @@ async fn a_guest_leaving_the_venue_ends_the_session_in_analytics_and_the_presenc
         || async { occupancy(&p).await == r#""pl-v1"|"lobby"|1"# },
     )
     .await;
+    assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
+}
+
+/// A guest-WiFi event without a sequence (in the body or the envelope, as
+/// ingest writes it for a source whose config names none), occurring
+/// `second` seconds into 2026-11-22T18:00Z.
+fn unsequenced(id: &str, venue: &str, second: u32) -> (Vec<u8>, Vec<u8>) {
+    let body = serde_json::json!({
+        "id": id,
+        "type": "device_connected",
+        "occurred_at": format!("2026-11-22T18:00:{second:02}Z"),
+        "venue": {"id": venue},
+        "zone": "lobby",
+        "device": {"id": format!("d-{id}")},
+    });
+    let envelope = schemas::Envelope {
+        event_id: id.into(),
+        source: "purple".into(),
+        received_at_micros: 1_795_370_591_000_000,
+        body: body.to_string().into_bytes(),
+        headers: vec![],
+        content_type: Some("application/json".into()),
+        client_addr: Some("127.0.0.1".into()),
+        verification: schemas::Verification {
+            scheme: "purple".into(),
+            secret_id: "current".into(),
+        },
+        ordering_key: Some(venue.into()),
+        sequence: None,
+        request_id: format!("req-{id}"),
+    };
+    (
+        venue.as_bytes().to_vec(),
+        envelope.encode().expect("encoding an envelope"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_without_sequence_is_ordered_by_time() {
+    let broker = Broker::start();
+    broker.create_topic("pl-time", 1).await;
+    broker.create_topic("pl-time.quarantine", 1).await;
+    broker.create_topic("pl-time.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let config = processors_config(
+        &broker.brokers(),
+        "pl-time",
+        "pl-time-g",
+        &dir.path().join("dedupe.redb"),
+        &sink,
+        "gap_timeout = \"3s\"",
+    )
+    .replace(
+        "parser = \"guest_wifi\"\n",
+        "parser = \"guest_wifi\"\norder_by = \"occurred_at\"\n",
+    );
+    assert!(config.contains("order_by"), "{config}");
+    let p = Processor::start(&config);
+    // Two venues, each delivered out of time order, in one go.
+    produce(
+        &broker.brokers(),
+        "pl-time",
+        &[
+            unsequenced("a3", "t-a", 30),
+            unsequenced("b2", "t-b", 20),
+            unsequenced("a1", "t-a", 10),
+            unsequenced("a2", "t-a", 20),
+            unsequenced("b1", "t-b", 10),
+        ],
+    )
+    .await;
+    wait_until(
+        "five events in the sink",
+        Duration::from_secs(60),
+        &p,
+        || async { sink_lines(&sink).len() == 5 },
+    )
+    .await;
+    let lines = sink_lines(&sink);
+    let of = |venue: &str| -> Vec<(String, bool)> {
+        lines
+            .iter()
+            .filter(|l| l["ordering_key"] == venue)
+            .map(|l| {
+                (
+                    l["event_id"].as_str().unwrap_or("").to_string(),
+                    l["late"].as_bool().unwrap_or(true),
+                )
+            })
+            .collect()
+    };
+    let not_late = |ids: &[&str]| -> Vec<(String, bool)> {
+        ids.iter().map(|i| (i.to_string(), false)).collect()
+    };
+    assert_eq!(of("t-a"), not_late(&["a1", "a2", "a3"]), "{lines:?}");
+    assert_eq!(of("t-b"), not_late(&["b1", "b2"]), "{lines:?}");
+    assert!(lines.iter().all(|l| l["sequence"].is_null()), "{lines:?}");
+    // Older than what its venue already released: late, at once.
+    produce(&broker.brokers(), "pl-time", &[unsequenced("a0", "t-a", 5)]).await;
+    wait_until("the late event", Duration::from_secs(30), &p, || async {
+        sink_lines(&sink).len() == 6
+    })
+    .await;
+    let last = &sink_lines(&sink)[5];
+    assert_eq!(last["event_id"], "a0");
+    assert_eq!(last["late"], true);
+    // Counted by reason; nothing quarantined for the missing sequence.
+    let scrape = reqwest::get(format!("http://{}/metrics", p.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |reason: &str| {
+        e2e::metric_sum(
+            &scrape,
+            "processors_reorder_by_occurrence_total",
+            &[("source", "purple"), ("reason", reason)],
+        )
+    };
+    assert_eq!((count("in_order"), count("late")), (5.0, 1.0), "{scrape}");
     assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
 }

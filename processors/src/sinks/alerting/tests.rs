@@ -44,7 +44,7 @@ fn ev_full(
         late,
         guest_wifi: Some(GuestWifi {
             event_type: kind.into(),
-            sequence: 1,
+            sequence: Some(1),
             occurred_at_micros: at,
             venue_id: venue.into(),
             venue_name: None,

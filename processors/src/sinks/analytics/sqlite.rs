@@ -330,7 +330,7 @@ mod tests {
             late: false,
             guest_wifi: Some(GuestWifi {
                 event_type: kind.into(),
-                sequence: seq,
+                sequence: Some(seq),
                 occurred_at_micros: at,
                 venue_id: "v".into(),
                 venue_name: None,
