@@ -255,6 +255,8 @@ fn normalize(c: &mut Criterion) {
         parser: ParserKind::GuestWifi,
         event_type: None,
         order_by: Default::default(),
+        mapping: None,
+        sample: None,
     };
     let bytes = env.encode().expect("encodes");
     assert!(

@@ -81,6 +81,8 @@ pub fn check_parser(parser: processors::event::ParserKind, data: &[u8]) {
             parser,
             event_type,
             order_by,
+            mapping: None,
+            sample: None,
         };
         match processors::event::parse(&envelope, Some(&config)) {
             Ok(event) => {

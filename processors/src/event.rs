@@ -12,13 +12,22 @@
 //!   typed where the fields every event has (`/occurred_at`, `/venue/id`,
 //!   `/sequence`) are valid, else as a generic event (its type, ordering
 //!   key, sequence from the envelope and body, like the `json` parser's).
+//!   A source whose payload names the fields differently maps them with
+//!   JSON pointers ([`Mapping`], `[sources.NAME.mapping]`); `sample` names
+//!   a payload that `check-config` (and start-up) must see map.
 //! - `json`: any JSON body, kept as a typed envelope: the event type comes
 //!   from a configured pointer or forwarded header (default `/type`).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use schemas::Envelope;
+
+mod mapping;
+
+pub use mapping::Mapping;
 
 /// How one source's bodies are parsed.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +45,15 @@ pub struct SourceConfig {
     /// ones; `/sequence` optional).
     #[serde(default)]
     pub order_by: OrderBy,
+    /// `guest_wifi` only: where each normalized field is in this source's
+    /// payload, as JSON pointers (unset: the platform's own places).
+    #[serde(default)]
+    pub mapping: Option<Mapping>,
+    /// A payload of this source (a JSON file) that must parse into a typed
+    /// event with this configuration: checked by `check-config` and at
+    /// start-up, which name the field that does not map.
+    #[serde(default)]
+    pub sample: Option<PathBuf>,
 }
 
 /// How a source's events are ordered per ordering key.
@@ -88,12 +106,125 @@ impl SourceConfig {
                 "{at}.order_by: \"occurred_at\" needs the guest_wifi parser (the json parser reads no occurred_at)"
             ));
         }
+        if let Some(m) = &self.mapping {
+            if self.parser != ParserKind::GuestWifi {
+                p.push(format!(
+                    "{at}.mapping: only for the guest_wifi parser (the json parser takes event_type)"
+                ));
+            }
+            p.extend(m.problems(&format!("{at}.mapping")));
+        }
+        if let Some(Err(e)) = self.check_sample(at.strip_prefix("sources.").unwrap_or(at)) {
+            p.push(e);
+        }
         if self.parser == ParserKind::GuestWifi && self.event_type.is_some() {
             p.push(format!(
                 "{at}.event_type: the guest_wifi parser reads /type itself"
             ));
         }
         p
+    }
+}
+
+impl SourceConfig {
+    /// `check-config`'s proof that `sample` maps: a line naming what it
+    /// parsed into (field names and the type, venue, sequence and time, no
+    /// personal value), or the problem naming the field that does not map.
+    /// `None` without a sample.
+    pub fn check_sample(&self, name: &str) -> Option<Result<String, String>> {
+        let path = self.sample.as_ref()?;
+        let at = format!("sources.{name}.sample");
+        let shown = path.display();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(format!("{at}: {shown}: {e}"))),
+        };
+        let body: Value = match serde_json::from_slice(&bytes) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(format!("{at}: {shown} is not JSON: {e}"))),
+        };
+        let mapped = match &self.mapping {
+            Some(m) => m.apply(&body),
+            None => body,
+        };
+        let envelope = Envelope {
+            event_id: mapped
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("sample")
+                .to_owned(),
+            source: name.to_owned(),
+            received_at_micros: 0,
+            body: bytes,
+            headers: Vec::new(),
+            content_type: Some("application/json".into()),
+            client_addr: None,
+            verification: schemas::Verification {
+                scheme: "sample".into(),
+                secret_id: String::new(),
+            },
+            ordering_key: None,
+            sequence: None,
+            request_id: "check-config".into(),
+        };
+        let explain = |detail: &str| match &self.mapping {
+            Some(m) => m.explain(name, detail),
+            None => detail.to_owned(),
+        };
+        let e = match parse(&envelope, Some(self)) {
+            Ok(e) => e,
+            Err(q) => return Some(Err(format!("{at}: {shown} does not map: {}", q.detail))),
+        };
+        if self.parser == ParserKind::Json {
+            return Some(Ok(format!("{at}: {shown} maps: type {:?}", e.event_type)));
+        }
+        let Some(w) = &e.guest_wifi else {
+            // Passed on generic: say why it is not typed.
+            let why = guest_wifi(&mapped, self.order_by)
+                .err()
+                .map_or_else(String::new, |q| explain(&q.detail));
+            return Some(Err(format!(
+                "{at}: {shown} does not map to a typed event (it would pass on generic): {why}"
+            )));
+        };
+        let mut present = Vec::new();
+        for (field, there) in [
+            ("venue_name", w.venue_name.is_some()),
+            ("zone", w.zone.is_some()),
+            ("device_id", w.device_id.is_some()),
+            ("guest_id", w.guest.is_some()),
+            (
+                "guest_email",
+                w.guest.as_ref().is_some_and(|g| g.email.is_some()),
+            ),
+            (
+                "guest_first_name",
+                w.guest.as_ref().is_some_and(|g| g.first_name.is_some()),
+            ),
+            ("guest_vip", w.guest.as_ref().is_some_and(|g| g.vip)),
+        ] {
+            if there {
+                present.push(field);
+            }
+        }
+        Some(Ok(format!(
+            "{at}: {shown} maps: type {:?}{}, venue {:?}, sequence {}, occurred_at {}; also {}",
+            w.event_type,
+            if w.is_documented() {
+                ""
+            } else {
+                " (undocumented)"
+            },
+            w.venue_id,
+            w.sequence
+                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            plumbing::utc_text(w.occurred_at_micros),
+            if present.is_empty() {
+                "nothing else".to_owned()
+            } else {
+                present.join(", ")
+            },
+        )))
     }
 }
 
@@ -290,7 +421,7 @@ impl Quarantine {
 /// Parses one envelope with its source's parser (`None`: the default `json`
 /// parser with the type at `/type`).
 pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event, Quarantine> {
-    let body: Value = serde_json::from_slice(&envelope.body).map_err(|e| Quarantine {
+    let mut body: Value = serde_json::from_slice(&envelope.body).map_err(|e| Quarantine {
         reason: "not_json",
         detail: format!("body is not JSON: {e}"),
     })?;
@@ -308,13 +439,25 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
     };
     match source.map_or(ParserKind::Json, |s| s.parser) {
         ParserKind::GuestWifi => {
+            let mapping = source.and_then(|s| s.mapping.as_ref());
+            // The platform's shape, what sinks see (see [`Mapping`]).
+            if let Some(m) = mapping {
+                body = m.apply(&body);
+            }
+            let explain = |q: Quarantine| match mapping {
+                Some(m) => Quarantine {
+                    reason: q.reason,
+                    detail: m.explain(&envelope.source, &q.detail),
+                },
+                None => q,
+            };
             if let Some(id) = body.get("id").and_then(Value::as_str)
                 && id != envelope.event_id
             {
-                return Err(Quarantine::invalid(format!(
+                return Err(explain(Quarantine::invalid(format!(
                     "/id {id:?} differs from the envelope's event id {:?}",
                     envelope.event_id
-                )));
+                ))));
             }
             let order_by = source.map_or(OrderBy::Sequence, |s| s.order_by);
             let wifi = match guest_wifi(&body, order_by) {
@@ -324,7 +467,7 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
                     // every event has: passed on as a generic event rather
                     // than quarantined for rules this parser cannot know.
                     let Some(t) = undocumented_type(&body) else {
-                        return Err(q);
+                        return Err(explain(q));
                     };
                     event.event_type = t.to_owned();
                     event.occurred_at_micros = body
@@ -345,9 +488,9 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
             if let (Some(seq), Some(body_seq)) = (envelope.sequence, wifi.sequence)
                 && seq != body_seq
             {
-                return Err(Quarantine::invalid(format!(
+                return Err(explain(Quarantine::invalid(format!(
                     "/sequence {body_seq} differs from the envelope's sequence {seq}"
-                )));
+                ))));
             }
             event.event_type = wifi.event_type.clone();
             event.sequence = wifi.sequence.or(envelope.sequence);
@@ -540,6 +683,8 @@ mod tests {
             parser: ParserKind::GuestWifi,
             event_type: None,
             order_by: OrderBy::Sequence,
+            mapping: None,
+            sample: None,
         }
     }
 
@@ -811,6 +956,114 @@ mod tests {
         );
     }
 
+    /// A source whose payload names the fields differently.
+    const ACME_MAPPING: &str = r#"
+        parser = "guest_wifi"
+        [mapping]
+        id = "/event_id"
+        type = "/kind"
+        sequence = "/seq"
+        occurred_at = "/ts"
+        venue_id = "/site/code"
+        device_id = "/client/mac"
+        guest_id = "/user/id"
+        guest_email = "/user/mail"
+    "#;
+    const ACME: &str = r#"{"event_id": "evt_1", "kind": "device_connected", "seq": 1042,
+        "ts": "2026-11-22T18:03:11.123Z", "site": {"code": "venue-017"}, "zone": "lobby",
+        "client": {"mac": "aa:bb"}, "user": {"id": "u1", "mail": "a@example.com", "phone": "+1"}}"#;
+
+    #[test]
+    fn a_mapped_source_parses_into_the_same_event_and_sinks_see_the_platforms_shape() {
+        let cfg: SourceConfig = toml::from_str(ACME_MAPPING).unwrap();
+        assert!(cfg.problems("sources.acme").is_empty());
+        let mut env = envelope(ACME);
+        env.source = "acme".into();
+        let e = parse(&env, Some(&cfg)).unwrap();
+        assert_eq!(e.event_type, "device_connected");
+        assert_eq!(e.sequence, Some(1042));
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert_eq!(w.venue_id, "venue-017");
+        assert_eq!(w.device_id.as_deref(), Some("aa:bb"));
+        assert_eq!(
+            w.guest.as_ref().unwrap().email.as_deref(),
+            Some("a@example.com")
+        );
+        // The body in the platform's shape: `fields` minimisation finds
+        // the guest there, and the unmapped phone number is not passed on.
+        assert_eq!(e.body["guest"]["email"], "a@example.com");
+        assert_eq!(e.body["device"]["id"], "aa:bb");
+        assert!(!e.body.to_string().contains("+1"), "{}", e.body);
+        // A field missing names the configured pointer too.
+        let q = parse(
+            &envelope(&ACME.replace("\"site\"", "\"place\"")),
+            Some(&cfg),
+        )
+        .unwrap_err();
+        assert_eq!(
+            q.detail,
+            "/venue/id is missing (sources.purple.mapping.venue_id = \"/site/code\")"
+        );
+    }
+
+    #[test]
+    fn a_sample_proves_the_mapping_or_names_what_does_not_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("acme.json");
+        std::fs::write(&good, ACME).unwrap();
+        let mut cfg: SourceConfig = toml::from_str(ACME_MAPPING).unwrap();
+        cfg.sample = Some(good.clone());
+        let line = cfg.check_sample("acme").unwrap().unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "sources.acme.sample: {} maps: type \"device_connected\", venue \"venue-017\", \
+                 sequence 1042, occurred_at 2026-11-22T18:03:11.123000Z; also zone, device_id, \
+                 guest_id, guest_email",
+                good.display()
+            )
+        );
+        assert!(!line.contains("a@example.com") && !line.contains("aa:bb"));
+        assert!(cfg.problems("sources.acme").is_empty());
+        // The type at another place than mapped: a documented type cannot
+        // be found, so the sample would not even be typed.
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, ACME.replace("\"kind\"", "\"event_type\"")).unwrap();
+        cfg.sample = Some(bad.clone());
+        assert_eq!(
+            cfg.problems("sources.acme"),
+            [format!(
+                "sources.acme.sample: {} does not map: /type is missing (sources.acme.mapping.type = \"/kind\")",
+                bad.display()
+            )]
+        );
+        // An undocumented type without a venue would pass on generic.
+        std::fs::write(
+            &bad,
+            ACME.replace("device_connected", "tap")
+                .replace("\"site\"", "\"x\""),
+        )
+        .unwrap();
+        let p = cfg.problems("sources.acme");
+        assert!(
+            p.len() == 1
+                && p[0].contains("would pass on generic")
+                && p[0].contains("/venue/id is missing (sources.acme.mapping.venue_id"),
+            "{p:?}"
+        );
+        cfg.sample = Some(dir.path().join("absent.json"));
+        assert!(cfg.problems("sources.acme")[0].starts_with("sources.acme.sample: "));
+        // A mapping on a json source, and a pointer that is not one.
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"json\"\n[mapping]\nzone = \"area\"").unwrap();
+        assert_eq!(
+            cfg.problems("sources.j").len(),
+            2,
+            "{:?}",
+            cfg.problems("sources.j")
+        );
+    }
+
     #[test]
     fn json_sources_take_their_type_from_pointer_or_header() {
         let e = parse(&envelope(r#"{"type": "charge.succeeded"}"#), None).unwrap();
@@ -819,6 +1072,8 @@ mod tests {
             parser: ParserKind::Json,
             event_type: Some(Locate::Header("X-GitHub-Event".into())),
             order_by: OrderBy::Sequence,
+            mapping: None,
+            sample: None,
         };
         let e = parse(&envelope(r#"{"zen": "hi"}"#), Some(&cfg)).unwrap();
         assert_eq!(e.event_type, "push");

@@ -5,13 +5,16 @@
 //! with its body; a guest leaving the venue (`venue_left`) ends the
 //! device's session in analytics and its presence in the alerting state;
 //! a source that sends no sequence (`order_by = "occurred_at"`) has each
-//! venue's events released in time order.
+//! venue's events released in time order; a source whose payload names
+//! its fields differently maps them by JSON pointers, and `check-config`
+//! proves its sample maps.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use e2e::{
-    Broker, Postgres, Processor, processors_config, produce, purple_envelope_received, sink_lines,
+    Broker, Postgres, Processor, processors_config, produce, purple_envelope,
+    purple_envelope_received, sink_lines,
 };
 
 /// A guest-WiFi event at venue `pl-v1`, happening (and received) at `at`.
@@ -380,5 +383,127 @@ async fn a_payload_without_sequence_is_ordered_by_time() {
         )
     };
     assert_eq!((count("in_order"), count("late")), (5.0, 1.0), "{scrape}");
+    assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
+}
+
+/// A payload of a platform that names the fields its own way.
+fn acme_body(id: &str, seq: u64, site: &str) -> String {
+    serde_json::json!({
+        "event_id": id, "kind": "device_connected", "seq": seq,
+        "ts": "2026-11-22T18:03:11.123Z", "site": {"code": site, "label": "Airport"},
+        "area": "lobby", "client": {"mac": format!("mac-{id}")},
+        "user": {"id": "u1", "mail": "a@example.com", "phone": "+15550100"}
+    })
+    .to_string()
+}
+
+const ACME_MAPPING: &str = r#"
+[sources.purple.mapping]
+id = "/event_id"
+type = "/kind"
+sequence = "/seq"
+occurred_at = "/ts"
+venue_id = "/site/code"
+venue_name = "/site/label"
+zone = "/area"
+device_id = "/client/mac"
+guest_id = "/user/id"
+guest_email = "/user/mail"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_source_proves_its_sample_in_check_config_and_its_events_flow_typed() {
+    let broker = Broker::start();
+    broker.create_topic("pl-map", 1).await;
+    broker.create_topic("pl-map.quarantine", 1).await;
+    broker.create_topic("pl-map.dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("sink.jsonl");
+    let sample = dir.path().join("acme-sample.json");
+    std::fs::write(&sample, acme_body("s1", 1, "venue-017")).unwrap();
+    let with = |sample: &Path| {
+        processors_config(
+            &broker.brokers(),
+            "pl-map",
+            "pl-map-g",
+            &dir.path().join("dedupe.redb"),
+            &sink,
+            "",
+        )
+        .replace(
+            "parser = \"guest_wifi\"\n",
+            &format!(
+                "parser = \"guest_wifi\"\nsample = \"{}\"\n{ACME_MAPPING}",
+                sample.display()
+            ),
+        )
+    };
+    let check = |config: &str| {
+        let file = dir.path().join("check.toml");
+        std::fs::write(&file, config).unwrap();
+        let out = std::process::Command::new(e2e::binary("processors"))
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .expect("running check-config");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The sample maps: check-config says into what (no personal value).
+    let config = with(&sample);
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "sources.purple.sample: {} maps: type \"device_connected\", venue \"venue-017\", \
+             sequence 1, occurred_at 2026-11-22T18:03:11.123000Z; also venue_name, zone, \
+             device_id, guest_id, guest_email",
+            sample.display()
+        )) && stdout.ends_with(": ok\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("a@example.com") && !stdout.contains("mac-s1"));
+    // A sample whose venue is elsewhere: refused, naming the mapping.
+    let moved = dir.path().join("moved.json");
+    std::fs::write(
+        &moved,
+        acme_body("s2", 2, "v").replace("\"site\"", "\"place\""),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&with(&moved));
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "sources.purple.sample: {} does not map: /venue/id is missing (sources.purple.mapping.venue_id = \"/site/code\")",
+            moved.display()
+        )),
+        "{stderr}"
+    );
+    // Its events flow typed, in the platform's shape, and an unmapped
+    // member (the phone number) is not passed on.
+    let p = Processor::start(&config);
+    produce(
+        &broker.brokers(),
+        "pl-map",
+        &[(
+            b"m-v".to_vec(),
+            purple_envelope("m1", "m-v", 1, Some(acme_body("m1", 1, "m-v").into_bytes())),
+        )],
+    )
+    .await;
+    wait_until("the mapped event", Duration::from_secs(60), &p, || async {
+        !sink_lines(&sink).is_empty()
+    })
+    .await;
+    let line = &sink_lines(&sink)[0];
+    assert_eq!(line["event_type"], "device_connected");
+    assert_eq!(line["guest_wifi"]["venue_id"], "m-v");
+    assert_eq!(line["guest_wifi"]["zone"], "lobby");
+    assert_eq!(line["guest_wifi"]["device_id"], "mac-m1");
+    assert_eq!(line["body"]["guest"]["email"], "a@example.com");
+    assert!(!line.to_string().contains("+15550100"), "{line}");
     assert_eq!(p.metric("processors_quarantined_total").await, 0.0);
 }
