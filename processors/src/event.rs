@@ -119,7 +119,7 @@ impl SourceConfig {
         }
         if self.parser == ParserKind::GuestWifi && self.event_type.is_some() {
             p.push(format!(
-                "{at}.event_type: the guest_wifi parser reads /type itself"
+                "{at}.event_type: the guest_wifi parser reads /type itself (mapping.type moves it)"
             ));
         }
         p
