@@ -254,6 +254,9 @@ fn normalize(c: &mut Criterion) {
     let source = SourceConfig {
         parser: ParserKind::GuestWifi,
         event_type: None,
+        order_by: Default::default(),
+        mapping: None,
+        sample: None,
     };
     let bytes = env.encode().expect("encodes");
     assert!(

@@ -50,7 +50,7 @@ pub fn request<'a>(data: &'a [u8], names: &[&'static str]) -> (HeaderMap, &'a [u
 /// with each way of locating the event type: an event (whose guest-WiFi
 /// record, if any, encodes) or a quarantine with a reason, never a panic.
 pub fn check_parser(parser: processors::event::ParserKind, data: &[u8]) {
-    use processors::event::{Locate, SourceConfig};
+    use processors::event::{Locate, OrderBy, SourceConfig};
     use schemas::{Envelope, Header, Verification};
     let envelope = Envelope {
         event_id: "evt_1".into(),
@@ -71,12 +71,19 @@ pub fn check_parser(parser: processors::event::ParserKind, data: &[u8]) {
         sequence: data.first().map(|&b| i64::from(b)),
         request_id: "req".into(),
     };
-    for event_type in [
-        None,
-        Some(Locate::Pointer("/a/0".into())),
-        Some(Locate::Header("x-event-type".into())),
+    for (event_type, order_by) in [
+        (None, OrderBy::Sequence),
+        (None, OrderBy::OccurredAt),
+        (Some(Locate::Pointer("/a/0".into())), OrderBy::Sequence),
+        (Some(Locate::Header("x-event-type".into())), OrderBy::Sequence),
     ] {
-        let config = SourceConfig { parser, event_type };
+        let config = SourceConfig {
+            parser,
+            event_type,
+            order_by,
+            mapping: None,
+            sample: None,
+        };
         match processors::event::parse(&envelope, Some(&config)) {
             Ok(event) => {
                 if let Some(avro) = event.guest_wifi_avro() {

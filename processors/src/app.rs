@@ -426,7 +426,7 @@ mod tests {
                 late: false,
                 guest_wifi: Some(crate::event::GuestWifi {
                     event_type: "device_connected".into(),
-                    sequence: 1,
+                    sequence: Some(1),
                     occurred_at_micros: now,
                     venue_id: "v1".into(),
                     venue_name: None,

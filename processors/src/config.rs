@@ -153,6 +153,15 @@ impl Config {
         })
     }
 
+    /// What `check-config` says beside "ok": each source's `sample` and
+    /// what it maps to (a sample that does not map is a problem instead).
+    pub fn notes(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|(name, s)| s.check_sample(name)?.ok())
+            .collect()
+    }
+
     /// Cross-field checks; one line per problem.
     pub fn problems(&self) -> Vec<String> {
         let mut p = self.topic_problems();

@@ -5,16 +5,29 @@
 //! original envelope to the quarantine topic with that reason and carry on
 //! with the next record. A parser never panics and never stops a partition.
 //!
-//! - `guest_wifi`: the guest-WiFi platform (DESIGN.md), validated strictly
-//!   into [`GuestWifi`], whose Avro contract is
-//!   `schemas/avro/guest_wifi/v1.avsc`.
+//! - `guest_wifi`: the guest-WiFi platform (DESIGN.md), validated into
+//!   [`GuestWifi`], whose Avro contract is `schemas/avro/guest_wifi/v2.avsc`.
+//!   A type the platform documents ([`GUEST_WIFI_TYPES`]) is validated
+//!   strictly; any other type is passed on, never quarantined for its type:
+//!   typed where the fields every event has (`/occurred_at`, `/venue/id`,
+//!   `/sequence`) are valid, else as a generic event (its type, ordering
+//!   key, sequence from the envelope and body, like the `json` parser's).
+//!   A source whose payload names the fields differently maps them with
+//!   JSON pointers ([`Mapping`], `[sources.NAME.mapping]`); `sample` names
+//!   a payload that `check-config` (and start-up) must see map.
 //! - `json`: any JSON body, kept as a typed envelope: the event type comes
 //!   from a configured pointer or forwarded header (default `/type`).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use schemas::Envelope;
+
+mod mapping;
+
+pub use mapping::Mapping;
 
 /// How one source's bodies are parsed.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,13 +38,42 @@ pub struct SourceConfig {
     /// Where a `json` source's event type is (default `/type`).
     #[serde(default)]
     pub event_type: Option<Locate>,
+    /// How each ordering key's events are released: `sequence` (the
+    /// default: by the sequence the source sends, `/sequence` required for
+    /// `guest_wifi`) or `occurred_at` (a source without one: by event
+    /// time, each event held up to `processing.gap_timeout` for earlier
+    /// ones; `/sequence` optional).
+    #[serde(default)]
+    pub order_by: OrderBy,
+    /// `guest_wifi` only: where each normalized field is in this source's
+    /// payload, as JSON pointers (unset: the platform's own places).
+    #[serde(default)]
+    pub mapping: Option<Mapping>,
+    /// A payload of this source (a JSON file) that must parse into a typed
+    /// event with this configuration: checked by `check-config` and at
+    /// start-up, which name the field that does not map.
+    #[serde(default)]
+    pub sample: Option<PathBuf>,
+}
+
+/// How a source's events are ordered per ordering key.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderBy {
+    /// By the source's sequence (`crate::pipeline::reorder`).
+    #[default]
+    Sequence,
+    /// By `occurred_at`, within a bounded wait
+    /// (`crate::pipeline::time_order`).
+    OccurredAt,
 }
 
 /// The parsers.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ParserKind {
-    /// The guest-WiFi platform: strictly validated typed events.
+    /// The guest-WiFi platform: typed events, strictly validated for the
+    /// documented types, other types passed on.
     GuestWifi,
     /// Any JSON body: a typed envelope with the event type.
     Json,
@@ -59,12 +101,130 @@ impl SourceConfig {
                 "{at}.event_type.pointer: {ptr:?} must start with '/'"
             ));
         }
+        if self.parser == ParserKind::Json && self.order_by == OrderBy::OccurredAt {
+            p.push(format!(
+                "{at}.order_by: \"occurred_at\" needs the guest_wifi parser (the json parser reads no occurred_at)"
+            ));
+        }
+        if let Some(m) = &self.mapping {
+            if self.parser != ParserKind::GuestWifi {
+                p.push(format!(
+                    "{at}.mapping: only for the guest_wifi parser (the json parser takes event_type)"
+                ));
+            }
+            p.extend(m.problems(&format!("{at}.mapping")));
+        }
+        if let Some(Err(e)) = self.check_sample(at.strip_prefix("sources.").unwrap_or(at)) {
+            p.push(e);
+        }
         if self.parser == ParserKind::GuestWifi && self.event_type.is_some() {
             p.push(format!(
-                "{at}.event_type: the guest_wifi parser reads /type itself"
+                "{at}.event_type: the guest_wifi parser reads /type itself (mapping.type moves it)"
             ));
         }
         p
+    }
+}
+
+impl SourceConfig {
+    /// `check-config`'s proof that `sample` maps: a line naming what it
+    /// parsed into (field names and the type, venue, sequence and time, no
+    /// personal value), or the problem naming the field that does not map.
+    /// `None` without a sample.
+    pub fn check_sample(&self, name: &str) -> Option<Result<String, String>> {
+        let path = self.sample.as_ref()?;
+        let at = format!("sources.{name}.sample");
+        let shown = path.display();
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(format!("{at}: {shown}: {e}"))),
+        };
+        let body: Value = match serde_json::from_slice(&bytes) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(format!("{at}: {shown} is not JSON: {e}"))),
+        };
+        let mapped = match &self.mapping {
+            Some(m) => m.apply(&body),
+            None => body,
+        };
+        let envelope = Envelope {
+            event_id: mapped
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("sample")
+                .to_owned(),
+            source: name.to_owned(),
+            received_at_micros: 0,
+            body: bytes,
+            headers: Vec::new(),
+            content_type: Some("application/json".into()),
+            client_addr: None,
+            verification: schemas::Verification {
+                scheme: "sample".into(),
+                secret_id: String::new(),
+            },
+            ordering_key: None,
+            sequence: None,
+            request_id: "check-config".into(),
+        };
+        let explain = |detail: &str| match &self.mapping {
+            Some(m) => m.explain(name, detail),
+            None => detail.to_owned(),
+        };
+        let e = match parse(&envelope, Some(self)) {
+            Ok(e) => e,
+            Err(q) => return Some(Err(format!("{at}: {shown} does not map: {}", q.detail))),
+        };
+        if self.parser == ParserKind::Json {
+            return Some(Ok(format!("{at}: {shown} maps: type {:?}", e.event_type)));
+        }
+        let Some(w) = &e.guest_wifi else {
+            // Passed on generic: say why it is not typed.
+            let why = guest_wifi(&mapped, self.order_by)
+                .err()
+                .map_or_else(String::new, |q| explain(&q.detail));
+            return Some(Err(format!(
+                "{at}: {shown} does not map to a typed event (it would pass on generic): {why}"
+            )));
+        };
+        let mut present = Vec::new();
+        for (field, there) in [
+            ("venue_name", w.venue_name.is_some()),
+            ("zone", w.zone.is_some()),
+            ("device_id", w.device_id.is_some()),
+            ("guest_id", w.guest.is_some()),
+            (
+                "guest_email",
+                w.guest.as_ref().is_some_and(|g| g.email.is_some()),
+            ),
+            (
+                "guest_first_name",
+                w.guest.as_ref().is_some_and(|g| g.first_name.is_some()),
+            ),
+            ("guest_vip", w.guest.as_ref().is_some_and(|g| g.vip)),
+        ] {
+            if there {
+                present.push(field);
+            }
+        }
+        Some(Ok(format!(
+            "{at}: {shown} maps: type {:?}{}, venue {:?}, sequence {}, occurred_at {}; also {}",
+            w.event_type,
+            if w.is_documented() {
+                ""
+            } else {
+                " (undocumented)"
+            },
+            w.venue_id,
+            w.sequence
+                .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+            plumbing::utc_text(w.occurred_at_micros),
+            if present.is_empty() {
+                "nothing else".to_owned()
+            } else {
+                present.join(", ")
+            },
+        )))
     }
 }
 
@@ -100,10 +260,12 @@ pub struct Event {
 /// The guest-WiFi platform's event, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GuestWifi {
-    /// One of [`GUEST_WIFI_TYPES`].
+    /// The type as sent: one of [`GUEST_WIFI_TYPES`], or another the
+    /// platform added since (see [`GuestWifi::is_documented`]).
     pub event_type: String,
-    /// Increases per venue.
-    pub sequence: i64,
+    /// Increases per venue; `None` from a source ordered by `occurred_at`
+    /// that sent none.
+    pub sequence: Option<i64>,
     /// When it happened, Unix microseconds.
     pub occurred_at_micros: i64,
     /// The venue id (the ordering key).
@@ -131,14 +293,36 @@ pub struct Guest {
     pub vip: bool,
 }
 
-/// The guest-WiFi platform's event types.
+/// The guest-WiFi platform's documented event types, in the order of the
+/// Avro enum's symbols (v2, which adds `other` for any other type).
 pub const GUEST_WIFI_TYPES: &[&str] = &[
     "guest_connects",
     "guest_registered",
     "device_connected",
     "device_disconnected",
     "zone_entered",
+    // A guest leaving the venue: ends the device's session and presence
+    // as `device_disconnected` does.
+    "venue_left",
+    // Marketing consent given or withdrawn.
+    "guest_opted_in",
+    "guest_opted_out",
 ];
+
+/// The guest-WiFi types that end a device's session (analytics) and its
+/// presence at the venue (the alerting sink's live state).
+pub const SESSION_END_TYPES: &[&str] = &["device_disconnected", "venue_left"];
+
+/// The Avro enum symbol (v2) of a type [`GUEST_WIFI_TYPES`] does not name.
+const OTHER_SYMBOL: &str = "other";
+
+impl GuestWifi {
+    /// Whether its type is one the platform documents
+    /// ([`GUEST_WIFI_TYPES`]); `false` for a type passed on as it came.
+    pub fn is_documented(&self) -> bool {
+        GUEST_WIFI_TYPES.contains(&self.event_type.as_str())
+    }
+}
 
 /// The current guest-WiFi event schema (`schemas/avro/guest_wifi`), parsed
 /// once.
@@ -163,10 +347,12 @@ impl Event {
             None => A::Union(0, Box::new(A::Null)),
             Some(s) => A::Union(1, Box::new(A::String(s.clone()))),
         };
-        let symbol = GUEST_WIFI_TYPES
-            .iter()
-            .position(|t| *t == w.event_type)
-            .unwrap_or(0);
+        // A type the schema does not name is `other` (the enum's last
+        // symbol); `type_name` keeps it as sent.
+        let (symbol, name) = match GUEST_WIFI_TYPES.iter().position(|t| *t == w.event_type) {
+            Some(i) => (i, w.event_type.as_str()),
+            None => (GUEST_WIFI_TYPES.len(), OTHER_SYMBOL),
+        };
         let guest = match &w.guest {
             None => A::Union(0, Box::new(A::Null)),
             Some(g) => A::Union(
@@ -182,8 +368,18 @@ impl Event {
         let record = A::Record(vec![
             ("event_id".into(), A::String(self.event_id.clone())),
             ("source".into(), A::String(self.source.clone())),
-            ("type".into(), A::Enum(symbol as u32, w.event_type.clone())),
-            ("sequence".into(), A::Long(w.sequence)),
+            ("type".into(), A::Enum(symbol as u32, name.to_owned())),
+            (
+                "type_name".into(),
+                A::Union(1, Box::new(A::String(w.event_type.clone()))),
+            ),
+            (
+                "sequence".into(),
+                match w.sequence {
+                    Some(s) => A::Union(1, Box::new(A::Long(s))),
+                    None => A::Union(0, Box::new(A::Null)),
+                },
+            ),
             (
                 "occurred_at".into(),
                 A::TimestampMicros(w.occurred_at_micros),
@@ -225,7 +421,7 @@ impl Quarantine {
 /// Parses one envelope with its source's parser (`None`: the default `json`
 /// parser with the type at `/type`).
 pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event, Quarantine> {
-    let body: Value = serde_json::from_slice(&envelope.body).map_err(|e| Quarantine {
+    let mut body: Value = serde_json::from_slice(&envelope.body).map_err(|e| Quarantine {
         reason: "not_json",
         detail: format!("body is not JSON: {e}"),
     })?;
@@ -243,25 +439,61 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
     };
     match source.map_or(ParserKind::Json, |s| s.parser) {
         ParserKind::GuestWifi => {
-            let wifi = guest_wifi(&body)?;
+            let mapping = source.and_then(|s| s.mapping.as_ref());
+            // The platform's shape, what sinks see (see [`Mapping`]).
+            if let Some(m) = mapping {
+                body = m.apply(&body);
+            }
+            let explain = |q: Quarantine| match mapping {
+                Some(m) => Quarantine {
+                    reason: q.reason,
+                    detail: m.explain(&envelope.source, &q.detail),
+                },
+                None => q,
+            };
             if let Some(id) = body.get("id").and_then(Value::as_str)
                 && id != envelope.event_id
             {
-                return Err(Quarantine::invalid(format!(
+                return Err(explain(Quarantine::invalid(format!(
                     "/id {id:?} differs from the envelope's event id {:?}",
                     envelope.event_id
-                )));
+                ))));
             }
-            if let Some(seq) = envelope.sequence
-                && seq != wifi.sequence
+            let order_by = source.map_or(OrderBy::Sequence, |s| s.order_by);
+            let wifi = match guest_wifi(&body, order_by) {
+                Ok(w) => w,
+                Err(q) => {
+                    // A type the platform added since, without the fields
+                    // every event has: passed on as a generic event rather
+                    // than quarantined for rules this parser cannot know.
+                    let Some(t) = undocumented_type(&body) else {
+                        return Err(explain(q));
+                    };
+                    event.event_type = t.to_owned();
+                    event.occurred_at_micros = body
+                        .get("occurred_at")
+                        .and_then(Value::as_str)
+                        .and_then(rfc3339_micros);
+                    if event.ordering_key.is_none() {
+                        event.ordering_key = body
+                            .pointer("/venue/id")
+                            .and_then(Value::as_str)
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned);
+                    }
+                    event.body = body;
+                    return Ok(event);
+                }
+            };
+            if let (Some(seq), Some(body_seq)) = (envelope.sequence, wifi.sequence)
+                && seq != body_seq
             {
-                return Err(Quarantine::invalid(format!(
-                    "/sequence {} differs from the envelope's sequence {seq}",
-                    wifi.sequence
-                )));
+                return Err(explain(Quarantine::invalid(format!(
+                    "/sequence {body_seq} differs from the envelope's sequence {seq}"
+                ))));
             }
             event.event_type = wifi.event_type.clone();
-            event.sequence = Some(wifi.sequence);
+            event.sequence = wifi.sequence.or(envelope.sequence);
             event.occurred_at_micros = Some(wifi.occurred_at_micros);
             event
                 .ordering_key
@@ -302,7 +534,33 @@ pub fn parse(envelope: &Envelope, source: Option<&SourceConfig>) -> Result<Event
     Ok(event)
 }
 
-fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
+/// The body's `/type` when it is one the platform does not document and
+/// could be an event type ([`is_type_name`]).
+fn undocumented_type(body: &Value) -> Option<&str> {
+    body.get("type")
+        .and_then(Value::as_str)
+        .filter(|t| is_type_name(t) && !GUEST_WIFI_TYPES.contains(t))
+}
+
+/// What an undocumented guest-WiFi type must look like to be passed on:
+/// 1 to [`MAX_TYPE_LEN`] ASCII letters, digits, `_`, `.`, `-` or `:` (the
+/// platform's types are identifiers; anything else is a broken body).
+fn is_type_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TYPE_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
+}
+
+/// An RFC 3339 time after 1970 as Unix microseconds.
+fn rfc3339_micros(text: &str) -> Option<i64> {
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+}
+
+fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> {
     let Some(obj) = body.as_object() else {
         return Err(Quarantine::invalid("body is not a JSON object"));
     };
@@ -319,32 +577,45 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         string(ptr)?.ok_or_else(|| Quarantine::invalid(format!("{ptr} is missing")))
     };
     let event_type = required("/type")?;
-    if !GUEST_WIFI_TYPES.contains(&event_type.as_str()) {
+    if event_type.len() > MAX_TYPE_LEN {
         return Err(Quarantine::invalid(format!(
-            "/type {event_type:?} is not one of {}",
-            GUEST_WIFI_TYPES.join(", ")
+            "/type is {} bytes, more than {MAX_TYPE_LEN}",
+            event_type.len()
+        )));
+    }
+    // The type-specific rules below hold for the documented types only.
+    let documented = GUEST_WIFI_TYPES.contains(&event_type.as_str());
+    if !documented && !is_type_name(&event_type) {
+        return Err(Quarantine::invalid(format!(
+            "/type {event_type:?} is neither a documented type nor a type name \
+             (letters, digits, _ . - :)"
         )));
     }
     let sequence = match obj.get("sequence") {
-        Some(v) => v
-            .as_i64()
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| Quarantine::invalid("/sequence must be a non-negative integer"))?,
-        None => return Err(Quarantine::invalid("/sequence is missing")),
+        Some(v) => Some(
+            v.as_i64()
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| Quarantine::invalid("/sequence must be a non-negative integer"))?,
+        ),
+        None if order_by == OrderBy::OccurredAt => None,
+        None => {
+            return Err(Quarantine::invalid(
+                "/sequence is missing (a source that sends none sets order_by = \"occurred_at\")",
+            ));
+        }
     };
     let occurred = required("/occurred_at")?;
-    let occurred_at_micros = humantime::parse_rfc3339_weak(&occurred)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_micros()).ok())
-        .ok_or_else(|| {
-            Quarantine::invalid(format!(
-                "/occurred_at {occurred:?} is not an RFC 3339 time after 1970"
-            ))
-        })?;
+    let occurred_at_micros = rfc3339_micros(&occurred).ok_or_else(|| {
+        Quarantine::invalid(format!(
+            "/occurred_at {occurred:?} is not an RFC 3339 time after 1970"
+        ))
+    })?;
     let venue_id = required("/venue/id")?;
     let device_id = string("/device/id")?;
-    if event_type.starts_with("device_") && device_id.is_none() {
+    if documented
+        && (event_type.starts_with("device_") || event_type == "venue_left")
+        && device_id.is_none()
+    {
         return Err(Quarantine::invalid(format!(
             "/device/id is missing (required for {event_type})"
         )));
@@ -363,7 +634,7 @@ fn guest_wifi(body: &Value) -> Result<GuestWifi, Quarantine> {
         }),
         Some(_) => return Err(Quarantine::invalid("/guest must be an object")),
     };
-    if event_type.starts_with("guest_") && guest.is_none() {
+    if documented && event_type.starts_with("guest_") && guest.is_none() {
         return Err(Quarantine::invalid(format!(
             "/guest is missing (required for {event_type})"
         )));
@@ -411,6 +682,9 @@ mod tests {
         SourceConfig {
             parser: ParserKind::GuestWifi,
             event_type: None,
+            order_by: OrderBy::Sequence,
+            mapping: None,
+            sample: None,
         }
     }
 
@@ -439,9 +713,27 @@ mod tests {
         for (body, needle, reason) in [
             ("not json", "not JSON", "not_json"),
             ("[1]", "not a JSON object", "invalid"),
+            (&GOOD.replace("\"guest_connects\"", "7"), "/type", "invalid"),
             (
-                &GOOD.replace("guest_connects", "teleported"),
+                &GOOD.replace("guest_connects", "guest connects"),
                 "/type",
+                "invalid",
+            ),
+            (
+                &GOOD.replace("guest_connects", "guest\\u0000connects"),
+                "/type",
+                "invalid",
+            ),
+            (
+                &GOOD.replace("guest_connects", &"x".repeat(MAX_TYPE_LEN + 1)),
+                "/type",
+                "invalid",
+            ),
+            (
+                &GOOD
+                    .replace("guest_connects", "venue_left")
+                    .replace("dev_9f2c", ""),
+                "/device/id",
                 "invalid",
             ),
             (&GOOD.replace("1042", "-3"), "/sequence", "invalid"),
@@ -470,8 +762,10 @@ mod tests {
         let e = parse(&envelope(GOOD), Some(&wifi_cfg())).unwrap();
         let bytes = e.guest_wifi_avro().unwrap().unwrap();
         // Read with only the .avsc text, as any Avro library would.
-        let schema =
-            apache_avro::Schema::parse_str(schemas::GUEST_WIFI_SCHEMA_VERSIONS[0].1).unwrap();
+        let (name, text) =
+            schemas::GUEST_WIFI_SCHEMA_VERSIONS[schemas::GUEST_WIFI_SCHEMA_VERSIONS.len() - 1];
+        assert_eq!(name, "v2");
+        let schema = apache_avro::Schema::parse_str(text).unwrap();
         let value = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
         let apache_avro::types::Value::Record(fields) = value else {
             panic!("not a record: {value:?}");
@@ -485,7 +779,11 @@ mod tests {
         };
         use apache_avro::types::Value as A;
         assert_eq!(get("type"), A::Enum(0, "guest_connects".into()));
-        assert_eq!(get("sequence"), A::Long(1042));
+        assert_eq!(
+            get("type_name"),
+            A::Union(1, Box::new(A::String("guest_connects".into())))
+        );
+        assert_eq!(get("sequence"), A::Union(1, Box::new(A::Long(1042))));
         assert_eq!(get("venue_id"), A::String("venue-017".into()));
         assert_eq!(
             get("occurred_at"),
@@ -507,6 +805,265 @@ mod tests {
         );
     }
 
+    /// Reads the current schema's record of `e`: (`type` symbol,
+    /// `type_name`).
+    fn avro_type(e: &Event) -> (String, String) {
+        use apache_avro::types::Value as A;
+        let bytes = e.guest_wifi_avro().unwrap().unwrap();
+        let value =
+            apache_avro::from_avro_datum(guest_wifi_schema(), &mut bytes.as_slice(), None).unwrap();
+        let A::Record(fields) = value else {
+            panic!("not a record")
+        };
+        let get = |n: &str| fields.iter().find(|(k, _)| k == n).unwrap().1.clone();
+        let (A::Enum(_, symbol), A::Union(1, name)) = (get("type"), get("type_name")) else {
+            panic!("type and type_name: {fields:?}")
+        };
+        let A::String(name) = *name else {
+            panic!("type_name not a string")
+        };
+        (symbol, name)
+    }
+
+    #[test]
+    fn a_guest_leaving_the_venue_is_a_documented_type_with_its_device() {
+        let body = GOOD.replace("guest_connects", "venue_left");
+        let e = parse(&envelope(&body), Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "venue_left");
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert!(w.is_documented());
+        assert_eq!(w.device_id.as_deref(), Some("dev_9f2c"));
+        assert!(SESSION_END_TYPES.contains(&"venue_left"));
+        assert_eq!(avro_type(&e), ("venue_left".into(), "venue_left".into()));
+        // Consent changes name their guest, as every guest_* type does.
+        let no_guest = GOOD
+            .replace("guest_connects", "guest_opted_out")
+            .replace(r#""guest": {"id": "g_77", "email": "a@example.com", "first_name": "Ana", "vip": true}"#, r#""guest": null"#);
+        let q = parse(&envelope(&no_guest), Some(&wifi_cfg())).unwrap_err();
+        assert!(q.detail.contains("/guest is missing"), "{q:?}");
+    }
+
+    #[test]
+    fn an_undocumented_type_is_passed_on_typed_with_its_body() {
+        // Every field an event has, and an unknown member: typed, the
+        // type-specific rules (device, guest) not applied.
+        let body = GOOD
+            .replace("guest_connects", "guest_feedback")
+            .replace(r#""device": {"id": "dev_9f2c"},"#, r#""rating": 5,"#);
+        let e = parse(&envelope(&body), Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "guest_feedback");
+        assert_eq!(e.sequence, Some(1042));
+        assert_eq!(e.body["rating"], 5);
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert!(!w.is_documented());
+        assert_eq!(w.venue_id, "venue-017");
+        assert_eq!(w.device_id, None);
+        // Its Avro record says `other` and keeps the type as sent.
+        assert_eq!(avro_type(&e), ("other".into(), "guest_feedback".into()));
+        // A device_* type it does not know needs no device either.
+        let e = parse(
+            &envelope(
+                &GOOD
+                    .replace("guest_connects", "device_roamed")
+                    .replace("dev_9f2c", ""),
+            ),
+            Some(&wifi_cfg()),
+        );
+        assert!(e.is_ok(), "{e:?}");
+    }
+
+    #[test]
+    fn an_undocumented_type_without_the_common_fields_is_passed_on_generic() {
+        // No venue, no sequence, an occurred_at: a platform-wide event.
+        let body = r#"{"id": "evt_1", "type": "account_updated",
+            "occurred_at": "2026-11-22T18:03:11.123Z", "plan": "pro"}"#;
+        let mut env = envelope(body);
+        env.ordering_key = None;
+        env.sequence = None;
+        let e = parse(&env, Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.event_type, "account_updated");
+        assert_eq!(e.guest_wifi, None);
+        assert_eq!(e.ordering_key, None);
+        assert_eq!(e.sequence, None);
+        assert_eq!(e.occurred_at_micros, Some(1_795_370_591_123_000));
+        assert_eq!(e.body["plan"], "pro");
+        assert!(e.guest_wifi_avro().is_none());
+        // The venue from the body when the envelope has no ordering key.
+        let mut env = envelope(r#"{"type": "x_y", "venue": {"id": "v9"}, "sequence": "n"}"#);
+        env.ordering_key = None;
+        let e = parse(&env, Some(&wifi_cfg())).unwrap();
+        assert_eq!(e.ordering_key.as_deref(), Some("v9"));
+        assert_eq!(e.sequence, Some(1042), "the envelope's sequence");
+        // Still quarantined: no type at all, or an id that is not the
+        // envelope's.
+        for bad in [
+            r#"{"venue": {"id": "v9"}}"#,
+            r#"{"id": "evt_2", "type": "x"}"#,
+        ] {
+            assert_eq!(
+                parse(&envelope(bad), Some(&wifi_cfg())).unwrap_err().reason,
+                "invalid",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_source_ordered_by_time_needs_no_sequence_and_says_so_in_its_config() {
+        let body = GOOD.replace(r#""sequence": 1042,"#, "");
+        let mut env = envelope(&body);
+        env.sequence = None;
+        // Ordered by sequence (the default): the missing field is named,
+        // with the setting for a source that sends none.
+        let q = parse(&env, Some(&wifi_cfg())).unwrap_err();
+        assert!(
+            q.detail.contains("/sequence is missing") && q.detail.contains("occurred_at"),
+            "{q:?}"
+        );
+        let by_time = SourceConfig {
+            order_by: OrderBy::OccurredAt,
+            ..wifi_cfg()
+        };
+        let e = parse(&env, Some(&by_time)).unwrap();
+        assert_eq!(e.sequence, None);
+        assert_eq!(e.guest_wifi.as_ref().unwrap().sequence, None);
+        assert_eq!(e.occurred_at_micros, Some(1_795_370_591_123_000));
+        // The Avro record has a null sequence.
+        use apache_avro::types::Value as A;
+        let bytes = e.guest_wifi_avro().unwrap().unwrap();
+        let A::Record(fields) =
+            apache_avro::from_avro_datum(guest_wifi_schema(), &mut bytes.as_slice(), None).unwrap()
+        else {
+            panic!("not a record")
+        };
+        assert!(fields.contains(&("sequence".into(), A::Union(0, Box::new(A::Null)))));
+        // A sequence it does send is still checked and kept.
+        assert_eq!(
+            parse(&envelope(GOOD), Some(&by_time)).unwrap().sequence,
+            Some(1042)
+        );
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"guest_wifi\"\norder_by = \"occurred_at\"").unwrap();
+        assert_eq!(cfg.order_by, OrderBy::OccurredAt);
+        assert!(cfg.problems("sources.p").is_empty());
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"json\"\norder_by = \"occurred_at\"").unwrap();
+        assert_eq!(
+            cfg.problems("sources.j"),
+            [
+                "sources.j.order_by: \"occurred_at\" needs the guest_wifi parser (the json parser reads no occurred_at)"
+            ]
+        );
+    }
+
+    /// A source whose payload names the fields differently.
+    const ACME_MAPPING: &str = r#"
+        parser = "guest_wifi"
+        [mapping]
+        id = "/event_id"
+        type = "/kind"
+        sequence = "/seq"
+        occurred_at = "/ts"
+        venue_id = "/site/code"
+        device_id = "/client/mac"
+        guest_id = "/user/id"
+        guest_email = "/user/mail"
+    "#;
+    const ACME: &str = r#"{"event_id": "evt_1", "kind": "device_connected", "seq": 1042,
+        "ts": "2026-11-22T18:03:11.123Z", "site": {"code": "venue-017"}, "zone": "lobby",
+        "client": {"mac": "aa:bb"}, "user": {"id": "u1", "mail": "a@example.com", "phone": "+1"}}"#;
+
+    #[test]
+    fn a_mapped_source_parses_into_the_same_event_and_sinks_see_the_platforms_shape() {
+        let cfg: SourceConfig = toml::from_str(ACME_MAPPING).unwrap();
+        assert!(cfg.problems("sources.acme").is_empty());
+        let mut env = envelope(ACME);
+        env.source = "acme".into();
+        let e = parse(&env, Some(&cfg)).unwrap();
+        assert_eq!(e.event_type, "device_connected");
+        assert_eq!(e.sequence, Some(1042));
+        let w = e.guest_wifi.as_ref().unwrap();
+        assert_eq!(w.venue_id, "venue-017");
+        assert_eq!(w.device_id.as_deref(), Some("aa:bb"));
+        assert_eq!(
+            w.guest.as_ref().unwrap().email.as_deref(),
+            Some("a@example.com")
+        );
+        // The body in the platform's shape: `fields` minimisation finds
+        // the guest there, and the unmapped phone number is not passed on.
+        assert_eq!(e.body["guest"]["email"], "a@example.com");
+        assert_eq!(e.body["device"]["id"], "aa:bb");
+        assert!(!e.body.to_string().contains("+1"), "{}", e.body);
+        // A field missing names the configured pointer too.
+        let q = parse(
+            &envelope(&ACME.replace("\"site\"", "\"place\"")),
+            Some(&cfg),
+        )
+        .unwrap_err();
+        assert_eq!(
+            q.detail,
+            "/venue/id is missing (sources.purple.mapping.venue_id = \"/site/code\")"
+        );
+    }
+
+    #[test]
+    fn a_sample_proves_the_mapping_or_names_what_does_not_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("acme.json");
+        std::fs::write(&good, ACME).unwrap();
+        let mut cfg: SourceConfig = toml::from_str(ACME_MAPPING).unwrap();
+        cfg.sample = Some(good.clone());
+        let line = cfg.check_sample("acme").unwrap().unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "sources.acme.sample: {} maps: type \"device_connected\", venue \"venue-017\", \
+                 sequence 1042, occurred_at 2026-11-22T18:03:11.123000Z; also zone, device_id, \
+                 guest_id, guest_email",
+                good.display()
+            )
+        );
+        assert!(!line.contains("a@example.com") && !line.contains("aa:bb"));
+        assert!(cfg.problems("sources.acme").is_empty());
+        // The type at another place than mapped: a documented type cannot
+        // be found, so the sample would not even be typed.
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, ACME.replace("\"kind\"", "\"event_type\"")).unwrap();
+        cfg.sample = Some(bad.clone());
+        assert_eq!(
+            cfg.problems("sources.acme"),
+            [format!(
+                "sources.acme.sample: {} does not map: /type is missing (sources.acme.mapping.type = \"/kind\")",
+                bad.display()
+            )]
+        );
+        // An undocumented type without a venue would pass on generic.
+        std::fs::write(
+            &bad,
+            ACME.replace("device_connected", "tap")
+                .replace("\"site\"", "\"x\""),
+        )
+        .unwrap();
+        let p = cfg.problems("sources.acme");
+        assert!(
+            p.len() == 1
+                && p[0].contains("would pass on generic")
+                && p[0].contains("/venue/id is missing (sources.acme.mapping.venue_id"),
+            "{p:?}"
+        );
+        cfg.sample = Some(dir.path().join("absent.json"));
+        assert!(cfg.problems("sources.acme")[0].starts_with("sources.acme.sample: "));
+        // A mapping on a json source, and a pointer that is not one.
+        let cfg: SourceConfig =
+            toml::from_str("parser = \"json\"\n[mapping]\nzone = \"area\"").unwrap();
+        assert_eq!(
+            cfg.problems("sources.j").len(),
+            2,
+            "{:?}",
+            cfg.problems("sources.j")
+        );
+    }
+
     #[test]
     fn json_sources_take_their_type_from_pointer_or_header() {
         let e = parse(&envelope(r#"{"type": "charge.succeeded"}"#), None).unwrap();
@@ -514,6 +1071,9 @@ mod tests {
         let cfg = SourceConfig {
             parser: ParserKind::Json,
             event_type: Some(Locate::Header("X-GitHub-Event".into())),
+            order_by: OrderBy::Sequence,
+            mapping: None,
+            sample: None,
         };
         let e = parse(&envelope(r#"{"zen": "hi"}"#), Some(&cfg)).unwrap();
         assert_eq!(e.event_type, "push");

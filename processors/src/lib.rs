@@ -12,7 +12,8 @@
 //! - [`minimise`]: the guests' personal fields each sink may receive
 //!   (`fields`), removed before the sink sees an event.
 //! - [`pipeline`]: one partition's processing, with no Kafka in it: decode,
-//!   parse, [`pipeline::reorder`] by sequence per key,
+//!   parse, [`pipeline::reorder`] by sequence per key (or
+//!   [`pipeline::time_order`] by `occurred_at`, for a source without one),
 //!   [`pipeline::dedupe`] by (source, event id), [`pipeline::route`] to
 //!   sinks, and [`pipeline::offsets`], which owns "which offset may be
 //!   committed": only the prefix of fully handled records.

@@ -61,7 +61,10 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for note in c.notes() {
+                    println!("{}: {note}", config.display());
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub skipped_sequences: IntCounterVec,
     /// Releases forced early by a buffer bound, by partition and bound.
     pub forced: IntCounterVec,
+    /// Events of sources ordered by `occurred_at` (`order_by`), released
+    /// by the time-order buffer, by source and reason (`in_order`, `late`,
+    /// `forced`, `drained`).
+    pub time_ordered: IntCounterVec,
     /// Reorder keys reset because a sequence jumped beyond
     /// `processing.max_sequence_jump`, by source and reason
     /// (`jump_forward`, `jump_backward`).
@@ -251,6 +255,12 @@ impl Metrics {
                 "processors_reorder_forced_total",
                 "Events released early because a buffer bound was hit, by partition and bound.",
                 &["partition", "bound"],
+            )?,
+            time_ordered: counter(
+                &r,
+                "processors_reorder_by_occurrence_total",
+                "Events of sources ordered by occurred_at, released by source and reason (in_order, late, forced, drained).",
+                &["source", "reason"],
             )?,
             key_resets: counter(
                 &r,

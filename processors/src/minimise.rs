@@ -164,7 +164,7 @@ mod tests {
             late: false,
             guest_wifi: Some(GuestWifi {
                 event_type: "device_connected".into(),
-                sequence: 1,
+                sequence: Some(1),
                 occurred_at_micros: 1,
                 venue_id: "v1".into(),
                 venue_name: Some("Lobby Hotel".into()),

@@ -319,6 +319,22 @@ mod tests {
             r#"{"name":"id","type":"string"},{"name":"email","type":["null","string"]},"#,
             r#"{"name":"first_name","type":["null","string"]},{"name":"vip","type":"boolean"}]}]}]}"#,
         );
+        let guest_wifi_v2 = concat!(
+            r#"{"name":"pipeline.events.GuestWifiEvent","type":"record","fields":["#,
+            r#"{"name":"event_id","type":"string"},{"name":"source","type":"string"},"#,
+            r#"{"name":"type","type":{"name":"pipeline.events.GuestWifiEventType","type":"enum","#,
+            r#""symbols":["guest_connects","guest_registered","device_connected","#,
+            r#""device_disconnected","zone_entered","venue_left","guest_opted_in","#,
+            r#""guest_opted_out","other"]}},"#,
+            r#"{"name":"type_name","type":["null","string"]},"#,
+            r#"{"name":"sequence","type":["null","long"]},{"name":"occurred_at","type":"long"},"#,
+            r#"{"name":"received_at","type":"long"},{"name":"late","type":"boolean"},"#,
+            r#"{"name":"venue_id","type":"string"},{"name":"venue_name","type":["null","string"]},"#,
+            r#"{"name":"zone","type":["null","string"]},{"name":"device_id","type":["null","string"]},"#,
+            r#"{"name":"guest","type":["null",{"name":"pipeline.events.Guest","type":"record","fields":["#,
+            r#"{"name":"id","type":"string"},{"name":"email","type":["null","string"]},"#,
+            r#"{"name":"first_name","type":["null","string"]},{"name":"vip","type":"boolean"}]}]}]}"#,
+        );
         let committed = [
             (
                 "envelope v1",
@@ -332,6 +348,12 @@ mod tests {
                 guest_wifi_v1,
                 0x9d08_da45_8322_d35d,
             ),
+            (
+                "guest_wifi v2",
+                crate::GUEST_WIFI_SCHEMA_VERSIONS[1].1,
+                guest_wifi_v2,
+                0x870e_a994_25d3_44aa,
+            ),
         ];
         for (name, avsc, canonical, fingerprint) in committed {
             assert_eq!(parsing_canonical_form(avsc).unwrap(), canonical, "{name}");
@@ -344,7 +366,7 @@ mod tests {
         );
         assert_eq!(
             crate::GUEST_WIFI_SCHEMA_VERSIONS.len(),
-            1,
+            2,
             "add the new version here"
         );
     }

@@ -31,8 +31,17 @@ pub use envelope::{DecodeError, EncodeError, Envelope, EnvelopeRef, Header, Veri
 /// Every committed version of the normalized guest-WiFi event schema, oldest
 /// first (`avro/guest_wifi/vN.avsc`): what the processors hand to sinks and
 /// replay tools that want typed guest-WiFi events.
-pub const GUEST_WIFI_SCHEMA_VERSIONS: &[(&str, &str)] =
-    &[("v1", include_str!("../avro/guest_wifi/v1.avsc"))];
+///
+/// v2 reads every v1 record. Its type enum has a default symbol (`other`,
+/// Avro 1.9+ enum defaults) and carries the type as sent in `type_name`, so
+/// a v2 reader reads a type added by a later version instead of failing;
+/// `sequence` is optional (a source without one). A v1 reader reads a v2
+/// record only if its type is one of v1's five and it has a sequence:
+/// readers move to v2 before writers do.
+pub const GUEST_WIFI_SCHEMA_VERSIONS: &[(&str, &str)] = &[
+    ("v1", include_str!("../avro/guest_wifi/v1.avsc")),
+    ("v2", include_str!("../avro/guest_wifi/v2.avsc")),
+];
 
 /// Every committed version of the envelope schema, oldest first. The last
 /// one is the schema ingest writes with and the processors read into.

@@ -166,3 +166,154 @@ fn venue_state_versions_are_frozen_and_each_reads_the_older_ones() {
         schemas::venue_state::VENUE_STATE_SCHEMA_VERSIONS.len()
     );
 }
+
+/// The guest-WiFi event's committed versions, frozen as the envelope's
+/// are: sinks and replay tools read records written with each of them.
+const GUEST_WIFI_FROZEN: &[(&str, u64)] =
+    &[("v1", 0x9d08_da45_8322_d35d), ("v2", 0x870e_a994_25d3_44aa)];
+
+fn guest_wifi(version: &str) -> Schema {
+    let (_, text) = schemas::GUEST_WIFI_SCHEMA_VERSIONS
+        .iter()
+        .find(|(n, _)| *n == version)
+        .unwrap();
+    Schema::parse_str(text).unwrap()
+}
+
+/// One guest-WiFi record of `schema`'s shape: v1's fields, plus v2's
+/// `type_name` and optional `sequence` when `v2`.
+fn wifi_record(v2: bool, symbol: (u32, &str), sequence: Option<i64>) -> apache_avro::types::Value {
+    use apache_avro::types::Value as A;
+    let null = || A::Union(0, Box::new(A::Null));
+    let some = |s: &str| A::Union(1, Box::new(A::String(s.into())));
+    let mut fields = vec![
+        ("event_id".to_string(), A::String("evt_1".into())),
+        ("source".to_string(), A::String("purple".into())),
+        ("type".to_string(), A::Enum(symbol.0, symbol.1.into())),
+    ];
+    if v2 {
+        fields.push(("type_name".into(), some(symbol.1)));
+        fields.push((
+            "sequence".into(),
+            match sequence {
+                Some(s) => A::Union(1, Box::new(A::Long(s))),
+                None => null(),
+            },
+        ));
+    } else {
+        fields.push(("sequence".into(), A::Long(sequence.unwrap())));
+    }
+    fields.extend([
+        (
+            "occurred_at".to_string(),
+            A::TimestampMicros(1_795_370_591_123_000),
+        ),
+        (
+            "received_at".to_string(),
+            A::TimestampMicros(1_795_370_592_000_000),
+        ),
+        ("late".to_string(), A::Boolean(false)),
+        ("venue_id".to_string(), A::String("venue-017".into())),
+        ("venue_name".to_string(), null()),
+        ("zone".to_string(), some("lobby")),
+        ("device_id".to_string(), some("dev_9f2c")),
+        ("guest".to_string(), null()),
+    ]);
+    A::Record(fields)
+}
+
+fn field(v: &apache_avro::types::Value, name: &str) -> apache_avro::types::Value {
+    let apache_avro::types::Value::Record(fields) = v else {
+        panic!("not a record: {v:?}")
+    };
+    fields.iter().find(|(k, _)| k == name).unwrap().1.clone()
+}
+
+#[test]
+fn guest_wifi_versions_are_frozen() {
+    assert_eq!(
+        GUEST_WIFI_FROZEN.len(),
+        schemas::GUEST_WIFI_SCHEMA_VERSIONS.len(),
+        "add the new version to GUEST_WIFI_FROZEN"
+    );
+    for ((name, text), (frozen_name, fp)) in schemas::GUEST_WIFI_SCHEMA_VERSIONS
+        .iter()
+        .zip(GUEST_WIFI_FROZEN)
+    {
+        assert_eq!(name, frozen_name);
+        assert_eq!(
+            fingerprint_of(text).unwrap(),
+            *fp,
+            "{name} changed: committed versions must not be edited, add a new one"
+        );
+    }
+}
+
+/// A record any v1 writer wrote reads with v2: same type, its sequence,
+/// no `type_name` (v1's type is exact).
+#[test]
+fn guest_wifi_v2_reads_a_v1_record() {
+    use apache_avro::types::Value as A;
+    let (v1, v2) = (guest_wifi("v1"), guest_wifi("v2"));
+    for (i, symbol) in ["guest_connects", "device_disconnected", "zone_entered"]
+        .iter()
+        .enumerate()
+    {
+        let index = [0, 3, 4][i];
+        let bytes =
+            apache_avro::to_avro_datum(&v1, wifi_record(false, (index, symbol), Some(1042)))
+                .unwrap();
+        let read = apache_avro::from_avro_datum(&v1, &mut bytes.as_slice(), Some(&v2)).unwrap();
+        assert_eq!(field(&read, "type"), A::Enum(index, (*symbol).into()));
+        assert_eq!(
+            field(&read, "sequence"),
+            A::Union(1, Box::new(A::Long(1042)))
+        );
+        assert_eq!(field(&read, "type_name"), A::Union(0, Box::new(A::Null)));
+        assert_eq!(field(&read, "venue_id"), A::String("venue-017".into()));
+    }
+}
+
+/// A later version that names another type: a v2 reader reads its records
+/// as `other` (the enum's default) and `type_name` still has the type.
+#[test]
+fn guest_wifi_v2_reads_a_type_added_later_as_other_with_its_name() {
+    use apache_avro::types::Value as A;
+    let v2 = guest_wifi("v2");
+    let (_, text) = schemas::GUEST_WIFI_SCHEMA_VERSIONS[1];
+    let later_text = text.replace(r#""other"],"#, r#""other", "guest_teleported"],"#);
+    assert_ne!(later_text, text, "the symbol list moved; update this test");
+    let later = Schema::parse_str(&later_text).unwrap();
+    // apache-avro 0.21's checker ignores enum defaults (it wants every
+    // writer symbol in the reader) though its reader applies them, as the
+    // specification says ("Schema Resolution", enums): the data decides.
+    assert!(SchemaCompatibility::can_read(&later, &v2).is_err());
+    let bytes =
+        apache_avro::to_avro_datum(&later, wifi_record(true, (9, "guest_teleported"), None))
+            .unwrap();
+    let read = apache_avro::from_avro_datum(&later, &mut bytes.as_slice(), Some(&v2)).unwrap();
+    assert_eq!(field(&read, "type"), A::Enum(8, "other".into()));
+    assert_eq!(
+        field(&read, "type_name"),
+        A::Union(1, Box::new(A::String("guest_teleported".into())))
+    );
+    assert_eq!(field(&read, "sequence"), A::Union(0, Box::new(A::Null)));
+}
+
+/// Readers move first: a v1 reader reads a v2 record of one of v1's types
+/// with a sequence, and refuses (an error, not a wrong symbol) one of a
+/// type v1 does not name.
+#[test]
+fn guest_wifi_v1_reads_v2_records_only_of_its_own_types() {
+    use apache_avro::types::Value as A;
+    let (v1, v2) = (guest_wifi("v1"), guest_wifi("v2"));
+    let bytes =
+        apache_avro::to_avro_datum(&v2, wifi_record(true, (2, "device_connected"), Some(7)))
+            .unwrap();
+    let read = apache_avro::from_avro_datum(&v2, &mut bytes.as_slice(), Some(&v1)).unwrap();
+    assert_eq!(field(&read, "type"), A::Enum(2, "device_connected".into()));
+    assert_eq!(field(&read, "sequence"), A::Long(7));
+    let left =
+        apache_avro::to_avro_datum(&v2, wifi_record(true, (5, "venue_left"), Some(8))).unwrap();
+    assert!(apache_avro::from_avro_datum(&v2, &mut left.as_slice(), Some(&v1)).is_err());
+}

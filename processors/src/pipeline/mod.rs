@@ -10,7 +10,12 @@
 //!
 //! Events are reordered per (source, ordering key) (the event id for a
 //! source without one): two sources that use the same venue id keep their
-//! own sequences. A sequence that jumps beyond `max_sequence_jump` resets
+//! own sequences. A source configured with `order_by = "occurred_at"`
+//! (no sequence) goes through [`time_order`] instead: by event time, each
+//! event held up to the gap timeout; an event without `occurred_at` there
+//! is released at once. Its buffer is not in the partition state: what
+//! waited at a move is read again by the next owner, which starts each key
+//! afresh. A sequence that jumps beyond `max_sequence_jump` resets
 //! its key (see [`reorder`]); it is counted by source and direction and
 //! logged from [`PartitionPipeline`] in one place. Only a new event resets a
 //! key: one the dedupe store (or this batch) already holds is dropped as a
@@ -45,6 +50,7 @@ pub mod dedupe;
 pub mod offsets;
 pub mod reorder;
 pub mod route;
+pub mod time_order;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -62,6 +68,7 @@ use crate::pipeline::dedupe::{DedupeRecord, DedupeStore};
 use crate::pipeline::offsets::PartitionOffsets;
 use crate::pipeline::reorder::{Bound, Reason, Released, ReorderConfig, Reorderer};
 use crate::pipeline::route::{RouteConfig, Routed, Router};
+use crate::pipeline::time_order::{TimeOrder, TimeOrderConfig, TimeReason, TimeReleased};
 use crate::sinks::SinkSection;
 use crate::sinks::{BoxFuture, Outcome, Sink};
 use crate::state::{Checkpoint, PartitionState, Stores};
@@ -404,6 +411,8 @@ pub struct PartitionPipeline {
     shared: Arc<Shared>,
     offsets: PartitionOffsets,
     reorder: Reorderer<Slot, ReorderKey>,
+    /// The reorder buffer of sources ordered by `occurred_at`.
+    time_order: TimeOrder<Box<Pending>, ReorderKey>,
     stop: watch::Receiver<bool>,
     /// Origin of the reorder clock (see [`PartitionPipeline::clock`]).
     clock_base: std::time::Instant,
@@ -554,12 +563,19 @@ impl PartitionPipeline {
     /// A fresh partition (nothing read yet).
     pub fn new(partition: i32, shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Self {
         let reorder = Reorderer::new(shared.reorder.clone());
+        let time_order = TimeOrder::new(TimeOrderConfig {
+            wait: shared.reorder.gap_timeout,
+            max_buffered_per_key: shared.reorder.max_buffered_per_key,
+            max_buffered_total: shared.reorder.max_buffered_total,
+            max_keys: shared.reorder.max_keys,
+        });
         PartitionPipeline {
             partition,
             label: partition.to_string(),
             shared,
             offsets: PartitionOffsets::new(),
             reorder,
+            time_order,
             stop,
             clock_base: std::time::Instant::now(),
             stalled: Duration::ZERO,
@@ -709,7 +725,14 @@ impl PartitionPipeline {
     /// [`tick`](Self::tick): the reorder deadline, pushed back by the time
     /// the partition stalled.
     pub fn next_deadline(&self) -> Option<std::time::Instant> {
-        self.reorder.next_deadline()?.checked_add(self.stalled)
+        let deadline = match (
+            self.reorder.next_deadline(),
+            self.time_order.next_deadline(),
+        ) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        deadline.checked_add(self.stalled)
     }
 
     /// Records read and not yet fully handled.
@@ -791,6 +814,27 @@ impl PartitionPipeline {
                             .clone()
                             .unwrap_or_else(|| event.event_id.clone()),
                     );
+                    let by_time = shared
+                        .sources
+                        .get(&event.source)
+                        .is_some_and(|s| s.order_by == event::OrderBy::OccurredAt);
+                    if by_time {
+                        let pending = Box::new(Pending {
+                            record,
+                            event,
+                            request_id: envelope.request_id.clone(),
+                            polled: envelope.verification.scheme == POLLED,
+                        });
+                        match pending.event.occurred_at_micros {
+                            Some(at) => {
+                                let out = self.time_order.push(key, at, pending, now);
+                                self.after_time_order(out, &mut released);
+                            }
+                            // Nothing to order it by: at once.
+                            None => released.push(*pending),
+                        }
+                        continue;
+                    }
                     let seq = event.sequence;
                     if let Some(s) = seq
                         && self.reorder.jump(&key, s).is_some()
@@ -841,6 +885,8 @@ impl PartitionPipeline {
         }
         let out = self.reorder.tick(now);
         self.after_reorder(out, &mut released);
+        let out = self.time_order.tick(now);
+        self.after_time_order(out, &mut released);
         // Read but not yet handled: stays up while a sink is retried.
         m.commit_lag
             .with_label_values(&[&self.label])
@@ -881,6 +927,8 @@ impl PartitionPipeline {
         let out = self.reorder.drain();
         let mut released = Vec::new();
         self.after_reorder(out, &mut released);
+        let out = self.time_order.drain();
+        self.after_time_order(out, &mut released);
         self.apply(Vec::new(), released).await
     }
 
@@ -888,9 +936,12 @@ impl PartitionPipeline {
     /// handles it.
     pub async fn tick(&mut self) -> Result<(), Stopped> {
         let started = self.stall_watch();
-        let out = self.reorder.tick(self.clock());
+        let now = self.clock();
+        let out = self.reorder.tick(now);
         let mut released = Vec::new();
         self.after_reorder(out, &mut released);
+        let out = self.time_order.tick(now);
+        self.after_time_order(out, &mut released);
         let result = self.apply(Vec::new(), released).await;
         self.stall_end(started);
         result
@@ -977,7 +1028,30 @@ impl PartitionPipeline {
             .inc_by(skipped - stats_before.1);
         m.reorder_buffered
             .with_label_values(&[&self.label])
-            .set(self.reorder.buffered() as i64);
+            .set((self.reorder.buffered() + self.time_order.buffered()) as i64);
+    }
+
+    /// Marks late events of the time-order buffer and counts its releases.
+    fn after_time_order(
+        &mut self,
+        out: Vec<TimeReleased<Box<Pending>, ReorderKey>>,
+        into: &mut Vec<Pending>,
+    ) {
+        let m = &self.shared.metrics;
+        for r in out {
+            let mut p = *r.item;
+            m.time_ordered
+                .with_label_values(&[p.event.source.as_str(), r.reason.label()])
+                .inc();
+            if let TimeReason::Late { .. } = r.reason {
+                // Counted once it proves not to be a duplicate (`apply`).
+                p.event.late = true;
+            }
+            into.push(p);
+        }
+        m.reorder_buffered
+            .with_label_values(&[&self.label])
+            .set((self.reorder.buffered() + self.time_order.buffered()) as i64);
     }
 
     fn reorder_stats_gaps(&self) -> (u64, u64) {

@@ -933,7 +933,7 @@ fn race_event(
         late: false,
         guest_wifi: Some(GuestWifi {
             event_type: kind.into(),
-            sequence: seq,
+            sequence: Some(seq),
             occurred_at_micros: at,
             venue_id: venue.into(),
             venue_name: None,

@@ -35,7 +35,7 @@ fn event_in(id: &str, venue: &str) -> Arc<Event> {
         late: false,
         guest_wifi: Some(GuestWifi {
             event_type: "guest_connects".into(),
-            sequence: 1,
+            sequence: Some(1),
             occurred_at_micros: 1_795_370_591_000_000,
             venue_id: venue.into(),
             venue_name: Some("Airport Hotel".into()),

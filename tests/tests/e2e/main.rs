@@ -23,6 +23,7 @@ mod local_stack;
 mod membership;
 mod metrics;
 mod monitoring;
+mod payloads;
 mod polling;
 mod processors;
 mod producer_patch;

@@ -193,7 +193,7 @@ async fn malformed_bodies_go_to_quarantine_and_the_rest_flows() {
                 "q4",
                 "q-venue",
                 3,
-                Some(br#"{"id":"q4","type":"teleported","sequence":3}"#.to_vec()),
+                Some(br#"{"id":"q4","type":["teleported"],"sequence":3}"#.to_vec()),
             ),
         ),
         (v.clone(), purple_envelope("q5", "q-venue", 4, None)),

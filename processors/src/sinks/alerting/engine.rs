@@ -457,7 +457,9 @@ impl Tx<'_> {
                 .devices
                 .insert((venue.to_owned(), device.to_owned()));
             match w.event_type.as_str() {
-                "device_disconnected" => {
+                // The device left the network, or its guest the venue
+                // (`crate::event::SESSION_END_TYPES`).
+                "device_disconnected" | "venue_left" => {
                     self.tx.execute(
                         "DELETE FROM devices WHERE partition = ?1 AND venue = ?2 AND device = ?3",
                         params![self.partition, venue, device],

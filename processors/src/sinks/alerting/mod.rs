@@ -11,7 +11,9 @@
 //!   A device is in the zone of its last `device_connected`,
 //!   `guest_registered`,
 //!   `guest_connects` or `zone_entered` event and leaves the venue with
-//!   `device_disconnected`; a device not heard of for `session_timeout`
+//!   `device_disconnected` or `venue_left` (its guest left the venue); any
+//!   other event naming it (a type the platform added since among them)
+//!   only says it is still there; a device not heard of for `session_timeout`
 //!   (venue event time) is no longer counted, so a lost disconnect cannot
 //!   inflate a zone for ever.
 //! - `vip_arrival`: an event of `types` (default `guest_connects`,

@@ -44,7 +44,7 @@ fn ev_full(
         late,
         guest_wifi: Some(GuestWifi {
             event_type: kind.into(),
-            sequence: 1,
+            sequence: Some(1),
             occurred_at_micros: at,
             venue_id: venue.into(),
             venue_name: None,
@@ -78,6 +78,28 @@ fn db() -> Connection {
 }
 
 const OCC: &str = "[[rules]]\nkind = \"zone_occupancy\"\nthreshold = 2\ncooldown = \"10m\"\n";
+
+/// A guest leaving the venue ends its device's presence as a disconnect
+/// does, and resolves the alert; a type the platform added since only
+/// says the device is still there.
+#[test]
+fn a_guest_leaving_the_venue_ends_the_presence_and_an_unknown_type_does_not() {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = now_micros();
+    let con = |i: usize, d: &str| ev(&format!("c{i}"), "device_connected", "v1", "lobby", d, t0);
+    e.apply(&mut c, &[con(1, "a"), con(2, "b"), con(3, "c")], t0)
+        .unwrap();
+    assert_eq!(outbox(&c, "log").len(), 1, "raised at 3 devices");
+    let feedback = ev("f1", "guest_feedback", "v1", "lobby", "a", t0 + MIN);
+    e.apply(&mut c, &[feedback], t0).unwrap();
+    assert_eq!(devices_in(&c, "v1"), 3);
+    let left = ev("l1", "venue_left", "v1", "lobby", "a", t0 + MIN);
+    let s = e.apply(&mut c, &[left], t0).unwrap();
+    assert_eq!(devices_in(&c, "v1"), 2);
+    assert_eq!(s.resolved.get("zone_occupancy"), Some(&1));
+    assert_eq!(outbox(&c, "log")[1].status, "resolved");
+}
 
 #[test]
 fn occupancy_raises_once_holds_and_resolves_with_a_cooldown() {

@@ -9,7 +9,8 @@
 //! # Tables (created and migrated at start-up; `schema_migrations` records
 //! the applied versions)
 //!
-//! - `events`: one row per (source, event id), any source: type, ordering
+//! - `events`: one row per (source, event id), any source and any type
+//!   (a guest-WiFi type the parser does not document too): type, ordering
 //!   key, sequence, occurred/received times, the late flag, the guest-WiFi
 //!   fields (venue, zone, device, guest, vip) and the parsed body.
 //! - `device_sessions`: per venue and device, its visits. A device's

@@ -530,7 +530,7 @@ impl Sink for SqliteSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::GuestWifi;
+    use crate::event::{GuestWifi, SESSION_END_TYPES};
 
     const HOUR: i64 = 3_600_000_000;
 
@@ -546,7 +546,7 @@ mod tests {
             late: false,
             guest_wifi: Some(GuestWifi {
                 event_type: kind.into(),
-                sequence: 0,
+                sequence: None,
                 occurred_at_micros: at,
                 venue_id: "v".into(),
                 venue_name: None,
@@ -662,5 +662,78 @@ mod tests {
             rows(&path, "select deleted_before from analytics_retention"),
             [utc_text(10 * HOUR)]
         );
+    }
+
+    fn wifi(id: &str, kind: &str, seq: i64, device: &str, minute: i64) -> Arc<Event> {
+        let at = 1_795_370_400_000_000 + minute * 60_000_000;
+        Arc::new(Event {
+            source: "purple".into(),
+            event_id: id.into(),
+            event_type: kind.into(),
+            ordering_key: Some("v".into()),
+            sequence: Some(seq),
+            received_at_micros: at,
+            occurred_at_micros: Some(at),
+            late: false,
+            guest_wifi: Some(GuestWifi {
+                event_type: kind.into(),
+                sequence: Some(seq),
+                occurred_at_micros: at,
+                venue_id: "v".into(),
+                venue_name: None,
+                zone: Some("lobby".into()),
+                device_id: Some(device.into()),
+                guest: None,
+            }),
+            body: serde_json::json!({"id": id, "type": kind}),
+        })
+    }
+
+    /// Every type that ends a session ends it here; a type the platform
+    /// added since is stored with its body and ends nothing.
+    #[test]
+    fn a_session_ends_with_each_session_end_type_and_not_with_an_unknown_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("a.sqlite")).unwrap();
+        let mut batch = Vec::new();
+        for (i, end) in SESSION_END_TYPES.iter().enumerate() {
+            let d = format!("d{i}");
+            batch.push(wifi(
+                &format!("c{i}"),
+                "device_connected",
+                10 * i as i64,
+                &d,
+                0,
+            ));
+            batch.push(wifi(
+                &format!("x{i}"),
+                "guest_feedback",
+                10 * i as i64 + 1,
+                &d,
+                3,
+            ));
+            batch.push(wifi(&format!("e{i}"), end, 10 * i as i64 + 2, &d, 8));
+        }
+        write_batch(&mut conn, &batch).unwrap();
+        let sessions: Vec<(String, Option<String>, Option<f64>)> = conn
+            .prepare(
+                "select device_id, disconnect_event_id, dwell_seconds from device_sessions
+                 order by device_id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<(String, Option<String>, Option<f64>)> = (0..SESSION_END_TYPES.len())
+            .map(|i| (format!("d{i}"), Some(format!("e{i}")), Some(480.0)))
+            .collect();
+        assert_eq!(sessions, want);
+        let feedback: String = conn
+            .query_row("select body from events where event_id = 'x0'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(feedback.contains("guest_feedback"), "{feedback}");
     }
 }

@@ -631,7 +631,7 @@ mod tests {
             late: false,
             guest_wifi: Some(GuestWifi {
                 event_type: "guest_connects".into(),
-                sequence: 7,
+                sequence: Some(7),
                 occurred_at_micros: 0,
                 venue_id: "venue-1".into(),
                 venue_name: Some("Airport".into()),
