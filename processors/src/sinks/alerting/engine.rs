@@ -699,7 +699,13 @@ impl Tx<'_> {
 
     /// Raises `fp` unless it is firing (then its annotations are updated)
     /// or inside its cooldown (then it is counted as suppressed).
-    fn raise(&mut self, rule: &RuleConfig, fp: &str, doc: AlertDoc) -> rusqlite::Result<()> {
+    fn raise(&mut self, rule: &RuleConfig, fp: &str, mut doc: AlertDoc) -> rusqlite::Result<()> {
+        // Cooldowns run on the venue's event time; the alert itself never
+        // starts after the wall clock at which it is raised (a provider's
+        // clock a little ahead), so its firing and its resolution carry the
+        // same startsAt whenever each is posted.
+        let raised_at = doc.starts_at;
+        doc.starts_at = doc.starts_at.min(self.now);
         let existing: Option<(String, i64, i64)> = self
             .tx
             .query_row(
@@ -728,7 +734,7 @@ impl Tx<'_> {
                 }
                 return Ok(());
             }
-            Some((_, _, last)) if doc.starts_at < last.saturating_add(micros(rule.cooldown())) => {
+            Some((_, _, last)) if raised_at < last.saturating_add(micros(rule.cooldown())) => {
                 *self
                     .stats
                     .suppressed
@@ -754,7 +760,7 @@ impl Tx<'_> {
                 rule.name(),
                 state,
                 generation,
-                doc.starts_at,
+                raised_at,
                 to_json(&doc)
             ],
         )?;

@@ -982,3 +982,39 @@ fn every_arrival_type_puts_the_device_in_its_zone() {
         .unwrap();
     assert_eq!(present, 3);
 }
+
+/// Events dated a little ahead of the wall clock (a provider's clock):
+/// the alert starts no later than when it was raised, and its firing and
+/// its resolution carry the same start, whenever each is posted, so
+/// Alertmanager and a webhook receiver see one condition.
+#[test]
+fn an_alert_raised_by_events_from_a_clock_ahead_starts_when_raised_and_resolves_with_the_same_start()
+ {
+    let e = engine(OCC);
+    let mut c = db();
+    let t0 = now_micros();
+    let ahead = t0 + 2 * MIN;
+    let con = |i: usize, d: &str| {
+        ev(
+            &format!("c{i}"),
+            "device_connected",
+            "v1",
+            "lobby",
+            d,
+            ahead,
+        )
+    };
+    e.apply(&mut c, &[con(1, "a"), con(2, "b"), con(3, "c")], t0)
+        .unwrap();
+    let dis = ev("d1", "device_disconnected", "v1", "lobby", "a", ahead + MIN);
+    e.apply(&mut c, &[dis], t0 + 5 * MIN).unwrap();
+    let o = outbox(&c, "log");
+    assert_eq!(o.len(), 2, "{o:?}");
+    assert_eq!(o[0].status, "firing");
+    assert_eq!(o[1].status, "resolved");
+    assert_eq!(o[0].alert.starts_at, t0, "not after it was raised");
+    assert_eq!(o[1].alert.starts_at, o[0].alert.starts_at);
+    let firing = deliver::alertmanager_body(&[&o[0]], t0 + MIN, Duration::from_secs(300));
+    let resolved = deliver::alertmanager_body(&[&o[1]], t0 + 10 * MIN, Duration::from_secs(300));
+    assert_eq!(firing[0]["startsAt"], resolved[0]["startsAt"]);
+}
