@@ -476,6 +476,16 @@ async fn prove(single: bool) {
         })
     };
     let mut resent = 0;
+    // What the test did when (wall clock, as in the instances' logs), for
+    // a failure's report.
+    let anchor = (Instant::now(), std::time::SystemTime::now());
+    let timeline = Mutex::new(Vec::<(Instant, String)>::new());
+    let mark = |what: &str| {
+        timeline
+            .lock()
+            .unwrap()
+            .push((Instant::now(), what.to_owned()))
+    };
     // Instances stopped or killed: kept for their logs.
     let mut retired: Vec<Processor> = Vec::new();
     let (report, survivors) = if single {
@@ -497,22 +507,27 @@ async fn prove(single: bool) {
         let sim = run_simulator();
         // kill -9 one instance mid-stream, and start it again on its host.
         progress(200, "200 events applied", &rows, &[&p0, &p1, &p2]).await;
+        mark("kill -9 instance 1");
         p1.kill();
         retired.push(p1);
         resent += resend(&broker, 40).await;
+        mark("instance 1 started again");
         let p1 = start(1);
         // A fourth instance joins.
         progress(600, "600 events applied", &rows, &[&p0, &p1, &p2]).await;
+        mark("instance 3 joins");
         let p3 = start(3);
         resent += resend(&broker, 40).await;
         // Two leave with SIGTERM, one after the other.
         progress(1000, "1000 events applied", &rows, &[&p0, &p1, &p2, &p3]).await;
         let mut p0 = p0;
+        mark("SIGTERM instance 0");
         assert!(p0.stop(Duration::from_secs(30)).success(), "{}", p0.log());
         retired.push(p0);
         resent += resend(&broker, 40).await;
         progress(1300, "1300 events applied", &rows, &[&p1, &p2, &p3]).await;
         let mut p2 = p2;
+        mark("SIGTERM instance 2");
         assert!(p2.stop(Duration::from_secs(30)).success(), "{}", p2.log());
         retired.push(p2);
         resent += resend(&broker, 40).await;
@@ -619,10 +634,59 @@ async fn prove(single: bool) {
         crm_order.is_empty(),
         "CRM out of order per venue: {crm_order:?}"
     );
-    assert!(
-        repeats <= CRM_CONCURRENCY,
-        "{repeats} CRM requests repeated, more than the killed instance's {CRM_CONCURRENCY} in flight"
-    );
+    if repeats > CRM_CONCURRENCY {
+        let wall = |at: Instant| {
+            let t = anchor.1 + at.saturating_duration_since(anchor.0);
+            humantime::format_rfc3339_millis(t).to_string()
+        };
+        let s = crm.state.lock().unwrap();
+        let mut detail: Vec<String> = s
+            .repeats
+            .keys()
+            .map(|key| {
+                let id = key.trim_start_matches("purple:");
+                let times: Vec<String> = s
+                    .requests
+                    .iter()
+                    .filter(|r| &r.key == key)
+                    .map(|r| format!("{} ({})", wall(r.at), r.status))
+                    .collect();
+                format!("{:?}: {}", events.get(id), times.join(", "))
+            })
+            .collect();
+        detail.sort();
+        let actions: Vec<String> = timeline
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(at, what)| format!("{} {what}", wall(*at)))
+            .collect();
+        let logs = std::env::temp_dir().join(format!("scale-repeats-{}.log", std::process::id()));
+        let all: Vec<String> = retired
+            .iter()
+            .chain(survivors.iter().copied())
+            .zip(if single {
+                &["0 (killed)", "0 (restarted)"][..]
+            } else {
+                &[
+                    "1 (killed)",
+                    "0 (SIGTERM)",
+                    "2 (SIGTERM)",
+                    "1 (restarted)",
+                    "3",
+                ][..]
+            })
+            .map(|(p, name)| format!("===== instance {name}\n{}", p.log()))
+            .collect();
+        let _ = std::fs::write(&logs, all.join("\n"));
+        panic!(
+            "{repeats} CRM requests repeated, more than the killed instance's {CRM_CONCURRENCY} in flight\n\
+             test actions:\n{}\nrepeated (event: requests):\n{}\ninstances' logs in {}",
+            actions.join("\n"),
+            detail.join("\n"),
+            logs.display()
+        );
+    }
 
     // Occupancy restored on the survivors = the truth from the raw topic.
     let live: BTreeMap<String, Raw> = events
