@@ -1503,6 +1503,7 @@ impl PartitionPipeline {
                         sink: name,
                         events: &events,
                         metrics: m,
+                        stop: &self.stop,
                     };
                     sink.accept_tracked(&events, &hook).await
                 }
@@ -1544,6 +1545,11 @@ impl PartitionPipeline {
             }
             if again.is_empty() {
                 break;
+            }
+            if *self.stop.borrow() {
+                // Handed over (or stopping): what is left is the next
+                // owner's; the batch is not checkpointed.
+                return Err(Stopped);
             }
             m.sink_retries
                 .with_label_values(&[name])
@@ -1713,6 +1719,8 @@ struct EffectHook<'a> {
     sink: &'a str,
     events: &'a [Arc<Event>],
     metrics: &'a Metrics,
+    /// Raised when the partition is revoked or the process stops.
+    stop: &'a watch::Receiver<bool>,
 }
 
 impl crate::sinks::Applied for EffectHook<'_> {
@@ -1748,6 +1756,10 @@ impl crate::sinks::Applied for EffectHook<'_> {
                 ),
             }
         })
+    }
+
+    fn handing_over(&self) -> bool {
+        *self.stop.borrow()
     }
 }
 

@@ -39,6 +39,18 @@ pub trait Applied: Send + Sync {
     /// recorded (or recording it failed and was logged: the effect stands
     /// either way).
     fn applied(&self, index: usize) -> BoxFuture<'_, ()>;
+
+    /// True once the partition is being handed over (revoked, or the
+    /// process stopping): the sink starts no new request and answers
+    /// `Retry` for what it has not sent, which the partition's next owner
+    /// sends. Requests already in flight finish and are recorded. A hand-
+    /// over that took as long as the sink's whole batch could outlast the
+    /// brokers' patience (tansu gives a member in a rebalance only its
+    /// session timeout), and what the old owner sent after the next
+    /// owner's claim would be sent again.
+    fn handing_over(&self) -> bool {
+        false
+    }
 }
 
 /// One key of a sink's partition state as the sink writes it: the key,

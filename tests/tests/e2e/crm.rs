@@ -314,6 +314,73 @@ breaker_failures = 50"#,
 /// destination is healthy, so the event's failures count: it is rejected
 /// after `max_attempts` (the pipeline dead-letters it and its key moves
 /// on), while an outage would not have cost it anything.
+/// Records nothing; says the partition is handed over once `after`
+/// effects were reported.
+struct HandOverAfter {
+    applied: std::sync::atomic::AtomicUsize,
+    after: usize,
+}
+
+impl processors::sinks::Applied for HandOverAfter {
+    fn applied(&self, _index: usize) -> processors::sinks::BoxFuture<'_, ()> {
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {})
+    }
+
+    fn handing_over(&self) -> bool {
+        self.applied.load(std::sync::atomic::Ordering::SeqCst) >= self.after
+    }
+}
+
+#[tokio::test]
+async fn a_hand_over_starts_no_new_request_and_leaves_the_rest_to_the_next_owner() {
+    let crm = FakeCrm::start().await;
+    let (sink, _) = sink(
+        &crm.url(),
+        "CRM_HANDOVER_TOKEN",
+        "max_concurrency = 2\ntimeout = \"5s\"",
+    );
+    // Twelve keys, each request answered after 100 ms: the whole batch
+    // would take 600 ms; the hand-over comes after the third effect.
+    let batch: Vec<Arc<Event>> = (0..12)
+        .map(|i| event_in(&format!("h{i}"), &format!("v{i}")))
+        .collect();
+    for e in &batch {
+        crm.script(
+            &format!("purple:{}", e.event_id),
+            &[Reply::Hang(Duration::from_millis(100))],
+        );
+    }
+    let hook = HandOverAfter {
+        applied: Default::default(),
+        after: 3,
+    };
+    let outcomes = sink.accept_tracked(&batch, &hook).await;
+    let accepted = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Accepted))
+        .count();
+    // The third effect raised the hand-over while at most one other
+    // request of the two slots was in flight.
+    assert!(
+        (3..=4).contains(&accepted),
+        "{accepted} accepted: {outcomes:?}"
+    );
+    assert_eq!(
+        crm.requests(),
+        accepted,
+        "no request beyond the accepted ones was sent"
+    );
+    for o in &outcomes {
+        assert!(
+            matches!(o, Outcome::Accepted)
+                || matches!(o, Outcome::Retry(r) if r == processors::sinks::crm::HANDING_OVER),
+            "{o:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_poison_event_that_a_healthy_crm_answers_500_is_rejected_after_max_attempts() {
     let crm = FakeCrm::start().await;

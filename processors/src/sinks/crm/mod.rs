@@ -418,6 +418,9 @@ impl CrmSink {
                 let Ok(_permit) = self.in_flight.acquire().await else {
                     return Outcome::Retry("sink closed".into());
                 };
+                if tracked.is_some_and(|(hook, _)| hook.handing_over()) {
+                    return Outcome::Retry(HANDING_OVER.into());
+                }
                 let sent_at = self.settled.load(Ordering::SeqCst);
                 let answer = self.attempt(&key, &body).await;
                 if let (Answer::Ok, Some((hook, index))) = (&answer, tracked) {
@@ -525,6 +528,10 @@ impl Sink for CrmSink {
         Box::pin(self.accept_with(batch, Some(applied)))
     }
 }
+
+/// The `Retry` reason of an event not sent because its partition is being
+/// handed over.
+pub const HANDING_OVER: &str = "not sent: the partition is being handed over to its next owner";
 
 impl CrmSink {
     async fn accept_with(
