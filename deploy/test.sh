@@ -18,6 +18,10 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# Every crate of the lock file, for every platform: tests/tests/e2e/deploy.rs
+# reads `cargo metadata --offline`, which needs the ones a Linux build never
+# downloads (Windows' among them) on a fresh machine too.
+cargo fetch --locked
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
