@@ -252,10 +252,7 @@ fn sweep_retention(
             loop {
                 let started = std::time::Instant::now();
                 tokio::select! {
-                    swept = retained.sweep() => match swept {
-                        Ok(removed) => metrics.retention_swept(sink.name(), &removed, started.elapsed()),
-                        Err(e) => tracing::warn!(store = sink.name(), error = %e, "retention sweep failed; tried again at the next interval"),
-                    },
+                    swept = retained.sweep() => swept_once(sink.name(), swept, started, &metrics),
                     _ = crate::pipeline::stopped(&mut stop) => break,
                 }
                 tokio::select! {
@@ -266,6 +263,33 @@ fn sweep_retention(
         }));
     }
     tasks
+}
+
+/// Counts and logs one sweep of store `name`: a failure sets
+/// `processors_retention_sweep_failing` until a sweep succeeds (the
+/// `RetentionSweepFailing` alert), since the rows it should have removed,
+/// guests' data among them, stay until then.
+fn swept_once(
+    name: &str,
+    swept: Result<Vec<(&'static str, u64)>, String>,
+    started: std::time::Instant,
+    metrics: &Metrics,
+) {
+    let failing = metrics.retention_sweep_failing.with_label_values(&[name]);
+    match swept {
+        Ok(removed) => {
+            failing.set(0);
+            metrics.retention_swept(name, &removed, started.elapsed());
+        }
+        Err(e) => {
+            failing.set(1);
+            metrics
+                .retention_sweep_failures
+                .with_label_values(&[name])
+                .inc();
+            tracing::warn!(store = name, error = %e, "retention sweep failed; tried again at the next interval");
+        }
+    }
 }
 
 /// How long, past `revoke_timeout`, a stopping process waits for the
@@ -369,6 +393,64 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_failing_retention_sweep_is_flagged_until_one_succeeds() {
+        use crate::sinks::Retained;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        // One line far past the retention, so the sweep rewrites the file.
+        std::fs::write(
+            &path,
+            "{\"event_id\":\"e1\",\"source\":\"purple\",\"received_at_micros\":1000000}\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let sink = crate::sinks::jsonl::JsonlSink::open("lines", &path)
+            .unwrap()
+            .with_retention(
+                Some(std::time::Duration::from_secs(86_400)),
+                std::time::Duration::from_secs(3600),
+                &metrics,
+            );
+        let failing = || {
+            metrics
+                .retention_sweep_failing
+                .with_label_values(&["lines"])
+                .get()
+        };
+        let failures = || {
+            metrics
+                .retention_sweep_failures
+                .with_label_values(&["lines"])
+                .get()
+        };
+        // The sweep's temporary file cannot be created: a directory holds
+        // its name.
+        let blocker = dir.path().join("events.jsonl.sweep");
+        std::fs::create_dir(&blocker).unwrap();
+        for round in 1..=2 {
+            let started = std::time::Instant::now();
+            swept_once("lines", sink.sweep().await, started, &metrics);
+            assert_eq!((failing(), failures()), (1, round));
+        }
+        std::fs::remove_dir(&blocker).unwrap();
+        swept_once(
+            "lines",
+            sink.sweep().await,
+            std::time::Instant::now(),
+            &metrics,
+        );
+        assert_eq!((failing(), failures()), (0, 2));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        assert_eq!(
+            metrics
+                .retention_removed
+                .with_label_values(&["lines", "lines"])
+                .get(),
+            1
+        );
     }
 
     #[tokio::test]

@@ -151,6 +151,11 @@ pub struct Metrics {
     /// Events a store did not keep because they were older than its
     /// retention horizon when offered (late, or replayed), by store.
     pub retention_refused: IntCounterVec,
+    /// Retention sweeps that failed, by store.
+    pub retention_sweep_failures: IntCounterVec,
+    /// 1 while a store's latest retention sweep failed (rows past the
+    /// retention, guests' data among them, are kept until one succeeds).
+    pub retention_sweep_failing: IntGaugeVec,
 }
 
 fn counter(
@@ -502,6 +507,18 @@ impl Metrics {
                 &r,
                 "processors_retention_refused_total",
                 "Events a store accepted without keeping them because they were older than its retention horizon (late or replayed), by store.",
+                &["store"],
+            )?,
+            retention_sweep_failures: counter(
+                &r,
+                "processors_retention_sweep_failures_total",
+                "Retention sweeps that failed, by store (each is tried again at the next interval).",
+                &["store"],
+            )?,
+            retention_sweep_failing: gauge(
+                &r,
+                "processors_retention_sweep_failing",
+                "1 while a store's latest retention sweep failed: rows past its retention are kept until a sweep succeeds, by store.",
                 &["store"],
             )?,
             dlq_redriven: counter(
