@@ -524,7 +524,7 @@ impl Metrics {
             dlq_redriven: counter(
                 &r,
                 "processors_dlq_redriven_total",
-                "Dead letters re-driven, by sink and outcome (accepted, failing, left).",
+                "Dead letters re-driven, by sink and outcome (accepted, failing, left, expired).",
                 &["sink", "outcome"],
             )?,
             assigned_partitions,

@@ -367,6 +367,10 @@ pub struct RedriveReport {
     /// Letters left as they were (filters, unknown sink, undecodable):
     /// re-queued unchanged.
     pub left: u64,
+    /// Letters older than the `max_event_age` of every route to their
+    /// sink (a welcome offer days late): removed without being sent, as
+    /// the live path drops them.
+    pub expired: u64,
     /// False if stopped by a signal before the end.
     pub complete: bool,
 }
@@ -402,8 +406,13 @@ pub async fn redrive(
         .map(|s| (s.name().to_owned(), s))
         .collect();
     let now = now_ms();
+    let names: Vec<String> = config.sinks.keys().cloned().collect();
+    let router =
+        crate::pipeline::route::Router::new(&config.routes, &names).map_err(ReplayError::Usage)?;
     let ctx = Redrive {
         config,
+        router,
+        names,
         opts,
         sinks: &by_name,
         producer: &producer,
@@ -436,6 +445,7 @@ pub async fn redrive(
                 rep.accepted += r.accepted;
                 rep.failing += r.failing;
                 rep.left += r.left;
+                rep.expired += r.expired;
                 Ok(())
             }
         },
@@ -449,6 +459,10 @@ pub async fn redrive(
 /// What a chunk needs.
 struct Redrive<'a> {
     config: &'a Config,
+    /// The config's routes, to drop letters past their `max_event_age`.
+    router: crate::pipeline::route::Router,
+    /// The sinks' names, in the router's order.
+    names: Vec<String>,
     opts: &'a RedriveOptions,
     sinks: &'a HashMap<String, Arc<dyn Sink>>,
     producer: &'a FutureProducer,
@@ -481,6 +495,23 @@ impl Redrive<'_> {
                     None => e,
                 }
             });
+            let expired = event.as_ref().and_then(|e| {
+                let i = self.names.iter().position(|n| *n == sink)?;
+                self.router
+                    .expired_for(e, i, crate::pipeline::route::now_micros())
+            });
+            if let (Some(age), Some(e)) = (expired, &event) {
+                tracing::info!(
+                    sink = sink.as_str(),
+                    source = %e.source,
+                    event_id = e.event_id.as_str(),
+                    age = %humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    "dead letter older than its routes' max_event_age: removed, not sent"
+                );
+                self.counter.with_label_values(&[&sink, "expired"]).inc();
+                r.expired += 1;
+                continue;
+            }
             match event {
                 Some(e) => offer.entry(sink).or_default().push((l, Arc::new(e))),
                 None => {
@@ -623,10 +654,11 @@ impl Redrive<'_> {
 /// The summary printed by `processors dlq redrive`.
 pub fn render_redrive(r: &RedriveReport, topic: &str) -> String {
     format!(
-        "re-drove dead letters from {topic}: {} accepted, {} still failing (re-queued with their new reason), {} left pending (filters, unknown sink or undecodable){}\n",
+        "re-drove dead letters from {topic}: {} accepted, {} still failing (re-queued with their new reason), {} left pending (filters, unknown sink or undecodable), {} expired (past their routes' max_event_age: removed, not sent){}\n",
         r.accepted,
         r.failing,
         r.left,
+        r.expired,
         if r.complete { "" } else { "; stopped early" }
     )
 }

@@ -221,6 +221,29 @@ impl Router {
     }
 }
 
+impl Router {
+    /// How old `event` is when it no longer goes to `sink` only because
+    /// every route that would take it there has a `max_event_age` it is
+    /// past (a dead letter re-driven days later); `None` when a route
+    /// still takes it there, or none ever would.
+    pub fn expired_for(&self, event: &Event, sink: usize, now_micros: i64) -> Option<Duration> {
+        let routed = self.route(event, now_micros);
+        if routed.sinks.contains(&sink) {
+            return None;
+        }
+        routed
+            .skipped
+            .iter()
+            .filter(|skip| {
+                self.rules
+                    .iter()
+                    .any(|r| r.name == skip.route && r.sinks.contains(&sink))
+            })
+            .map(|skip| skip.age)
+            .min()
+    }
+}
+
 /// The wall clock as Unix microseconds: what an event's age is measured
 /// against when it is routed.
 pub fn now_micros() -> i64 {
@@ -259,6 +282,56 @@ mod tests {
             guest_wifi: None,
             body,
         }
+    }
+
+    #[test]
+    fn expired_for_names_a_sink_every_route_to_which_is_too_old() {
+        let c = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = "b:9092"
+            [dedupe]
+            path = "d"
+            [sinks.crm]
+            kind = "log"
+            [sinks.analytics]
+            kind = "log"
+            [sinks.chat]
+            kind = "log"
+            [[routes]]
+            name = "welcome"
+            types = ["guest_connects"]
+            max_event_age = "15m"
+            sinks = ["crm", "chat"]
+            [[routes]]
+            name = "welcome-late"
+            types = ["guest_connects"]
+            max_event_age = "1h"
+            sinks = ["chat"]
+            [[routes]]
+            name = "all"
+            sinks = ["analytics"]
+            "#,
+        )
+        .unwrap();
+        let names: Vec<String> = c.sinks.keys().cloned().collect();
+        let r = Router::new(&c.routes, &names).unwrap();
+        let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
+        let mut e = event("purple", "guest_connects", Value::Null, false);
+        let minute = 60_000_000;
+        e.occurred_at_micros = Some(0);
+        // 30 min old: past the CRM's only route, not chat's second one.
+        let now = 30 * minute;
+        assert_eq!(
+            r.expired_for(&e, idx("crm"), now),
+            Some(Duration::from_secs(30 * 60))
+        );
+        assert_eq!(r.expired_for(&e, idx("chat"), now), None);
+        assert_eq!(r.expired_for(&e, idx("analytics"), now), None);
+        assert_eq!(r.expired_for(&e, idx("crm"), 10 * minute), None);
+        // A type no route takes to the CRM is not "expired" there.
+        let other = event("purple", "device_connected", Value::Null, false);
+        assert_eq!(r.expired_for(&other, idx("crm"), now), None);
     }
 
     #[test]

@@ -635,6 +635,41 @@ sinks = ["crm"]
     let last = dlq.last().unwrap();
     assert_eq!(last.header("event-id").as_deref(), Some("dl3"));
     assert_eq!(last.header("redrive-attempts").as_deref(), Some("2"));
+
+    // With a max_event_age on the route (the events are from 2026-11-22),
+    // dl3 is no longer worth sending: removed, and the CRM hears nothing.
+    let aged = write_config(
+        &dir,
+        "aged.toml",
+        &text.replace(
+            "types = [\"guest_connects\"]\nsinks = [\"crm\"]",
+            "types = [\"guest_connects\"]\nmax_event_age = \"1d\"\nsinks = [\"crm\"]",
+        ),
+    );
+    let before = crm.requests();
+    let expired = run_processors(
+        &["dlq", "redrive", "--config", &aged],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(expired.status.success(), "{expired:?}");
+    assert!(
+        expired.stdout.contains("0 accepted, 0 still failing")
+            && expired.stdout.contains("1 expired"),
+        "{}",
+        expired.stdout
+    );
+    assert_eq!(crm.requests(), before, "an expired letter reached the CRM");
+    let list = run_processors(
+        &["dlq", "list", "--config", &aged],
+        &env,
+        Duration::from_secs(60),
+    );
+    assert!(
+        list.stdout.starts_with("no pending dead letters"),
+        "{}",
+        list.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
