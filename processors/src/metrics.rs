@@ -151,6 +151,10 @@ pub struct Metrics {
     /// Events a store did not keep because they were older than its
     /// retention horizon when offered (late, or replayed), by store.
     pub retention_refused: IntCounterVec,
+    /// Partitions this instance stopped acting on because another
+    /// instance claimed them while the group still had them here (a broker
+    /// that gave one partition to two members), by partition.
+    pub state_superseded: IntCounterVec,
     /// Retention sweeps that failed, by store.
     pub retention_sweep_failures: IntCounterVec,
     /// 1 while a store's latest retention sweep failed (rows past the
@@ -508,6 +512,12 @@ impl Metrics {
                 "processors_retention_refused_total",
                 "Events a store accepted without keeping them because they were older than its retention horizon (late or replayed), by store.",
                 &["store"],
+            )?,
+            state_superseded: counter(
+                &r,
+                "processors_state_superseded_total",
+                "Times a partition's worker found another instance's newer claim in the state changelog while the group still gave it the partition, and stopped acting on it, by partition.",
+                &["partition"],
             )?,
             retention_sweep_failures: counter(
                 &r,

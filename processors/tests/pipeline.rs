@@ -585,6 +585,98 @@ async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
     assert_eq!(log.1.changes(0).len(), 1, "nothing of a3 was written");
 }
 
+/// A sink with effects outside Kafka (as the CRM): counts what it applied.
+struct EffectSink(Mutex<Vec<String>>);
+
+impl Sink for EffectSink {
+    fn name(&self) -> &str {
+        "out"
+    }
+
+    fn accept<'a>(&'a self, batch: &'a [Arc<Event>]) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(batch.iter().map(|e| e.event_id.clone()));
+            vec![Outcome::Accepted; batch.len()]
+        })
+    }
+
+    fn tracks_effects(&self) -> bool {
+        true
+    }
+
+    fn accept_tracked<'a>(
+        &'a self,
+        batch: &'a [Arc<Event>],
+        applied: &'a dyn processors::sinks::Applied,
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (i, e) in batch.iter().enumerate() {
+                if applied.handing_over() {
+                    out.push(Outcome::Retry("handing over".into()));
+                    continue;
+                }
+                self.0.lock().unwrap().push(e.event_id.clone());
+                applied.applied(i).await;
+                out.push(Outcome::Accepted);
+            }
+            out
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_owner_whose_partition_another_instance_claimed_applies_no_more_effects() {
+    let log: Logs = (Arc::default(), Arc::default());
+    let host = |owner: &str, sink: Arc<EffectSink>| {
+        let config = Config::from_toml(CONFIG).unwrap();
+        let stores = processors::state::Stores {
+            changelog: log.0.clone(),
+            ledger: log.1.clone(),
+            cache: None,
+            owner: owner.into(),
+        };
+        let shared = Shared::new(
+            &config.sources,
+            &config.routes,
+            &config.processing,
+            vec![sink as Arc<dyn Sink>],
+            Arc::new(MemoryDedupe::new(Duration::from_secs(3600))) as Arc<dyn DedupeStore>,
+            Arc::new(MemorySide::default()) as Arc<dyn SideTopics>,
+            Metrics::new().unwrap(),
+        )
+        .unwrap()
+        .with_state(Arc::new(stores));
+        let (stop, stop_rx) = watch::channel(false);
+        (PartitionPipeline::new(0, Arc::new(shared), stop_rx), stop)
+    };
+    let (sink_a, sink_b) = (
+        Arc::new(EffectSink(Mutex::default())),
+        Arc::new(EffectSink(Mutex::default())),
+    );
+    let (mut a, _stop_a) = host("a", sink_a.clone());
+    a.restore().await.unwrap();
+    a.handle(vec![record(0, "e1", "v", 1, None)]).await.unwrap();
+    a.settle().await.unwrap();
+    // The brokers give the partition to B as well, and A is never told.
+    let (mut b, _stop_b) = host("b", sink_b.clone());
+    b.restore().await.unwrap();
+    let out = a.handle(vec![record(1, "e2", "v", 2, None)]).await;
+    assert_eq!(out, Err(Stopped), "A stops at B's claim");
+    assert!(a.fenced());
+    assert_eq!(
+        *sink_a.0.lock().unwrap(),
+        ["e1"],
+        "A applied nothing after B's claim"
+    );
+    // B, the owner now, applies e2 once.
+    b.handle(vec![record(1, "e2", "v", 2, None)]).await.unwrap();
+    b.settle().await.unwrap();
+    assert_eq!(*sink_b.0.lock().unwrap(), ["e2"]);
+    assert!(!b.fenced());
+}
+
 #[tokio::test]
 async fn a_second_host_restored_from_the_changelog_continues_each_key_and_drops_retries() {
     let log: Logs = (Arc::default(), Arc::default());
@@ -711,6 +803,20 @@ fn alerts_host_with(
     cache: Option<Arc<processors::state::cache::StateCache>>,
     dedupe: Option<Arc<MemoryDedupe>>,
 ) -> AlertsHost {
+    alerts_host_beside(config, logs, dir, owner, cache, dedupe, Vec::new())
+}
+
+/// An alerts host whose pipeline has `others` too (sinks the config
+/// names after `alerts`).
+fn alerts_host_beside(
+    config: &str,
+    logs: &Logs,
+    dir: &std::path::Path,
+    owner: &str,
+    cache: Option<Arc<processors::state::cache::StateCache>>,
+    dedupe: Option<Arc<MemoryDedupe>>,
+    others: Vec<Arc<dyn Sink>>,
+) -> AlertsHost {
     let config = Config::from_toml(config).unwrap();
     let processors::sinks::SinkConfig::Alerts(mut alerts) = config.sinks["alerts"].sink.clone()
     else {
@@ -731,7 +837,9 @@ fn alerts_host_with(
         &config.sources,
         &config.routes,
         &config.processing,
-        vec![sink.clone() as Arc<dyn Sink>],
+        std::iter::once(sink.clone() as Arc<dyn Sink>)
+            .chain(others)
+            .collect(),
         dedupe.unwrap_or_else(|| Arc::new(MemoryDedupe::new(Duration::from_secs(3600))))
             as Arc<dyn DedupeStore>,
         Arc::new(MemorySide::default()) as Arc<dyn SideTopics>,
@@ -931,6 +1039,77 @@ fn outbox_keys(path: &std::path::Path) -> Vec<String> {
         .collect();
     keys.sort();
     keys
+}
+
+#[tokio::test]
+async fn a_hand_over_after_a_batch_another_sink_left_unfinished_does_not_pass_it_off_as_written() {
+    // The alerts sink beside one that keeps asking to retry (a CRM left
+    // for the next owner at a hand-over).
+    let config = ALERTS
+        .replace(
+            "[[routes]]",
+            "[sinks.out]\n    kind = \"log\"\n    [[routes]]",
+        )
+        .replace("sinks = [\"alerts\"]", "sinks = [\"alerts\", \"out\"]");
+    let log: Logs = (Arc::default(), Arc::default());
+    let dir_a = tempfile::tempdir().unwrap();
+    let out = Arc::new(MemorySink::new("out"));
+    let host = |dir: &std::path::Path, owner: &str| {
+        alerts_host_beside(
+            &config,
+            &log,
+            dir,
+            owner,
+            None,
+            None,
+            vec![out.clone() as Arc<dyn Sink>],
+        )
+    };
+    let (mut a, sink_a, stop_a, _) = host(dir_a.path(), "a");
+    a.restore().await.unwrap();
+    // Three in the lobby raise an alert; once its batch is written the
+    // log receiver sends it, so a notification waits for A's next
+    // checkpoint.
+    three_in_the_lobby(&mut a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // d4's batch: the alerts sink applies it, the other sink asks to
+    // retry until the hand-over stops the batch.
+    *out.force.lock().unwrap() = Some(Outcome::Retry("down".into()));
+    let stopper = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stop_a.send(true);
+    };
+    let (handled, ()) = tokio::join!(
+        a.handle(vec![wifi(3, "c4", "device_connected", "lobby", "d4", 4)]),
+        stopper
+    );
+    assert_eq!(handled, Err(Stopped));
+    assert_eq!(sink_a.occupancy().unwrap(), lobby(4), "applied to A's file");
+    // The hand-over's last checkpoint writes the sent notification; it
+    // must not mark d4's batch as written, nor d4's sequence as passed.
+    hand_over(&mut a).await;
+    drop(a);
+    assert_eq!(
+        sink_a.partition_state().unwrap().cached_at(0),
+        Ok(None),
+        "A's file holds a batch the changelog does not: not a clean cache"
+    );
+    *out.force.lock().unwrap() = None;
+
+    // A takes the partition again on the same file and reads d4 again:
+    // its file is not taken as clean, d4 is applied and written, and a
+    // host restoring from the changelog alone then has all four.
+    let (mut a, _sink_a, _stop, _) = host(dir_a.path(), "a");
+    a.restore().await.unwrap();
+    a.handle(vec![wifi(3, "c4", "device_connected", "lobby", "d4", 4)])
+        .await
+        .unwrap();
+    a.settle().await.unwrap();
+    drop(a);
+    let dir_b = tempfile::tempdir().unwrap();
+    let (mut b, sink_b, _stop_b, _) = host(dir_b.path(), "b");
+    b.restore().await.unwrap();
+    assert_eq!(sink_b.occupancy().unwrap(), lobby(4), "B has d1 to d4");
 }
 
 #[tokio::test]

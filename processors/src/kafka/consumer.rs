@@ -729,6 +729,12 @@ fn spawn_worker(
                 _ = sleep_until_opt(deadline) => pipeline.tick().await,
             };
             if outcome.is_err() {
+                if pipeline.fenced() {
+                    // Another instance owns the partition now: hold it,
+                    // taking nothing (the consumer pauses it), until the
+                    // group takes it away.
+                    crate::pipeline::stopped(&mut stop).await;
+                }
                 break;
             }
             if let Some(pos) = pipeline.committable() {
@@ -747,7 +753,12 @@ fn spawn_worker(
         pipeline.release().await;
         let _ = pipeline.flush().await;
         let _ = pipeline.settle().await;
-        let _ = done_tx.send(pipeline.position());
+        // A superseded owner commits nothing: the offset is the new one's.
+        let _ = done_tx.send(if pipeline.fenced() {
+            None
+        } else {
+            pipeline.position()
+        });
     });
     Worker {
         tx,

@@ -423,6 +423,9 @@ pub struct PartitionPipeline {
     /// Set by every retry pause, so the call it belongs to is known to
     /// have stalled.
     retried: AtomicBool,
+    /// Another instance claimed the partition after this one (see
+    /// [`crate::state::superseded`]): it acts on it no more.
+    fenced: AtomicBool,
     /// The partition's state writer, once restored.
     state: Option<PartitionState>,
     /// Records below this offset are reflected in the restored state:
@@ -432,6 +435,11 @@ pub struct PartitionPipeline {
     first_seen: bool,
     /// Reorder keys that released something since the last checkpoint.
     dirty: HashSet<ReorderKey>,
+    /// A batch was released from the reorder buffer and then left
+    /// unfinished (stopped mid-way): the in-memory reorder positions are
+    /// past what the changelog holds, and no later checkpoint of this
+    /// worker (the hand-over's last one) may write them.
+    abandoned: bool,
     /// Gaps skipped since the last `apply`, to ask the poller for.
     gaps: Vec<GapRequest>,
     /// With state: the input position of the last checkpoint the
@@ -580,10 +588,12 @@ impl PartitionPipeline {
             clock_base: std::time::Instant::now(),
             stalled: Duration::ZERO,
             retried: AtomicBool::new(false),
+            fenced: AtomicBool::new(false),
             state: None,
             skip_below: None,
             first_seen: false,
             dirty: HashSet::new(),
+            abandoned: false,
             gaps: Vec::new(),
             durable: None,
             durable_returned: None,
@@ -1064,6 +1074,18 @@ impl PartitionPipeline {
         quarantined: Vec<ToQuarantine>,
         released: Vec<Pending>,
     ) -> Result<(), Stopped> {
+        let result = self.apply_released(quarantined, released).await;
+        if result.is_err() {
+            self.abandoned = true;
+        }
+        result
+    }
+
+    async fn apply_released(
+        &mut self,
+        quarantined: Vec<ToQuarantine>,
+        released: Vec<Pending>,
+    ) -> Result<(), Stopped> {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         // 0. Ask for the gaps just skipped (best effort: a lost request is
@@ -1262,11 +1284,15 @@ impl PartitionPipeline {
         let (Some(stores), Some(state)) = (&shared.state, self.state.as_mut()) else {
             return Ok(());
         };
-        c.sequences = self
-            .dirty
-            .iter()
-            .filter_map(|k| self.reorder.next_expected(k).map(|n| (k.clone(), n)))
-            .collect();
+        // After an abandoned batch the reorder positions include events
+        // no sink finished: the next owner must release those again.
+        if !self.abandoned {
+            c.sequences = self
+                .dirty
+                .iter()
+                .filter_map(|k| self.reorder.next_expected(k).map(|n| (k.clone(), n)))
+                .collect();
+        }
         // What partition sinks did outside the batches (notifications
         // sent) goes with this checkpoint.
         for (s, sink) in shared.sinks.iter().enumerate() {
@@ -1478,6 +1504,11 @@ impl PartitionPipeline {
             _ => None,
         };
         if tracked.is_some() {
+            // Before effects outside Kafka: is this still the partition's
+            // owner? A broker may have given it to another member too.
+            if self.superseded().await {
+                return Err(Stopped);
+            }
             batch = self.not_yet_applied(name, batch).await?;
         }
         let mut backoff = self.shared.retry_initial;
@@ -1504,6 +1535,7 @@ impl PartitionPipeline {
                         events: &events,
                         metrics: m,
                         stop: &self.stop,
+                        fenced: &self.fenced,
                     };
                     sink.accept_tracked(&events, &hook).await
                 }
@@ -1602,6 +1634,52 @@ impl PartitionPipeline {
             })
             .collect();
         Ok(done)
+    }
+
+    /// Whether another instance claimed this partition after this one's
+    /// last write: then this one stops acting on it (a broker that gave one
+    /// partition to two members; tansu 0.6 can). Checked before effects
+    /// outside Kafka; a failed check is logged and taken as "not".
+    async fn superseded(&self) -> bool {
+        if self.fenced.load(Ordering::Relaxed) {
+            return true;
+        }
+        let (Some(stores), Some(state)) = (&self.shared.state, &self.state) else {
+            return false;
+        };
+        match crate::state::superseded(
+            stores.changelog.as_ref(),
+            self.partition,
+            state.own_through(),
+        )
+        .await
+        {
+            Ok(false) => false,
+            Ok(true) => {
+                self.fenced.store(true, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .state_superseded
+                    .with_label_values(&[&self.partition.to_string()])
+                    .inc();
+                tracing::warn!(
+                    partition = self.partition,
+                    epoch = state.epoch(),
+                    "another instance claimed this partition while the group still gives it to this one (the brokers assigned it twice): acting on it no more until the group takes it away"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "could not check the partition's latest claim");
+                false
+            }
+        }
+    }
+
+    /// Whether this worker stopped acting on its partition because another
+    /// instance claimed it (it then waits for the group to take it away).
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::Relaxed)
     }
 
     /// `batch` without the events whose effect on sink `name` the
@@ -1721,6 +1799,8 @@ struct EffectHook<'a> {
     metrics: &'a Metrics,
     /// Raised when the partition is revoked or the process stops.
     stop: &'a watch::Receiver<bool>,
+    /// Set when another instance claimed the partition.
+    fenced: &'a AtomicBool,
 }
 
 impl crate::sinks::Applied for EffectHook<'_> {
@@ -1759,7 +1839,7 @@ impl crate::sinks::Applied for EffectHook<'_> {
     }
 
     fn handing_over(&self) -> bool {
-        *self.stop.borrow()
+        *self.stop.borrow() || self.fenced.load(Ordering::Relaxed)
     }
 }
 

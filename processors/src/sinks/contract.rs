@@ -121,7 +121,8 @@ pub trait PartitionSink: Send + Sync {
 
     /// Changes made outside a batch (notifications sent) since the last
     /// call, to write with the partition's next checkpoint, with the
-    /// sink's current serial; `None` when there are none.
+    /// serial of the last batch already checkpointed (never that of a
+    /// batch applied but left unfinished); `None` when there are none.
     fn pending(&self, partition: i32) -> Option<(Vec<KeyedChange>, u64)> {
         let _ = partition;
         None

@@ -209,6 +209,33 @@ pub trait Changelog: Send + Sync {
     fn bounds(&self, partition: i32) -> BoxFuture<'_, Result<(i64, i64), String>>;
 }
 
+/// Whether another owner claimed `partition` in `changelog` after offset
+/// `own_through` (the last this owner wrote): a broker that gave one
+/// partition to two members at once (tansu 0.6 can, across generations).
+/// Reads only what others wrote since; a claim there is necessarily newer
+/// than this owner's.
+pub async fn superseded(
+    changelog: &dyn Changelog,
+    partition: i32,
+    own_through: i64,
+) -> Result<bool, String> {
+    let (_, next) = changelog.bounds(partition).await?;
+    if next <= own_through + 1 {
+        return Ok(false);
+    }
+    let mut claimed = false;
+    let mut each = |_offset: i64, key: &[u8], value: &[u8]| {
+        if let Ok((_, changelog::Change::Claim { .. })) = changelog::Change::decode(key, value) {
+            claimed = true;
+        }
+        Ok(())
+    };
+    changelog
+        .read(partition, own_through + 1, next - 1, &mut each)
+        .await?;
+    Ok(claimed)
+}
+
 /// A changelog in memory, for tests and benchmarks: every partition a
 /// list, the offsets its indexes. `fail_appends` makes the next appends
 /// fail, as a broker that is down would.
@@ -551,6 +578,9 @@ pub struct PartitionState {
     cache_at: Option<(i64, i64)>,
     /// The last input position written.
     written_position: Option<i64>,
+    /// The highest state changelog offset this owner wrote (its claim at
+    /// first): anything past it is another writer's.
+    own_through: i64,
 }
 
 /// One batch's changes, ready to write.
@@ -579,7 +609,13 @@ impl PartitionState {
             serial: 0,
             cache_at: Some((restored.epoch + 1, restored.ledger_next)),
             written_position: restored.position,
+            own_through: restored.epoch,
         }
+    }
+
+    /// The highest state changelog offset this owner wrote.
+    pub fn own_through(&self) -> i64 {
+        self.own_through
     }
 
     /// This owner's epoch.
@@ -655,6 +691,9 @@ impl PartitionState {
     ) -> Result<Option<i64>, String> {
         if c.position.is_some() {
             self.written_position = c.position;
+        }
+        if let Some(last) = state_offsets.iter().max() {
+            self.own_through = self.own_through.max(*last);
         }
         let Some((next, ledger_next)) = self.cache_at else {
             return Ok(None);

@@ -588,10 +588,16 @@ impl PartitionSink for AlertsSink {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&partition)?;
+        // The last batch the pipeline checkpointed, not the last applied:
+        // a batch applied here and then left unfinished (another sink still
+        // retrying at a hand-over) is not in the changelog, and reporting
+        // its serial would mark this file clean with it: the next owner
+        // here would skip its events and the changelog never get them.
+        // The pipeline settles every batch's checkpoint before it asks.
         let serial = self
             .with_conn(|c| {
                 c.query_row(
-                    "SELECT serial FROM partitions WHERE partition = ?1",
+                    "SELECT checkpointed FROM partitions WHERE partition = ?1",
                     [partition],
                     |r| r.get::<_, i64>(0),
                 )
