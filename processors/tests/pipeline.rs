@@ -657,21 +657,32 @@ async fn an_owner_whose_partition_another_instance_claimed_applies_no_more_effec
     );
     let (mut a, _stop_a) = host("a", sink_a.clone());
     a.restore().await.unwrap();
+    let reads = || log.0.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let restored = reads();
+    // Two batches, the second checked while the first's checkpoint is
+    // still in hand: A's own records are not taken for another writer's,
+    // and nothing is read.
     a.handle(vec![record(0, "e1", "v", 1, None)]).await.unwrap();
+    // Its checkpoint acknowledged, not yet settled.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.handle(vec![record(1, "e1b", "w", 1, None)])
+        .await
+        .unwrap();
     a.settle().await.unwrap();
+    assert_eq!(reads(), restored, "no changelog read while A is the owner");
     // The brokers give the partition to B as well, and A is never told.
     let (mut b, _stop_b) = host("b", sink_b.clone());
     b.restore().await.unwrap();
-    let out = a.handle(vec![record(1, "e2", "v", 2, None)]).await;
+    let out = a.handle(vec![record(2, "e2", "v", 2, None)]).await;
     assert_eq!(out, Err(Stopped), "A stops at B's claim");
     assert!(a.fenced());
     assert_eq!(
         *sink_a.0.lock().unwrap(),
-        ["e1"],
+        ["e1", "e1b"],
         "A applied nothing after B's claim"
     );
     // B, the owner now, applies e2 once.
-    b.handle(vec![record(1, "e2", "v", 2, None)]).await.unwrap();
+    b.handle(vec![record(2, "e2", "v", 2, None)]).await.unwrap();
     b.settle().await.unwrap();
     assert_eq!(*sink_b.0.lock().unwrap(), ["e2"]);
     assert!(!b.fenced());

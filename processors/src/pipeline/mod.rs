@@ -452,6 +452,8 @@ pub struct PartitionPipeline {
     /// The checkpoint being written, at most one (see
     /// [`checkpoint`](Self::checkpoint)).
     writing: Option<tokio::task::JoinHandle<Result<Written, Stopped>>>,
+    /// State changelog records of the checkpoint being written.
+    writing_records: usize,
     /// With state: events applied whose checkpoint is not acknowledged
     /// yet, (source, event id): duplicates for this worker, recorded in
     /// the dedupe store once acknowledged.
@@ -598,6 +600,7 @@ impl PartitionPipeline {
             durable: None,
             durable_returned: None,
             writing: None,
+            writing_records: 0,
             unconfirmed: HashSet::new(),
         }
     }
@@ -1319,6 +1322,7 @@ impl PartitionPipeline {
         self.dirty.clear();
         let ledger_record = state.ledger_record(&c);
         let state_records = state.state_records(&c);
+        self.writing_records = state_records.len();
         let retry = Retry {
             partition: self.partition,
             stop: self.stop.clone(),
@@ -1421,6 +1425,7 @@ impl PartitionPipeline {
         let started = Instant::now();
         let result = handle.await;
         self.writing = None;
+        self.writing_records = 0;
         self.shared
             .metrics
             .state_checkpoint_seconds
@@ -1651,6 +1656,11 @@ impl PartitionPipeline {
             stores.changelog.as_ref(),
             self.partition,
             state.own_through(),
+            if self.writing.is_some() {
+                self.writing_records
+            } else {
+                0
+            },
         )
         .await
         {

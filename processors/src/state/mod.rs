@@ -210,17 +210,19 @@ pub trait Changelog: Send + Sync {
 }
 
 /// Whether another owner claimed `partition` in `changelog` after offset
-/// `own_through` (the last this owner wrote): a broker that gave one
-/// partition to two members at once (tansu 0.6 can, across generations).
-/// Reads only what others wrote since; a claim there is necessarily newer
-/// than this owner's.
+/// `own_through` (the last this owner wrote, with `in_flight` more of its
+/// records being written): a broker that gave one partition to two
+/// members at once (tansu 0.6 can, across generations). One high-watermark
+/// request; the records are read only when others wrote since (a claim
+/// there is necessarily newer than this owner's).
 pub async fn superseded(
     changelog: &dyn Changelog,
     partition: i32,
     own_through: i64,
+    in_flight: usize,
 ) -> Result<bool, String> {
     let (_, next) = changelog.bounds(partition).await?;
-    if next <= own_through + 1 {
+    if next <= own_through + 1 + in_flight as i64 {
         return Ok(false);
     }
     let mut claimed = false;
