@@ -13,7 +13,7 @@ use crate::address::Cidrs;
 use crate::config::{Config, Extract, SourceConfig};
 use crate::handshake::Subscription;
 use crate::rate_limit::TokenBucket;
-use crate::signature::{self, Scheme};
+use crate::signature::{self, Scheme, VerifyError};
 use crate::tls::ClientCa;
 
 /// Longest event id or ordering key taken from a request; a longer one is
@@ -71,6 +71,30 @@ pub struct Source {
     pub subscription: Option<Subscription>,
     /// The CAs a client certificate must chain to (`mtls`), if any.
     pub client_ca: Option<ClientCa>,
+}
+
+/// The headers a source copies into the envelope, lower-cased.
+fn forward_headers(config: &SourceConfig) -> Vec<HeaderName> {
+    config
+        .forward_headers
+        .iter()
+        .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
+        .collect()
+}
+
+/// The scheme of a source built for polling: it holds no secret and
+/// verifies nothing.
+#[derive(Debug)]
+struct NotServed;
+
+impl Scheme for NotServed {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+
+    fn verify(&self, _: &HeaderMap, _: &[u8]) -> Result<crate::signature::Verified, VerifyError> {
+        Err(VerifyError::Mismatch)
+    }
 }
 
 /// What was taken out of one request.
@@ -143,11 +167,6 @@ impl Source {
         }
         let scheme = signature::build(&config.signature)
             .map_err(|e| vec![format!("{at}.signature.secrets: {e}")])?;
-        let forward_headers = config
-            .forward_headers
-            .iter()
-            .filter_map(|h| HeaderName::try_from(h.to_ascii_lowercase()).ok())
-            .collect();
         Ok(Source {
             name: Arc::from(name),
             scheme,
@@ -155,7 +174,7 @@ impl Source {
             event_id: config.event_id.clone(),
             ordering_key: config.ordering_key.clone(),
             sequence: config.sequence.clone(),
-            forward_headers,
+            forward_headers: forward_headers(config),
             allow,
             rate_limit: config
                 .rate_limit
@@ -165,6 +184,28 @@ impl Source {
             subscription,
             client_ca,
         })
+    }
+
+    /// The source as `ingest poll` needs it: how an event's id, ordering
+    /// key and sequence are read, the headers kept, the body limit. None of
+    /// what verifies a webhook is loaded (signing secrets, the subscription
+    /// token, the mTLS CA, the address list), so the poller is never given
+    /// a webhook secret; its `scheme` refuses every signature.
+    pub fn for_polling(name: &str, config: &SourceConfig) -> Source {
+        Source {
+            name: Arc::from(name),
+            scheme: Box::new(NotServed),
+            max_body_bytes: config.max_body_bytes,
+            event_id: config.event_id.clone(),
+            ordering_key: config.ordering_key.clone(),
+            sequence: config.sequence.clone(),
+            forward_headers: forward_headers(config),
+            allow: None,
+            rate_limit: None,
+            url_verification: false,
+            subscription: None,
+            client_ca: None,
+        }
     }
 
     /// Builds every configured source, reporting every failure at once.
@@ -272,6 +313,34 @@ mod tests {
         )
         .unwrap();
         Source::build("purple", &config.sources["purple"]).unwrap()
+    }
+
+    #[test]
+    fn a_source_for_polling_needs_no_webhook_secret_and_reads_events_alike() {
+        let config = Config::from_toml(
+            r#"
+            [sources.purple]
+            signature = { scheme = "purple", secrets = [{ id = "a", env = "INGEST_TEST_SURELY_UNSET_SECRET" }] }
+            ordering_key = { pointer = "/venue/id" }
+            sequence = { pointer = "/sequence" }
+            forward_headers = ["User-Agent"]
+            "#,
+        )
+        .unwrap();
+        let sc = &config.sources["purple"];
+        let err = Source::build("purple", sc).err().unwrap().join("; ");
+        assert!(
+            err.contains("INGEST_TEST_SURELY_UNSET_SECRET"),
+            "serving needs the secret: {err}"
+        );
+        let polled = Source::for_polling("purple", sc);
+        let body = br#"{"id":"evt_1","sequence":7,"venue":{"id":"venue-017"}}"#;
+        assert_eq!(
+            polled.extract(&HeaderMap::new(), body),
+            source().extract(&HeaderMap::new(), body)
+        );
+        assert_eq!(polled.forward_headers, ["user-agent"]);
+        assert!(polled.scheme.verify(&HeaderMap::new(), body).is_err());
     }
 
     #[test]

@@ -802,18 +802,23 @@ fn every_secret_an_overlay_uses_is_documented_and_every_config_accepts_its_conta
                     continue;
                 }
             };
-            // `ingest serve` never reads the poll tables' API tokens; only
-            // the poller's container holds them.
+            // `ingest serve` never reads the poll tables' API tokens, and
+            // `ingest poll` never reads the webhook signing secrets: each
+            // container holds only its own command's secrets.
             let bin = Rendered::binary(&c);
             let command = Rendered::subcommand(&c);
             let mut table = table;
             if bin == "ingest"
-                && command != "poll"
                 && let Some(sources) = table.get_mut("sources").and_then(toml::Value::as_table_mut)
             {
+                let unread = if command == "poll" {
+                    "signature"
+                } else {
+                    "poll"
+                };
                 for (_, source) in sources.iter_mut() {
                     if let Some(t) = source.as_table_mut() {
-                        t.remove("poll");
+                        t.remove(unread);
                     }
                 }
             }

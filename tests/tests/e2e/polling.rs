@@ -778,6 +778,20 @@ poll = { url = "not a url", token_env = "E2E_SURELY_UNSET_POLL_TOKEN", page_size
         !ok && err.contains("E2E_SURELY_UNSET_POLL_TOKEN is not set"),
         "{err}"
     );
+    // The poller verifies no webhook, so `--for poll` does not ask for the
+    // signing secret (its container does not hold it); `serve` does.
+    let unsigned = good
+        .replace(
+            "env = \"PATH\"",
+            "env = \"E2E_SURELY_UNSET_SIGNING_SECRET\"",
+        )
+        .replace("E2E_SURELY_UNSET_POLL_TOKEN", "PATH");
+    assert_eq!(check(&["--for", "poll"], &unsigned), (true, String::new()));
+    let (ok, err) = check(&["--for", "serve"], &unsigned);
+    assert!(
+        !ok && err.contains("E2E_SURELY_UNSET_SIGNING_SECRET is not set"),
+        "{err}"
+    );
     // For `poll`, a file without a poll table is named.
     let receives: String = good
         .lines()
