@@ -169,6 +169,47 @@ fn raw_request(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A sender that shuts down its side of the connection once its request is
+/// written (some HTTP clients and proxies do) still waits for the answer:
+/// the request is stored and answered 200, not dropped when the read side
+/// ends while the record is on its way to Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_half_closes_after_its_request_still_gets_its_answer() {
+    let broker = Broker::start();
+    broker.create_topic("raw-half-close", 1).await;
+    let ingest = Ingest::start(
+        &purple_config(
+            &broker.brokers(),
+            "raw-half-close",
+            &[("current", "E2E_SECRET")],
+            "",
+        ),
+        &secrets_env(),
+    );
+    ingest.wait_ready().await;
+    let body = purple_event("evt_half_close", "venue-1", 1);
+    let mut request = format!(
+        "POST /webhooks/purple HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-purple-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        purple_signature(SECRET, &body),
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let addr = ingest.addr;
+    let answer = tokio::task::spawn_blocking(move || raw_request(addr, &request))
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "a half-closing sender got no answer: {answer:?}\n{}",
+        ingest.log()
+    );
+    assert!(answer.contains("evt_half_close"), "{answer}");
+    let records = read_topic(&broker.brokers(), "raw-half-close").await;
+    assert_eq!(records.len(), 1, "the answered request is stored once");
+    assert_eq!(Envelope::decode(&records[0].value).unwrap().body, body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_its_code_and_leaves_no_trace() {
     let broker = Broker::start();
