@@ -41,8 +41,13 @@ pub enum LogFormat {
 pub fn init_logs(format: LogFormat, filter_env: &str) {
     let filter = EnvFilter::try_from_env(filter_env)
         .unwrap_or_else(|_| EnvFilter::new("info,librdkafka=warn"));
+    // Colour only for a person at a terminal: a log collector (kubectl
+    // logs, Loki, a file) gets plain `key=value` text it can search.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

@@ -246,6 +246,18 @@ subscription = {{ verify_token = {{ id = "hub", env = "E2E_ACCESS_TOKEN" }} }}
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "1158201444");
+    // Each handshake's log line names its source and kind.
+    let log = ingest.log();
+    for (source, kind) in [("chat", "url_verification"), ("hub", "subscription")] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("challenge handshake answered")
+                    && l.contains(&format!("source={source}"))
+                    && l.contains(&format!("kind=\"{kind}\""))
+                    && l.contains("request_id=")),
+            "no handshake line for {source}:\n{log}"
+        );
+    }
     let r = client
         .get(format!("{hub}?hub.challenge=1&hub.verify_token=wrong"))
         .send()
@@ -305,6 +317,23 @@ subscription = {{ verify_token = {{ id = "hub", env = "E2E_ACCESS_TOKEN" }} }}
     .await;
     assert_eq!(o.status, 403, "{o:?}");
     assert_eq!(o.body["error"]["code"], "address_not_allowed");
+    // Its log line says which source and which request it was about.
+    let body = purple_event("evt_guarded_loopback_2", "venue-1", 3);
+    let r = client
+        .post(&guarded)
+        .header("x-request-id", "guarded-req-0001")
+        .header("x-purple-signature", e2e::purple_signature(SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let log = ingest.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("not in the allow-list") && l.contains("guarded-req-0001"))
+        .unwrap_or_else(|| panic!("no allow-list line for the request id:\n{log}"));
+    assert!(line.contains("source=guarded"), "{line}");
     let body = purple_event("evt_guarded_proxied", "venue-1", 2);
     let r = client
         .post(&guarded)
@@ -353,7 +382,7 @@ subscription = {{ verify_token = {{ id = "hub", env = "E2E_ACCESS_TOKEN" }} }}
     for line in [
         r#"ingest_handshakes_total{kind="url_verification",source="chat"} 1"#,
         r#"ingest_handshakes_total{kind="subscription",source="hub"} 1"#,
-        r#"ingest_refusals_total{code="address_not_allowed",source="guarded"} 1"#,
+        r#"ingest_refusals_total{code="address_not_allowed",source="guarded"} 2"#,
         r#"ingest_refusals_total{code="rate_limited",source="limited"} 8"#,
         r#"ingest_refusals_total{code="verify_token_invalid",source="hub"} 1"#,
         r#"ingest_requests_total{source="limited",status="429"} 8"#,
