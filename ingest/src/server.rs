@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -29,12 +28,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower::ServiceExt as _;
 
 use crate::address::Cidrs;
 use crate::config::Config;
 use crate::durability::{self, DurabilityState};
-use crate::http::{AppState, Shared, admin_router, public_router, router};
+use crate::http::{AppState, Front, Shared, admin_router};
 use crate::metrics::Metrics;
 use crate::producer::KafkaProducer;
 use crate::source::Source;
@@ -165,7 +163,7 @@ pub async fn serve(
     });
     let mut graceful_rx = drain_rx.clone();
     let app = match config.server.admin_listen {
-        None => router(state),
+        None => Front::new(state, true),
         Some(at) => {
             let admin = TcpListener::bind(at)
                 .await
@@ -178,7 +176,7 @@ pub async fn serve(
                     tracing::warn!(error = %e, "admin port stopped");
                 }
             });
-            public_router(state)
+            Front::new(state, false)
         }
     };
     let limits = ConnLimits::from(&config.server);
@@ -273,7 +271,7 @@ impl From<&crate::config::ServerConfig> for ConnLimits {
 /// server reset them is sent GOAWAY and disconnected.
 pub async fn serve_connections(
     listener: TcpListener,
-    app: Router,
+    front: Front,
     limits: ConnLimits,
     tls: Option<Tls>,
     stop: impl std::future::Future<Output = ()>,
@@ -320,7 +318,7 @@ pub async fn serve_connections(
             () = &mut stop => break,
         };
         let conn = Conn {
-            app: app.clone(),
+            front: front.clone(),
             builder: builder.clone(),
             watcher: graceful.watcher(),
             peer,
@@ -354,8 +352,8 @@ pub async fn serve_connections(
 
 /// What serving one accepted connection needs.
 struct Conn {
-    /// The router.
-    app: Router,
+    /// The webhook port's handlers.
+    front: Front,
     /// hyper's connection builder, with the limits.
     builder: auto::Builder<TokioExecutor>,
     /// Keeps the graceful shutdown waiting for this connection.
@@ -373,7 +371,7 @@ impl Conn {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Conn {
-            app,
+            front,
             builder,
             watcher,
             peer,
@@ -383,7 +381,8 @@ impl Conn {
             if let Some(certs) = &certs {
                 req.extensions_mut().insert(certs.clone());
             }
-            app.clone().oneshot(req.map(Body::new))
+            let answer = front.call(req.map(Body::new));
+            async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(conn).await {
