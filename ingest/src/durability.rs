@@ -140,12 +140,36 @@ impl DurabilityState {
 
 /// Reads the topic's replica count and `min.insync.replicas`. An error
 /// means the brokers could not be asked at all.
+///
+/// The admin client is created and dropped on the blocking pool: both
+/// block (its threads are started, then joined, and the join waits out the
+/// client's 100 ms queue poll). On a runtime worker that stalled every
+/// request the worker served, once a minute, long enough for a sender's
+/// new connections to overflow the listen queue and wait a second for
+/// their SYN to be sent again.
 pub async fn inspect(
     settings: &ClientConfig,
     topic: &str,
     timeout: Duration,
 ) -> Result<TopicDurability, rdkafka::error::KafkaError> {
-    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(settings.create()?);
+    let blocking_failed =
+        |_| rdkafka::error::KafkaError::AdminOp(rdkafka::types::RDKafkaErrorCode::Fail);
+    let settings = settings.clone();
+    let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
+        tokio::task::spawn_blocking(move || settings.create())
+            .await
+            .map_err(blocking_failed)??,
+    );
+    let reading = read_with(&admin, topic, timeout).await;
+    drop(tokio::task::spawn_blocking(move || drop(admin)));
+    reading
+}
+
+async fn read_with(
+    admin: &Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<TopicDurability, rdkafka::error::KafkaError> {
     let probe = admin.clone();
     let name = topic.to_owned();
     let replication_factor = tokio::task::spawn_blocking(move || {
@@ -191,6 +215,34 @@ pub async fn inspect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With one runtime thread (as a pod limited to one core runs), a task
+    /// that ticks every 5 ms must never wait long while readings run; the
+    /// admin client's creation and drop on the worker stalled it 100 ms.
+    /// No broker is needed: the drop blocks either way.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reading_never_blocks_the_runtime() {
+        let mut settings = ClientConfig::new();
+        settings.set("bootstrap.servers", "127.0.0.1:1");
+        let ticker = tokio::spawn(async {
+            let mut worst = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            for _ in 0..200 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                worst = worst.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            worst
+        });
+        for _ in 0..3 {
+            let _ = inspect(&settings, "raw", Duration::from_millis(200)).await;
+        }
+        let worst = ticker.await.unwrap();
+        assert!(
+            worst < Duration::from_millis(50),
+            "the runtime's only thread was blocked for {worst:?}"
+        );
+    }
 
     #[test]
     fn shortfalls_name_each_setting_and_unknown_is_not_good() {
