@@ -364,6 +364,7 @@ fn endless_post(path: &str) -> (Request<Body>, tokio::sync::mpsc::Sender<Vec<u8>
     (req, tx)
 }
 
+#[derive(Debug, PartialEq)]
 struct Answer {
     status: StatusCode,
     headers: axum::http::HeaderMap,
@@ -387,6 +388,11 @@ async fn answer(app: &axum::Router, req: Request<Body>) -> Answer {
         .await
         .expect("answered without reading the body")
         .unwrap();
+    collect(resp).await
+}
+
+/// Status, headers and body of one answer.
+async fn collect(resp: axum::response::Response) -> Answer {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp
@@ -895,25 +901,6 @@ async fn a_source_with_mtls_refuses_requests_without_a_client_certificate_from_i
     );
 }
 
-/// Status, headers and body of one answer, for comparing two answers.
-async fn whole(resp: axum::response::Response) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
-    let status = resp.status();
-    let mut headers: Vec<(String, String)> = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_string()))
-        .collect();
-    headers.sort();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
-}
-
 /// The webhook port's front takes signed POSTs to `/webhooks/{source}`
 /// straight to the handler and everything else to the router: for every
 /// method on paths that are webhook routes, near misses of them, names
@@ -976,14 +963,14 @@ async fn the_front_answers_every_method_and_path_as_the_router_does() {
                     .body(Body::from(body.clone()))
                     .unwrap()
             };
-            let by_router = whole(router.clone().oneshot(request()).await.unwrap()).await;
-            let by_front = whole(front.call(request()).await).await;
+            let by_router = collect(router.clone().oneshot(request()).await.unwrap()).await;
+            let by_front = collect(front.call(request()).await).await;
             assert_eq!(by_front, by_router, "{method} {path}");
         }
     }
     // The signed POSTs did reach the handler both ways: no broker, so 503.
-    let a = whole(front.call(post("/webhooks/purple", BODY, Some(&sig))).await).await;
-    assert_eq!(a.0, StatusCode::SERVICE_UNAVAILABLE);
+    let a = collect(front.call(post("/webhooks/purple", BODY, Some(&sig))).await).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     // Three of the paths name purple (one through `%70`, one with a
     // query): each reached its handler both ways, and once more above.
     let text = metrics_text(&router).await;
