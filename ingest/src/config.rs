@@ -115,6 +115,14 @@ pub struct ServerConfig {
     /// balancer that ends TLS. The admin port stays plain either way.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Threads running the webhook server (tokio's workers), 1 to 256.
+    /// Unset: `TOKIO_WORKER_THREADS` if set, else one per CPU this process
+    /// may use (its affinity and its cgroup's CPU quota). One worker costs
+    /// the least CPU per webhook (fewer wake-ups between threads, see
+    /// BENCHMARKS.md) and serves one core's worth; scale out with more
+    /// instances rather than more workers.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Kafka producer settings.
@@ -349,6 +357,7 @@ impl Default for ServerConfig {
             max_headers: default_max_headers(),
             http2_max_streams: default_http2_max_streams(),
             tls: None,
+            worker_threads: None,
         }
     }
 }
@@ -597,6 +606,14 @@ impl Config {
         }
         if !(1..=1000).contains(&s.http2_max_streams) {
             p.push("server.http2_max_streams: must be between 1 and 1000".into());
+        }
+        if let Some(n) = s.worker_threads
+            && !(1..=plumbing::runtime::MAX_WORKER_THREADS).contains(&n)
+        {
+            p.push(format!(
+                "server.worker_threads: must be between 1 and {}",
+                plumbing::runtime::MAX_WORKER_THREADS
+            ));
         }
         if s.retry_after.as_secs() == 0 {
             p.push("server.retry_after: must be at least 1s".into());
@@ -849,6 +866,27 @@ mod tests {
         for field in ["header_read_timeout", "max_header_bytes", "max_headers"] {
             assert!(all.contains(&format!("server.{field}")), "{all}");
         }
+    }
+
+    #[test]
+    fn worker_threads_is_unset_by_default_and_bounded() {
+        assert_eq!(Config::from_toml(GOOD).unwrap().server.worker_threads, None);
+        let one = GOOD.replace("[server]", "[server]\nworker_threads = 1");
+        assert_eq!(
+            Config::from_toml(&one).unwrap().server.worker_threads,
+            Some(1)
+        );
+        for bad in ["0", "257"] {
+            let text = GOOD.replace("[server]", &format!("[server]\nworker_threads = {bad}"));
+            let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+            assert!(
+                all.contains("server.worker_threads: must be between 1 and 256"),
+                "{bad}: {all}"
+            );
+        }
+        let text = GOOD.replace("[server]", "[server]\nworker_threads = -1");
+        let all = Config::from_toml(&text).unwrap_err().problems.join("\n");
+        assert!(all.contains("server.worker_threads"), "{all}");
     }
 
     #[test]

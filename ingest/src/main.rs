@@ -339,7 +339,7 @@ fn send(args: SendArgs) -> ExitCode {
         }
     };
     let linger = args.api.api_linger;
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -474,15 +474,14 @@ fn config_failure(path: &std::path::Path, problems: Vec<String>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// A multi-threaded tokio runtime, or the reason printed and the exit code.
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
+/// A multi-threaded tokio runtime with `workers` workers (unset: from
+/// `TOKIO_WORKER_THREADS`, else one per CPU this process may use), or the
+/// reason printed and the exit code.
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    plumbing::runtime::build(workers).map_err(|e| {
+        eprintln!("ingest: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn serve(path: &std::path::Path) -> ExitCode {
@@ -502,16 +501,17 @@ fn serve(path: &std::path::Path) -> ExitCode {
         Some(Err(problems)) => return config_failure(path, problems),
     };
     plumbing::init_logs(config.log.format, "INGEST_LOG");
-    let runtime = match runtime() {
+    let runtime = match runtime(config.server.worker_threads) {
         Ok(r) => r,
         Err(code) => return code,
     };
+    let workers = runtime.metrics().num_workers();
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, sources = config.sources.len(), topic = %config.kafka.topic, "listening");
+        tracing::info!(%addr, workers, sources = config.sources.len(), topic = %config.kafka.topic, "listening");
         // One machine-readable line on stdout for scripts and test harnesses.
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("listening on {scheme}://{addr}");
@@ -562,7 +562,7 @@ fn poll(path: &std::path::Path) -> ExitCode {
         return config_failure(path, problems);
     }
     plumbing::init_logs(config.log.format, "INGEST_LOG");
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -13,6 +13,8 @@
 //! - [`kafka`]: TLS and SASL to the brokers (`[kafka.security]`) and
 //!   [`kafka::client_config`], where every librdkafka client's settings
 //!   start;
+//! - [`runtime::build`]: the tokio runtime, its worker count from the
+//!   binary's setting, `TOKIO_WORKER_THREADS` or the CPUs it may use;
 //! - [`metrics::Catalogue`]: one Prometheus registry per process that also
 //!   lists what was declared in it (for the naming and dashboard checks).
 //!
@@ -20,6 +22,7 @@
 
 pub mod kafka;
 pub mod metrics;
+pub mod runtime;
 
 use rdkafka::config::RDKafkaLogLevel;
 use serde::Deserialize;

@@ -89,10 +89,10 @@ fn run(path: &Path) -> ExitCode {
         }
     };
     plumbing::init_logs(config.log.format, "PROCESSORS_LOG");
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match plumbing::runtime::build(None) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("processors: {e}");
             return ExitCode::FAILURE;
         }
     };

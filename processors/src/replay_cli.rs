@@ -100,8 +100,8 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|e| {
-        eprintln!("processors: cannot start the runtime: {e}");
+    plumbing::runtime::build(None).map_err(|e| {
+        eprintln!("processors: {e}");
         ExitCode::FAILURE
     })
 }

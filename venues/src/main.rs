@@ -51,10 +51,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     plumbing::init_logs(config.log.format, "VENUES_LOG");
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match plumbing::runtime::build(None) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            eprintln!("venues: {e}");
             return ExitCode::FAILURE;
         }
     };

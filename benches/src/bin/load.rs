@@ -112,6 +112,10 @@ struct Args {
     /// applied to the ceiling producer too.
     #[arg(long, default_value = "")]
     kafka_extra: String,
+    /// Extra lines for ingest's `[server]` section (e.g. `worker_threads =
+    /// 1`); an ingest built before a setting existed refuses it by name.
+    #[arg(long, default_value = "")]
+    server_extra: String,
     /// Name of the results file in target/bench-results (without .json).
     #[arg(long, default_value = "load")]
     name: String,
@@ -995,7 +999,12 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
     let broker = e2e::Broker::start();
     broker.create_topic(TOPIC, args.partitions).await;
     let config = e2e::purple_config(&broker.brokers(), TOPIC, &[("current", SECRET_ENV)], "")
-        .replacen("[kafka]\n", &format!("[kafka]\n{}\n", args.kafka_extra), 1);
+        .replacen("[kafka]\n", &format!("[kafka]\n{}\n", args.kafka_extra), 1)
+        .replacen(
+            "[server]\n",
+            &format!("[server]\n{}\n", args.server_extra),
+            1,
+        );
     let dir = tempfile::tempdir()?;
     let (ingest, addr) = start_ingest(&bin, dir.path(), &config)?;
     let pid = ingest.0.id();
@@ -1329,6 +1338,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
             "sustain_seconds": args.sustain.as_secs_f64(),
             "ceiling_window": window,
             "kafka_extra": args.kafka_extra,
+            "server_extra": args.server_extra,
             "ingest_config": config,
         },
         "ceiling_before": c1.json(serde_json::json!({"cpu": c1_cpu.json(c1.accepted)})),

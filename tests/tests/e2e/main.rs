@@ -29,6 +29,7 @@ mod processors;
 mod producer_patch;
 mod replay;
 mod retention;
+mod runtime;
 mod scale;
 mod secrets;
 mod slow_clients;
