@@ -139,11 +139,11 @@ pub struct KafkaConfig {
     #[serde(default = "default_client_id")]
     pub client_id: String,
     /// How long the producer waits to batch records (librdkafka `linger.ms`).
-    /// 5 ms by default: librdkafka's idempotent producer keeps one produce
-    /// request in flight per partition and busy-polls while records that
-    /// outlived their linger wait for it (see BENCHMARKS.md), so a linger
-    /// near the broker's round trip halves ingest's CPU per request at
-    /// moderate load for no measurable latency cost.
+    /// 5 ms by default: more records per produce request, so fewer requests
+    /// and thread wake-ups per webhook. Chosen by a sweep from 2 to 20 ms
+    /// (BENCHMARKS.md, "Earlier figures"), taken while the unpatched
+    /// librdkafka still busy-polled during its linger; the patched one
+    /// (`vendor/rdkafka-sys/PATCHES.md`) no longer does.
     #[serde(default = "default_linger", with = "humantime_serde")]
     pub linger: Duration,
     /// How long the producer keeps retrying a record (librdkafka
