@@ -20,25 +20,124 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-/// The values at `pointers` in `body`, in order; `None` when the body is
-/// not JSON, a `None` entry where a pointer names nothing (or is not a
-/// pointer).
-pub fn values_at(body: &[u8], pointers: &[&str]) -> Option<Vec<Option<Value>>> {
-    let root: &RawValue = serde_json::from_slice(body).ok()?;
-    let tokens: Vec<Option<Vec<String>>> = pointers.iter().map(|p| parse(p)).collect();
-    let paths: Vec<(usize, &[String])> = tokens
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.as_deref().map(|t| (i, t)))
-        .collect();
-    let mut found = vec![None; pointers.len()];
-    find(root, &paths, &mut found);
-    Some(
-        found
-            .into_iter()
-            .map(|raw| raw.and_then(|r: &RawValue| serde_json::from_str(r.get()).ok()))
-            .collect(),
-    )
+/// `N` JSON pointers, parsed once (a source's three, when it is built) and
+/// looked up in each body without allocating.
+#[derive(Debug, Clone)]
+pub struct Pointers<const N: usize> {
+    /// Each pointer's reference tokens; `None` for no pointer, or text
+    /// that is not one.
+    tokens: [Option<Vec<String>>; N],
+}
+
+impl<const N: usize> Pointers<N> {
+    /// Parses `pointers`; `None` entries, and text that is not a pointer,
+    /// name nothing.
+    pub fn new(pointers: [Option<&str>; N]) -> Self {
+        Pointers {
+            tokens: pointers.map(|p| p.and_then(parse)),
+        }
+    }
+
+    /// The raw text (borrowed from `body`) of the value at each pointer,
+    /// in order; `None` when the body is not JSON, a `None` entry where a
+    /// pointer names nothing.
+    pub fn raw_values<'b>(&self, body: &'b [u8]) -> Option<[Option<&'b RawValue>; N]> {
+        let text = std::str::from_utf8(body).ok()?;
+        let mut found = [None; N];
+        let live = std::array::from_fn(|i| self.tokens[i].is_some());
+        let (deeper, n, ends) = self.next_tokens(live, 0);
+        if ends {
+            // A pointer names the whole body: its raw text is the answer.
+            let root: &RawValue = serde_json::from_str(text).ok()?;
+            self.find(root, live, 0, &mut found);
+        } else if n == 0 {
+            // No pointer at all: only whether the body is JSON.
+            serde_json::from_str::<IgnoredAny>(text).ok()?;
+        } else {
+            // The body's members read straight from it, without first
+            // taking its raw text (which allocates for nested values).
+            let mut de = serde_json::Deserializer::from_str(text);
+            self.members(&mut de, &deeper[..n], live, 0, &mut found)
+                .ok()?;
+            de.end().ok()?;
+        }
+        Some(found)
+    }
+
+    /// The `depth`th token of pointer `i`, if it is live and that long.
+    fn token(&self, i: usize, depth: usize) -> Option<&str> {
+        self.tokens[i].as_ref()?.get(depth).map(String::as_str)
+    }
+
+    /// The distinct tokens the `live` pointers take at `depth`, how many,
+    /// and whether a live pointer ends there.
+    fn next_tokens(&self, live: [bool; N], depth: usize) -> ([&str; N], usize, bool) {
+        let mut deeper = [""; N];
+        let mut n = 0;
+        let mut ends = false;
+        for i in (0..N).filter(|&i| live[i]) {
+            match self.token(i, depth) {
+                None => ends = true,
+                Some(t) => {
+                    if !deeper[..n].contains(&t) {
+                        deeper[n] = t;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        (deeper, n, ends)
+    }
+
+    /// Follows the `live` pointers from `raw`, which their first `depth`
+    /// tokens led to, filling `found`.
+    fn find<'a>(
+        &self,
+        raw: &'a RawValue,
+        live: [bool; N],
+        depth: usize,
+        found: &mut [Option<&'a RawValue>; N],
+    ) {
+        let (deeper, n, ends) = self.next_tokens(live, depth);
+        if ends {
+            for i in (0..N).filter(|&i| live[i] && self.token(i, depth).is_none()) {
+                found[i] = Some(raw);
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        // A member that is not an object or array simply has no members.
+        let _ = self.members(&mut de, &deeper[..n], live, depth, found);
+    }
+
+    /// Reads, in one pass over the object or array `de` is at, the members
+    /// `deeper` names, and follows the live pointers into them.
+    fn members<'a>(
+        &self,
+        de: &mut serde_json::Deserializer<serde_json::de::StrRead<'a>>,
+        deeper: &[&str],
+        live: [bool; N],
+        depth: usize,
+        found: &mut [Option<&'a RawValue>; N],
+    ) -> Result<(), serde_json::Error> {
+        let members = (Members::<N> { tokens: deeper }).deserialize(de)?;
+        for (k, token) in deeper.iter().enumerate() {
+            let Some(member) = members[k] else { continue };
+            let next = std::array::from_fn(|i| live[i] && self.token(i, depth) == Some(*token));
+            self.find(member, next, depth + 1, found);
+        }
+        Ok(())
+    }
+}
+
+/// The values at `pointers` in `body`, parsed, in order; `None` when the
+/// body is not JSON, a `None` entry where a pointer names nothing (or is
+/// not a pointer).
+pub fn values_at<const N: usize>(body: &[u8], pointers: [&str; N]) -> Option<[Option<Value>; N]> {
+    let raw = Pointers::new(pointers.map(Some)).raw_values(body)?;
+    Some(raw.map(|r| r.and_then(|r| serde_json::from_str(r.get()).ok())))
 }
 
 /// A pointer's reference tokens; `None` when it is not a pointer.
@@ -62,60 +161,30 @@ fn index(token: &str) -> Option<usize> {
     token.parse().ok()
 }
 
-/// Follows each `(slot, tokens)` path from `raw`, filling `found[slot]`.
-fn find<'a>(raw: &'a RawValue, paths: &[(usize, &[String])], found: &mut [Option<&'a RawValue>]) {
-    let mut deeper: Vec<&str> = Vec::new();
-    for (slot, tokens) in paths {
-        match tokens.first() {
-            None => found[*slot] = Some(raw),
-            Some(t) => {
-                if !deeper.contains(&t.as_str()) {
-                    deeper.push(t);
-                }
-            }
-        }
-    }
-    if deeper.is_empty() {
-        return;
-    }
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let Ok(members) = (Members { tokens: &deeper }).deserialize(&mut de) else {
-        return;
-    };
-    for (i, token) in deeper.iter().enumerate() {
-        let Some(member) = members[i] else { continue };
-        let next: Vec<(usize, &[String])> = paths
-            .iter()
-            .filter(|(_, t)| t.first().map(String::as_str) == Some(token))
-            .map(|(slot, t)| (*slot, &t[1..]))
-            .collect();
-        find(member, &next, found);
-    }
-}
-
-/// One pass over an object or array: the raw text of the member each token
-/// names (the last, for a key that repeats), nothing for other values.
-struct Members<'t> {
+/// One pass over an object or array: the raw text of the member each of
+/// at most `N` tokens names (the last, for a key that repeats), nothing for
+/// other values.
+struct Members<'t, const N: usize> {
     tokens: &'t [&'t str],
 }
 
-impl<'de> DeserializeSeed<'de> for Members<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
+impl<'de, const N: usize> DeserializeSeed<'de> for Members<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Members<'_> {
-    type Value = Vec<Option<&'de RawValue>>;
+impl<'de, const N: usize> Visitor<'de> for Members<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any JSON value")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = vec![None; self.tokens.len()];
+        let mut out = [None; N];
         while let Some(hit) = map.next_key_seed(Key {
             tokens: self.tokens,
         })? {
@@ -130,9 +199,10 @@ impl<'de> Visitor<'de> for Members<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let wanted: Vec<Option<usize>> = self.tokens.iter().map(|t| index(t)).collect();
+        let wanted: [Option<usize>; N] =
+            std::array::from_fn(|i| self.tokens.get(i).and_then(|t| index(t)));
         let last = wanted.iter().flatten().max().copied();
-        let mut out = vec![None; self.tokens.len()];
+        let mut out = [None; N];
         let mut at = 0usize;
         loop {
             if last.is_some_and(|l| at <= l) {
@@ -154,22 +224,22 @@ impl<'de> Visitor<'de> for Members<'_> {
 
     // Scalars have no members.
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(vec![None; self.tokens.len()])
+        Ok([None; N])
     }
 }
 
@@ -254,8 +324,8 @@ mod tests {
             let mut all = Vec::new();
             pointers(&doc, String::new(), &mut all);
             all.push("no-slash".into());
-            let chosen: Vec<&str> = pick.iter().map(|i| all[i.index(all.len())].as_str()).collect();
-            let got = values_at(&text, &chosen).unwrap();
+            let chosen: [&str; 4] = std::array::from_fn(|k| all[pick[k % pick.len()].index(all.len())].as_str());
+            let got = values_at(&text, chosen).unwrap();
             let parsed: Value = serde_json::from_slice(&text).unwrap();
             for (p, g) in chosen.iter().zip(&got) {
                 prop_assert_eq!(g.as_ref(), parsed.pointer(p), "pointer {:?} in {}", p, String::from_utf8_lossy(&text));
@@ -266,21 +336,21 @@ mod tests {
     #[test]
     fn the_last_of_repeated_keys_wins_as_in_serde_json() {
         let body = br#"{"id":"a","venue":{"id":"v1"},"id":"b","venue":{"id":"v2"}}"#;
-        let got = values_at(body, &["/id", "/venue/id"]).unwrap();
+        let got = values_at(body, ["/id", "/venue/id"]).unwrap();
         assert_eq!(got, [Some(Value::from("b")), Some(Value::from("v2"))]);
     }
 
     #[test]
     fn a_body_that_is_not_json_has_no_values() {
-        assert_eq!(values_at(b"{\"id\":", &["/id"]), None);
-        assert_eq!(values_at(b"{\"id\":1} x", &["/id"]), None);
-        assert_eq!(values_at(b"", &["/id"]), None);
+        assert_eq!(values_at(b"{\"id\":", ["/id"]), None);
+        assert_eq!(values_at(b"{\"id\":1} x", ["/id"]), None);
+        assert_eq!(values_at(b"", ["/id"]), None);
     }
 
     #[test]
     fn escaped_keys_and_tokens_match() {
         let body = br#"{"a\/b":{"c~d":7},"\u0069d":"x"}"#;
-        let got = values_at(body, &["/a~1b/c~0d", "/id"]).unwrap();
+        let got = values_at(body, ["/a~1b/c~0d", "/id"]).unwrap();
         assert_eq!(got, [Some(Value::from(7)), Some(Value::from("x"))]);
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::address::Cidrs;
 use crate::config::{Config, Extract, SourceConfig};
 use crate::handshake::Subscription;
+use crate::pointer::Pointers;
 use crate::rate_limit::TokenBucket;
 use crate::signature::{self, Scheme, VerifyError};
 use crate::tls::ClientCa;
@@ -59,6 +60,8 @@ pub struct Source {
     pub ordering_key: Option<Extract>,
     /// Where the sequence comes from.
     pub sequence: Option<Extract>,
+    /// The body pointers among the three, parsed once.
+    pointers: Pointers<3>,
     /// Headers copied into the envelope.
     pub forward_headers: Vec<HeaderName>,
     /// Client addresses accepted; `None` accepts every address.
@@ -174,6 +177,7 @@ impl Source {
             event_id: config.event_id.clone(),
             ordering_key: config.ordering_key.clone(),
             sequence: config.sequence.clone(),
+            pointers: pointers(config),
             forward_headers: forward_headers(config),
             allow,
             rate_limit: config
@@ -199,6 +203,7 @@ impl Source {
             event_id: config.event_id.clone(),
             ordering_key: config.ordering_key.clone(),
             sequence: config.sequence.clone(),
+            pointers: pointers(config),
             forward_headers: forward_headers(config),
             allow: None,
             rate_limit: None,
@@ -238,19 +243,14 @@ impl Source {
     /// processors quarantine it with a reason.
     pub fn extract(&self, headers: &HeaderMap, body: &[u8]) -> Extracted {
         let fields = [&self.event_id, &self.ordering_key, &self.sequence];
-        let json = if self.needs_json() {
-            let pointers = fields.map(|f| match f {
-                Some(Extract::Pointer(p)) => p.as_str(),
-                _ => "",
-            });
-            crate::pointer::values_at(body, &pointers)
+        let raw = if self.needs_json() {
+            self.pointers.raw_values(body)
         } else {
             None
         };
-        let at = |i: usize| json.as_ref().and_then(|v| v[i].clone());
         let get = |i: usize| -> Option<Value> {
             match fields[i].as_ref()? {
-                Extract::Pointer(_) => at(i),
+                Extract::Pointer(_) => serde_json::from_str(raw.as_ref()?[i]?.get()).ok(),
                 Extract::Header(h) => headers
                     .get(h.as_str())?
                     .to_str()
@@ -295,6 +295,17 @@ impl Source {
         }
         out
     }
+}
+
+/// The JSON pointers among a source's event id, ordering key and
+/// sequence, in that order.
+fn pointers(config: &SourceConfig) -> Pointers<3> {
+    Pointers::new(
+        [&config.event_id, &config.ordering_key, &config.sequence].map(|e| match e {
+            Some(Extract::Pointer(p)) => Some(p.as_str()),
+            _ => None,
+        }),
+    )
 }
 
 #[cfg(test)]
