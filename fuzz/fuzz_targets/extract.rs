@@ -4,42 +4,33 @@
 //! is within the documented bounds: ids non-empty, at most 256 bytes, no
 //! control characters.
 
-use ingest::config::Extract;
-use ingest::signature::hmac::HmacScheme;
+use ingest::config::Config;
 use ingest::source::{MAX_ID_LEN, Source};
 use libfuzzer_sys::fuzz_target;
 use pipeline_fuzz::request;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+
+/// Two sources: every field from the body, and a mix of headers and an
+/// escaped pointer into an array.
+const CONFIG: &str = r#"
+[sources.body]
+signature = { scheme = "purple", secrets = [{ id = "a", env = "FUZZ_UNUSED_SECRET" }] }
+event_id = { pointer = "/id" }
+ordering_key = { pointer = "/venue/id" }
+sequence = { pointer = "/sequence" }
+
+[sources.mixed]
+signature = { scheme = "purple", secrets = [{ id = "a", env = "FUZZ_UNUSED_SECRET" }] }
+event_id = { header = "x-event-id" }
+ordering_key = { pointer = "/a~1b/0/~0c" }
+sequence = { header = "x-sequence" }
+"#;
 
 fn sources() -> &'static [Source; 2] {
     static S: OnceLock<[Source; 2]> = OnceLock::new();
     S.get_or_init(|| {
-        let source = |event_id, ordering_key, sequence| Source {
-            name: Arc::from("fuzz"),
-            scheme: Box::new(HmacScheme::purple(vec![])),
-            max_body_bytes: 1 << 20,
-            event_id: Some(event_id),
-            ordering_key: Some(ordering_key),
-            sequence: Some(sequence),
-            forward_headers: vec![],
-            allow: None,
-            rate_limit: None,
-            url_verification: false,
-            subscription: None,
-            client_ca: None,
-        };
-        [
-            source(
-                Extract::Pointer("/id".into()),
-                Extract::Pointer("/venue/id".into()),
-                Extract::Pointer("/sequence".into()),
-            ),
-            source(
-                Extract::Header("x-event-id".into()),
-                Extract::Pointer("/a~1b/0/~0c".into()),
-                Extract::Header("x-sequence".into()),
-            ),
-        ]
+        let config = Config::from_toml(CONFIG).expect("the fuzz sources' config loads");
+        ["body", "mixed"].map(|name| Source::for_polling(name, &config.sources[name]))
     })
 }
 

@@ -55,11 +55,11 @@ pub struct Source {
     /// Largest body accepted.
     pub max_body_bytes: usize,
     /// Where the event id comes from.
-    pub event_id: Option<Extract>,
+    event_id: Option<Extract>,
     /// Where the ordering key comes from.
-    pub ordering_key: Option<Extract>,
+    ordering_key: Option<Extract>,
     /// Where the sequence comes from.
-    pub sequence: Option<Extract>,
+    sequence: Option<Extract>,
     /// The body pointers among the three, parsed once.
     pointers: Pointers<3>,
     /// Headers copied into the envelope.
