@@ -113,16 +113,27 @@ impl Front {
         }
     }
 
-    /// Answers one request.
-    pub fn call(&self, req: Request) -> impl Future<Output = Response> + Send + use<> {
+    /// Answers one request from the TCP peer `peer` (`None`: unknown,
+    /// which an allow-list refuses). Webhooks get the peer directly; the
+    /// router's handlers as the `ConnectInfo` extension.
+    pub fn call(
+        &self,
+        mut req: Request,
+        peer: Option<SocketAddr>,
+    ) -> impl Future<Output = Response> + Send + use<> {
         let route = match webhook_name(&req) {
             Some(name) => Route::Webhook(self.state.clone(), self.state.sources.get(name).cloned()),
-            None => Route::Router(self.router.clone()),
+            None => {
+                if let Some(peer) = peer {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
+                Route::Router(self.router.clone())
+            }
         };
         async move {
             match route {
                 Route::Webhook(state, source) => {
-                    with_content_length(receive_for(state, source, req).await)
+                    with_content_length(receive_for(state, source, req, peer).await)
                 }
                 Route::Router(router) => match tower::ServiceExt::oneshot(router, req).await {
                     Ok(resp) => resp,
@@ -456,13 +467,25 @@ async fn receive(
     req: Request,
 ) -> Response {
     let source = state.sources.get(&name).cloned();
-    receive_for(state, source, req).await
+    let peer = connect_info(&req);
+    receive_for(state, source, req, peer).await
+}
+
+/// The TCP peer the router's caller put in the request, if any.
+fn connect_info(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }
 
 /// `POST /webhooks/{source}`, its source looked up.
-async fn receive_for(state: AppState, source: Option<Arc<Source>>, req: Request) -> Response {
+async fn receive_for(
+    state: AppState,
+    source: Option<Arc<Source>>,
+    req: Request,
+    peer: Option<SocketAddr>,
+) -> Response {
     let started = Instant::now();
-    let deadline = started + state.request_timeout;
     let rid = request_id(req.headers());
     let label = source
         .as_ref()
@@ -471,7 +494,7 @@ async fn receive_for(state: AppState, source: Option<Arc<Source>>, req: Request)
     // No span per request: entering and formatting one cost more than the
     // rest of the request's logging; the lines this path writes carry
     // `source` and `request_id` themselves.
-    respond(state, source, label, rid, req, started, deadline).await
+    respond(state, source, label, rid, req, peer, started).await
 }
 
 async fn respond(
@@ -480,12 +503,13 @@ async fn respond(
     label: Arc<str>,
     rid: String,
     req: Request,
+    peer: Option<SocketAddr>,
     started: Instant,
-    deadline: Instant,
 ) -> Response {
+    let deadline = started + state.request_timeout;
     let result = match source {
         None => Err(AppError::UnknownSource),
-        Some(source) => match admit(&state, &source, &rid, &req) {
+        Some(source) => match admit(&state, &source, &rid, &req, peer) {
             Err(e) => Err(e),
             Ok(client) => match state.in_flight.clone().try_acquire_owned() {
                 Err(_) => Err(AppError::Overloaded),
@@ -539,7 +563,7 @@ async fn subscribe(
         None => Err(AppError::UnknownSource),
         Some(source) => match &source.subscription {
             None => Err(AppError::MethodNotAllowed),
-            Some(sub) => admit(&state, source, &rid, &req)
+            Some(sub) => admit(&state, source, &rid, &req, connect_info(&req))
                 .and_then(|_| sub.answer(req.uri()).map_err(AppError::Handshake)),
         },
     };
@@ -566,6 +590,7 @@ fn admit(
     source: &Source,
     rid: &str,
     req: &Request,
+    peer: Option<SocketAddr>,
 ) -> Result<Option<IpAddr>, AppError> {
     if let Some(ca) = &source.client_ca {
         let chain = req.extensions().get::<PeerCertificates>();
@@ -579,10 +604,7 @@ fn admit(
             return Err(AppError::ClientCertificateRequired);
         }
     }
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+    let peer = peer.map(|p| p.ip());
     let client = peer.map(|p| client_addr(p, req.headers(), &state.trusted_proxies));
     if let Some(allow) = &source.allow
         && !client.is_some_and(|c| allow.contains(c))

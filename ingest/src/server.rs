@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -249,7 +248,7 @@ impl From<&crate::config::ServerConfig> for ConnLimits {
 
 /// Serves `app` on `listener` (HTTP/1.1, and HTTP/2 with prior knowledge,
 /// or over TLS with ALPN when `tls` is given) under `limits`, each request
-/// carrying its peer as `ConnectInfo<SocketAddr>`, until `stop` resolves;
+/// handed to `front` with its TCP peer, until `stop` resolves;
 /// then stops accepting and waits for open connections to finish their
 /// requests and close.
 ///
@@ -358,7 +357,7 @@ struct Conn {
     builder: auto::Builder<TokioExecutor>,
     /// Keeps the graceful shutdown waiting for this connection.
     watcher: hyper_util::server::graceful::Watcher,
-    /// The TCP peer, handed to the handlers as `ConnectInfo`.
+    /// The TCP peer, handed to the front with each request.
     peer: SocketAddr,
 }
 
@@ -377,11 +376,12 @@ impl Conn {
             peer,
         } = self;
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
+            // The peer is handed over, not put in the request's extensions:
+            // their map is three allocations per request when first used.
             if let Some(certs) = &certs {
                 req.extensions_mut().insert(certs.clone());
             }
-            let answer = front.call(req.map(Body::new));
+            let answer = front.call(req.map(Body::new), Some(peer));
             async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

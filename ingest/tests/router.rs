@@ -964,12 +964,17 @@ async fn the_front_answers_every_method_and_path_as_the_router_does() {
                     .unwrap()
             };
             let by_router = collect(router.clone().oneshot(request()).await.unwrap()).await;
-            let by_front = collect(front.call(request()).await).await;
+            let by_front = collect(front.call(request(), None).await).await;
             assert_eq!(by_front, by_router, "{method} {path}");
         }
     }
     // The signed POSTs did reach the handler both ways: no broker, so 503.
-    let a = collect(front.call(post("/webhooks/purple", BODY, Some(&sig))).await).await;
+    let a = collect(
+        front
+            .call(post("/webhooks/purple", BODY, Some(&sig)), None)
+            .await,
+    )
+    .await;
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     // Three of the paths name purple (one through `%70`, one with a
     // query): each reached its handler both ways, and once more above.
