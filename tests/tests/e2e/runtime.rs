@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use e2e::process::binary;
 
-/// Runs `bin args` with `env`, kills it past 20 s; its exit code and stderr.
-fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// `bin args` from the workspace root with `env` added, stderr piped.
+fn command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(binary(bin));
     cmd.args(args)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
@@ -21,7 +21,14 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("starting the binary");
+    cmd
+}
+
+/// Runs `bin args` with `env`, kills it past 20 s; its exit code and stderr.
+fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = command(bin, args, env)
+        .spawn()
+        .expect("starting the binary");
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -93,17 +100,17 @@ fn a_malformed_worker_count_in_the_environment_is_named_not_a_panic() {
 /// reachable, and returns its "listening" log line (it listens before the
 /// brokers answer; readiness waits for them), then stops it.
 fn ingest_listening_line(env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(binary("ingest"));
-    cmd.args(["serve", "--config", "deploy/config/ingest.local.toml"])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .env("PURPLE_WEBHOOK_SECRET", "runtime-test-secret")
-        .env("INGEST_KAFKA__BROKERS", "127.0.0.1:9")
-        .env("INGEST_SERVER__LISTEN", "127.0.0.1:0")
-        .env_remove("INGEST_SERVER__ADMIN_LISTEN")
-        .env("INGEST_LOG", "info,librdkafka=off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = command(
+        "ingest",
+        &["serve", "--config", "deploy/config/ingest.local.toml"],
+        &[
+            ("PURPLE_WEBHOOK_SECRET", "runtime-test-secret"),
+            ("INGEST_KAFKA__BROKERS", "127.0.0.1:9"),
+            ("INGEST_SERVER__LISTEN", "127.0.0.1:0"),
+            ("INGEST_LOG", "info,librdkafka=off"),
+        ],
+    );
+    cmd.env_remove("INGEST_SERVER__ADMIN_LISTEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
