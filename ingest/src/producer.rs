@@ -14,14 +14,18 @@
 //! Delivery reports are served on the tokio side, not by a thread of their
 //! own: librdkafka calls [`queue_became_non_empty`] when its main queue goes
 //! from empty to non-empty, which wakes one task that drains the queue and
-//! completes each waiting request's channel from a tokio worker. rdkafka's
+//! completes each waiting request's [`Answer`] from a tokio worker. rdkafka's
 //! `FutureProducer` instead keeps a thread blocked on that queue, so every
 //! batch of reports woke that thread and then, from it, the workers: two
 //! cross-thread wake-ups per batch where this takes one (BENCHMARKS.md,
 //! "Ingest's CPU").
+//!
+//! Records are produced through a topic handle made once per producer
+//! ([`Generation::produce`]), not by topic name as rdkafka's `send` does.
 
-use std::sync::Arc;
+use std::ffi::{CString, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -29,12 +33,10 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{
-    BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig,
-};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext, PurgeConfig};
+use rdkafka::util::IntoOpaque;
 use rdkafka::{Message, bindings};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{KafkaConfig, ServerConfig};
@@ -85,7 +87,7 @@ impl ClientContext for Context {
 type Outcome = Result<Delivered, DeliveryError>;
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<oneshot::Sender<Outcome>>;
+    type DeliveryOpaque = Reply;
 
     /// Runs on the tokio worker that drains the main queue
     /// ([`serve_reports`]); the request may have given up (deadline), in
@@ -98,7 +100,94 @@ impl ProducerContext for Context {
             }),
             Err((e, _)) => Err(classify(e)),
         };
-        let _ = reply.send(outcome);
+        reply.send(outcome);
+    }
+}
+
+/// The answer to one waiting request, shared by the request and its
+/// record's delivery report: one allocation per record, where a oneshot
+/// channel boxed as librdkafka's opaque took two.
+struct Answer {
+    /// Set once, by the delivery report (or by the report's drop).
+    outcome: OnceLock<Outcome>,
+    /// Wakes the request once the outcome is set.
+    ready: Notify,
+}
+
+impl Answer {
+    fn new() -> Arc<Answer> {
+        Arc::new(Answer {
+            outcome: OnceLock::new(),
+            ready: Notify::new(),
+        })
+    }
+
+    /// Waits until the outcome is set. `notify_one` stores a permit when
+    /// nobody waits yet, so an outcome set between the check and the wait
+    /// is not missed.
+    async fn wait(&self) -> Outcome {
+        loop {
+            if let Some(outcome) = self.outcome.get() {
+                return outcome.clone();
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// The delivery report's side of an [`Answer`], carried through librdkafka
+/// as the record's opaque pointer.
+pub struct Reply(Arc<Answer>);
+
+impl Reply {
+    fn send(self, outcome: Outcome) {
+        let _ = self.0.outcome.set(outcome);
+        self.0.ready.notify_one();
+    }
+}
+
+impl Drop for Reply {
+    /// A record whose report never came (its producer went away) still
+    /// answers its request, at once rather than at the deadline.
+    fn drop(&mut self) {
+        if self.0.outcome.get().is_none() {
+            let _ = self
+                .0
+                .outcome
+                .set(Err(DeliveryError::Broker("producer was replaced".into())));
+            self.0.ready.notify_one();
+        }
+    }
+}
+
+impl IntoOpaque for Reply {
+    fn into_ptr(self) -> *mut c_void {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped, so its reference count moves into
+        // the pointer unchanged.
+        let answer = unsafe { std::ptr::read(&me.0) };
+        Arc::into_raw(answer) as *mut c_void
+    }
+
+    unsafe fn from_ptr(ptr: *mut c_void) -> Reply {
+        // SAFETY: the caller passes a pointer made by `into_ptr`, once.
+        Reply(unsafe { Arc::from_raw(ptr as *const Answer) })
+    }
+}
+
+/// A producer's handle on the raw topic, released on drop.
+struct Topic(*mut bindings::rd_kafka_topic_t);
+
+// SAFETY: librdkafka's topic handles may be used from any thread.
+unsafe impl Send for Topic {}
+// SAFETY: as above.
+unsafe impl Sync for Topic {}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        // SAFETY: our own reference, released once, before the producer's
+        // destruction (field order of `Generation`).
+        unsafe { bindings::rd_kafka_topic_destroy(self.0) }
     }
 }
 
@@ -116,10 +205,77 @@ struct Generation {
     retired: AtomicBool,
     /// librdkafka's main queue (delivery reports, errors, logs).
     main_queue: MainQueue,
+    /// The raw topic's handle, through which records are produced.
+    topic: Topic,
     /// The librdkafka producer.
     producer: BaseProducer<Context>,
     /// Woken by librdkafka when the main queue becomes non-empty.
     wake: Arc<Notify>,
+}
+
+impl Generation {
+    /// Hands one record to librdkafka through the topic handle: no look-up
+    /// of the topic by name, for which librdkafka takes its client's write
+    /// lock, and no copy of the name per record (rdkafka's `send` makes a
+    /// `CString` of it). On failure the reply comes back with the error.
+    fn produce(&self, record: &Record<'_>, reply: Reply) -> Result<(), (RDKafkaErrorCode, Reply)> {
+        use bindings::rd_kafka_vtype_t::*;
+        // SAFETY: every pointer passed is valid for the call; librdkafka
+        // copies the key and the payload (`RD_KAFKA_MSG_F_COPY`) and takes
+        // the headers only on success (destroyed here otherwise); the
+        // opaque is turned back into the reply on failure, and by the
+        // delivery report ([`Context::delivery`]) on success.
+        unsafe {
+            let headers = bindings::rd_kafka_headers_new(2);
+            for (name, value) in [("source", record.source), ("event-id", record.event_id)] {
+                bindings::rd_kafka_header_add(
+                    headers,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                );
+            }
+            let opaque = reply.into_ptr();
+            let err = bindings::rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                RD_KAFKA_VTYPE_RKT,
+                self.topic.0,
+                RD_KAFKA_VTYPE_PARTITION,
+                -1i32,
+                RD_KAFKA_VTYPE_MSGFLAGS,
+                bindings::RD_KAFKA_MSG_F_COPY,
+                RD_KAFKA_VTYPE_VALUE,
+                record.payload.as_ptr() as *mut c_void,
+                record.payload.len(),
+                RD_KAFKA_VTYPE_KEY,
+                record.key.as_ptr() as *mut c_void,
+                record.key.len(),
+                RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                RD_KAFKA_VTYPE_TIMESTAMP,
+                record.timestamp_ms,
+                RD_KAFKA_VTYPE_HEADERS,
+                headers,
+                RD_KAFKA_VTYPE_END,
+            );
+            if err == bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                Ok(())
+            } else {
+                bindings::rd_kafka_headers_destroy(headers);
+                Err((err.into(), Reply::from_ptr(opaque)))
+            }
+        }
+    }
+}
+
+/// One record to produce, borrowed from the request.
+struct Record<'a> {
+    key: &'a [u8],
+    payload: &'a [u8],
+    source: &'a str,
+    event_id: &'a str,
+    timestamp_ms: i64,
 }
 
 /// A reference to a producer's main queue, released on drop.
@@ -279,7 +435,7 @@ impl KafkaProducer {
     ) -> Result<KafkaProducer, KafkaError> {
         let settings = client_config(kafka, server)?;
         let signals = Arc::new(Signals::default());
-        let first = create(&settings, 1, &signals)?;
+        let first = create(&settings, &kafka.topic, 1, &signals)?;
         Ok(KafkaProducer {
             settings,
             topic: kafka.topic.clone(),
@@ -322,43 +478,36 @@ impl KafkaProducer {
     ) -> Result<Delivered, DeliveryError> {
         let started = Instant::now();
         let generation = self.current.load_full();
-        let producer = &generation.producer;
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: "source",
-                value: Some(source),
-            })
-            .insert(Header {
-                key: "event-id",
-                value: Some(event_id),
-            });
-        let (reply, answer) = oneshot::channel();
-        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(reply))
-            .key(key)
-            .payload(payload)
-            .headers(headers)
-            .timestamp(timestamp_ms);
+        let record = Record {
+            key,
+            payload,
+            source,
+            event_id,
+            timestamp_ms,
+        };
+        let answer = Answer::new();
+        let mut reply = Reply(answer.clone());
         loop {
-            match producer.send(record) {
+            match generation.produce(&record, reply) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                Err((RDKafkaErrorCode::QueueFull, r)) => {
                     if Instant::now() + QUEUE_FULL_BACKOFF >= deadline {
                         return Err(self.failed(DeliveryError::QueueFull));
                     }
-                    record = r;
+                    reply = r;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
-                Err((e, _)) => return Err(self.failed(classify(&e))),
+                Err((code, _)) => {
+                    return Err(self.failed(classify(&KafkaError::MessageProduction(code))));
+                }
             }
         }
-        let outcome = match tokio::time::timeout_at(deadline, answer).await {
-            // Dropping the receiver does not withdraw the record: it may
-            // still be delivered. The sender got a non-2xx and retries; the
-            // processors drop the duplicate by event id.
-            Err(_) => Err(DeliveryError::Timeout),
-            Ok(Err(_dropped)) => Err(DeliveryError::Broker("producer was replaced".into())),
-            Ok(Ok(outcome)) => outcome,
-        };
+        // Giving up at the deadline does not withdraw the record: it may
+        // still be delivered. The sender got a non-2xx and retries; the
+        // processors drop the duplicate by event id.
+        let outcome = tokio::time::timeout_at(deadline, answer.wait())
+            .await
+            .unwrap_or(Err(DeliveryError::Timeout));
         match outcome {
             Ok(d) => {
                 self.used_generation
@@ -404,7 +553,7 @@ impl KafkaProducer {
 
     fn replace(&self, current: &Generation, why: &str) {
         let next = current.id + 1;
-        match create(&self.settings, next, &self.signals) {
+        match create(&self.settings, &self.topic, next, &self.signals) {
             Ok(fresh) => {
                 tracing::warn!(generation = next, "{why}: replacing the producer");
                 self.current.store(fresh);
@@ -473,6 +622,7 @@ impl KafkaProducer {
 /// tokio runtime).
 fn create(
     settings: &ClientConfig,
+    topic: &str,
     id: u64,
     signals: &Arc<Signals>,
 ) -> Result<Arc<Generation>, KafkaError> {
@@ -482,6 +632,20 @@ fn create(
     })?;
     let wake = Arc::new(Notify::new());
     let rk = producer.client().native_ptr();
+    let name = CString::new(topic).map_err(|_| {
+        KafkaError::ClientCreation(format!("topic {topic:?} contains a NUL character"))
+    })?;
+    // SAFETY: `rk` is the live client and `name` a C string; the handle is
+    // released by `Topic`'s drop, before the producer's (field order).
+    let topic = unsafe { bindings::rd_kafka_topic_new(rk, name.as_ptr(), std::ptr::null_mut()) };
+    if topic.is_null() {
+        // SAFETY: reads the calling thread's last librdkafka error.
+        let code = RDKafkaErrorCode::from(unsafe { bindings::rd_kafka_last_error() });
+        return Err(KafkaError::ClientCreation(format!(
+            "topic {name:?}: {code}"
+        )));
+    }
+    let topic = Topic(topic);
     // SAFETY: `rk` is the live client; the queue reference is released by
     // `MainQueue`'s drop, before the producer's (field order); the opaque
     // points at `wake`, which outlives the producer.
@@ -498,6 +662,7 @@ fn create(
         id,
         retired: AtomicBool::new(false),
         main_queue,
+        topic,
         producer,
         wake,
     });
@@ -647,6 +812,46 @@ mod tests {
             .await
             .expect("the replaced generation was never destroyed");
         assert_eq!(p.current.load().id, 2);
+    }
+
+    /// The answer reaches its request whether the report comes before or
+    /// after the request waits, and a report dropped unsent (its producer
+    /// destroyed) answers at once instead of leaving the request to its
+    /// deadline.
+    #[tokio::test]
+    async fn an_answer_arrives_once_sent_or_dropped() {
+        let delivered = Ok(Delivered {
+            partition: 3,
+            offset: 42,
+        });
+        let early = Answer::new();
+        Reply(early.clone()).send(delivered.clone());
+        assert_eq!(early.wait().await, delivered);
+
+        let late = Answer::new();
+        let reply = Reply(late.clone());
+        let waiting = tokio::spawn({
+            let late = late.clone();
+            async move { late.wait().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "answered before the report");
+        // Through librdkafka's opaque pointer and back, as a report does.
+        // SAFETY: a pointer made by `into_ptr`, turned back once.
+        let reply = unsafe { Reply::from_ptr(reply.into_ptr()) };
+        reply.send(delivered.clone());
+        assert_eq!(waiting.await.unwrap(), delivered);
+        assert_eq!(Arc::strong_count(&late), 1, "the report's reference leaked");
+
+        let orphan = Answer::new();
+        drop(Reply(orphan.clone()));
+        let outcome = tokio::time::timeout(Duration::from_secs(1), orphan.wait())
+            .await
+            .expect("a dropped report left its request waiting");
+        assert!(
+            matches!(outcome, Err(DeliveryError::Broker(_))),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -96,3 +96,50 @@ fn finding_the_values_allocates_nothing() {
     );
     assert_eq!(n, 0, "{n} allocations to find three values");
 }
+
+/// Handing a record to the producer: what the request path allocates on its
+/// own thread (librdkafka's own C allocations are not counted here). The
+/// record cannot be acknowledged (no broker listens on port 1) and its
+/// deadline is now, so `deliver` queues it and answers a timeout.
+#[test]
+fn handing_a_record_over_allocates_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let kafka = ingest::config::KafkaConfig {
+        brokers: "127.0.0.1:1".into(),
+        delivery_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let server = ingest::config::ServerConfig::default();
+    let producer = runtime.block_on(async {
+        ingest::producer::KafkaProducer::new(
+            &kafka,
+            &server,
+            ingest::metrics::Metrics::new().unwrap(),
+        )
+        .unwrap()
+    });
+    let body = body();
+    let deliver = || {
+        runtime.block_on(producer.deliver(
+            b"venue-042",
+            &body,
+            "purple",
+            "evt-0001-4b1d",
+            0,
+            tokio::time::Instant::now(),
+        ))
+    };
+    // Once to warm up the metric label and the runtime's timer.
+    let _ = deliver();
+    let (n, outcome) = allocations(deliver);
+    assert_eq!(
+        outcome,
+        Err(ingest::producer::DeliveryError::Timeout),
+        "the record was not queued"
+    );
+    // The answer's slot, shared with the delivery report: one allocation.
+    assert!(n <= 1, "{n} allocations to hand one record over");
+}
