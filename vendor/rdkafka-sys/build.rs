@@ -100,6 +100,33 @@ fn main() {
     }
 }
 
+/// PATCHED (not upstream): librdkafka's configure leaves out OpenSSL and
+/// libcurl when their headers are missing, even with `--enable-ssl`, and
+/// the build succeeds; the binary then refuses TLS, SASL and OIDC settings
+/// only at start, with an error that repeats the refused setting's value
+/// (a password). Stop the build instead, naming what to install.
+#[cfg(not(feature = "cmake-build"))]
+fn require_configured_features(out_dir: &str) {
+    let config_h = Path::new(out_dir).join("config.h");
+    let text = std::fs::read_to_string(&config_h)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", config_h.display()));
+    let mut wanted = Vec::new();
+    if env::var("CARGO_FEATURE_SSL").is_ok() {
+        wanted.push(("WITH_SSL", "OpenSSL (Debian: libssl-dev, pkg-config)"));
+    }
+    if needs_curl() {
+        wanted.push(("WITH_CURL", "libcurl (Debian: libcurl4-openssl-dev)"));
+    }
+    for (define, what) in wanted {
+        if !text.lines().any(|l| l.trim() == format!("#define {define} 1")) {
+            panic!(
+                "librdkafka was configured without {what}, which the enabled features need: \
+                 install it and build again"
+            );
+        }
+    }
+}
+
 fn needs_curl() -> bool {
     env::var("CARGO_FEATURE_CURL").is_ok() || env::var("CARGO_FEATURE_CURL_STATIC").is_ok()
 }
@@ -196,6 +223,7 @@ fn build_librdkafka() {
 
     println!("Configuring librdkafka");
     run_command_or_fail(&out_dir, "./configure", configure_flags.as_slice());
+    require_configured_features(&out_dir);
 
     println!("Compiling librdkafka");
     if let Some(makeflags) = env::var_os("CARGO_MAKEFLAGS") {
