@@ -152,6 +152,40 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
+/// The machine's CPU time so far, all cores, in clock ticks: `(steal,
+/// total)`, where steal is the time the hypervisor ran something else
+/// while this machine's CPUs had work. `None` where `/proc/stat` is
+/// missing or unreadable.
+pub fn machine_ticks() -> Option<(u64, u64)> {
+    parse_machine_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// [`machine_ticks`] from the text of `/proc/stat`: its first line is
+/// `cpu user nice system idle iowait irq softirq steal ...`; guest time is
+/// counted inside user time already, so the total is the first eight.
+fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let mut fields = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace();
+    let mut ticks = [0u64; 8];
+    for t in &mut ticks {
+        *t = fields.next()?.parse().ok()?;
+    }
+    Some((ticks[7], ticks.iter().sum()))
+}
+
+/// Share of the machine's CPU time the hypervisor took between two
+/// [`machine_ticks`] samples (0 when nothing elapsed).
+pub fn steal_share(start: (u64, u64), end: (u64, u64)) -> f64 {
+    let total = end.1.saturating_sub(start.1);
+    if total == 0 {
+        return 0.0;
+    }
+    end.0.saturating_sub(start.0) as f64 / total as f64
+}
+
 /// `target/bench-results` of this workspace (created).
 pub fn results_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
@@ -195,6 +229,26 @@ mod tests {
     fn a_running_process_has_a_cpu_time_and_a_gone_one_none() {
         assert!(cpu_seconds(std::process::id()).is_some_and(|s| s >= 0.0));
         assert_eq!(cpu_seconds(u32::MAX), None);
+    }
+
+    #[test]
+    fn steal_is_read_from_the_eighth_column_of_the_cpu_line() {
+        let stat = "cpu  482979 0 54156 6172401 3891 0 5249 29517 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let total = 482_979 + 54_156 + 6_172_401 + 3_891 + 5_249 + 29_517;
+        assert_eq!(parse_machine_ticks(stat), Some((29_517, total)));
+        assert_eq!(parse_machine_ticks("cpu  1 2 3\n"), None, "too few columns");
+        assert_eq!(
+            parse_machine_ticks("intr 1 2 3 4 5 6 7 8\n"),
+            None,
+            "not the cpu line"
+        );
+        assert!(machine_ticks().is_some_and(|(steal, total)| steal <= total && total > 0));
+    }
+
+    #[test]
+    fn steal_share_is_stolen_ticks_over_all_ticks_between_samples() {
+        assert_eq!(steal_share((100, 1_000), (150, 1_200)), 0.25);
+        assert_eq!(steal_share((100, 1_000), (100, 1_000)), 0.0);
     }
 
     #[test]

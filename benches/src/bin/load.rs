@@ -35,7 +35,11 @@
 //! the generator's own CPU stays small beside ingest's. The CPU time of the
 //! three processes (this one, the receiver, tansu) is read from
 //! `/proc/PID/stat` around each phase: cores used and CPU µs per record say
-//! who takes the two cores. Ingest's `VmRSS` and `VmHWM` are read from
+//! who takes the two cores. Beside them, each phase reports the share of
+//! the machine's CPU time its hypervisor took (`/proc/stat`'s steal): on a
+//! shared host that share moves the absolute figures by tens of percent
+//! within an hour, so a run with a high share is compared within itself
+//! only. Ingest's `VmRSS` and `VmHWM` are read from
 //! `/proc/PID/status` every second through all phases. Results go to
 //! `target/bench-results/load.json` and a table on stdout, with the issue's
 //! targets (CPU per webhook, ingest / same-window ceiling, latency added,
@@ -70,6 +74,9 @@ const PEER_TOPIC: &str = "bench.peer";
 /// window, inside librdkafka's default queue (100,000).
 const RAW_WINDOW: usize = 50_000;
 const VENUES: u64 = 100;
+/// Share of stolen CPU time in a phase past which the summary says the
+/// host was contended.
+const STEAL_NOTICE: f64 = 0.05;
 
 /// The end-to-end load benchmark (see the module docs).
 #[derive(Parser, Debug)]
@@ -331,6 +338,19 @@ struct Cpu {
     broker: f64,
     /// Wall time of the phase.
     wall: f64,
+    /// Share of the machine's CPU time the hypervisor took during the
+    /// phase (`/proc/stat`'s steal): a contended host slows every process
+    /// here, so figures with a high share are not this machine's own.
+    steal: f64,
+}
+
+/// One sample of [`CpuMeter`]: the processes' CPU seconds, when, and the
+/// machine's ticks.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    cpu: Cpu,
+    at: Instant,
+    machine: Option<(u64, u64)>,
 }
 
 /// Samples the three processes' CPU time; `since` turns two samples into
@@ -344,31 +364,37 @@ struct CpuMeter {
 }
 
 impl CpuMeter {
-    fn now(&self) -> (Cpu, Instant) {
+    fn now(&self) -> CpuSample {
         let get = |p: Option<u32>| p.and_then(pipeline_benches::cpu_seconds).unwrap_or(0.0);
         let receiver = if self.tree {
             tree_cpu_seconds(self.pids.1)
         } else {
             get(Some(self.pids.1))
         };
-        (
-            Cpu {
+        CpuSample {
+            cpu: Cpu {
                 load: get(Some(self.pids.0)),
                 ingest: receiver,
                 broker: get(self.pids.2),
                 wall: 0.0,
+                steal: 0.0,
             },
-            Instant::now(),
-        )
+            at: Instant::now(),
+            machine: pipeline_benches::machine_ticks(),
+        }
     }
 
-    fn since(&self, start: (Cpu, Instant)) -> Cpu {
-        let (end, t) = self.now();
+    fn since(&self, start: CpuSample) -> Cpu {
+        let end = self.now();
         Cpu {
-            load: end.load - start.0.load,
-            ingest: end.ingest - start.0.ingest,
-            broker: end.broker - start.0.broker,
-            wall: (t - start.1).as_secs_f64(),
+            load: end.cpu.load - start.cpu.load,
+            ingest: end.cpu.ingest - start.cpu.ingest,
+            broker: end.cpu.broker - start.cpu.broker,
+            wall: (end.at - start.at).as_secs_f64(),
+            steal: match (start.machine, end.machine) {
+                (Some(a), Some(b)) => pipeline_benches::steal_share(a, b),
+                _ => 0.0,
+            },
         }
     }
 }
@@ -410,6 +436,7 @@ impl Cpu {
         let per = |s: f64| s * 1e6 / records.max(1) as f64;
         serde_json::json!({
             "wall_seconds": self.wall,
+            "machine_steal_share": self.steal,
             "cores_used": {
                 "load_generator": self.load / self.wall,
                 "ingest": self.ingest / self.wall,
@@ -426,13 +453,14 @@ impl Cpu {
     fn line(&self, records: u64) -> String {
         let per = |s: f64| s * 1e6 / records.max(1) as f64;
         format!(
-            "cores: load {:.2}, ingest {:.2}, broker {:.2}; CPU µs per record: load {:.0}, ingest {:.0}, broker {:.0}",
+            "cores: load {:.2}, ingest {:.2}, broker {:.2}; CPU µs per record: load {:.0}, ingest {:.0}, broker {:.0}; steal {:.0} %",
             self.load / self.wall,
             self.ingest / self.wall,
             self.broker / self.wall,
             per(self.load),
             per(self.ingest),
-            per(self.broker)
+            per(self.broker),
+            self.steal * 100.0
         )
     }
 }
@@ -1325,6 +1353,22 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         if flat { "flat" } else { "GROWING" }
     );
 
+    let steal_max = [&c1_cpu, &c2_cpu, &raw_cpu, &phalf_cpu, &half_cpu]
+        .into_iter()
+        .chain(steps.iter().map(|(_, _, cpu)| cpu))
+        .chain(peer.iter().map(|(_, cpu)| cpu))
+        .map(|c| c.steal)
+        .fold(0.0, f64::max);
+    println!(
+        "host contention: the hypervisor took at most {:.0} % of this machine's CPU time in a phase{}",
+        steal_max * 100.0,
+        if steal_max > STEAL_NOTICE {
+            ": every process ran slower than on a quiet host; compare figures within this run only"
+        } else {
+            ""
+        }
+    );
+
     let result = serde_json::json!({
         "benchmark": "load",
         "unix_time": pipeline_benches::unix_now(),
@@ -1352,6 +1396,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         "python_peer": peer.as_mut().map(|(r, cpu)| r.json(serde_json::json!({"connections": args.peer_connections, "cpu": cpu.json(r.accepted)}))),
         "ingest_cpu_us_per_webhook": {"at_maximum": cpu_max, "at_half_load": cpu_half},
         "latency_added_p99_ms": added_p99,
+        "max_machine_steal_share": steal_max,
         "producer_half_rate": phalf.json(serde_json::json!({"offered_per_second": half_rate, "cpu": phalf_cpu.json(phalf.accepted)})),
         "half_load": half.json(serde_json::json!({"offered_per_second": half_rate, "cpu": half_cpu.json(half.accepted)})),
         "memory": {
