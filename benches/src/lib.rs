@@ -152,6 +152,57 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / hz)
 }
 
+/// Puts every thread of this process under `SCHED_BATCH`; threads they
+/// start later inherit it. The load generator stands for senders on
+/// other machines: under the default policy the answers it is woken for
+/// preempt the receiver on the shared cores (1-2 preemptions of ingest in
+/// 10 requests at its maximum, BENCHMARKS.md step 13), which no sender
+/// elsewhere causes. A batch thread is not scheduled less, only never by
+/// preempting on its wake-up. Answers how many threads were changed.
+pub fn stand_aside() -> std::io::Result<usize> {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let tid: libc::pid_t = match task?.file_name().to_str().and_then(|t| t.parse().ok()) {
+            Some(tid) => tid,
+            None => continue,
+        };
+        match set_policy(tid, libc::SCHED_BATCH) {
+            Ok(()) => n += 1,
+            // The thread ended between the listing and the call.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// For a child's `pre_exec`: back to the default policy, so the processes
+/// under test never inherit [`stand_aside`]'s.
+pub fn default_scheduling() -> std::io::Result<()> {
+    set_policy(0, libc::SCHED_OTHER)
+}
+
+/// Sets thread `tid`'s policy (0: the calling thread), priority 0.
+fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives through the call; the call is async-signal-safe.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The scheduling policy of process or thread `pid` (field 41 of
+/// `/proc/PID/stat`: 0 `SCHED_OTHER`, 3 `SCHED_BATCH`).
+pub fn scheduling_policy(stat: &str) -> Option<i32> {
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(38)?
+        .parse()
+        .ok()
+}
+
 /// The machine's CPU time so far, all cores, in clock ticks: `(steal,
 /// total)`, where steal is the time the hypervisor ran something else
 /// while this machine's CPUs had work. `None` where `/proc/stat` is
@@ -249,6 +300,60 @@ mod tests {
     fn steal_share_is_stolen_ticks_over_all_ticks_between_samples() {
         assert_eq!(steal_share((100, 1_000), (150, 1_200)), 0.25);
         assert_eq!(steal_share((100, 1_000), (100, 1_000)), 0.0);
+    }
+
+    fn own_policy() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        scheduling_policy(&stat).expect("policy")
+    }
+
+    #[test]
+    fn a_batch_thread_passes_its_policy_on_to_its_threads_but_not_to_reset_children() {
+        use std::os::unix::process::CommandExt;
+        std::thread::spawn(|| {
+            assert_eq!(own_policy(), libc::SCHED_OTHER);
+            set_policy(0, libc::SCHED_BATCH).expect("batch");
+            assert_eq!(own_policy(), libc::SCHED_BATCH);
+            let inner = std::thread::spawn(own_policy).join().expect("thread");
+            assert_eq!(inner, libc::SCHED_BATCH, "a new thread inherits it");
+            let child_policy = |reset: bool| {
+                let mut cmd = std::process::Command::new("cat");
+                cmd.arg("/proc/self/stat");
+                if reset {
+                    // SAFETY: only an async-signal-safe system call.
+                    unsafe { cmd.pre_exec(default_scheduling) };
+                }
+                let out = cmd.output().expect("cat");
+                scheduling_policy(&String::from_utf8_lossy(&out.stdout)).expect("policy")
+            };
+            assert_eq!(
+                child_policy(false),
+                libc::SCHED_BATCH,
+                "inherited without the reset"
+            );
+            assert_eq!(
+                child_policy(true),
+                libc::SCHED_OTHER,
+                "the reset gives the default"
+            );
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn the_policy_is_the_39th_field_after_the_command_name() {
+        // Fields 3 to 40 (state to rt_priority), then the policy, then more.
+        let before: Vec<&str> = std::iter::repeat_n("1", 38).collect();
+        let stat = format!("7 (a b) {} 3 0 0", before.join(" "));
+        assert_eq!(scheduling_policy(&stat), Some(3));
+        let real = std::fs::read_to_string("/proc/self/stat").expect("stat");
+        assert_eq!(
+            scheduling_policy(&real),
+            Some(libc::SCHED_OTHER),
+            "this test runs unchanged"
+        );
+        assert_eq!(scheduling_policy("7 (a) S 1"), None);
     }
 
     #[test]

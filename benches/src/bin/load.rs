@@ -32,7 +32,11 @@
 //!    omission); ingest's RSS sampled every second to judge it flat.
 //!
 //! The load is a minimal HTTP/1.1 keep-alive client (see [`Conn`]), so that
-//! the generator's own CPU stays small beside ingest's. The CPU time of the
+//! the generator's own CPU stays small beside ingest's. With
+//! `--generator-batch` it puts its own threads under `SCHED_BATCH` once
+//! the broker and the receiver are started, so that its wake-ups for
+//! answers do not preempt the receiver on the shared cores, as senders on
+//! other machines never do (a trial, not the default: BENCHMARKS.md). The CPU time of the
 //! three processes (this one, the receiver, tansu) is read from
 //! `/proc/PID/stat` around each phase: cores used and CPU µs per record say
 //! who takes the two cores. Beside them, each phase reports the share of
@@ -123,6 +127,14 @@ struct Args {
     /// 1`); an ingest built before a setting existed refuses it by name.
     #[arg(long, default_value = "")]
     server_extra: String,
+    /// Put this load generator's threads under `SCHED_BATCH` once the
+    /// broker and the receiver are started, so that the answers it is woken
+    /// for do not preempt the receiver on the shared cores, as senders on
+    /// other machines never do. A trial (BENCHMARKS.md, step 13): it cut
+    /// ingest's preemptions severalfold, but its CPU effect did not stand
+    /// out of the host's noise, so it is not the default.
+    #[arg(long)]
+    generator_batch: bool,
     /// Name of the results file in target/bench-results (without .json).
     #[arg(long, default_value = "load")]
     name: String,
@@ -143,7 +155,8 @@ fn die_with_parent(cmd: &mut Command) {
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+            // Not this generator's `SCHED_BATCH` (see `stand_aside`).
+            pipeline_benches::default_scheduling()
         });
     }
 }
@@ -1054,6 +1067,14 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // The broker and ingest run under the default policy (started above,
+    // before this); from here on this process's threads, and the threads
+    // and librdkafka clients they start, do not preempt them on wake-up.
+    if args.generator_batch {
+        let n = pipeline_benches::stand_aside().context("SCHED_BATCH for the load generator")?;
+        eprintln!("load generator: {n} threads under SCHED_BATCH");
+    }
+
     // Memory, every second, through every phase.
     let phase: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("warm-up"));
     let samples: Arc<Mutex<Vec<MemSample>>> = Arc::default();
@@ -1290,7 +1311,14 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
         format!("refused {:?}, not sent {}", half.refused, half.not_sent),
     );
     println!();
-    println!("CPU (2 cores shared by all three):");
+    println!(
+        "CPU (2 cores shared by all three; the load generator {}):",
+        if args.generator_batch {
+            "under SCHED_BATCH"
+        } else {
+            "under the default policy"
+        }
+    );
     println!("  ceiling (before):   {}", c1_cpu.line(c1.accepted));
     for (c, r, cpu) in &steps {
         println!("  ingest {c:>4} conns:  {}", cpu.line(r.accepted));
@@ -1383,6 +1411,7 @@ async fn run(args: Args, bin: PathBuf) -> anyhow::Result<()> {
             "ceiling_window": window,
             "kafka_extra": args.kafka_extra,
             "server_extra": args.server_extra,
+            "generator_sched_batch": args.generator_batch,
             "ingest_config": config,
         },
         "ceiling_before": c1.json(serde_json::json!({"cpu": c1_cpu.json(c1.accepted)})),
