@@ -830,21 +830,83 @@ async fn read_body(
         return Err(AppError::BodyTooLarge(limit));
     }
     let capacity = declared.map_or(8 * 1024, |n| n as usize).min(limit);
-    let mut buf = bytes::BytesMut::with_capacity(capacity);
+    // A body that arrives in one frame (hyper's whole `Content-Length` body
+    // when it was read with the head) is kept as that frame: no buffer and
+    // no copy. A second frame starts the buffer.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
     loop {
         match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(AppError::BodyTimeout),
             Ok(None) => break,
             Ok(Some(Err(_))) => return Err(AppError::BodyRead),
             Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    if buf.len() + data.len() > limit {
-                        return Err(AppError::BodyTooLarge(limit));
-                    }
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                if len + data.len() > limit {
+                    return Err(AppError::BodyTooLarge(limit));
+                }
+                len += data.len();
+                if let Some(buf) = &mut buf {
                     buf.extend_from_slice(&data);
+                } else if let Some(kept) = first.take() {
+                    let mut joined = bytes::BytesMut::with_capacity(capacity.max(len));
+                    joined.extend_from_slice(&kept);
+                    joined.extend_from_slice(&data);
+                    buf = Some(joined);
+                } else {
+                    first = Some(data);
                 }
             }
         }
     }
-    Ok(buf.freeze())
+    Ok(match (buf, first) {
+        (Some(buf), _) => buf.freeze(),
+        (None, Some(kept)) => kept,
+        (None, None) => bytes::Bytes::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_in_one_frame_is_kept_not_copied() {
+        let sent = bytes::Bytes::from(vec![b'x'; 1024]);
+        let got = read_body(Body::from(sent.clone()), &HeaderMap::new(), 4096, far())
+            .await
+            .expect("read");
+        assert_eq!(got, sent);
+        assert_eq!(got.as_ptr(), sent.as_ptr(), "the frame's bytes, not a copy");
+    }
+
+    #[tokio::test]
+    async fn a_body_in_several_frames_is_joined_and_capped() {
+        let frames = || {
+            futures::stream::iter(["ab", "cd", "ef"].map(|s| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(s)))
+            }))
+        };
+        let body = Body::new(http_body_util::StreamBody::new(frames()));
+        let got = read_body(body, &HeaderMap::new(), 6, far())
+            .await
+            .expect("read");
+        assert_eq!(&got[..], b"abcdef");
+        let body = Body::new(http_body_util::StreamBody::new(frames()));
+        let err = read_body(body, &HeaderMap::new(), 5, far())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AppError::BodyTooLarge(5)), "{err:?}");
+        let empty = read_body(Body::empty(), &HeaderMap::new(), 5, far())
+            .await
+            .expect("read");
+        assert!(empty.is_empty());
+    }
 }
