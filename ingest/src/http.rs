@@ -797,7 +797,7 @@ async fn accept(
         .producer
         .deliver(
             key.as_bytes(),
-            &payload,
+            payload,
             &source.name,
             &event_id,
             received_at_micros / 1000,

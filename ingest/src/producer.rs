@@ -106,8 +106,13 @@ impl ProducerContext for Context {
 
 /// The answer to one waiting request, shared by the request and its
 /// record's delivery report: one allocation per record, where a oneshot
-/// channel boxed as librdkafka's opaque took two.
+/// channel boxed as librdkafka's opaque took two. It also owns the record's
+/// payload, which librdkafka reads in place instead of copying: the
+/// report's reference keeps it alive for as long as librdkafka holds the
+/// record, whether or not the request still waits.
 struct Answer {
+    /// The record's value, as handed to librdkafka.
+    payload: Vec<u8>,
     /// Set once, by the delivery report (or by the report's drop).
     outcome: OnceLock<Outcome>,
     /// Wakes the request once the outcome is set.
@@ -115,8 +120,9 @@ struct Answer {
 }
 
 impl Answer {
-    fn new() -> Arc<Answer> {
+    fn new(payload: Vec<u8>) -> Arc<Answer> {
         Arc::new(Answer {
+            payload,
             outcome: OnceLock::new(),
             ready: Notify::new(),
         })
@@ -220,11 +226,22 @@ impl Generation {
     /// `CString` of it). On failure the reply comes back with the error.
     fn produce(&self, record: &Record<'_>, reply: Reply) -> Result<(), (RDKafkaErrorCode, Reply)> {
         use bindings::rd_kafka_vtype_t::*;
+        // No `RD_KAFKA_MSG_F_COPY`: librdkafka reads the payload where it
+        // is, in the reply's answer, until the record's delivery report.
+        // A copy inside its record allocation made that allocation larger
+        // than glibc's per-thread cache takes (BENCHMARKS.md, step 15).
+        let payload = &reply.0.payload;
+        let (payload_ptr, payload_len) = (payload.as_ptr() as *mut c_void, payload.len());
         // SAFETY: every pointer passed is valid for the call; librdkafka
-        // copies the key and the payload (`RD_KAFKA_MSG_F_COPY`) and takes
-        // the headers only on success (destroyed here otherwise); the
-        // opaque is turned back into the reply on failure, and by the
-        // delivery report ([`Context::delivery`]) on success.
+        // copies the key, and takes the headers only on success (destroyed
+        // here otherwise). The payload is not copied and stays valid while
+        // librdkafka may read it: it lives in the answer, whose reference
+        // the opaque carries; that reference is turned back into the reply
+        // on failure, and by the delivery report ([`Context::delivery`])
+        // on success, once librdkafka is done with the record. A record
+        // that is never reported (its producer destroyed with it) leaks its
+        // reference, and so its payload is never freed under librdkafka.
+        // librdkafka never writes to a payload it does not own.
         unsafe {
             let headers = bindings::rd_kafka_headers_new(2);
             for (name, value) in [("source", record.source), ("event-id", record.event_id)] {
@@ -244,10 +261,10 @@ impl Generation {
                 RD_KAFKA_VTYPE_PARTITION,
                 -1i32,
                 RD_KAFKA_VTYPE_MSGFLAGS,
-                bindings::RD_KAFKA_MSG_F_COPY,
+                0,
                 RD_KAFKA_VTYPE_VALUE,
-                record.payload.as_ptr() as *mut c_void,
-                record.payload.len(),
+                payload_ptr,
+                payload_len,
                 RD_KAFKA_VTYPE_KEY,
                 record.key.as_ptr() as *mut c_void,
                 record.key.len(),
@@ -269,10 +286,10 @@ impl Generation {
     }
 }
 
-/// One record to produce, borrowed from the request.
+/// One record to produce, borrowed from the request; its payload travels
+/// in the [`Reply`].
 struct Record<'a> {
     key: &'a [u8],
-    payload: &'a [u8],
     source: &'a str,
     event_id: &'a str,
     timestamp_ms: i64,
@@ -466,11 +483,12 @@ impl KafkaProducer {
     /// acknowledged it (`acks=all`) or `deadline` passed. `timestamp_ms` is
     /// the record timestamp: the envelope's received-at, so that the time
     /// ranges of `processors replay` (which go by record timestamp) and the
-    /// envelope agree.
+    /// envelope agree. The payload is handed over, not copied: it is freed
+    /// once the request and the record's delivery report are both done.
     pub async fn deliver(
         &self,
         key: &[u8],
-        payload: &[u8],
+        payload: Vec<u8>,
         source: &str,
         event_id: &str,
         timestamp_ms: i64,
@@ -480,12 +498,11 @@ impl KafkaProducer {
         let generation = self.current.load_full();
         let record = Record {
             key,
-            payload,
             source,
             event_id,
             timestamp_ms,
         };
-        let answer = Answer::new();
+        let answer = Answer::new(payload);
         let mut reply = Reply(answer.clone());
         loop {
             match generation.produce(&record, reply) {
@@ -707,7 +724,10 @@ mod tests {
     async fn fill(p: &KafkaProducer) -> usize {
         let mut queued = 0;
         loop {
-            match p.deliver(b"k", b"v", "s", "e", 0, Instant::now()).await {
+            match p
+                .deliver(b"k", b"v".to_vec(), "s", "e", 0, Instant::now())
+                .await
+            {
                 Err(DeliveryError::Timeout) => queued += 1,
                 Err(DeliveryError::QueueFull) => return queued,
                 other => panic!("after {queued} records: {other:?}"),
@@ -732,7 +752,7 @@ mod tests {
         // Still full at the deadline: refused then, not before.
         let deadline = Instant::now() + Duration::from_millis(300);
         let err = p
-            .deliver(b"k", b"v", "s", "e", 0, deadline)
+            .deliver(b"k", b"v".to_vec(), "s", "e", 0, deadline)
             .await
             .unwrap_err();
         assert_eq!(err, DeliveryError::QueueFull);
@@ -748,7 +768,7 @@ mod tests {
         // purged, as acknowledgements would remove them): it gets its record
         // in, and then waits for the brokers like any other.
         let deadline = Instant::now() + Duration::from_secs(1);
-        let waiting = p.deliver(b"k", b"v", "s", "e", 0, deadline);
+        let waiting = p.deliver(b"k", b"v".to_vec(), "s", "e", 0, deadline);
         let purge = async {
             tokio::time::sleep(Duration::from_millis(200)).await;
             p.current
@@ -782,7 +802,7 @@ mod tests {
             tokio::spawn(async move {
                 p.deliver(
                     b"k",
-                    b"v",
+                    b"v".to_vec(),
                     "s",
                     "e",
                     0,
@@ -824,11 +844,11 @@ mod tests {
             partition: 3,
             offset: 42,
         });
-        let early = Answer::new();
+        let early = Answer::new(Vec::new());
         Reply(early.clone()).send(delivered.clone());
         assert_eq!(early.wait().await, delivered);
 
-        let late = Answer::new();
+        let late = Answer::new(Vec::new());
         let reply = Reply(late.clone());
         let waiting = tokio::spawn({
             let late = late.clone();
@@ -843,7 +863,7 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), delivered);
         assert_eq!(Arc::strong_count(&late), 1, "the report's reference leaked");
 
-        let orphan = Answer::new();
+        let orphan = Answer::new(Vec::new());
         drop(Reply(orphan.clone()));
         let outcome = tokio::time::timeout(Duration::from_secs(1), orphan.wait())
             .await

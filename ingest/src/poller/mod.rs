@@ -632,15 +632,18 @@ impl SourcePoller {
             records.push((key, payload, event_id));
             keys.push((extracted.ordering_key, extracted.sequence));
         }
-        let deliveries = records.iter().map(|(key, payload, id)| {
-            self.producer.deliver(
-                key.as_bytes(),
-                payload,
-                &self.source.name,
-                id,
-                received_at_micros / 1000,
-                deadline,
-            )
+        let count = records.len();
+        let deliveries = records.into_iter().map(|(key, payload, id)| async move {
+            self.producer
+                .deliver(
+                    key.as_bytes(),
+                    payload,
+                    &self.source.name,
+                    &id,
+                    received_at_micros / 1000,
+                    deadline,
+                )
+                .await
         });
         let outcomes = futures::future::join_all(deliveries).await;
         let failed = outcomes.iter().filter(|o| o.is_err()).count();
@@ -652,7 +655,7 @@ impl SourcePoller {
         self.metrics
             .events
             .with_label_values(&[&self.source.name, mode])
-            .inc_by(records.len() as u64);
+            .inc_by(count as u64);
         Ok(keys)
     }
 
