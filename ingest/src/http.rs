@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
@@ -444,11 +444,14 @@ impl Drop for InFlight {
     }
 }
 
+/// The request id's header, in and out; parsed once, at compile time.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// The request id: the sender's `X-Request-Id` when it is short and plain,
 /// else a fresh UUIDv7.
 fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty()
@@ -714,7 +717,7 @@ fn finish(state: &AppState, label: &str, rid: &str, mut resp: Response) -> Respo
             .inc(),
     }
     if let Ok(v) = HeaderValue::from_str(rid) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     resp
 }

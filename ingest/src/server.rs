@@ -381,7 +381,10 @@ impl Conn {
             if let Some(certs) = &certs {
                 req.extensions_mut().insert(certs.clone());
             }
-            let answer = front.call(req.map(Body::new), Some(peer));
+            // Boxed: hyper moves each request's future into its slot, and
+            // the webhook path's is about 3 KiB, copied on every move; a box
+            // moves as a pointer (BENCHMARKS.md, step 15).
+            let answer = Box::pin(front.call(req.map(Body::new), Some(peer)));
             async move { Ok::<_, std::convert::Infallible>(answer.await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
