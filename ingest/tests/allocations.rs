@@ -7,6 +7,8 @@
 //! Its own test binary: the counting allocator below is this file's global
 //! allocator, and it counts on the calling thread only.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -103,24 +105,7 @@ fn finding_the_values_allocates_nothing() {
 /// deadline is now, so `deliver` queues it and answers a timeout.
 #[test]
 fn handing_a_record_over_allocates_once() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let kafka = ingest::config::KafkaConfig {
-        brokers: "127.0.0.1:1".into(),
-        delivery_timeout: Some(std::time::Duration::from_secs(60)),
-        ..Default::default()
-    };
-    let server = ingest::config::ServerConfig::default();
-    let producer = runtime.block_on(async {
-        ingest::producer::KafkaProducer::new(
-            &kafka,
-            &server,
-            ingest::metrics::Metrics::new().unwrap(),
-        )
-        .unwrap()
-    });
+    let (runtime, producer) = common::unreachable_producer();
     // The payload is handed over: made before counting, as the request
     // path's envelope is.
     let deliver = |payload: Vec<u8>| {

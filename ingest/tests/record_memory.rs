@@ -9,6 +9,8 @@
 //! does, so glibc's own count (`mallinfo2`) holds only what the C code
 //! (librdkafka) allocated.
 
+mod common;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -23,26 +25,7 @@ fn glibc_in_use() -> usize {
 fn librdkafka_holds_a_record_without_copying_its_payload() {
     const PAYLOAD: usize = 16 * 1024;
     const RECORDS: usize = 200;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    // No broker listens on port 1: every record stays queued in librdkafka,
-    // held until its delivery timeout (a minute, past this test).
-    let kafka = ingest::config::KafkaConfig {
-        brokers: "127.0.0.1:1".into(),
-        delivery_timeout: Some(std::time::Duration::from_secs(60)),
-        ..Default::default()
-    };
-    let server = ingest::config::ServerConfig::default();
-    let producer = runtime.block_on(async {
-        ingest::producer::KafkaProducer::new(
-            &kafka,
-            &server,
-            ingest::metrics::Metrics::new().unwrap(),
-        )
-        .unwrap()
-    });
+    let (runtime, producer) = common::unreachable_producer();
     let queue = |n: usize| {
         for i in 0..n {
             // The deadline is now: `deliver` queues the record and answers
