@@ -111,7 +111,8 @@ pub fn shared(
 /// Runs the consumer group until SIGINT/SIGTERM: opens the dedupe store,
 /// builds the sinks, starts the runtime and the HTTP endpoints, expires
 /// dedupe entries every minute, and on a signal hands every partition over
-/// before it returns.
+/// before it returns. A consumer that ends by itself (fenced by the
+/// brokers) ends it too, with that error.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let dedupe = open_dedupe(&config.dedupe)?;
@@ -196,8 +197,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let sweepers = sweep_retention(&sinks, &metrics, &stop_rx);
 
-    plumbing::shutdown_signal().await;
-    tracing::info!("stopping: handing partitions over");
+    tokio::select! {
+        _ = plumbing::shutdown_signal() => {
+            tracing::info!("stopping: handing partitions over");
+        }
+        // A fenced consumer (or one failed for good) ends by itself, after
+        // its own hand-over: the process stops too and reports why, rather
+        // than stay up consuming nothing.
+        _ = running.ended() => {
+            tracing::error!("the consumer ended by itself: stopping");
+        }
+    }
     let _ = stop_tx.send(true);
     // The hand-over talks to the brokers (final commit, leaving the group);
     // with the brokers gone or stalled librdkafka would retry it for

@@ -317,15 +317,42 @@ pub struct Running {
     /// Set once the consumer joined the group and got an assignment.
     pub ready: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Result<(), String>>,
+    /// Closed when the consumer thread ends, on shutdown or by itself.
+    ended: watch::Receiver<()>,
 }
 
 impl Running {
-    /// Waits for the consumer thread to end (after shutdown).
+    /// Waits for the consumer thread to end (after shutdown, or after it
+    /// ended by itself: see [`Running::ended`]).
     pub fn join(self) -> Result<(), String> {
         self.thread
             .join()
             .map_err(|_| "the consumer thread panicked".to_string())?
     }
+
+    /// Resolves once the consumer thread has ended. Without a shutdown it
+    /// ends only when its consumer hit a fatal error (Kafka fenced it:
+    /// another process joined with the same `kafka.instance_id`), after it
+    /// handed its partitions over; [`Running::join`] then returns the error.
+    pub async fn ended(&self) {
+        let mut ended = self.ended.clone();
+        while ended.changed().await.is_ok() {}
+    }
+}
+
+/// The consumer's fatal error, if it has one, as the process reports it:
+/// librdkafka's consumer then consumes nothing more, so the process must
+/// not go on as if it did.
+fn fatal_error<C: Consumer<Ctx>>(consumer: &C, membership: &Membership) -> Option<String> {
+    let (code, reason) = consumer.client().fatal_error()?;
+    Some(match (code, membership) {
+        (RDKafkaErrorCode::FencedInstanceId, Membership::Static { instance_id, .. }) => format!(
+            "the brokers fenced this consumer ({reason}): another process joined the group with the same kafka.instance_id {instance_id:?}, and this one consumes nothing more; give every running instance its own id (PROCESSORS_KAFKA__INSTANCE_ID), or stop the other process"
+        ),
+        _ => {
+            format!("the consumer hit a fatal error and consumes nothing more: {code:?}: {reason}")
+        }
+    })
 }
 
 /// Starts the consumer thread. Workers are spawned on `workers_rt`.
@@ -336,6 +363,25 @@ pub fn start(
     workers_rt: tokio::runtime::Handle,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Running, KafkaError> {
+    prepare(kafka, processing, &shared)?.run(processing, shared, workers_rt, shutdown)
+}
+
+/// A consumer created and subscribed, its loop not started yet.
+struct Prepared {
+    consumer: Arc<StreamConsumer<Ctx>>,
+    topic: String,
+    membership: Membership,
+    parts: Arc<Mutex<Partitions>>,
+    ready: Arc<AtomicBool>,
+    budget: Arc<ByteBudget>,
+}
+
+/// Creates the consumer with its callbacks and subscribes it.
+fn prepare(
+    kafka: &KafkaConfig,
+    processing: &crate::pipeline::ProcessingConfig,
+    shared: &Shared,
+) -> Result<Prepared, KafkaError> {
     let parts = Arc::new(Mutex::new(Partitions {
         generation: 0,
         workers: HashMap::new(),
@@ -375,39 +421,73 @@ pub fn start(
     settings.set("queued.max.messages.kbytes", prefetch_kib.to_string());
     let consumer: StreamConsumer<Ctx> = settings.create_with_context(ctx)?;
     consumer.subscribe(&[&kafka.topic])?;
-    let consumer = Arc::new(consumer);
-    let topic = kafka.topic.clone();
-    let batch_max = processing.batch_max;
-    let capacity = processing.channel_capacity;
-    let revoke_timeout = processing.revoke_timeout;
-    let thread = std::thread::Builder::new()
-        .name("consumer".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(consume(
-                consumer,
-                topic,
-                parts,
-                shared,
-                workers_rt,
-                shutdown,
-                (batch_max, capacity),
-                revoke_timeout,
-                budget,
-            ));
-            Ok(())
+    Ok(Prepared {
+        consumer: Arc::new(consumer),
+        topic: kafka.topic.clone(),
+        membership,
+        parts,
+        ready,
+        budget,
+    })
+}
+
+impl Prepared {
+    /// Runs the consumer loop on its own thread.
+    fn run(
+        self,
+        processing: &crate::pipeline::ProcessingConfig,
+        shared: Arc<Shared>,
+        workers_rt: tokio::runtime::Handle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Running, KafkaError> {
+        let Prepared {
+            consumer,
+            topic,
+            membership,
+            parts,
+            ready,
+            budget,
+        } = self;
+        let (end_tx, ended) = watch::channel(());
+        let batch_max = processing.batch_max;
+        let capacity = processing.channel_capacity;
+        let revoke_timeout = processing.revoke_timeout;
+        let thread = std::thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || {
+                // Dropped last, whichever way this thread ends.
+                let _end = end_tx;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(consume(
+                    consumer,
+                    topic,
+                    &membership,
+                    parts,
+                    shared,
+                    workers_rt,
+                    shutdown,
+                    (batch_max, capacity),
+                    revoke_timeout,
+                    budget,
+                ))
+            })
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        Ok(Running {
+            ready,
+            thread,
+            ended,
         })
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
-    Ok(Running { ready, thread })
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn consume(
     consumer: Arc<StreamConsumer<Ctx>>,
     topic: String,
+    membership: &Membership,
     parts: Arc<Mutex<Partitions>>,
     shared: Arc<Shared>,
     workers_rt: tokio::runtime::Handle,
@@ -415,7 +495,7 @@ async fn consume(
     (batch_max, capacity): (usize, usize),
     revoke_timeout: Duration,
     budget: Arc<ByteBudget>,
-) {
+) -> Result<(), String> {
     let mut held: HashMap<i32, Held> = HashMap::new();
     let mut retry = tokio::time::interval(Duration::from_millis(20));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -425,6 +505,8 @@ async fn consume(
     let mut failures: HashMap<i32, u32> = HashMap::new();
     // Every partition is paused because the byte budget is used up.
     let mut budget_paused = false;
+    // Why the loop ended without a shutdown.
+    let mut fatal = None;
     loop {
         let msg = tokio::select! {
             m = consumer.recv() => Some(m),
@@ -461,6 +543,15 @@ async fn consume(
         }
         if !held.is_empty() {
             hand_held(&mut held, &parts, consumer.as_ref(), &topic, budget_paused);
+        }
+        if !matches!(msg, Some(Ok(_))) {
+            // librdkafka reports a fatal error once, as a consumer error;
+            // it is looked for on every pass without a record as well.
+            if let Some(e) = fatal_error(consumer.as_ref(), membership) {
+                tracing::error!(error = %e, "consumer fenced or failed for good: handing partitions over and stopping");
+                fatal = Some(e);
+                break;
+            }
         }
         let Some(msg) = msg else { continue };
         let (partition, record) = match msg {
@@ -584,6 +675,7 @@ async fn consume(
     let positions = stop_workers(workers, revoke_timeout);
     commit_positions(consumer.as_ref(), &topic, &positions, &shared.metrics);
     tracing::info!("consumer stopped");
+    fatal.map_or(Ok(()), Err)
 }
 
 /// Offers held records to their workers; resumes a partition whose records
@@ -911,5 +1003,128 @@ fn store(consumer: &StreamConsumer<Ctx>, topic: &str, partition: i32, pos: i64, 
         tracing::debug!(partition, error = %e, "offset not stored");
     } else {
         consumer.context().offset_stored();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::event::{Event, Quarantine};
+    use crate::pipeline::SideTopics;
+    use crate::pipeline::dedupe::{DedupeStore, MemoryDedupe};
+    use crate::sinks::basic::MemorySink;
+    use crate::sinks::{BoxFuture, Sink};
+
+    /// Side topics that are never written in these tests.
+    struct NoSide;
+
+    impl SideTopics for NoSide {
+        fn quarantine<'a>(
+            &'a self,
+            _: &'a RawRecord,
+            _: &'a str,
+            _: &'a Quarantine,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Err("no side topics here".into()) })
+        }
+
+        fn dead_letter<'a>(
+            &'a self,
+            _: &'a RawRecord,
+            _: &'a Event,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Err("no side topics here".into()) })
+        }
+    }
+
+    /// Kafka fences a static member when another process joins the group
+    /// with its `group.instance.id`; librdkafka then ends that consumer with
+    /// a fatal error and it consumes nothing more. The runtime used to log
+    /// it as a warning and go on, consuming nothing, unseen. tansu does not
+    /// fence (it gives both processes every partition), so the fatal error
+    /// is raised with librdkafka's own test hook, on a consumer whose
+    /// broker is a closed port: the runtime must end by itself and say
+    /// why, naming the setting to fix.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fenced_consumer_ends_the_runtime_with_an_error_naming_the_instance_id() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let config = Config::from_toml(&format!(
+            r#"
+            [kafka]
+            brokers = "127.0.0.1:{port}"
+            instance_id = "proc-a"
+            [processing]
+            revoke_timeout = "2s"
+            [dedupe]
+            path = "unused"
+            [sources.purple]
+            parser = "guest_wifi"
+            [sinks.out]
+            kind = "log"
+            [[routes]]
+            name = "all"
+            sinks = ["out"]
+            "#
+        ))
+        .unwrap();
+        let shared = Arc::new(
+            Shared::new(
+                &config.sources,
+                &config.routes,
+                &config.processing,
+                vec![Arc::new(MemorySink::new("out")) as Arc<dyn Sink>],
+                Arc::new(MemoryDedupe::new(Duration::from_secs(60))) as Arc<dyn DedupeStore>,
+                Arc::new(NoSide) as Arc<dyn SideTopics>,
+                Metrics::new().unwrap(),
+            )
+            .unwrap(),
+        );
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let prepared = prepare(&config.kafka, &config.processing, &shared).unwrap();
+        let consumer = prepared.consumer.clone();
+        let running = prepared
+            .run(
+                &config.processing,
+                shared,
+                tokio::runtime::Handle::current(),
+                stop_rx,
+            )
+            .unwrap();
+        // Running, no shutdown asked: it does not end by itself.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), running.ended())
+                .await
+                .is_err(),
+            "the consumer ended without a shutdown or an error"
+        );
+
+        // SAFETY: a live client handle and a NUL-terminated reason.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                consumer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID,
+                c"the static member was fenced by a newer instance".as_ptr(),
+            );
+        }
+        drop(consumer);
+        let ended = tokio::time::timeout(Duration::from_secs(10), running.ended()).await;
+        let _ = stop_tx.send(true);
+        assert!(
+            ended.is_ok(),
+            "a fenced consumer went on running (consuming nothing) for 10 s"
+        );
+        let joined = tokio::task::spawn_blocking(move || running.join())
+            .await
+            .unwrap();
+        let e = joined.expect_err("a fenced consumer ends with an error");
+        assert!(
+            e.contains("fenced") && e.contains("kafka.instance_id \"proc-a\""),
+            "{e}"
+        );
     }
 }

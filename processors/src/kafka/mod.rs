@@ -143,8 +143,9 @@ pub struct KafkaConfig {
     /// instance: give several instances on one host their own ids (a
     /// StatefulSet's pod names do; a Deployment's new pod has a new name,
     /// so its old id's partitions wait `session_timeout`). Two running
-    /// processes with one id: Kafka fences the older one (it stops
-    /// consuming); tansu 0.6 gives both the same partitions.
+    /// processes with one id: Kafka fences the older one, which then hands
+    /// its partitions over and exits with an error naming the id; tansu
+    /// 0.6 gives both the same partitions.
     #[serde(default)]
     pub instance_id: Option<String>,
     /// How long the group waits for a member it does not hear from before
