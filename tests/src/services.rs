@@ -284,6 +284,13 @@ impl Processor {
         }
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends SIGTERM and waits (bounded) for exit.
     pub fn stop(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("processors is running");
