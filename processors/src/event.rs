@@ -337,7 +337,69 @@ pub fn guest_wifi_schema() -> &'static apache_avro::Schema {
     })
 }
 
+/// Heap bytes one B-tree node of a JSON object takes (`String` keys,
+/// `Value` values, eleven slots, and the child pointers of an internal
+/// node), and what each entry beyond the first adds at worst: nodes split
+/// half full, and serde_json fills them in document order.
+const MAP_NODE_BYTES: usize = 736;
+const MAP_ENTRY_BYTES: usize = 136;
+
+/// The heap bytes held below one JSON value (the node itself is counted by
+/// whoever holds it): strings and vectors by capacity, maps by their
+/// nodes. An upper estimate of what the allocator was asked for, checked
+/// against a counting allocator in `tests/parsed_budget.rs`.
+fn value_heap_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => {
+            a.capacity() * std::mem::size_of::<Value>()
+                + a.iter().map(value_heap_bytes).sum::<usize>()
+        }
+        Value::Object(m) if m.is_empty() => 0,
+        Value::Object(m) => {
+            MAP_NODE_BYTES
+                + (m.len() - 1) * MAP_ENTRY_BYTES
+                + m.iter()
+                    .map(|(k, v)| k.capacity() + value_heap_bytes(v))
+                    .sum::<usize>()
+        }
+    }
+}
+
+fn opt_capacity(s: &Option<String>) -> usize {
+    s.as_ref().map_or(0, String::capacity)
+}
+
 impl Event {
+    /// What the event holds on the heap, about and not under: the parsed
+    /// body's tree (which can be many times the body's size: each value of
+    /// `[0,0,...]` is a 32-byte node for two bytes of JSON) and its
+    /// strings. The byte budget charges a held record by it.
+    pub fn held_bytes(&self) -> usize {
+        let typed = self.guest_wifi.as_ref().map_or(0, |g| {
+            std::mem::size_of::<GuestWifi>()
+                + g.event_type.capacity()
+                + g.venue_id.capacity()
+                + opt_capacity(&g.venue_name)
+                + opt_capacity(&g.zone)
+                + opt_capacity(&g.device_id)
+                + g.guest.as_ref().map_or(0, |guest| {
+                    std::mem::size_of::<Guest>()
+                        + guest.id.capacity()
+                        + opt_capacity(&guest.email)
+                        + opt_capacity(&guest.first_name)
+                })
+        });
+        std::mem::size_of::<Event>()
+            + self.source.capacity()
+            + self.event_id.capacity()
+            + self.event_type.capacity()
+            + opt_capacity(&self.ordering_key)
+            + typed
+            + value_heap_bytes(&self.body)
+    }
+
     /// The event as a guest-WiFi Avro record (Avro binary, current
     /// schema); `None` for events of other parsers.
     pub fn guest_wifi_avro(&self) -> Option<Result<Vec<u8>, apache_avro::Error>> {

@@ -8,7 +8,10 @@
 //! queue dropped at a hand-over, an aborted worker) gives the bytes back.
 //! Nothing has to remember to release. A record is charged its payload
 //! twice (the raw envelope, and the parsed event with its body) plus a
-//! fixed overhead for the structures around it.
+//! fixed overhead for the structures around it as it is read; once parsed,
+//! its charge is raised to what the parsed event really holds
+//! ([`Charge::at_least`]), since a JSON tree can take many times the bytes
+//! of its text.
 //!
 //! When the budget is used up, the consumer pauses every partition it
 //! owns and resumes them once use falls to three quarters of the budget
@@ -48,7 +51,7 @@ impl ByteBudget {
         self.used.fetch_add(bytes, Ordering::Relaxed);
         Charge {
             budget: self.clone(),
-            bytes,
+            bytes: AtomicUsize::new(bytes),
         }
     }
 
@@ -79,12 +82,32 @@ pub struct Charge {
     /// The budget it was taken from.
     budget: Arc<ByteBudget>,
     /// How much.
-    bytes: usize,
+    bytes: AtomicUsize,
+}
+
+impl Charge {
+    /// Raises the charge to `bytes` if it is less (a parsed event that
+    /// holds more than the read-time estimate); never lowers it.
+    pub fn at_least(&self, bytes: usize) {
+        let before = self.bytes.fetch_max(bytes, Ordering::Relaxed);
+        if bytes > before {
+            self.budget
+                .used
+                .fetch_add(bytes - before, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Charge {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget
+            .used
+            .fetch_sub(*self.bytes.get_mut(), Ordering::Relaxed);
     }
 }
 
@@ -105,6 +128,18 @@ mod tests {
             "a clone still holds it"
         );
         drop(copy);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_charge_raised_for_its_parsed_event_gives_back_all_of_it() {
+        let b = ByteBudget::new(1 << 20);
+        let c = Arc::new(b.charge(1000));
+        c.at_least(50_000);
+        assert_eq!((b.used(), c.bytes()), (50_000, 50_000));
+        c.at_least(10_000);
+        assert_eq!(b.used(), 50_000, "never lowered");
+        drop(c);
         assert_eq!(b.used(), 0);
     }
 

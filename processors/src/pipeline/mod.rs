@@ -820,6 +820,16 @@ impl PartitionPipeline {
             match event::parse(&envelope, shared.sources.get(&envelope.source)) {
                 Ok(event) => {
                     m.decoded.with_label_values(&[&event.source]).inc();
+                    // Held from here with its envelope: charge what the
+                    // parsed event really takes.
+                    if let Some(charge) = &record.charge {
+                        charge.at_least(
+                            record.payload.len()
+                                + record.key.as_ref().map_or(0, Vec::len)
+                                + event.held_bytes()
+                                + budget::RECORD_OVERHEAD,
+                        );
+                    }
                     let key = (
                         event.source.clone(),
                         event
