@@ -273,6 +273,10 @@ fn normalize(c: &mut Criterion) {
             parse(&env, Some(&source)).expect("parses")
         })
     });
+    // What the byte budget adds per record: the walk over the parsed
+    // event that sizes its charge.
+    let event = parse(&env, Some(&source)).expect("parses");
+    group.bench_function("held_bytes", |b| b.iter(|| black_box(&event).held_bytes()));
     group.finish();
 }
 

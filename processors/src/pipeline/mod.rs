@@ -359,7 +359,9 @@ impl Shared {
 #[derive(Debug)]
 struct Pending {
     record: RawRecord,
-    event: Event,
+    /// Shared with the sinks it is routed to, not copied: a parsed body can
+    /// be many times its text.
+    event: Arc<Event>,
     /// Ingest's request id (from the envelope), on every log line about
     /// this event, so it can be followed from the HTTP request on.
     request_id: String,
@@ -844,7 +846,7 @@ impl PartitionPipeline {
                     if by_time {
                         let pending = Box::new(Pending {
                             record,
-                            event,
+                            event: Arc::new(event),
                             request_id: envelope.request_id.clone(),
                             polled: envelope.verification.scheme == POLLED,
                         });
@@ -883,7 +885,7 @@ impl PartitionPipeline {
                         seq,
                         Slot::Event(Box::new(Pending {
                             record,
-                            event,
+                            event: Arc::new(event),
                             request_id: envelope.request_id.clone(),
                             polled: envelope.verification.scheme == POLLED,
                         })),
@@ -1017,7 +1019,8 @@ impl PartitionPipeline {
             let mut p = *p;
             match r.reason {
                 // Counted once it proves not to be a duplicate (`apply`).
-                Reason::Late { .. } => p.event.late = true,
+                // Unique here (just out of the buffer): marked in place.
+                Reason::Late { .. } => Arc::make_mut(&mut p.event).late = true,
                 Reason::DuplicateSeq => {
                     let same = matches!(
                         r.seq.and_then(|s| self.reorder.peek(&r.key, s)),
@@ -1068,7 +1071,7 @@ impl PartitionPipeline {
                 .inc();
             if let TimeReason::Late { .. } = r.reason {
                 // Counted once it proves not to be a duplicate (`apply`).
-                p.event.late = true;
+                Arc::make_mut(&mut p.event).late = true;
             }
             into.push(p);
         }
@@ -1197,7 +1200,7 @@ impl PartitionPipeline {
                 continue;
             }
             let i = items.len();
-            let event = Arc::new(p.event.clone());
+            let event = p.event.clone();
             for (s, deadline) in expires {
                 expiring[s].insert(i, deadline);
             }
