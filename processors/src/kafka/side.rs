@@ -135,3 +135,61 @@ impl SideTopics for KafkaSide {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// On-CPU nanoseconds of this process's rdkafka producer polling
+    /// threads (`/proc/self/task/*/schedstat`, first field).
+    fn polling_threads_cpu_ns() -> u64 {
+        let mut total = 0;
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let path = task.expect("task").path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if !comm.starts_with("producer pollin") {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            total += stat
+                .split_whitespace()
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    /// Every `FutureProducer` has a thread that polls for delivery reports
+    /// in rounds of 100 ms. rust-rdkafka turned what was left of a round
+    /// into whole milliseconds, so the last fraction of each was polled
+    /// with a 0 ms timeout in a tight loop: about 1 % of a core per
+    /// producer with nothing to produce (BENCHMARKS.md, "Processor
+    /// throughput"). Measured as the thread's own CPU time over 2 s idle.
+    #[test]
+    fn an_idle_producer_does_not_spin_its_polling_thread() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let config = crate::config::Config::from_toml(&format!(
+            "[kafka]\nbrokers = \"127.0.0.1:{port}\"\n[dedupe]\npath = \"unused\"\n[sources.purple]\nparser = \"guest_wifi\"\n[sinks.out]\nkind = \"log\"\n[[routes]]\nname = \"all\"\nsinks = [\"out\"]\n"
+        ))
+        .unwrap();
+        let side = KafkaSide::new(&config.kafka).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let before = polling_threads_cpu_ns();
+        std::thread::sleep(Duration::from_secs(2));
+        let used = polling_threads_cpu_ns() - before;
+        drop(side);
+        eprintln!(
+            "idle producer polling thread: {:.2} ms of CPU in 2 s",
+            used as f64 / 1e6
+        );
+        assert!(
+            used < 8_000_000,
+            "the idle producer's polling thread used {:.1} ms of CPU in 2 s",
+            used as f64 / 1e6
+        );
+    }
+}

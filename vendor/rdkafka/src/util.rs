@@ -78,9 +78,17 @@ pub enum Timeout {
 
 impl Timeout {
     /// Converts a timeout to Kafka's expected representation.
+    ///
+    /// PATCHED (vendor/rdkafka/PATCHES.md): rounded up to whole
+    /// milliseconds, capped at `i32::MAX`. Rounded down, what is left of a
+    /// poll loop's deadline in its last millisecond became a 0 ms poll,
+    /// repeated in a tight loop until the deadline passed.
     pub(crate) fn as_millis(&self) -> i32 {
         match self {
-            Timeout::After(d) => d.as_millis() as i32,
+            Timeout::After(d) => {
+                let ms = d.as_nanos().div_ceil(1_000_000);
+                i32::try_from(ms).unwrap_or(i32::MAX)
+            }
             Timeout::Never => -1,
         }
     }
