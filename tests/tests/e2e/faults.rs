@@ -214,6 +214,42 @@ where
     }
 }
 
+/// Waits (bounded) until the JSON-lines `sink` holds as many events as
+/// `in_kafka` and `p` committed every offset, then asserts the sink holds
+/// exactly Kafka's events, each once.
+async fn sink_holds_kafka_once(
+    p: &Processor,
+    sink: &std::path::Path,
+    in_kafka: &BTreeMap<String, String>,
+    within: Duration,
+) {
+    wait_until("every event in the sink", within, &|| p.log(), || {
+        let done = sink_lines(sink).len() >= in_kafka.len();
+        async move { done }
+    })
+    .await;
+    wait_until(
+        "offsets committed",
+        Duration::from_secs(30),
+        &|| p.log(),
+        || async { p.metric("processors_commit_lag").await == 0.0 },
+    )
+    .await;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for line in sink_lines(sink) {
+        let id = line["event_id"].as_str().expect("event_id").to_string();
+        *seen.entry(id).or_default() += 1;
+    }
+    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "written twice: {doubled:?}");
+    let got: HashSet<&String> = seen.keys().collect();
+    assert_eq!(
+        got,
+        in_kafka.keys().collect(),
+        "the sink holds exactly Kafka's events"
+    );
+}
+
 /// Event id -> row count in the analytics store's `events` table.
 fn pg_event_counts(pg: &Postgres) -> HashMap<String, u64> {
     pg.psql("select event_id, count(*) from events group by event_id")
@@ -766,36 +802,7 @@ async fn processors_sigterm_mid_stream_exits_0_in_time_and_loses_and_repeats_not
         stops.iter().all(|(n, _)| *n < in_kafka.len()),
         "a stop came after the stream: {stops:?}"
     );
-    wait_until(
-        "every event in the sink",
-        Duration::from_secs(60),
-        &|| last.log(),
-        || {
-            let done = sink_lines(&sink).len() >= in_kafka.len();
-            async move { done }
-        },
-    )
-    .await;
-    wait_until(
-        "offsets committed",
-        Duration::from_secs(30),
-        &|| last.log(),
-        || async { last.metric("processors_commit_lag").await == 0.0 },
-    )
-    .await;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for line in sink_lines(&sink) {
-        let id = line["event_id"].as_str().expect("event_id").to_string();
-        *seen.entry(id).or_default() += 1;
-    }
-    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "written twice: {doubled:?}");
-    let got: HashSet<&String> = seen.keys().collect();
-    assert_eq!(
-        got,
-        in_kafka.keys().collect(),
-        "the sink holds exactly Kafka's events"
-    );
+    sink_holds_kafka_once(&last, &sink, &in_kafka, Duration::from_secs(60)).await;
     eprintln!(
         "processors SIGTERM x2 mid-stream: {} events ({} requests) all once; \
          (lines at each stop, time to exit 0): {stops:?}",
@@ -864,37 +871,8 @@ async fn broker_killed_and_restarted_mid_stream_the_processors_carry_on_and_appl
         "the kill came after the stream: {at_kill} of {}",
         in_kafka.len()
     );
-    wait_until(
-        "every event in the sink",
-        Duration::from_secs(90),
-        &|| p.log(),
-        || {
-            let done = sink_lines(&sink).len() >= in_kafka.len();
-            async move { done }
-        },
-    )
-    .await;
-    wait_until(
-        "offsets committed",
-        Duration::from_secs(30),
-        &|| p.log(),
-        || async { p.metric("processors_commit_lag").await == 0.0 },
-    )
-    .await;
+    sink_holds_kafka_once(&p, &sink, &in_kafka, Duration::from_secs(90)).await;
     assert!(p.is_running(), "the processors stopped:\n{}", p.log());
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for line in sink_lines(&sink) {
-        let id = line["event_id"].as_str().expect("event_id").to_string();
-        *seen.entry(id).or_default() += 1;
-    }
-    let doubled: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "written twice: {doubled:?}");
-    let got: HashSet<&String> = seen.keys().collect();
-    assert_eq!(
-        got,
-        in_kafka.keys().collect(),
-        "the sink holds exactly Kafka's events"
-    );
     eprintln!(
         "broker kill -9 + restart under the processors: {} events ({} requests, {} acknowledged) all once; {at_kill} in the sink at the kill",
         in_kafka.len(),
