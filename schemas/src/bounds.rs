@@ -36,28 +36,40 @@ pub enum BoundsError {
 /// declared length or count exceeding the bytes that follow it. Returns the
 /// bytes left after the datum.
 pub fn check<'d>(schema: &Schema, data: &'d [u8]) -> Result<&'d [u8], BoundsError> {
-    let mut walk = Walk { root: schema, data };
+    let mut walk = Walk {
+        root: schema,
+        at: Cursor { data },
+    };
     walk.value(schema)?;
-    Ok(walk.data)
+    Ok(walk.at.data)
 }
 
-struct Walk<'s, 'd> {
-    /// The whole schema, where a named reference is looked up.
-    root: &'s Schema,
-    data: &'d [u8],
+/// Avro's primitive reads over a datum's bytes, each refusing what cannot
+/// fit in the bytes left: the walk below and the direct envelope reader
+/// ([`crate::envelope`]) share them, so both accept the same data.
+pub(crate) struct Cursor<'d> {
+    /// What is left to read.
+    pub(crate) data: &'d [u8],
 }
 
-impl Walk<'_, '_> {
-    fn skip(&mut self, n: usize) -> Result<(), BoundsError> {
+impl<'d> Cursor<'d> {
+    pub(crate) fn skip(&mut self, n: usize) -> Result<(), BoundsError> {
+        self.take(n).map(drop)
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'d [u8], BoundsError> {
         if n > self.data.len() {
             return Err(BoundsError::Truncated);
         }
-        self.data = &self.data[n..];
-        Ok(())
+        let (taken, rest) = self.data.split_at(n);
+        self.data = rest;
+        Ok(taken)
     }
 
-    /// One zig-zag variable-length long.
-    fn long(&mut self) -> Result<i64, BoundsError> {
+    /// One zig-zag variable-length long of at most ten bytes (bits past
+    /// the 64th dropped, as apache-avro does).
+    pub(crate) fn long(&mut self) -> Result<i64, BoundsError> {
         let mut raw: u64 = 0;
         for i in 0..10 {
             let Some((&b, rest)) = self.data.split_first() else {
@@ -73,7 +85,7 @@ impl Walk<'_, '_> {
     }
 
     /// A length or count: not negative, and at most the bytes left.
-    fn bounded(&mut self) -> Result<usize, BoundsError> {
+    pub(crate) fn bounded(&mut self) -> Result<usize, BoundsError> {
         let n = self.long()?;
         match usize::try_from(n) {
             Ok(len) if len <= self.data.len() => Ok(len),
@@ -81,40 +93,56 @@ impl Walk<'_, '_> {
         }
     }
 
-    /// The blocks of an array or map: each a count (negative: followed by
-    /// the block's byte size), then that many items; a zero count ends it.
+    /// The count that opens a block of an array or map (negative: followed
+    /// by the block's byte size, read and not needed); `None` for the zero
+    /// count that ends it. Never more than the bytes left, since every item
+    /// of our schemas takes at least one.
+    pub(crate) fn block(&mut self) -> Result<Option<usize>, BoundsError> {
+        let count = self.long()?;
+        if count == 0 {
+            return Ok(None);
+        }
+        let count = if count < 0 {
+            let _size = self.long()?;
+            count
+                .checked_neg()
+                .ok_or(BoundsError::TooLong(count, self.data.len()))?
+        } else {
+            count
+        };
+        let left = self.data.len();
+        usize::try_from(count)
+            .ok()
+            .filter(|&c| c <= left)
+            .map(Some)
+            .ok_or(BoundsError::TooLong(count, left))
+    }
+}
+
+struct Walk<'s, 'd> {
+    /// The whole schema, where a named reference is looked up.
+    root: &'s Schema,
+    at: Cursor<'d>,
+}
+
+impl Walk<'_, '_> {
+    /// The blocks of an array or map, each item read by `item`.
     fn blocks(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<(), BoundsError>,
     ) -> Result<(), BoundsError> {
-        loop {
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            let count = if count < 0 {
-                let _size = self.long()?;
-                count
-                    .checked_neg()
-                    .ok_or(BoundsError::TooLong(count, self.data.len()))?
-            } else {
-                count
-            };
-            let left = self.data.len();
-            let count = usize::try_from(count)
-                .ok()
-                .filter(|&c| c <= left)
-                .ok_or(BoundsError::TooLong(count, left))?;
+        while let Some(count) = self.at.block()? {
             for _ in 0..count {
                 item(self)?;
             }
         }
+        Ok(())
     }
 
     fn value(&mut self, schema: &Schema) -> Result<(), BoundsError> {
         match schema {
             Schema::Null => Ok(()),
-            Schema::Boolean => self.skip(1),
+            Schema::Boolean => self.at.skip(1),
             Schema::Int
             | Schema::Long
             | Schema::Date
@@ -126,24 +154,24 @@ impl Walk<'_, '_> {
             | Schema::LocalTimestampMillis
             | Schema::LocalTimestampMicros
             | Schema::LocalTimestampNanos
-            | Schema::Enum(_) => self.long().map(drop),
-            Schema::Float => self.skip(4),
-            Schema::Double => self.skip(8),
-            Schema::Duration => self.skip(12),
-            Schema::Fixed(f) => self.skip(f.size),
+            | Schema::Enum(_) => self.at.long().map(drop),
+            Schema::Float => self.at.skip(4),
+            Schema::Double => self.at.skip(8),
+            Schema::Duration => self.at.skip(12),
+            Schema::Fixed(f) => self.at.skip(f.size),
             Schema::Bytes | Schema::String | Schema::Uuid | Schema::BigDecimal => {
-                let len = self.bounded()?;
-                self.skip(len)
+                let len = self.at.bounded()?;
+                self.at.skip(len)
             }
             Schema::Decimal(d) => self.value(&d.inner),
             Schema::Array(a) => self.blocks(|w| w.value(&a.items)),
             Schema::Map(m) => self.blocks(|w| {
-                let len = w.bounded()?;
-                w.skip(len)?;
+                let len = w.at.bounded()?;
+                w.at.skip(len)?;
                 w.value(&m.types)
             }),
             Schema::Union(u) => {
-                let index = self.long()?;
+                let index = self.at.long()?;
                 let branch = usize::try_from(index)
                     .ok()
                     .and_then(|i| u.variants().get(i))

@@ -14,6 +14,8 @@ use apache_avro::{Schema, from_avro_datum};
 
 use crate::ENVELOPE_SCHEMA_VERSIONS;
 
+mod direct;
+
 /// The two marker bytes that open every Avro single-object encoded record.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -98,6 +100,9 @@ pub enum DecodeError {
     /// Bytes left over after the datum.
     #[error("{0} trailing bytes after the Avro datum")]
     Trailing(usize),
+    /// A string field's bytes are not UTF-8.
+    #[error("field {0} is not valid UTF-8")]
+    Utf8(&'static str),
 }
 
 /// Fingerprints that builds before the fix wrote for a version, still
@@ -107,6 +112,9 @@ pub enum DecodeError {
 /// crate computed the specification's form itself. Drop an entry once no
 /// record older than that change is within the raw topic's retention.
 pub const LEGACY_FINGERPRINTS: &[(&str, u64)] = &[("v1", 0x53a2_6c09_147b_2ab5)];
+
+/// The version the direct encoder writes and the direct decoder reads.
+const DIRECT_VERSION: &str = "v1";
 
 /// A parsed schema version with its fingerprint.
 pub struct SchemaVersion {
@@ -406,13 +414,27 @@ impl Envelope {
     }
 
     /// Decodes a single-object encoded record written with any committed
-    /// schema version.
+    /// schema version. Records of the current version, v1, are read
+    /// directly ([`direct`]); others through apache-avro's schema
+    /// resolution.
     pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let (fingerprint, datum) = single_object(bytes)?;
-        let writer = schema_versions()
-            .iter()
-            .find(|v| v.is_written_as(fingerprint))
-            .ok_or(DecodeError::UnknownSchema(fingerprint))?;
+        let (writer, datum) = writer_and_datum(bytes)?;
+        if writer.name == DIRECT_VERSION && current_schema().name == DIRECT_VERSION {
+            return direct::decode_v1(datum);
+        }
+        Self::decode_resolved(writer, datum)
+    }
+
+    /// Decodes with apache-avro's generic path: what [`Envelope::decode`]
+    /// does for versions the direct reader does not know, and what it is
+    /// compared with (tests, the `envelope_decode` fuzz target).
+    #[doc(hidden)]
+    pub fn decode_with_apache_avro(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let (writer, datum) = writer_and_datum(bytes)?;
+        Self::decode_resolved(writer, datum)
+    }
+
+    fn decode_resolved(writer: &SchemaVersion, datum: &[u8]) -> Result<Envelope, DecodeError> {
         let current = current_schema();
         let reader_schema = if writer.name == current.name {
             None
@@ -538,6 +560,17 @@ pub(crate) fn single_object(bytes: &[u8]) -> Result<(u64, &[u8]), DecodeError> {
     Ok((u64::from_le_bytes(fp), &bytes[HEADER_LEN..]))
 }
 
+/// The committed version a single-object record was written with, and
+/// its datum.
+fn writer_and_datum(bytes: &[u8]) -> Result<(&'static SchemaVersion, &[u8]), DecodeError> {
+    let (fingerprint, datum) = single_object(bytes)?;
+    let writer = schema_versions()
+        .iter()
+        .find(|v| v.is_written_as(fingerprint))
+        .ok_or(DecodeError::UnknownSchema(fingerprint))?;
+    Ok((writer, datum))
+}
+
 /// `fingerprint` then `datum`: a single-object encoded record.
 pub(crate) fn single_object_bytes(fingerprint: u64, datum: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + datum.len());
@@ -649,6 +682,60 @@ mod tests {
         assert_eq!(bytes.len(), 106);
         let err = Envelope::decode(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Bounds(_)), "{err:?}");
+    }
+
+    /// Avro lets a writer split an array into blocks and give a block's
+    /// size in bytes after a negative count (Java's encoder does, for
+    /// skipping): the direct decoder reads such a `headers` array as
+    /// apache-avro does.
+    #[test]
+    fn headers_written_in_sized_blocks_decode_as_apache_avro_reads_them() {
+        let env = sample();
+        let plain = env.encode().unwrap();
+        // `sample()` has one header: count 1 (zig-zag 0x02), its two
+        // strings, then the closing 0. Rewrite it as a block of count -1
+        // (0x01) with its byte size, then a second block of one more header.
+        let item = b"\x14user-agent\x26Purple-Webhooks/1.0";
+        let at = plain.windows(item.len()).position(|w| w == item).unwrap() - 1;
+        assert_eq!(plain[at], 0x02);
+        let second = b"\x02x\x02y";
+        let mut bytes = plain[..at].to_vec();
+        bytes.push(0x01);
+        bytes.push((item.len() as u8) << 1);
+        bytes.extend_from_slice(item);
+        bytes.push(0x02);
+        bytes.extend_from_slice(second);
+        bytes.extend_from_slice(&plain[at + 1 + item.len()..]);
+        let direct = Envelope::decode(&bytes).unwrap();
+        assert_eq!(direct, Envelope::decode_with_apache_avro(&bytes).unwrap());
+        let names: Vec<&str> = direct.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["user-agent", "x"]);
+        assert_eq!(
+            Envelope {
+                headers: direct.headers.clone(),
+                ..env
+            },
+            direct
+        );
+    }
+
+    /// A string field that is not UTF-8 is refused, naming the field.
+    #[test]
+    fn a_string_that_is_not_utf8_is_refused_naming_its_field() {
+        let bytes = Envelope {
+            request_id: "req-\u{e9}".into(),
+            ..sample()
+        }
+        .encode()
+        .unwrap();
+        let mut broken = bytes.clone();
+        // The last byte is the second of `é`'s two; a lone 0xC3 is not UTF-8.
+        let last = broken.len() - 1;
+        broken[last] = b'!';
+        let err = Envelope::decode(&broken).unwrap_err();
+        assert_eq!(err.to_string(), "field request_id is not valid UTF-8");
+        assert!(Envelope::decode_with_apache_avro(&broken).is_err());
+        assert!(Envelope::decode(&bytes).is_ok());
     }
 
     #[test]
@@ -901,6 +988,75 @@ mod tests {
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Envelope::decode(&bytes);
+        }
+
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The direct decoder and apache-avro's path agree on arbitrary
+        /// envelopes, and on the same records damaged: bytes overwritten,
+        /// cut short, inserted. The envelopes are small and the bytes
+        /// written are often small numbers (a union branch, a length, a
+        /// block count), so damage lands on every field's structure.
+        #[test]
+        fn the_direct_decoder_reads_what_apache_avro_reads(
+            event_id in ".{0,8}",
+            body in proptest::collection::vec(any::<u8>(), 0..16),
+            headers in proptest::collection::vec((".{0,4}", ".{0,8}"), 0..3),
+            content_type in proptest::option::of(".{0,6}"),
+            key in proptest::option::of(".{0,6}"),
+            sequence in proptest::option::of(any::<i64>()),
+            at in any::<i64>(),
+            damage in proptest::collection::vec(
+                (any::<prop::sample::Index>(), prop_oneof![0u8..8, Just(0x80u8), Just(0xffu8), any::<u8>()], 0u8..4),
+                0..4,
+            ),
+        ) {
+            let env = Envelope {
+                event_id,
+                body,
+                headers: headers.into_iter().map(|(name, value)| Header { name, value }).collect(),
+                content_type,
+                ordering_key: key,
+                sequence,
+                received_at_micros: at,
+                ..sample()
+            };
+            let mut bytes = env.encode().unwrap();
+            for (at, byte, how) in damage {
+                let i = HEADER_LEN + at.index(bytes.len() - HEADER_LEN);
+                match how {
+                    0 | 1 => bytes[i] = byte,
+                    2 => bytes.truncate(i),
+                    _ => bytes.insert(i, byte),
+                }
+                if bytes.len() <= HEADER_LEN {
+                    break;
+                }
+            }
+            let direct = Envelope::decode(&bytes);
+            let generic = Envelope::decode_with_apache_avro(&bytes);
+            prop_assert_eq!(direct.is_ok(), generic.is_ok(), "direct {:?}, apache-avro {:?}", direct, generic);
+            if let (Ok(d), Ok(g)) = (direct, generic) {
+                prop_assert_eq!(d, g);
+            }
+        }
+
+        /// The same on datums of arbitrary bytes behind a v1 header, which
+        /// are nearly all refused: both refuse the same ones.
+        #[test]
+        fn the_direct_decoder_refuses_what_apache_avro_refuses(
+            datum in proptest::collection::vec(any::<u8>(), 0..120),
+        ) {
+            let bytes = single_object_bytes(current_schema().fingerprint, &datum);
+            let direct = Envelope::decode(&bytes);
+            let generic = Envelope::decode_with_apache_avro(&bytes);
+            prop_assert_eq!(direct.is_ok(), generic.is_ok(), "direct {:?}, apache-avro {:?}", direct, generic);
+            if let (Ok(d), Ok(g)) = (direct, generic) {
+                prop_assert_eq!(d, g);
+            }
         }
     }
 }
