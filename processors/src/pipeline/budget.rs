@@ -90,14 +90,28 @@ impl Charge {
     /// holds more than the read-time estimate); never lowers it.
     pub fn at_least(&self, bytes: usize) {
         let before = self.bytes.fetch_max(bytes, Ordering::Relaxed);
-        if bytes > before {
-            self.budget
-                .used
-                .fetch_add(bytes - before, Ordering::Relaxed);
-        }
+        self.moved(before, bytes.max(before));
     }
 
     /// Bytes charged.
+    /// Sets the charge to `bytes`, lower or higher: a record that gave up
+    /// its parsed event while it waits in a reorder buffer.
+    pub fn set(&self, bytes: usize) {
+        let before = self.bytes.swap(bytes, Ordering::Relaxed);
+        self.moved(before, bytes);
+    }
+
+    /// Moves the budget's count with a charge that went from `before` to
+    /// `after` bytes.
+    fn moved(&self, before: usize, after: usize) {
+        let used = &self.budget.used;
+        if after > before {
+            used.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            used.fetch_sub(before - after, Ordering::Relaxed);
+        }
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
@@ -139,6 +153,19 @@ mod tests {
         assert_eq!((b.used(), c.bytes()), (50_000, 50_000));
         c.at_least(10_000);
         assert_eq!(b.used(), 50_000, "never lowered");
+        drop(c);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_charge_set_lower_then_higher_moves_the_budget_with_it() {
+        let b = ByteBudget::new(1 << 20);
+        let c = b.charge(1000);
+        c.at_least(50_000);
+        c.set(5_000);
+        assert_eq!((b.used(), c.bytes()), (5_000, 5_000));
+        c.set(60_000);
+        assert_eq!((b.used(), c.bytes()), (60_000, 60_000));
         drop(c);
         assert_eq!(b.used(), 0);
     }

@@ -47,6 +47,7 @@
 
 pub mod budget;
 pub mod dedupe;
+mod held;
 pub mod offsets;
 pub mod reorder;
 pub mod route;
@@ -390,6 +391,9 @@ const MAX_IDS_LOGGED: usize = 10;
 enum Slot {
     /// An event to deliver (boxed: the placeholder is far smaller).
     Event(Box<Pending>),
+    /// An event waiting for a missing sequence, without its parsed form
+    /// (`held`): parsed again when it leaves.
+    Held(Box<held::Held>),
     /// A quarantined record whose envelope named its key and sequence: it
     /// fills its slot so the key's next events need not wait the gap
     /// timeout for it. Already handled; released, it is ignored.
@@ -824,14 +828,7 @@ impl PartitionPipeline {
                     m.decoded.with_label_values(&[&event.source]).inc();
                     // Held from here with its envelope: charge what the
                     // parsed event really takes.
-                    if let Some(charge) = &record.charge {
-                        charge.at_least(
-                            record.payload.len()
-                                + record.key.as_ref().map_or(0, Vec::len)
-                                + event.held_bytes()
-                                + budget::RECORD_OVERHEAD,
-                        );
-                    }
+                    held::charge_parsed(&record, &event);
                     let key = (
                         event.source.clone(),
                         event
@@ -880,7 +877,9 @@ impl PartitionPipeline {
                         }
                         resetters.insert(id);
                     }
-                    let out = self.reorder.push(
+                    // An event that waits for a missing sequence gives up
+                    // its parsed form until it leaves (`held`).
+                    let out = self.reorder.push_with(
                         key,
                         seq,
                         Slot::Event(Box::new(Pending {
@@ -890,14 +889,15 @@ impl PartitionPipeline {
                             polled: envelope.verification.scheme == POLLED,
                         })),
                         now,
+                        held::hold,
                     );
-                    self.after_reorder(out, &mut released);
+                    self.after_reorder(out, &mut released, &mut quarantined);
                 }
                 Err(q) => {
                     if let (Some(key), Some(seq)) = (&envelope.ordering_key, envelope.sequence) {
                         let key = (envelope.source.clone(), key.clone());
                         let out = self.reorder.push(key, Some(seq), Slot::Quarantined, now);
-                        self.after_reorder(out, &mut released);
+                        self.after_reorder(out, &mut released, &mut quarantined);
                     }
                     quarantined.push(ToQuarantine {
                         record,
@@ -909,7 +909,7 @@ impl PartitionPipeline {
             }
         }
         let out = self.reorder.tick(now);
-        self.after_reorder(out, &mut released);
+        self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.tick(now);
         self.after_time_order(out, &mut released);
         // Read but not yet handled: stays up while a sink is retried.
@@ -950,11 +950,11 @@ impl PartitionPipeline {
     /// missing predecessor can still come.
     pub async fn finish(&mut self) -> Result<(), Stopped> {
         let out = self.reorder.drain();
-        let mut released = Vec::new();
-        self.after_reorder(out, &mut released);
+        let (mut released, mut quarantined) = (Vec::new(), Vec::new());
+        self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.drain();
         self.after_time_order(out, &mut released);
-        self.apply(Vec::new(), released).await
+        self.apply(quarantined, released).await
     }
 
     /// Releases what waited the gap timeout (by the reorder clock) and
@@ -963,18 +963,23 @@ impl PartitionPipeline {
         let started = self.stall_watch();
         let now = self.clock();
         let out = self.reorder.tick(now);
-        let mut released = Vec::new();
-        self.after_reorder(out, &mut released);
+        let (mut released, mut quarantined) = (Vec::new(), Vec::new());
+        self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.tick(now);
         self.after_time_order(out, &mut released);
-        let result = self.apply(Vec::new(), released).await;
+        let result = self.apply(quarantined, released).await;
         self.stall_end(started);
         result
     }
 
     /// Marks late events, drops a duplicate-sequence copy of a buffered
     /// event, and counts.
-    fn after_reorder(&mut self, out: Vec<Released<Slot, ReorderKey>>, into: &mut Vec<Pending>) {
+    fn after_reorder(
+        &mut self,
+        out: Vec<Released<Slot, ReorderKey>>,
+        into: &mut Vec<Pending>,
+        quarantined: &mut Vec<ToQuarantine>,
+    ) {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let stats_before = self.reorder_stats_gaps();
@@ -986,6 +991,7 @@ impl PartitionPipeline {
                 let (source, ordering_key) = &r.key;
                 let request_id = match &r.item {
                     Slot::Event(p) => p.request_id.as_str(),
+                    Slot::Held(h) => h.request_id.as_str(),
                     Slot::Quarantined => "",
                 };
                 m.key_resets
@@ -1013,21 +1019,37 @@ impl PartitionPipeline {
                     to_sequence: seq - 1,
                 });
             }
-            let Slot::Event(p) = r.item else {
-                continue;
+            let mut p = match r.item {
+                Slot::Event(p) => *p,
+                Slot::Held(h) => match h.release(&shared.sources) {
+                    Ok(p) => p,
+                    Err(q) => {
+                        tracing::error!(
+                            partition = self.partition,
+                            offset = q.record.offset,
+                            reason = q.why.reason,
+                            "an event that waited for its sequence no longer parses: quarantined"
+                        );
+                        quarantined.push(*q);
+                        continue;
+                    }
+                },
+                Slot::Quarantined => continue,
             };
-            let mut p = *p;
             match r.reason {
                 // Counted once it proves not to be a duplicate (`apply`).
                 // Unique here (just out of the buffer): marked in place.
                 Reason::Late { .. } => Arc::make_mut(&mut p.event).late = true,
                 Reason::DuplicateSeq => {
-                    let same = matches!(
-                        r.seq.and_then(|s| self.reorder.peek(&r.key, s)),
-                        Some(Slot::Event(b))
-                            if b.event.event_id == p.event.event_id
-                                && b.event.source == p.event.source
-                    );
+                    let same = match r.seq.and_then(|s| self.reorder.peek(&r.key, s)) {
+                        Some(Slot::Event(b)) => {
+                            b.event.event_id == p.event.event_id && b.event.source == p.event.source
+                        }
+                        Some(Slot::Held(b)) => {
+                            b.event_id == p.event.event_id && b.source == p.event.source
+                        }
+                        _ => false,
+                    };
                     if same {
                         m.duplicates.with_label_values(&[&p.event.source]).inc();
                         self.offsets.done(p.record.offset);

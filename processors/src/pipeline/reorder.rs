@@ -310,6 +310,20 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
     /// bypasses the buffer). Returns what can be released now, including
     /// items of other keys whose gap timeout expired by `now`.
     pub fn push(&mut self, key: K, seq: Option<i64>, item: T, now: Instant) -> Vec<Released<T, K>> {
+        self.push_with(key, seq, item, now, |_| {})
+    }
+
+    /// [`push`](Self::push), calling `waits` on the item if, and only if,
+    /// it goes into the buffer to wait for a missing sequence: the caller
+    /// can shrink what it holds while it waits.
+    pub fn push_with(
+        &mut self,
+        key: K,
+        seq: Option<i64>,
+        mut item: T,
+        now: Instant,
+        waits: impl FnOnce(&mut T),
+    ) -> Vec<Released<T, K>> {
         let mut out = self.tick(now);
         let Some(seq) = seq else {
             self.shared.stats.unsequenced += 1;
@@ -402,6 +416,7 @@ impl<T, K: Hash + Eq + Clone> Reorderer<T, K> {
                         }
                         btree_map::Entry::Vacant(slot) => {
                             let since = (now, tick);
+                            waits(&mut item);
                             slot.insert(Waiting { item, since });
                             shared.waiting_since.insert(since, (key.clone(), seq));
                             shared.buffered += 1;
@@ -862,6 +877,29 @@ mod tests {
             ["first-2", "first-3"]
         );
         assert_eq!(r.stats().duplicate_seq, 1);
+    }
+
+    /// `push_with`'s hook runs on exactly the items that go into the buffer:
+    /// not on one released at once (in order, late, a duplicate sequence,
+    /// a new key, unsequenced), and what it changed is what comes out.
+    #[test]
+    fn the_wait_hook_runs_only_on_items_that_wait() {
+        let t0 = Instant::now();
+        let mut r = Reorderer::new(ReorderConfig::default());
+        let waits = |item: &mut String| item.make_ascii_uppercase();
+        let mut push = |seq, item: &str| {
+            r.push_with("v1", seq, item.to_owned(), t0, waits)
+                .into_iter()
+                .map(|r| r.item)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(push(Some(1), "new-key"), ["new-key"]);
+        assert_eq!(push(Some(2), "in-order"), ["in-order"]);
+        assert!(push(Some(4), "waits").is_empty());
+        assert_eq!(push(Some(4), "duplicate"), ["duplicate"]);
+        assert_eq!(push(Some(1), "late"), ["late"]);
+        assert_eq!(push(None, "unsequenced"), ["unsequenced"]);
+        assert_eq!(push(Some(3), "fills"), ["fills", "WAITS"]);
     }
 
     #[test]
