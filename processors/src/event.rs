@@ -622,12 +622,39 @@ fn rfc3339_micros(text: &str) -> Option<i64> {
         .and_then(|d| i64::try_from(d.as_micros()).ok())
 }
 
+/// [`Value::pointer`] for pointers without `~` escapes, such as the
+/// guest-WiFi parser's own: the same value, without the `String` that
+/// serde_json allocates per token to unescape it (those allocations were
+/// 40 % of the parser's time in the processors' profile).
+fn plain_pointer<'v>(value: &'v Value, ptr: &str) -> Option<&'v Value> {
+    if ptr.is_empty() {
+        return Some(value);
+    }
+    debug_assert!(!ptr.contains('~'), "{ptr} has escapes: use Value::pointer");
+    ptr.strip_prefix('/')?
+        .split('/')
+        .try_fold(value, |at, token| match at {
+            Value::Object(map) => map.get(token),
+            Value::Array(items) => array_index(token).and_then(|i| items.get(i)),
+            _ => None,
+        })
+}
+
+/// An array index token as RFC 6901 (and serde_json) reads it: digits,
+/// no leading zero, no sign.
+fn array_index(token: &str) -> Option<usize> {
+    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
+        return None;
+    }
+    token.parse().ok()
+}
+
 fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> {
     let Some(obj) = body.as_object() else {
         return Err(Quarantine::invalid("body is not a JSON object"));
     };
     let string = |ptr: &str| -> Result<Option<String>, Quarantine> {
-        match body.pointer(ptr) {
+        match plain_pointer(body, ptr) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
             Some(_) => Err(Quarantine::invalid(format!(
@@ -688,7 +715,7 @@ fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> 
             id: required("/guest/id")?,
             email: string("/guest/email")?,
             first_name: string("/guest/first_name")?,
-            vip: match body.pointer("/guest/vip") {
+            vip: match plain_pointer(body, "/guest/vip") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err(Quarantine::invalid("/guest/vip must be a boolean")),
@@ -717,6 +744,65 @@ fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> 
 mod tests {
     use super::*;
     use schemas::{Header, Verification};
+
+    mod plain_pointer {
+        use super::super::plain_pointer;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        /// Small JSON values whose keys and indexes the pointers below can
+        /// name: objects keyed `a`, `b`, `0`, `1`, `01`, `+1`, `` and arrays.
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i32>().prop_map(Value::from),
+                "[a-z]{0,3}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 40, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("a"),
+                            Just("b"),
+                            Just("0"),
+                            Just("1"),
+                            Just("01"),
+                            Just("+1"),
+                            Just("")
+                        ]
+                        .prop_map(str::to_owned),
+                        inner,
+                        0..4
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            /// The same value as serde_json's `pointer` for every pointer
+            /// without escapes, including array indexes, the tokens RFC
+            /// 6901 refuses as indexes (`01`, `+1`), empty tokens and the
+            /// empty pointer.
+            #[test]
+            fn finds_what_serde_json_finds(
+                value in json(),
+                tokens in proptest::collection::vec(
+                    prop_oneof![Just("a"), Just("b"), Just("0"), Just("1"), Just("01"), Just("+1"), Just("")],
+                    0..5,
+                ),
+                slash in any::<bool>(),
+            ) {
+                let mut ptr: String = tokens.iter().map(|t| format!("/{t}")).collect();
+                if !slash && !ptr.is_empty() {
+                    ptr.remove(0);
+                }
+                prop_assert_eq!(plain_pointer(&value, &ptr), value.pointer(&ptr), "{}", ptr);
+            }
+        }
+    }
 
     fn envelope(body: &str) -> Envelope {
         Envelope {
