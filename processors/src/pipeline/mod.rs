@@ -391,8 +391,9 @@ const MAX_IDS_LOGGED: usize = 10;
 enum Slot {
     /// An event to deliver (boxed: the placeholder is far smaller).
     Event(Box<Pending>),
-    /// An event waiting for a missing sequence, without its parsed form
-    /// (`held`): parsed again when it leaves.
+    /// An event waiting for a missing sequence or in the time-order
+    /// window, without its parsed form (`held`): parsed again when it
+    /// leaves.
     Held(Box<held::Held>),
     /// A quarantined record whose envelope named its key and sequence: it
     /// fills its slot so the key's next events need not wait the gap
@@ -418,7 +419,7 @@ pub struct PartitionPipeline {
     offsets: PartitionOffsets,
     reorder: Reorderer<Slot, ReorderKey>,
     /// The reorder buffer of sources ordered by `occurred_at`.
-    time_order: TimeOrder<Box<Pending>, ReorderKey>,
+    time_order: TimeOrder<Slot, ReorderKey>,
     stop: watch::Receiver<bool>,
     /// Origin of the reorder clock (see [`PartitionPipeline::clock`]).
     clock_base: std::time::Instant,
@@ -841,19 +842,22 @@ impl PartitionPipeline {
                         .get(&event.source)
                         .is_some_and(|s| s.order_by == event::OrderBy::OccurredAt);
                     if by_time {
-                        let pending = Box::new(Pending {
+                        let pending = Pending {
                             record,
                             event: Arc::new(event),
                             request_id: envelope.request_id.clone(),
                             polled: envelope.verification.scheme == POLLED,
-                        });
+                        };
                         match pending.event.occurred_at_micros {
+                            // While it waits in the window, without its
+                            // parsed form, as in the reorder buffer.
                             Some(at) => {
-                                let out = self.time_order.push(key, at, pending, now);
-                                self.after_time_order(out, &mut released);
+                                let slot = Slot::Event(Box::new(pending));
+                                let out = self.time_order.push_with(key, at, slot, now, held::hold);
+                                self.after_time_order(out, &mut released, &mut quarantined);
                             }
                             // Nothing to order it by: at once.
-                            None => released.push(*pending),
+                            None => released.push(pending),
                         }
                         continue;
                     }
@@ -911,7 +915,7 @@ impl PartitionPipeline {
         let out = self.reorder.tick(now);
         self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.tick(now);
-        self.after_time_order(out, &mut released);
+        self.after_time_order(out, &mut released, &mut quarantined);
         // Read but not yet handled: stays up while a sink is retried.
         m.commit_lag
             .with_label_values(&[&self.label])
@@ -953,7 +957,7 @@ impl PartitionPipeline {
         let (mut released, mut quarantined) = (Vec::new(), Vec::new());
         self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.drain();
-        self.after_time_order(out, &mut released);
+        self.after_time_order(out, &mut released, &mut quarantined);
         self.apply(quarantined, released).await
     }
 
@@ -966,7 +970,7 @@ impl PartitionPipeline {
         let (mut released, mut quarantined) = (Vec::new(), Vec::new());
         self.after_reorder(out, &mut released, &mut quarantined);
         let out = self.time_order.tick(now);
-        self.after_time_order(out, &mut released);
+        self.after_time_order(out, &mut released, &mut quarantined);
         let result = self.apply(quarantined, released).await;
         self.stall_end(started);
         result
@@ -1019,22 +1023,8 @@ impl PartitionPipeline {
                     to_sequence: seq - 1,
                 });
             }
-            let mut p = match r.item {
-                Slot::Event(p) => *p,
-                Slot::Held(h) => match h.release(&shared.sources) {
-                    Ok(p) => p,
-                    Err(q) => {
-                        tracing::error!(
-                            partition = self.partition,
-                            offset = q.record.offset,
-                            reason = q.why.reason,
-                            "an event that waited for its sequence no longer parses: quarantined"
-                        );
-                        quarantined.push(*q);
-                        continue;
-                    }
-                },
-                Slot::Quarantined => continue,
+            let Some(mut p) = self.unhold(r.item, quarantined) else {
+                continue;
             };
             match r.reason {
                 // Counted once it proves not to be a duplicate (`apply`).
@@ -1079,15 +1069,41 @@ impl PartitionPipeline {
             .set((self.reorder.buffered() + self.time_order.buffered()) as i64);
     }
 
+    /// The event of a released slot, parsed again if it waited without its
+    /// parsed form (`held`); `None` for a quarantined placeholder, or an
+    /// event that no longer parses, which goes to `quarantined`.
+    fn unhold(&self, slot: Slot, quarantined: &mut Vec<ToQuarantine>) -> Option<Pending> {
+        match slot {
+            Slot::Event(p) => Some(*p),
+            Slot::Held(h) => match h.release(&self.shared.sources) {
+                Ok(p) => Some(p),
+                Err(q) => {
+                    tracing::error!(
+                        partition = self.partition,
+                        offset = q.record.offset,
+                        reason = q.why.reason,
+                        "an event that waited for its turn no longer parses: quarantined"
+                    );
+                    quarantined.push(*q);
+                    None
+                }
+            },
+            Slot::Quarantined => None,
+        }
+    }
+
     /// Marks late events of the time-order buffer and counts its releases.
     fn after_time_order(
         &mut self,
-        out: Vec<TimeReleased<Box<Pending>, ReorderKey>>,
+        out: Vec<TimeReleased<Slot, ReorderKey>>,
         into: &mut Vec<Pending>,
+        quarantined: &mut Vec<ToQuarantine>,
     ) {
         let m = &self.shared.metrics;
         for r in out {
-            let mut p = *r.item;
+            let Some(mut p) = self.unhold(r.item, quarantined) else {
+                continue;
+            };
             m.time_ordered
                 .with_label_values(&[p.event.source.as_str(), r.reason.label()])
                 .inc();

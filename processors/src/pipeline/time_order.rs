@@ -127,6 +127,20 @@ impl<T, K: Eq + Hash + Clone> TimeOrder<T, K> {
     /// Takes an item that occurred at `at` (Unix µs): what it releases
     /// (what had waited long enough, the item itself when late or forced).
     pub fn push(&mut self, key: K, at: i64, item: T, now: Instant) -> Vec<TimeReleased<T, K>> {
+        self.push_with(key, at, item, now, |_| {})
+    }
+
+    /// [`push`](Self::push), calling `waits` on the item if, and only if,
+    /// it goes into the window to wait: the caller can shrink what it holds
+    /// while it waits.
+    pub fn push_with(
+        &mut self,
+        key: K,
+        at: i64,
+        mut item: T,
+        now: Instant,
+        waits: impl FnOnce(&mut T),
+    ) -> Vec<TimeReleased<T, K>> {
         let mut out = self.tick(now);
         self.arrivals += 1;
         let n = self.arrivals;
@@ -150,6 +164,7 @@ impl<T, K: Eq + Hash + Clone> TimeOrder<T, K> {
             return out;
         }
         let deadline = now.checked_add(self.config.wait).unwrap_or(now);
+        waits(&mut item);
         state.waiting.insert((at, n), (item, deadline));
         self.deadlines.insert((deadline, n), (key.clone(), at));
         let over_key = state.waiting.len() > self.config.max_buffered_per_key.max(1);
@@ -289,6 +304,29 @@ mod tests {
         assert_eq!(out[0].reason, TimeReason::Late { behind_micros: 15 });
         // The same time as the newest released is not late.
         assert!(o.push("v", 30, "y", t0 + WAIT).is_empty());
+    }
+
+    /// `push_with`'s hook runs on the items that wait in the window, not on
+    /// a late one released at once; what it changed is what comes out.
+    #[test]
+    fn the_wait_hook_runs_only_on_items_that_wait() {
+        let mut o: TimeOrder<String, &'static str> = TimeOrder::new(TimeOrderConfig {
+            wait: WAIT,
+            max_buffered_per_key: 3,
+            max_buffered_total: 5,
+            max_keys: 4,
+        });
+        let t0 = Instant::now();
+        let waits = |item: &mut String| item.make_ascii_uppercase();
+        assert!(o.push_with("v", 10, "a".into(), t0, waits).is_empty());
+        let out = o.push_with("v", 20, "b".into(), t0 + WAIT, waits);
+        let got: Vec<&str> = out.iter().map(|r| r.item.as_str()).collect();
+        assert_eq!(got, ["A"], "a waited and came out as the hook left it");
+        let late = o.push_with("v", 5, "late".into(), t0 + WAIT, waits);
+        assert_eq!(late[0].item, "late");
+        assert!(matches!(late[0].reason, TimeReason::Late { .. }));
+        let got: Vec<String> = o.drain().into_iter().map(|r| r.item).collect();
+        assert_eq!(got, ["B"]);
     }
 
     #[test]
