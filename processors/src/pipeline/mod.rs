@@ -1706,7 +1706,7 @@ impl PartitionPipeline {
         match crate::state::superseded(
             stores.changelog.as_ref(),
             self.partition,
-            state.own_through(),
+            state.checked_through(),
             if self.writing.is_some() {
                 self.writing_records
             } else {
@@ -1715,8 +1715,11 @@ impl PartitionPipeline {
         )
         .await
         {
-            Ok(false) => false,
-            Ok(true) => {
+            Ok(crate::state::Ownership::Own { checked_through }) => {
+                state.checked(checked_through);
+                false
+            }
+            Ok(crate::state::Ownership::Superseded) => {
                 self.fenced.store(true, Ordering::Relaxed);
                 self.shared
                     .metrics

@@ -91,6 +91,7 @@ pub mod changelog;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -209,21 +210,32 @@ pub trait Changelog: Send + Sync {
     fn bounds(&self, partition: i32) -> BoxFuture<'_, Result<(i64, i64), String>>;
 }
 
+/// What [`superseded`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// No newer claim: every record through `checked_through` is this
+    /// owner's or was read and holds none.
+    Own { checked_through: i64 },
+    /// Another owner claimed the partition after this one.
+    Superseded,
+}
+
 /// Whether another owner claimed `partition` in `changelog` after offset
-/// `own_through` (the last this owner wrote, with `in_flight` more of its
-/// records being written): a broker that gave one partition to two
-/// members at once (tansu 0.6 can, across generations). One high-watermark
-/// request; the records are read only when others wrote since (a claim
-/// there is necessarily newer than this owner's).
+/// `checked_through` (through which every record is this owner's own or
+/// was read before; `in_flight` more of its records being written): a
+/// broker that gave one partition to two members at once (tansu 0.6 can,
+/// across generations). One high-watermark request; the records are read
+/// only when others may have written since (a claim there is necessarily
+/// newer than this owner's).
 pub async fn superseded(
     changelog: &dyn Changelog,
     partition: i32,
-    own_through: i64,
+    checked_through: i64,
     in_flight: usize,
-) -> Result<bool, String> {
+) -> Result<Ownership, String> {
     let (_, next) = changelog.bounds(partition).await?;
-    if next <= own_through + 1 + in_flight as i64 {
-        return Ok(false);
+    if next <= checked_through + 1 + in_flight as i64 {
+        return Ok(Ownership::Own { checked_through });
     }
     let mut claimed = false;
     let mut each = |_offset: i64, key: &[u8], value: &[u8]| {
@@ -233,9 +245,15 @@ pub async fn superseded(
         Ok(())
     };
     changelog
-        .read(partition, own_through + 1, next - 1, &mut each)
+        .read(partition, checked_through + 1, next - 1, &mut each)
         .await?;
-    Ok(claimed)
+    Ok(if claimed {
+        Ownership::Superseded
+    } else {
+        Ownership::Own {
+            checked_through: next - 1,
+        }
+    })
 }
 
 /// A changelog in memory, for tests and benchmarks: every partition a
@@ -580,9 +598,12 @@ pub struct PartitionState {
     cache_at: Option<(i64, i64)>,
     /// The last input position written.
     written_position: Option<i64>,
-    /// The highest state changelog offset this owner wrote (its claim at
-    /// first): anything past it is another writer's.
-    own_through: i64,
+    /// The state changelog offset through which every record is this
+    /// owner's own (its claim at first) or was read and holds no newer
+    /// claim ([`superseded`]). It moves over this owner's writes only when
+    /// they directly follow it: records of another writer between them
+    /// stay to be read, since one of them may be a newer owner's claim.
+    checked_through: AtomicI64,
 }
 
 /// One batch's changes, ready to write.
@@ -611,13 +632,19 @@ impl PartitionState {
             serial: 0,
             cache_at: Some((restored.epoch + 1, restored.ledger_next)),
             written_position: restored.position,
-            own_through: restored.epoch,
+            checked_through: AtomicI64::new(restored.epoch),
         }
     }
 
-    /// The highest state changelog offset this owner wrote.
-    pub fn own_through(&self) -> i64 {
-        self.own_through
+    /// The offset through which the changelog holds no newer claim than
+    /// this owner's (see the field).
+    pub fn checked_through(&self) -> i64 {
+        self.checked_through.load(Ordering::Relaxed)
+    }
+
+    /// Every record through `offset` was read and holds no newer claim.
+    pub fn checked(&self, offset: i64) {
+        self.checked_through.fetch_max(offset, Ordering::Relaxed);
     }
 
     /// This owner's epoch.
@@ -694,8 +721,15 @@ impl PartitionState {
         if c.position.is_some() {
             self.written_position = c.position;
         }
-        if let Some(last) = state_offsets.iter().max() {
-            self.own_through = self.own_through.max(*last);
+        // This owner's records, if they directly follow what is checked,
+        // are checked too; with another writer's between, what lies past
+        // the checked offset stays to be read.
+        if let (Some(first), Some(last)) = (state_offsets.iter().min(), state_offsets.iter().max())
+        {
+            let contiguous = last - first + 1 == state_offsets.len() as i64;
+            if contiguous && *first <= self.checked_through() + 1 {
+                self.checked(*last);
+            }
         }
         let Some((next, ledger_next)) = self.cache_at else {
             return Ok(None);
