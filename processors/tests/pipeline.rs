@@ -588,6 +588,12 @@ async fn the_offset_moves_only_once_the_changelog_acknowledged_the_batch() {
 /// A sink with effects outside Kafka (as the CRM): counts what it applied.
 struct EffectSink(Mutex<Vec<String>>);
 
+impl EffectSink {
+    fn new() -> Arc<EffectSink> {
+        Arc::new(EffectSink(Mutex::default()))
+    }
+}
+
 impl Sink for EffectSink {
     fn name(&self) -> &str {
         "out"
@@ -663,11 +669,7 @@ fn effect_host(
 /// went on applying effects beside the new owner.
 #[tokio::test]
 async fn an_owner_whose_checkpoint_lands_after_another_instances_claim_still_stops() {
-    let log: Logs = (Arc::default(), Arc::default());
-    let (sink_a, sink_b) = (
-        Arc::new(EffectSink(Mutex::default())),
-        Arc::new(EffectSink(Mutex::default())),
-    );
+    let (log, sink_a, sink_b) = (Logs::default(), EffectSink::new(), EffectSink::new());
     let (mut a, _stop_a) = effect_host(&log, "a", sink_a.clone());
     a.restore().await.unwrap();
     a.handle(vec![record(0, "e1", "v", 1, None)]).await.unwrap();
@@ -693,11 +695,7 @@ async fn an_owner_whose_checkpoint_lands_after_another_instances_claim_still_sto
 
 #[tokio::test]
 async fn an_owner_whose_partition_another_instance_claimed_applies_no_more_effects() {
-    let log: Logs = (Arc::default(), Arc::default());
-    let (sink_a, sink_b) = (
-        Arc::new(EffectSink(Mutex::default())),
-        Arc::new(EffectSink(Mutex::default())),
-    );
+    let (log, sink_a, sink_b) = (Logs::default(), EffectSink::new(), EffectSink::new());
     let (mut a, _stop_a) = effect_host(&log, "a", sink_a.clone());
     a.restore().await.unwrap();
     let reads = || log.0.reads.load(std::sync::atomic::Ordering::Relaxed);
