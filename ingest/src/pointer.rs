@@ -153,14 +153,6 @@ fn parse(pointer: &str) -> Option<Vec<String>> {
     )
 }
 
-/// An array index as `serde_json::Value::pointer` reads one.
-fn index(token: &str) -> Option<usize> {
-    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
-        return None;
-    }
-    token.parse().ok()
-}
-
 /// One pass over an object or array: the raw text of the member each of
 /// at most `N` tokens names (the last, for a key that repeats), nothing for
 /// other values.
@@ -199,8 +191,11 @@ impl<'de, const N: usize> Visitor<'de> for Members<'_, N> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let wanted: [Option<usize>; N] =
-            std::array::from_fn(|i| self.tokens.get(i).and_then(|t| index(t)));
+        let wanted: [Option<usize>; N] = std::array::from_fn(|i| {
+            self.tokens
+                .get(i)
+                .and_then(|t| plumbing::json_pointer::array_index(t))
+        });
         let last = wanted.iter().flatten().max().copied();
         let mut out = [None; N];
         let mut at = 0usize;

@@ -16,10 +16,13 @@
 //! - [`runtime::build`]: the tokio runtime, its worker count from the
 //!   binary's setting, `TOKIO_WORKER_THREADS` or the CPUs it may use;
 //! - [`metrics::Catalogue`]: one Prometheus registry per process that also
-//!   lists what was declared in it (for the naming and dashboard checks).
+//!   lists what was declared in it (for the naming and dashboard checks);
+//! - [`json_pointer::array_index`]: RFC 6901's array index rule, for the
+//!   JSON pointer walks of both binaries.
 //!
 //! It holds no business logic and depends on no other crate of ours.
 
+pub mod json_pointer;
 pub mod kafka;
 pub mod metrics;
 pub mod runtime;

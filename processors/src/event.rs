@@ -635,18 +635,11 @@ fn plain_pointer<'v>(value: &'v Value, ptr: &str) -> Option<&'v Value> {
         .split('/')
         .try_fold(value, |at, token| match at {
             Value::Object(map) => map.get(token),
-            Value::Array(items) => array_index(token).and_then(|i| items.get(i)),
+            Value::Array(items) => {
+                plumbing::json_pointer::array_index(token).and_then(|i| items.get(i))
+            }
             _ => None,
         })
-}
-
-/// An array index token as RFC 6901 (and serde_json) reads it: digits,
-/// no leading zero, no sign.
-fn array_index(token: &str) -> Option<usize> {
-    if token.starts_with('+') || (token.starts_with('0') && token.len() != 1) {
-        return None;
-    }
-    token.parse().ok()
 }
 
 fn guest_wifi(body: &Value, order_by: OrderBy) -> Result<GuestWifi, Quarantine> {
