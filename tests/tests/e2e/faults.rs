@@ -217,6 +217,18 @@ where
 /// Waits (bounded) until the JSON-lines `sink` holds as many events as
 /// `in_kafka` and `p` committed every offset, then asserts the sink holds
 /// exactly Kafka's events, each once.
+/// Waits until `p` has committed everything it read (its commit lag 0),
+/// so nothing is still in flight when effects are counted.
+async fn offsets_committed(p: &Processor) {
+    wait_until(
+        "offsets committed",
+        Duration::from_secs(30),
+        &|| p.log(),
+        || async { p.metric("processors_commit_lag").await == 0.0 },
+    )
+    .await;
+}
+
 async fn sink_holds_kafka_once(
     p: &Processor,
     sink: &std::path::Path,
@@ -228,13 +240,7 @@ async fn sink_holds_kafka_once(
         async move { done }
     })
     .await;
-    wait_until(
-        "offsets committed",
-        Duration::from_secs(30),
-        &|| p.log(),
-        || async { p.metric("processors_commit_lag").await == 0.0 },
-    )
-    .await;
+    offsets_committed(p).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for line in sink_lines(sink) {
         let id = line["event_id"].as_str().expect("event_id").to_string();
@@ -359,13 +365,7 @@ async fn processors_killed_five_times_mid_stream_apply_every_event_once_in_postg
     )
     .await;
     // Let anything still in flight land before judging duplicates.
-    wait_until(
-        "offsets committed",
-        Duration::from_secs(30),
-        &|| last.log(),
-        || async { last.metric("processors_commit_lag").await == 0.0 },
-    )
-    .await;
+    offsets_committed(&last).await;
 
     let counts = pg_event_counts(&pg);
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
