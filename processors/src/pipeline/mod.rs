@@ -47,11 +47,15 @@
 
 pub mod budget;
 pub mod dedupe;
-mod held;
 pub mod offsets;
+mod record;
 pub mod reorder;
 pub mod route;
+mod slot;
 pub mod time_order;
+
+pub use record::RawRecord;
+use slot::{POLLED, Pending, Slot, ToQuarantine};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -221,23 +225,6 @@ impl ProcessingConfig {
     }
 }
 
-/// One record as read from the raw topic.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    /// Its partition.
-    pub partition: i32,
-    /// Its offset.
-    pub offset: i64,
-    /// The record key.
-    pub key: Option<Vec<u8>>,
-    /// The Avro envelope.
-    pub payload: Arc<Vec<u8>>,
-    /// Its share of the instance's byte budget, given back when the last
-    /// copy of the record is dropped (`None` where nothing is budgeted:
-    /// replay, tests).
-    pub charge: Option<Arc<budget::Charge>>,
-}
-
 /// Writes to the quarantine and dead-letter topics.
 pub trait SideTopics: Send + Sync {
     /// Writes the original record to the quarantine topic with the reason.
@@ -356,50 +343,8 @@ impl Shared {
     }
 }
 
-/// A parsed event waiting in, or leaving, the reorder buffer.
-#[derive(Debug)]
-struct Pending {
-    record: RawRecord,
-    /// Shared with the sinks it is routed to, not copied: a parsed body can
-    /// be many times its text.
-    event: Arc<Event>,
-    /// Ingest's request id (from the envelope), on every log line about
-    /// this event, so it can be followed from the HTTP request on.
-    request_id: String,
-    /// It came from `ingest poll`, not from a webhook.
-    polled: bool,
-}
-
-/// The envelope's `verification.scheme` of an event `ingest poll` fetched.
-const POLLED: &str = "polled";
-
-/// A record on its way to the quarantine topic.
-struct ToQuarantine {
-    record: RawRecord,
-    /// The envelope's source, `_unknown` when it did not decode.
-    source: String,
-    /// Ingest's request id, when the envelope decoded.
-    request_id: Option<String>,
-    why: Quarantine,
-}
-
 /// Most request ids named on one "sink asked to retry" line.
 const MAX_IDS_LOGGED: usize = 10;
-
-/// What holds a place in a key's sequence.
-#[derive(Debug)]
-enum Slot {
-    /// An event to deliver (boxed: the placeholder is far smaller).
-    Event(Box<Pending>),
-    /// An event waiting for a missing sequence or in the time-order
-    /// window, without its parsed form (`held`): parsed again when it
-    /// leaves.
-    Held(Box<held::Held>),
-    /// A quarantined record whose envelope named its key and sequence: it
-    /// fills its slot so the key's next events need not wait the gap
-    /// timeout for it. Already handled; released, it is ignored.
-    Quarantined,
-}
 
 /// A reorder key: the source, then its ordering key (the event id for a
 /// source without one), so two sources that use the same venue id do not
@@ -829,7 +774,7 @@ impl PartitionPipeline {
                     m.decoded.with_label_values(&[&event.source]).inc();
                     // Held from here with its envelope: charge what the
                     // parsed event really takes.
-                    held::charge_parsed(&record, &event);
+                    slot::charge_parsed(&record, &event);
                     let key = (
                         event.source.clone(),
                         event
@@ -853,7 +798,7 @@ impl PartitionPipeline {
                             // parsed form, as in the reorder buffer.
                             Some(at) => {
                                 let slot = Slot::Event(Box::new(pending));
-                                let out = self.time_order.push_with(key, at, slot, now, held::hold);
+                                let out = self.time_order.push_with(key, at, slot, now, slot::hold);
                                 self.after_time_order(out, &mut released, &mut quarantined);
                             }
                             // Nothing to order it by: at once.
@@ -893,7 +838,7 @@ impl PartitionPipeline {
                             polled: envelope.verification.scheme == POLLED,
                         })),
                         now,
-                        held::hold,
+                        slot::hold,
                     );
                     self.after_reorder(out, &mut released, &mut quarantined);
                 }

@@ -1,3 +1,7 @@
+//! What holds a place in a key's sequence ([`Slot`]): an event to deliver
+//! ([`Pending`]), one waiting without its parsed form ([`Held`]), or a
+//! quarantined record; and a record on its way to quarantine.
+//!
 //! An event that waits, in the reorder buffer or the time-order window,
 //! keeps only the record it was read as.
 //!
@@ -18,8 +22,51 @@ use std::sync::Arc;
 
 use schemas::Envelope;
 
-use super::{POLLED, Pending, RawRecord, Slot, ToQuarantine, budget};
+use super::budget;
+use super::record::RawRecord;
 use crate::event::{self, Event, Quarantine, SourceConfig};
+
+/// A parsed event waiting in, or leaving, the reorder buffer.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) record: RawRecord,
+    /// Shared with the sinks it is routed to, not copied: a parsed body can
+    /// be many times its text.
+    pub(super) event: Arc<Event>,
+    /// Ingest's request id (from the envelope), on every log line about
+    /// this event, so it can be followed from the HTTP request on.
+    pub(super) request_id: String,
+    /// It came from `ingest poll`, not from a webhook.
+    pub(super) polled: bool,
+}
+
+/// The envelope's `verification.scheme` of an event `ingest poll` fetched.
+pub(super) const POLLED: &str = "polled";
+
+/// A record on its way to the quarantine topic.
+pub(super) struct ToQuarantine {
+    pub(super) record: RawRecord,
+    /// The envelope's source, `_unknown` when it did not decode.
+    pub(super) source: String,
+    /// Ingest's request id, when the envelope decoded.
+    pub(super) request_id: Option<String>,
+    pub(super) why: Quarantine,
+}
+
+/// What holds a place in a key's sequence.
+#[derive(Debug)]
+pub(super) enum Slot {
+    /// An event to deliver (boxed: the placeholder is far smaller).
+    Event(Box<Pending>),
+    /// An event waiting for a missing sequence or in the time-order
+    /// window, without its parsed form ([`Held`]): parsed again when it
+    /// leaves.
+    Held(Box<Held>),
+    /// A quarantined record whose envelope named its key and sequence: it
+    /// fills its slot so the key's next events need not wait the gap
+    /// timeout for it. Already handled; released, it is ignored.
+    Quarantined,
+}
 
 /// An event waiting for its turn, without its parsed form.
 #[derive(Debug)]
